@@ -1,0 +1,48 @@
+"""Engine configuration, split the way vLLM splits VllmConfig (cache / scheduler / model)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+
+@dataclass
+class CacheConfig:
+    """Mirrors vllm.config.CacheConfig: the paged KV pool."""
+
+    block_size: int = 16
+    # Total blocks in the pool, *including* the null block that vLLM's BlockPool reserves
+    # (block id 0), so num_blocks - 1 are usable. None: size the pool from kv_cache_memory.
+    num_blocks: int | None = None
+    kv_cache_memory_bytes: int = 256 * 1024 * 1024
+    enable_prefix_caching: bool = True
+
+
+@dataclass
+class SchedulerConfig:
+    """Mirrors vllm.config.SchedulerConfig."""
+
+    max_num_seqs: int = 64
+    max_num_batched_tokens: int = 2048
+    max_model_len: int = 2048
+    enable_chunked_prefill: bool = True
+    # 0 disables the cap; otherwise a prefill takes at most this many tokens per step.
+    long_prefill_token_threshold: int = 0
+    policy: Literal["fcfs", "priority"] = "fcfs"
+    # "vllm": hash prefix caching in the paged BlockPool (vLLM V1).
+    # "sglang": radix-tree prefix matching with longest-prefix-first admission (SGLang "lpm").
+    cache_mode: Literal["vllm", "sglang"] = "vllm"
+
+
+@dataclass
+class ModelConfig:
+    model: str | None = None  # GGUF file or HF directory; None = the bundled SmolLM2-135M
+    device: str = "cpu"
+    dtype: str | None = None  # None: float32 on CPU, bfloat16 on CUDA
+    seed: int = 0
+
+
+@dataclass
+class EngineConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
