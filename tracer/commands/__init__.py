@@ -1,0 +1,2 @@
+"""CLI subcommands. Each module here defines `register(subparsers)`, adding one or more
+subcommands whose `func(args) -> int` runs them; tracer.cli discovers them all."""
