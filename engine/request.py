@@ -71,6 +71,16 @@ class Request:
     def get_finish_reason(self) -> str | None:
         return RequestStatus.finish_reason(self.status)
 
+    def __lt__(self, other: "Request") -> bool:
+        # Mirrors vllm.v1.request.Request.__lt__: the order of the priority waiting queue.
+        if self.priority != other.priority:
+            return self.priority < other.priority
+        if self.arrival_time != other.arrival_time:
+            return self.arrival_time < other.arrival_time
+        if self.request_id != other.request_id:
+            return self.request_id < other.request_id
+        return id(self) < id(other)
+
     def append_output_token_ids(self, token_ids: list[int]) -> None:
         self.output_token_ids.extend(token_ids)
         self.all_token_ids.extend(token_ids)

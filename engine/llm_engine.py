@@ -1,0 +1,185 @@
+"""The engine loop: add_request / step / abort, and an offline generate API.
+
+Mirrors vllm.v1.engine.llm_engine.LLMEngine with EngineCore folded in (one process):
+each step() is EngineCore.step (schedule -> execute_model -> update_from_output) followed
+by the OutputProcessor's work (incremental detokenization and stop strings).
+"""
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from engine.config import EngineConfig
+from engine.detokenizer import IncrementalDetokenizer
+from engine.loader import load_model
+from engine.model_runner import ModelRunner, num_blocks_for_memory
+from engine.request import Request, RequestStatus
+from engine.sampling_params import SamplingParams
+from engine.scheduler import Scheduler
+from engine.tokenizer import PromptError, Tokenizer, default_model_path
+
+
+@dataclass
+class RequestOutput:
+    """What the engine reports about one request after a step; mirrors vllm.outputs.RequestOutput."""
+
+    request_id: str
+    prompt_token_ids: list[int]
+    output_token_ids: list[int] = field(default_factory=list)
+    text: str = ""
+    new_token_ids: list[int] = field(default_factory=list)
+    delta_text: str = ""
+    finish_reason: str | None = None  # "stop" | "length" | "abort"
+    stop_reason: int | str | None = None
+    num_cached_tokens: int = 0
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None
+
+
+class LLMEngine:
+    def __init__(self, config: EngineConfig | None = None) -> None:
+        self.config = config = config or EngineConfig()
+        self.model_path = config.model.model or default_model_path()
+        device = torch.device(config.model.device)
+        dtype = _resolve_dtype(config.model.dtype, device)
+        torch.manual_seed(config.model.seed)
+        model, model_config = load_model(self.model_path, device=device, dtype=dtype)
+        self.model_config = model_config
+        # The context is the smaller of what was asked and what the model was trained for.
+        config.scheduler.max_model_len = min(config.scheduler.max_model_len, model_config.max_position_embeddings)
+        self.max_model_len = config.scheduler.max_model_len
+        self.tokenizer = Tokenizer(self.model_path, max_model_len=self.max_model_len)
+        self.eos_token_id = self.tokenizer.eos_token_id if self.tokenizer.eos_token_id is not None else model_config.eos_token_id
+        num_blocks = config.cache.num_blocks or num_blocks_for_memory(
+            model_config, config.cache.block_size, config.cache.kv_cache_memory_bytes, dtype
+        )
+        config.cache.num_blocks = num_blocks
+        self.model_runner = ModelRunner(model, model_config, config.cache.block_size, num_blocks, device, dtype)
+        self.scheduler = Scheduler(config.scheduler, config.cache, num_blocks)
+        self._detokenizers: dict[str, IncrementalDetokenizer] = {}
+        self._outputs: dict[str, RequestOutput] = {}
+        self._ids = itertools.count()
+
+    # -- request intake ------------------------------------------------------------------
+
+    def render(self, prompt: str | list[int] | None = None, messages: list[dict[str, Any]] | None = None) -> list[int]:
+        """Text, token ids or chat messages -> validated prompt token ids (the request.render hop)."""
+        if messages is not None:
+            return self.tokenizer.render_chat(messages)
+        if prompt is None:
+            raise PromptError("a prompt or chat messages are required")
+        return self.tokenizer.render_completion(prompt)
+
+    def add_request(
+        self,
+        request_id: str | None,
+        prompt_token_ids: list[int],
+        sampling_params: SamplingParams | None = None,
+        arrival_time: float | None = None,
+        priority: int = 0,
+    ) -> Request:
+        """Enqueue an already-rendered request (the engine.enqueue hop)."""
+        params = sampling_params or SamplingParams()
+        if not prompt_token_ids:
+            raise PromptError("the prompt is empty")
+        if len(prompt_token_ids) + params.max_tokens > self.max_model_len:
+            raise PromptError(
+                f"this model's maximum context length is {self.max_model_len} tokens; the request asks for "
+                f"{len(prompt_token_ids) + params.max_tokens} ({len(prompt_token_ids)} in the prompt, "
+                f"{params.max_tokens} in max_tokens)"
+            )
+        request_id = request_id if request_id is not None else f"req-{next(self._ids)}"
+        request = Request(
+            request_id=request_id,
+            prompt_token_ids=list(prompt_token_ids),
+            sampling_params=params,
+            eos_token_id=self.eos_token_id,
+            arrival_time=arrival_time if arrival_time is not None else time.time(),
+            priority=priority,
+        )
+        self.scheduler.add_request(request)
+        self._detokenizers[request_id] = IncrementalDetokenizer(self.tokenizer, params.stop)
+        self._outputs[request_id] = RequestOutput(request_id, request.prompt_token_ids)
+        return request
+
+    def abort_request(self, request_ids: str | list[str]) -> None:
+        """Abort requests (client gone): their KV blocks return to the pool at once."""
+        for request in self.scheduler.finish_requests(request_ids, RequestStatus.FINISHED_ABORTED):
+            self._finish(request.request_id)
+
+    def has_unfinished_requests(self) -> bool:
+        return self.scheduler.has_unfinished_requests()
+
+    # -- the busy loop -------------------------------------------------------------------
+
+    def step(self) -> list[RequestOutput]:
+        """One iteration: schedule, run the model, update requests, detokenize."""
+        scheduler_output = self.scheduler.schedule()
+        model_runner_output = self.model_runner.execute_model(scheduler_output)
+        core_outputs = self.scheduler.update_from_output(scheduler_output, model_runner_output)
+        results = []
+        for core_output in core_outputs:
+            detokenizer = self._detokenizers[core_output.request_id]
+            out = self._outputs[core_output.request_id]
+            out.new_token_ids = core_output.new_token_ids
+            out.output_token_ids = out.output_token_ids + core_output.new_token_ids
+            out.num_cached_tokens = core_output.num_cached_tokens
+            out.delta_text = detokenizer.update(core_output.new_token_ids)
+            out.finish_reason = core_output.finish_reason
+            out.stop_reason = core_output.stop_reason
+            if detokenizer.stop_string is not None and not out.finished:
+                # A stop string ends the request in the engine, as vLLM's output processor aborts it.
+                self.scheduler.finish_requests(core_output.request_id, RequestStatus.FINISHED_STOPPED)
+                out.finish_reason, out.stop_reason = "stop", detokenizer.stop_string
+            if out.finished:
+                out.delta_text += detokenizer.flush()
+                self._finish(core_output.request_id)
+            out.text = detokenizer.output_text if out.finished else out.text + out.delta_text
+            results.append(out)
+        return results
+
+    def _finish(self, request_id: str) -> None:
+        self._detokenizers.pop(request_id, None)
+        out = self._outputs.pop(request_id, None)
+        if out is not None and out.finish_reason is None:
+            out.finish_reason = "abort"
+
+    def generate(
+        self,
+        prompts: list[str | list[int]] | str,
+        sampling_params: SamplingParams | list[SamplingParams] | None = None,
+        on_output: Callable[[RequestOutput], None] | None = None,
+    ) -> list[RequestOutput]:
+        """Offline batch generation: all prompts go in at once and are batched by the scheduler."""
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        params = sampling_params if isinstance(sampling_params, list) else [sampling_params or SamplingParams()] * len(prompts)
+        if len(params) != len(prompts):
+            raise ValueError(f"{len(prompts)} prompts but {len(params)} sampling params")
+        request_ids = [self.add_request(None, self.render(p), sp).request_id for p, sp in zip(prompts, params)]
+        final: dict[str, RequestOutput] = {}
+        while self.has_unfinished_requests():
+            for out in self.step():
+                if on_output is not None:
+                    on_output(out)
+                if out.finished:
+                    final[out.request_id] = out
+        return [final[rid] for rid in request_ids]
+
+
+def _resolve_dtype(name: str | None, device: torch.device) -> torch.dtype:
+    if name is None:
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    try:
+        dtype = getattr(torch, name)
+    except AttributeError:
+        dtype = None
+    if not isinstance(dtype, torch.dtype):
+        raise ValueError(f"unknown dtype {name!r}; use float32, bfloat16 or float16")
+    return dtype

@@ -1,0 +1,287 @@
+"""Continuous batching scheduler; mirrors vllm.v1.core.sched.scheduler.Scheduler (synchronous).
+
+There is no prefill phase or decode phase: every step, each request gets tokens so that its
+num_computed_tokens catches up with num_tokens, under a token budget. That one rule gives
+continuous batching, chunked prefill and prefix caching. Running requests go first; waiting
+requests are admitted only if nothing was preempted this step.
+
+Deliberate differences from vLLM 0.33 (named so the replay report can name them too):
+- no speculative decoding, encoder inputs, LoRA, KV connectors or structured output;
+- synchronous scheduling only (vLLM 0.33 defaults to AsyncScheduler: one step of lookahead
+  with output placeholders); replay drives vLLM's synchronous Scheduler for that reason;
+- the KV-cache watermark is fixed at 0 (vLLM's default).
+"""
+from __future__ import annotations
+
+import time
+
+from engine.block_pool import update_block_hashes
+from engine.config import CacheConfig, SchedulerConfig
+from engine.kv_cache_manager import KVCacheManager
+from engine.outputs import EngineCoreOutput, ModelRunnerOutput, SchedulerOutput
+from engine.request import Request, RequestStatus
+from engine.request_queue import create_request_queue
+
+
+class Scheduler:
+    def __init__(self, scheduler_config: SchedulerConfig, cache_config: CacheConfig, num_blocks: int) -> None:
+        self.scheduler_config = scheduler_config
+        self.cache_config = cache_config
+        self.block_size = cache_config.block_size
+        self.max_model_len = scheduler_config.max_model_len
+        self.policy = scheduler_config.policy
+        self.kv_cache_manager = KVCacheManager(
+            num_blocks=num_blocks,
+            block_size=cache_config.block_size,
+            enable_caching=cache_config.enable_prefix_caching,
+            max_model_len=scheduler_config.max_model_len,
+        )
+        self.requests: dict[str, Request] = {}
+        self.waiting = create_request_queue(scheduler_config.policy)
+        self.running: list[Request] = []
+        # Finished / preempted since the previous step: the model runner drops their state.
+        self.finished_req_ids: set[str] = set()
+        self.preempted_req_ids: set[str] = set()
+        self.current_step = 0
+
+    # -- queue management ---------------------------------------------------------------
+
+    def add_request(self, request: Request) -> None:
+        # Mirrors vllm.v1.core.sched.scheduler.Scheduler.add_request
+        if request.request_id in self.requests:
+            raise ValueError(f"request id {request.request_id!r} is already in the engine")
+        if self.cache_config.enable_prefix_caching:
+            update_block_hashes(request, self.block_size)
+        self.waiting.add_request(request)
+        self.requests[request.request_id] = request
+
+    def finish_requests(self, request_ids: str | list[str], finished_status: RequestStatus) -> list[Request]:
+        """Finish requests from outside the step (abort, stop string): mirrors Scheduler.finish_requests."""
+        assert RequestStatus.is_finished(finished_status)
+        if isinstance(request_ids, str):
+            request_ids = [request_ids]
+        finished = []
+        for request_id in request_ids:
+            request = self.requests.get(request_id)
+            if request is None or request.is_finished:
+                continue
+            if request.status == RequestStatus.RUNNING:
+                self.running.remove(request)
+            else:
+                self.waiting.remove_request(request)
+            request.status = finished_status
+            self._free_request(request)
+            finished.append(request)
+        return finished
+
+    def get_request_counts(self) -> tuple[int, int]:
+        return len(self.running), len(self.waiting)
+
+    def has_unfinished_requests(self) -> bool:
+        return bool(self.running) or bool(len(self.waiting))
+
+    # -- the step -----------------------------------------------------------------------
+
+    def schedule(self) -> SchedulerOutput:
+        # Mirrors vllm.v1.core.sched.scheduler.Scheduler.schedule
+        self.current_step += 1
+        scheduled_new_reqs: list[Request] = []
+        scheduled_resumed_reqs: list[Request] = []
+        scheduled_running_reqs: list[Request] = []
+        preempted_reqs: list[Request] = []
+        num_scheduled_tokens: dict[str, int] = {}
+        token_budget = self.scheduler_config.max_num_batched_tokens
+        scheduled_timestamp = time.monotonic()
+
+        # The threshold stops a long prefill from starving others; alone, it may use everything.
+        num_running, num_waiting = self.get_request_counts()
+        long_prefill_threshold = (
+            self.scheduler_config.long_prefill_token_threshold if num_running + num_waiting > 1 else 0
+        )
+
+        # First, the RUNNING requests.
+        req_index = 0
+        while req_index < len(self.running) and token_budget > 0:
+            request = self.running[req_index]
+            num_new_tokens = request.num_tokens - request.num_computed_tokens
+            if 0 < long_prefill_threshold < num_new_tokens:
+                num_new_tokens = long_prefill_threshold
+            num_new_tokens = min(num_new_tokens, token_budget)
+            # Leave room for the token this step samples.
+            num_new_tokens = min(num_new_tokens, self.max_model_len - request.num_computed_tokens - 1)
+            if num_new_tokens <= 0:
+                req_index += 1
+                continue
+
+            while True:
+                new_blocks = self.kv_cache_manager.allocate_slots(request, num_new_tokens)
+                if new_blocks is not None:
+                    break
+                # Out of blocks: preempt the lowest-priority running request and retry.
+                if self.policy == "priority":
+                    victim = max(self.running, key=lambda r: (r.priority, r.arrival_time))
+                    victim_index = self.running.index(victim)
+                    del self.running[victim_index]
+                    if victim_index < req_index:
+                        req_index -= 1
+                    if victim in scheduled_running_reqs:
+                        scheduled_running_reqs.remove(victim)
+                        token_budget += num_scheduled_tokens.pop(victim.request_id)
+                else:
+                    victim = self.running.pop()
+                self._preempt_request(victim, scheduled_timestamp)
+                preempted_reqs.append(victim)
+                if victim is request:
+                    break
+
+            if new_blocks is None:
+                if self.policy == "priority" and request.status == RequestStatus.PREEMPTED:
+                    # It preempted itself; higher-priority requests after it may still fit.
+                    continue
+                break
+
+            scheduled_running_reqs.append(request)
+            num_scheduled_tokens[request.request_id] = num_new_tokens
+            token_budget -= num_new_tokens
+            req_index += 1
+
+        # Then the WAITING requests, unless memory pressure forced a preemption this step.
+        if not preempted_reqs:
+            while token_budget > 0 and len(self.waiting):
+                if len(self.running) >= self.scheduler_config.max_num_seqs:
+                    break
+                request = self.waiting.peek_request()
+
+                if request.num_computed_tokens == 0:
+                    new_computed_blocks, num_computed_tokens = self.kv_cache_manager.get_computed_blocks(request)
+                    if request.num_preemptions <= 0:
+                        request.num_cached_tokens = num_computed_tokens
+                else:
+                    new_computed_blocks, num_computed_tokens = [], request.num_computed_tokens
+                num_new_local_computed_tokens = num_computed_tokens - request.num_computed_tokens
+
+                # num_tokens, not num_prompt_tokens: a resumed request recomputes its outputs too.
+                num_new_tokens = request.num_tokens - num_computed_tokens
+                if 0 < long_prefill_threshold < num_new_tokens:
+                    num_new_tokens = long_prefill_threshold
+                if not self.scheduler_config.enable_chunked_prefill and num_new_tokens > token_budget:
+                    break
+                num_new_tokens = min(num_new_tokens, token_budget)
+
+                new_blocks = self.kv_cache_manager.allocate_slots(
+                    request,
+                    num_new_tokens,
+                    num_new_computed_tokens=num_new_local_computed_tokens,
+                    new_computed_blocks=new_computed_blocks,
+                )
+                if new_blocks is None:
+                    break  # waiting requests never preempt running ones
+
+                self.waiting.pop_request()
+                self.running.append(request)
+                if request.status == RequestStatus.WAITING:
+                    scheduled_new_reqs.append(request)
+                else:
+                    scheduled_resumed_reqs.append(request)
+                num_scheduled_tokens[request.request_id] = num_new_tokens
+                token_budget -= num_new_tokens
+                request.status = RequestStatus.RUNNING
+                request.num_computed_tokens = num_computed_tokens
+
+        total = sum(num_scheduled_tokens.values())
+        assert total <= self.scheduler_config.max_num_batched_tokens
+        assert len(self.running) <= self.scheduler_config.max_num_seqs
+
+        scheduled = scheduled_new_reqs + scheduled_resumed_reqs + scheduled_running_reqs
+        output = SchedulerOutput(
+            scheduled_new_reqs=scheduled_new_reqs + scheduled_resumed_reqs,
+            scheduled_cached_reqs=scheduled_running_reqs,
+            num_scheduled_tokens=num_scheduled_tokens,
+            total_num_scheduled_tokens=total,
+            num_computed_tokens={r.request_id: r.num_computed_tokens for r in scheduled},
+            block_ids={r.request_id: self.kv_cache_manager.get_block_ids(r.request_id) for r in scheduled},
+            preempted_req_ids={r.request_id for r in preempted_reqs},
+            finished_req_ids=self.finished_req_ids,
+            step=self.current_step,
+        )
+        self._update_after_schedule(output)
+        return output
+
+    def _preempt_request(self, request: Request, timestamp: float) -> None:
+        # Mirrors vllm.v1.core.sched.scheduler.Scheduler._preempt_request
+        assert request.status == RequestStatus.RUNNING, "only running requests can be preempted"
+        self.kv_cache_manager.free(request)
+        request.status = RequestStatus.PREEMPTED
+        request.num_computed_tokens = 0
+        request.num_preemptions += 1
+        self.waiting.prepend_request(request)
+        self.preempted_req_ids.add(request.request_id)
+
+    def _update_after_schedule(self, scheduler_output: SchedulerOutput) -> None:
+        # Mirrors vllm.v1.core.sched.scheduler.Scheduler._update_after_schedule: advancing
+        # num_computed_tokens now lets the next step schedule the next prefill chunk at once.
+        for request_id, num_tokens in scheduler_output.num_scheduled_tokens.items():
+            self.requests[request_id].num_computed_tokens += num_tokens
+        self.finished_req_ids = set()
+        self.preempted_req_ids = set()
+
+    def update_from_output(
+        self, scheduler_output: SchedulerOutput, model_runner_output: ModelRunnerOutput
+    ) -> list[EngineCoreOutput]:
+        # Mirrors vllm.v1.core.sched.scheduler.Scheduler.update_from_output
+        index_of = {req_id: i for i, req_id in enumerate(model_runner_output.req_ids)}
+        outputs: list[EngineCoreOutput] = []
+        stopped_running: set[Request] = set()
+        for request_id in scheduler_output.num_scheduled_tokens:
+            request = self.requests.get(request_id)
+            if request is None or request.is_finished:
+                continue  # aborted while the step ran
+            new_token_ids = list(model_runner_output.sampled_token_ids[index_of[request_id]])
+            stopped = False
+            for num_new, token_id in enumerate(new_token_ids, 1):
+                request.append_output_token_ids([token_id])
+                stopped = self._check_stop(request)
+                if stopped:
+                    del new_token_ids[num_new:]
+                    break
+            if new_token_ids and self.cache_config.enable_prefix_caching:
+                update_block_hashes(request, self.block_size)
+            if stopped:
+                self._free_request(request)
+                stopped_running.add(request)
+            if new_token_ids or stopped:
+                outputs.append(
+                    EngineCoreOutput(
+                        request_id=request_id,
+                        new_token_ids=new_token_ids,
+                        finish_reason=request.get_finish_reason(),
+                        stop_reason=request.stop_reason,
+                        num_cached_tokens=max(request.num_cached_tokens, 0),
+                    )
+                )
+        if stopped_running:
+            self.running = [r for r in self.running if r not in stopped_running]
+        return outputs
+
+    def _check_stop(self, request: Request) -> bool:
+        # Mirrors vllm.v1.core.sched.utils.check_stop
+        params = request.sampling_params
+        last_token_id = request.output_token_ids[-1]
+        if not params.ignore_eos and last_token_id == request.eos_token_id:
+            request.status = RequestStatus.FINISHED_STOPPED
+            return True
+        if last_token_id in params.stop_token_ids:
+            request.status = RequestStatus.FINISHED_STOPPED
+            request.stop_reason = last_token_id
+            return True
+        if request.num_tokens >= self.max_model_len or request.num_output_tokens >= params.max_tokens:
+            request.status = RequestStatus.FINISHED_LENGTH_CAPPED
+            return True
+        return False
+
+    def _free_request(self, request: Request) -> None:
+        # Mirrors vllm.v1.core.sched.scheduler.Scheduler._free_request
+        assert request.is_finished
+        self.kv_cache_manager.free(request)
+        self.finished_req_ids.add(request.request_id)
+        del self.requests[request.request_id]
