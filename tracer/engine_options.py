@@ -1,0 +1,47 @@
+"""Engine options shared by the commands that start our engine (generate, serve, demo)."""
+from __future__ import annotations
+
+import argparse
+
+from engine.config import CacheConfig, EngineConfig, ModelConfig, SchedulerConfig
+
+
+def add_engine_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("engine")
+    group.add_argument("--model", default=None, help="GGUF file or HF directory (default: the bundled SmolLM2-135M-Instruct)")
+    group.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    group.add_argument("--dtype", default=None, help="float32 / bfloat16 (default: float32 on CPU, bfloat16 on CUDA)")
+    group.add_argument("--block-size", type=int, default=16)
+    group.add_argument("--num-blocks", type=int, default=None, help="KV pool size in blocks (default: from --kv-cache-mb)")
+    group.add_argument("--kv-cache-mb", type=int, default=256)
+    group.add_argument("--no-prefix-caching", action="store_true")
+    group.add_argument("--max-num-seqs", type=int, default=64)
+    group.add_argument("--max-num-batched-tokens", type=int, default=2048)
+    group.add_argument("--max-model-len", type=int, default=2048)
+    group.add_argument("--no-chunked-prefill", action="store_true")
+    group.add_argument("--long-prefill-token-threshold", type=int, default=0)
+    group.add_argument("--policy", choices=["fcfs", "priority"], default="fcfs")
+
+
+def engine_config_from_args(args: argparse.Namespace) -> EngineConfig:
+    for name in ("block_size", "max_num_seqs", "max_num_batched_tokens", "max_model_len", "kv_cache_mb"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
+    return EngineConfig(
+        model=ModelConfig(model=args.model, device=args.device, dtype=args.dtype),
+        cache=CacheConfig(
+            block_size=args.block_size,
+            num_blocks=args.num_blocks,
+            kv_cache_memory_bytes=args.kv_cache_mb * 1024 * 1024,
+            enable_prefix_caching=not args.no_prefix_caching,
+        ),
+        scheduler=SchedulerConfig(
+            max_num_seqs=args.max_num_seqs,
+            max_num_batched_tokens=args.max_num_batched_tokens,
+            max_model_len=args.max_model_len,
+            enable_chunked_prefill=not args.no_chunked_prefill,
+            long_prefill_token_threshold=args.long_prefill_token_threshold,
+            policy=args.policy,
+        ),
+    )
+
