@@ -1,0 +1,147 @@
+"""Paged attention, torch reference backend.
+
+Every layer keeps its K/V in a paged pool shaped [num_blocks, block_size, num_kv_heads, head_dim].
+A step runs a flat batch of tokens from several requests (no padding); AttentionMetadata tells
+each token where its K/V goes (slot_mapping) and which blocks hold each request's context
+(block_tables). Mirrors the role of vllm.v1.attention.backends (FlashAttentionMetadata +
+reshape_and_cache_flash + flash_attn_varlen_func), written with plain torch ops for reading.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class AttentionMetadata:
+    """Batch layout of one forward pass (vLLM: CommonAttentionMetadata)."""
+
+    # [T] flat index block_id * block_size + offset where each new token's K/V is written.
+    slot_mapping: torch.Tensor
+    # [B + 1] request r's new tokens are query[query_start_loc[r]:query_start_loc[r + 1]].
+    query_start_loc: torch.Tensor
+    # [B] context length of each request *including* its new tokens.
+    seq_lens: torch.Tensor
+    # [B, max_blocks] block ids of each request, padded (the padding is never read).
+    block_tables: torch.Tensor
+    # [T] position of each new token in its sequence (used by RoPE).
+    positions: torch.Tensor
+    # Host copies of query_start_loc / seq_lens, so the per-request split needs no device sync.
+    query_start_loc_cpu: list[int] | None = None
+    seq_lens_cpu: list[int] | None = None
+
+    def __post_init__(self) -> None:
+        if self.query_start_loc_cpu is None:
+            self.query_start_loc_cpu = self.query_start_loc.tolist()
+        if self.seq_lens_cpu is None:
+            self.seq_lens_cpu = self.seq_lens.tolist()
+
+    @property
+    def num_reqs(self) -> int:
+        return len(self.seq_lens_cpu)
+
+    def query_lens(self) -> list[int]:
+        starts = self.query_start_loc_cpu
+        return [starts[i + 1] - starts[i] for i in range(self.num_reqs)]
+
+
+def write_kv_cache(
+    key: torch.Tensor, value: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, slot_mapping: torch.Tensor
+) -> None:
+    """Scatter the new tokens' K/V [T, kv_heads, head_dim] into the paged pool.
+
+    Mirrors vllm._custom_ops.reshape_and_cache_flash.
+    """
+    num_blocks, block_size, num_kv_heads, head_dim = k_cache.shape
+    k_cache.view(num_blocks * block_size, num_kv_heads, head_dim).index_copy_(0, slot_mapping, key)
+    v_cache.view(num_blocks * block_size, num_kv_heads, head_dim).index_copy_(0, slot_mapping, value)
+
+
+def gather_kv(cache: torch.Tensor, block_table: torch.Tensor, context_len: int) -> torch.Tensor:
+    """The first context_len tokens of one or more requests' K or V, as [..., context_len, kv_heads, head_dim]."""
+    block_size = cache.shape[1]
+    num_blocks = -(-context_len // block_size)
+    blocks = cache[block_table[..., :num_blocks]]  # [..., num_blocks, block_size, kv_heads, head_dim]
+    blocks = blocks.flatten(-4, -3)
+    return blocks[..., :context_len, :, :]
+
+
+def paged_attention(
+    query: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    metadata: AttentionMetadata,
+    scale: float,
+) -> torch.Tensor:
+    """Causal attention of query [T, heads, head_dim] over each request's cached + new keys.
+
+    The new tokens' K/V must already be in the cache. Query token j of a request with q new tokens
+    and context length L sits at context index L - q + j and sees keys 0..L - q + j, which covers
+    plain prefill (q == L), prefill after a cached prefix or an earlier chunk (q < L), and decode
+    (q == 1). Decode requests are batched into one call; each prefill runs on its own so a long
+    prompt never pads the short ones.
+    """
+    output = torch.empty_like(query)
+    query_lens = metadata.query_lens()
+    starts = metadata.query_start_loc_cpu
+    decode_reqs = [r for r, n in enumerate(query_lens) if n == 1]
+    prefill_reqs = [r for r, n in enumerate(query_lens) if n > 1]
+
+    if decode_reqs:
+        _decode_attention(query, k_cache, v_cache, metadata, decode_reqs, scale, output)
+    for r in prefill_reqs:
+        start, end = starts[r], starts[r + 1]
+        context_len = metadata.seq_lens_cpu[r]
+        key = gather_kv(k_cache, metadata.block_tables[r], context_len)
+        value = gather_kv(v_cache, metadata.block_tables[r], context_len)
+        output[start:end] = _sdpa(query[start:end], key, value, scale, context_len - (end - start))
+    return output
+
+
+def _decode_attention(
+    query: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    metadata: AttentionMetadata,
+    reqs: list[int],
+    scale: float,
+    output: torch.Tensor,
+) -> None:
+    """One new token per request: pad the contexts to the longest and mask the tail."""
+    token_idx = torch.tensor([metadata.query_start_loc_cpu[r] for r in reqs], device=query.device)
+    req_idx = torch.tensor(reqs, device=query.device)
+    max_len = max(metadata.seq_lens_cpu[r] for r in reqs)
+    block_tables = metadata.block_tables[req_idx]
+    key = gather_kv(k_cache, block_tables, max_len)  # [B, max_len, kv_heads, head_dim]
+    value = gather_kv(v_cache, block_tables, max_len)
+    positions = torch.arange(max_len, device=query.device)
+    visible = positions[None, :] < metadata.seq_lens[req_idx][:, None]  # [B, max_len]
+    q = query[token_idx].unsqueeze(2)  # [B, heads, 1, head_dim]
+    num_kv_heads = key.shape[2]
+    out = F.scaled_dot_product_attention(
+        q,
+        key.transpose(1, 2),
+        value.transpose(1, 2),
+        attn_mask=visible[:, None, None, :],
+        scale=scale,
+        enable_gqa=q.shape[1] != num_kv_heads,
+    )
+    output[token_idx] = out.squeeze(2)
+
+
+def _sdpa(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float, context_start: int) -> torch.Tensor:
+    """query [q, heads, d] at context indices context_start.., key/value [L, kv_heads, d]."""
+    q = query.transpose(0, 1).unsqueeze(0)
+    k = key.transpose(0, 1).unsqueeze(0)
+    v = value.transpose(0, 1).unsqueeze(0)
+    enable_gqa = q.shape[1] != k.shape[1]
+    if context_start == 0:
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=enable_gqa)
+    else:
+        q_pos = torch.arange(context_start, context_start + query.shape[0], device=query.device)
+        k_pos = torch.arange(key.shape[0], device=query.device)
+        mask = k_pos[None, :] <= q_pos[:, None]
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=enable_gqa)
+    return out.squeeze(0).transpose(0, 1)

@@ -1,0 +1,178 @@
+"""Owns the model, its paged KV cache and the sampler; turns a SchedulerOutput into sampled tokens.
+
+Mirrors vllm.v1.worker.gpu_model_runner.GPUModelRunner, reduced to one device and no
+persistent input batch: every step rebuilds its input tensors from the SchedulerOutput.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from engine.attention import AttentionMetadata
+from engine.model import LlamaConfig, LlamaForCausalLM
+from engine.outputs import ModelRunnerOutput, SchedulerOutput
+from engine.request import Request
+from engine.sampler import Sampler
+
+
+def kv_cache_bytes_per_block(model_config: LlamaConfig, block_size: int, dtype: torch.dtype) -> int:
+    """Bytes one block takes across all layers, K and V."""
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    per_layer = 2 * block_size * model_config.num_key_value_heads * model_config.head_dim * itemsize
+    return per_layer * model_config.num_hidden_layers
+
+
+def num_blocks_for_memory(model_config: LlamaConfig, block_size: int, memory_bytes: int, dtype: torch.dtype) -> int:
+    """How many KV blocks fit in memory_bytes (vLLM sizes the pool the same way from its memory budget)."""
+    num_blocks = memory_bytes // kv_cache_bytes_per_block(model_config, block_size, dtype)
+    if num_blocks < 2:
+        raise ValueError(
+            f"kv cache memory of {memory_bytes} bytes holds {num_blocks} blocks of {block_size} tokens; "
+            "need at least 2 (one is the reserved null block)"
+        )
+    return num_blocks
+
+
+@dataclass
+class ModelInput:
+    """Everything one forward pass needs, built by ModelRunner._prepare_inputs."""
+
+    req_ids: list[str]
+    requests: list[Request]
+    input_ids: torch.Tensor  # [T]
+    positions: torch.Tensor  # [T]
+    attn_metadata: AttentionMetadata
+    # Rows (into the flat batch) whose hidden state is sampled, and the requests they belong to.
+    logits_indices: torch.Tensor
+    sampled_req_indices: list[int]
+
+
+class ModelRunner:
+    def __init__(
+        self,
+        model: LlamaForCausalLM,
+        model_config: LlamaConfig,
+        block_size: int,
+        num_blocks: int,
+        device: torch.device | str,
+        dtype: torch.dtype,
+    ) -> None:
+        self.model = model
+        self.model_config = model_config
+        self.block_size = block_size
+        self.num_blocks = num_blocks
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.sampler = Sampler()
+        self.kv_caches = self._allocate_kv_cache()
+        # Seeded requests keep one generator for their whole life (vLLM: CachedRequestState.generator).
+        self.generators: dict[str, torch.Generator] = {}
+
+    def _allocate_kv_cache(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        cfg = self.model_config
+        shape = (self.num_blocks, self.block_size, cfg.num_key_value_heads, cfg.head_dim)
+        return [
+            (
+                torch.zeros(shape, dtype=self.dtype, device=self.device),
+                torch.zeros(shape, dtype=self.dtype, device=self.device),
+            )
+            for _ in range(cfg.num_hidden_layers)
+        ]
+
+    @torch.inference_mode()
+    def execute_model(self, scheduler_output: SchedulerOutput) -> ModelRunnerOutput:
+        self._free_finished(scheduler_output.finished_req_ids)
+        if scheduler_output.is_empty:
+            return ModelRunnerOutput(req_ids=[], sampled_token_ids=[])
+        model_input = self._prepare_inputs(scheduler_output)
+        hidden = self.model(model_input.input_ids, model_input.positions, model_input.attn_metadata, self.kv_caches)
+        logits = self.model.compute_logits(hidden[model_input.logits_indices])
+        sampled = self._sample(logits, model_input)
+        return self._build_output(model_input, sampled)
+
+    def _free_finished(self, finished_req_ids: set[str]) -> None:
+        for req_id in finished_req_ids:
+            self.generators.pop(req_id, None)
+
+    def _prepare_inputs(self, scheduler_output: SchedulerOutput) -> ModelInput:
+        """Flatten the scheduled tokens of all requests into one batch (vLLM: _prepare_inputs)."""
+        input_ids: list[int] = []
+        positions: list[int] = []
+        slot_mapping: list[int] = []
+        query_start_loc = [0]
+        seq_lens: list[int] = []
+        block_tables: list[list[int]] = []
+        logits_indices: list[int] = []
+        sampled_req_indices: list[int] = []
+        requests = scheduler_output.scheduled_reqs
+        for index, request in enumerate(requests):
+            req_id = request.request_id
+            num_new = scheduler_output.num_scheduled_tokens[req_id]
+            num_computed = scheduler_output.num_computed_tokens.get(req_id, 0)
+            block_ids = scheduler_output.block_ids[req_id]
+            end = num_computed + num_new
+            if end > len(block_ids) * self.block_size:
+                raise ValueError(
+                    f"request {req_id}: {end} tokens need {-(-end // self.block_size)} blocks, "
+                    f"scheduler gave {len(block_ids)}"
+                )
+            input_ids.extend(request.all_token_ids[num_computed:end])
+            for pos in range(num_computed, end):
+                positions.append(pos)
+                slot_mapping.append(block_ids[pos // self.block_size] * self.block_size + pos % self.block_size)
+            query_start_loc.append(len(input_ids))
+            seq_lens.append(end)
+            block_tables.append(block_ids)
+            # A chunk that stops short of the known tokens has nothing to sample yet.
+            if end >= request.num_tokens:
+                logits_indices.append(len(input_ids) - 1)
+                sampled_req_indices.append(index)
+
+        width = max(len(b) for b in block_tables)
+        padded_tables = [b + [0] * (width - len(b)) for b in block_tables]
+        as_tensor = lambda values: torch.tensor(values, dtype=torch.long, device=self.device)  # noqa: E731
+        positions_t = as_tensor(positions)
+        attn_metadata = AttentionMetadata(
+            slot_mapping=as_tensor(slot_mapping),
+            query_start_loc=as_tensor(query_start_loc),
+            seq_lens=as_tensor(seq_lens),
+            block_tables=as_tensor(padded_tables),
+            positions=positions_t,
+            query_start_loc_cpu=query_start_loc,
+            seq_lens_cpu=seq_lens,
+        )
+        return ModelInput(
+            req_ids=[r.request_id for r in requests],
+            requests=requests,
+            input_ids=as_tensor(input_ids),
+            positions=positions_t,
+            attn_metadata=attn_metadata,
+            logits_indices=as_tensor(logits_indices),
+            sampled_req_indices=sampled_req_indices,
+        )
+
+    def _sample(self, logits: torch.Tensor, model_input: ModelInput) -> list[int]:
+        if not model_input.sampled_req_indices:
+            return []
+        requests = [model_input.requests[i] for i in model_input.sampled_req_indices]
+        params = [r.sampling_params for r in requests]
+        generators = [self._generator_for(r) for r in requests]
+        return self.sampler.sample(logits, params, generators).tolist()
+
+    def _generator_for(self, request: Request) -> torch.Generator | None:
+        seed = request.sampling_params.seed
+        if seed is None:
+            return None
+        generator = self.generators.get(request.request_id)
+        if generator is None:
+            generator = torch.Generator(device=self.device)
+            generator.manual_seed(seed)
+            self.generators[request.request_id] = generator
+        return generator
+
+    def _build_output(self, model_input: ModelInput, sampled: list[int]) -> ModelRunnerOutput:
+        sampled_token_ids: list[list[int]] = [[] for _ in model_input.req_ids]
+        for req_index, token_id in zip(model_input.sampled_req_indices, sampled, strict=True):
+            sampled_token_ids[req_index] = [token_id]
+        return ModelRunnerOutput(req_ids=model_input.req_ids, sampled_token_ids=sampled_token_ids)
