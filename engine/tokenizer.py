@@ -6,7 +6,9 @@ read from the GGUF metadata or from an HF directory.
 """
 from __future__ import annotations
 
+import hashlib
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +24,10 @@ class Tokenizer:
 
         hf_logging.set_verbosity_error()
         path = Path(model_path)
+        if not path.exists():
+            raise FileNotFoundError(f"model path does not exist: {path}")
         if path.is_file():
-            self.hf = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+            self.hf = _load_gguf_tokenizer(path)
         else:
             self.hf = AutoTokenizer.from_pretrained(str(path))
         self.max_model_len = max_model_len
@@ -70,6 +74,33 @@ class Tokenizer:
                 "and at least one must be left for the output"
             )
         return token_ids
+
+
+def _load_gguf_tokenizer(path: Path):
+    """transformers rebuilds a GGUF's tokenizer from its metadata (about 9 s for SmolLM2); do that
+    once and keep the result as tokenizer.json in a cache keyed by the file's identity."""
+    from transformers import AutoTokenizer
+
+    stat = path.stat()
+    key = hashlib.sha256(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    cache_dir = cache_root() / "tokenizers" / key
+    if (cache_dir / "tokenizer.json").is_file():
+        return AutoTokenizer.from_pretrained(str(cache_dir))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    except Exception as exc:  # transformers raises many types for a bad file
+        raise ValueError(f"cannot read a tokenizer from {path}: {exc}") from exc
+    tmp_dir = cache_dir.with_name(cache_dir.name + f".tmp{os.getpid()}")
+    try:
+        tokenizer.save_pretrained(str(tmp_dir))
+        os.replace(tmp_dir, cache_dir)
+    except OSError:
+        shutil.rmtree(tmp_dir, ignore_errors=True)  # a read-only cache only costs time
+    return tokenizer
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("SERVETRACE_CACHE") or Path.home() / ".cache" / "servetrace")
 
 
 def default_model_path() -> str:
