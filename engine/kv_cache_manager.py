@@ -149,6 +149,7 @@ class KVCacheManager:
         num_new_computed_tokens: int = 0,
         new_computed_blocks: Sequence[KVCacheBlock] | None = None,
         num_lookahead_tokens: int = 0,
+        full_sequence_must_fit: bool = False,
     ) -> list[KVCacheBlock] | None:
         """Give the request slots for num_new_tokens more tokens (after its computed ones and
         the prefix hit new_computed_blocks). Returns the newly allocated blocks, or None,
@@ -165,6 +166,16 @@ class KVCacheManager:
             )
 
         total_computed_tokens = min(request.num_computed_tokens + num_new_computed_tokens, self.max_model_len)
+
+        if full_sequence_must_fit:
+            # Admission gate (vLLM's scheduler_reserve_full_isl, on by default): a waiting
+            # request is admitted only if its whole sequence fits, not just its first chunk,
+            # so chunked prefill cannot over-admit and thrash.
+            full_num_tokens = min(request.num_tokens, self.max_model_len)
+            if self._get_num_blocks_to_allocate(
+                request.request_id, full_num_tokens, new_computed_blocks
+            ) > self.block_pool.get_num_free_blocks():
+                return None
         num_tokens_need_slot = min(total_computed_tokens + num_new_tokens + num_lookahead_tokens, self.max_model_len)
 
         num_blocks_to_allocate = self._get_num_blocks_to_allocate(

@@ -173,6 +173,7 @@ class Scheduler:
                     num_new_tokens,
                     num_new_computed_tokens=num_new_local_computed_tokens,
                     new_computed_blocks=new_computed_blocks,
+                    full_sequence_must_fit=True,  # vLLM: scheduler_reserve_full_isl (default True)
                 )
                 if new_blocks is None:
                     break  # waiting requests never preempt running ones
