@@ -1,0 +1,71 @@
+"""Replay runner for our scheduler (engine/scheduler.py) and block manager."""
+from __future__ import annotations
+
+from engine.config import CacheConfig, SchedulerConfig
+from engine.outputs import ModelRunnerOutput, SchedulerOutput
+from engine.request import Request
+from engine.sampling_params import SamplingParams
+from engine.scheduler import Scheduler
+from tracer.replay.config import ReplayConfig
+from tracer.replay.runners.base import SchedulerRunner
+from tracer.replay.workload import WorkloadRequest
+
+
+class MiniRunner(SchedulerRunner):
+    name = "mini"
+
+    def __init__(self, config: ReplayConfig) -> None:
+        super().__init__(config)
+        scheduler_config = SchedulerConfig(
+            max_num_seqs=config.max_num_seqs,
+            max_num_batched_tokens=config.max_num_batched_tokens,
+            max_model_len=config.max_model_len,
+            enable_chunked_prefill=config.enable_chunked_prefill,
+            long_prefill_token_threshold=config.long_prefill_token_threshold,
+            policy=config.policy,
+        )
+        cache_config = CacheConfig(
+            block_size=config.block_size, num_blocks=config.num_blocks, enable_prefix_caching=config.enable_prefix_caching
+        )
+        self.scheduler = Scheduler(scheduler_config, cache_config, config.num_blocks)
+        self._all: dict[str, Request] = {}
+
+    def add_request(self, request: WorkloadRequest, arrival_time: float) -> None:
+        engine_request = Request(
+            request_id=request.id,
+            prompt_token_ids=list(request.prompt_token_ids),
+            sampling_params=SamplingParams(max_tokens=request.max_tokens, ignore_eos=True, temperature=0.0),
+            arrival_time=arrival_time,
+            priority=request.priority,
+        )
+        self._all[request.id] = engine_request
+        self.scheduler.add_request(engine_request)
+
+    def schedule(self) -> SchedulerOutput:
+        return self.scheduler.schedule()
+
+    def update_from_output(self, scheduler_output: SchedulerOutput, sampled: dict[str, list[int]]) -> dict[str, str]:
+        req_ids = list(scheduler_output.num_scheduled_tokens)
+        output = ModelRunnerOutput(req_ids=req_ids, sampled_token_ids=[sampled[r] for r in req_ids])
+        outputs = self.scheduler.update_from_output(scheduler_output, output)
+        return {o.request_id: o.finish_reason for o in outputs if o.finish_reason is not None}
+
+    def num_scheduled_tokens(self, scheduler_output: SchedulerOutput) -> dict[str, int]:
+        return dict(scheduler_output.num_scheduled_tokens)
+
+    def running_ids(self) -> list[str]:
+        return [r.request_id for r in self.scheduler.running]
+
+    def waiting_ids(self) -> list[str]:
+        # FCFS iterates in queue order, the priority queue in pop order.
+        return [r.request_id for r in self.scheduler.waiting]
+
+    def request_counters(self, request_id: str) -> tuple[int, int, int]:
+        request = self._all[request_id]
+        return request.num_computed_tokens, request.num_tokens, request.num_output_tokens
+
+    def unfinished_ids(self) -> list[str]:
+        return list(self.scheduler.requests)
+
+    def num_free_blocks(self) -> int:
+        return self.scheduler.kv_cache_manager.get_num_free_blocks()

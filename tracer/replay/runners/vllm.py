@@ -1,0 +1,202 @@
+"""Replay runner for the real vLLM 0.33 V1 Scheduler + KVCacheManager, on the CPU with no model.
+
+Built the way vLLM's own scheduler unit tests build it: a VllmConfig over a model directory that
+holds only a llama config.json (SmolLM2-135M's shape), a KVCacheConfig with one
+FullAttentionSpec group, Requests carrying a block hasher, and a hand-built ModelRunnerOutput fed
+to update_from_output. This is the synchronous Scheduler: vLLM 0.33 serves with AsyncScheduler
+by default (one step of lookahead), which replay does not drive.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from tracer.replay.config import ReplayConfig
+from tracer.replay.runners.base import ReplayError, SchedulerRunner
+from tracer.replay.workload import WorkloadRequest
+
+# SmolLM2-135M's shape; the scheduler reads only max_position_embeddings and the architecture.
+SMOLLM2_CONFIG = {
+    "architectures": ["LlamaForCausalLM"],
+    "model_type": "llama",
+    "hidden_size": 576,
+    "intermediate_size": 1536,
+    "num_hidden_layers": 30,
+    "num_attention_heads": 9,
+    "num_key_value_heads": 3,
+    "vocab_size": 49152,
+    "max_position_embeddings": 8192,
+    "rms_norm_eps": 1e-5,
+    "rope_theta": 100000.0,
+    "tie_word_embeddings": True,
+    "torch_dtype": "float32",
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+    "hidden_act": "silu",
+}
+
+
+@lru_cache(maxsize=1)
+def config_only_model_dir() -> str:
+    directory = Path(tempfile.mkdtemp(prefix="servetrace-vllm-model-"))
+    (directory / "config.json").write_text(json.dumps(SMOLLM2_CONFIG))
+    return str(directory)
+
+
+@lru_cache(maxsize=1)
+def _vllm():
+    """Import vLLM once per process (several seconds); the modules replay needs."""
+    os.environ.setdefault("VLLM_TARGET_DEVICE", "cpu")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        import torch
+        from vllm.config import CacheConfig, ModelConfig, SchedulerConfig, VllmConfig
+        from vllm.sampling_params import SamplingParams
+        from vllm.utils.hashing import sha256
+        from vllm.v1.core.kv_cache_utils import get_request_block_hasher, init_none_hash
+        from vllm.v1.core.sched.scheduler import Scheduler
+        from vllm.v1.kv_cache_interface import FullAttentionSpec, KVCacheConfig, KVCacheGroupSpec
+        from vllm.v1.outputs import ModelRunnerOutput
+        from vllm.v1.request import Request
+        from vllm.v1.structured_output import StructuredOutputManager
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ReplayError(f"vLLM is not importable here ({exc}); replay --engines vllm needs vllm==0.33.0") from exc
+    init_none_hash(sha256)
+    return dict(
+        torch=torch, CacheConfig=CacheConfig, ModelConfig=ModelConfig, SchedulerConfig=SchedulerConfig,
+        VllmConfig=VllmConfig, SamplingParams=SamplingParams, sha256=sha256,
+        get_request_block_hasher=get_request_block_hasher, Scheduler=Scheduler, FullAttentionSpec=FullAttentionSpec,
+        KVCacheConfig=KVCacheConfig, KVCacheGroupSpec=KVCacheGroupSpec, ModelRunnerOutput=ModelRunnerOutput,
+        Request=Request, StructuredOutputManager=StructuredOutputManager,
+    )
+
+
+@lru_cache(maxsize=8)
+def _model_config(max_model_len: int):
+    v = _vllm()
+    return v["ModelConfig"](
+        model=config_only_model_dir(), skip_tokenizer_init=True, dtype="float32", seed=0, max_model_len=max_model_len
+    )
+
+
+def build_vllm_scheduler(config: ReplayConfig):
+    """A real vllm.v1.core.sched.scheduler.Scheduler under the replay config."""
+    v = _vllm()
+    try:
+        scheduler_config = v["SchedulerConfig"](
+            max_num_seqs=config.max_num_seqs,
+            max_num_batched_tokens=config.max_num_batched_tokens,
+            max_model_len=config.max_model_len,
+            enable_chunked_prefill=config.enable_chunked_prefill,
+            long_prefill_token_threshold=config.long_prefill_token_threshold,
+            policy=config.policy,
+            is_encoder_decoder=False,
+        )
+        cache_config = v["CacheConfig"](block_size=config.block_size, enable_prefix_caching=config.enable_prefix_caching)
+        vllm_config = v["VllmConfig"](
+            scheduler_config=scheduler_config, model_config=_model_config(config.max_model_len), cache_config=cache_config
+        )
+    except ValueError as exc:
+        raise ReplayError(f"vLLM rejects this config: {exc}") from None
+    spec = v["FullAttentionSpec"](config.block_size, num_kv_heads=1, head_size=1, dtype=v["torch"].float32)
+    kv_cache_config = v["KVCacheConfig"](
+        num_blocks=config.num_blocks, kv_cache_tensors=[], kv_cache_groups=[v["KVCacheGroupSpec"](["layer"], spec)]
+    )
+    cache_config.num_gpu_blocks = config.num_blocks
+    scheduler = v["Scheduler"](
+        vllm_config=vllm_config,
+        kv_cache_config=kv_cache_config,
+        structured_output_manager=v["StructuredOutputManager"](vllm_config),
+        block_size=config.block_size,
+        log_stats=True,
+    )
+    _check_effective_config(scheduler, config)
+    return scheduler
+
+
+def _check_effective_config(scheduler, config: ReplayConfig) -> None:
+    """vLLM's config classes may adjust values; a replay is only meaningful if they did not."""
+    effective = {
+        "max_num_seqs": scheduler.max_num_running_reqs,
+        "max_num_batched_tokens": scheduler.max_num_scheduled_tokens,
+        "max_model_len": scheduler.max_model_len,
+        "enable_chunked_prefill": scheduler.scheduler_config.enable_chunked_prefill,
+        "long_prefill_token_threshold": scheduler.scheduler_config.long_prefill_token_threshold,
+        "enable_prefix_caching": scheduler.kv_cache_manager.enable_caching,
+        "block_size": scheduler.block_size,
+    }
+    changed = {k: (getattr(config, k), v) for k, v in effective.items() if getattr(config, k) != v}
+    if changed:
+        details = ", ".join(f"{k}: asked {a}, vLLM uses {b}" for k, (a, b) in changed.items())
+        raise ReplayError(f"vLLM adjusted the replay config ({details})")
+    if scheduler.local_prefill_interval > 1 or scheduler.adaptive_long_prefill_threshold:
+        raise ReplayError("vLLM's prefill cadence / adaptive threshold is on; replay mirrors neither")
+
+
+class VllmRunner(SchedulerRunner):
+    name = "vllm"
+
+    def __init__(self, config: ReplayConfig) -> None:
+        super().__init__(config)
+        self.v = _vllm()
+        self.scheduler = build_vllm_scheduler(config)
+        self.block_hasher = self.v["get_request_block_hasher"](config.block_size, self.v["sha256"])
+        self._all: dict[str, Any] = {}
+
+    def add_request(self, request: WorkloadRequest, arrival_time: float) -> None:
+        params = self.v["SamplingParams"](max_tokens=request.max_tokens, ignore_eos=True, temperature=0.0)
+        vllm_request = self.v["Request"](
+            request_id=request.id,
+            prompt_token_ids=list(request.prompt_token_ids),
+            sampling_params=params,
+            pooling_params=None,
+            arrival_time=arrival_time,
+            priority=request.priority,
+            block_hasher=self.block_hasher,
+        )
+        self._all[request.id] = vllm_request
+        self.scheduler.add_request(vllm_request)
+
+    def schedule(self):
+        return self.scheduler.schedule()
+
+    def update_from_output(self, scheduler_output, sampled: dict[str, list[int]]) -> dict[str, str]:
+        req_ids = list(scheduler_output.num_scheduled_tokens)
+        output = self.v["ModelRunnerOutput"](
+            req_ids=req_ids,
+            req_id_to_index={rid: i for i, rid in enumerate(req_ids)},
+            sampled_token_ids=[sampled[rid] for rid in req_ids],
+            logprobs=None,
+            prompt_logprobs_dict={},
+            pooler_output=[],
+        )
+        engine_outputs = self.scheduler.update_from_output(scheduler_output, output)
+        finished = {}
+        for outputs in (engine_outputs or {}).values():
+            for o in outputs.outputs:
+                if o.finish_reason is not None:
+                    finished[o.request_id] = str(o.finish_reason)
+        return finished
+
+    def num_scheduled_tokens(self, scheduler_output) -> dict[str, int]:
+        return dict(scheduler_output.num_scheduled_tokens)
+
+    def running_ids(self) -> list[str]:
+        return [r.request_id for r in self.scheduler.running]
+
+    def waiting_ids(self) -> list[str]:
+        return [r.request_id for r in self.scheduler.waiting]
+
+    def request_counters(self, request_id: str) -> tuple[int, int, int]:
+        request = self._all[request_id]
+        return request.num_computed_tokens, request.num_tokens, request.num_output_tokens
+
+    def unfinished_ids(self) -> list[str]:
+        return list(self.scheduler.requests)
+
+    def num_free_blocks(self) -> int:
+        return self.scheduler.kv_cache_manager.block_pool.get_num_free_blocks()
