@@ -1,0 +1,91 @@
+"""`servetrace replay WORKLOAD`: the same workload through our scheduler, vLLM's and SGLang's prefix cache."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+# Flags that override the config file; None means "not given".
+CONFIG_FLAGS = {
+    "block_size": int,
+    "num_blocks": int,
+    "max_num_seqs": int,
+    "max_num_batched_tokens": int,
+    "max_model_len": int,
+    "long_prefill_token_threshold": int,
+    "radix_pool_tokens": int,
+    "radix_concurrency": int,
+}
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "replay",
+        help="replay a workload through mini / vLLM / SGLang and compare step by step",
+        description=(
+            "Drive a JSONL workload through our scheduler (mini), vLLM 0.33's real V1 Scheduler + "
+            "KVCacheManager (vllm) and SGLang 0.5.23's RadixCache (sglang: prefix-cache replay only), "
+            "with forced outputs standing in for the model. Exit status 1 if the engines diverge."
+        ),
+    )
+    parser.add_argument("workload", help="workload JSONL (see `servetrace workload gen`)")
+    parser.add_argument("--engines", default="mini,vllm,sglang", help="comma-separated: mini, vllm, sglang")
+    parser.add_argument("--config", default=None, help="JSON file of replay config keys (flags override it)")
+    parser.add_argument("--out", default="replay-out", help="directory for step logs, traces and compare.json")
+    for name, kind in CONFIG_FLAGS.items():
+        parser.add_argument(f"--{name.replace('_', '-')}", type=kind, default=None)
+    parser.add_argument("--policy", choices=["fcfs", "priority"], default=None)
+    parser.add_argument("--chunked-prefill", dest="enable_chunked_prefill", action=argparse.BooleanOptionalAction, default=None)
+    parser.add_argument("--prefix-caching", dest="enable_prefix_caching", action=argparse.BooleanOptionalAction, default=None)
+    parser.add_argument("--radix-page-size", type=int, default=1, help="page size of the radix-cache replay (SGLang default 1)")
+    parser.add_argument("--step-ms", type=float, default=20.0, help="nominal step duration that maps arrival_time to a step")
+    parser.add_argument("--no-trace", action="store_true", help="do not write trace files")
+    parser.set_defaults(func=run)
+
+
+def config_from_args(args: argparse.Namespace):
+    from tracer.replay.config import ReplayConfig
+
+    base = ReplayConfig.from_file(args.config).to_json() if args.config else {}
+    names = list(CONFIG_FLAGS) + ["policy", "enable_chunked_prefill", "enable_prefix_caching"]
+    overrides = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+    return ReplayConfig.from_dict({**base, **overrides})
+
+
+def run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from tracer.replay.report import print_report
+    from tracer.replay.session import parse_engines, run_replay
+    from tracer.replay.workload import load_workload
+
+    if args.step_ms <= 0:
+        raise ValueError("--step-ms must be > 0")
+    if args.radix_page_size < 1:
+        raise ValueError("--radix-page-size must be >= 1")
+    engines = parse_engines(args.engines)
+    config = config_from_args(args)
+    workload = load_workload(args.workload, step_seconds=args.step_ms / 1000, tokenize=_lazy_tokenizer())
+    console = Console()
+    console.print(f"replaying {len(workload)} requests through {', '.join(engines)} ...")
+    result = run_replay(workload, config, engines, args.out, radix_page_size=args.radix_page_size, trace=not args.no_trace)
+    print_report(result.comparisons, result.radix, console)
+    for note in result.notes:
+        console.print(f"[dim]{note}[/dim]")
+    console.print(f"wrote {', '.join(str(p) for p in result.files)}")
+    if len([e for e in engines if e in ("mini", "vllm")]) < 2 and "sglang" not in engines:
+        console.print("[dim]one scheduler engine only: nothing to compare[/dim]")
+    return 0 if result.agree else 1
+
+
+def _lazy_tokenizer():
+    tokenizer = None
+
+    def tokenize(text: str) -> list[int]:
+        nonlocal tokenizer
+        if tokenizer is None:
+            from engine.tokenizer import Tokenizer, default_model_path
+
+            tokenizer = Tokenizer(default_model_path())
+        return tokenizer.encode(text)
+
+    return tokenize
