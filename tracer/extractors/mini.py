@@ -1,0 +1,246 @@
+"""Span attributes for the compact engine (engine/). Read-only: nothing here changes engine state."""
+from __future__ import annotations
+
+import weakref
+from typing import Any
+
+from tracer.extractors import (
+    ALLOCATED, BATCH_DECODE, BATCH_FINISHED, BATCH_IDS, BATCH_NEW, BATCH_PREEMPTED, BATCH_PREFILL,
+    BATCH_SIZE, BATCH_TOKENS, BATCH_TOTAL, BLOCK_IDS, BLOCKS_ALLOCATED, BLOCKS_FREED, CACHED_BLOCKS,
+    CACHED_TOKENS, EVICT_REQUESTED, EVICTABLE, EVICTED, FINISH_REASONS, FREE_BLOCKS, INPUT_TOKENS,
+    KEY_TOKENS, KV_USAGE, MAX_TOKENS, MODEL_TOKENS, NEW_TOKENS, NUM_COMPUTED, NUM_NEW_COMPUTED,
+    NUM_NEW_TOKENS, NUM_OUTPUTS, NUM_PREEMPTIONS, NUM_RUNNING, NUM_SAMPLED, NUM_WAITING, OPERATION,
+    OUTPUT_TOKENS, PRIORITY, PROTECTED, REQUEST_ID, STATUS, STEP, STOP_STRING, TEMPERATURE, TEXT_CHARS,
+    TOP_K, TOP_P, ids,
+)
+
+# The detokenizer does not know its request; LLMEngine.add_request creates one per request.
+_detokenizer_request: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _request(request: Any) -> dict[str, Any]:
+    return {
+        REQUEST_ID: request.request_id,
+        INPUT_TOKENS: request.num_prompt_tokens,
+        NUM_COMPUTED: request.num_computed_tokens,
+    }
+
+
+def _queues(scheduler: Any) -> dict[str, Any]:
+    return {NUM_RUNNING: len(scheduler.running), NUM_WAITING: len(scheduler.waiting)}
+
+
+def _kv(manager: Any) -> dict[str, Any]:
+    return {FREE_BLOCKS: manager.get_num_free_blocks(), KV_USAGE: manager.usage}
+
+
+def render_after(args: dict, token_ids: list[int]) -> dict:
+    return {OPERATION: "chat" if "messages" in args else "text_completion", INPUT_TOKENS: len(token_ids)}
+
+
+def enqueue_before(args: dict) -> dict:
+    params = args.get("sampling_params")
+    out = {REQUEST_ID: args.get("request_id"), INPUT_TOKENS: len(args.get("prompt_token_ids") or [])}
+    if params is not None:
+        out.update({MAX_TOKENS: params.max_tokens, TEMPERATURE: params.temperature, TOP_P: params.top_p, TOP_K: params.top_k})
+    out[PRIORITY] = args.get("priority")
+    return out
+
+
+def enqueue_after(args: dict, request: Any) -> dict:
+    engine = args["self"]
+    detokenizer = engine._detokenizers.get(request.request_id)
+    if detokenizer is not None:
+        _detokenizer_request[detokenizer] = request.request_id
+    return {REQUEST_ID: request.request_id, **_queues(engine.scheduler)}
+
+
+def step_before(args: dict) -> dict:
+    return _queues(args["self"].scheduler)
+
+
+def step_after(args: dict, outputs: list) -> dict:
+    engine = args["self"]
+    finished = [o for o in outputs if o.finished]
+    return {
+        STEP: engine.scheduler.current_step,
+        NUM_OUTPUTS: len(outputs),
+        BATCH_FINISHED: ids(o.request_id for o in finished),
+        **_queues(engine.scheduler),
+    }
+
+
+def schedule_after(args: dict, so: Any) -> dict:
+    scheduler = args["self"]
+    request_ids = list(so.num_scheduled_tokens)
+    prefill = sum(
+        1 for rid in request_ids if so.num_computed_tokens.get(rid, 0) < _num_prompt_tokens(scheduler, so, rid)
+    )
+    return {
+        STEP: so.step,
+        BATCH_IDS: request_ids,
+        BATCH_TOKENS: [so.num_scheduled_tokens[rid] for rid in request_ids],
+        BATCH_TOTAL: so.total_num_scheduled_tokens,
+        BATCH_SIZE: len(request_ids),
+        BATCH_PREFILL: prefill,
+        BATCH_DECODE: len(request_ids) - prefill,
+        BATCH_NEW: len(so.scheduled_new_reqs),
+        BATCH_PREEMPTED: ids(so.preempted_req_ids),
+        **_queues(scheduler),
+        **_kv(scheduler.kv_cache_manager),
+    }
+
+
+def _num_prompt_tokens(scheduler: Any, so: Any, request_id: str) -> int:
+    request = scheduler.requests.get(request_id)
+    return request.num_prompt_tokens if request is not None else 0
+
+
+def match_before(args: dict) -> dict:
+    if "request" in args:
+        return _request(args["request"])
+    return {KEY_TOKENS: len(args["key"])}
+
+
+def match_after(args: dict, result: Any) -> dict:
+    if "request" in args:
+        blocks, num_tokens = result
+        return {CACHED_TOKENS: num_tokens, CACHED_BLOCKS: len(blocks), BLOCK_IDS: [b.block_id for b in blocks]}
+    return {CACHED_TOKENS: result.prefix_len}
+
+
+def allocate_before(args: dict) -> dict:
+    return {
+        **_request(args["request"]),
+        NUM_NEW_TOKENS: args.get("num_new_tokens", 0),
+        NUM_NEW_COMPUTED: args.get("num_new_computed_tokens", 0),
+    }
+
+
+def allocate_after(args: dict, new_blocks: Any) -> dict:
+    out = {ALLOCATED: new_blocks is not None, **_kv(args["self"])}
+    if new_blocks is not None:
+        out[BLOCKS_ALLOCATED] = len(new_blocks)
+        out[BLOCK_IDS] = [b.block_id for b in new_blocks]
+    return out
+
+
+def insert_before(args: dict) -> dict:
+    if "request" in args:
+        return {REQUEST_ID: args["request"].request_id, NUM_COMPUTED: args.get("num_computed_tokens")}
+    key = args.get("key", args.get("token_ids"))
+    return {KEY_TOKENS: len(key) if key is not None else None}
+
+
+def insert_after(args: dict, result: Any) -> dict:
+    prefix_len = getattr(result, "prefix_len", None)
+    return {CACHED_TOKENS: prefix_len} if prefix_len is not None else {}
+
+
+def evict_before(args: dict) -> dict:
+    return {EVICT_REQUESTED: args.get("num_tokens")}
+
+
+def evict_after(args: dict, num_evicted: int) -> dict:
+    cache = args["self"]
+    return {EVICTED: num_evicted, EVICTABLE: cache.evictable_size(), PROTECTED: cache.protected_size()}
+
+
+def preempt_before(args: dict) -> dict:
+    return _request(args["request"])
+
+
+def preempt_after(args: dict, _: Any) -> dict:
+    request = args["request"]
+    return {NUM_PREEMPTIONS: request.num_preemptions, STATUS: request.status.name, **_kv(args["self"].kv_cache_manager)}
+
+
+def execute_before(args: dict) -> dict:
+    so = args["scheduler_output"]
+    return {STEP: so.step, MODEL_TOKENS: so.total_num_scheduled_tokens, BATCH_SIZE: len(so.num_scheduled_tokens)}
+
+
+def execute_after(args: dict, output: Any) -> dict:
+    return {NUM_SAMPLED: sum(1 for tokens in output.sampled_token_ids if tokens)}
+
+
+def forward_before(args: dict) -> dict:
+    return {MODEL_TOKENS: int(args["input_ids"].shape[0])}
+
+
+def sample_before(args: dict) -> dict:
+    return {BATCH_SIZE: int(args["logits"].shape[0])}
+
+
+def update_before(args: dict) -> dict:
+    so = args["scheduler_output"]
+    return {STEP: so.step, BATCH_SIZE: len(so.num_scheduled_tokens)}
+
+
+def update_after(args: dict, outputs: list) -> dict:
+    finished = [o for o in outputs if o.finished]
+    return {
+        NUM_OUTPUTS: len(outputs),
+        BATCH_FINISHED: ids(o.request_id for o in finished),
+        FINISH_REASONS: [o.finish_reason for o in finished],
+        **_queues(args["self"]),
+    }
+
+
+def free_before(args: dict) -> dict:
+    if "request" not in args:
+        return {KEY_TOKENS: len(args.get("token_ids") or [])}
+    request, manager = args["request"], args["self"]
+    out = {
+        REQUEST_ID: request.request_id,
+        STATUS: request.status.name,
+        BLOCKS_FREED: len(manager.req_to_blocks.get(request.request_id) or []),
+    }
+    if request.is_finished:
+        out[OUTPUT_TOKENS] = request.num_output_tokens
+        out[FINISH_REASONS] = [request.get_finish_reason()]
+    return out
+
+
+def free_after(args: dict, _: Any) -> dict:
+    return _kv(args["self"]) if "request" in args else {}
+
+
+def detokenize_before(args: dict) -> dict:
+    return {REQUEST_ID: _detokenizer_request.get(args["self"]), NEW_TOKENS: len(args["new_token_ids"])}
+
+
+def detokenize_after(args: dict, text: str) -> dict:
+    return {TEXT_CHARS: len(text), STOP_STRING: args["self"].stop_string}
+
+
+BEFORE = {
+    "engine.enqueue": enqueue_before,
+    "engine.step": step_before,
+    "kv.match_prefix": match_before,
+    "kv.allocate": allocate_before,
+    "kv.insert": insert_before,
+    "kv.evict": evict_before,
+    "scheduler.preempt": preempt_before,
+    "model.execute": execute_before,
+    "model.forward": forward_before,
+    "sampler.sample": sample_before,
+    "scheduler.update": update_before,
+    "kv.free": free_before,
+    "detokenize": detokenize_before,
+}
+AFTER = {
+    "request.render": render_after,
+    "engine.enqueue": enqueue_after,
+    "engine.step": step_after,
+    "scheduler.schedule": schedule_after,
+    "kv.match_prefix": match_after,
+    "kv.allocate": allocate_after,
+    "kv.insert": insert_after,
+    "kv.evict": evict_after,
+    "scheduler.preempt": preempt_after,
+    "model.execute": execute_after,
+    "scheduler.update": update_after,
+    "kv.free": free_after,
+    "detokenize": detokenize_after,
+}

@@ -1,0 +1,391 @@
+"""Install the catalog's hooks: wrap each target in place so that calling it opens a span.
+
+Works on plain functions, methods, classmethods, staticmethods, async functions and sync/async
+generators. A target whose module is not imported yet is hooked right after its module is
+imported (a post-import hook on sys.meta_path), so installing for vLLM in the API-server
+process does not import the GPU model runner. Installing twice is a no-op; `uninstall()`
+puts every original back, including module-level functions rebound by `from m import f`.
+"""
+from __future__ import annotations
+
+import functools
+import importlib
+import importlib.abc
+import inspect
+import logging
+import sys
+import threading
+import types
+from dataclasses import dataclass, field
+from typing import Any
+
+from tracer import spans
+from tracer.hops import Catalog, Target, load_catalog
+from tracer.spans import HopCall, drain_pending  # noqa: F401  (drain_pending is re-exported for otel)
+
+logger = logging.getLogger(__name__)
+
+MARKER = "__servetrace_hop__"
+
+
+class HookError(RuntimeError):
+    """A target could not be resolved or wrapped."""
+
+
+@dataclass
+class Patch:
+    target: Target
+    owner: Any  # the class or module holding the attribute
+    attribute: str
+    original: Any  # the raw attribute (classmethod/staticmethod objects included)
+    wrapper: Any
+    rebound: list[tuple[types.ModuleType, str]] = field(default_factory=list)
+
+
+@dataclass
+class InstallReport:
+    installed: list[str] = field(default_factory=list)
+    deferred: list[str] = field(default_factory=list)  # hooked when their module is imported
+    failed: dict[str, str] = field(default_factory=dict)
+
+
+_lock = threading.RLock()
+_patches: dict[str, Patch] = {}
+_deferred: dict[str, list[HopCall]] = {}  # module name -> calls waiting for it
+_targets: dict[str, Target] = {}
+
+
+# -- wrappers ----------------------------------------------------------------------------------
+
+
+def _binder(function: Any):
+    """args, kwargs -> {parameter name: value}, without inspect.Signature.bind on the hot path."""
+    try:
+        parameters = list(inspect.signature(function).parameters.values())
+    except (TypeError, ValueError):
+        parameters = []
+    positional = [p.name for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    var_positional = next((p.name for p in parameters if p.kind == p.VAR_POSITIONAL), None)
+
+    def bind(args: tuple, kwargs: dict) -> dict[str, Any]:
+        bound = dict(zip(positional, args))
+        if var_positional is not None and len(args) > len(positional):
+            bound[var_positional] = args[len(positional):]
+        if kwargs:
+            bound.update(kwargs)
+        return bound
+
+    return bind
+
+
+def make_wrapper(function: Any, call: HopCall) -> Any:
+    """A wrapper of the same kind as `function` (sync, async, generator, async generator)."""
+    bind = _binder(function)
+
+    if inspect.isasyncgenfunction(function):
+
+        @functools.wraps(function)
+        async def async_gen_wrapper(*args, **kwargs):
+            bound = bind(args, kwargs)
+            open_span = spans.begin(call, bound)
+            if open_span is None:
+                async for item in function(*args, **kwargs):
+                    yield item
+                return
+            agen = function(*args, **kwargs)
+            spans.deactivate(open_span)
+            error: BaseException | None = None
+            try:
+                to_send = None
+                while True:
+                    spans.activate(open_span)
+                    try:
+                        item = await agen.asend(to_send)
+                    except StopAsyncIteration:
+                        break
+                    finally:
+                        spans.deactivate(open_span)
+                    to_send = yield item
+            except BaseException as exc:
+                error = None if isinstance(exc, GeneratorExit) else exc
+                await agen.aclose()
+                raise
+            finally:
+                spans.activate(open_span)
+                spans.end(open_span, bound, None, error)
+
+        wrapper = async_gen_wrapper
+    elif inspect.iscoroutinefunction(function):
+
+        @functools.wraps(function)
+        async def async_wrapper(*args, **kwargs):
+            bound = bind(args, kwargs)
+            open_span = spans.begin(call, bound)
+            if open_span is None:
+                return await function(*args, **kwargs)
+            try:
+                result = await function(*args, **kwargs)
+            except BaseException as exc:
+                spans.end(open_span, bound, None, exc)
+                raise
+            spans.end(open_span, bound, result)
+            return result
+
+        wrapper = async_wrapper
+    elif inspect.isgeneratorfunction(function):
+
+        @functools.wraps(function)
+        def gen_wrapper(*args, **kwargs):
+            bound = bind(args, kwargs)
+            open_span = spans.begin(call, bound)
+            if open_span is None:
+                return (yield from function(*args, **kwargs))
+            spans.deactivate(open_span)
+            gen = function(*args, **kwargs)
+            error: BaseException | None = None
+            result = None
+            try:
+                to_send = None
+                while True:
+                    spans.activate(open_span)
+                    try:
+                        item = gen.send(to_send)
+                    except StopIteration as stop:
+                        result = stop.value
+                        break
+                    finally:
+                        spans.deactivate(open_span)
+                    to_send = yield item
+            except BaseException as exc:
+                error = None if isinstance(exc, GeneratorExit) else exc
+                gen.close()
+                raise
+            finally:
+                spans.activate(open_span)
+                spans.end(open_span, bound, result, error)
+            return result
+
+        wrapper = gen_wrapper
+    else:
+
+        @functools.wraps(function)
+        def sync_wrapper(*args, **kwargs):
+            bound = bind(args, kwargs)
+            open_span = spans.begin(call, bound)
+            if open_span is None:
+                return function(*args, **kwargs)
+            try:
+                result = function(*args, **kwargs)
+            except BaseException as exc:
+                spans.end(open_span, bound, None, exc)
+                raise
+            spans.end(open_span, bound, result)
+            return result
+
+        wrapper = sync_wrapper
+    setattr(wrapper, MARKER, call.hop)
+    return wrapper
+
+
+# -- resolution and patching ------------------------------------------------------------------
+
+
+def _resolve_owner(module: types.ModuleType, qualname: str) -> tuple[Any, str, Any]:
+    *path, attribute = qualname.split(".")
+    owner: Any = module
+    for name in path:
+        try:
+            owner = getattr(owner, name)
+        except AttributeError:
+            raise HookError(f"{module.__name__} has no {name!r} (looking for {qualname})") from None
+    raw = owner.__dict__.get(attribute) if isinstance(owner, type) else getattr(owner, attribute, None)
+    if raw is None:
+        where = "a base class" if isinstance(owner, type) and hasattr(owner, attribute) else "nowhere"
+        raise HookError(f"{qualname} is not defined on {getattr(owner, '__name__', owner)} (found on {where})")
+    return owner, attribute, raw
+
+
+def _install_one(target: Target, call: HopCall, module: types.ModuleType) -> None:
+    if target.spec in _patches:
+        return
+    owner, attribute, raw = _resolve_owner(module, target.qualname)
+    if getattr(raw, MARKER, None) or getattr(getattr(raw, "__func__", None), MARKER, None):
+        return  # already wrapped (by an earlier session of this process)
+    if isinstance(raw, (classmethod, staticmethod)):
+        wrapper: Any = type(raw)(make_wrapper(raw.__func__, call))
+    elif callable(raw) and not isinstance(raw, type):
+        wrapper = make_wrapper(raw, call)
+    else:
+        raise HookError(f"{target.spec} is not a function (it is {type(raw).__name__})")
+    setattr(owner, attribute, wrapper)
+    patch = Patch(target, owner, attribute, raw, wrapper)
+    if isinstance(owner, types.ModuleType):
+        # `from m import f` elsewhere copied the old function: rebind those names too.
+        for other in list(sys.modules.values()):
+            if other is owner or not isinstance(other, types.ModuleType):
+                continue
+            try:
+                names = [name for name, value in vars(other).items() if value is raw]
+            except TypeError:
+                continue
+            for name in names:
+                setattr(other, name, wrapper)
+                patch.rebound.append((other, name))
+    _patches[target.spec] = patch
+
+
+def _hop_call(catalog: Catalog, target: Target) -> HopCall:
+    from tracer.extractors import extractors_for
+
+    hop = catalog.hop(target.hop)
+    before, after = extractors_for(target.engine, target.hop)
+    return HopCall(target.hop, target.engine, hop.scope, target.spec, before, after, hop.cuda_timed)
+
+
+def install(
+    engine: str,
+    catalog: Catalog | None = None,
+    hops: list[str] | None = None,
+    import_modules: bool = False,
+) -> InstallReport:
+    """Hook every target of `engine` (or only `hops`). Modules not imported yet are hooked on
+    import, unless import_modules: then they are imported now (a module that fails to import
+    is reported in `failed`)."""
+    catalog = catalog or load_catalog()
+    report = InstallReport()
+    with _lock:
+        for target in catalog.targets(engine):
+            if hops is not None and target.hop not in hops:
+                continue
+            _targets[target.spec] = target
+            if target.spec in _patches:
+                report.installed.append(target.spec)
+                continue
+            call = _hop_call(catalog, target)
+            module = sys.modules.get(target.module)
+            if module is None and import_modules:
+                try:
+                    module = importlib.import_module(target.module)
+                except Exception as exc:  # a missing optional module must not stop the rest
+                    report.failed[target.spec] = f"import failed: {type(exc).__name__}: {exc}"
+                    continue
+            if module is None:
+                _deferred.setdefault(target.module, []).append(call)
+                report.deferred.append(target.spec)
+                continue
+            try:
+                _install_one(target, call, module)
+                report.installed.append(target.spec)
+            except HookError as exc:
+                report.failed[target.spec] = str(exc)
+        if _deferred:
+            _ensure_finder()
+    for spec, reason in report.failed.items():
+        logger.warning("servetrace: not hooking %s: %s", spec, reason)
+    return report
+
+
+def _on_module_imported(name: str, module: types.ModuleType) -> None:
+    with _lock:
+        calls = _deferred.pop(name, [])
+        for call in calls:
+            target = _targets[call.target]
+            try:
+                _install_one(target, call, module)
+            except HookError as exc:
+                logger.warning("servetrace: not hooking %s: %s", call.target, exc)
+        if not _deferred:
+            _remove_finder()
+
+
+def uninstall(engine: str | None = None) -> int:
+    """Restore the originals (of one engine, or all); returns how many were restored."""
+    restored = 0
+    with _lock:
+        for spec in list(_patches):
+            patch = _patches[spec]
+            if engine is not None and patch.target.engine != engine:
+                continue
+            current = patch.owner.__dict__.get(patch.attribute) if isinstance(patch.owner, type) else getattr(patch.owner, patch.attribute, None)
+            if current is patch.wrapper:
+                setattr(patch.owner, patch.attribute, patch.original)
+            else:
+                logger.warning("servetrace: %s was re-patched by someone else; leaving it", spec)
+            for module, name in patch.rebound:
+                if getattr(module, name, None) is patch.wrapper:
+                    setattr(module, name, patch.original)
+            del _patches[spec]
+            restored += 1
+        for module_name in list(_deferred):
+            kept = [c for c in _deferred[module_name] if engine is not None and c.engine != engine]
+            if kept:
+                _deferred[module_name] = kept
+            else:
+                del _deferred[module_name]
+        if not _deferred:
+            _remove_finder()
+    return restored
+
+
+def installed(engine: str | None = None) -> list[str]:
+    return [spec for spec, patch in _patches.items() if engine is None or patch.target.engine == engine]
+
+
+def deferred() -> list[str]:
+    return [call.target for calls in _deferred.values() for call in calls]
+
+
+# -- post-import hook ---------------------------------------------------------------------------
+
+
+class _LoaderProxy(importlib.abc.Loader):
+    def __init__(self, loader: importlib.abc.Loader) -> None:
+        self._loader = loader
+
+    def create_module(self, spec):
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module):
+        self._loader.exec_module(module)
+        try:
+            _on_module_imported(module.__name__, module)
+        except Exception:  # the import itself succeeded: never fail it because of tracing
+            logger.warning("servetrace: hooking %s after import failed", module.__name__, exc_info=True)
+
+    def __getattr__(self, name):
+        return getattr(self._loader, name)
+
+
+class _PostImportFinder(importlib.abc.MetaPathFinder):
+    def find_spec(self, fullname, path, target=None):
+        if fullname not in _deferred:
+            return None
+        for finder in sys.meta_path:
+            if finder is self or not hasattr(finder, "find_spec"):
+                continue
+            spec = finder.find_spec(fullname, path, target)
+            if spec is not None:
+                if spec.loader is not None and hasattr(spec.loader, "exec_module"):
+                    spec.loader = _LoaderProxy(spec.loader)
+                return spec
+        return None
+
+
+_finder: _PostImportFinder | None = None
+
+
+def _ensure_finder() -> None:
+    global _finder
+    if _finder is None:
+        _finder = _PostImportFinder()
+        sys.meta_path.insert(0, _finder)
+
+
+def _remove_finder() -> None:
+    global _finder
+    if _finder is not None:
+        try:
+            sys.meta_path.remove(_finder)
+        except ValueError:
+            pass
+        _finder = None
