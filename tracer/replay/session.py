@@ -50,10 +50,9 @@ def run_replay(
     for engine in [e for e in SCHEDULER_ENGINES if e in engines]:
         runner = make_scheduler_runner(engine, config)
         trace_path = out / f"trace-{engine}.jsonl" if (out is not None and trace) else None
-        with traced(engine, trace_path) as tracing_note:
+        with traced(engine, trace_path) as tracing_notes:
             log = drive(runner, workload)
-        if tracing_note:
-            result.notes.append(tracing_note)
+        result.notes.extend(tracing_notes)
         result.logs[engine] = log
         if out is not None:
             result.files.append(log.write(out / f"steps-{engine}.json"))
@@ -66,8 +65,15 @@ def run_replay(
         result.comparisons.append(compare_logs(result.logs["mini"], result.logs["vllm"]))
 
     if "sglang" in engines:
-        ours = replay_radix("mini", workload, config, radix_page_size)
-        theirs = replay_radix("sglang", workload, config, radix_page_size)
+        logs = []
+        for engine, trace_name in (("mini", "trace-mini-radix.jsonl"), ("sglang", "trace-sglang.jsonl")):
+            trace_path = out / trace_name if (out is not None and trace) else None
+            with traced(engine, trace_path) as tracing_notes:
+                logs.append(replay_radix(engine, workload, config, radix_page_size))
+            result.notes.extend(tracing_notes)
+            if trace_path is not None and trace_path.exists():
+                result.files.append(trace_path)
+        ours, theirs = logs
         result.radix = compare_radix_logs(ours, theirs)
         if out is not None:
             for log in (ours, theirs):

@@ -1,4 +1,4 @@
-"""Tracing a replay run with the same hooks that trace live engines, when they are installed."""
+"""Tracing a replay run with the same hooks that trace live engines (tracer.hooks + tracer.otel)."""
 from __future__ import annotations
 
 from contextlib import contextmanager
@@ -7,17 +7,41 @@ from typing import Iterator
 
 
 @contextmanager
-def traced(engine: str, trace_path: Path | None) -> Iterator[str | None]:
-    """Install the tracer's hooks for `engine` while the body runs, writing spans to trace_path.
+def traced(engine: str, trace_path: Path | None) -> Iterator[list[str]]:
+    """Hook `engine`'s catalog targets while the body runs, exporting spans to trace_path
+    (OTLP JSON lines). Yields a list that holds a note for the report when no trace is written.
 
-    Yields a note for the report when no trace is written (no path, or no hooks available).
+    The engine's modules must already be imported (the runner is built first): hooks on modules
+    that are not imported stay deferred, and replay never imports the server-side ones.
     """
+    notes: list[str] = []
     if trace_path is None:
-        yield None
+        yield notes
         return
     try:
-        from tracer import hooks  # noqa: F401  (written by the tracing work; optional here)
-    except ImportError:
-        yield f"{engine}: no trace file (tracer.hooks is not available)"
+        from tracer import hooks, otel
+
+        otel.configure(trace_file=str(trace_path), engine=engine, service_name=f"servetrace-replay-{engine}")
+        hooks.install(engine)
+    except Exception as exc:  # tracing is optional: the replay itself must still run
+        notes.append(f"{engine}: no trace file ({type(exc).__name__}: {exc})")
+        _shutdown_quietly()
+        yield notes
         return
-    yield f"{engine}: no trace file (tracer.hooks has no replay entry point yet)"
+    try:
+        yield notes
+    finally:
+        hooks.uninstall(engine)
+        try:
+            otel.flush()
+        finally:
+            otel.shutdown()
+
+
+def _shutdown_quietly() -> None:
+    try:
+        from tracer import otel
+
+        otel.shutdown()
+    except Exception:
+        pass
