@@ -36,7 +36,10 @@ REQUEST_ID = "gen_ai.request.id"
 BATCH_REQUEST_IDS = "servetrace.batch.request_ids"
 BATCH_PREFIX = "servetrace.batch."
 LINK_KIND = "servetrace.link"  # "request": to a request in the batch; "step": to the step that was running
-TRACEPARENT = "_traceparent"  # extractor control key: a W3C traceparent to parent the span on
+# Extractor control keys (not attributes): a W3C traceparent to parent the span on; more ids
+# naming the same request (vLLM's internal id beside the external one).
+TRACEPARENT = "_traceparent"
+ALIASES = "_aliases"
 GPU_FORWARD_MS = "servetrace.gpu.forward_ms"
 # A span of these hops that carries a request id becomes that request's trace root (first wins).
 ROOT_HOPS = ("http.request", "request.render", "engine.enqueue")
@@ -242,6 +245,8 @@ def end(open_span: OpenSpan, args: dict[str, Any], result: Any = None, error: Ba
                 step_span.set_attributes(_clean({k: v for k, v in attributes.items() if k.startswith(BATCH_PREFIX)}))
         if call.hop in ROOT_HOPS and attributes.get(REQUEST_ID) is not None:
             registry.register(str(attributes[REQUEST_ID]), open_span.root)
+            for alias in attributes.get(ALIASES) or ():
+                registry.register(str(alias), open_span.root)
         elif call.hop == "request.render" and open_span.started_trace and error is None:
             _unclaimed_render.set(span.get_span_context())
     except Exception:  # pragma: no cover - bookkeeping must not break the engine either

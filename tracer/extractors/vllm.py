@@ -1,0 +1,296 @@
+"""Span attributes for vLLM 0.33.0 (V1). Read-only.
+
+Ids: the API server knows the external id (what the client sent / cmpl-...); the EngineCore
+keys everything by the internal id (external + "-" + 8 random chars). AsyncLLM.add_request
+registers both as names of the same request trace (in the API-server process).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from tracer.extractors import (
+    ALLOCATED, BATCH_DECODE, BATCH_FINISHED, BATCH_IDS, BATCH_NEW, BATCH_PREEMPTED, BATCH_PREFILL,
+    BATCH_SIZE, BATCH_TOKENS, BATCH_TOTAL, BLOCK_IDS, BLOCKS_ALLOCATED, BLOCKS_FREED, CACHED_BLOCKS,
+    CACHED_TOKENS, EXTERNAL_ID, FINISH_REASONS, FREE_BLOCKS, INPUT_TOKENS, KV_USAGE, MAX_TOKENS,
+    MODEL_TOKENS, NUM_COMPUTED, NUM_NEW_COMPUTED, NUM_NEW_TOKENS, NUM_OUTPUTS, NUM_PREEMPTIONS,
+    NUM_RUNNING, NUM_WAITING, OPERATION, OUTPUT_TOKENS, PRIORITY, REQUEST_ID, STATUS, STEP, TEMPERATURE,
+    TOP_K, TOP_P, ids,
+)
+from tracer.spans import ALIASES, TRACEPARENT
+
+
+def _sampling(params: Any) -> dict[str, Any]:
+    if params is None or not hasattr(params, "max_tokens"):
+        return {}
+    return {
+        MAX_TOKENS: params.max_tokens,
+        TEMPERATURE: params.temperature,
+        TOP_P: params.top_p,
+        TOP_K: params.top_k,
+    }
+
+
+def _request(request: Any) -> dict[str, Any]:
+    return {
+        REQUEST_ID: request.request_id,
+        INPUT_TOKENS: request.num_prompt_tokens,
+        NUM_COMPUTED: request.num_computed_tokens,
+    }
+
+
+def _queues(scheduler: Any) -> dict[str, Any]:
+    return {NUM_RUNNING: len(scheduler.running), NUM_WAITING: len(scheduler.waiting)}
+
+
+def _kv(manager: Any) -> dict[str, Any]:
+    return {FREE_BLOCKS: manager.block_pool.get_num_free_blocks(), KV_USAGE: float(manager.usage)}
+
+
+def _block_ids(blocks: Any) -> list[int]:
+    return [block_id for group in blocks.get_block_ids() for block_id in group]
+
+
+# -- API-server process -------------------------------------------------------------------------
+
+
+def http_before(args: dict) -> dict:
+    request = args.get("request")
+    raw = args.get("raw_request")
+    out = {OPERATION: "chat" if hasattr(request, "messages") else "text_completion"}
+    if request is not None:
+        out[MAX_TOKENS] = getattr(request, "max_tokens", None) or getattr(request, "max_completion_tokens", None)
+        out[TEMPERATURE] = getattr(request, "temperature", None)
+        out["servetrace.http.stream"] = bool(getattr(request, "stream", False))
+    headers = getattr(raw, "headers", None)
+    if headers is not None:
+        out[TRACEPARENT] = headers.get("traceparent")
+        out[REQUEST_ID] = headers.get("x-request-id")
+    return out
+
+
+def render_after(args: dict, result: Any) -> dict:
+    token_ids = None
+    if isinstance(result, list) and result and isinstance(result[0], dict):
+        token_ids = result[0].get("prompt_token_ids")
+    elif hasattr(result, "prompt_token_ids"):  # process_inputs -> EngineCoreRequest
+        token_ids = result.prompt_token_ids
+        return {REQUEST_ID: result.request_id, INPUT_TOKENS: len(token_ids or []), **_sampling(result.sampling_params)}
+    return {INPUT_TOKENS: len(token_ids)} if token_ids is not None else {}
+
+
+def render_before(args: dict) -> dict:
+    return {REQUEST_ID: args.get("request_id")} if "request_id" in args else {}
+
+
+def async_enqueue_before(args: dict) -> dict:
+    headers = args.get("trace_headers") or {}
+    return {
+        REQUEST_ID: args.get("request_id"),
+        PRIORITY: args.get("priority"),
+        TRACEPARENT: headers.get("traceparent"),
+        **_sampling(args.get("params")),
+    }
+
+
+def async_enqueue_after(args: dict, collector: Any) -> dict:
+    internal = getattr(collector, "request_id", None)
+    return {EXTERNAL_ID: args.get("request_id"), ALIASES: [internal] if internal else []}
+
+
+def detokenize_before(args: dict) -> dict:
+    processor = args["self"]
+    outputs = args.get("engine_core_outputs") or []
+    external = []
+    for output in outputs:
+        state = processor.request_states.get(output.request_id)
+        external.append(state.external_req_id if state is not None and state.external_req_id else output.request_id)
+    return {BATCH_IDS: ids(o.request_id for o in outputs), "servetrace.batch.external_ids": external, BATCH_SIZE: len(outputs)}
+
+
+def detokenize_after(args: dict, result: Any) -> dict:
+    outputs = args.get("engine_core_outputs") or []
+    finished = [o for o in outputs if o.finish_reason is not None]
+    return {
+        BATCH_FINISHED: ids(o.request_id for o in finished),
+        FINISH_REASONS: [str(o.finish_reason) for o in finished],
+        "servetrace.detokenize.num_new_tokens": sum(len(o.new_token_ids) for o in outputs),
+    }
+
+
+# -- EngineCore process ---------------------------------------------------------------------------
+
+
+def enqueue_before(args: dict) -> dict:
+    request = args["request"]
+    headers = getattr(request, "trace_headers", None) or {}
+    return {
+        **_request(request),
+        PRIORITY: request.priority,
+        TRACEPARENT: headers.get("traceparent"),
+        **_sampling(request.sampling_params),
+    }
+
+
+def enqueue_after(args: dict, _: Any) -> dict:
+    owner = args["self"]
+    scheduler = getattr(owner, "scheduler", owner)
+    return _queues(scheduler) if hasattr(scheduler, "running") else {}
+
+
+def step_before(args: dict) -> dict:
+    scheduler = args["self"].scheduler
+    out = _queues(scheduler)
+    batch_queue = getattr(args["self"], "batch_queue", None)
+    if batch_queue is not None:
+        out["servetrace.step.batch_queue_len"] = len(batch_queue)
+    return out
+
+
+def step_after(args: dict, result: Any) -> dict:
+    outputs, executed = result
+    finished = []
+    num_outputs = 0
+    for engine_outputs in (outputs or {}).values():
+        num_outputs += len(engine_outputs.outputs)
+        finished += [o.request_id for o in engine_outputs.outputs if o.finish_reason is not None]
+    return {
+        "servetrace.step.model_executed": bool(executed),
+        NUM_OUTPUTS: num_outputs,
+        BATCH_FINISHED: finished,
+        **_queues(args["self"].scheduler),
+    }
+
+
+def schedule_after(args: dict, so: Any) -> dict:
+    scheduler = args["self"]
+    request_ids = list(so.num_scheduled_tokens)
+    prefill = 0
+    for rid in request_ids:
+        request = scheduler.requests.get(rid)
+        # num_computed_tokens was advanced at schedule time (_update_after_schedule).
+        if request is not None and request.num_computed_tokens - so.num_scheduled_tokens[rid] < request.num_prompt_tokens:
+            prefill += 1
+    return {
+        STEP: getattr(scheduler, "current_step", None),
+        BATCH_IDS: request_ids,
+        BATCH_TOKENS: [so.num_scheduled_tokens[rid] for rid in request_ids],
+        BATCH_TOTAL: so.total_num_scheduled_tokens,
+        BATCH_SIZE: len(request_ids),
+        BATCH_PREFILL: prefill,
+        BATCH_DECODE: len(request_ids) - prefill,
+        BATCH_NEW: len(so.scheduled_new_reqs),
+        BATCH_PREEMPTED: ids(so.preempted_req_ids or ()),
+        "servetrace.batch.finished_since_last": ids(so.finished_req_ids or ()),
+        **_queues(scheduler),
+        **_kv(scheduler.kv_cache_manager),
+    }
+
+
+def match_before(args: dict) -> dict:
+    return _request(args["request"])
+
+
+def match_after(args: dict, result: Any) -> dict:
+    blocks, num_tokens = result[0], result[1]
+    block_ids = _block_ids(blocks)
+    return {CACHED_TOKENS: num_tokens, CACHED_BLOCKS: len(block_ids), BLOCK_IDS: block_ids}
+
+
+def allocate_before(args: dict) -> dict:
+    return {
+        **_request(args["request"]),
+        NUM_NEW_TOKENS: args.get("num_new_tokens", 0),
+        NUM_NEW_COMPUTED: args.get("num_new_computed_tokens", 0),
+    }
+
+
+def allocate_after(args: dict, blocks: Any) -> dict:
+    out = {ALLOCATED: blocks is not None, **_kv(args["self"])}
+    if blocks is not None:
+        block_ids = _block_ids(blocks)
+        out[BLOCKS_ALLOCATED] = len(block_ids)
+        out[BLOCK_IDS] = block_ids
+    return out
+
+
+def preempt_before(args: dict) -> dict:
+    return _request(args["request"])
+
+
+def preempt_after(args: dict, _: Any) -> dict:
+    request = args["request"]
+    return {NUM_PREEMPTIONS: request.num_preemptions, STATUS: request.status.name, **_kv(args["self"].kv_cache_manager)}
+
+
+def update_before(args: dict) -> dict:
+    so = args["scheduler_output"]
+    return {BATCH_SIZE: len(so.num_scheduled_tokens), BATCH_TOTAL: so.total_num_scheduled_tokens}
+
+
+def update_after(args: dict, result: Any) -> dict:
+    finished, reasons, num_outputs = [], [], 0
+    for engine_outputs in (result or {}).values():
+        num_outputs += len(engine_outputs.outputs)
+        for output in engine_outputs.outputs:
+            if output.finish_reason is not None:
+                finished.append(output.request_id)
+                reasons.append(str(output.finish_reason))
+    return {NUM_OUTPUTS: num_outputs, BATCH_FINISHED: finished, FINISH_REASONS: reasons, **_queues(args["self"])}
+
+
+def free_before(args: dict) -> dict:
+    request, manager = args["request"], args["self"]
+    out = {
+        REQUEST_ID: request.request_id,
+        STATUS: request.status.name,
+        BLOCKS_FREED: len(_block_ids(manager.get_blocks(request.request_id))),
+    }
+    if request.is_finished():
+        out[OUTPUT_TOKENS] = request.num_output_tokens
+        reason = request.get_finished_reason()
+        out[FINISH_REASONS] = [str(reason)] if reason is not None else []
+    return out
+
+
+def free_after(args: dict, _: Any) -> dict:
+    return _kv(args["self"])
+
+
+def execute_before(args: dict) -> dict:
+    so = args.get("scheduler_output")
+    if so is None:
+        return {}
+    return {MODEL_TOKENS: so.total_num_scheduled_tokens, BATCH_SIZE: len(so.num_scheduled_tokens)}
+
+
+def forward_before(args: dict) -> dict:
+    input_ids = args.get("input_ids")
+    return {MODEL_TOKENS: int(input_ids.shape[0])} if hasattr(input_ids, "shape") else {}
+
+
+BEFORE = {
+    "http.request": http_before,
+    "request.render": render_before,
+    "engine.enqueue": lambda args: (enqueue_before if "request" in args else async_enqueue_before)(args),
+    "engine.step": step_before,
+    "kv.match_prefix": match_before,
+    "kv.allocate": allocate_before,
+    "scheduler.preempt": preempt_before,
+    "model.execute": execute_before,
+    "model.forward": forward_before,
+    "scheduler.update": update_before,
+    "kv.free": free_before,
+    "detokenize": detokenize_before,
+}
+AFTER = {
+    "request.render": render_after,
+    "engine.enqueue": lambda args, result: (enqueue_after if "request" in args else async_enqueue_after)(args, result),
+    "engine.step": step_after,
+    "scheduler.schedule": schedule_after,
+    "kv.match_prefix": match_after,
+    "kv.allocate": allocate_after,
+    "scheduler.preempt": preempt_after,
+    "scheduler.update": update_after,
+    "kv.free": free_after,
+    "detokenize": detokenize_after,
+}

@@ -1,0 +1,49 @@
+"""Entry points that vLLM and SGLang load in each of their processes (declared in pyproject.toml).
+
+- vllm.general_plugins -> vllm_plugin: vllm.plugins.load_general_plugins() calls every entry
+  point of the group with no arguments, once per process (API server, EngineCore at the top of
+  EngineCore.__init__, each worker), honouring VLLM_PLUGINS.
+- sglang.srt.plugins -> sglang_plugin: sglang.srt.plugins.load_plugins() calls it with no
+  arguments in the engine / scheduler / detokenizer processes, honouring SGLANG_PLUGINS, then
+  runs HookRegistry.apply_hooks().
+
+Both do nothing unless SERVETRACE_TRACE (a trace file) or SERVETRACE_OTLP (a collector URL) is
+set. Then they configure OpenTelemetry and install the catalog's hooks for that engine with
+the same installer the mini engine uses (tracer.hooks), so the spans come from one code path.
+SGLang's HookRegistry is not used: its wrappers are synchronous functions (an async target
+would lose its coroutine-function identity), it has no uninstall, and hooks registered there
+apply only inside load_plugins(); tracer.hooks covers those cases and defers targets whose
+module is not imported yet, so a process only hooks what it actually imports.
+"""
+from __future__ import annotations
+
+import logging
+
+from tracer import hooks, otel
+
+logger = logging.getLogger(__name__)
+
+
+def _install(engine: str) -> hooks.InstallReport | None:
+    try:
+        if otel.provider() is None and otel.configure_from_env(engine) is None:
+            return None
+        report = hooks.install(engine)
+        logger.info(
+            "servetrace: %s hooks installed: %d now, %d on import, %d failed",
+            engine, len(report.installed), len(report.deferred), len(report.failed),
+        )
+        return report
+    except Exception:  # a tracing problem must never stop the server from starting
+        logger.warning("servetrace: could not set up tracing for %s", engine, exc_info=True)
+        return None
+
+
+def vllm_plugin() -> None:
+    """vllm.general_plugins entry point."""
+    _install("vllm")
+
+
+def sglang_plugin() -> None:
+    """sglang.srt.plugins entry point."""
+    _install("sglang")
