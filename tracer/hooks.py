@@ -39,7 +39,6 @@ class Patch:
     attribute: str
     original: Any  # the raw attribute (classmethod/staticmethod objects included)
     wrapper: Any
-    rebound: list[tuple[types.ModuleType, str]] = field(default_factory=list)
 
 
 @dataclass
@@ -218,7 +217,6 @@ def _install_one(target: Target, call: HopCall, module: types.ModuleType) -> Non
     else:
         raise HookError(f"{target.spec} is not a function (it is {type(raw).__name__})")
     setattr(owner, attribute, wrapper)
-    patch = Patch(target, owner, attribute, raw, wrapper)
     if isinstance(owner, types.ModuleType):
         # `from m import f` elsewhere copied the old function: rebind those names too.
         for other in list(sys.modules.values()):
@@ -230,15 +228,17 @@ def _install_one(target: Target, call: HopCall, module: types.ModuleType) -> Non
                 continue
             for name in names:
                 setattr(other, name, wrapper)
-                patch.rebound.append((other, name))
-    _patches[target.spec] = patch
+    _patches[target.spec] = Patch(target, owner, attribute, raw, wrapper)
 
 
-def _hop_call(catalog: Catalog, target: Target) -> HopCall:
+def _hop_call(catalog: Catalog, target: Target, extractors: dict | None) -> HopCall:
     from tracer.extractors import extractors_for
 
     hop = catalog.hop(target.hop)
-    before, after = extractors_for(target.engine, target.hop)
+    if extractors is not None:
+        before, after = extractors.get(target.hop, (None, None))
+    else:
+        before, after = extractors_for(target.engine, target.hop)
     return HopCall(target.hop, target.engine, hop.scope, target.spec, before, after, hop.cuda_timed)
 
 
@@ -247,10 +247,12 @@ def install(
     catalog: Catalog | None = None,
     hops: list[str] | None = None,
     import_modules: bool = False,
+    extractors: dict[str, tuple] | None = None,
 ) -> InstallReport:
     """Hook every target of `engine` (or only `hops`). Modules not imported yet are hooked on
     import, unless import_modules: then they are imported now (a module that fails to import
-    is reported in `failed`)."""
+    is reported in `failed`). `extractors` ({hop: (before, after)}) replaces the engine's
+    extractor module (tracer/extractors/<engine>.py)."""
     catalog = catalog or load_catalog()
     report = InstallReport()
     with _lock:
@@ -261,7 +263,7 @@ def install(
             if target.spec in _patches:
                 report.installed.append(target.spec)
                 continue
-            call = _hop_call(catalog, target)
+            call = _hop_call(catalog, target, extractors)
             module = sys.modules.get(target.module)
             if module is None and import_modules:
                 try:
@@ -311,9 +313,17 @@ def uninstall(engine: str | None = None) -> int:
                 setattr(patch.owner, patch.attribute, patch.original)
             else:
                 logger.warning("servetrace: %s was re-patched by someone else; leaving it", spec)
-            for module, name in patch.rebound:
-                if getattr(module, name, None) is patch.wrapper:
-                    setattr(module, name, patch.original)
+            if isinstance(patch.owner, types.ModuleType):
+                # Modules imported after install copied the wrapper with `from m import f`.
+                for module in list(sys.modules.values()):
+                    if not isinstance(module, types.ModuleType):
+                        continue
+                    try:
+                        names = [name for name, value in vars(module).items() if value is patch.wrapper]
+                    except TypeError:
+                        continue
+                    for name in names:
+                        setattr(module, name, patch.original)
             del _patches[spec]
             restored += 1
         for module_name in list(_deferred):

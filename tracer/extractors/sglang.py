@@ -1,0 +1,235 @@
+"""Span attributes for SGLang 0.5.23. Read-only.
+
+Request ids are SGLang's `rid`. Radix-cache calls carry a request only when the caller passed
+one (MatchPrefixParams.req); otherwise the span is where the call happened.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from tracer.extractors import (
+    BATCH_FINISHED, BATCH_IDS, BATCH_PREEMPTED, BATCH_SIZE, CACHED_TOKENS, EVICT_REQUESTED, EVICTABLE,
+    EVICTED, FINISH_REASONS, FORWARD_MODE, INPUT_TOKENS, KEY_TOKENS, MAX_TOKENS, NUM_RUNNING, NUM_WAITING,
+    OPERATION, OUTPUT_TOKENS, PROTECTED, REQUEST_ID, STATUS, TEMPERATURE, TOP_K, TOP_P, ids,
+)
+from tracer.spans import TRACEPARENT
+
+NODE_ID = "servetrace.radix.last_node_id"
+CHECKPOINT = "servetrace.kv.checkpoint"
+EXTEND_TOKENS = "servetrace.kv.extend_tokens"
+ADD_RESULT = "servetrace.scheduler.add_result"
+
+
+def _sizes(cache: Any) -> dict[str, Any]:
+    return {EVICTABLE: cache.evictable_size(), PROTECTED: cache.protected_size()}
+
+
+def _rid(req: Any) -> str | None:
+    return getattr(req, "rid", None) if req is not None else None
+
+
+def _sampling(params: Any) -> dict[str, Any]:
+    if params is None:
+        return {}
+    return {
+        MAX_TOKENS: getattr(params, "max_new_tokens", None),
+        TEMPERATURE: getattr(params, "temperature", None),
+        TOP_P: getattr(params, "top_p", None),
+        TOP_K: getattr(params, "top_k", None),
+    }
+
+
+def _batch(batch: Any) -> dict[str, Any]:
+    if batch is None:
+        return {BATCH_SIZE: 0}
+    reqs = getattr(batch, "reqs", None) or []
+    mode = getattr(batch, "forward_mode", None)
+    return {BATCH_IDS: ids(r.rid for r in reqs), BATCH_SIZE: len(reqs), FORWARD_MODE: getattr(mode, "name", None)}
+
+
+# -- radix cache ----------------------------------------------------------------------------------
+
+
+def match_before(args: dict) -> dict:
+    params = args["params"]
+    return {REQUEST_ID: _rid(params.req), KEY_TOKENS: len(params.key)}
+
+
+def match_after(args: dict, result: Any) -> dict:
+    node = result.last_device_node
+    return {CACHED_TOKENS: result.device_prefix_len, NODE_ID: getattr(node, "id", None), **_sizes(args["self"])}
+
+
+def insert_before(args: dict) -> dict:
+    if "params" in args:
+        key = args["params"].key
+        return {KEY_TOKENS: len(key) if key is not None else None}
+    return {REQUEST_ID: _rid(args.get("req")), "servetrace.kv.up_to": args.get("up_to")}  # checkpoint(req, up_to=)
+
+
+def insert_after(args: dict, result: Any) -> dict:
+    out = _sizes(args["self"])
+    if result is not None and hasattr(result, "prefix_len"):
+        out[CACHED_TOKENS] = result.prefix_len
+    return out
+
+
+def evict_before(args: dict) -> dict:
+    return {EVICT_REQUESTED: args["params"].num_tokens}
+
+
+def evict_after(args: dict, result: Any) -> dict:
+    return {EVICTED: result.num_tokens_evicted, **_sizes(args["self"])}
+
+
+def free_before(args: dict) -> dict:
+    req = args["req"]
+    finished = getattr(req, "finished_reason", None)
+    return {
+        REQUEST_ID: _rid(req),
+        CHECKPOINT: bool(args.get("checkpoint")),
+        OUTPUT_TOKENS: len(getattr(req, "output_ids", None) or []),
+        FINISH_REASONS: [type(finished).__name__] if finished is not None else None,
+    }
+
+
+# -- scheduler process ------------------------------------------------------------------------------
+
+
+def enqueue_before(args: dict) -> dict:
+    if "recv_req" in args:
+        req = args["recv_req"]
+    else:
+        req = args.get("tokenized_obj")
+    if req is None:
+        return {}
+    return {
+        REQUEST_ID: _rid(req),
+        INPUT_TOKENS: len(getattr(req, "input_ids", None) or []),
+        **_sampling(getattr(req, "sampling_params", None)),
+    }
+
+
+def enqueue_after(args: dict, _: Any) -> dict:
+    scheduler = args["self"]
+    return {NUM_WAITING: len(scheduler.waiting_queue)} if hasattr(scheduler, "waiting_queue") else {}
+
+
+def schedule_before(args: dict) -> dict:
+    return {NUM_WAITING: len(args["self"].waiting_queue)}
+
+
+def schedule_after(args: dict, plan: Any) -> dict:
+    out = _batch(plan.batch_to_run)
+    running = plan.running_batch
+    out[NUM_RUNNING] = len(getattr(running, "reqs", None) or [])
+    out[NUM_WAITING] = len(args["self"].waiting_queue)
+    return out
+
+
+def step_before(args: dict) -> dict:
+    return _batch(args.get("batch"))
+
+
+def allocate_before(args: dict) -> dict:
+    if "req" in args:  # PrefillAdder.add_one_req
+        req = args["req"]
+        return {REQUEST_ID: _rid(req), INPUT_TOKENS: len(getattr(req, "origin_input_ids", None) or [])}
+    batch = args.get("batch")  # alloc_for_extend
+    return {**_batch(batch), EXTEND_TOKENS: getattr(batch, "extend_num_tokens", None)}
+
+
+def allocate_after(args: dict, result: Any) -> dict:
+    return {ADD_RESULT: getattr(result, "name", None)} if "req" in args else {}
+
+
+def preempt_before(args: dict) -> dict:
+    return {BATCH_SIZE: len(getattr(args["self"], "reqs", None) or [])}
+
+
+def preempt_after(args: dict, result: Any) -> dict:
+    retracted = ids(r.rid for r in (result[0] if isinstance(result, tuple) and result else []))
+    return {BATCH_PREEMPTED: retracted, BATCH_IDS: retracted, STATUS: "RETRACTED"}
+
+
+def execute_before(args: dict) -> dict:
+    return _batch(args.get("batch"))
+
+
+def forward_before(args: dict) -> dict:
+    forward_batch = args.get("forward_batch")
+    mode = getattr(forward_batch, "forward_mode", None)
+    return {BATCH_SIZE: getattr(forward_batch, "batch_size", None), FORWARD_MODE: getattr(mode, "name", None)}
+
+
+def update_before(args: dict) -> dict:
+    return _batch(args.get("batch"))
+
+
+def update_after(args: dict, _: Any) -> dict:
+    reqs = getattr(args.get("batch"), "reqs", None) or []
+    finished = [r for r in reqs if r.finished()]
+    return {BATCH_FINISHED: ids(r.rid for r in finished)}
+
+
+# -- API-server and detokenizer processes ----------------------------------------------------------
+
+
+def http_before(args: dict) -> dict:
+    request = args.get("request")
+    raw = args.get("raw_request")
+    out = {OPERATION: "chat" if hasattr(request, "messages") else "text_completion"}
+    if request is not None:
+        out[MAX_TOKENS] = getattr(request, "max_tokens", None)
+        out[TEMPERATURE] = getattr(request, "temperature", None)
+        out["servetrace.http.stream"] = bool(getattr(request, "stream", False))
+        out[REQUEST_ID] = getattr(request, "rid", None)
+    headers = getattr(raw, "headers", None)
+    if headers is not None:
+        out[TRACEPARENT] = headers.get("traceparent")
+    return out
+
+
+def render_before(args: dict) -> dict:
+    return {REQUEST_ID: _rid(args.get("obj"))}
+
+
+def render_after(args: dict, result: Any) -> dict:
+    return {INPUT_TOKENS: len(getattr(result, "input_ids", None) or [])}
+
+
+def detokenize_before(args: dict) -> dict:
+    recv = args["recv_obj"]
+    rids = list(getattr(recv, "rids", None) or [])
+    reasons = [r for r in (getattr(recv, "finished_reasons", None) or []) if r]
+    return {BATCH_IDS: ids(rids), BATCH_SIZE: len(rids), FINISH_REASONS: [str(r.get("type", r)) if isinstance(r, dict) else str(r) for r in reasons]}
+
+
+BEFORE = {
+    "http.request": http_before,
+    "request.render": render_before,
+    "engine.enqueue": enqueue_before,
+    "engine.step": step_before,
+    "scheduler.schedule": schedule_before,
+    "kv.match_prefix": match_before,
+    "kv.allocate": allocate_before,
+    "kv.insert": insert_before,
+    "kv.evict": evict_before,
+    "scheduler.preempt": preempt_before,
+    "model.execute": execute_before,
+    "model.forward": forward_before,
+    "scheduler.update": update_before,
+    "kv.free": free_before,
+    "detokenize": detokenize_before,
+}
+AFTER = {
+    "request.render": render_after,
+    "engine.enqueue": enqueue_after,
+    "scheduler.schedule": schedule_after,
+    "kv.match_prefix": match_after,
+    "kv.allocate": allocate_after,
+    "kv.insert": insert_after,
+    "kv.evict": evict_after,
+    "scheduler.preempt": preempt_after,
+    "scheduler.update": update_after,
+}
