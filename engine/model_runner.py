@@ -109,9 +109,15 @@ class ModelRunner:
         for index, request in enumerate(requests):
             req_id = request.request_id
             num_new = scheduler_output.num_scheduled_tokens[req_id]
-            num_computed = scheduler_output.num_computed_tokens.get(req_id, 0)
+            if req_id not in scheduler_output.num_computed_tokens or req_id not in scheduler_output.block_ids:
+                raise ValueError(f"scheduler output lacks num_computed_tokens or block_ids for request {req_id}")
+            num_computed = scheduler_output.num_computed_tokens[req_id]
             block_ids = scheduler_output.block_ids[req_id]
             end = num_computed + num_new
+            if num_new < 1 or end > request.num_tokens:
+                raise ValueError(
+                    f"request {req_id}: scheduled tokens [{num_computed}, {end}) but it has {request.num_tokens} tokens"
+                )
             if end > len(block_ids) * self.block_size:
                 raise ValueError(
                     f"request {req_id}: {end} tokens need {-(-end // self.block_size)} blocks, "

@@ -393,6 +393,33 @@ def test_runner_keeps_a_seeded_requests_generator_across_steps(ours):
     assert runs[0] == runs[1]
 
 
+def _one_request_output(num_scheduled: int, num_computed: int, block_ids: list[int]) -> SchedulerOutput:
+    request = Request("r", [1, 2, 3, 4, 5], SamplingParams(temperature=0.0))
+    return SchedulerOutput(
+        scheduled_new_reqs=[request], scheduled_cached_reqs=[], num_scheduled_tokens={"r": num_scheduled},
+        total_num_scheduled_tokens=num_scheduled, num_computed_tokens={"r": num_computed}, block_ids={"r": block_ids},
+    )
+
+
+@pytest.mark.parametrize(
+    "num_scheduled, num_computed, block_ids, message",
+    [
+        (6, 0, [1], "has 5 tokens"),  # more tokens than the request knows
+        (3, 3, [1], "has 5 tokens"),  # runs past the end of what is known
+        (5, 0, [], "scheduler gave 0"),  # no block for the new KV
+    ],
+)
+def test_runner_rejects_an_inconsistent_scheduler_output(runner, num_scheduled, num_computed, block_ids, message):
+    with pytest.raises(ValueError, match=message):
+        runner.execute_model(_one_request_output(num_scheduled, num_computed, block_ids))
+
+
+def test_empty_scheduler_output_runs_nothing(runner):
+    empty = SchedulerOutput([], [], {}, 0)
+    output = runner.execute_model(empty)
+    assert output.req_ids == [] and output.sampled_token_ids == []
+
+
 # ---------------------------------------------------------------- KV sizing and (4) loader errors
 
 
