@@ -82,6 +82,11 @@ class ModelRunner:
 
     @torch.inference_mode()
     def execute_model(self, scheduler_output: SchedulerOutput) -> ModelRunnerOutput:
+        """Run one step: build the flat batch, forward it, sample where a request reached its end.
+
+        Mirrors vllm.v1.worker.gpu_model_runner.GPUModelRunner.execute_model (+ sample_tokens,
+        which vLLM 0.33 issues as a separate call).
+        """
         self._free_finished(scheduler_output.finished_req_ids)
         if scheduler_output.is_empty:
             return ModelRunnerOutput(req_ids=[], sampled_token_ids=[])
@@ -96,7 +101,10 @@ class ModelRunner:
             self.generators.pop(req_id, None)
 
     def _prepare_inputs(self, scheduler_output: SchedulerOutput) -> ModelInput:
-        """Flatten the scheduled tokens of all requests into one batch (vLLM: _prepare_inputs)."""
+        """Flatten the scheduled tokens of all requests into one batch.
+
+        Mirrors vllm.v1.worker.gpu_model_runner.GPUModelRunner._prepare_inputs.
+        """
         input_ids: list[int] = []
         positions: list[int] = []
         slot_mapping: list[int] = []

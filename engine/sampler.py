@@ -25,6 +25,8 @@ class Sampler:
     ) -> torch.Tensor:
         """logits [B, V] (float32) + one SamplingParams per row -> token ids [B] (int64).
 
+        Mirrors vllm.v1.sample.sampler.Sampler.forward (without logprobs and penalties).
+
         generators[i] is row i's private RNG (None: the global RNG); the caller owns them so a
         seeded request keeps one generator across steps.
         """
@@ -61,7 +63,7 @@ class Sampler:
 def apply_top_k_top_p(logits: torch.Tensor, top_k: torch.Tensor | None, top_p: torch.Tensor | None) -> torch.Tensor:
     """Mask everything outside each row's top-k and top-p set with -inf.
 
-    Mirrors vllm.v1.sample.ops.topk_topp_sampler.apply_top_k_top_p (the sort-based torch path).
+    Mirrors vllm.v1.sample.ops.topk_topp_sampler.apply_top_k_top_p_pytorch.
     """
     if top_k is None and top_p is None:
         return logits
