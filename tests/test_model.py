@@ -24,7 +24,7 @@ from engine.sampling_params import SamplingParams
 
 BLOCK_SIZE = 8
 NUM_BLOCKS = 256
-MAX_NEW_TOKENS = 20
+MAX_NEW_TOKENS = 16
 
 PROMPTS = [
     "Hi",
