@@ -159,6 +159,7 @@ class Pin:
     sha256: str
     file: str  # relative to the package's parent directory, e.g. vllm/v1/core/sched/scheduler.py
     line: int
+    lines: str = ""  # a short hash per source line (tracer.source.line_hashes): says which lines drifted
 
 
 @dataclass

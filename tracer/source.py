@@ -47,16 +47,20 @@ class Located:
         return str(self.file)
 
 
+def _line_hash(line: str) -> str:
+    return hashlib.sha256(line.encode()).hexdigest()[:LINE_HASH_CHARS]
+
+
 def line_hashes(source: str) -> str:
     """A short hash per line, concatenated: enough to tell which lines changed since a pin."""
-    return "".join(hashlib.sha256(line.encode()).hexdigest()[:LINE_HASH_CHARS] for line in source.splitlines())
+    return "".join(_line_hash(line) for line in source.splitlines())
 
 
 def changed_line_ranges(old_hashes: str, new_source: str) -> tuple[int, int, list[tuple[int, int]]]:
     """(lines added, lines removed, [(first, last) 0-based ranges of changed lines in the new source])."""
     step = LINE_HASH_CHARS
     old = [old_hashes[i : i + step] for i in range(0, len(old_hashes), step)]
-    new = [line_hashes(line) for line in new_source.splitlines()]
+    new = [_line_hash(line) for line in new_source.splitlines()]
     added = removed = 0
     ranges = []
     for tag, i1, i2, j1, j2 in difflib.SequenceMatcher(a=old, b=new, autojunk=False).get_opcodes():
