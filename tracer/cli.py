@@ -3,8 +3,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import pkgutil
 import sys
+
+# Before torch loads: spinning OpenMP threads slow every matmul 10-50x when another thread
+# (the HTTP server, a client) shares the cores.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import tracer.commands
 

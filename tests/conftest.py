@@ -1,0 +1,44 @@
+"""Fixtures shared across the suite: the bundled model and transformers as the correctness oracle."""
+from __future__ import annotations
+
+import os
+
+# Before torch loads: OpenMP threads that spin while waiting turn a busy 2-core machine (a
+# test client thread beside the engine thread) into a 10-50x slowdown of every matmul.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("VLLM_TARGET_DEVICE", "cpu")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def bundled_gguf() -> str:
+    from engine.loader import bundled_model_path
+
+    return bundled_model_path()
+
+
+@pytest.fixture(scope="session")
+def hf_oracle(bundled_gguf):
+    """transformers' own load of the same GGUF (dequantized to float32): the reference model."""
+    import transformers
+
+    directory, name = os.path.split(bundled_gguf)
+    model = transformers.AutoModelForCausalLM.from_pretrained(directory, gguf_file=name, dtype=torch.float32)
+    return model.eval()
+
+
+def oracle_greedy(model, prompt_ids: list[int], max_new_tokens: int) -> list[int]:
+    """transformers' greedy continuation (stops at EOS like our engine does)."""
+    with torch.no_grad():
+        out = model.generate(
+            torch.tensor([prompt_ids]),
+            attention_mask=torch.ones(1, len(prompt_ids), dtype=torch.long),
+            do_sample=False,
+            max_new_tokens=max_new_tokens,
+            pad_token_id=model.generation_config.eos_token_id,
+        )
+    return out[0, len(prompt_ids):].tolist()
