@@ -178,8 +178,8 @@ def test_completion_max_tokens_defaults_to_16_as_openai(client, model):
 
 @pytest.mark.parametrize("prompt", ["The capital of France is", "def fibonacci(n):\n   "])
 def test_streamed_completion_equals_non_streamed_under_greedy(client, model, prompt):
-    full = client.completions.create(model=model, prompt=prompt, max_tokens=20, temperature=0)
-    text, finish_reason, usage = streamed_completion(client, model, prompt=prompt, max_tokens=20, temperature=0)
+    full = client.completions.create(model=model, prompt=prompt, max_tokens=12, temperature=0)
+    text, finish_reason, usage = streamed_completion(client, model, prompt=prompt, max_tokens=12, temperature=0)
     assert text == full.choices[0].text
     assert finish_reason == full.choices[0].finish_reason
     assert usage == full.usage
@@ -187,10 +187,10 @@ def test_streamed_completion_equals_non_streamed_under_greedy(client, model, pro
 
 def test_streamed_chat_equals_non_streamed_under_greedy(client, model):
     messages = [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": "What is the capital of France?"}]
-    full = client.chat.completions.create(model=model, messages=messages, max_tokens=20, temperature=0)
+    full = client.chat.completions.create(model=model, messages=messages, max_tokens=12, temperature=0)
     (choice,) = full.choices
     assert choice.message.role == "assistant" and choice.message.content
-    text, finish_reason, usage = streamed_chat(client, model, messages=messages, max_tokens=20, temperature=0)
+    text, finish_reason, usage = streamed_chat(client, model, messages=messages, max_tokens=12, temperature=0)
     assert text == choice.message.content
     assert finish_reason == choice.finish_reason in ("stop", "length")
     assert usage == full.usage
@@ -209,31 +209,37 @@ def test_stream_without_include_usage_sends_no_usage(client, model):
     assert chunks[-1].choices[0].finish_reason in ("stop", "length")
 
 
+@pytest.fixture(scope="module")
+def capital_of_france(client, model) -> str:
+    """The greedy continuation of a prompt, unstopped."""
+    response = client.completions.create(model=model, prompt="The capital of France is", max_tokens=12, temperature=0, extra_body={"ignore_eos": True})
+    return response.choices[0].text
+
+
 @pytest.mark.parametrize("as_list", [False, True])
-def test_stop_string_ends_the_text_before_it(client, model, as_list):
-    prompt = "The capital of France is"
-    reference = client.completions.create(model=model, prompt=prompt, max_tokens=24, temperature=0, extra_body={"ignore_eos": True})
-    text = reference.choices[0].text
-    stop = text.strip().split()[1]  # a word from the middle of the greedy answer
+def test_stop_string_ends_the_text_before_it(client, model, capital_of_france, as_list):
+    stop = capital_of_france.strip().split()[1]  # a word from the middle of the greedy answer
     response = client.completions.create(
-        model=model, prompt=prompt, max_tokens=24, temperature=0, stop=[stop] if as_list else stop
+        model=model, prompt="The capital of France is", max_tokens=12, temperature=0, stop=[stop] if as_list else stop
     )
     (choice,) = response.choices
-    assert choice.text == text[: text.index(stop)]
+    assert choice.text == capital_of_france[: capital_of_france.index(stop)]
     assert choice.finish_reason == "stop"
+    assert choice.model_extra["stop_reason"] == stop
 
 
 def test_seed_makes_sampling_reproducible(client, model):
     def sample(seed: int) -> str:
-        return client.completions.create(model=model, prompt="Once upon a time", max_tokens=12, temperature=1.0, seed=seed).choices[0].text
+        return client.completions.create(model=model, prompt="Once upon a time", max_tokens=6, temperature=1.0, seed=seed).choices[0].text
 
     assert sample(1234) == sample(1234)
 
 
-def test_tiny_top_p_keeps_only_the_most_likely_token(client, model):
-    greedy = client.completions.create(model=model, prompt="The sky is", max_tokens=10, temperature=0)
-    nucleus = client.completions.create(model=model, prompt="The sky is", max_tokens=10, temperature=1.0, top_p=1e-6, seed=7)
-    assert nucleus.choices[0].text == greedy.choices[0].text
+def test_tiny_top_p_keeps_only_the_most_likely_token(client, model, capital_of_france):
+    nucleus = client.completions.create(
+        model=model, prompt="The capital of France is", max_tokens=12, temperature=1.0, top_p=1e-6, seed=7, extra_body={"ignore_eos": True}
+    )
+    assert nucleus.choices[0].text == capital_of_france
 
 
 # -- errors: OpenAI's shape, the right status ----------------------------------------------
@@ -337,11 +343,12 @@ LOAD_PROMPTS = ["Hello", "The capital of France is", "1, 2, 3,", "Paris is", "Wa
 
 def test_64_concurrent_streaming_clients_256_requests(server, client, model):
     """Every request is answered completely, outputs never cross between requests, the pool ends free."""
-    reference = {
-        prompt: client.completions.create(model=model, prompt=prompt, max_tokens=8, temperature=0).choices[0].text
-        for prompt in LOAD_PROMPTS
-    }
     results: list[tuple[str, str, str | None, int]] = []
+    reference: dict[str, str] = {}
+
+    async def reference_answer(async_client: openai.AsyncOpenAI, prompt: str) -> None:
+        response = await async_client.completions.create(model=model, prompt=prompt, max_tokens=8, temperature=0)
+        reference[prompt] = response.choices[0].text
 
     async def one_client(async_client: openai.AsyncOpenAI, todo: asyncio.Queue) -> None:
         while not todo.empty():
@@ -363,6 +370,7 @@ def test_64_concurrent_streaming_clients_256_requests(server, client, model):
         for i in range(256):
             todo.put_nowait(LOAD_PROMPTS[i % len(LOAD_PROMPTS)])
         async with server.async_client(timeout=300) as async_client:
+            await asyncio.gather(*(reference_answer(async_client, prompt) for prompt in LOAD_PROMPTS))
             await asyncio.gather(*(one_client(async_client, todo) for _ in range(64)))
 
     asyncio.run(load())
@@ -372,5 +380,5 @@ def test_64_concurrent_streaming_clients_256_requests(server, client, model):
         assert finish_reason in ("stop", "length")
         assert 1 <= completion_tokens <= 8
         assert finish_reason == "stop" or completion_tokens == 8
-        assert text == reference[prompt], f"batched output for {prompt!r} differs from the request served alone"
+        assert text == reference[prompt], f"the output for {prompt!r} differs between two batches"
     server.assert_idle_and_pool_free()
