@@ -1,7 +1,8 @@
 """OpenAI-compatible HTTP server for our engine: the http.request hop.
 
-Mirrors vllm.entrypoints.openai.api_server (build_app and its routes), with
-OpenAIServingCompletion and OpenAIServingChat folded into one OpenAIServing class.
+Mirrors vllm.entrypoints.launchers.app.build_app with the routes of
+vllm.entrypoints.openai.{completion,chat_completion}.api_router, and OpenAIServingCompletion
+and OpenAIServingChat folded into one OpenAIServing class.
 
 Hooking: FastAPI captures route functions when they are registered, so the routes here
 look up `app.state.serving.create_completion` / `create_chat_completion` at request time.
@@ -296,7 +297,7 @@ async def _wait_for_disconnect(raw_request: Request) -> None:
 
 async def _cancel_on_disconnect(raw_request: Request, handler: Awaitable[Response]) -> Response:
     """Run the handler, cancelling it if the client disconnects first (its finally aborts the request)."""
-    # Mirrors vllm.entrypoints.utils.with_cancellation
+    # Mirrors vllm.entrypoints.serve.utils.api_utils.with_cancellation
     handler_task = asyncio.ensure_future(handler)
     disconnect_task = asyncio.ensure_future(_wait_for_disconnect(raw_request))
     done, pending = await asyncio.wait({handler_task, disconnect_task}, return_when=asyncio.FIRST_COMPLETED)
@@ -351,19 +352,21 @@ async def health(raw_request: Request) -> Response:
 
 
 def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
+    # Mirrors vllm.entrypoints.serve.exception_handling.handlers.validation.validation_exception_handler
     errors = exc.errors()
+    if not errors:
+        return "invalid request", None
     if any(e.get("type") == "json_invalid" for e in errors):
         return "the request body is not valid JSON", None
-    parts, first_param = [], None
+    messages_by_field: dict[str, list[str]] = {}
     for e in errors:
         loc = [str(p) for p in e.get("loc", ()) if p != "body"]
-        # A union (prompt: str | list[int]) reports one error per member; the field name is enough.
+        # A union (prompt: str | list[int]) names the member that failed; the field is enough.
         loc = [p for p in loc if not (p.startswith(("str", "list[", "function-")) or p in ("int", "float", "bool"))]
-        field = ".".join(loc) or "body"
-        first_param = first_param or (loc[0] if loc else None)
-        parts.append(f"{field}: {e.get('msg')}")
-    unique = list(dict.fromkeys(parts))
-    return "invalid request: " + "; ".join(unique), first_param
+        messages_by_field.setdefault(".".join(loc) or "body", []).append(e.get("msg", "invalid"))
+    parts = [f"{name}: {' or '.join(dict.fromkeys(msgs))}" for name, msgs in messages_by_field.items()]
+    first_field = next(iter(messages_by_field))
+    return "invalid request: " + "; ".join(parts), None if first_field == "body" else first_field.split(".")[0]
 
 
 def build_app(

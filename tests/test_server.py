@@ -319,7 +319,7 @@ def test_client_disconnecting_mid_stream_aborts_and_frees_its_blocks(server, cli
 
 
 def test_client_giving_up_on_a_non_streamed_request_aborts_it(server, model):
-    impatient = server.client(timeout=2.0)
+    impatient = server.client(timeout=4.0)
     errors: list[Exception] = []
 
     def call() -> None:
