@@ -1,0 +1,122 @@
+"""Our engine traced end to end: an offline generate of two requests sharing a prefix.
+
+The engine imports nothing of the tracer; the catalog's hooks alone produce the trace. The
+span tree must match the engine's own account of what happened (outputs, cached tokens).
+"""
+from __future__ import annotations
+
+import pytest
+
+from engine.config import CacheConfig, EngineConfig, SchedulerConfig
+from engine.llm_engine import LLMEngine
+from engine.sampling_params import SamplingParams
+from tracer import hooks, otel, spans
+from tracer.trace_file import read_trace_file
+
+SYSTEM = "You are a careful assistant who answers questions about cooking, briefly and precisely. " * 3
+PROMPTS = [SYSTEM + "How long should I boil an egg?", SYSTEM + "What is the best oil for frying?"]
+TOKEN_BUDGET = 64
+STEP_CHILDREN = {"scheduler.schedule", "model.execute", "scheduler.update"}
+
+
+@pytest.fixture(scope="module")
+def engine() -> LLMEngine:
+    return LLMEngine(EngineConfig(
+        cache=CacheConfig(block_size=16, num_blocks=64, enable_prefix_caching=True),
+        scheduler=SchedulerConfig(max_num_seqs=4, max_num_batched_tokens=TOKEN_BUDGET, max_model_len=256),
+    ))
+
+
+@pytest.fixture(scope="module")
+def traced_run(engine, tmp_path_factory):
+    path = tmp_path_factory.mktemp("mini") / "trace.jsonl"
+    otel.configure(trace_file=path, engine="mini")
+    report = hooks.install("mini", import_modules=True)
+    try:
+        outputs = engine.generate(PROMPTS, SamplingParams(temperature=0.0, max_tokens=6, ignore_eos=True))
+        otel.flush()
+    finally:
+        hooks.uninstall()
+        otel.shutdown()
+        spans.registry.clear()
+    return read_trace_file(path), outputs, report
+
+
+def test_every_mini_target_was_hooked(traced_run):
+    _, _, report = traced_run
+    assert report.failed == {} and report.deferred == []
+    assert len(report.installed) == len(hooks.load_catalog().targets("mini"))
+
+
+def test_each_request_is_one_trace(traced_run):
+    trace, outputs, _ = traced_run
+    enqueues = {s.request_id: s for s in trace.named("engine.enqueue")}
+    assert set(enqueues) == {o.request_id for o in outputs}
+    renders = trace.named("request.render")
+    assert len(renders) == 2 and len({s.trace_id for s in renders}) == 2
+    for output in outputs:
+        enqueue = enqueues[output.request_id]
+        # Offline, render runs before the request has an id: it starts the trace and the
+        # enqueue that follows joins it.
+        (render,) = [s for s in renders if s.trace_id == enqueue.trace_id]
+        assert render.parent_span_id is None and enqueue.parent_span_id == render.span_id
+        assert enqueue.attributes["gen_ai.usage.input_tokens"] == render.attributes["gen_ai.usage.input_tokens"] == len(output.prompt_token_ids)
+        assert enqueue.attributes["gen_ai.request.max_tokens"] == 6
+        request_spans = [s for s in trace.spans if s.request_id == output.request_id and s.name != "engine.enqueue"]
+        assert {s.name for s in request_spans} >= {"kv.match_prefix", "kv.allocate", "kv.free", "detokenize"}
+        for span in request_spans:
+            assert (span.trace_id, span.parent_span_id) == (render.trace_id, render.span_id), span.name
+        # One detokenize per step that produced a token; the last kv.free reports the finish.
+        assert len([s for s in request_spans if s.name == "detokenize"]) == len(output.output_token_ids) == 6
+        (free,) = [s for s in request_spans if s.name == "kv.free"]
+        assert free.attributes["gen_ai.response.finish_reasons"] == ["length"]
+        assert free.attributes["gen_ai.usage.output_tokens"] == 6
+
+
+def test_the_second_request_hits_the_shared_prefix(traced_run):
+    trace, outputs, _ = traced_run
+    lookups = {s.request_id: s for s in trace.named("kv.match_prefix")}
+    first, second = (lookups[o.request_id] for o in outputs)
+    assert first.attributes["servetrace.kv.cached_tokens"] == 0
+    cached = second.attributes["servetrace.kv.cached_tokens"]
+    assert cached > 0 and cached % 16 == 0
+    assert cached == outputs[1].num_cached_tokens
+
+
+def test_each_engine_step_is_a_trace_linked_to_its_batch(traced_run):
+    trace, outputs, _ = traced_run
+    render_of = {e.request_id: next(r for r in trace.named("request.render") if r.trace_id == e.trace_id)
+                 for e in trace.named("engine.enqueue")}
+    steps = trace.named("engine.step")
+    assert len(steps) >= 6 and all(s.parent_span_id is None for s in steps)
+    assert len({s.trace_id for s in steps}) == len(steps)
+    for step in steps:
+        children = [s for s in trace.spans if s.parent_span_id == step.span_id]
+        assert {c.name for c in children} == STEP_CHILDREN
+        (execute,) = [c for c in children if c.name == "model.execute"]
+        grandchildren = {s.name for s in trace.spans if s.parent_span_id == execute.span_id}
+        assert grandchildren == {"model.forward", "sampler.sample"}
+        batch = step.attributes["servetrace.batch.request_ids"]
+        assert {(link.trace_id, link.span_id) for link in step.links} == {
+            (render_of[rid].trace_id, render_of[rid].span_id) for rid in batch}
+        assert sum(step.attributes["servetrace.batch.num_scheduled_tokens"]) == step.attributes["servetrace.batch.total_tokens"]
+    # The first step prefills both prompts, the second from its cache hit on and only as far
+    # as the token budget allows (chunked prefill).
+    first = steps[0]
+    assert first.attributes["servetrace.batch.num_prefill"] == 2 and first.attributes["servetrace.batch.num_decode"] == 0
+    first_prompt = len(outputs[0].prompt_token_ids)
+    second_uncached = len(outputs[1].prompt_token_ids) - outputs[1].num_cached_tokens
+    assert first.attributes["servetrace.batch.num_scheduled_tokens"] == [first_prompt, min(second_uncached, TOKEN_BUDGET - first_prompt)]
+    assert steps[-1].attributes["servetrace.batch.num_decode"] >= 1
+    forward_tokens = [s.attributes["servetrace.model.num_tokens"] for s in trace.named("model.forward")]
+    assert forward_tokens == [s.attributes["servetrace.batch.total_tokens"] for s in steps]
+    # On a CPU there is no CUDA-event timing.
+    assert all("servetrace.gpu.forward_ms" not in s.attributes for s in trace.named("model.forward"))
+
+
+def test_request_spans_inside_a_step_link_back_to_it(traced_run):
+    trace, _, _ = traced_run
+    step_ids = {s.span_id for s in trace.spans if s.name in ("engine.step", "scheduler.schedule", "scheduler.update")}
+    for span in trace.named("kv.allocate") + trace.named("detokenize") + trace.named("kv.free"):
+        step_links = [link for link in span.links if link.attributes.get("servetrace.link") == "step"]
+        assert len(step_links) == 1 and step_links[0].span_id in step_ids
