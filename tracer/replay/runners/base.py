@@ -19,7 +19,7 @@ from tracer.replay.config import ReplayConfig
 from tracer.replay.workload import WorkloadRequest
 
 
-class ReplayError(RuntimeError):
+class ReplayError(ValueError):
     """A replay that cannot continue (the workload cannot fit the config, or the engine stalled)."""
 
 
