@@ -8,15 +8,19 @@ from __future__ import annotations
 
 import base64
 import fcntl
+import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from collections.abc import Sequence as SequenceABC
 from pathlib import Path
+from typing import Any
 
 from google.protobuf import json_format
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+from opentelemetry.trace import SpanKind
 
 logger = logging.getLogger(__name__)
 
@@ -36,13 +40,122 @@ def _ids_to_hex(node: object) -> None:
             _ids_to_hex(item)
 
 
-def spans_to_otlp_json(spans: Sequence[ReadableSpan]) -> str:
-    """One ExportTraceServiceRequest as a single line of OTLP/JSON."""
+def spans_to_otlp_json_via_protobuf(spans: Sequence[ReadableSpan]) -> str:
+    """The reference encoding: OTel's protobuf encoder, then protobuf's JSON mapping with ids in
+    hex. Exact but slow (~10x the direct encoder below); tests hold the two equal."""
     as_dict = json_format.MessageToDict(encode_spans(spans), use_integers_for_enums=True)
     _ids_to_hex(as_dict)
-    import json
-
     return json.dumps(as_dict, separators=(",", ":"))
+
+
+# -- the direct encoder: ReadableSpan -> the dict protobuf's JSON mapping would give ------------
+
+_KINDS = {kind: index + 1 for index, kind in enumerate(SpanKind)}  # INTERNAL=1 ... CONSUMER=5
+_HAS_IS_REMOTE, _IS_REMOTE = 0x100, 0x200
+
+
+def _value(value: Any) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if isinstance(value, bool):
+        return {"boolValue": value}
+    if isinstance(value, str):
+        return {"stringValue": value}
+    if isinstance(value, int):
+        return {"intValue": str(value)}
+    if isinstance(value, float):
+        return {"doubleValue": value}
+    if isinstance(value, bytes):
+        return {"bytesValue": base64.b64encode(value).decode()}
+    if isinstance(value, Mapping):
+        values = [{"key": str(k), "value": _value(v)} for k, v in value.items()]
+        return {"kvlistValue": {"values": values} if values else {}}
+    if isinstance(value, SequenceABC):
+        values = [_value(v) for v in value]
+        return {"arrayValue": {"values": values} if values else {}}
+    raise TypeError(f"cannot encode attribute value of type {type(value).__name__}")
+
+
+def _attributes(attributes: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+    return [{"key": key, "value": _value(value)} for key, value in (attributes or {}).items()]
+
+
+def _flags(context: Any) -> int:
+    return _HAS_IS_REMOTE | (_IS_REMOTE if context is not None and context.is_remote else 0)
+
+
+def _put(target: dict[str, Any], key: str, value: Any) -> None:
+    if value:  # protobuf's JSON mapping leaves out fields at their default
+        target[key] = value
+
+
+def _span(span: ReadableSpan) -> dict[str, Any]:
+    context = span.get_span_context()
+    out: dict[str, Any] = {"traceId": format(context.trace_id, "032x"), "spanId": format(context.span_id, "016x")}
+    if context.trace_state is not None:
+        _put(out, "traceState", ",".join(f"{k}={v}" for k, v in context.trace_state.items()))
+    if span.parent is not None:
+        out["parentSpanId"] = format(span.parent.span_id, "016x")
+    _put(out, "name", span.name)
+    _put(out, "kind", _KINDS[span.kind])
+    _put(out, "startTimeUnixNano", str(span.start_time) if span.start_time else "")
+    _put(out, "endTimeUnixNano", str(span.end_time) if span.end_time else "")
+    _put(out, "attributes", _attributes(span.attributes))
+    _put(out, "droppedAttributesCount", span.dropped_attributes)
+    events = []
+    for event in span.events:
+        encoded: dict[str, Any] = {}
+        _put(encoded, "timeUnixNano", str(event.timestamp) if event.timestamp else "")
+        _put(encoded, "name", event.name)
+        _put(encoded, "attributes", _attributes(event.attributes))
+        _put(encoded, "droppedAttributesCount", event.dropped_attributes)
+        events.append(encoded)
+    _put(out, "events", events)
+    _put(out, "droppedEventsCount", span.dropped_events)
+    links = []
+    for link in span.links:
+        encoded = {"traceId": format(link.context.trace_id, "032x"), "spanId": format(link.context.span_id, "016x")}
+        _put(encoded, "attributes", _attributes(link.attributes))
+        _put(encoded, "droppedAttributesCount", link.dropped_attributes)
+        encoded["flags"] = _flags(link.context)
+        links.append(encoded)
+    _put(out, "links", links)
+    _put(out, "droppedLinksCount", span.dropped_links)
+    status: dict[str, Any] = {}
+    _put(status, "message", span.status.description)
+    _put(status, "code", span.status.status_code.value)
+    out["status"] = status
+    out["flags"] = _flags(span.parent)
+    return out
+
+
+def spans_to_otlp_dict(spans: Sequence[ReadableSpan]) -> dict[str, Any]:
+    """One ExportTraceServiceRequest in OTLP/JSON form, grouped by resource then scope."""
+    grouped: dict[Any, dict[Any, list]] = {}
+    for span in spans:
+        grouped.setdefault(span.resource, {}).setdefault(span.instrumentation_scope, []).append(_span(span))
+    resource_spans = []
+    for resource, scopes in grouped.items():
+        scope_spans = []
+        for scope, encoded in scopes.items():
+            entry: dict[str, Any] = {"scope": {}}
+            if scope is not None:
+                _put(entry["scope"], "name", scope.name)
+                _put(entry["scope"], "version", scope.version)
+                _put(entry["scope"], "attributes", _attributes(scope.attributes))
+            entry["spans"] = encoded
+            _put(entry, "schemaUrl", scope.schema_url if scope is not None else "")
+            scope_spans.append(entry)
+        entry = {"resource": {}, "scopeSpans": scope_spans}
+        _put(entry["resource"], "attributes", _attributes(resource.attributes))
+        _put(entry, "schemaUrl", resource.schema_url)
+        resource_spans.append(entry)
+    return {"resourceSpans": resource_spans}
+
+
+def spans_to_otlp_json(spans: Sequence[ReadableSpan]) -> str:
+    """One ExportTraceServiceRequest as a single line of OTLP/JSON."""
+    return json.dumps(spans_to_otlp_dict(spans), separators=(",", ":"))
 
 
 class OTLPJsonLinesFileExporter(SpanExporter):

@@ -30,6 +30,7 @@ _lock = threading.Lock()
 _provider: TracerProvider | None = None
 _tracer: trace.Tracer | None = None
 _atexit_registered = False
+_configured_pid: int | None = None
 
 
 def otlp_traces_url(url: str) -> str:
@@ -49,7 +50,7 @@ def configure(
     batch: bool = True,
 ) -> TracerProvider:
     """Start exporting servetrace spans; replaces a previous configuration (after flushing it)."""
-    global _provider, _tracer, _atexit_registered
+    global _provider, _tracer, _atexit_registered, _configured_pid
     if not (trace_file or otlp_endpoint or console):
         raise ValueError("configure() needs a trace file, an OTLP endpoint or console=True")
     attributes = {"service.name": service_name, "process.pid": os.getpid()}
@@ -79,6 +80,7 @@ def configure(
         previous = _provider
         _provider = provider
         _tracer = provider.get_tracer(INSTRUMENTATION_SCOPE)
+        _configured_pid = os.getpid()
         if not _atexit_registered:
             atexit.register(shutdown)
             _atexit_registered = True
@@ -102,7 +104,8 @@ def active_tracer() -> trace.Tracer | None:
 
 
 def provider() -> TracerProvider | None:
-    return _provider
+    """The configured provider of this process (None in a forked child: its resource names the parent)."""
+    return _provider if _configured_pid == os.getpid() else None
 
 
 def flush(timeout_millis: int = 30000) -> bool:

@@ -37,9 +37,10 @@ BATCH_REQUEST_IDS = "servetrace.batch.request_ids"
 BATCH_PREFIX = "servetrace.batch."
 LINK_KIND = "servetrace.link"  # "request": to a request in the batch; "step": to the step that was running
 # Extractor control keys (not attributes): a W3C traceparent to parent the span on; more ids
-# naming the same request (vLLM's internal id beside the external one).
+# naming the same request (vLLM's internal id beside the external one); drop the span.
 TRACEPARENT = "_traceparent"
 ALIASES = "_aliases"
+DROP = "_drop"  # after-extractor: this call was uneventful, emit no span (unless a child needed it)
 GPU_FORWARD_MS = "servetrace.gpu.forward_ms"
 # A span of these hops that carries a request id becomes that request's trace root (first wins).
 ROOT_HOPS = ("http.request", "request.render", "engine.enqueue")
@@ -90,13 +91,12 @@ class RequestRegistry:
 
 registry = RequestRegistry()
 
-# (hop, scope, request root) of the innermost servetrace span open in this thread / task.
-_open_hop: contextvars.ContextVar[tuple[str, str, SpanContext | None] | None] = contextvars.ContextVar("servetrace_open_hop", default=None)
+# The innermost servetrace span open in this thread / task, and the innermost engine.step.
+_open: contextvars.ContextVar["OpenSpan | None"] = contextvars.ContextVar("servetrace_open", default=None)
+_open_step: contextvars.ContextVar["OpenSpan | None"] = contextvars.ContextVar("servetrace_open_step", default=None)
 # A request.render span that started a trace before its request had an id (the offline path:
 # render, then add_request): the next engine.enqueue in this thread / task joins its trace.
 _unclaimed_render: contextvars.ContextVar[SpanContext | None] = contextvars.ContextVar("servetrace_unclaimed_render", default=None)
-# The innermost open engine.step span: scheduler.schedule copies the batch onto it.
-_open_step: contextvars.ContextVar[Any] = contextvars.ContextVar("servetrace_open_step", default=None)
 
 _warned: set[tuple[str, str, str]] = set()
 
@@ -132,13 +132,36 @@ def _clean(attributes: Mapping[str, Any]) -> dict[str, Any]:
 
 @dataclass
 class OpenSpan:
+    """A call in progress. The SDK span is created lazily (with the call's start time): a span
+    an extractor drops (DROP) that no child needed costs no SDK work at all."""
+
     call: HopCall
-    span: Any
-    tokens: tuple | None
+    tracer: Any
     attributes: dict[str, Any]
+    start_ns: int
+    parent: otel_context.Context | None  # None: under `enclosing`, else the current OTel context
+    enclosing: "OpenSpan | None"
+    links: list[Link]
+    root: SpanContext | None = None  # the request root this span hangs under (itself if it is one)
+    span: Any = None
+    tokens: tuple | None = None
     gpu_events: tuple | None = None
-    root: SpanContext | None = None  # the request's trace root this span hangs under (or itself)
     started_trace: bool = False
+
+    def materialize(self) -> Any:
+        if self.span is None:
+            parent = self.parent
+            if parent is None and self.enclosing is not None:
+                parent = trace.set_span_in_context(self.enclosing.materialize())
+            kind = SpanKind.SERVER if self.call.hop == "http.request" else SpanKind.INTERNAL
+            self.span = self.tracer.start_span(
+                self.call.hop, context=parent, kind=kind, links=self.links,
+                attributes=_clean(self.attributes), start_time=self.start_ns,
+            )
+            if self.root is None:
+                self.root = self.span.get_span_context()
+            self.started_trace = self.span.parent is None
+        return self.span
 
 
 def _cuda_events() -> tuple | None:
@@ -157,17 +180,21 @@ def begin(call: HopCall, args: dict[str, Any]) -> OpenSpan | None:
     tracer = otel.active_tracer()
     if tracer is None:
         return None
-    open_hop = _open_hop.get()
-    if open_hop is not None and open_hop[0] == call.hop:
+    enclosing = _open.get()
+    if enclosing is not None and enclosing.call.hop == call.hop:
         return None
+    start_ns = time.time_ns()
     attributes = _run_extractor(call, "before", call.before, args)
-    current = trace.get_current_span().get_span_context()
-    parent: otel_context.Context | None = None  # None: the current context
+    parent: otel_context.Context | None = None
     links: list[Link] = []
     root: SpanContext | None = None
     if call.hop == "engine.step":
         parent = otel_context.Context()
     elif call.scope == "request":
+        if enclosing is not None:
+            current = enclosing.materialize().get_span_context()
+        else:
+            current = trace.get_current_span().get_span_context()
         request_id = attributes.get(REQUEST_ID)
         root = registry.get(str(request_id)) if request_id is not None else None
         traceparent = attributes.get(TRACEPARENT)
@@ -179,20 +206,15 @@ def begin(call: HopCall, args: dict[str, Any]) -> OpenSpan | None:
             parent = trace.set_span_in_context(NonRecordingSpan(root))
         elif traceparent:
             parent = _propagator.extract({"traceparent": traceparent})
-        elif open_hop is not None and open_hop[1] == "step":
+        elif enclosing is not None and enclosing.call.scope == "step":
             parent = otel_context.Context()  # a request's span does not belong to the step's trace
-        if parent is not None and current.is_valid:
-            linked_trace = root.trace_id if root is not None else None
-            if linked_trace != current.trace_id:
-                links.append(Link(current, {LINK_KIND: "step"}))
-    kind = SpanKind.SERVER if call.hop == "http.request" else SpanKind.INTERNAL
-    span = tracer.start_span(call.hop, context=parent, kind=kind, links=links, attributes=_clean(attributes))
-    open_span = OpenSpan(call, span, None, attributes)
-    if root is None and parent is None and open_hop is not None and open_hop[1] == "request":
-        root = open_hop[2]  # nested in another span of the same request (enqueue inside http.request)
-    open_span.root = root if call.scope == "request" and root is not None else span.get_span_context()
-    open_span.started_trace = not span.parent
+        elif enclosing is not None:
+            root = enclosing.root  # nested in another span of the same request (enqueue inside http.request)
+        if parent is not None and current.is_valid and (root is None or root.trace_id != current.trace_id):
+            links.append(Link(current, {LINK_KIND: "step"}))
+    open_span = OpenSpan(call, tracer, attributes, start_ns, parent, enclosing, links, root if call.scope == "request" else None)
     if call.hop in ROOT_HOPS and attributes.get(REQUEST_ID) is not None:
+        open_span.materialize()
         registry.register(str(attributes[REQUEST_ID]), open_span.root)
     activate(open_span)
     if call.cuda_timed:
@@ -201,48 +223,63 @@ def begin(call: HopCall, args: dict[str, Any]) -> OpenSpan | None:
 
 
 def activate(open_span: OpenSpan) -> None:
-    """Make the span current (a generator's span is current only while the generator runs)."""
-    span = open_span.span
+    """Make the span the innermost open one (a generator's, only while the generator runs)."""
     open_span.tokens = (
-        otel_context.attach(trace.set_span_in_context(span)),
-        _open_hop.set((open_span.call.hop, open_span.call.scope, open_span.root)),
-        _open_step.set(span) if open_span.call.hop == "engine.step" else None,
+        _open.set(open_span),
+        _open_step.set(open_span) if open_span.call.hop == "engine.step" else None,
     )
 
 
 def deactivate(open_span: OpenSpan) -> None:
     if open_span.tokens is None:
         return
-    span_context_token, hop_token, step_token = open_span.tokens
+    open_token, step_token = open_span.tokens
     open_span.tokens = None
     if step_token is not None:
         _open_step.reset(step_token)
-    _open_hop.reset(hop_token)
-    otel_context.detach(span_context_token)
+    _open.reset(open_token)
+
+
+def _batch_links(request_ids: list) -> list[Link]:
+    links = []
+    for request_id in request_ids:
+        root = registry.get(str(request_id))
+        if root is not None:
+            links.append(Link(root, {LINK_KIND: "request", REQUEST_ID: str(request_id)}))
+    return links
 
 
 def end(open_span: OpenSpan, args: dict[str, Any], result: Any = None, error: BaseException | None = None) -> None:
     """Close the span: after-call attributes, links to the batch, error status."""
     end_ns = time.time_ns()
-    call, span = open_span.call, open_span.span
+    call = open_span.call
     deactivate(open_span)
     try:
-        if error is None:
-            after = _run_extractor(call, "after", call.after, args, result)
+        after = _run_extractor(call, "after", call.after, args, result) if error is None else {}
+        attributes = open_span.attributes
+        attributes.update(after)
+        if error is None and attributes.get(DROP) and open_span.span is None:
+            return  # uneventful (e.g. a decode step's allocate that needed no new block)
+        batch = attributes.get(BATCH_REQUEST_IDS)
+        batch_links = _batch_links(batch) if batch else []
+        if open_span.span is None:
+            open_span.links.extend(batch_links)
+            span = open_span.materialize()
+        else:
+            span = open_span.span
             if after:
                 span.set_attributes(_clean(after))
-                open_span.attributes.update(after)
-        else:
+            for link in batch_links:
+                span.add_link(link.context, link.attributes)
+        if error is not None:
             span.record_exception(error)
             span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
-        attributes = open_span.attributes
-        batch = attributes.get(BATCH_REQUEST_IDS)
-        if batch:
-            _link_batch(span, batch)
-            step_span = _open_step.get()
-            if step_span is not None and step_span is not span and call.hop == "scheduler.schedule":
-                _link_batch(step_span, batch)
-                step_span.set_attributes(_clean({k: v for k, v in attributes.items() if k.startswith(BATCH_PREFIX)}))
+        step = _open_step.get()
+        if batch_links and step is not None and call.hop == "scheduler.schedule":
+            step_span = step.materialize()
+            for link in batch_links:
+                step_span.add_link(link.context, link.attributes)
+            step_span.set_attributes(_clean({k: v for k, v in attributes.items() if k.startswith(BATCH_PREFIX)}))
         if call.hop in ROOT_HOPS and attributes.get(REQUEST_ID) is not None:
             registry.register(str(attributes[REQUEST_ID]), open_span.root)
             for alias in attributes.get(ALIASES) or ():
@@ -251,6 +288,7 @@ def end(open_span: OpenSpan, args: dict[str, Any], result: Any = None, error: Ba
             _unclaimed_render.set(span.get_span_context())
     except Exception:  # pragma: no cover - bookkeeping must not break the engine either
         logger.warning("servetrace: closing a %s span failed", call.hop, exc_info=True)
+        span = open_span.materialize()
     if open_span.gpu_events is not None and error is None:
         start, stop = open_span.gpu_events
         stop.record()
@@ -259,13 +297,6 @@ def end(open_span: OpenSpan, args: dict[str, Any], result: Any = None, error: Ba
         span.end(end_time=end_ns)
     if _pending_gpu and call.scope == "step":
         drain_pending(wait=False)
-
-
-def _link_batch(span: Any, request_ids: list) -> None:
-    for request_id in request_ids:
-        root = registry.get(str(request_id))
-        if root is not None:
-            span.add_link(root, {LINK_KIND: "request", REQUEST_ID: str(request_id)})
 
 
 # GPU-timed spans end when their CUDA events have completed, without a synchronize on the hot path.

@@ -13,6 +13,7 @@ from tracer.extractors import (
     OUTPUT_TOKENS, PRIORITY, PROTECTED, REQUEST_ID, STATUS, STEP, STOP_STRING, TEMPERATURE, TEXT_CHARS,
     TOP_K, TOP_P, ids,
 )
+from tracer.spans import DROP
 
 # The detokenizer does not know its request; LLMEngine.add_request creates one per request.
 _detokenizer_request: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -122,6 +123,8 @@ def allocate_after(args: dict, new_blocks: Any) -> dict:
     if new_blocks is not None:
         out[BLOCKS_ALLOCATED] = len(new_blocks)
         out[BLOCK_IDS] = [b.block_id for b in new_blocks]
+        # A decode step that still fits its last block changed nothing worth a span.
+        out[DROP] = not new_blocks and not args.get("num_new_computed_tokens")
     return out
 
 

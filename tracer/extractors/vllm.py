@@ -16,7 +16,7 @@ from tracer.extractors import (
     NUM_RUNNING, NUM_WAITING, OPERATION, OUTPUT_TOKENS, PRIORITY, REQUEST_ID, STATUS, STEP, TEMPERATURE,
     TOP_K, TOP_P, ids,
 )
-from tracer.spans import ALIASES, TRACEPARENT
+from tracer.spans import ALIASES, DROP, TRACEPARENT
 
 
 def _sampling(params: Any) -> dict[str, Any]:
@@ -210,6 +210,8 @@ def allocate_after(args: dict, blocks: Any) -> dict:
         block_ids = _block_ids(blocks)
         out[BLOCKS_ALLOCATED] = len(block_ids)
         out[BLOCK_IDS] = block_ids
+        # A decode step that still fits its last block changed nothing worth a span.
+        out[DROP] = not block_ids and not args.get("num_new_computed_tokens")
     return out
 
 
