@@ -133,6 +133,8 @@ def _check_effective_config(scheduler, config: ReplayConfig) -> None:
     if changed:
         details = ", ".join(f"{k}: asked {a}, vLLM uses {b}" for k, (a, b) in changed.items())
         raise ReplayError(f"vLLM adjusted the replay config ({details})")
+    if not scheduler.scheduler_reserve_full_isl:
+        raise ReplayError("vLLM's full-sequence admission gate (scheduler_reserve_full_isl) is off; ours always applies it")
     if scheduler.local_prefill_interval > 1 or scheduler.adaptive_long_prefill_threshold:
         raise ReplayError("vLLM's prefill cadence / adaptive threshold is on; replay mirrors neither")
 
