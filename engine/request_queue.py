@@ -27,6 +27,10 @@ class FCFSRequestQueue:
     def remove_request(self, request: Request) -> None:
         self._queue.remove(request)
 
+    def sort(self, key) -> None:
+        """Reorder in place, stably (SGLang's cache-aware policies reorder the waiting queue)."""
+        self._queue = deque(sorted(self._queue, key=key))
+
     def __len__(self) -> int:
         return len(self._queue)
 

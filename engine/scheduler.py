@@ -18,6 +18,8 @@ import time
 from engine.block_pool import update_block_hashes
 from engine.config import CacheConfig, SchedulerConfig
 from engine.kv_cache_manager import KVCacheManager
+from engine.radix_kv_manager import RadixKVCacheManager
+from engine.schedule_policy import sort_by_longest_prefix
 from engine.outputs import EngineCoreOutput, ModelRunnerOutput, SchedulerOutput
 from engine.request import Request, RequestStatus
 from engine.request_queue import create_request_queue
@@ -30,7 +32,10 @@ class Scheduler:
         self.block_size = cache_config.block_size
         self.max_model_len = scheduler_config.max_model_len
         self.policy = scheduler_config.policy
-        self.kv_cache_manager = KVCacheManager(
+        if scheduler_config.cache_mode == "sglang" and scheduler_config.policy != "fcfs":
+            raise ValueError("cache_mode 'sglang' orders the waiting queue by prefix match; use policy 'fcfs'")
+        manager_class = RadixKVCacheManager if scheduler_config.cache_mode == "sglang" else KVCacheManager
+        self.kv_cache_manager = manager_class(
             num_blocks=num_blocks,
             block_size=cache_config.block_size,
             enable_caching=cache_config.enable_prefix_caching,
@@ -147,12 +152,15 @@ class Scheduler:
 
         # Then the WAITING requests, unless memory pressure forced a preemption this step.
         if not preempted_reqs:
+            if self.scheduler_config.cache_mode == "sglang":
+                sort_by_longest_prefix(self.waiting, lambda r: self.kv_cache_manager.get_computed_blocks(r)[1])
             while token_budget > 0 and len(self.waiting):
                 if len(self.running) >= self.scheduler_config.max_num_seqs:
                     break
                 request = self.waiting.peek_request()
 
-                if request.num_computed_tokens == 0:
+                did_prefix_cache_lookup = request.num_computed_tokens == 0
+                if did_prefix_cache_lookup:
                     new_computed_blocks, num_computed_tokens = self.kv_cache_manager.get_computed_blocks(request)
                     if request.num_preemptions <= 0:
                         request.num_cached_tokens = num_computed_tokens
@@ -188,6 +196,8 @@ class Scheduler:
                 token_budget -= num_new_tokens
                 request.status = RequestStatus.RUNNING
                 request.num_computed_tokens = num_computed_tokens
+                if did_prefix_cache_lookup:  # counted at admission, so lookups that did not fit are not
+                    self.kv_cache_manager.record_prefix_cache_stats(request, num_new_local_computed_tokens)
 
         total = sum(num_scheduled_tokens.values())
         assert total <= self.scheduler_config.max_num_batched_tokens

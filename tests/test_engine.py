@@ -27,11 +27,15 @@ PROMPTS = [
 ]
 
 
-def make_engine(num_blocks: int = 200, prefix_caching: bool = True, max_batched: int = 64, max_seqs: int = 8) -> LLMEngine:
+def make_engine(
+    num_blocks: int = 200, prefix_caching: bool = True, max_batched: int = 64, max_seqs: int = 8, cache_mode: str = "vllm"
+) -> LLMEngine:
     return LLMEngine(
         EngineConfig(
             cache=CacheConfig(block_size=16, num_blocks=num_blocks, enable_prefix_caching=prefix_caching),
-            scheduler=SchedulerConfig(max_num_seqs=max_seqs, max_num_batched_tokens=max_batched, max_model_len=512),
+            scheduler=SchedulerConfig(
+                max_num_seqs=max_seqs, max_num_batched_tokens=max_batched, max_model_len=512, cache_mode=cache_mode
+            ),
         )
     )
 
@@ -88,9 +92,10 @@ def test_prefix_caching_off_greedy_equals_transformers(expected):
     assert_pool_empty(engine)
 
 
-def test_preemption_under_a_small_pool_recomputes_correctly(expected):
-    # 19 usable blocks of 16 tokens cannot hold all eight requests' prompts and outputs at once.
-    engine = make_engine(num_blocks=20, max_batched=256)
+@pytest.mark.parametrize("cache_mode", ["vllm", "sglang"])
+def test_preemption_under_a_small_pool_recomputes_correctly(expected, cache_mode):
+    # 9 usable blocks of 16 tokens cannot hold all eight requests' prompts and outputs at once.
+    engine = make_engine(num_blocks=10, max_batched=256, cache_mode=cache_mode)
     preempted: list[str] = []
     original = engine.scheduler._preempt_request
 

@@ -1,0 +1,151 @@
+"""The SGLang way of sharing prefixes, behind the KVCacheManager interface the scheduler uses.
+
+SGLang keeps no block hashes: finished requests insert their tokens into a radix tree whose
+values are KV slots, and a new request takes the longest matching path, locking it so that
+eviction (LRU over unlocked leaves) cannot take it away. Here the tree (engine.radix_cache)
+runs with page_size = block_size over a page allocator, so every request's KV still lives in
+whole blocks and the model runner reads it through the same block tables.
+
+Mirrors, in order: sglang.srt.managers.schedule_batch.Req.init_next_round_input (match_prefix
+on all tokens but the last), sglang.srt.mem_cache.common.alloc_for_extend (evict from the tree
+when the allocator runs short, lock the matched node) and
+sglang.srt.mem_cache.common.release_kv_cache (insert a finished request, free the rest).
+Deliberate difference: running requests are not re-inserted after each prefill chunk
+(SGLang's cache_unfinished_req), so a prompt becomes shareable when its request finishes.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from engine.radix_cache import MatchResult, RadixCache, TreeNode
+from engine.request import Request, RequestStatus
+
+
+class PagedTokenAllocator:
+    """KV slots handed out a page (block) at a time; mirrors
+    sglang.srt.mem_cache.allocator.paged.PagedTokenToKVPoolAllocator. Page 0 is reserved,
+    like vLLM's null block, so the two cache modes have the same usable pool."""
+
+    def __init__(self, num_pages: int, page_size: int) -> None:
+        self.page_size = page_size
+        self.num_pages = num_pages
+        self.free_pages: list[int] = list(range(1, num_pages))
+
+    def available_size(self) -> int:
+        return len(self.free_pages) * self.page_size
+
+    def alloc_pages(self, n: int) -> list[int] | None:
+        if n > len(self.free_pages):
+            return None
+        pages, self.free_pages = self.free_pages[:n], self.free_pages[n:]
+        return pages
+
+    def free(self, indices: Sequence[int]) -> None:
+        """Free the pages that hold these slots (the tree frees by slot, we own whole pages)."""
+        pages = sorted({int(i) // self.page_size for i in indices})
+        self.free_pages.extend(pages)
+
+
+@dataclass
+class _RequestKV:
+    pages: list[int] = field(default_factory=list)
+    locked_node: TreeNode | None = None
+    cached_len: int = 0  # leading tokens whose pages belong to the tree
+
+
+class RadixKVCacheManager:
+    """Same methods as engine.kv_cache_manager.KVCacheManager, SGLang's semantics."""
+
+    def __init__(self, num_blocks: int, block_size: int, enable_caching: bool = True, max_model_len: int | None = None) -> None:
+        self.num_blocks = num_blocks
+        self.block_size = block_size
+        self.enable_caching = enable_caching
+        self.max_model_len = max_model_len or num_blocks * block_size
+        self.allocator = PagedTokenAllocator(num_blocks, block_size)
+        self.tree = RadixCache(self.allocator, page_size=block_size, disable=not enable_caching)
+        self.req_kv: dict[str, _RequestKV] = {}
+        self._matches: dict[str, MatchResult] = {}
+
+    @property
+    def usage(self) -> float:
+        return 1.0 - self.get_num_free_blocks() / max(self.num_blocks - 1, 1)
+
+    def get_num_free_blocks(self) -> int:
+        """Free pages plus pages the tree could evict: what an allocation can get."""
+        return len(self.allocator.free_pages) + self.tree.evictable_size() // self.block_size
+
+    def get_block_ids(self, request_id: str) -> list[int]:
+        kv = self.req_kv.get(request_id)
+        return list(kv.pages) if kv else []
+
+    def get_computed_blocks(self, request: Request) -> tuple[list[int], int]:
+        # Mirrors sglang.srt.managers.schedule_batch.Req.init_next_round_input: the last token is
+        # always recomputed, so match on all tokens but the last.
+        if not self.enable_caching:
+            return [], 0
+        match = self.tree.match_prefix(request.all_token_ids[: request.num_tokens - 1])
+        self._matches[request.request_id] = match
+        pages = [slot // self.block_size for slot in match.device_indices[:: self.block_size]]
+        return pages, match.prefix_len
+
+    def record_prefix_cache_stats(self, request: Request, num_hits: int) -> None:
+        """SGLang counts cache hits in its scheduler metrics; nothing to keep here."""
+
+    def allocate_slots(
+        self,
+        request: Request,
+        num_new_tokens: int,
+        num_new_computed_tokens: int = 0,
+        new_computed_blocks: Sequence[int] | None = None,
+        num_lookahead_tokens: int = 0,
+        full_sequence_must_fit: bool = False,
+    ) -> list[int] | None:
+        # Mirrors sglang.srt.mem_cache.common.alloc_for_extend (page granularity)
+        kv = self.req_kv.get(request.request_id)
+        matched_pages = list(new_computed_blocks or [])
+        have_pages = len(kv.pages) if kv else len(matched_pages)
+        total = min(request.num_computed_tokens + num_new_computed_tokens + num_new_tokens, self.max_model_len)
+        to_alloc = max(-(-total // self.block_size) - have_pages, 0)
+        need = to_alloc
+        if full_sequence_must_fit:
+            need = max(need, -(-min(request.num_tokens, self.max_model_len) // self.block_size) - have_pages)
+        match = self._matches.pop(request.request_id, None) if kv is None else None
+        if match is not None and match.prefix_len:
+            self.tree.inc_lock_ref(match.last_node)  # lock before evicting, so the hit survives
+        if need > len(self.allocator.free_pages):
+            self.tree.evict((need - len(self.allocator.free_pages)) * self.block_size)
+        if need > len(self.allocator.free_pages):
+            if match is not None and match.prefix_len:
+                self.tree.dec_lock_ref(match.last_node)
+                self._matches[request.request_id] = match
+            return None
+        new_pages = self.allocator.alloc_pages(to_alloc) or []
+        if kv is None:
+            kv = self.req_kv[request.request_id] = _RequestKV(pages=matched_pages)
+            if match is not None and match.prefix_len:
+                kv.locked_node, kv.cached_len = match.last_node, match.prefix_len
+        kv.pages.extend(new_pages)
+        return new_pages
+
+    def free(self, request: Request) -> None:
+        # Mirrors sglang.srt.mem_cache.common.release_kv_cache
+        self._matches.pop(request.request_id, None)
+        kv = self.req_kv.pop(request.request_id, None)
+        if kv is None:
+            return
+        slots = [p * self.block_size + i for p in kv.pages for i in range(self.block_size)]
+        finished_normally = request.status in (RequestStatus.FINISHED_STOPPED, RequestStatus.FINISHED_LENGTH_CAPPED)
+        locked = kv.locked_node or self.tree.root_node
+        if finished_normally and self.enable_caching:
+            # The last sampled token has no KV yet: only num_computed_tokens are in the cache.
+            num_kv = min(request.num_computed_tokens, len(slots))
+            self.tree.cache_finished_request(request.all_token_ids[:num_kv], slots[:num_kv], locked, kv.cached_len)
+            # Pages past the last token with KV were reserved but never written.
+            unused = kv.pages[-(-num_kv // self.block_size):] if num_kv else kv.pages
+            self.allocator.free([p * self.block_size for p in unused])
+        else:
+            if kv.locked_node is not None:
+                self.tree.dec_lock_ref(kv.locked_node)
+            own = kv.pages[kv.cached_len // self.block_size:]
+            self.allocator.free([p * self.block_size for p in own])
