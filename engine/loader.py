@@ -7,9 +7,13 @@ LlamaForCausalLM, whose RoPE uses the Hugging Face 'rotate half' layout.
 """
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import importlib.util
 import json
+import os
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -93,7 +97,38 @@ _GGUF_GLOBAL_NAMES = {
 _GGUF_LAYER_RE = re.compile(r"blk\.(\d+)\.(\w+)\.weight")
 
 
+def cache_root() -> Path:
+    """Where derived files (dequantized weights, converted tokenizers) are kept: SERVETRACE_CACHE."""
+    return Path(os.environ.get("SERVETRACE_CACHE") or Path.home() / ".cache" / "servetrace")
+
+
+def file_identity(path: Path) -> str:
+    stat = path.stat()
+    return hashlib.sha256(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+
+
 def _read_gguf(path: Path) -> tuple[LlamaConfig, dict[str, torch.Tensor]]:
+    """Dequantizing Q4_1 takes seconds each load; the float32 result is kept as safetensors,
+    keyed by the file's identity, so later loads only read it back."""
+    from safetensors.torch import load_file, save_file
+
+    cache_dir = cache_root() / "weights" / file_identity(path)
+    if (cache_dir / "model.safetensors").is_file() and (cache_dir / "config.json").is_file():
+        config = LlamaConfig(**json.loads((cache_dir / "config.json").read_text()))
+        return config, load_file(str(cache_dir / "model.safetensors"))
+    config, state_dict = _dequantize_gguf(path)
+    tmp_dir = cache_dir.with_name(f"{cache_dir.name}.tmp{os.getpid()}")
+    try:
+        tmp_dir.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in state_dict.items()}, str(tmp_dir / "model.safetensors"))
+        (tmp_dir / "config.json").write_text(json.dumps(dataclasses.asdict(config)))
+        os.replace(tmp_dir, cache_dir)
+    except OSError:
+        shutil.rmtree(tmp_dir, ignore_errors=True)  # a read-only or racing cache only costs time
+    return config, state_dict
+
+
+def _dequantize_gguf(path: Path) -> tuple[LlamaConfig, dict[str, torch.Tensor]]:
     from gguf import GGUFReader, dequantize
 
     with path.open("rb") as f:

@@ -6,7 +6,6 @@ read from the GGUF metadata or from an HF directory.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 from pathlib import Path
@@ -81,9 +80,9 @@ def _load_gguf_tokenizer(path: Path):
     once and keep the result as tokenizer.json in a cache keyed by the file's identity."""
     from transformers import AutoTokenizer
 
-    stat = path.stat()
-    key = hashlib.sha256(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
-    cache_dir = cache_root() / "tokenizers" / key
+    from engine.loader import cache_root, file_identity
+
+    cache_dir = cache_root() / "tokenizers" / file_identity(path)
     if (cache_dir / "tokenizer.json").is_file():
         return AutoTokenizer.from_pretrained(str(cache_dir))
     try:
@@ -97,10 +96,6 @@ def _load_gguf_tokenizer(path: Path):
     except OSError:
         shutil.rmtree(tmp_dir, ignore_errors=True)  # a read-only cache only costs time
     return tokenizer
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("SERVETRACE_CACHE") or Path.home() / ".cache" / "servetrace")
 
 
 def default_model_path() -> str:

@@ -21,6 +21,10 @@ def add_engine_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--no-chunked-prefill", action="store_true")
     group.add_argument("--long-prefill-token-threshold", type=int, default=0)
     group.add_argument("--policy", choices=["fcfs", "priority"], default="fcfs")
+    group.add_argument(
+        "--cache-mode", choices=["vllm", "sglang"], default="vllm",
+        help="prefix sharing: vLLM's hashed blocks, or SGLang's radix tree with longest-prefix-first admission",
+    )
 
 
 def engine_config_from_args(args: argparse.Namespace) -> EngineConfig:
@@ -42,6 +46,7 @@ def engine_config_from_args(args: argparse.Namespace) -> EngineConfig:
             enable_chunked_prefill=not args.no_chunked_prefill,
             long_prefill_token_threshold=args.long_prefill_token_threshold,
             policy=args.policy,
+            cache_mode=args.cache_mode,
         ),
     )
 
