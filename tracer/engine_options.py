@@ -50,3 +50,26 @@ def engine_config_from_args(args: argparse.Namespace) -> EngineConfig:
         ),
     )
 
+
+
+def add_trace_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("tracing")
+    group.add_argument("--trace", metavar="FILE", default=None, help="write OpenTelemetry spans to FILE (OTLP/JSON lines)")
+    group.add_argument("--otlp", metavar="URL", default=None, help="export spans over OTLP/HTTP, e.g. http://127.0.0.1:4318/v1/traces")
+    group.add_argument("--console-trace", action="store_true", help="print spans to stderr")
+
+
+def start_tracing(args: argparse.Namespace) -> bool:
+    """Install the catalog's hooks on our engine when a trace destination was given."""
+    if not (args.trace or args.otlp or args.console_trace):
+        return False
+    from tracer import tracing
+
+    tracing.enable("mini", trace_file=args.trace, otlp_endpoint=args.otlp, console=args.console_trace)
+    return True
+
+
+def stop_tracing() -> None:
+    from tracer import tracing
+
+    tracing.disable()

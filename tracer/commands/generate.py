@@ -5,7 +5,7 @@ import argparse
 import sys
 import time
 
-from tracer.engine_options import add_engine_options, engine_config_from_args
+from tracer.engine_options import add_engine_options, add_trace_options, engine_config_from_args, start_tracing, stop_tracing
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -15,6 +15,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--system", default=None, help="system message for the chat template")
     add_sampling_options(parser)
     add_engine_options(parser)
+    add_trace_options(parser)
     parser.set_defaults(func=run)
 
 
@@ -44,6 +45,17 @@ def sampling_params_from_args(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
+    traced = start_tracing(args)
+    try:
+        return _generate(args)
+    finally:
+        if traced:
+            stop_tracing()
+            if args.trace:
+                print(f"trace written to {args.trace}", file=sys.stderr)
+
+
+def _generate(args: argparse.Namespace) -> int:
     from engine.llm_engine import LLMEngine
 
     params = sampling_params_from_args(args)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from tracer.engine_options import add_engine_options, engine_config_from_args
+from tracer.engine_options import add_engine_options, add_trace_options, engine_config_from_args, start_tracing, stop_tracing
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -16,6 +16,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--shutdown-timeout", type=float, default=30.0, help="seconds in-flight requests get to finish on shutdown")
     parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     add_engine_options(parser)
+    add_trace_options(parser)
     parser.set_defaults(func=run)
 
 
@@ -32,6 +33,7 @@ def run(args: argparse.Namespace) -> int:
     if args.shutdown_timeout < 0:
         raise ValueError(f"--shutdown-timeout must be >= 0, got {args.shutdown_timeout}")
     config = engine_config_from_args(args)
+    traced = start_tracing(args)
     print("loading model...", file=sys.stderr, flush=True)
     engine = LLMEngine(config)
     app = build_app(engine, args.served_model_name, max_queue=args.max_queue, shutdown_timeout=args.shutdown_timeout)
@@ -46,4 +48,6 @@ def run(args: argparse.Namespace) -> int:
         # the app's own shutdown then aborts whatever is left in the engine.
         timeout_graceful_shutdown=args.shutdown_timeout,
     )
+    if traced:
+        stop_tracing()
     return 0
