@@ -1,20 +1,138 @@
-"""`servetrace demo`: the main job on the bundled model (what `make demo` runs)."""
+"""`servetrace demo`: the main job on the bundled model (what `make demo` runs).
+
+1. start our engine behind its OpenAI-compatible server, traced, on 127.0.0.1;
+2. send one chat request over HTTP with the official openai client, streaming the answer;
+3. replay a small shared-prefix workload through our scheduler and vLLM's real one;
+4. open the trace explorer on what was recorded (or print a Rich summary without a terminal).
+"""
 from __future__ import annotations
 
 import argparse
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
 
-from tracer.commands import generate
+from rich.console import Console
 
-DEMO_PROMPT = "In two sentences, what does a KV cache store in a transformer?"
+DEMO_MESSAGES = [{"role": "user", "content": "In two sentences, what does a KV cache store in a transformer?"}]
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("demo", help="run the demo on the bundled model")
+    parser = subparsers.add_parser("demo", help="trace a chat request over HTTP, replay against vLLM, open the explorer")
+    parser.add_argument("--out", default="demo-out", help="where traces and replay logs go (default: demo-out/)")
+    parser.add_argument("--max-tokens", type=int, default=60)
+    parser.add_argument("--no-tui", action="store_true", help="print a summary instead of opening the explorer")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    parser = argparse.ArgumentParser()
-    sub = parser.add_subparsers()
-    generate.register(sub)
-    return generate.run(parser.parse_args(["generate", DEMO_PROMPT, "--max-tokens", "80"]))
+    console = Console(stderr=True)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    http_trace = out / "trace-http.jsonl"
+    http_trace.unlink(missing_ok=True)
+
+    console.rule("[bold]1-2. our engine over HTTP, traced")
+    answer = serve_one_chat(http_trace, args.max_tokens, console)
+    console.print(f"[dim]trace: {http_trace}[/]")
+
+    console.rule("[bold]3. the same scheduler decisions as vLLM? (replay)")
+    replay_dir = out / "replay"
+    agree = replay_against_vllm(replay_dir, console)
+
+    traces = [http_trace]
+    compare = [replay_dir / "trace-mini.jsonl", replay_dir / "trace-vllm.jsonl"]
+    console.rule("[bold]4. the trace explorer")
+    if not args.no_tui and sys.stdout.isatty() and sys.stdin.isatty():
+        return open_explorer(traces, compare)
+    print_summary(traces, compare, console)
+    console.print(
+        f"\nanswer: {answer.strip()}\n\nexplore it yourself:  servetrace tui {http_trace}\n"
+        f"compare ours vs vLLM: servetrace tui {compare[0]} {compare[1]}"
+    )
+    return 0 if agree else 1
+
+
+def serve_one_chat(trace_path: Path, max_tokens: int, console: Console) -> str:
+    import openai
+    import uvicorn
+
+    from engine.config import CacheConfig, EngineConfig
+    from engine.llm_engine import LLMEngine
+    from engine.server import build_app
+    from tracer import tracing
+
+    tracing.enable("mini", trace_file=trace_path)
+    try:
+        console.print("loading the bundled SmolLM2-135M-Instruct...")
+        engine = LLMEngine(EngineConfig(cache=CacheConfig(num_blocks=256)))
+        app = build_app(engine, None, max_queue=16, shutdown_timeout=10.0)
+        port = _free_port()
+        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+        thread = threading.Thread(target=server.run, name="demo-server", daemon=True)
+        thread.start()
+        deadline = time.monotonic() + 60
+        while not server.started:
+            if time.monotonic() > deadline or not thread.is_alive():
+                raise RuntimeError("the demo server did not start")
+            time.sleep(0.05)
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="demo")
+        model = app.state.serving.served_model_name
+        console.print(f"POST http://127.0.0.1:{port}/v1/chat/completions  model={model!r}  stream=true")
+        console.print(f"[bold]user:[/] {DEMO_MESSAGES[0]['content']}")
+        console.print("[bold]assistant:[/] ", end="")
+        text = ""
+        stream = client.chat.completions.create(
+            model=model, messages=DEMO_MESSAGES, max_tokens=max_tokens, temperature=0, stream=True,
+            stream_options={"include_usage": True},
+        )
+        for chunk in stream:
+            for choice in chunk.choices:
+                piece = choice.delta.content or ""
+                text += piece
+                console.print(piece, end="", highlight=False)
+            if chunk.usage:
+                usage = chunk.usage
+        console.print(f"\n[dim]{usage.prompt_tokens} prompt + {usage.completion_tokens} completion tokens[/]")
+        server.should_exit = True
+        thread.join(timeout=30)
+        return text
+    finally:
+        tracing.disable()
+
+
+def replay_against_vllm(out_dir: Path, console: Console) -> bool:
+    from tracer.replay.config import ReplayConfig
+    from tracer.replay.report import print_report
+    from tracer.replay.session import run_replay
+    from tracer.replay.workload import shared_prefix
+
+    workload = shared_prefix(num_requests=12, num_system_prompts=2, system_len=48, seed=0)
+    config = ReplayConfig(block_size=16, num_blocks=48, max_num_seqs=6, max_num_batched_tokens=96)
+    console.print(
+        f"{len(workload)} requests sharing 2 system prompts; {config.num_blocks} KV blocks of {config.block_size}, "
+        f"budget {config.max_num_batched_tokens} tokens/step, max {config.max_num_seqs} running (vLLM: synchronous Scheduler)"
+    )
+    result = run_replay(workload, config, ["mini", "vllm"], out_dir=out_dir)
+    print_report(result.comparisons, result.radix, console=console)
+    return result.agree
+
+
+def open_explorer(traces: list[Path], compare: list[Path]) -> int:
+    from tracer.tui import run_explorer
+
+    return run_explorer([str(p) for p in traces]) or 0
+
+
+def print_summary(traces: list[Path], compare: list[Path], console: Console) -> None:
+    from tracer.tui.summary import print_summary as tui_summary
+
+    tui_summary([str(p) for p in traces], console=console)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
