@@ -163,26 +163,8 @@ def summarize(concurrency: int, results: list[RequestResult], duration: float) -
     }
 
 
-def offline_levels(engine_args: list[str], concurrencies: list[int], num_prompts: int, input_words: int, output_len: int) -> list[float]:
-    """The same workload through LLMEngine in-process (no HTTP, no async front end): output tokens/s per level.
-
-    The server/offline ratio is what the HTTP layer, the async front end and SSE cost. The loop
-    runs in a worker thread, as the server's busy loop does: on an oversubscribed CPU, OpenMP's
-    busy-waiting makes torch in the main thread several times slower than in another thread
-    (measured here: 39 s vs 3.7 s for the same batch), which would swamp the comparison.
-    """
-    throughputs: list[float] = []
-    worker = threading.Thread(
-        target=_offline_levels, args=(engine_args, concurrencies, num_prompts, input_words, output_len, throughputs)
-    )
-    worker.start()
-    worker.join()
-    return throughputs
-
-
-def _offline_levels(
-    engine_args: list[str], concurrencies: list[int], num_prompts: int, input_words: int, output_len: int, throughputs: list[float]
-) -> None:
+def build_offline_engine(engine_args: list[str]):
+    """The engine `servetrace serve` would build from these options, in this process."""
     from engine.llm_engine import LLMEngine
     from engine.sampling_params import SamplingParams
     from tracer.engine_options import add_engine_options, engine_config_from_args
@@ -190,10 +172,26 @@ def _offline_levels(
     option_parser = argparse.ArgumentParser()
     add_engine_options(option_parser)
     engine = LLMEngine(engine_config_from_args(option_parser.parse_args(engine_args)))
+    engine.generate([make_prompt(10_000, 8)], SamplingParams(max_tokens=2))  # warm-up, as for the server
+    return engine
+
+
+def offline_level(engine, concurrency: int, num_prompts: int, input_words: int, output_len: int, offset: int) -> float:
+    """The same workload through LLMEngine in-process (no HTTP, no async front end): output tokens/s.
+
+    The server/offline ratio is what the HTTP layer, the async front end and SSE cost. The
+    threads are arranged as in the server: the engine is built in the main thread and stepped
+    in another. On an oversubscribed CPU that arrangement matters more than anything measured
+    here (OpenMP busy-waiting; measured on the 2-core dev machine: the same batch took 39 s
+    stepped in the thread that built the engine, 3.7 s in a second thread).
+    """
+    from engine.sampling_params import SamplingParams
+
     params = SamplingParams(temperature=0, max_tokens=output_len, ignore_eos=True)
-    engine.generate([make_prompt(10_000, input_words)], params)  # warm-up, as for the server
-    for i, concurrency in enumerate(concurrencies):
-        pending = [engine.render(make_prompt(i * num_prompts + j, input_words)) for j in range(num_prompts)]
+    result: list[float] = []
+
+    def run() -> None:
+        pending = [engine.render(make_prompt(offset + j, input_words)) for j in range(num_prompts)]
         in_flight = output_tokens = 0
         start = time.perf_counter()
         while pending or engine.has_unfinished_requests():
@@ -204,7 +202,12 @@ def _offline_levels(
                 if out.finished:
                     in_flight -= 1
                     output_tokens += len(out.output_token_ids)
-        throughputs.append(output_tokens / (time.perf_counter() - start))
+        result.append(output_tokens / (time.perf_counter() - start))
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    worker.join()
+    return result[0]
 
 
 def results_table(levels: list[dict]) -> Table:
@@ -247,8 +250,11 @@ def markdown(levels: list[dict], command: str, meta: dict) -> str:
         f"Each level: {meta['num_prompts']} streaming requests, ~{meta['input_words']} prompt words, "
         f"{meta['output_len']} output tokens (ignore_eos, greedy), at most `conc` in flight.",
         "",
-        "`vs offline`: the server's output tokens/s over the same workload run through LLMEngine in-process",
-        "(no HTTP, no engine thread), in the same run.",
+        "`vs offline`: the server's output tokens/s over the same requests run through LLMEngine in the",
+        "benchmark's own process (no HTTP, no async front end, no client), level by level in the same run.",
+        "",
+        f"The machine is shared: its load average when the run ended was {meta['load_average'][0]:.1f} "
+        f"(1 min) / {meta['load_average'][2]:.1f} (15 min) on {meta['cpus']} CPUs, so absolute numbers swing between runs.",
         "",
         "| conc | done | req/s | out tok/s | vs offline | total tok/s | TTFT p50 / p90 / p99 ms | TPOT p50 / p90 / p99 ms | ITL p50 / p90 / p99 ms |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
@@ -312,24 +318,28 @@ def main(argv: list[str] | None = None) -> int:
     url = args.url
     if url is None:
         server, url = start_server(engine_args, max_queue=max(args.concurrency))
-    console = Console()
+    console = Console(width=None if sys.stdout.isatty() else 150)
+    # Server and in-process engine take turns level by level, so drifting load on a shared
+    # machine hits both sides of each ratio alike.
+    offline_engine = build_offline_engine(engine_args) if args.url is None and not args.no_offline else None
     try:
         model = asyncio.run(served_model(url))
         # One warm-up request so the first level does not pay for first-call costs.
         asyncio.run(run_level(url, model, 1, 1, args.input_words, args.output_len, offset=10_000))
         levels = []
         for i, concurrency in enumerate(args.concurrency):
+            offset = i * args.num_prompts
             console.print(f"concurrency {concurrency}: {args.num_prompts} requests...")
-            levels.append(asyncio.run(run_level(url, model, concurrency, args.num_prompts, args.input_words, args.output_len, offset=i * args.num_prompts)))
+            level = asyncio.run(run_level(url, model, concurrency, args.num_prompts, args.input_words, args.output_len, offset))
+            if offline_engine is not None:
+                level["offline_output_throughput"] = offline_level(
+                    offline_engine, concurrency, args.num_prompts, args.input_words, args.output_len, offset
+                )
+            levels.append(level)
     finally:
         if server is not None:
             server.terminate()
             server.wait(60)
-    if args.url is None and not args.no_offline:
-        console.print("offline baseline (LLMEngine in-process)...")
-        offline = offline_levels(engine_args, args.concurrency, args.num_prompts, args.input_words, args.output_len)
-        for level, throughput in zip(levels, offline):
-            level["offline_output_throughput"] = throughput
     console.print(results_table(levels))
 
     command = " ".join(shlex.quote(a) for a in [".venv/bin/python", "bench/serve_bench.py", *(argv if argv is not None else sys.argv[1:])])

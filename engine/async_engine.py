@@ -170,6 +170,8 @@ class AsyncLLM:
                 f"{sampling_params.max_tokens} in max_tokens) but at most {self.max_request_tokens} fit "
                 "(the context length and the KV cache size)"
             )
+        if request_id in self._streams:
+            raise ValueError(f"request id {request_id!r} is already in flight")
         queue: asyncio.Queue = asyncio.Queue()
         self._streams[request_id] = queue  # before the engine can emit anything for it
         adding = asyncio.ensure_future(
@@ -287,7 +289,6 @@ class AsyncLLM:
                 del self._streams[out.request_id]
 
     def _fail_all(self, exc: BaseException) -> None:
-        error = EngineDeadError(f"the engine loop has stopped: {exc!r}")
         for queue in self._streams.values():
-            queue.put_nowait(error)
+            queue.put_nowait(EngineDeadError(f"the engine loop has stopped: {exc!r}"))
         self._streams.clear()

@@ -10,6 +10,8 @@ import asyncio
 import httpx2
 import openai
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from engine.async_engine import AsyncLLM, EngineOverloadedError, EngineShutdownError, RequestAbortedError
 from engine.sampling_params import SamplingParams
@@ -57,7 +59,7 @@ def test_requests_beyond_max_queue_get_503_not_a_hang(engine):
 
 
 def test_shutdown_finishes_short_requests_and_aborts_long_ones(engine):
-    server = RunningServer(engine, shutdown_timeout=1.5).start()
+    server = RunningServer(engine, shutdown_timeout=3.0).start()
     client = server.client(timeout=60)
     model = server.app.state.serving.served_model_name
     _, long_chunks = long_stream(client, model, "Tell me a story.")
@@ -130,3 +132,46 @@ def test_async_llm_shutdown_waits_for_requests_that_finish_in_time(engine):
         return tokens
 
     assert len(asyncio.run(scenario())) == 3
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    plans=st.lists(
+        st.tuples(st.integers(1, 5), st.one_of(st.none(), st.integers(0, 4)), st.sampled_from(["close", "drop"])),
+        min_size=1,
+        max_size=6,
+    )
+)
+def test_any_mix_of_finished_and_abandoned_requests_leaves_the_pool_free(engine, plans):
+    """Consumers that read to the end get every token; ones that stop early (closing or just
+    dropping their stream) abort their request; either way every KV block comes back."""
+    prompt_ids = engine.render("Tell me a story.")
+
+    async def consume(async_llm: AsyncLLM, index: int, max_tokens: int, abandon_after: int | None, how: str) -> list[int] | None:
+        stream = await async_llm.add_request(f"r{index}", prompt_ids, SamplingParams(temperature=0, max_tokens=max_tokens, ignore_eos=True))
+        tokens: list[int] = []
+        while True:
+            if abandon_after is not None and len(tokens) >= abandon_after and not stream.finished:
+                if how == "close":
+                    stream.close()
+                del stream  # "drop": the stream's finalizer aborts the request
+                return None
+            try:
+                out = await anext(stream)
+            except StopAsyncIteration:
+                return tokens
+            tokens += out.new_token_ids
+
+    async def scenario() -> list[list[int] | None]:
+        async_llm = AsyncLLM(engine)
+        async_llm.start()
+        results = await asyncio.gather(*(consume(async_llm, i, *plan) for i, plan in enumerate(plans)))
+        await async_llm.shutdown(timeout=120)
+        return results
+
+    results = asyncio.run(scenario())
+    for (max_tokens, _, _), tokens in zip(plans, results):
+        if tokens is not None:
+            assert len(tokens) == max_tokens
+    assert not engine.has_unfinished_requests()
+    assert engine.scheduler.kv_cache_manager.get_num_free_blocks() == NUM_BLOCKS - 1
