@@ -141,8 +141,7 @@ class AsyncLLM:
     @property
     def max_request_tokens(self) -> int:
         """Prompt + output tokens one request may use: the context, and what the KV pool holds."""
-        cache = self.engine.config.cache
-        return min(self.engine.max_model_len, (cache.num_blocks - 1) * cache.block_size)
+        return self.engine.max_request_tokens
 
     # -- requests ------------------------------------------------------------------------
 

@@ -88,11 +88,17 @@ class LLMEngine:
         params = sampling_params or SamplingParams()
         if not prompt_token_ids:
             raise PromptError("the prompt is empty")
-        if len(prompt_token_ids) + params.max_tokens > self.max_model_len:
+        needed = len(prompt_token_ids) + params.max_tokens
+        if needed > self.max_model_len:
             raise PromptError(
                 f"this model's maximum context length is {self.max_model_len} tokens; the request asks for "
-                f"{len(prompt_token_ids) + params.max_tokens} ({len(prompt_token_ids)} in the prompt, "
-                f"{params.max_tokens} in max_tokens)"
+                f"{needed} ({len(prompt_token_ids)} in the prompt, {params.max_tokens} in max_tokens)"
+            )
+        if needed > self.max_request_tokens:
+            # It could never hold all its KV blocks at once: it would preempt itself forever.
+            raise PromptError(
+                f"the request needs {needed} tokens ({len(prompt_token_ids)} in the prompt, {params.max_tokens} in "
+                f"max_tokens) but the KV cache holds at most {self.max_request_tokens}"
             )
         request_id = request_id if request_id is not None else f"req-{next(self._ids)}"
         request = Request(
@@ -107,6 +113,12 @@ class LLMEngine:
         self._detokenizers[request_id] = IncrementalDetokenizer(self.tokenizer, params.stop)
         self._outputs[request_id] = RequestOutput(request_id, request.prompt_token_ids)
         return request
+
+    @property
+    def max_request_tokens(self) -> int:
+        """Prompt + output tokens one request may use: the context, and what the KV pool holds."""
+        cache = self.config.cache
+        return min(self.max_model_len, (cache.num_blocks - 1) * cache.block_size)
 
     def abort_request(self, request_ids: str | list[str]) -> None:
         """Abort requests (client gone): their KV blocks return to the pool at once."""

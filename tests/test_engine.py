@@ -168,6 +168,15 @@ def test_max_tokens_beyond_the_context_is_rejected(engine):
         SamplingParams(max_tokens=0)
 
 
+def test_a_request_larger_than_the_kv_pool_is_rejected_not_left_waiting():
+    from engine.tokenizer import PromptError
+
+    small = make_engine(num_blocks=4)  # 3 usable blocks: 48 tokens
+    with pytest.raises(PromptError, match="KV cache holds at most 48"):
+        small.add_request(None, small.render("Hello there"), SamplingParams(max_tokens=60))
+    assert not small.has_unfinished_requests()
+
+
 def test_unknown_model_path_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         LLMEngine(EngineConfig(model=__import__("engine.config").config.ModelConfig(model=str(tmp_path / "nope.gguf"))))
