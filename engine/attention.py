@@ -8,6 +8,7 @@ reshape_and_cache_flash + flash_attn_varlen_func), written with plain torch ops 
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
@@ -31,6 +32,8 @@ class AttentionMetadata:
     # Host copies of query_start_loc / seq_lens, so the per-request split needs no device sync.
     query_start_loc_cpu: list[int] | None = None
     seq_lens_cpu: list[int] | None = None
+    # "torch" (this file, for reading) or "triton" (engine/triton_attention.py, for the GPU).
+    attention_backend: str = "torch"
 
     def __post_init__(self) -> None:
         if self.query_start_loc_cpu is None:
@@ -45,6 +48,20 @@ class AttentionMetadata:
     def query_lens(self) -> list[int]:
         starts = self.query_start_loc_cpu
         return [starts[i + 1] - starts[i] for i in range(self.num_reqs)]
+
+
+ATTENTION_BACKENDS = ("torch", "triton")
+
+
+def resolve_attention_backend(name: str | None, device: torch.device) -> str:
+    """None picks Triton on CUDA and the torch reference elsewhere."""
+    if name is None:
+        return "triton" if device.type == "cuda" else "torch"
+    if name not in ATTENTION_BACKENDS:
+        raise ValueError(f"unknown attention backend {name!r}; choose one of {', '.join(ATTENTION_BACKENDS)}")
+    if name == "triton" and device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        raise ValueError("the triton attention backend runs on CUDA, or on the CPU under TRITON_INTERPRET=1 (slow, for tests)")
+    return name
 
 
 def write_kv_cache(
@@ -83,6 +100,10 @@ def paged_attention(
     (q == 1). Decode requests are batched into one call; each prefill runs on its own so a long
     prompt never pads the short ones.
     """
+    if metadata.attention_backend == "triton":
+        from engine import triton_attention  # imports Triton, so only when asked for
+
+        return triton_attention.paged_attention(query, k_cache, v_cache, metadata, scale)
     output = torch.empty_like(query)
     query_lens = metadata.query_lens()
     starts = metadata.query_start_loc_cpu

@@ -9,7 +9,8 @@ from dataclasses import dataclass
 
 import torch
 
-from engine.attention import AttentionMetadata
+from engine.attention import AttentionMetadata, resolve_attention_backend
+from engine.cuda_graphs import DecodeCudaGraphs
 from engine.model import LlamaConfig, LlamaForCausalLM
 from engine.outputs import ModelRunnerOutput, SchedulerOutput
 from engine.request import Request
@@ -57,7 +58,14 @@ class ModelRunner:
         num_blocks: int,
         device: torch.device | str,
         dtype: torch.dtype,
+        attention_backend: str | None = None,
+        use_cuda_graphs: bool | None = None,
+        max_num_seqs: int = 256,
+        max_model_len: int | None = None,
     ) -> None:
+        """attention_backend: "torch" | "triton" (None: triton on CUDA, torch elsewhere).
+        use_cuda_graphs: replay decode-only steps from CUDA graphs (None: on CUDA with triton);
+        max_num_seqs / max_model_len size the graphs' static inputs."""
         self.model = model
         self.model_config = model_config
         self.block_size = block_size
@@ -66,6 +74,16 @@ class ModelRunner:
         self.dtype = dtype
         self.sampler = Sampler()
         self.kv_caches = self._allocate_kv_cache()
+        self.attention_backend = resolve_attention_backend(attention_backend, self.device)
+        if use_cuda_graphs is None:
+            use_cuda_graphs = self.device.type == "cuda" and self.attention_backend == "triton"
+        self.cuda_graphs: DecodeCudaGraphs | None = None
+        if use_cuda_graphs:
+            max_blocks_per_seq = -(-(max_model_len or model_config.max_position_embeddings) // block_size)
+            # Captured on the first decode-only step, once the model is warm.
+            self.cuda_graphs = DecodeCudaGraphs(
+                model, self.kv_caches, max_num_seqs, min(max_blocks_per_seq, num_blocks - 1), self.attention_backend
+            )
         # Seeded requests keep one generator for their whole life (vLLM: CachedRequestState.generator).
         self.generators: dict[str, torch.Generator] = {}
 
@@ -91,10 +109,22 @@ class ModelRunner:
         if scheduler_output.is_empty:
             return ModelRunnerOutput(req_ids=[], sampled_token_ids=[])
         model_input = self._prepare_inputs(scheduler_output)
-        hidden = self.model(model_input.input_ids, model_input.positions, model_input.attn_metadata, self.kv_caches)
-        logits = self.model.compute_logits(hidden[model_input.logits_indices])
+        if self._runs_from_cuda_graph(model_input):
+            logits = self.cuda_graphs.run(model_input.input_ids, model_input.positions, model_input.attn_metadata)
+        else:
+            hidden = self.model(model_input.input_ids, model_input.positions, model_input.attn_metadata, self.kv_caches)
+            logits = self.model.compute_logits(hidden[model_input.logits_indices])
         sampled = self._sample(logits, model_input)
         return self._build_output(model_input, sampled)
+
+    def _runs_from_cuda_graph(self, model_input: ModelInput) -> bool:
+        """Decode-only batches (one token, hence one sampled row, per request) that fit a captured graph."""
+        num_reqs = len(model_input.requests)
+        return (
+            self.cuda_graphs is not None
+            and model_input.input_ids.shape[0] == num_reqs
+            and self.cuda_graphs.can_run(num_reqs, model_input.attn_metadata.block_tables.shape[1])
+        )
 
     def _free_finished(self, finished_req_ids: set[str]) -> None:
         for req_id in finished_req_ids:
@@ -155,6 +185,7 @@ class ModelRunner:
             positions=positions_t,
             query_start_loc_cpu=query_start_loc,
             seq_lens_cpu=seq_lens,
+            attention_backend=self.attention_backend,
         )
         return ModelInput(
             req_ids=[r.request_id for r in requests],
