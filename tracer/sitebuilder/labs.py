@@ -1,0 +1,127 @@
+"""Lab recipes: experiments the site builder runs to generate a walkthrough's tables.
+
+A recipe is a function of keyword parameters returning a LabResult. `::: lab NAME key=value`
+runs it (or reads the cached result, see tracer.sitebuilder.cache); `servetrace site lab NAME`
+runs the same function from the command line, which is the command each table shows.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from tracer.sitebuilder.cache import cache_path
+
+
+class LabError(ValueError):
+    """An unknown lab, a bad parameter, or a lab run that failed."""
+
+
+@dataclass
+class Table:
+    title: str
+    columns: list[str]
+    rows: list[list]
+    caption: str = ""
+
+
+@dataclass
+class LabResult:
+    name: str
+    title: str
+    params: dict
+    tables: list[Table]
+    notes: list[str] = field(default_factory=list)
+    environment: str = ""
+    seconds: float = 0.0
+    cached: bool = False
+
+    @property
+    def command(self) -> str:
+        args = " ".join(f"{k}={_format_param(v)}" for k, v in sorted(self.params.items()))
+        return f"servetrace site lab {self.name}" + (f" {args}" if args else "")
+
+    def to_json(self) -> dict:
+        data = asdict(self)
+        data.pop("cached")
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict) -> "LabResult":
+        data = dict(data)
+        data["tables"] = [Table(**t) for t in data["tables"]]
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class Lab:
+    name: str
+    title: str
+    run: Callable[..., LabResult]
+    defaults: dict
+
+
+def _format_param(value) -> str:
+    return ",".join(str(v) for v in value) if isinstance(value, (list, tuple)) else str(value)
+
+
+def environment() -> str:
+    return f"{platform.machine()} CPU, {os.cpu_count()} cores visible, {platform.python_implementation()} {platform.python_version()}, no GPU"
+
+
+def registry() -> dict[str, Lab]:
+    from tracer.sitebuilder import lab_engine, lab_scheduler
+
+    labs = lab_scheduler.LABS + lab_engine.LABS
+    return {lab.name: lab for lab in labs}
+
+
+def parse_params(lab: Lab, given: dict[str, str]) -> dict:
+    """Directive / command-line strings -> typed parameters, checked against the lab's defaults."""
+    params = dict(lab.defaults)
+    for key, text in given.items():
+        if key not in lab.defaults:
+            raise LabError(f"lab {lab.name} has no parameter {key!r}; it takes {', '.join(sorted(lab.defaults)) or 'none'}")
+        default = lab.defaults[key]
+        try:
+            if isinstance(default, list):
+                kind = type(default[0]) if default else int
+                params[key] = [kind(part) for part in text.split(",") if part]
+            elif isinstance(default, bool):
+                params[key] = text.lower() in ("1", "true", "yes", "on")
+            else:
+                params[key] = type(default)(text)
+        except ValueError:
+            raise LabError(f"lab {lab.name}: {key}={text!r} is not a {type(default).__name__}") from None
+    return params
+
+
+def run_lab(name: str, given: dict[str, str] | None = None, cache_dir: Path | None = None) -> LabResult:
+    labs = registry()
+    if name not in labs:
+        raise LabError(f"no lab named {name!r}; labs: {', '.join(sorted(labs))}")
+    lab = labs[name]
+    params = parse_params(lab, given or {})
+    path = cache_path(cache_dir, "labs", name, params, ".json") if cache_dir is not None else None
+    if path is not None and path.exists():
+        result = LabResult.from_json(json.loads(path.read_text()))
+        result.cached = True
+        return result
+    started = time.perf_counter()
+    try:
+        result = lab.run(**params)
+    except LabError:
+        raise
+    except Exception as exc:  # a failed experiment is a build error, reported in one line
+        raise LabError(f"lab {name} failed: {type(exc).__name__}: {exc}") from exc
+    result.seconds = time.perf_counter() - started
+    result.params = params
+    result.environment = result.environment or environment()
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result.to_json(), indent=1))
+    return result

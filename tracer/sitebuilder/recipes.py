@@ -1,0 +1,146 @@
+"""Trace recipes: record a trace the way a user would, for `::: trace recipe=NAME`.
+
+Each recipe writes an OTLP/JSON-lines trace (and, for replays, the workload it replayed) so the
+page can show the timeline, link the files, and print the command that records it again.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from tracer.sitebuilder.cache import cache_path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+class RecipeError(ValueError):
+    """An unknown trace recipe, or one that failed to record."""
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    description: str
+    record: Callable[[Path], list[str]]  # writes the trace into a directory; returns the command lines shown
+
+
+def _mini_shared_prefix(out: Path) -> list[str]:
+    from engine.config import CacheConfig, EngineConfig, SchedulerConfig
+    from engine.llm_engine import LLMEngine
+    from engine.sampling_params import SamplingParams
+    from tracer import hooks, otel, spans
+
+    system = "You are a careful assistant who answers questions about cooking, briefly and precisely. " * 3
+    prompts = [system + "How long should I boil an egg?", system + "What is the best oil for frying?"]
+    engine = LLMEngine(EngineConfig(
+        cache=CacheConfig(block_size=16, num_blocks=64, enable_prefix_caching=True),
+        scheduler=SchedulerConfig(max_num_seqs=4, max_num_batched_tokens=64, max_model_len=256),
+    ))
+    otel.configure(trace_file=out / "trace.jsonl", engine="mini", service_name="servetrace-mini")
+    hooks.install("mini", import_modules=True)
+    try:
+        engine.generate(prompts, SamplingParams(temperature=0.0, max_tokens=4, ignore_eos=True))
+        otel.flush()
+    finally:
+        hooks.uninstall()
+        otel.shutdown()
+        spans.registry.clear()
+    return [
+        "servetrace site trace mini-shared-prefix --out trace.jsonl",
+        "# two prompts sharing a 3-sentence system prompt, greedy, 4 tokens each; block_size=16,",
+        "# max_num_batched_tokens=64 (so the prefill is chunked), prefix caching on",
+    ]
+
+
+def _replay_recipe(workload_fn: Callable[[], list], config_kwargs: dict, flags: str) -> Callable[[Path], list[str]]:
+    def record(out: Path) -> list[str]:
+        from tracer.replay.config import ReplayConfig
+        from tracer.replay.session import run_replay
+        from tracer.replay.workload import save_workload
+
+        workload = workload_fn()
+        save_workload(workload, out / "workload.jsonl")
+        with tempfile.TemporaryDirectory() as scratch:
+            result = run_replay(workload, ReplayConfig(**config_kwargs), ["vllm"], scratch, trace=True)
+            trace = Path(scratch) / "trace-vllm.jsonl"
+            if not trace.exists():
+                raise RecipeError(f"the vLLM replay wrote no trace: {'; '.join(result.notes) or 'no reason given'}")
+            shutil.copy(trace, out / "trace.jsonl")
+        return [f"servetrace replay workload.jsonl --engines vllm {flags} --out replay-out",
+                "# the trace is replay-out/trace-vllm.jsonl; vLLM's synchronous Scheduler, driven without a model"]
+    return record
+
+
+def _preemption_workload() -> list:
+    from tracer.replay.workload import memory_pressure
+
+    return memory_pressure(num_requests=4, prompt_len=(20, 40), max_tokens=(30, 50), seed=1)
+
+
+def _chunked_workload() -> list:
+    from tracer.replay.workload import WorkloadRequest, pseudo_random_ids
+
+    requests = [WorkloadRequest(f"d{i}", 0, pseudo_random_ids(f"decoder-prompt-{i}", 24), 12) for i in range(2)]
+    requests.append(WorkloadRequest("long", 2, pseudo_random_ids("long-prompt", 300), 2))
+    return requests
+
+
+RECIPES = {
+    recipe.name: recipe
+    for recipe in (
+        Recipe("mini-shared-prefix", "our engine on the bundled model: two requests sharing a system prompt", _mini_shared_prefix),
+        Recipe(
+            "vllm-preemption", "vLLM's Scheduler replayed on a KV pool too small for four long decodes",
+            _replay_recipe(_preemption_workload, dict(block_size=16, num_blocks=12, max_num_seqs=4, max_num_batched_tokens=256, max_model_len=512),
+                           "--block-size 16 --num-blocks 12 --max-num-seqs 4 --max-num-batched-tokens 256 --max-model-len 512"),
+        ),
+        Recipe(
+            "vllm-chunked-prefill", "vLLM's Scheduler replayed: a 300-token prompt chunked under a 64-token budget while two requests decode",
+            _replay_recipe(_chunked_workload, dict(block_size=16, num_blocks=64, max_num_seqs=4, max_num_batched_tokens=64, max_model_len=512),
+                           "--block-size 16 --num-blocks 64 --max-num-seqs 4 --max-num-batched-tokens 64 --max-model-len 512"),
+        ),
+    )
+}
+
+
+@dataclass
+class RecordedTrace:
+    name: str
+    directory: Path
+    commands: list[str]
+
+    @property
+    def trace(self) -> Path:
+        return self.directory / "trace.jsonl"
+
+    @property
+    def workload(self) -> Path | None:
+        path = self.directory / "workload.jsonl"
+        return path if path.exists() else None
+
+
+def record_trace(name: str, cache_dir: Path) -> RecordedTrace:
+    """Record (or reuse the cached recording of) a trace recipe."""
+    if name not in RECIPES:
+        raise RecipeError(f"no trace recipe named {name!r}; recipes: {', '.join(sorted(RECIPES))}")
+    directory = cache_path(cache_dir, "traces", name, {}, "")
+    commands_file = directory / "commands.txt"
+    if commands_file.exists() and (directory / "trace.jsonl").exists():
+        return RecordedTrace(name, directory, commands_file.read_text().splitlines())
+    scratch = directory.with_name(directory.name + ".partial")
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir(parents=True)
+    try:
+        commands = RECIPES[name].record(scratch)
+    except RecipeError:
+        raise
+    except Exception as exc:
+        raise RecipeError(f"trace recipe {name} failed: {type(exc).__name__}: {exc}") from exc
+    (scratch / "commands.txt").write_text("\n".join(commands) + "\n")
+    shutil.rmtree(directory, ignore_errors=True)
+    scratch.rename(directory)
+    return RecordedTrace(name, directory, commands)
