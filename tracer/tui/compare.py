@@ -1,0 +1,97 @@
+"""Two traces of one workload (ours and vLLM's, from `servetrace replay`) aligned step by step.
+
+Replay feeds both engines the same arrivals per step, so the n-th step of one trace is the
+n-th step of the other. Per step it compares what a reader checks first: which requests ran
+and with how many tokens, preemptions, finishes, queue lengths, free KV blocks, and the
+prefix-cache hits of the requests looked up in that step. A field only one trace recorded is
+shown but never counted as a difference.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from tracer.tui.model import BATCH_FINISHED, BATCH_PREEMPTED, CACHED_TOKENS, REQUEST_ID, Step, TraceModel
+
+FIELDS = ("batch", "preempted", "finished", "cached", "running", "waiting", "free_blocks")
+MISSING = object()
+
+
+def step_fields(step: Step | None) -> dict[str, Any]:
+    """The compared values of one step; absent keys were not recorded."""
+    if step is None:
+        return {}
+    out: dict[str, Any] = {}
+    if step.scheduled_tokens:
+        out["batch"] = dict(step.scheduled_tokens)
+    for key, name in ((BATCH_PREEMPTED, "preempted"), (BATCH_FINISHED, "finished")):
+        value = step.attribute(key)
+        if isinstance(value, list):
+            out[name] = sorted(str(v) for v in value)
+    cached = {str(s.attributes[REQUEST_ID]): s.attributes[CACHED_TOKENS]
+              for s in step.linked if s.name == "kv.match_prefix" and CACHED_TOKENS in s.attributes}
+    if cached:
+        out["cached"] = cached
+    for key, name in (("servetrace.queue.num_running", "running"), ("servetrace.queue.num_waiting", "waiting"),
+                      ("servetrace.kv.free_blocks", "free_blocks")):
+        value = _schedule_attribute(step, key)
+        if value is not None:
+            out[name] = value
+    return out
+
+
+def _schedule_attribute(step: Step, key: str) -> Any:
+    # State right after scheduling: the schedule span's view (the update span's comes later).
+    for span in step.spans:
+        if span.name == "scheduler.schedule" and key in span.attributes:
+            return span.attributes[key]
+    return step.attribute(key)
+
+
+@dataclass
+class StepPair:
+    index: int
+    left: Step | None
+    right: Step | None
+    left_fields: dict[str, Any] = field(default_factory=dict)
+    right_fields: dict[str, Any] = field(default_factory=dict)
+    differing: tuple[str, ...] = ()
+
+    @property
+    def agree(self) -> bool:
+        return not self.differing
+
+
+@dataclass
+class Comparison:
+    left: TraceModel
+    right: TraceModel
+    pairs: list[StepPair]
+
+    @property
+    def divergent(self) -> list[int]:
+        return [p.index for p in self.pairs if not p.agree]
+
+    @property
+    def first_divergence(self) -> int | None:
+        return next((p.index for p in self.pairs if not p.agree), None)
+
+    def next_divergence(self, after: int, backwards: bool = False) -> int | None:
+        indexes = self.divergent
+        if backwards:
+            return next((i for i in reversed(indexes) if i < after), None)
+        return next((i for i in indexes if i > after), None)
+
+
+def compare_models(left: TraceModel, right: TraceModel) -> Comparison:
+    pairs = []
+    for index in range(max(len(left.steps), len(right.steps))):
+        a = left.steps[index] if index < len(left.steps) else None
+        b = right.steps[index] if index < len(right.steps) else None
+        fa, fb = step_fields(a), step_fields(b)
+        if a is None or b is None:
+            differing: tuple[str, ...] = ("step",)
+        else:
+            differing = tuple(name for name in FIELDS if name in fa and name in fb and fa[name] != fb[name])
+        pairs.append(StepPair(index, a, b, fa, fb, differing))
+    return Comparison(left, right, pairs)

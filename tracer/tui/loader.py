@@ -1,0 +1,186 @@
+"""Read a trace file for the explorer: tracer.trace_file's records, decoded about 3x faster.
+
+A servetrace step span carries its batch as arrays of OTLP AnyValues (one JSON object per
+request id), so a 100,000-span file holds millions of tiny objects. msgspec decodes them into
+typed structs without building a dict for each; any line the typed schema does not fit (an id
+in base64, an unexpected shape) goes through tracer.trace_file.parse_request, so both readers
+accept exactly the same files. Unreadable lines are skipped and listed, never raised.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Union
+
+import msgspec
+from msgspec import Struct, field
+
+from tracer.trace_file import (
+    Event, Link, SkippedLine, SpanRecord, TraceFile, TraceFileError, _id, _kind, _status, parse_request,
+)
+
+
+class _Array(Struct):
+    values: list["_Value"] = []
+
+
+class _KvList(Struct):
+    values: list["_KeyValue"] = []
+
+
+class _Value(Struct):
+    stringValue: Union[str, None] = None
+    intValue: Union[str, int, None] = None
+    doubleValue: Union[float, None] = None
+    boolValue: Union[bool, None] = None
+    arrayValue: Union[_Array, None] = None
+    kvlistValue: Union[_KvList, None] = None
+    bytesValue: Union[str, None] = None
+
+
+class _KeyValue(Struct):
+    key: str
+    value: _Value = field(default_factory=_Value)
+
+
+class _Event(Struct):
+    name: str = ""
+    timeUnixNano: Union[str, int] = 0
+    attributes: list[_KeyValue] = []
+
+
+class _Link(Struct):
+    traceId: str
+    spanId: str
+    attributes: list[_KeyValue] = []
+
+
+class _Status(Struct):
+    code: Union[int, str] = 0
+    message: str = ""
+
+
+class _Span(Struct):
+    traceId: str
+    spanId: str
+    name: str
+    parentSpanId: str = ""
+    kind: Union[int, str] = 0
+    startTimeUnixNano: Union[str, int] = 0
+    endTimeUnixNano: Union[str, int] = 0
+    attributes: list[_KeyValue] = []
+    events: list[_Event] = []
+    links: list[_Link] = []
+    status: Union[_Status, None] = None
+
+
+class _Scope(Struct):
+    name: str = ""
+
+
+class _ScopeSpans(Struct):
+    scope: _Scope = field(default_factory=_Scope)
+    spans: list[_Span] = []
+
+
+class _Resource(Struct):
+    attributes: list[_KeyValue] = []
+
+
+class _ResourceSpans(Struct):
+    resource: _Resource = field(default_factory=_Resource)
+    scopeSpans: list[_ScopeSpans] = []
+
+
+class _Request(Struct):
+    resourceSpans: list[_ResourceSpans]
+
+
+_decoder = msgspec.json.Decoder(_Request)
+
+
+def _value(v: _Value) -> Any:
+    if v.stringValue is not None:
+        return v.stringValue
+    if v.intValue is not None:
+        return int(v.intValue)
+    if v.arrayValue is not None:
+        return [_value(item) for item in v.arrayValue.values]
+    if v.doubleValue is not None:
+        return float(v.doubleValue)
+    if v.boolValue is not None:
+        return v.boolValue
+    if v.kvlistValue is not None:
+        return _attributes(v.kvlistValue.values)
+    return v.bytesValue
+
+
+def _attributes(items: list[_KeyValue]) -> dict[str, Any]:
+    return {kv.key: _value(kv.value) for kv in items}
+
+
+def _hex(value: str) -> str:
+    # servetrace writes lower-case hex; anything else takes trace_file's full check.
+    return value if len(value) in (16, 32) and value.islower() and value.isalnum() else _id(value)
+
+
+def _records(message: _Request) -> list[SpanRecord]:
+    out = []
+    for resource_spans in message.resourceSpans:
+        resource = _attributes(resource_spans.resource.attributes)
+        for scope_spans in resource_spans.scopeSpans:
+            scope = scope_spans.scope.name
+            for raw in scope_spans.spans:
+                status = raw.status
+                status_name, status_message = _status({"code": status.code, "message": status.message} if status else None)
+                out.append(SpanRecord(
+                    trace_id=_hex(raw.traceId),
+                    span_id=_hex(raw.spanId),
+                    parent_span_id=_hex(raw.parentSpanId) if raw.parentSpanId else None,
+                    name=raw.name,
+                    kind=_kind(raw.kind),
+                    start_ns=int(raw.startTimeUnixNano),
+                    end_ns=int(raw.endTimeUnixNano),
+                    attributes=_attributes(raw.attributes),
+                    events=[Event(e.name, int(e.timeUnixNano), _attributes(e.attributes)) for e in raw.events],
+                    links=[Link(_hex(k.traceId), _hex(k.spanId), _attributes(k.attributes)) for k in raw.links],
+                    status=status_name,
+                    status_message=status_message,
+                    resource=resource,
+                    scope=scope,
+                ))
+    return out
+
+
+def _parse_line(line: bytes) -> list[SpanRecord]:
+    try:
+        return _records(_decoder.decode(line))
+    except (msgspec.ValidationError, ValueError):
+        # Not our typed shape: let the reference reader decide (it raises on real garbage).
+        message = msgspec.json.decode(line)
+        if not isinstance(message, dict) or "resourceSpans" not in message:
+            raise ValueError("not an ExportTraceServiceRequest (no resourceSpans)") from None
+        return parse_request(message)
+
+
+def load_trace(path: str | Path) -> TraceFile:
+    """All readable spans of an OTLP/JSON-lines file, sorted by start; bad lines listed in `skipped`."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no trace file at {path}")
+    if path.is_dir():
+        raise TraceFileError(f"{path} is a directory, not a trace file")
+    spans: list[SpanRecord] = []
+    skipped: list[SkippedLine] = []
+    with path.open("rb") as handle:
+        for number, raw_line in enumerate(handle, 1):
+            line = raw_line.strip()
+            if not line:
+                continue
+            try:
+                spans.extend(_parse_line(line))
+            except (ValueError, KeyError, TypeError, UnicodeDecodeError, msgspec.DecodeError) as exc:
+                truncated = not raw_line.endswith(b"\n")
+                reason = "truncated last line" if truncated else f"{type(exc).__name__}: {exc}"
+                skipped.append(SkippedLine(number, reason))
+    spans.sort(key=lambda s: (s.start_ns, -s.end_ns))
+    return TraceFile(spans, skipped, str(path))

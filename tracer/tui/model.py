@@ -1,0 +1,300 @@
+"""A trace file as the explorer sees it: requests, engine steps, and who took part in what.
+
+No Textual here: this is the part that must be fast (one pass over the spans, every index
+built once) and is tested on its own.
+
+How spans become requests and steps (the trace shape is tracer/spans.py's):
+- a step is a step-scope root span (catalog scope "step": engine.step, scheduler.schedule, ...)
+  with its trace. A scheduler.schedule root opens a new step; so does an engine.step root,
+  unless the open step is a schedule with no engine.step yet (SGLang schedules before
+  run_batch). Other step-scope roots (an update traced without its engine.step, as in replay)
+  join the open step.
+- a request is every span in the non-step traces that carry its gen_ai.request.id (its own
+  trace, rooted at http.request / request.render / engine.enqueue), plus request-scope spans
+  recorded in traces of their own (a replay that has no enqueue hop). vLLM's internal ids
+  (external id + suffix) fold into the external id via servetrace.request.external_id.
+- a request took part in a step when the step's batch names it (servetrace.batch.request_ids),
+  when the step links to its trace, or when one of its spans links to the step.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from tracer.trace_file import SkippedLine, SpanRecord, TraceFile
+
+REQUEST_ID = "gen_ai.request.id"
+EXTERNAL_ID = "servetrace.request.external_id"
+INPUT_TOKENS = "gen_ai.usage.input_tokens"
+OUTPUT_TOKENS = "gen_ai.usage.output_tokens"
+FINISH_REASONS = "gen_ai.response.finish_reasons"
+CACHED_TOKENS = "servetrace.kv.cached_tokens"
+STATUS = "servetrace.request.status"
+STEP = "servetrace.step"
+BATCH_IDS = "servetrace.batch.request_ids"
+BATCH_TOKENS = "servetrace.batch.num_scheduled_tokens"
+BATCH_PREEMPTED = "servetrace.batch.preempted_request_ids"
+BATCH_FINISHED = "servetrace.batch.finished_request_ids"
+NEW_TOKENS = "servetrace.detokenize.num_new_tokens"
+LINK_KIND = "servetrace.link"
+
+# Used when the catalog cannot be read: the scopes of tracer/hops.yaml.
+DEFAULT_STEP_HOPS = frozenset({
+    "engine.step", "scheduler.schedule", "kv.insert", "kv.evict", "model.execute", "model.forward",
+    "sampler.sample", "scheduler.update",
+})
+STEP_OPENERS = ("engine.step", "scheduler.schedule")
+
+
+def step_scope_hops() -> frozenset[str]:
+    try:
+        from tracer.hops import load_catalog
+
+        return frozenset(h.name for h in load_catalog().hops if h.scope == "step")
+    except Exception:  # a broken catalog must not stop anyone reading a trace
+        return DEFAULT_STEP_HOPS
+
+
+@dataclass(eq=False)
+class Step:
+    index: int  # position among this trace's steps, from 0
+    spans: list[SpanRecord] = field(default_factory=list)  # step-trace spans, chronological
+    linked: list[SpanRecord] = field(default_factory=list)  # request spans that link to this step
+    request_ids: list[str] = field(default_factory=list)
+    scheduled_tokens: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def number(self) -> int:
+        """The engine's own step counter when recorded, else the position from 1."""
+        for span in self.spans:
+            value = span.attributes.get(STEP)
+            if isinstance(value, int):
+                return value
+        return self.index + 1
+
+    @property
+    def start_ns(self) -> int:
+        return self.spans[0].start_ns
+
+    @property
+    def end_ns(self) -> int:
+        return max(s.end_ns for s in self.spans)
+
+    def attribute(self, key: str, default: Any = None) -> Any:
+        """The last value of `key` on the step's spans (state after the step where it changes)."""
+        for span in reversed(self.spans):
+            if key in span.attributes:
+                return span.attributes[key]
+        return default
+
+
+@dataclass(eq=False)
+class Request:
+    request_id: str
+    spans: list[SpanRecord] = field(default_factory=list)  # chronological
+    steps: list[Step] = field(default_factory=list)
+    prompt_tokens: int | None = None
+    output_tokens: int | None = None
+    cached_tokens: int | None = None
+    start_ns: int = 0
+    end_ns: int = 0
+    first_token_ns: int | None = None
+    status: str = "unfinished"
+    error: str = ""
+
+    @property
+    def ttft_ns(self) -> int | None:
+        return None if self.first_token_ns is None else self.first_token_ns - self.start_ns
+
+    @property
+    def latency_ns(self) -> int:
+        return self.end_ns - self.start_ns
+
+
+@dataclass
+class TraceModel:
+    path: str
+    spans: list[SpanRecord]
+    skipped: list[SkippedLine]
+    requests: dict[str, Request]
+    steps: list[Step]
+    by_span_id: dict[str, SpanRecord]
+    step_of_span: dict[str, Step]
+
+    @property
+    def engine(self) -> str:
+        """Which engine recorded the trace (the resource's servetrace.engine), '' if unknown."""
+        for span in self.spans[:1]:
+            return str(span.resource.get("servetrace.engine", ""))
+        return ""
+
+    @property
+    def service(self) -> str:
+        for span in self.spans[:1]:
+            return str(span.resource.get("service.name", ""))
+        return ""
+
+    def warning(self) -> str:
+        """One line for the user when part of the file could not be read, else ''."""
+        if not self.skipped:
+            return "" if self.spans else f"{self.path}: no spans in this file"
+        first = self.skipped[0]
+        more = f" (and {len(self.skipped) - 1} more)" if len(self.skipped) > 1 else ""
+        return (f"{self.path}: skipped {len(self.skipped)} unreadable line(s): line {first.line_number}: "
+                f"{first.reason}{more}; showing the {len(self.spans)} spans that could be read")
+
+
+def build_model(trace: TraceFile, step_hops: frozenset[str] | None = None) -> TraceModel:
+    step_hops = step_scope_hops() if step_hops is None else step_hops
+    spans = trace.spans
+    by_span_id = {s.span_id: s for s in spans}
+    by_trace: dict[str, list[SpanRecord]] = {}
+    for span in spans:
+        by_trace.setdefault(span.trace_id, []).append(span)
+
+    # vLLM's internal request ids name the same request as the external id beside them.
+    alias: dict[str, str] = {}
+    for span in spans:
+        external = span.attributes.get(EXTERNAL_ID)
+        if external is not None and REQUEST_ID in span.attributes:
+            alias[str(span.attributes[REQUEST_ID])] = str(external)
+
+    def canonical(request_id: Any) -> str:
+        text = str(request_id)
+        return alias.get(text, text)
+
+    steps, step_of_span, step_traces = _segment_steps(spans, by_trace, by_span_id, step_hops)
+
+    requests: dict[str, Request] = {}
+    request_of_trace: dict[str, str] = {}
+    for trace_id, members in by_trace.items():
+        if trace_id in step_traces:
+            continue
+        owner = next((canonical(s.attributes[REQUEST_ID]) for s in members if REQUEST_ID in s.attributes), None)
+        if owner is None:  # e.g. an HTTP request rejected before it had an id
+            owner = f"trace:{trace_id[:8]}"
+        request_of_trace[trace_id] = owner
+        request = requests.get(owner) or requests.setdefault(owner, Request(owner))
+        request.spans.extend(members)
+
+    for request in requests.values():
+        request.spans.sort(key=lambda s: (s.start_ns, -s.end_ns))
+        for span in request.spans:
+            for link in span.links:
+                step = step_of_span.get(link.span_id)
+                if step is not None and (link.attributes.get(LINK_KIND) in (None, "step")):
+                    if not step.linked or step.linked[-1] is not span:
+                        step.linked.append(span)
+
+    membership: dict[str, dict[int, Step]] = {rid: {} for rid in requests}
+    for step in steps:
+        for rid, tokens in _batch(step, canonical).items():
+            step.scheduled_tokens.setdefault(rid, tokens)
+        for span in step.spans:
+            for link in span.links:
+                owner = request_of_trace.get(link.trace_id)
+                if owner is not None and owner not in step.scheduled_tokens:
+                    step.scheduled_tokens[owner] = 0
+        for span in step.linked:
+            owner = request_of_trace.get(span.trace_id)
+            if owner is not None and owner not in step.scheduled_tokens:
+                step.scheduled_tokens[owner] = 0
+        step.request_ids = list(step.scheduled_tokens)
+        for rid in step.request_ids:
+            if rid in membership:
+                membership[rid][step.index] = step
+    for rid, request in requests.items():
+        request.steps = [membership[rid][i] for i in sorted(membership[rid])]
+        _summarise(request)
+    return TraceModel(trace.path, spans, trace.skipped, requests, steps, by_span_id, step_of_span)
+
+
+def _segment_steps(
+    spans: list[SpanRecord],
+    by_trace: dict[str, list[SpanRecord]],
+    by_span_id: dict[str, SpanRecord],
+    step_hops: frozenset[str],
+) -> tuple[list[Step], dict[str, Step], set[str]]:
+    steps: list[Step] = []
+    step_of_span: dict[str, Step] = {}
+    step_traces: set[str] = set()
+    current: Step | None = None
+    for span in spans:
+        if span.name not in step_hops or (span.parent_span_id is not None and span.parent_span_id in by_span_id):
+            continue
+        if span.trace_id in step_traces:
+            continue
+        opens = span.name in STEP_OPENERS and not (
+            current is not None and span.name == "engine.step"
+            and all(s.name == "scheduler.schedule" for s in current.spans if s.parent_span_id is None)
+            and not any(s.name == "engine.step" for s in current.spans)
+        )
+        if current is None or opens:
+            current = Step(len(steps))
+            steps.append(current)
+        step_traces.add(span.trace_id)
+        for member in by_trace[span.trace_id]:
+            current.spans.append(member)
+            step_of_span[member.span_id] = current
+    for step in steps:
+        step.spans.sort(key=lambda s: (s.start_ns, -s.end_ns))
+    return steps, step_of_span, step_traces
+
+
+def _batch(step: Step, canonical) -> dict[str, int]:
+    for span in step.spans:
+        ids = span.attributes.get(BATCH_IDS)
+        if isinstance(ids, list):
+            tokens = span.attributes.get(BATCH_TOKENS)
+            if not isinstance(tokens, list) or len(tokens) != len(ids):
+                tokens = [0] * len(ids)
+            return {canonical(rid): int(n) for rid, n in zip(ids, tokens)}
+    return {}
+
+
+def _summarise(request: Request) -> None:
+    spans = request.spans
+    rid = request.request_id
+    request.start_ns = min((s.start_ns for s in spans), default=0)
+    request.end_ns = max([s.end_ns for s in spans] + [st.end_ns for st in request.steps[-1:]], default=0)
+    detokenized = 0
+    saw_detokenize = False
+    for span in spans:
+        attrs = span.attributes
+        if request.prompt_tokens is None and INPUT_TOKENS in attrs:
+            request.prompt_tokens = int(attrs[INPUT_TOKENS])
+        if request.cached_tokens is None and span.name == "kv.match_prefix" and CACHED_TOKENS in attrs:
+            request.cached_tokens = int(attrs[CACHED_TOKENS])
+        if OUTPUT_TOKENS in attrs:
+            request.output_tokens = int(attrs[OUTPUT_TOKENS])
+        if span.name == "detokenize":
+            saw_detokenize = True
+            detokenized += int(attrs.get(NEW_TOKENS, 0) or 0)
+            if request.first_token_ns is None and attrs.get(NEW_TOKENS, 1):
+                request.first_token_ns = span.start_ns
+        reasons = attrs.get(FINISH_REASONS)
+        if isinstance(reasons, list) and reasons and span.name != "scheduler.update":
+            request.status = str(reasons[0])
+        elif str(attrs.get(STATUS, "")).startswith("FINISHED") and request.status == "unfinished":
+            request.status = str(attrs[STATUS]).removeprefix("FINISHED_").lower()
+        if span.status == "ERROR" and not request.error:
+            request.error = span.status_message or f"{span.name} failed"
+    if request.output_tokens is None and saw_detokenize:
+        request.output_tokens = detokenized
+    if request.status == "unfinished":
+        for step in request.steps:
+            finished = step.attribute(BATCH_FINISHED) or []
+            if rid in finished:
+                reasons = step.attribute(FINISH_REASONS) or []
+                index = finished.index(rid)
+                request.status = str(reasons[index]) if index < len(reasons) else "finished"
+    if request.error:
+        request.status = "error"
+    if request.first_token_ns is None and request.prompt_tokens is not None:
+        # No detokenize hop (replay): the first token comes out of the step that completes the prefill.
+        done = request.cached_tokens or 0
+        for step in request.steps:
+            done += step.scheduled_tokens.get(rid, 0)
+            if done >= request.prompt_tokens:
+                request.first_token_ns = step.end_ns
+                break

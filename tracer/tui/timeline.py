@@ -1,0 +1,153 @@
+"""One request's hops in time (the waterfall), and the engine state at each hop (replay).
+
+Rows run from the request's first span (http.request, or render / enqueue) through every
+engine step it took part in, down to model.forward and back, in start order. A request span
+that links to a step span (kv.allocate inside scheduler.schedule) is drawn one level under
+that step span. Each row carries the state after its hop, carried forward from the rows
+before it: that is what the state panel shows as the user steps through.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from tracer.trace_file import SpanRecord
+from tracer.tui.model import BATCH_IDS, BATCH_TOKENS, CACHED_TOKENS, LINK_KIND, Request, Step, TraceModel
+
+NUM_RUNNING = "servetrace.queue.num_running"
+NUM_WAITING = "servetrace.queue.num_waiting"
+KV_USAGE = "servetrace.kv.usage"
+FREE_BLOCKS = "servetrace.kv.free_blocks"
+BLOCK_IDS = "servetrace.kv.block_ids"
+NUM_COMPUTED = "servetrace.request.num_computed_tokens"
+NUM_NEW_TOKENS = "servetrace.kv.num_new_tokens"
+NUM_PREEMPTIONS = "servetrace.request.num_preemptions"
+
+
+@dataclass(frozen=True)
+class HopState:
+    """What a reader wants to know at one moment of a request's life."""
+
+    step: int | None = None
+    num_running: int | None = None
+    num_waiting: int | None = None
+    kv_usage: float | None = None
+    free_blocks: int | None = None
+    blocks: tuple[int, ...] = ()  # the request's KV blocks, as far as its spans have shown them
+    matched_prefix: int | None = None  # cached tokens found by the prefix lookup
+    computed_tokens: int | None = None
+    batch: tuple[tuple[str, int], ...] = ()  # (request id, scheduled tokens) of the current step
+    preemptions: int = 0
+    freed: bool = False
+
+
+@dataclass(frozen=True)
+class HopRow:
+    span: SpanRecord
+    depth: int
+    step: Step | None  # the engine step the hop belongs to (or links to)
+    state: HopState
+
+
+@dataclass
+class Waterfall:
+    request: Request
+    rows: list[HopRow] = field(default_factory=list)
+
+    @property
+    def start_ns(self) -> int:
+        return min((r.span.start_ns for r in self.rows), default=self.request.start_ns)
+
+    @property
+    def end_ns(self) -> int:
+        return max((r.span.end_ns for r in self.rows), default=self.request.end_ns)
+
+
+def _depths(spans: list[SpanRecord], by_span_id: dict[str, SpanRecord]) -> dict[str, int]:
+    depth: dict[str, int] = {}
+
+    def of(span: SpanRecord) -> int:
+        chain = []
+        current: SpanRecord | None = span
+        while current is not None and current.span_id not in depth:
+            chain.append(current)
+            parent = current.parent_span_id
+            current = by_span_id.get(parent) if parent else None
+            if len(chain) > 64:  # a cycle in a malformed file
+                break
+        base = depth[current.span_id] + 1 if current is not None and current.span_id in depth else 0
+        for offset, item in enumerate(reversed(chain)):
+            depth[item.span_id] = base + offset
+        return depth[span.span_id]
+
+    for span in spans:
+        of(span)
+    return depth
+
+
+def build_waterfall(model: TraceModel, request: Request) -> Waterfall:
+    own_depth = _depths(request.spans, model.by_span_id)
+    has_root = any(d == 0 for d in own_depth.values()) and any(d > 0 for d in own_depth.values())
+    placed: list[tuple[SpanRecord, int, Step | None]] = []
+    step_depth: dict[str, int] = {}
+    for step in request.steps:
+        depths = _depths(step.spans, model.by_span_id)
+        for span in step.spans:
+            d = depths[span.span_id] + (1 if has_root else 0)
+            step_depth[span.span_id] = d
+            placed.append((span, d, step))
+    for span in request.spans:
+        linked_step, depth = None, own_depth[span.span_id]
+        for link in span.links:
+            if link.attributes.get(LINK_KIND) in (None, "step") and link.span_id in step_depth:
+                linked_step = model.step_of_span.get(link.span_id)
+                depth = step_depth[link.span_id] + 1
+                break
+        placed.append((span, depth, linked_step))
+    placed.sort(key=lambda item: (item[0].start_ns, -item[0].end_ns))
+    rows = []
+    state = HopState()
+    for span, depth, step in placed:
+        state = advance(state, span, step, request.request_id)
+        rows.append(HopRow(span, depth, step, state))
+    return Waterfall(request, rows)
+
+
+def advance(state: HopState, span: SpanRecord, step: Step | None, request_id: str) -> HopState:
+    """The state after `span`, given the state before it."""
+    attrs = span.attributes
+    changes: dict[str, Any] = {}
+    if step is not None and state.step != step.number:
+        changes["step"] = step.number
+        changes["batch"] = tuple(step.scheduled_tokens.items())
+    ids = attrs.get(BATCH_IDS)
+    if isinstance(ids, list):
+        tokens = attrs.get(BATCH_TOKENS)
+        tokens = tokens if isinstance(tokens, list) and len(tokens) == len(ids) else [0] * len(ids)
+        changes["batch"] = tuple((str(r), int(n)) for r, n in zip(ids, tokens))
+    for key, name, kind in ((NUM_RUNNING, "num_running", int), (NUM_WAITING, "num_waiting", int),
+                            (KV_USAGE, "kv_usage", float), (FREE_BLOCKS, "free_blocks", int)):
+        if isinstance(attrs.get(key), (int, float)):
+            changes[name] = kind(attrs[key])
+    mine = str(attrs.get("gen_ai.request.id", "")) == request_id or attrs.get("servetrace.request.external_id") == request_id
+    if mine:
+        blocks = attrs.get(BLOCK_IDS)
+        if span.name == "kv.match_prefix":
+            if CACHED_TOKENS in attrs:
+                changes["matched_prefix"] = int(attrs[CACHED_TOKENS])
+            if isinstance(blocks, list):
+                changes["blocks"] = tuple(int(b) for b in blocks)
+            changes["freed"] = False
+        elif span.name == "kv.allocate" and isinstance(blocks, list):
+            changes["blocks"] = state.blocks + tuple(int(b) for b in blocks if int(b) not in state.blocks)
+        elif span.name in ("kv.free", "scheduler.preempt"):
+            changes["blocks"] = ()
+            changes["freed"] = True
+        if span.name == "scheduler.preempt":
+            changes["preemptions"] = int(attrs.get(NUM_PREEMPTIONS, state.preemptions + 1))
+        if isinstance(attrs.get(NUM_COMPUTED), int):
+            computed = attrs[NUM_COMPUTED]
+            if span.name == "kv.allocate" and isinstance(attrs.get(NUM_NEW_TOKENS), int):
+                computed += attrs[NUM_NEW_TOKENS] + int(attrs.get("servetrace.kv.num_new_computed_tokens", 0) or 0)
+            changes["computed_tokens"] = computed
+    return replace(state, **changes) if changes else state
