@@ -1,0 +1,167 @@
+"""The site builder's rules, without a browser: anchors resolve or the build fails naming them.
+
+A broken anchor and a drifted upstream pin must each fail the build with a message that names
+the walkthrough, the line and the directive; these checks run before any lab or trace, so
+these tests are quick.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from tracer.hops import load_catalog
+from tracer.sitebuilder.builder import WALKTHROUGHS_DIR, BuildOptions, build_site
+from tracer.sitebuilder.directives import load_walkthroughs, parse_walkthrough
+from tracer.sitebuilder.errors import SiteBuildError
+from tracer.sitebuilder.labs import run_lab
+from tracer.sitebuilder.notes import hop_notes
+from tracer.sitebuilder.timeline import _pack
+from tracer.trace_file import SpanRecord
+
+REPO = Path(__file__).resolve().parent.parent
+MOVES = {"TTFT", "TPOT", "throughput", "memory"}
+
+
+def _copy_walkthroughs(tmp_path: Path) -> Path:
+    target = tmp_path / "walkthroughs"
+    shutil.copytree(WALKTHROUGHS_DIR, target)
+    return target
+
+
+def _check_only(tmp_path: Path, walkthroughs: Path, **options) -> None:
+    build_site(BuildOptions(out=tmp_path / "out", walkthroughs=walkthroughs, run_mkdocs=False,
+                            cache_dir=tmp_path / "cache", **options))
+
+
+def test_there_are_at_least_eight_walkthroughs_each_saying_what_it_moves():
+    walkthroughs = load_walkthroughs(WALKTHROUGHS_DIR)
+    assert len(walkthroughs) >= 8
+    for walkthrough in walkthroughs:
+        assert walkthrough.problems == []
+        assert set(walkthrough.meta["moves"]) <= MOVES and walkthrough.meta["moves"], walkthrough.name
+        assert walkthrough.directives("code"), f"{walkthrough.name} anchors no code"
+
+
+def test_walkthroughs_reference_code_never_paste_it():
+    for walkthrough in load_walkthroughs(WALKTHROUGHS_DIR):
+        text = walkthrough.path.read_text()
+        assert "```python" not in text and "def " not in text.replace("`def`", ""), walkthrough.name
+
+
+def test_a_broken_anchor_fails_the_build_naming_walkthrough_and_anchor(tmp_path):
+    walkthroughs = _copy_walkthroughs(tmp_path)
+    (walkthroughs / "99-broken.md").write_text(
+        "---\nmoves: [TTFT]\n---\n# Broken\n\n"
+        "::: code hop=kv.no_such_hop\n\n"
+        "::: code target=vllm:vllm.v1.core.block_pool:BlockPool.no_such_method\n\n"
+        "::: code hop=kv.evict engines=vllm\n\n"
+        "::: lab no-such-lab\n"
+    )
+    with pytest.raises(SiteBuildError) as failure:
+        _check_only(tmp_path, walkthroughs)
+    message = str(failure.value)
+    assert "99-broken.md:6: '::: code hop=kv.no_such_hop': no hop named 'kv.no_such_hop'" in message
+    assert "99-broken.md:8: '::: code target=vllm:vllm.v1.core.block_pool:BlockPool.no_such_method'" in message
+    assert "'no_such_method' is not defined in vllm.v1.core.block_pool:BlockPool" in message
+    assert "99-broken.md:10:" in message and "hop kv.evict has no vllm target" in message
+    assert "99-broken.md:12: '::: lab no-such-lab': no lab named 'no-such-lab'" in message
+    assert len(failure.value.problems) == 4
+
+
+def test_a_drifted_catalog_pin_fails_the_build_naming_the_anchor(tmp_path):
+    lock = json.loads((REPO / "tracer" / "hops.lock.json").read_text())
+    spec = "vllm.v1.core.kv_cache_manager:KVCacheManager.get_computed_blocks"
+    lock["vllm"]["targets"][spec]["sha256"] = "0" * 64
+    drifted = tmp_path / "hops.lock.json"
+    drifted.write_text(json.dumps(lock))
+    with pytest.raises(SiteBuildError) as failure:
+        _check_only(tmp_path, WALKTHROUGHS_DIR, lock=drifted)
+    problems = failure.value.problems
+    assert problems and all("drift" in p.message and spec in p.message for p in problems)
+    named = {(p.walkthrough, p.anchor) for p in problems}
+    assert ("04-prefix-caching-hash-vs-radix.md", "::: code hop=kv.match_prefix engines=mini,vllm only=KVCacheManager.get_computed_blocks") in named
+    assert "sha256 000000000000 ->" in problems[0].message
+
+
+def test_a_drifted_walkthrough_pin_fails_the_build(tmp_path):
+    walkthroughs = _copy_walkthroughs(tmp_path)
+    lock_path = walkthroughs / "anchors.lock.json"
+    lock = json.loads(lock_path.read_text())
+    spec = "vllm.v1.core.block_pool:BlockPool.touch"
+    lock["vllm"]["targets"][spec]["sha256"] = "f" * 64
+    lock_path.write_text(json.dumps(lock))
+    with pytest.raises(SiteBuildError) as failure:
+        _check_only(tmp_path, walkthroughs)
+    anchors = {(p.walkthrough, p.anchor) for p in failure.value.problems}
+    assert anchors == {
+        ("04-prefix-caching-hash-vs-radix.md", f"::: code target=vllm:{spec}"),
+        ("05-prefix-cache-hit-lab.md", f"::: code target=vllm:{spec}"),
+    }
+    assert all("servetrace site pin" in p.message for p in failure.value.problems)
+
+
+def test_an_unpinned_upstream_target_fails_but_our_engine_needs_no_pin(tmp_path):
+    walkthroughs = _copy_walkthroughs(tmp_path)
+    (walkthroughs / "anchors.lock.json").write_text("{}")
+    with pytest.raises(SiteBuildError) as failure:
+        _check_only(tmp_path, walkthroughs)
+    assert failure.value.problems and all("unpinned" in p.message for p in failure.value.problems)
+    assert not any(p.anchor.startswith("::: code target=mini:") for p in failure.value.problems)
+
+
+def test_directives_inside_fenced_code_are_text_and_only_notes_take_a_body(tmp_path):
+    page = tmp_path / "x.md"
+    walkthrough = parse_walkthrough(page, (
+        "---\nmoves: TPOT\n---\n# X\n\n```\n::: code hop=not.checked\n```\n\n"
+        "::: note hop=kv.allocate\n    body line\n\n    second paragraph\n\nafter\n\n"
+        "::: lab preemption\n    pasted code\n\n::: frobnicate\n"
+    ))
+    assert walkthrough.meta["moves"] == ["TPOT"]
+    (note,) = walkthrough.directives("note")
+    assert note.body == "body line\n\nsecond paragraph" and note.args == {"hop": "kv.allocate"}
+    assert walkthrough.directives("code") == [] and walkthrough.directives("lab") == []
+    messages = [p.message for p in walkthrough.problems]
+    assert any("'lab' takes no indented body" in m for m in messages)
+    assert any("unknown directive 'frobnicate'" in m for m in messages)
+
+
+def test_per_hop_notes_are_machine_readable():
+    notes = hop_notes()
+    hop_names = {h.name for h in load_catalog().hops}
+    assert set(notes) <= hop_names
+    assert len(notes) >= 10, "most hops should carry at least one note"
+    for hop, hop_list in notes.items():
+        for note in hop_list:
+            assert note.hop == hop and note.text and note.engine in (None, "mini", "vllm", "sglang")
+            assert (WALKTHROUGHS_DIR / note.walkthrough).is_file()
+
+
+def test_lab_results_are_cached_by_their_inputs(tmp_path):
+    first = run_lab("preemption", {"pool_blocks": "16,64", "engines": "mini"}, tmp_path)
+    again = run_lab("preemption", {"pool_blocks": "16,64", "engines": "mini"}, tmp_path)
+    other = run_lab("preemption", {"pool_blocks": "24,64", "engines": "mini"}, tmp_path)
+    assert not first.cached and again.cached and not other.cached
+    assert again.tables[0].rows == first.tables[0].rows
+    assert [row[0] for row in first.tables[0].rows] == [15, 63]
+    assert first.tables[0].rows[0][1] > 0 == first.tables[0].rows[1][1]  # a small pool preempts, a large one does not
+    assert first.command == "servetrace site lab preemption engines=mini pool_blocks=16,64 requests=10"
+    assert len(list((tmp_path / "labs").glob("preemption-*.json"))) == 2
+
+
+def _span(start: int, end: int, index: int) -> SpanRecord:
+    return SpanRecord("t", f"{index:016x}", None, "kv.allocate", "INTERNAL", start, end, {}, [], [], "UNSET", "", {}, "")
+
+
+@given(st.lists(st.tuples(st.integers(0, 1000), st.integers(0, 200)), max_size=60))
+def test_timeline_rows_never_hold_overlapping_spans(intervals):
+    spans = [_span(start, start + length, i) for i, (start, length) in enumerate(intervals)]
+    rows = _pack(spans)
+    assert sorted(s.span_id for row in rows for s in row) == sorted(s.span_id for s in spans)
+    for row in rows:
+        for left, right in zip(row, row[1:]):
+            assert left.end_ns <= right.start_ns
