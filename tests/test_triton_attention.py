@@ -232,10 +232,11 @@ def test_whole_model_greedy_steps_are_the_same_with_triton_and_torch_attention(t
     triton_tokens, triton_runner = _run_greedy(model, "triton", prompts, steps=3)
     assert triton_tokens == torch_tokens
     assert all(len(t) == 4 for t in triton_tokens)
-    # Every layer's K/V depends on the attention output of the layer below: the caches agree too.
+    # Every layer's K/V depends on the attention output of the layer below: the caches agree too
+    # (past block 0, where CUDA-graph padding rows write on a GPU).
     for (k_torch, v_torch), (k_triton, v_triton) in zip(torch_runner.kv_caches, triton_runner.kv_caches):
-        torch.testing.assert_close(k_triton, k_torch, rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(v_triton, v_torch, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(k_triton[1:], k_torch[1:], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(v_triton[1:], v_torch[1:], rtol=1e-5, atol=1e-5)
 
 
 # ---------------------------------------------------------------- choosing and refusing
