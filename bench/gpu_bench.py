@@ -159,7 +159,7 @@ def run_case(hf_model, ours, ours_config, prompts: torch.Tensor, output_len: int
     variants = [("ours (triton + CUDA graphs)", True)] + ([("ours (triton, eager)", False)] if with_eager else [])
     for name, graphs in variants:
         core = runners.EngineCore(ours, ours_config, batch, max_model_len, cuda_graphs=graphs)
-        core.generate(prompts, 8)  # compiles the kernels and captures the graphs
+        core.generate(prompts, output_len)  # compiles the kernels, captures the graphs, warms every width
         yield name, core.generate(prompts, output_len)
         del core
     runners.hf_generate(hf_model, prompts, 2)

@@ -70,6 +70,8 @@ def paged_decode_attention(
     num_splits: how many pieces each context is cut into; None picks enough to fill the device.
     """
     _check_inputs(query, k_cache, v_cache)
+    # The split count is a runtime argument (only its power-of-two ceiling is compiled in), so an eager
+    # decode whose block tables widen step by step does not recompile at every new width.
     num_reqs, num_heads, head_dim = query.shape
     _, block_size, num_kv_heads, _ = k_cache.shape
     group = num_heads // num_kv_heads
@@ -90,7 +92,7 @@ def paged_decode_attention(
     _decode_split_kernel[(num_reqs, num_kv_heads, num_splits)](
         query, k_cache, v_cache, block_tables, seq_lens,
         output, partial_out, partial_lse,
-        scale, tiles_per_split, num_heads,
+        scale, tiles_per_split, num_splits, num_heads,
         query.stride(0), query.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
@@ -101,15 +103,14 @@ def paged_decode_attention(
         HEAD_DIM=head_dim,
         BLOCK_SIZE=block_size,
         TILE_N=TILE_N,
-        NUM_SPLITS=num_splits,
+        SINGLE_SPLIT=num_splits == 1,
         DOT_PRECISION=_dot_precision(k_cache.dtype),
     )
     if num_splits > 1:
         _merge_splits_kernel[(num_reqs, num_heads)](
             partial_out, partial_lse, output,
-            num_heads, output.stride(0), output.stride(1),
+            num_splits, num_heads, output.stride(0), output.stride(1),
             HEAD_DIM=head_dim,
-            NUM_SPLITS=num_splits,
             SPLITS_PAD=triton.next_power_of_2(num_splits),
         )
     return output
@@ -161,14 +162,14 @@ def paged_prefill_attention(
 def _decode_split_kernel(
     query_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, seq_lens_ptr,
     out_ptr, partial_out_ptr, partial_lse_ptr,
-    scale, tiles_per_split, num_heads,
+    scale, tiles_per_split, num_splits, num_heads,
     stride_q_tok, stride_q_head,
     stride_k_block, stride_k_slot, stride_k_head,
     stride_v_block, stride_v_slot, stride_v_head,
     stride_bt_req,
     stride_o_tok, stride_o_head,
     GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_SIZE: tl.constexpr,
-    TILE_N: tl.constexpr, NUM_SPLITS: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    TILE_N: tl.constexpr, SINGLE_SPLIT: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     req = tl.program_id(0)
     kv_head = tl.program_id(1)
@@ -217,7 +218,7 @@ def _decode_split_kernel(
         acc = acc * correction[:, None] + tl.dot(p, v, input_precision=DOT_PRECISION)
         running_max = new_max
 
-    if NUM_SPLITS == 1:
+    if SINGLE_SPLIT:
         out = acc / running_sum[:, None]
         tl.store(
             out_ptr + req * stride_o_tok + heads[:, None] * stride_o_head + dims[None, :],
@@ -228,7 +229,7 @@ def _decode_split_kernel(
         has_keys = running_sum > 0
         safe_sum = tl.where(has_keys, running_sum, 1.0)
         lse = tl.where(has_keys, running_max + tl.log(safe_sum), float("-inf"))
-        row = (req * NUM_SPLITS + split) * num_heads + heads
+        row = (req * num_splits + split) * num_heads + heads
         tl.store(partial_out_ptr + row[:, None] * HEAD_DIM + dims[None, :], acc / safe_sum[:, None], mask=is_head[:, None])
         tl.store(partial_lse_ptr + row, lse, mask=is_head)
 
@@ -236,15 +237,15 @@ def _decode_split_kernel(
 @triton.jit
 def _merge_splits_kernel(
     partial_out_ptr, partial_lse_ptr, out_ptr,
-    num_heads, stride_o_tok, stride_o_head,
-    HEAD_DIM: tl.constexpr, NUM_SPLITS: tl.constexpr, SPLITS_PAD: tl.constexpr,
+    num_splits, num_heads, stride_o_tok, stride_o_head,
+    HEAD_DIM: tl.constexpr, SPLITS_PAD: tl.constexpr,
 ):
     req = tl.program_id(0)
     head = tl.program_id(1)
     splits = tl.arange(0, SPLITS_PAD)
-    is_split = splits < NUM_SPLITS
+    is_split = splits < num_splits
     dims = tl.arange(0, HEAD_DIM)
-    row = (req * NUM_SPLITS + splits) * num_heads + head
+    row = (req * num_splits + splits) * num_heads + head
     lse = tl.load(partial_lse_ptr + row, mask=is_split, other=float("-inf"))
     # Split 0 always holds key 0, so the maximum is finite.
     weights = tl.exp(lse - tl.max(lse, 0))
