@@ -1,0 +1,222 @@
+"""`servetrace tui TRACE [TRACE2]`: the Textual trace explorer."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from textual.app import App, ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, VerticalScroll
+from textual.widgets import DataTable, Footer, Header, Input, Static
+
+from tracer.tui.compare import Comparison, compare_models
+from tracer.tui.loader import load_trace
+from tracer.tui.model import Request, TraceModel, build_model
+from tracer.tui.styles import CSS
+from tracer.tui.screens import CompareScreen, HelpScreen, SourceScreen
+from tracer.tui.timeline import Waterfall, build_waterfall
+from tracer.tui.widgets import DetailsPanel, RequestsTable, StatePanel, WaterfallTable, title_of
+
+HOP_FILTER_PREFIX = "hop:"
+MAIN_SCREEN_ACTIONS = {"next_hop", "previous_hop", "next_step", "previous_step", "source", "compare",
+                       "switch_trace", "filter", "close_filter", "help"}
+
+
+class ExplorerApp(App):
+    TITLE = "servetrace"
+    ENABLE_COMMAND_PALETTE = False
+    CSS = CSS
+    BINDINGS = [
+        Binding("q", "quit", "quit"),
+        Binding("n", "next_hop", "next"),
+        Binding("p", "previous_hop", "prev"),
+        Binding("right_square_bracket", "next_step", "next step", show=False),
+        Binding("left_square_bracket", "previous_step", "prev step", show=False),
+        Binding("s", "source", "source"),
+        Binding("c", "compare", "compare"),
+        Binding("x", "switch_trace", "other trace", show=False),
+        Binding("slash", "filter", "filter"),
+        Binding("question_mark", "help", "help"),
+        Binding("escape", "close_filter", "close filter", show=False),
+    ]
+
+    def __init__(self, models: Sequence[TraceModel]) -> None:
+        super().__init__()
+        if not models:
+            raise ValueError("the explorer needs at least one trace")
+        self.models = list(models)
+        self.active = 0
+        self.waterfalls: dict[tuple[int, str], Waterfall] = {}
+        self.shown_requests: list[Request] = []
+        self.request_filter = ""
+        self.hop_filter = ""
+        self._comparison: Comparison | None = None
+
+    @classmethod
+    def from_paths(cls, paths: Sequence[str | Path]) -> "ExplorerApp":
+        return cls([build_model(load_trace(path)) for path in paths])
+
+    @property
+    def model(self) -> TraceModel:
+        return self.models[self.active]
+
+    def compose(self) -> ComposeResult:
+        yield Header(show_clock=False, icon="≡")
+        yield Static(id="warning")
+        yield RequestsTable(id="requests")
+        with Horizontal(id="body"):
+            yield WaterfallTable(id="waterfall")
+            with VerticalScroll(id="side"):
+                yield StatePanel(id="state")
+                yield DetailsPanel(id="details")
+        yield Input(placeholder="filter requests (id, status) or hop:NAME", id="filter")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.show_trace()
+        self.query_one("#requests", RequestsTable).focus()
+
+    # -- what is shown ------------------------------------------------------------------------
+
+    def show_trace(self) -> None:
+        model = self.model
+        self.title = f"servetrace · {title_of(model)}"
+        others = f" · {len(self.models)} traces (x switches)" if len(self.models) > 1 else ""
+        self.sub_title = f"{len(model.requests)} requests · {len(model.steps)} steps · {len(model.spans)} spans{others}"
+        warning = self.query_one("#warning", Static)
+        warning.update(model.warning())
+        warning.display = bool(model.warning())
+        self.show_requests()
+
+    def show_requests(self) -> None:
+        text = self.request_filter.lower()
+        requests = [r for r in self.model.requests.values()
+                    if not text or text in r.request_id.lower() or text in r.status.lower()]
+        self.shown_requests = requests
+        self.query_one("#requests", RequestsTable).show(requests)
+        self.show_request(requests[0] if requests else None)
+
+    def waterfall_of(self, request: Request) -> Waterfall:
+        key = (self.active, request.request_id)
+        if key not in self.waterfalls:
+            self.waterfalls[key] = build_waterfall(self.model, request)
+        return self.waterfalls[key]
+
+    def show_request(self, request: Request | None) -> None:
+        table = self.query_one("#waterfall", WaterfallTable)
+        table.show(self.waterfall_of(request) if request is not None else None, self.hop_filter)
+        self.show_hop()
+
+    def show_hop(self) -> None:
+        table = self.query_one("#waterfall", WaterfallTable)
+        row = table.current()
+        waterfall = table.waterfall
+        request_id = waterfall.request.request_id if waterfall else ""
+        self.query_one("#state", StatePanel).show(row, (table.cursor_row + 1, len(table.rows_shown)), request_id)
+        self.query_one("#details", DetailsPanel).show(row, waterfall.start_ns if waterfall else 0)
+
+    # -- events ---------------------------------------------------------------------------------
+
+    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        if event.data_table.id == "requests":
+            if 0 <= event.cursor_row < len(self.shown_requests):
+                self.show_request(self.shown_requests[event.cursor_row])
+        elif event.data_table.id == "waterfall":
+            self.show_hop()
+
+    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        if event.data_table.id == "requests":
+            self.query_one("#waterfall", WaterfallTable).focus()
+        elif event.data_table.id == "waterfall":
+            self.action_source()
+
+    def on_input_changed(self, event: Input.Changed) -> None:
+        value = event.value.strip()
+        if value.startswith(HOP_FILTER_PREFIX):
+            self.hop_filter, self.request_filter = value[len(HOP_FILTER_PREFIX):].strip(), ""
+        else:
+            self.hop_filter, self.request_filter = "", value
+        self.show_requests()
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        self.action_close_filter()
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        # Main-screen actions stay out of the way (and out of the footer) on other screens.
+        if action in MAIN_SCREEN_ACTIONS and len(self.screen_stack) > 1:
+            return False
+        return True
+
+    # -- actions ----------------------------------------------------------------------------------
+
+    def move_hop(self, delta: int) -> str | None:
+        """Move the hop cursor by `delta` rows; the focused hop's name afterwards."""
+        table = self.query_one("#waterfall", WaterfallTable)
+        if table.row_count:
+            table.move_cursor(row=min(max(table.cursor_row + delta, 0), table.row_count - 1))
+        row = table.current()
+        return row.span.name if row is not None else None
+
+    def action_next_hop(self) -> None:
+        self.move_hop(1)
+
+    def action_previous_hop(self) -> None:
+        self.move_hop(-1)
+
+    def _move_step(self, forward: bool) -> None:
+        table = self.query_one("#waterfall", WaterfallTable)
+        rows, here = table.rows_shown, table.cursor_row
+        current = rows[here].state.step if 0 <= here < len(rows) else None
+        order = range(here + 1, len(rows)) if forward else range(here - 1, -1, -1)
+        for index in order:
+            step = rows[index].state.step
+            if step is not None and step != current and (forward or index == 0 or rows[index - 1].state.step != step):
+                table.move_cursor(row=index)
+                return
+
+    def action_next_step(self) -> None:
+        self._move_step(True)
+
+    def action_previous_step(self) -> None:
+        self._move_step(False)
+
+    def action_source(self) -> None:
+        row = self.query_one("#waterfall", WaterfallTable).current()
+        if row is None:
+            self.notify("select a hop first", timeout=2)
+            return
+        upstream = self.model.engine if self.model.engine in ("vllm", "sglang") else "vllm"
+        self.push_screen(SourceScreen(row.span.name, upstream))
+
+    def comparison(self) -> Comparison | None:
+        if len(self.models) < 2:
+            return None
+        if self._comparison is None:
+            self._comparison = compare_models(self.models[0], self.models[1])
+        return self._comparison
+
+    def action_compare(self) -> None:
+        comparison = self.comparison()
+        if comparison is None:
+            self.notify("compare needs two traces: servetrace tui TRACE TRACE2", severity="warning", timeout=3)
+            return
+        self.push_screen(CompareScreen(comparison))
+
+    def action_switch_trace(self) -> None:
+        if len(self.models) > 1:
+            self.active = (self.active + 1) % len(self.models)
+            self.show_trace()
+
+    def action_filter(self) -> None:
+        box = self.query_one("#filter", Input)
+        box.display = True
+        box.focus()
+
+    def action_close_filter(self) -> None:
+        box = self.query_one("#filter", Input)
+        if box.display:
+            box.display = False
+            self.query_one("#requests", RequestsTable).focus()
+
+    def action_help(self) -> None:
+        self.push_screen(HelpScreen())

@@ -1,0 +1,79 @@
+"""The explorer's stylesheet (Textual CSS), kept in Python so it ships with the package."""
+
+CSS = """
+#warning {
+    background: $warning 30%;
+    color: $text;
+    height: auto;
+    max-height: 3;
+    padding: 0 1;
+}
+#requests {
+    height: 8;
+    border-bottom: solid $primary-background;
+}
+#body {
+    height: 1fr;
+}
+#waterfall {
+    width: 1fr;
+}
+#side {
+    width: 30;
+    border-left: solid $primary-background;
+    padding: 0 1;
+}
+#state {
+    border-bottom: solid $primary-background;
+    margin-bottom: 1;
+}
+#filter {
+    display: none;
+    dock: bottom;
+    margin-bottom: 1;
+}
+#source-header {
+    height: auto;
+    max-height: 6;
+    padding: 0 1;
+    border-bottom: solid $primary-background;
+}
+#source-panes SourcePane {
+    width: 1fr;
+    border-right: solid $primary-background;
+}
+.pane-title {
+    height: auto;
+    max-height: 4;
+    padding: 0 1;
+}
+SourcePane ScrollableContainer {
+    height: 1fr;
+}
+SourcePane .code {
+    width: auto;
+}
+#compare-summary {
+    height: auto;
+    padding: 0 1;
+}
+#compare-table {
+    height: 1fr;
+}
+#compare-detail-box {
+    height: 9;
+    border-top: solid $primary-background;
+}
+HelpScreen {
+    align: center middle;
+}
+#help-box {
+    width: 80;
+    max-width: 100%;
+    height: auto;
+    max-height: 100%;
+    border: round $primary;
+    background: $surface;
+    padding: 0 1;
+}
+"""

@@ -1,0 +1,52 @@
+"""The explorer's content as Rich tables, for a terminal-less run (`make demo` in CI, pipes)."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from tracer.tui.compare import compare_models
+from tracer.tui.format import count, ms
+from tracer.tui.loader import load_trace
+from tracer.tui.model import TraceModel, build_model
+
+MAX_REQUESTS = 20
+
+
+def requests_table(model: TraceModel, limit: int = MAX_REQUESTS) -> Table:
+    engine = f" ({model.engine})" if model.engine else ""
+    table = Table(title=f"{Path(model.path).name}{engine}: {len(model.requests)} requests, "
+                        f"{len(model.steps)} engine steps, {len(model.spans)} spans")
+    for name, justify in (("request", "left"), ("prompt", "right"), ("output", "right"), ("cached", "right"),
+                          ("TTFT", "right"), ("latency", "right"), ("steps", "right"), ("status", "left")):
+        table.add_column(name, justify=justify)
+    for request in list(model.requests.values())[:limit]:
+        table.add_row(request.request_id, count(request.prompt_tokens), count(request.output_tokens),
+                      count(request.cached_tokens), ms(request.ttft_ns), ms(request.latency_ns),
+                      str(len(request.steps)), request.status)
+    if len(model.requests) > limit:
+        table.caption = f"first {limit} of {len(model.requests)} requests"
+    return table
+
+
+def print_summary(trace_paths: Sequence[str | Path], console: Console | None = None) -> list[TraceModel]:
+    """Print what the explorer would show: per trace its requests; for two, the step comparison."""
+    console = console or Console()
+    models = [build_model(load_trace(path)) for path in trace_paths]
+    for model in models:
+        if model.warning():
+            console.print(f"[yellow]{model.warning()}[/yellow]")
+        console.print(requests_table(model))
+    if len(models) == 2:
+        comparison = compare_models(*models)
+        left, right = (m.engine or Path(m.path).name for m in models)
+        first = comparison.first_divergence
+        if first is None:
+            console.print(f"{left} vs {right}: agree on all {len(comparison.pairs)} steps")
+        else:
+            pair = comparison.pairs[first]
+            console.print(f"{left} vs {right}: {len(comparison.divergent)} of {len(comparison.pairs)} steps differ; "
+                          f"first at step {first + 1} ({', '.join(pair.differing)})")
+    return models
