@@ -7,6 +7,10 @@ import os
 # test client thread beside the engine thread) into a 10-50x slowdown of every matmul.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("VLLM_TARGET_DEVICE", "cpu")
+# Without a GPU, Triton kernels can only run in Triton's interpreter, and it must be chosen before
+# anything (torch, vLLM) first imports triton: otherwise a later @triton.jit call fails.
+if not os.path.exists("/dev/nvidia0"):
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
