@@ -39,6 +39,8 @@ class ModelConfig:
     device: str = "cpu"
     dtype: str | None = None  # None: float32 on CPU, bfloat16 on CUDA
     seed: int = 0
+    attention_backend: str | None = None  # "torch" | "triton"; None: triton on CUDA, torch elsewhere
+    enforce_eager: bool = False  # True: no CUDA graphs for decode
 
 
 @dataclass

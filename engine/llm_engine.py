@@ -60,7 +60,13 @@ class LLMEngine:
             model_config, config.cache.block_size, config.cache.kv_cache_memory_bytes, dtype
         )
         config.cache.num_blocks = num_blocks
-        self.model_runner = ModelRunner(model, model_config, config.cache.block_size, num_blocks, device, dtype)
+        self.model_runner = ModelRunner(
+            model, model_config, config.cache.block_size, num_blocks, device, dtype,
+            attention_backend=config.model.attention_backend,
+            use_cuda_graphs=False if config.model.enforce_eager else None,
+            max_num_seqs=config.scheduler.max_num_seqs,
+            max_model_len=self.max_model_len,
+        )
         self.scheduler = Scheduler(config.scheduler, config.cache, num_blocks)
         self._detokenizers: dict[str, IncrementalDetokenizer] = {}
         self._outputs: dict[str, RequestOutput] = {}
