@@ -369,3 +369,13 @@ def test_safetensors_directory_matches_transformers(tmp_path):
         ours = model.compute_logits(model(torch.tensor(ids), torch.arange(len(ids)), metadata, runner.kv_caches))
         expected = reference(torch.tensor([ids])).logits[0]
     torch.testing.assert_close(ours, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_rope_frequencies_stay_float32_when_the_model_moves_to_bfloat16():
+    from engine.model import RotaryEmbedding
+
+    rope = RotaryEmbedding(64, 100000.0)
+    exact = rope.inv_freq.clone()
+    rope.to(torch.bfloat16)
+    assert rope.inv_freq.dtype == torch.float32
+    assert torch.equal(rope.inv_freq, exact)
