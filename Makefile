@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.servetrace-setup-stamp
 REQS   := requirements/base.txt requirements/upstream.txt requirements/nodeps.txt pyproject.toml
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test bench docs clean
 
 setup: $(STAMP)
 
@@ -28,6 +28,12 @@ test: setup
 
 bench: setup
 	$(PY) bench/offline_throughput.py
+	$(PY) bench/replay_bench.py
+	$(PY) bench/serve_bench.py
+	$(PY) bench/trace_overhead.py
+
+docs: setup
+	$(VENV)/bin/servetrace site build
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info
