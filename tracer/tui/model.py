@@ -19,6 +19,7 @@ How spans become requests and steps (the trace shape is tracer/spans.py's):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from tracer.trace_file import SkippedLine, SpanRecord, TraceFile
@@ -136,11 +137,12 @@ class TraceModel:
 
     def warning(self) -> str:
         """One line for the user when part of the file could not be read, else ''."""
+        name = Path(self.path).name
         if not self.skipped:
-            return "" if self.spans else f"{self.path}: no spans in this file"
+            return "" if self.spans else f"{name}: no spans in this file"
         first = self.skipped[0]
         more = f" (and {len(self.skipped) - 1} more)" if len(self.skipped) > 1 else ""
-        return (f"{self.path}: skipped {len(self.skipped)} unreadable line(s): line {first.line_number}: "
+        return (f"{name}: skipped {len(self.skipped)} unreadable line(s): line {first.line_number}: "
                 f"{first.reason}{more}; showing the {len(self.spans)} spans that could be read")
 
 

@@ -1,0 +1,159 @@
+"""Real traces for the explorer's tests, recorded once per test session, and the fast loader
+held equal to the reference reader (tracer.trace_file) on them.
+
+- an offline generate of two requests sharing a prefix on our engine (bundled model), traced
+  by the catalog hooks: render / enqueue roots, engine steps down to model.forward;
+- `servetrace replay` of a small shared-prefix workload through our scheduler and vLLM's;
+- the same workload through vLLM with prefix caching off: a real divergence to compare.
+
+`normalised` rewrites ids and times by order of appearance, so snapshots are stable while
+every span, attribute, link and the nesting/ordering of times stay those recorded.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import tempfile
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+from tracer.trace_file import read_trace_file
+from tracer.tui.loader import load_trace
+
+SYSTEM = "You are a careful assistant who answers questions about cooking, briefly and precisely. " * 3
+PROMPTS = [SYSTEM + "How long should I boil an egg?", SYSTEM + "What is the best oil for frying?"]
+MAX_TOKENS = 4
+BLOCK_SIZE = 16
+
+
+@cache
+def _workdir() -> Path:
+    return Path(tempfile.mkdtemp(prefix="servetrace-tui-"))
+
+
+@dataclass(frozen=True)
+class EngineRun:
+    trace: Path
+    request_ids: tuple[str, ...]
+    prompt_tokens: tuple[int, ...]
+    output_tokens: tuple[int, ...]
+    cached_tokens: tuple[int, ...]
+
+
+@cache
+def engine_run() -> EngineRun:
+    from engine.config import CacheConfig, EngineConfig, SchedulerConfig
+    from engine.llm_engine import LLMEngine
+    from engine.sampling_params import SamplingParams
+    from tracer import hooks, otel, spans
+
+    engine = LLMEngine(EngineConfig(
+        cache=CacheConfig(block_size=BLOCK_SIZE, num_blocks=64, enable_prefix_caching=True),
+        scheduler=SchedulerConfig(max_num_seqs=4, max_num_batched_tokens=64, max_model_len=256),
+    ))
+    path = _workdir() / "engine-raw.jsonl"
+    otel.configure(trace_file=path, engine="mini")
+    hooks.install("mini", import_modules=True)
+    try:
+        outputs = engine.generate(PROMPTS, SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS, ignore_eos=True))
+        otel.flush()
+    finally:
+        hooks.uninstall()
+        otel.shutdown()
+        spans.registry.clear()
+    return EngineRun(
+        trace=normalised(path, _workdir() / "engine.jsonl"),
+        request_ids=tuple(o.request_id for o in outputs),
+        prompt_tokens=tuple(len(o.prompt_token_ids) for o in outputs),
+        output_tokens=tuple(len(o.output_token_ids) for o in outputs),
+        cached_tokens=tuple(o.num_cached_tokens for o in outputs),
+    )
+
+
+@dataclass(frozen=True)
+class ReplayRun:
+    mini: Path
+    vllm: Path
+    vllm_no_prefix_cache: Path
+    workload: tuple  # the WorkloadRequests
+    divergence_step_index: int | None  # tracer.replay's own verdict, mini vs uncached vLLM
+
+
+@cache
+def replay_run() -> ReplayRun:
+    from tracer.replay.compare import compare_logs
+    from tracer.replay.config import ReplayConfig
+    from tracer.replay.session import run_replay
+    from tracer.replay.workload import generate
+
+    workload = generate("shared-prefix", num_requests=5, seed=3)
+    config = ReplayConfig(num_blocks=64, max_num_seqs=8, max_num_batched_tokens=128)
+    both = run_replay(workload, config, ["mini", "vllm"], _workdir() / "replay")
+    uncached_config = ReplayConfig(num_blocks=64, max_num_seqs=8, max_num_batched_tokens=128, enable_prefix_caching=False)
+    uncached = run_replay(workload, uncached_config, ["vllm"], _workdir() / "replay-uncached")
+    divergence = compare_logs(both.logs["mini"], uncached.logs["vllm"]).divergence
+    return ReplayRun(
+        mini=normalised(_workdir() / "replay" / "trace-mini.jsonl", _workdir() / "replay-mini.jsonl"),
+        vllm=normalised(_workdir() / "replay" / "trace-vllm.jsonl", _workdir() / "replay-vllm.jsonl"),
+        vllm_no_prefix_cache=normalised(_workdir() / "replay-uncached" / "trace-vllm.jsonl", _workdir() / "replay-vllm-uncached.jsonl"),
+        workload=tuple(workload),
+        divergence_step_index=None if divergence is None else divergence.step_index,
+    )
+
+
+def normalised(source: Path, target: Path) -> Path:
+    """A copy of an OTLP/JSON-lines file with ids numbered by first appearance, times replaced by
+    their rank among all the file's timestamps (1 ms apart), and per-process resource attributes dropped."""
+    messages = [json.loads(line) for line in source.read_text().splitlines() if line.strip()]
+    spans = [span for m in messages for rs in m["resourceSpans"] for ss in rs["scopeSpans"] for span in ss["spans"]]
+    times = sorted({int(t) for s in spans for t in (s["startTimeUnixNano"], s["endTimeUnixNano"])}
+                   | {int(e["timeUnixNano"]) for s in spans for e in s.get("events", [])})
+    rank = {t: str(1_700_000_000_000_000_000 + i * 1_000_000) for i, t in enumerate(times)}
+    ids: dict[str, str] = {}
+
+    def renumber(value: str, width: int) -> str:
+        return ids.setdefault(value, format(len(ids) + 1, f"0{width}x"))
+
+    for span in spans:
+        span["traceId"] = renumber(span["traceId"], 32)
+        span["spanId"] = renumber(span["spanId"], 16)
+        if span.get("parentSpanId"):
+            span["parentSpanId"] = renumber(span["parentSpanId"], 16)
+        for link in span.get("links", []):
+            link["traceId"], link["spanId"] = renumber(link["traceId"], 32), renumber(link["spanId"], 16)
+        span["startTimeUnixNano"], span["endTimeUnixNano"] = rank[int(span["startTimeUnixNano"])], rank[int(span["endTimeUnixNano"])]
+        for event in span.get("events", []):
+            event["timeUnixNano"] = rank[int(event["timeUnixNano"])]
+    for message in messages:
+        for resource_spans in message["resourceSpans"]:
+            attributes = resource_spans.get("resource", {}).get("attributes", [])
+            resource_spans["resource"]["attributes"] = [
+                a for a in attributes if a["key"] not in ("process.pid", "service.instance.id", "telemetry.sdk.version")]
+    target.write_text("".join(json.dumps(m) + "\n" for m in messages))
+    return target
+
+
+def test_the_fast_loader_reads_what_the_reference_reader_reads():
+    for path in (engine_run().trace, replay_run().mini, replay_run().vllm):
+        fast, reference = load_trace(path), read_trace_file(path)
+        key = lambda s: s.span_id  # noqa: E731
+        assert sorted(fast.spans, key=key) == sorted(reference.spans, key=key)
+        assert fast.skipped == reference.skipped == []
+
+
+def test_the_fast_loader_falls_back_on_lines_outside_its_schema(tmp_path):
+    """Protobuf's JSON mapping writes ids in base64: the reference reader's path takes that line."""
+    line = json.loads(engine_run().trace.read_text().splitlines()[0])
+    for rs in line["resourceSpans"]:
+        for ss in rs["scopeSpans"]:
+            for span in ss["spans"]:
+                span["spanId"] = base64.b64encode(bytes.fromhex(span["spanId"])).decode()
+                span.pop("parentSpanId", None)
+    path = tmp_path / "base64.jsonl"
+    path.write_text(json.dumps(line) + "\n" + "not json\n" + '{"no": "spans"}\n')
+    fast, reference = load_trace(path), read_trace_file(path)
+    key = lambda s: s.span_id  # noqa: E731
+    assert len(fast.spans) > 0
+    assert sorted(fast.spans, key=key) == sorted(reference.spans, key=key)
+    assert [s.line_number for s in fast.skipped] == [s.line_number for s in reference.skipped] == [2, 3]
