@@ -8,6 +8,7 @@ puts every original back, including module-level functions rebound by `from m im
 """
 from __future__ import annotations
 
+import asyncio
 import functools
 import importlib
 import importlib.abc
@@ -127,6 +128,9 @@ def make_wrapper(function: Any, call: HopCall) -> Any:
             except BaseException as exc:
                 spans.end(open_span, bound, None, exc)
                 raise
+            if inspect.isasyncgen(result):
+                spans.deactivate(open_span)
+                return SpanUntilStreamEnds(result, open_span, bound)
             spans.end(open_span, bound, result)
             return result
 
@@ -184,6 +188,61 @@ def make_wrapper(function: Any, call: HopCall) -> Any:
         wrapper = sync_wrapper
     setattr(wrapper, MARKER, call.hop)
     return wrapper
+
+
+class SpanUntilStreamEnds:
+    """What a hooked coroutine that returns an async generator (a streaming HTTP response)
+    returns instead: the span stays open until the stream is exhausted, fails, or is closed.
+    A stream that is never iterated ends its span when it is closed or collected."""
+
+    CLOSED_EARLY = "servetrace.stream.closed_early"
+
+    def __init__(self, stream: Any, open_span: spans.OpenSpan, bound: dict[str, Any]) -> None:
+        self._stream = stream
+        self._open_span: spans.OpenSpan | None = open_span
+        self._bound = bound
+
+    def __aiter__(self) -> "SpanUntilStreamEnds":
+        return self
+
+    async def __anext__(self) -> Any:
+        try:
+            return await self._stream.__anext__()
+        except StopAsyncIteration:
+            self._end(None)
+            raise
+        except (asyncio.CancelledError, GeneratorExit):
+            self._mark_closed_early()  # the client went away mid-stream: not an error of ours
+            self._end(None)
+            raise
+        except BaseException as exc:
+            self._end(exc)
+            raise
+
+    async def aclose(self) -> None:
+        try:
+            await self._stream.aclose()
+        finally:
+            if self._open_span is not None:
+                self._mark_closed_early()
+                self._end(None)
+
+    def _mark_closed_early(self) -> None:
+        open_span = self._open_span
+        if open_span.span is not None:
+            open_span.span.set_attribute(self.CLOSED_EARLY, True)
+        else:
+            open_span.attributes[self.CLOSED_EARLY] = True
+
+    def _end(self, error: BaseException | None) -> None:
+        open_span, self._open_span = self._open_span, None
+        if open_span is not None:
+            spans.end(open_span, self._bound, self._stream, error)
+
+    def __del__(self) -> None:
+        if self._open_span is not None:
+            self._mark_closed_early()
+            self._end(None)
 
 
 # -- resolution and patching ------------------------------------------------------------------

@@ -42,6 +42,7 @@ TRACEPARENT = "_traceparent"
 ALIASES = "_aliases"
 DROP = "_drop"  # after-extractor: this call was uneventful, emit no span (unless a child needed it)
 GPU_FORWARD_MS = "servetrace.gpu.forward_ms"
+HTTP_STATUS = "http.response.status_code"
 # A span of these hops that carries a request id becomes that request's trace root (first wins).
 ROOT_HOPS = ("http.request", "request.render", "engine.enqueue")
 
@@ -213,6 +214,10 @@ def begin(call: HopCall, args: dict[str, Any]) -> OpenSpan | None:
         if parent is not None and current.is_valid and (root is None or root.trace_id != current.trace_id):
             links.append(Link(current, {LINK_KIND: "step"}))
     open_span = OpenSpan(call, tracer, attributes, start_ns, parent, enclosing, links, root if call.scope == "request" else None)
+    if call.hop == "http.request":
+        # Always the request's root, even before it knows its request id (a server assigns the
+        # id inside the handler): the spans nested in it hang under it from the start.
+        open_span.materialize()
     if call.hop in ROOT_HOPS and attributes.get(REQUEST_ID) is not None:
         open_span.materialize()
         registry.register(str(attributes[REQUEST_ID]), open_span.root)
@@ -274,6 +279,9 @@ def end(open_span: OpenSpan, args: dict[str, Any], result: Any = None, error: Ba
         if error is not None:
             span.record_exception(error)
             span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
+            status_code = getattr(error, "status_code", None)  # an HTTP error (OpenAIError, HTTPException)
+            if call.hop == "http.request" and isinstance(status_code, int):
+                span.set_attribute(HTTP_STATUS, status_code)
         step = _open_step.get()
         if batch_links and step is not None and call.hop == "scheduler.schedule":
             step_span = step.materialize()
@@ -284,6 +292,8 @@ def end(open_span: OpenSpan, args: dict[str, Any], result: Any = None, error: Ba
             registry.register(str(attributes[REQUEST_ID]), open_span.root)
             for alias in attributes.get(ALIASES) or ():
                 registry.register(str(alias), open_span.root)
+            if call.hop == "engine.enqueue":
+                _name_enclosing_http_request(open_span, attributes[REQUEST_ID])
         elif call.hop == "request.render" and open_span.started_trace and error is None:
             _unclaimed_render.set(span.get_span_context())
     except Exception:  # pragma: no cover - bookkeeping must not break the engine either
@@ -297,6 +307,16 @@ def end(open_span: OpenSpan, args: dict[str, Any], result: Any = None, error: Ba
         span.end(end_time=end_ns)
     if _pending_gpu and call.scope == "step":
         drain_pending(wait=False)
+
+
+def _name_enclosing_http_request(open_span: OpenSpan, request_id: Any) -> None:
+    """The HTTP handler learns its request's id only when it enqueues it: tell its span."""
+    enclosing = open_span.enclosing
+    while enclosing is not None and enclosing.call.hop != "http.request":
+        enclosing = enclosing.enclosing
+    if enclosing is not None and enclosing.attributes.get(REQUEST_ID) is None:
+        enclosing.attributes[REQUEST_ID] = request_id
+        enclosing.materialize().set_attribute(REQUEST_ID, str(request_id))
 
 
 # GPU-timed spans end when their CUDA events have completed, without a synchronize on the hot path.

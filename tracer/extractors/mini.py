@@ -13,7 +13,13 @@ from tracer.extractors import (
     OUTPUT_TOKENS, PRIORITY, PROTECTED, REQUEST_ID, STATUS, STEP, STOP_STRING, TEMPERATURE, TEXT_CHARS,
     TOP_K, TOP_P, ids,
 )
-from tracer.spans import DROP
+from tracer.spans import DROP, HTTP_STATUS, TRACEPARENT
+
+# OpenTelemetry HTTP semantic conventions (the GenAI ones are in tracer.extractors)
+HTTP_METHOD = "http.request.method"
+HTTP_ROUTE = "http.route"
+REQUEST_MODEL = "gen_ai.request.model"
+HTTP_STREAM = "servetrace.http.stream"
 
 # The detokenizer does not know its request; LLMEngine.add_request creates one per request.
 _detokenizer_request: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -33,6 +39,42 @@ def _queues(scheduler: Any) -> dict[str, Any]:
 
 def _kv(manager: Any) -> dict[str, Any]:
     return {FREE_BLOCKS: manager.get_num_free_blocks(), KV_USAGE: manager.usage}
+
+
+def http_before(args: dict) -> dict:
+    """OpenAIServing.create_completion / create_chat_completion: the request body and the raw
+    starlette Request. The request id is assigned inside the call; the engine.enqueue span
+    nested in it hands it up (tracer.spans), and a JSON response carries it as `id`."""
+    request, raw = args["request"], args.get("raw_request")
+    chat = hasattr(request, "messages")
+    max_tokens = request.max_completion_tokens if chat and request.max_completion_tokens is not None else request.max_tokens
+    out = {
+        OPERATION: "chat" if chat else "text_completion",
+        REQUEST_MODEL: request.model,
+        HTTP_STREAM: request.stream,
+        MAX_TOKENS: max_tokens,
+        TEMPERATURE: request.temperature,
+        TOP_P: request.top_p,
+    }
+    if raw is not None:
+        route = raw.scope.get("route")
+        out[HTTP_METHOD] = raw.method
+        out[HTTP_ROUTE] = getattr(route, "path", None) or raw.url.path
+        out[TRACEPARENT] = raw.headers.get("traceparent")
+    return out
+
+
+def http_after(args: dict, response: Any) -> dict:
+    # A stream's span ends when the stream does (tracer.hooks); `response` is then the generator,
+    # and the token counts are on the request's engine spans (kv.free).
+    out = {HTTP_STATUS: 200}
+    usage = getattr(response, "usage", None)
+    if usage is not None:
+        out[REQUEST_ID] = response.id
+        out[INPUT_TOKENS] = usage.prompt_tokens
+        out[OUTPUT_TOKENS] = usage.completion_tokens
+        out[FINISH_REASONS] = [choice.finish_reason for choice in response.choices]
+    return out
 
 
 def render_after(args: dict, token_ids: list[int]) -> dict:
@@ -218,6 +260,7 @@ def detokenize_after(args: dict, text: str) -> dict:
 
 
 BEFORE = {
+    "http.request": http_before,
     "engine.enqueue": enqueue_before,
     "engine.step": step_before,
     "kv.match_prefix": match_before,
@@ -233,6 +276,7 @@ BEFORE = {
     "detokenize": detokenize_before,
 }
 AFTER = {
+    "http.request": http_after,
     "request.render": render_after,
     "engine.enqueue": enqueue_after,
     "engine.step": step_after,
