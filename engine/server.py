@@ -19,11 +19,11 @@ import time
 import uuid
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import AsyncGenerator, Awaitable
+from typing import AsyncGenerator
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from engine.async_engine import (
@@ -34,6 +34,7 @@ from engine.async_engine import (
     RequestAbortedError,
     RequestStream,
 )
+from engine.http_utils import SSEResponse, cancel_on_disconnect, validation_message
 from engine.llm_engine import LLMEngine, RequestOutput
 from engine.protocol import (
     ChatCompletionChoice,
@@ -267,48 +268,6 @@ def _sse_error(exc: Exception) -> str:
     return _sse(OpenAIError(status, str(exc)).to_response().model_dump_json())
 
 
-# -- HTTP plumbing -----------------------------------------------------------------------
-
-
-class SSEResponse(StreamingResponse):
-    """A stream that stops the moment its client disconnects, and always closes its generator.
-
-    Starlette cancels the sending task on disconnect, which may leave the body generator
-    suspended at a `yield`; closing it here runs its `finally`, which aborts the request.
-    """
-
-    media_type = "text/event-stream"
-
-    async def __call__(self, scope, receive, send) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            aclose = getattr(self.body_iterator, "aclose", None)
-            if aclose is not None:
-                await aclose()
-
-
-async def _wait_for_disconnect(raw_request: Request) -> None:
-    while True:
-        message = await raw_request.receive()
-        if message["type"] == "http.disconnect":
-            return
-
-
-async def _cancel_on_disconnect(raw_request: Request, handler: Awaitable[Response]) -> Response:
-    """Run the handler, cancelling it if the client disconnects first (its finally aborts the request)."""
-    # Mirrors vllm.entrypoints.serve.utils.api_utils.with_cancellation
-    handler_task = asyncio.ensure_future(handler)
-    disconnect_task = asyncio.ensure_future(_wait_for_disconnect(raw_request))
-    done, pending = await asyncio.wait({handler_task, disconnect_task}, return_when=asyncio.FIRST_COMPLETED)
-    for task in pending:
-        task.cancel()
-    if handler_task in done:
-        return handler_task.result()
-    await asyncio.gather(handler_task, return_exceptions=True)
-    return Response(status_code=499)  # nobody is listening any more
-
-
 def _to_response(result) -> Response:
     if hasattr(result, "__aiter__"):
         return SSEResponse(result)
@@ -327,7 +286,7 @@ async def completions(request: CompletionRequest, raw_request: Request) -> Respo
     async def handle() -> Response:
         return _to_response(await raw_request.app.state.serving.create_completion(request, raw_request))
 
-    return await _cancel_on_disconnect(raw_request, handle())
+    return await cancel_on_disconnect(raw_request, handle())
 
 
 @router.post("/v1/chat/completions")
@@ -335,7 +294,7 @@ async def chat_completions(request: ChatCompletionRequest, raw_request: Request)
     async def handle() -> Response:
         return _to_response(await raw_request.app.state.serving.create_chat_completion(request, raw_request))
 
-    return await _cancel_on_disconnect(raw_request, handle())
+    return await cancel_on_disconnect(raw_request, handle())
 
 
 @router.get("/v1/models")
@@ -349,24 +308,6 @@ async def health(raw_request: Request) -> Response:
     if not async_llm.is_running:
         return _error_response(OpenAIError(503, "the engine loop is not running"))
     return JSONResponse({"status": "ok", "in_flight": async_llm.num_in_flight})
-
-
-def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
-    # Mirrors vllm.entrypoints.serve.exception_handling.handlers.validation.validation_exception_handler
-    errors = exc.errors()
-    if not errors:
-        return "invalid request", None
-    if any(e.get("type") == "json_invalid" for e in errors):
-        return "the request body is not valid JSON", None
-    messages_by_field: dict[str, list[str]] = {}
-    for e in errors:
-        loc = [str(p) for p in e.get("loc", ()) if p != "body"]
-        # A union (prompt: str | list[int]) names the member that failed; the field is enough.
-        loc = [p for p in loc if not (p.startswith(("str", "list[", "function-")) or p in ("int", "float", "bool"))]
-        messages_by_field.setdefault(".".join(loc) or "body", []).append(e.get("msg", "invalid"))
-    parts = [f"{name}: {' or '.join(dict.fromkeys(msgs))}" for name, msgs in messages_by_field.items()]
-    first_field = next(iter(messages_by_field))
-    return "invalid request: " + "; ".join(parts), None if first_field == "body" else first_field.split(".")[0]
 
 
 def build_app(
@@ -398,7 +339,7 @@ def build_app(
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
         # OpenAI and vLLM answer 400 here, not FastAPI's 422.
-        message, param = _validation_message(exc)
+        message, param = validation_message(exc)
         return _error_response(OpenAIError(400, message, param=param))
 
     @app.exception_handler(StarletteHTTPException)
