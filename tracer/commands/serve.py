@@ -35,6 +35,7 @@ def run(args: argparse.Namespace) -> int:
     # Take the port before the model loads (seconds), so a port in use fails at once.
     listener = _listen(args.host, args.port)
     host, port = listener.getsockname()[:2]
+    traced = start_tracing(args)
     print("loading model...", file=sys.stderr, flush=True)
     engine = LLMEngine(config)
     app = build_app(engine, args.served_model_name, max_queue=args.max_queue, shutdown_timeout=args.shutdown_timeout)
@@ -49,7 +50,11 @@ def run(args: argparse.Namespace) -> int:
             timeout_graceful_shutdown=args.shutdown_timeout,
         )
     )
-    server.run(sockets=[listener])
+    try:
+        server.run(sockets=[listener])
+    finally:
+        if traced:
+            stop_tracing()  # flushes the exporters
     return 0
 
 
