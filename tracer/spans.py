@@ -2,7 +2,8 @@
 
 Trace shape (the same for all engines):
 - one trace per request, rooted at http.request when there is an HTTP hop (a W3C traceparent
-  in the request is honoured) and at engine.enqueue otherwise. The root's SpanContext is kept
+  in the request is honoured; a server that names the request inside the handler gets the id
+  handed up from the engine.enqueue nested in it) and at engine.enqueue otherwise. The root's SpanContext is kept
   in a request-id registry, so the request's later spans (kv.match_prefix, kv.allocate,
   kv.free, scheduler.preempt, detokenize) join that trace wherever they happen, with a link to
   the engine-step span that was running at the time;
