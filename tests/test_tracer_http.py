@@ -7,6 +7,7 @@ tracing: the catalog's hooks on OpenAIServing and the engine produce every span 
 """
 from __future__ import annotations
 
+import json
 import socket
 
 import openai
@@ -197,3 +198,24 @@ def test_an_unreachable_otlp_collector_never_breaks_serving(tmp_path, caplog):
     assert len(read_trace_file(path).named("http.request")) == 4
     # ... and the collector was really tried (the OTLP exporter logs its refusals itself).
     assert "Connection refused" in caplog.text
+
+
+def test_a_server_trace_exports_to_perfetto_with_a_track_per_request(traced_exchange, tmp_path):
+    from tracer.cli import main
+
+    trace, answers = traced_exchange
+    out = tmp_path / "trace.perfetto.json"
+    assert main(["export", trace.path, "--format", "perfetto", "-o", str(out)]) == 0
+    events = json.loads(out.read_text())["traceEvents"]
+    threads = {e["tid"]: e["args"]["name"] for e in events if e["ph"] == "M" and e["name"] == "thread_name"}
+    slices = [e for e in events if e["ph"] == "X"]
+    for request_id, _ in answers.values():
+        (root,) = [e for e in slices if e["name"] == "http.request" and e["args"].get("gen_ai.request.id") == request_id]
+        assert threads[root["tid"]] == f"request {request_id}"
+        track = [e for e in slices if e["tid"] == root["tid"] and e is not root]
+        # The request's track holds its engine-side spans, all inside the HTTP slice.
+        assert {e["name"] for e in track} == ENGINE_HOPS
+        assert all(root["ts"] <= e["ts"] and e["ts"] + e["dur"] <= root["ts"] + root["dur"] + 1 for e in track)
+    # Steps draw an arrow from each request they served.
+    arrows = [e for e in events if e["ph"] == "f" and e["name"] == "request"]
+    assert {threads[e["tid"]] for e in arrows} == {"engine"}
