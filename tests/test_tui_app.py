@@ -90,8 +90,9 @@ async def test_the_source_pane_shows_each_engine_at_its_installed_file_and_line(
 
 
 async def test_compare_jumps_to_the_first_divergence_of_two_replays():
+    """As `make demo` opens it: a served request's trace first, then the two replays it compares."""
     run = replay_run()
-    app = ExplorerApp.from_paths([run.mini, run.vllm_no_prefix_cache])
+    app = ExplorerApp.from_paths([engine_run().trace, run.mini, run.vllm_no_prefix_cache])
     async with app.run_test(size=SIZE) as pilot:
         await pilot.press("c")
         screen = app.screen

@@ -1,4 +1,4 @@
-"""`servetrace tui TRACE [TRACE2]`: open the trace explorer (a Rich summary with no terminal)."""
+"""`servetrace tui TRACE [TRACE2 ...]`: open the trace explorer (a Rich summary with no terminal)."""
 from __future__ import annotations
 
 import argparse
@@ -10,14 +10,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "tui",
         help="explore a trace file: requests, hop waterfall, engine state, source, compare",
         description=(
-            "Open the Textual trace explorer on an OTLP/JSON-lines trace file. With TRACE2 (the same "
+            "Open the Textual trace explorer on an OTLP/JSON-lines trace file. With a second trace (the same "
             "workload replayed through another engine, e.g. `servetrace replay` writes trace-mini.jsonl "
             "and trace-vllm.jsonl) the compare view aligns both step by step. Without a terminal, or "
             "with --summary, prints a summary instead."
         ),
     )
-    parser.add_argument("trace", help="trace file (OTLP/JSON lines)")
-    parser.add_argument("trace2", nargs="?", default=None, help="second trace of the same workload, to compare")
+    parser.add_argument("traces", nargs="+", metavar="TRACE",
+                        help="trace files (OTLP/JSON lines); the compare view aligns the last two")
     parser.add_argument("--summary", action="store_true", help="print a Rich summary instead of opening the explorer")
     parser.set_defaults(func=run)
 
@@ -25,7 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from tracer import tui
 
-    paths = [args.trace] + ([args.trace2] if args.trace2 else [])
+    paths = args.traces
     if args.summary or not (sys.stdin.isatty() and sys.stdout.isatty()):
         tui.print_summary(paths)
         return 0

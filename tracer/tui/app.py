@@ -1,6 +1,7 @@
 """`servetrace tui TRACE [TRACE2]`: the Textual trace explorer."""
 from __future__ import annotations
 
+import gc
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -73,6 +74,9 @@ class ExplorerApp(App):
         yield Footer()
 
     def on_mount(self) -> None:
+        # The trace is read once and never freed while the app runs: keep the collector from
+        # rescanning its millions of objects on every generation-2 pass (those pauses hit keystrokes).
+        gc.freeze()
         self.show_trace()
         self.query_one("#requests", RequestsTable).focus()
 
@@ -192,7 +196,7 @@ class ExplorerApp(App):
         if len(self.models) < 2:
             return None
         if self._comparison is None:
-            self._comparison = compare_models(self.models[0], self.models[1])
+            self._comparison = compare_models(self.models[-2], self.models[-1])
         return self._comparison
 
     def action_compare(self) -> None:

@@ -147,7 +147,13 @@ class TraceModel:
 
 
 def build_model(trace: TraceFile, step_hops: frozenset[str] | None = None) -> TraceModel:
-    step_hops = step_scope_hops() if step_hops is None else step_hops
+    from tracer.tui.loader import gc_paused
+
+    with gc_paused():
+        return _build_model(trace, step_scope_hops() if step_hops is None else step_hops)
+
+
+def _build_model(trace: TraceFile, step_hops: frozenset[str]) -> TraceModel:
     spans = trace.spans
     by_span_id = {s.span_id: s for s in spans}
     by_trace: dict[str, list[SpanRecord]] = {}
@@ -163,7 +169,7 @@ def build_model(trace: TraceFile, step_hops: frozenset[str] | None = None) -> Tr
 
     def canonical(request_id: Any) -> str:
         text = str(request_id)
-        return alias.get(text, text)
+        return alias.get(text, text) if alias else text
 
     steps, step_of_span, step_traces = _segment_steps(spans, by_trace, by_span_id, step_hops)
 
@@ -188,25 +194,24 @@ def build_model(trace: TraceFile, step_hops: frozenset[str] | None = None) -> Tr
                     if not step.linked or step.linked[-1] is not span:
                         step.linked.append(span)
 
-    membership: dict[str, dict[int, Step]] = {rid: {} for rid in requests}
     for step in steps:
-        for rid, tokens in _batch(step, canonical).items():
-            step.scheduled_tokens.setdefault(rid, tokens)
+        tokens = _batch(step, canonical)
         for span in step.spans:
             for link in span.links:
                 owner = request_of_trace.get(link.trace_id)
-                if owner is not None and owner not in step.scheduled_tokens:
-                    step.scheduled_tokens[owner] = 0
+                if owner is not None and owner not in tokens:
+                    tokens[owner] = 0
         for span in step.linked:
             owner = request_of_trace.get(span.trace_id)
-            if owner is not None and owner not in step.scheduled_tokens:
-                step.scheduled_tokens[owner] = 0
-        step.request_ids = list(step.scheduled_tokens)
-        for rid in step.request_ids:
-            if rid in membership:
-                membership[rid][step.index] = step
-    for rid, request in requests.items():
-        request.steps = [membership[rid][i] for i in sorted(membership[rid])]
+            if owner is not None and owner not in tokens:
+                tokens[owner] = 0
+        step.scheduled_tokens = tokens
+        step.request_ids = list(tokens)
+        for rid in tokens:
+            request = requests.get(rid)
+            if request is not None:
+                request.steps.append(step)  # steps come in index order
+    for request in requests.values():
         _summarise(request)
     return TraceModel(trace.path, spans, trace.skipped, requests, steps, by_span_id, step_of_span)
 
@@ -250,7 +255,7 @@ def _batch(step: Step, canonical) -> dict[str, int]:
             tokens = span.attributes.get(BATCH_TOKENS)
             if not isinstance(tokens, list) or len(tokens) != len(ids):
                 tokens = [0] * len(ids)
-            return {canonical(rid): int(n) for rid, n in zip(ids, tokens)}
+            return {canonical(rid): n for rid, n in zip(ids, tokens)}
     return {}
 
 

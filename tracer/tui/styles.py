@@ -24,8 +24,8 @@ CSS = """
     padding: 0 1;
 }
 #state {
+    height: 10;
     border-bottom: solid $primary-background;
-    margin-bottom: 1;
 }
 #filter {
     display: none;

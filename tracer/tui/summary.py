@@ -32,16 +32,16 @@ def requests_table(model: TraceModel, limit: int = MAX_REQUESTS) -> Table:
 
 
 def print_summary(trace_paths: Sequence[str | Path], console: Console | None = None) -> list[TraceModel]:
-    """Print what the explorer would show: per trace its requests; for two, the step comparison."""
+    """Print what the explorer would show: per trace its requests; for the last two, the step comparison."""
     console = console or Console()
     models = [build_model(load_trace(path)) for path in trace_paths]
     for model in models:
         if model.warning():
             console.print(f"[yellow]{model.warning()}[/yellow]")
         console.print(requests_table(model))
-    if len(models) == 2:
-        comparison = compare_models(*models)
-        left, right = (m.engine or Path(m.path).name for m in models)
+    if len(models) >= 2:
+        comparison = compare_models(models[-2], models[-1])
+        left, right = (m.engine or Path(m.path).name for m in models[-2:])
         first = comparison.first_divergence
         if first is None:
             console.print(f"{left} vs {right}: agree on all {len(comparison.pairs)} steps")

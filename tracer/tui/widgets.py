@@ -98,11 +98,12 @@ class WaterfallTable(DataTable):
 
 
 class StatePanel(Static):
-    """The engine as it stood after the focused hop (replay)."""
+    """The engine as it stood after the focused hop (replay). Its height is fixed (CSS), so
+    updates skip the screen re-layout."""
 
     def show(self, row: HopRow | None, position: tuple[int, int], request_id: str) -> None:
         if row is None:
-            self.update(Text("no hop selected", style="dim"))
+            self.update(Text("no hop selected", style="dim"), layout=False)
             return
         state = row.state
         table = Table.grid(padding=(0, 1))
@@ -124,11 +125,13 @@ class StatePanel(Static):
             if len(state.batch) > MAX_BATCH_SHOWN:
                 batch.append(f" +{len(state.batch) - MAX_BATCH_SHOWN}")
             table.add_row("batch", batch)
-        self.update(table)
+        self.update(table, layout=False)
 
 
 class DetailsPanel(Static):
     """The focused span: hop meaning, timing, attributes, events, links."""
+
+    _lines = -1
 
     def show(self, row: HopRow | None, origin_ns: int) -> None:
         if row is None:
@@ -157,7 +160,11 @@ class DetailsPanel(Static):
                 kind = str(link.attributes.get("servetrace.link", "link"))
                 kinds[kind] = kinds.get(kind, 0) + 1
             table.add_row("links", ", ".join(f"{n} to {kind}" for kind, n in kinds.items()))
-        self.update(Group(heading, table))
+        # A re-layout of the screen costs more than everything else a hop move does; the panel's
+        # height changes only when its line count does (long values may wrap: approximately).
+        lines = len(table.rows) + heading.plain.count("\n") + 1
+        self.update(Group(heading, table), layout=lines != self._lines)
+        self._lines = lines
 
 
 def title_of(model: TraceModel) -> str:
