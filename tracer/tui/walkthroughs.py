@@ -30,9 +30,17 @@ class Note:
 
 def _paragraph(lines: list[str]) -> str:
     block: list[str] = []
+    in_code = False
     for line in lines:
         stripped = line.strip()
-        if _HEADING.match(line) or stripped.startswith("```"):
+        if stripped.startswith("```"):
+            in_code = not in_code  # code is pulled from the source, never quoted as a note
+            if block:
+                break
+            continue
+        if in_code:
+            continue
+        if _HEADING.match(line):
             if block:
                 break
             continue
