@@ -126,17 +126,15 @@ def test_a_bar_is_always_as_wide_as_asked_and_marks_the_span(start, length, tota
     assert text.strip() != ""
 
 
-def test_walkthrough_notes_come_from_front_matter_or_a_heading_naming_the_hop():
-    from tracer.tui.walkthroughs import parse_walkthrough
+def test_walkthrough_notes_are_the_note_blocks_the_site_renders(tmp_path):
+    from tracer.tui.walkthroughs import notes_for
 
-    hops = frozenset({"kv.match_prefix", "kv.allocate", "scheduler.schedule"})
-    text = (
-        "---\ntitle: Prefix caching\nhops:\n  scheduler.schedule: picks the batch under the budget\n---\n"
-        "# Prefix caching\n\nIntro.\n\n## The lookup (`kv.match_prefix`)\n\n```python\nx = 1\n```\n"
-        "Hashes full blocks\nand walks them.\n\nMore.\n\n## kv.allocate_later is not kv.allocate\n"
+    (tmp_path / "01-prefix.md").write_text(
+        "---\ntitle: Prefix caching\n---\n# Prefix caching\n\n"
+        "::: note hop=kv.match_prefix\n    Hashes full blocks\n    and walks them.\n\n"
+        "::: note hop=kv.allocate engine=vllm\n    Touches the hit blocks.\n"
     )
-    notes = {n.hop: n for n in parse_walkthrough("prefix.md", text, hops)}
-    assert notes["scheduler.schedule"].text == "picks the batch under the budget"
-    assert notes["kv.match_prefix"].text == "Hashes full blocks and walks them."
-    assert notes["kv.match_prefix"].title == "Prefix caching"
-    assert "kv.allocate" not in notes  # named in a heading with nothing under it
+    [match] = notes_for("kv.match_prefix", tmp_path)
+    assert (match.text, match.title, match.walkthrough) == ("Hashes full blocks and walks them.", "Prefix caching", "01-prefix.md")
+    assert notes_for("kv.allocate", tmp_path)[0].engine == "vllm"
+    assert notes_for("scheduler.schedule", tmp_path) == ()

@@ -42,15 +42,18 @@ def run(args: argparse.Namespace) -> int:
     replay_dir = out / "replay"
     agree = replay_against_vllm(replay_dir, console)
 
-    traces = [http_trace]
-    compare = [replay_dir / "trace-mini.jsonl", replay_dir / "trace-vllm.jsonl"]
+    # The explorer opens on the chat; `x` switches trace, `c` compares the last two (ours vs vLLM).
+    traces = [http_trace, replay_dir / "trace-mini.jsonl", replay_dir / "trace-vllm.jsonl"]
     console.rule("[bold]4. the trace explorer")
     if not args.no_tui and sys.stdout.isatty() and sys.stdin.isatty():
-        return open_explorer(traces, compare)
-    print_summary(traces, compare, console)
+        from tracer import tui
+
+        return tui.run_explorer([str(p) for p in traces])
+    from tracer import tui
+
+    tui.print_summary([str(p) for p in traces], console=console)
     console.print(
-        f"\nanswer: {answer.strip()}\n\nexplore it yourself:  servetrace tui {http_trace}\n"
-        f"compare ours vs vLLM: servetrace tui {compare[0]} {compare[1]}"
+        f"\nanswer: {answer.strip()}\n\nexplore it yourself:  servetrace tui {' '.join(str(p) for p in traces)}"
     )
     return 0 if agree else 1
 
@@ -118,18 +121,6 @@ def replay_against_vllm(out_dir: Path, console: Console) -> bool:
     result = run_replay(workload, config, ["mini", "vllm"], out_dir=out_dir)
     print_report(result.comparisons, result.radix, console=console)
     return result.agree
-
-
-def open_explorer(traces: list[Path], compare: list[Path]) -> int:
-    from tracer.tui import run_explorer
-
-    return run_explorer([str(p) for p in traces]) or 0
-
-
-def print_summary(traces: list[Path], compare: list[Path], console: Console) -> None:
-    from tracer.tui.summary import print_summary as tui_summary
-
-    tui_summary([str(p) for p in traces], console=console)
 
 
 def _free_port() -> int:

@@ -82,15 +82,22 @@ def render_after(args: dict, token_ids: list[int]) -> dict:
 
 
 def enqueue_before(args: dict) -> dict:
-    params = args.get("sampling_params")
-    out = {REQUEST_ID: args.get("request_id"), INPUT_TOKENS: len(args.get("prompt_token_ids") or [])}
+    request = args.get("request")  # Scheduler.add_request (replay drives the scheduler directly)
+    if request is not None:
+        params, request_id, prompt, priority = request.sampling_params, request.request_id, request.prompt_token_ids, request.priority
+    else:  # LLMEngine.add_request
+        params, request_id = args.get("sampling_params"), args.get("request_id")
+        prompt, priority = args.get("prompt_token_ids"), args.get("priority")
+    out = {REQUEST_ID: request_id, INPUT_TOKENS: len(prompt or [])}
     if params is not None:
         out.update({MAX_TOKENS: params.max_tokens, TEMPERATURE: params.temperature, TOP_P: params.top_p, TOP_K: params.top_k})
-    out[PRIORITY] = args.get("priority")
+    out[PRIORITY] = priority
     return out
 
 
 def enqueue_after(args: dict, request: Any) -> dict:
+    if "request" in args:
+        return {REQUEST_ID: args["request"].request_id, **_queues(args["self"])}
     engine = args["self"]
     detokenizer = engine._detokenizers.get(request.request_id)
     if detokenizer is not None:
