@@ -382,24 +382,3 @@ def test_64_concurrent_streaming_clients_256_requests(server, client, model):
         assert finish_reason == "stop" or completion_tokens == 8
         assert text == reference[prompt], f"the output for {prompt!r} differs between two batches"
     server.assert_idle_and_pool_free()
-
-
-# -- the command line ----------------------------------------------------------------------
-
-
-def test_serve_rejects_a_port_in_use_before_loading_the_model(capsys):
-    from tracer.cli import main
-
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        assert main(["serve", "--port", str(taken.getsockname()[1])]) == 2
-    error = capsys.readouterr().err
-    assert "cannot listen on 127.0.0.1:" in error and "loading model" not in error
-
-
-def test_serve_rejects_a_queue_bound_below_one(capsys):
-    from tracer.cli import main
-
-    assert main(["serve", "--max-queue", "0"]) == 2
-    assert "--max-queue must be at least 1" in capsys.readouterr().err

@@ -1,8 +1,10 @@
-"""`servetrace serve --trace FILE`: the command a user runs, traced, then stopped with Ctrl-C."""
+"""`servetrace serve` as a user runs it: bad options fail before the model loads; with --trace FILE the
+request's trace is written when it is stopped with Ctrl-C."""
 from __future__ import annotations
 
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -43,3 +45,21 @@ def test_serve_with_trace_writes_the_request_trace_on_ctrl_c(tmp_path):
     root = next(s for s in spans if s.name == "http.request")
     assert {s.name for s in spans if s.trace_id == root.trace_id} >= {"request.render", "engine.enqueue", "kv.free"}
     assert sum(s.name == "engine.step" for s in spans) >= 3
+
+
+def test_serve_rejects_a_port_in_use_before_loading_the_model(capsys):
+    from tracer.cli import main
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        assert main(["serve", "--port", str(taken.getsockname()[1])]) == 2
+    error = capsys.readouterr().err
+    assert "cannot listen on 127.0.0.1:" in error and "loading model" not in error
+
+
+def test_serve_rejects_a_queue_bound_below_one(capsys):
+    from tracer.cli import main
+
+    assert main(["serve", "--max-queue", "0"]) == 2
+    assert "--max-queue must be at least 1" in capsys.readouterr().err
