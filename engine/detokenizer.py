@@ -27,6 +27,7 @@ class IncrementalDetokenizer:
         When a stop string appears, the text is cut before it, stop_string is set, and
         nothing more is emitted.
         """
+        # Mirrors vllm.v1.engine.detokenizer.FastIncrementalDetokenizer.update (+ check_stop_strings)
         if self.stop_string is not None:
             return ""
         for token_id in new_token_ids:

@@ -91,6 +91,7 @@ class LLMEngine:
         priority: int = 0,
     ) -> Request:
         """Enqueue an already-rendered request (the engine.enqueue hop)."""
+        # Mirrors vllm.v1.engine.llm_engine.LLMEngine.add_request (+ InputProcessor's length checks)
         params = sampling_params or SamplingParams()
         if not prompt_token_ids:
             raise PromptError("the prompt is empty")
@@ -128,6 +129,7 @@ class LLMEngine:
 
     def abort_request(self, request_ids: str | list[str]) -> None:
         """Abort requests (client gone): their KV blocks return to the pool at once."""
+        # Mirrors vllm.v1.engine.llm_engine.LLMEngine.abort_request
         for request in self.scheduler.finish_requests(request_ids, RequestStatus.FINISHED_ABORTED):
             self._finish(request.request_id)
 
@@ -138,6 +140,7 @@ class LLMEngine:
 
     def step(self) -> list[RequestOutput]:
         """One iteration: schedule, run the model, update requests, detokenize."""
+        # Mirrors vllm.v1.engine.core.EngineCore.step, then OutputProcessor.process_outputs
         scheduler_output = self.scheduler.schedule()
         model_runner_output = self.model_runner.execute_model(scheduler_output)
         core_outputs = self.scheduler.update_from_output(scheduler_output, model_runner_output)

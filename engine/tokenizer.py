@@ -41,6 +41,7 @@ class Tokenizer:
 
     def render_completion(self, prompt: str | list[int]) -> list[int]:
         """A completion prompt (text or token ids) -> validated token ids."""
+        # Mirrors vllm.renderers.online_renderer.OnlineRenderer.render_completion
         if isinstance(prompt, str):
             token_ids = self.encode(prompt)
         elif isinstance(prompt, list) and all(isinstance(t, int) for t in prompt):
@@ -54,6 +55,7 @@ class Tokenizer:
 
     def render_chat(self, messages: list[dict[str, Any]]) -> list[int]:
         """Chat messages -> token ids through the model's chat template (with the generation prompt)."""
+        # Mirrors vllm.renderers.online_renderer.OnlineRenderer.render_chat
         if not isinstance(messages, list) or not messages:
             raise PromptError("messages must be a non-empty list")
         for i, message in enumerate(messages):
