@@ -157,3 +157,17 @@ def test_the_fast_loader_falls_back_on_lines_outside_its_schema(tmp_path):
     assert len(fast.spans) > 0
     assert sorted(fast.spans, key=key) == sorted(reference.spans, key=key)
     assert [s.line_number for s in fast.skipped] == [s.line_number for s in reference.skipped] == [2, 3]
+
+
+def test_an_attribute_value_outside_the_schema_reads_as_the_reference_reader_reads_it(tmp_path):
+    """Attribute values are decoded only when read; one the typed schema does not fit (a bool
+    written as a string) still comes back as the reference reader's value, not an error."""
+    line = json.loads(engine_run().trace.read_text().splitlines()[0])
+    span = line["resourceSpans"][0]["scopeSpans"][0]["spans"][0]
+    span["attributes"].append({"key": "test.flag", "value": {"boolValue": "true"}})
+    path = tmp_path / "odd-value.jsonl"
+    path.write_text(json.dumps(line) + "\n")
+    fast, reference = load_trace(path), read_trace_file(path)
+    fast_span = next(s for s in fast.spans if s.span_id == span["spanId"])
+    assert fast_span.attributes["test.flag"] is True
+    assert dict(fast_span.attributes) == next(s for s in reference.spans if s.span_id == span["spanId"]).attributes

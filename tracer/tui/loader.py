@@ -11,13 +11,13 @@ from __future__ import annotations
 import gc
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Union
+from typing import Any, Iterator, Mapping, Union
 
 import msgspec
 from msgspec import Struct, field
 
 from tracer.trace_file import (
-    Event, Link, SkippedLine, SpanRecord, TraceFile, TraceFileError, _id, _kind, _status, parse_request,
+    Event, Link, SkippedLine, SpanRecord, TraceFile, TraceFileError, _any_value, _id, _kind, _status, parse_request,
 )
 
 
@@ -42,6 +42,11 @@ class _Value(Struct):
 class _KeyValue(Struct):
     key: str
     value: _Value = field(default_factory=_Value)
+
+
+class _RawKeyValue(Struct):
+    key: str
+    value: msgspec.Raw = msgspec.Raw(b"{}")
 
 
 class _Event(Struct):
@@ -69,7 +74,7 @@ class _Span(Struct):
     kind: Union[int, str] = 0
     startTimeUnixNano: Union[str, int] = 0
     endTimeUnixNano: Union[str, int] = 0
-    attributes: list[_KeyValue] = []
+    attributes: list[_RawKeyValue] = []
     events: list[_Event] = []
     links: list[_Link] = []
     status: Union[_Status, None] = None
@@ -98,6 +103,53 @@ class _Request(Struct):
 
 
 _decoder = msgspec.json.Decoder(_Request)
+_value_decoder = msgspec.json.Decoder(_Value)
+
+
+def _lenient_value(raw: msgspec.Raw) -> Any:
+    try:
+        decoded = msgspec.json.decode(raw)
+        return _any_value(decoded) if isinstance(decoded, dict) else decoded
+    except (msgspec.DecodeError, ValueError, KeyError, TypeError) as exc:
+        return f"<unreadable value: {exc}>"
+
+
+class LazyAttributes(Mapping[str, Any]):
+    """A span's attributes, each value decoded from its JSON on first read.
+
+    A large trace holds about ten attribute values per span, and the model reads only a few
+    keys of each span; the rest are decoded when a span is shown."""
+
+    __slots__ = ("_raw", "_decoded")
+
+    def __init__(self, raw: dict[str, msgspec.Raw]) -> None:
+        self._raw = raw
+        self._decoded: dict[str, Any] = {}
+
+    def __getitem__(self, key: str) -> Any:
+        try:
+            return self._decoded[key]
+        except KeyError:
+            raw = self._raw[key]
+            try:
+                value = _value(_value_decoder.decode(raw))
+            except (msgspec.ValidationError, msgspec.DecodeError, ValueError):
+                # Not our typed shape: decode it as the reference reader does.
+                value = _lenient_value(raw)
+            self._decoded[key] = value
+            return value
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._raw
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._raw)
+
+    def __len__(self) -> int:
+        return len(self._raw)
+
+    def __repr__(self) -> str:
+        return repr(dict(self.items()))
 
 
 def _value(v: _Value) -> Any:
@@ -156,7 +208,7 @@ def _records(message: _Request) -> list[SpanRecord]:
                     kind=_kind(raw.kind),
                     start_ns=int(raw.startTimeUnixNano),
                     end_ns=int(raw.endTimeUnixNano),
-                    attributes=_attributes(raw.attributes),
+                    attributes=LazyAttributes({kv.key: kv.value for kv in raw.attributes}),
                     events=[Event(e.name, int(e.timeUnixNano), _attributes(e.attributes)) for e in raw.events],
                     links=[Link(_hex(k.traceId), _hex(k.spanId), _attributes(k.attributes)) for k in raw.links],
                     status=status_name,
