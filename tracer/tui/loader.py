@@ -9,6 +9,8 @@ accept exactly the same files. Unreadable lines are skipped and listed, never ra
 from __future__ import annotations
 
 import gc
+from functools import lru_cache
+from operator import attrgetter
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Union
@@ -114,6 +116,9 @@ def _lenient_value(raw: msgspec.Raw) -> Any:
         return f"<unreadable value: {exc}>"
 
 
+_MISSING = object()
+
+
 class LazyAttributes(Mapping[str, Any]):
     """A span's attributes, each value decoded from its JSON on first read.
 
@@ -127,17 +132,26 @@ class LazyAttributes(Mapping[str, Any]):
         self._decoded: dict[str, Any] = {}
 
     def __getitem__(self, key: str) -> Any:
+        value = self.get(key, _MISSING)
+        if value is _MISSING:
+            raise KeyError(key)
+        return value
+
+    def get(self, key: str, default: Any = None) -> Any:
+        # The model asks every span for keys most spans lack: no exception on that path.
+        decoded = self._decoded
+        if key in decoded:
+            return decoded[key]
+        raw = self._raw.get(key)
+        if raw is None:
+            return default
         try:
-            return self._decoded[key]
-        except KeyError:
-            raw = self._raw[key]
-            try:
-                value = _value(_value_decoder.decode(raw))
-            except (msgspec.ValidationError, msgspec.DecodeError, ValueError):
-                # Not our typed shape: decode it as the reference reader does.
-                value = _lenient_value(raw)
-            self._decoded[key] = value
-            return value
+            value = _value(_value_decoder.decode(raw))
+        except (msgspec.ValidationError, msgspec.DecodeError, ValueError):
+            # Not our typed shape: decode it as the reference reader does.
+            value = _lenient_value(raw)
+        decoded[key] = value
+        return value
 
     def __contains__(self, key: object) -> bool:
         return key in self._raw
@@ -191,21 +205,30 @@ def _hex(value: str) -> str:
     return value if len(value) in (16, 32) and value.islower() and value.isalnum() else _id(value)
 
 
+@lru_cache(maxsize=64)
+def _span_kind(value: int | str) -> str:
+    return _kind(value)
+
+
 def _records(message: _Request) -> list[SpanRecord]:
     out = []
+    unset_status = _status(None)
     for resource_spans in message.resourceSpans:
         resource = _attributes(resource_spans.resource.attributes)
         for scope_spans in resource_spans.scopeSpans:
             scope = scope_spans.scope.name
             for raw in scope_spans.spans:
                 status = raw.status
-                status_name, status_message = _status({"code": status.code, "message": status.message} if status else None)
+                if status is None:
+                    status_name, status_message = unset_status
+                else:
+                    status_name, status_message = _status({"code": status.code, "message": status.message})
                 out.append(SpanRecord(
                     trace_id=_hex(raw.traceId),
                     span_id=_hex(raw.spanId),
                     parent_span_id=_hex(raw.parentSpanId) if raw.parentSpanId else None,
                     name=raw.name,
-                    kind=_kind(raw.kind),
+                    kind=_span_kind(raw.kind),
                     start_ns=int(raw.startTimeUnixNano),
                     end_ns=int(raw.endTimeUnixNano),
                     attributes=LazyAttributes({kv.key: kv.value for kv in raw.attributes}),
@@ -263,5 +286,7 @@ def load_trace(path: str | Path) -> TraceFile:
                 truncated = not raw_line.endswith(b"\n")
                 reason = "truncated last line" if truncated else f"{type(exc).__name__}: {exc}"
                 skipped.append(SkippedLine(number, reason))
-    spans.sort(key=lambda s: (s.start_ns, -s.end_ns))
+    # By start, longest first on ties: two stable sorts, cheaper than a tuple key per span.
+    spans.sort(key=attrgetter("end_ns"), reverse=True)
+    spans.sort(key=attrgetter("start_ns"))
     return TraceFile(spans, skipped, str(path))
