@@ -77,3 +77,20 @@ def extractors_for(engine: str, hop: str) -> tuple[Extractor | None, Extractor |
 
 def ids(values: Iterable[Any]) -> list[str]:
     return [str(v) for v in values]
+
+
+def sampling_attributes(params: Any) -> dict[str, Any]:
+    """GenAI request attributes of a SamplingParams (ours and vLLM's share the field names)."""
+    if params is None or not hasattr(params, "max_tokens"):
+        return {}
+    return {MAX_TOKENS: params.max_tokens, TEMPERATURE: params.temperature, TOP_P: params.top_p, TOP_K: params.top_k}
+
+
+def request_attributes(request: Any) -> dict[str, Any]:
+    """An engine-core Request (ours and vLLM's V1 Request share these names)."""
+    return {REQUEST_ID: request.request_id, INPUT_TOKENS: request.num_prompt_tokens, NUM_COMPUTED: request.num_computed_tokens}
+
+
+def queue_attributes(scheduler: Any) -> dict[str, Any]:
+    """Running / waiting queue lengths of a V1-style scheduler (ours or vLLM's)."""
+    return {NUM_RUNNING: len(scheduler.running), NUM_WAITING: len(scheduler.waiting)}

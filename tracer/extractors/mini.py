@@ -9,9 +9,9 @@ from tracer.extractors import (
     BATCH_SIZE, BATCH_TOKENS, BATCH_TOTAL, BLOCK_IDS, BLOCKS_ALLOCATED, BLOCKS_FREED, CACHED_BLOCKS,
     CACHED_TOKENS, EVICT_REQUESTED, EVICTABLE, EVICTED, FINISH_REASONS, FREE_BLOCKS, INPUT_TOKENS,
     KEY_TOKENS, KV_USAGE, MAX_TOKENS, MODEL_TOKENS, NEW_TOKENS, NUM_COMPUTED, NUM_NEW_COMPUTED,
-    NUM_NEW_TOKENS, NUM_OUTPUTS, NUM_PREEMPTIONS, NUM_RUNNING, NUM_SAMPLED, NUM_WAITING, OPERATION,
+    NUM_NEW_TOKENS, NUM_OUTPUTS, NUM_PREEMPTIONS, NUM_SAMPLED, OPERATION,
     OUTPUT_TOKENS, PRIORITY, PROTECTED, REQUEST_ID, STATUS, STEP, STOP_STRING, TEMPERATURE, TEXT_CHARS,
-    TOP_K, TOP_P, ids,
+    TOP_P, ids, queue_attributes, request_attributes, sampling_attributes,
 )
 from tracer.spans import DROP, HTTP_STATUS, TRACEPARENT
 
@@ -23,18 +23,6 @@ HTTP_STREAM = "servetrace.http.stream"
 
 # The detokenizer does not know its request; LLMEngine.add_request creates one per request.
 _detokenizer_request: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def _request(request: Any) -> dict[str, Any]:
-    return {
-        REQUEST_ID: request.request_id,
-        INPUT_TOKENS: request.num_prompt_tokens,
-        NUM_COMPUTED: request.num_computed_tokens,
-    }
-
-
-def _queues(scheduler: Any) -> dict[str, Any]:
-    return {NUM_RUNNING: len(scheduler.running), NUM_WAITING: len(scheduler.waiting)}
 
 
 def _kv(manager: Any) -> dict[str, Any]:
@@ -89,24 +77,23 @@ def enqueue_before(args: dict) -> dict:
         params, request_id = args.get("sampling_params"), args.get("request_id")
         prompt, priority = args.get("prompt_token_ids"), args.get("priority")
     out = {REQUEST_ID: request_id, INPUT_TOKENS: len(prompt or [])}
-    if params is not None:
-        out.update({MAX_TOKENS: params.max_tokens, TEMPERATURE: params.temperature, TOP_P: params.top_p, TOP_K: params.top_k})
+    out.update(sampling_attributes(params))
     out[PRIORITY] = priority
     return out
 
 
 def enqueue_after(args: dict, request: Any) -> dict:
     if "request" in args:
-        return {REQUEST_ID: args["request"].request_id, **_queues(args["self"])}
+        return {REQUEST_ID: args["request"].request_id, **queue_attributes(args["self"])}
     engine = args["self"]
     detokenizer = engine._detokenizers.get(request.request_id)
     if detokenizer is not None:
         _detokenizer_request[detokenizer] = request.request_id
-    return {REQUEST_ID: request.request_id, **_queues(engine.scheduler)}
+    return {REQUEST_ID: request.request_id, **queue_attributes(engine.scheduler)}
 
 
 def step_before(args: dict) -> dict:
-    return _queues(args["self"].scheduler)
+    return queue_attributes(args["self"].scheduler)
 
 
 def step_after(args: dict, outputs: list) -> dict:
@@ -116,7 +103,7 @@ def step_after(args: dict, outputs: list) -> dict:
         STEP: engine.scheduler.current_step,
         NUM_OUTPUTS: len(outputs),
         BATCH_FINISHED: ids(o.request_id for o in finished),
-        **_queues(engine.scheduler),
+        **queue_attributes(engine.scheduler),
     }
 
 
@@ -136,7 +123,7 @@ def schedule_after(args: dict, so: Any) -> dict:
         BATCH_DECODE: len(request_ids) - prefill,
         BATCH_NEW: len(so.scheduled_new_reqs),
         BATCH_PREEMPTED: ids(so.preempted_req_ids),
-        **_queues(scheduler),
+        **queue_attributes(scheduler),
         **_kv(scheduler.kv_cache_manager),
     }
 
@@ -148,7 +135,7 @@ def _num_prompt_tokens(scheduler: Any, so: Any, request_id: str) -> int:
 
 def match_before(args: dict) -> dict:
     if "request" in args:
-        return _request(args["request"])
+        return request_attributes(args["request"])
     return {KEY_TOKENS: len(args["key"])}
 
 
@@ -161,7 +148,7 @@ def match_after(args: dict, result: Any) -> dict:
 
 def allocate_before(args: dict) -> dict:
     return {
-        **_request(args["request"]),
+        **request_attributes(args["request"]),
         NUM_NEW_TOKENS: args.get("num_new_tokens", 0),
         NUM_NEW_COMPUTED: args.get("num_new_computed_tokens", 0),
     }
@@ -199,7 +186,7 @@ def evict_after(args: dict, num_evicted: int) -> dict:
 
 
 def preempt_before(args: dict) -> dict:
-    return _request(args["request"])
+    return request_attributes(args["request"])
 
 
 def preempt_after(args: dict, _: Any) -> dict:
@@ -235,7 +222,7 @@ def update_after(args: dict, outputs: list) -> dict:
         NUM_OUTPUTS: len(outputs),
         BATCH_FINISHED: ids(o.request_id for o in finished),
         FINISH_REASONS: [o.finish_reason for o in finished],
-        **_queues(args["self"]),
+        **queue_attributes(args["self"]),
     }
 
 

@@ -12,34 +12,11 @@ from tracer.extractors import (
     ALLOCATED, BATCH_DECODE, BATCH_FINISHED, BATCH_IDS, BATCH_NEW, BATCH_PREEMPTED, BATCH_PREFILL,
     BATCH_SIZE, BATCH_TOKENS, BATCH_TOTAL, BLOCK_IDS, BLOCKS_ALLOCATED, BLOCKS_FREED, CACHED_BLOCKS,
     CACHED_TOKENS, EXTERNAL_ID, FINISH_REASONS, FREE_BLOCKS, INPUT_TOKENS, KV_USAGE, MAX_TOKENS,
-    MODEL_TOKENS, NUM_COMPUTED, NUM_NEW_COMPUTED, NUM_NEW_TOKENS, NUM_OUTPUTS, NUM_PREEMPTIONS,
-    NUM_RUNNING, NUM_WAITING, OPERATION, OUTPUT_TOKENS, PRIORITY, REQUEST_ID, STATUS, STEP, TEMPERATURE,
-    TOP_K, TOP_P, ids,
+    MODEL_TOKENS, NUM_NEW_COMPUTED, NUM_NEW_TOKENS, NUM_OUTPUTS, NUM_PREEMPTIONS,
+    OPERATION, OUTPUT_TOKENS, PRIORITY, REQUEST_ID, STATUS, STEP, TEMPERATURE,
+    ids, queue_attributes, request_attributes, sampling_attributes,
 )
 from tracer.spans import ALIASES, DROP, TRACEPARENT
-
-
-def _sampling(params: Any) -> dict[str, Any]:
-    if params is None or not hasattr(params, "max_tokens"):
-        return {}
-    return {
-        MAX_TOKENS: params.max_tokens,
-        TEMPERATURE: params.temperature,
-        TOP_P: params.top_p,
-        TOP_K: params.top_k,
-    }
-
-
-def _request(request: Any) -> dict[str, Any]:
-    return {
-        REQUEST_ID: request.request_id,
-        INPUT_TOKENS: request.num_prompt_tokens,
-        NUM_COMPUTED: request.num_computed_tokens,
-    }
-
-
-def _queues(scheduler: Any) -> dict[str, Any]:
-    return {NUM_RUNNING: len(scheduler.running), NUM_WAITING: len(scheduler.waiting)}
 
 
 def _kv(manager: Any) -> dict[str, Any]:
@@ -74,7 +51,7 @@ def render_after(args: dict, result: Any) -> dict:
         token_ids = result[0].get("prompt_token_ids")
     elif hasattr(result, "prompt_token_ids"):  # process_inputs -> EngineCoreRequest
         token_ids = result.prompt_token_ids
-        return {REQUEST_ID: result.request_id, INPUT_TOKENS: len(token_ids or []), **_sampling(result.sampling_params)}
+        return {REQUEST_ID: result.request_id, INPUT_TOKENS: len(token_ids or []), **sampling_attributes(result.sampling_params)}
     return {INPUT_TOKENS: len(token_ids)} if token_ids is not None else {}
 
 
@@ -88,7 +65,7 @@ def async_enqueue_before(args: dict) -> dict:
         REQUEST_ID: args.get("request_id"),
         PRIORITY: args.get("priority"),
         TRACEPARENT: headers.get("traceparent"),
-        **_sampling(args.get("params")),
+        **sampling_attributes(args.get("params")),
     }
 
 
@@ -124,22 +101,22 @@ def enqueue_before(args: dict) -> dict:
     request = args["request"]
     headers = getattr(request, "trace_headers", None) or {}
     return {
-        **_request(request),
+        **request_attributes(request),
         PRIORITY: request.priority,
         TRACEPARENT: headers.get("traceparent"),
-        **_sampling(request.sampling_params),
+        **sampling_attributes(request.sampling_params),
     }
 
 
 def enqueue_after(args: dict, _: Any) -> dict:
     owner = args["self"]
     scheduler = getattr(owner, "scheduler", owner)
-    return _queues(scheduler) if hasattr(scheduler, "running") else {}
+    return queue_attributes(scheduler) if hasattr(scheduler, "running") else {}
 
 
 def step_before(args: dict) -> dict:
     scheduler = args["self"].scheduler
-    out = _queues(scheduler)
+    out = queue_attributes(scheduler)
     batch_queue = getattr(args["self"], "batch_queue", None)
     if batch_queue is not None:
         out["servetrace.step.batch_queue_len"] = len(batch_queue)
@@ -157,7 +134,7 @@ def step_after(args: dict, result: Any) -> dict:
         "servetrace.step.model_executed": bool(executed),
         NUM_OUTPUTS: num_outputs,
         BATCH_FINISHED: finished,
-        **_queues(args["self"].scheduler),
+        **queue_attributes(args["self"].scheduler),
     }
 
 
@@ -181,13 +158,13 @@ def schedule_after(args: dict, so: Any) -> dict:
         BATCH_NEW: len(so.scheduled_new_reqs),
         BATCH_PREEMPTED: ids(so.preempted_req_ids or ()),
         "servetrace.batch.finished_since_last": ids(so.finished_req_ids or ()),
-        **_queues(scheduler),
+        **queue_attributes(scheduler),
         **_kv(scheduler.kv_cache_manager),
     }
 
 
 def match_before(args: dict) -> dict:
-    return _request(args["request"])
+    return request_attributes(args["request"])
 
 
 def match_after(args: dict, result: Any) -> dict:
@@ -198,7 +175,7 @@ def match_after(args: dict, result: Any) -> dict:
 
 def allocate_before(args: dict) -> dict:
     return {
-        **_request(args["request"]),
+        **request_attributes(args["request"]),
         NUM_NEW_TOKENS: args.get("num_new_tokens", 0),
         NUM_NEW_COMPUTED: args.get("num_new_computed_tokens", 0),
     }
@@ -216,7 +193,7 @@ def allocate_after(args: dict, blocks: Any) -> dict:
 
 
 def preempt_before(args: dict) -> dict:
-    return _request(args["request"])
+    return request_attributes(args["request"])
 
 
 def preempt_after(args: dict, _: Any) -> dict:
@@ -237,7 +214,7 @@ def update_after(args: dict, result: Any) -> dict:
             if output.finish_reason is not None:
                 finished.append(output.request_id)
                 reasons.append(str(output.finish_reason))
-    return {NUM_OUTPUTS: num_outputs, BATCH_FINISHED: finished, FINISH_REASONS: reasons, **_queues(args["self"])}
+    return {NUM_OUTPUTS: num_outputs, BATCH_FINISHED: finished, FINISH_REASONS: reasons, **queue_attributes(args["self"])}
 
 
 def free_before(args: dict) -> dict:
