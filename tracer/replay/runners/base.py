@@ -229,3 +229,28 @@ def drive(runner: SchedulerRunner, workload: list[WorkloadRequest], max_steps: i
             break
     return log
 
+
+class V1SchedulerRunner(SchedulerRunner):
+    """The read-only views for a scheduler with vLLM V1's names (ours mirrors them): `scheduler`
+    with requests / running / waiting and the SchedulerOutput's num_scheduled_tokens; `_all`
+    keeps every Request added, finished or not."""
+
+    scheduler: Any
+    _all: dict[str, Any]
+
+    def num_scheduled_tokens(self, scheduler_output: Any) -> dict[str, int]:
+        return dict(scheduler_output.num_scheduled_tokens)
+
+    def running_ids(self) -> list[str]:
+        return [r.request_id for r in self.scheduler.running]
+
+    def waiting_ids(self) -> list[str]:
+        # FCFS iterates in queue order, the priority queue in pop order.
+        return [r.request_id for r in self.scheduler.waiting]
+
+    def request_counters(self, request_id: str) -> tuple[int, int, int]:
+        request = self._all[request_id]
+        return request.num_computed_tokens, request.num_tokens, request.num_output_tokens
+
+    def unfinished_ids(self) -> list[str]:
+        return list(self.scheduler.requests)

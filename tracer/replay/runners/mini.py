@@ -7,11 +7,11 @@ from engine.request import Request
 from engine.sampling_params import SamplingParams
 from engine.scheduler import Scheduler
 from tracer.replay.config import ReplayConfig
-from tracer.replay.runners.base import SchedulerRunner
+from tracer.replay.runners.base import V1SchedulerRunner
 from tracer.replay.workload import WorkloadRequest
 
 
-class MiniRunner(SchedulerRunner):
+class MiniRunner(V1SchedulerRunner):
     name = "mini"
 
     def __init__(self, config: ReplayConfig) -> None:
@@ -49,23 +49,6 @@ class MiniRunner(SchedulerRunner):
         output = ModelRunnerOutput(req_ids=req_ids, sampled_token_ids=[sampled[r] for r in req_ids])
         outputs = self.scheduler.update_from_output(scheduler_output, output)
         return {o.request_id: o.finish_reason for o in outputs if o.finish_reason is not None}
-
-    def num_scheduled_tokens(self, scheduler_output: SchedulerOutput) -> dict[str, int]:
-        return dict(scheduler_output.num_scheduled_tokens)
-
-    def running_ids(self) -> list[str]:
-        return [r.request_id for r in self.scheduler.running]
-
-    def waiting_ids(self) -> list[str]:
-        # FCFS iterates in queue order, the priority queue in pop order.
-        return [r.request_id for r in self.scheduler.waiting]
-
-    def request_counters(self, request_id: str) -> tuple[int, int, int]:
-        request = self._all[request_id]
-        return request.num_computed_tokens, request.num_tokens, request.num_output_tokens
-
-    def unfinished_ids(self) -> list[str]:
-        return list(self.scheduler.requests)
 
     def num_free_blocks(self) -> int:
         return self.scheduler.kv_cache_manager.get_num_free_blocks()

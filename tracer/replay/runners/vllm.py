@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from tracer.replay.config import ReplayConfig
-from tracer.replay.runners.base import ReplayError, SchedulerRunner
+from tracer.replay.runners.base import ReplayError, V1SchedulerRunner
 from tracer.replay.workload import WorkloadRequest
 
 # SmolLM2-135M's shape; the scheduler reads only max_position_embeddings and the architecture.
@@ -139,7 +139,7 @@ def _check_effective_config(scheduler, config: ReplayConfig) -> None:
         raise ReplayError("vLLM's prefill cadence / adaptive threshold is on; replay mirrors neither")
 
 
-class VllmRunner(SchedulerRunner):
+class VllmRunner(V1SchedulerRunner):
     name = "vllm"
 
     def __init__(self, config: ReplayConfig) -> None:
@@ -183,22 +183,6 @@ class VllmRunner(SchedulerRunner):
                 if o.finish_reason is not None:
                     finished[o.request_id] = str(o.finish_reason)
         return finished
-
-    def num_scheduled_tokens(self, scheduler_output) -> dict[str, int]:
-        return dict(scheduler_output.num_scheduled_tokens)
-
-    def running_ids(self) -> list[str]:
-        return [r.request_id for r in self.scheduler.running]
-
-    def waiting_ids(self) -> list[str]:
-        return [r.request_id for r in self.scheduler.waiting]
-
-    def request_counters(self, request_id: str) -> tuple[int, int, int]:
-        request = self._all[request_id]
-        return request.num_computed_tokens, request.num_tokens, request.num_output_tokens
-
-    def unfinished_ids(self) -> list[str]:
-        return list(self.scheduler.requests)
 
     def num_free_blocks(self) -> int:
         return self.scheduler.kv_cache_manager.block_pool.get_num_free_blocks()
