@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import torch
 
 from engine.config import CacheConfig, SchedulerConfig
-from engine.model import LlamaConfig, LlamaForCausalLM
+from engine.model import LlamaConfig, LlamaForCausalLM, stack_hf_weights
 from engine.model_runner import ModelRunner
 from engine.request import Request
 from engine.sampling_params import SamplingParams
@@ -72,8 +72,8 @@ def build_models(config: dict, device: torch.device, seed: int = 0) -> tuple[tor
     ours_config = LlamaConfig(**config)
     with torch.device(device):
         ours = LlamaForCausalLM(ours_config).eval()
-    # Same parameter names (Hugging Face's), so the state dict maps one to one.
-    ours.load_state_dict(hf_model.state_dict(), strict=True)
+    # Hugging Face names, with q/k/v and gate/up stacked as our model holds them.
+    ours.load_state_dict(stack_hf_weights(hf_model.state_dict()), strict=True)
     return hf_model, ours, ours_config
 
 

