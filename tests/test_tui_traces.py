@@ -20,6 +20,7 @@ from pathlib import Path
 
 from tracer.trace_file import read_trace_file
 from tracer.tui.loader import load_trace
+from tracer.tui.records import as_record
 
 SYSTEM = "You are a careful assistant who answers questions about cooking, briefly and precisely. " * 3
 PROMPTS = [SYSTEM + "How long should I boil an egg?", SYSTEM + "What is the best oil for frying?"]
@@ -138,7 +139,7 @@ def test_the_fast_loader_reads_what_the_reference_reader_reads():
     for path in (engine_run().trace, replay_run().mini, replay_run().vllm):
         fast, reference = load_trace(path), read_trace_file(path)
         key = lambda s: s.span_id  # noqa: E731
-        assert sorted(fast.spans, key=key) == sorted(reference.spans, key=key)
+        assert sorted(map(as_record, fast.spans), key=key) == sorted(reference.spans, key=key)
         assert fast.skipped == reference.skipped == []
 
 
@@ -155,7 +156,7 @@ def test_the_fast_loader_falls_back_on_lines_outside_its_schema(tmp_path):
     fast, reference = load_trace(path), read_trace_file(path)
     key = lambda s: s.span_id  # noqa: E731
     assert len(fast.spans) > 0
-    assert sorted(fast.spans, key=key) == sorted(reference.spans, key=key)
+    assert sorted(map(as_record, fast.spans), key=key) == sorted(reference.spans, key=key)
     assert [s.line_number for s in fast.skipped] == [s.line_number for s in reference.skipped] == [2, 3]
 
 
@@ -171,3 +172,23 @@ def test_an_attribute_value_outside_the_schema_reads_as_the_reference_reader_rea
     fast_span = next(s for s in fast.spans if s.span_id == span["spanId"])
     assert fast_span.attributes["test.flag"] is True
     assert dict(fast_span.attributes) == next(s for s in reference.spans if s.span_id == span["spanId"]).attributes
+
+
+def test_ids_the_reference_reader_rewrites_read_the_same_and_blank_lines_are_ignored(tmp_path):
+    """Upper-case hex ids (a span's, a parent's, a link's) leave the fast path for the
+    reference reader's, which lower-cases them; blank lines are neither spans nor errors."""
+    lines = engine_run().trace.read_text().splitlines()
+    line = json.loads(next(text for text in lines if '"links"' in text))
+    for rs in line["resourceSpans"]:
+        for ss in rs["scopeSpans"]:
+            for span in ss["spans"]:
+                span["traceId"] = span["traceId"].upper()
+                for link in span.get("links", []):
+                    link["spanId"] = link["spanId"].upper()
+    path = tmp_path / "upper.jsonl"
+    path.write_text("\n   \n" + json.dumps(line) + "\n\n" + lines[0] + "\n")
+    fast, reference = load_trace(path), read_trace_file(path)
+    key = lambda s: (s.trace_id, s.span_id)  # noqa: E731
+    assert any(s.links for s in reference.spans)
+    assert sorted(map(as_record, fast.spans), key=key) == sorted(reference.spans, key=key)
+    assert fast.skipped == reference.skipped == []
