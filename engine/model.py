@@ -97,7 +97,7 @@ class Attention(nn.Module):
         hidden = config.hidden_size
         self.q_size = self.num_heads * self.head_dim
         self.kv_size = self.num_kv_heads * self.head_dim
-        # q, k and v as one matmul (vLLM: QKVParallelLinear): one weight pass, one GEMM call.
+        # q, k and v as one matmul (vLLM: QKVParallelLinear): one GEMM call instead of three.
         self.qkv_proj = nn.Linear(hidden, self.q_size + 2 * self.kv_size, bias=False)
         self.o_proj = nn.Linear(self.q_size, hidden, bias=False)
 
@@ -190,8 +190,8 @@ class LlamaForCausalLM(nn.Module):
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden [N, hidden] -> float32 logits [N, vocab]."""
         if hidden.device.type == "cpu" and hidden.shape[0] > 1:
-            # Same product, vocabulary as the GEMM's long side: MKL's sgemm is 2-3x faster this way
-            # round for a handful of rows against a 49k-row weight (bench/offline_throughput.py).
+            # Same product with the vocabulary as the GEMM's M side: MKL's sgemm is about twice as fast
+            # this way round for a handful of rows against a 49k-row weight (bench/cpu_kernels.py).
             return (self.lm_head.weight @ hidden.t()).t().float()
         return self.lm_head(hidden).float()
 

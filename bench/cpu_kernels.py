@@ -1,0 +1,130 @@
+"""CPU kernel choices in the engine's forward pass, each timed against the plain alternative.
+
+The engine makes four choices for speed on the CPU (engine/model.py, engine/attention.py). Each is
+timed here at the bundled SmolLM2-135M's shapes for a decode step of --batch requests, the chosen
+form and the alternative alternating in one process, so the ratio holds on a noisy shared machine:
+- lm_head: (W @ h^T)^T vs F.linear(h, W) for the 49,152 x 576 vocabulary projection;
+- qkv / gate-up: one stacked matmul vs three / two separate ones;
+- KV gather: index_select on flat slots vs advanced indexing by [B, L] slots;
+- decode attention: matmul + softmax vs F.scaled_dot_product_attention (GQA, padded contexts).
+Prints a table and writes bench/results/cpu_kernels.{json,md}.
+
+    .venv/bin/python bench/cpu_kernels.py [--batch 8] [--context 96] [--repeats 5]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+from engine.attention import _decode_attention, _TorchPlan, context_slots  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+# SmolLM2-135M
+HIDDEN, INTERMEDIATE, VOCAB, HEADS, KV_HEADS, HEAD_DIM, BLOCK = 576, 1536, 49152, 9, 3, 64, 16
+
+
+def time_us(fn: Callable[[], object], calls: int) -> float:
+    fn()
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    return (time.perf_counter() - start) / calls * 1e6
+
+
+def cases(batch: int, context: int) -> list[tuple[str, Callable, Callable, int]]:
+    torch.manual_seed(0)
+    h = torch.randn(batch, HIDDEN)
+    vocab = torch.randn(VOCAB, HIDDEN) * 0.02
+    q_w, k_w, v_w = (torch.randn(n, HIDDEN) * 0.02 for n in (HEADS * HEAD_DIM, KV_HEADS * HEAD_DIM, KV_HEADS * HEAD_DIM))
+    qkv_w = torch.cat([q_w, k_w, v_w])
+    gate_w, up_w = (torch.randn(INTERMEDIATE, HIDDEN) * 0.02 for _ in range(2))
+    gate_up_w = torch.cat([gate_w, up_w])
+
+    num_blocks = 512
+    keys = torch.randn(num_blocks * BLOCK, KV_HEADS, HEAD_DIM)
+    values = torch.randn(num_blocks * BLOCK, KV_HEADS, HEAD_DIM)
+    tables = torch.stack([torch.randperm(num_blocks - 1)[: -(-context // BLOCK)] + 1 for _ in range(batch)])
+    slots = context_slots(tables, context, BLOCK)
+    seq_lens = torch.randint(context // 2, context + 1, (batch,))
+    beyond = torch.arange(context)[None, :] >= seq_lens[:, None]
+    additive = torch.zeros(beyond.shape).masked_fill_(beyond, float("-inf"))[:, None, None, :]
+    plan = _TorchPlan(None, slots, additive, [])
+    query = torch.randn(batch, HEADS, HEAD_DIM)
+    scale = HEAD_DIM**-0.5
+
+    def sdpa() -> torch.Tensor:
+        key, value = keys[slots].transpose(1, 2), values[slots].transpose(1, 2)
+        mask = ~beyond[:, None, None, :]
+        return F.scaled_dot_product_attention(query.unsqueeze(2), key, value, attn_mask=mask, scale=scale, enable_gqa=True).squeeze(2)
+
+    return [
+        ("lm_head", lambda: (vocab @ h.t()).t(), lambda: F.linear(h, vocab), 20),
+        ("qkv projection", lambda: F.linear(h, qkv_w), lambda: (F.linear(h, q_w), F.linear(h, k_w), F.linear(h, v_w)), 300),
+        ("gate/up projection", lambda: F.linear(h, gate_up_w), lambda: (F.linear(h, gate_w), F.linear(h, up_w)), 300),
+        ("KV gather (K and V)",
+         lambda: (keys.index_select(0, slots.view(-1)), values.index_select(0, slots.view(-1))),
+         lambda: (keys[slots], values[slots]), 1000),
+        ("decode attention (incl. gather)", lambda: _decode_attention(query, keys, values, plan, scale), sdpa, 500),
+    ]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=8, help="decode requests in the step")
+    parser.add_argument("--context", type=int, default=96, help="longest context in tokens")
+    parser.add_argument("--repeats", type=int, default=5, help="alternating rounds; the median is reported")
+    args = parser.parse_args()
+
+    rows = []
+    for name, chosen, alternative, calls in cases(args.batch, args.context):
+        ours, theirs = [], []
+        for _ in range(args.repeats):
+            ours.append(time_us(chosen, calls))
+            theirs.append(time_us(alternative, calls))
+        chosen_us, alternative_us = statistics.median(ours), statistics.median(theirs)
+        rows.append({"case": name, "chosen_us": round(chosen_us, 1), "alternative_us": round(alternative_us, 1),
+                     "speedup": round(alternative_us / chosen_us, 2)})
+        print(f"{name}: {chosen_us:.0f} us vs {alternative_us:.0f} us", file=sys.stderr)
+
+    table = Table(title=f"CPU kernel choices, decode step of {args.batch} requests, context {args.context}, median of {args.repeats}")
+    for col in ("case", "chosen (us)", "alternative (us)", "alternative / chosen"):
+        table.add_column(col, justify="right")
+    for r in rows:
+        table.add_row(r["case"], f"{r['chosen_us']:.0f}", f"{r['alternative_us']:.0f}", f"{r['speedup']:.2f}x")
+    Console().print(table)
+
+    meta = {
+        "command": ".venv/bin/python bench/cpu_kernels.py " + " ".join(sys.argv[1:]),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads",
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "load_average_at_end": os.getloadavg(),
+    }
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "cpu_kernels.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    lines = [
+        "# CPU kernel choices: chosen form vs the plain alternative", "",
+        f"Command: `{meta['command']}`  ", f"Machine: {meta['machine']}; {meta['date']}; load average at end {meta['load_average_at_end']}", "",
+        "| case | chosen (us) | alternative (us) | alternative / chosen |", "|---|---:|---:|---:|",
+        *[f"| {r['case']} | {r['chosen_us']:.0f} | {r['alternative_us']:.0f} | {r['speedup']:.2f}x |" for r in rows],
+    ]
+    (RESULTS / "cpu_kernels.md").write_text("\n".join(lines) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
