@@ -9,6 +9,7 @@ before it: that is what the state panel shows as the user steps through.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from typing import Any
 
 from tracer.trace_file import SpanRecord
@@ -54,11 +55,12 @@ class Waterfall:
     request: Request
     rows: list[HopRow] = field(default_factory=list)
 
-    @property
+    # Read on every hop move: computed once (rows are not changed after the waterfall is built).
+    @cached_property
     def start_ns(self) -> int:
         return min((r.span.start_ns for r in self.rows), default=self.request.start_ns)
 
-    @property
+    @cached_property
     def end_ns(self) -> int:
         return max((r.span.end_ns for r in self.rows), default=self.request.end_ns)
 

@@ -131,7 +131,8 @@ class StatePanel(Static):
 class DetailsPanel(Static):
     """The focused span: hop meaning, timing, attributes, events, links."""
 
-    _lines = -1
+    _lines = 0
+    _grew = False
 
     def show(self, row: HopRow | None, origin_ns: int) -> None:
         if row is None:
@@ -160,11 +161,23 @@ class DetailsPanel(Static):
                 kind = str(link.attributes.get("servetrace.link", "link"))
                 kinds[kind] = kinds.get(kind, 0) + 1
             table.add_row("links", ", ".join(f"{n} to {kind}" for kind, n in kinds.items()))
-        # A re-layout of the screen costs more than everything else a hop move does; the panel's
-        # height changes only when its line count does (long values may wrap: approximately).
-        lines = len(table.rows) + heading.plain.count("\n") + 1
-        self.update(Group(heading, table), layout=lines != self._lines)
-        self._lines = lines
+        self.update(self._padded(Group(heading, table)), layout=self._grew)
+
+    def _padded(self, content: Group) -> Group:
+        """`content` padded with blank lines to the tallest content shown so far.
+
+        A re-layout of the screen costs more than everything else a hop move does (most of a
+        keystroke's time at 80x24): the panel only ever grows, so stepping through hops of
+        different sizes re-lays out the screen only the first time a taller one is shown."""
+        width = self.content_region.width
+        self._grew = False
+        if width <= 0:  # not laid out yet: the first layout sizes it
+            return content
+        console = self.app.console
+        lines = len(console.render_lines(content, console.options.update_width(width), pad=False))
+        if lines > self._lines:
+            self._lines, self._grew = lines, True
+        return Group(*content.renderables, *[Text("")] * (self._lines - lines))
 
 
 def title_of(model: TraceModel) -> str:
