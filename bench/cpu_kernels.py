@@ -14,9 +14,7 @@ Prints a table and writes bench/results/cpu_kernels.{json,md}.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -31,9 +29,9 @@ import torch.nn.functional as F  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
+from _results import run_meta, write_results  # noqa: E402
 from engine.attention import _decode_attention, _TorchPlan, context_slots  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results"
 # SmolLM2-135M
 HIDDEN, INTERMEDIATE, VOCAB, HEADS, KV_HEADS, HEAD_DIM, BLOCK = 576, 1536, 49152, 9, 3, 64, 16
 
@@ -108,21 +106,11 @@ def main() -> int:
         table.add_row(r["case"], f"{r['chosen_us']:.0f}", f"{r['alternative_us']:.0f}", f"{r['speedup']:.2f}x")
     Console().print(table)
 
-    meta = {
-        "command": ".venv/bin/python bench/cpu_kernels.py " + " ".join(sys.argv[1:]),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads",
-        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "load_average_at_end": os.getloadavg(),
-    }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "cpu_kernels.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
-    lines = [
-        "# CPU kernel choices: chosen form vs the plain alternative", "",
-        f"Command: `{meta['command']}`  ", f"Machine: {meta['machine']}; {meta['date']}; load average at end {meta['load_average_at_end']}", "",
+    body = [
         "| case | chosen (us) | alternative (us) | alternative / chosen |", "|---|---:|---:|---:|",
         *[f"| {r['case']} | {r['chosen_us']:.0f} | {r['alternative_us']:.0f} | {r['speedup']:.2f}x |" for r in rows],
     ]
-    (RESULTS / "cpu_kernels.md").write_text("\n".join(lines) + "\n")
+    write_results("cpu_kernels", "CPU kernel choices: chosen form vs the plain alternative", run_meta(), {"rows": rows}, body)
     return 0
 
 

@@ -15,10 +15,8 @@ machine. Prints a table and writes bench/results/offline_throughput.{json,md}.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
-import platform
 import sys
 import time
 from pathlib import Path
@@ -30,12 +28,12 @@ import torch  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
+from _results import run_meta, write_results  # noqa: E402
 from engine.config import CacheConfig, EngineConfig, SchedulerConfig  # noqa: E402
 from engine.llm_engine import LLMEngine  # noqa: E402
 from engine.sampling_params import SamplingParams  # noqa: E402
 
 TOPICS = ["a lighthouse", "the moon", "bread", "rivers", "a violin", "winter", "trains", "bees", "glass", "maps"]
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def prompts(n: int) -> list[str]:
@@ -126,17 +124,7 @@ def main() -> int:
                       f"{r['ours_tok_s']:.1f}", f"{r['transformers_tok_s']:.1f}", f"{r['speedup']:.2f}x")
     Console().print(table)
 
-    meta = {
-        "command": ".venv/bin/python bench/offline_throughput.py " + " ".join(sys.argv[1:]),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads",
-        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "load_average_at_end": os.getloadavg(),
-    }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "offline_throughput.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
-    lines = [
-        "# Offline throughput: our engine vs transformers generate()", "",
-        f"Command: `{meta['command']}`  ", f"Machine: {meta['machine']}; {meta['date']}; load average at end {meta['load_average_at_end']}", "",
+    body = [
         "| workload | concurrency | requests | output tokens | ours tok/s | transformers tok/s | ours / transformers |",
         "|---|---:|---:|---:|---:|---:|---:|",
         *[f"| {r['workload']} | {r['concurrency']} | {r['num_requests']} | {r['output_tokens']} | {r['ours_tok_s']:.1f} | "
@@ -146,7 +134,7 @@ def main() -> int:
         "transformers runs generate() on static batches of `concurrency` requests, each until its longest request is done;",
         "only each request's own tokens count. Same prompts, greedy, ignore_eos; best of the repeats; one process, alternating.",
     ]
-    (RESULTS / "offline_throughput.md").write_text("\n".join(lines) + "\n")
+    write_results("offline_throughput", "Offline throughput: our engine vs transformers generate()", run_meta(), {"rows": rows}, body)
     return 0
 
 

@@ -15,9 +15,7 @@ Prints a table and writes bench/results/trace_overhead.{json,md}.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -31,13 +29,13 @@ import torch  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
+from _results import run_meta, write_results  # noqa: E402
 from engine.config import CacheConfig, EngineConfig, SchedulerConfig  # noqa: E402
 from engine.llm_engine import LLMEngine  # noqa: E402
 from engine.sampling_params import SamplingParams  # noqa: E402
 from tracer import otel, spans, tracing  # noqa: E402
 from tracer.trace_file import read_trace_file  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results"
 TARGET_OVERHEAD = 0.03
 SUBJECTS = ["tea", "rain", "salt", "iron", "moss", "wool", "clay", "snow", "ink", "oak", "silk", "sand", "wax", "jade", "fog", "ash"]
 
@@ -197,19 +195,8 @@ def main() -> int:
               f"exporter CPU ({summary['export_us_per_span']} us per span) = {100 * summary['accounted_fraction']:.2f}% "
               f"of that run's {summary['accounted_run_s']:.2f} s")
 
-    meta = {
-        "command": ".venv/bin/python bench/trace_overhead.py " + " ".join(sys.argv[1:]),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads",
-        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "load_average_at_end": os.getloadavg(),
-        "workload": {"requests": args.requests, "max_tokens": args.max_tokens, "prompt_tokens": [len(t) for t in token_ids]},
-    }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "trace_overhead.json").write_text(json.dumps({"meta": meta, "summary": summary, "runs": runs}, indent=2))
+    meta = run_meta(workload={"requests": args.requests, "max_tokens": args.max_tokens, "prompt_tokens": [len(t) for t in token_ids]})
     lines = [
-        "# Tracing overhead: our engine traced (OTLP/JSON-lines file) vs untraced", "",
-        f"Command: `{meta['command']}`  ",
-        f"Machine: {meta['machine']}; {meta['date']}; load average at end {tuple(round(x, 2) for x in meta['load_average_at_end'])}", "",
         "| mode | best tok/s | all runs tok/s | spans/run | spans/token |", "|---|---:|---:|---:|---:|",
         *[f"| {mode} | {tok_s[mode]:.2f} | {all_runs[mode]} | "
           f"{num_spans if mode == 'traced' else 0} | {summary['spans_per_token'] if mode == 'traced' else 0} |"
@@ -232,7 +219,8 @@ def main() -> int:
         "Greedy, ignore_eos, exactly max_tokens tokens per request; one warm-up run first; modes alternate; "
         "a traced run's time includes flushing its spans to the file.",
     ]
-    (RESULTS / "trace_overhead.md").write_text("\n".join(lines) + "\n")
+    write_results("trace_overhead", "Tracing overhead: our engine traced (OTLP/JSON-lines file) vs untraced", meta,
+                  {"summary": summary, "runs": runs}, lines)
     return 0
 
 
