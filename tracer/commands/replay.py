@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 # Flags that override the config file; None means "not given".
 CONFIG_FLAGS = {

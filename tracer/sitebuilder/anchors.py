@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from tracer.catalog_check import FAILING, check_target
+from tracer.catalog_check import check_target
 from tracer.hops import Catalog, Lock, Pin, Target, load_lock, save_lock
 from tracer.source import TargetNotFound, locate
 from tracer.sitebuilder.directives import Directive, Walkthrough
