@@ -68,6 +68,39 @@ async def test_stepping_through_hops_moves_the_state_panel_with_it():
         assert here.state.step == rows[lookup].state.step + 1 and here.span.name == "engine.step"
 
 
+async def test_the_waterfall_cursor_scrolls_with_keys_and_follows_the_mouse():
+    run = engine_run()
+    app = ExplorerApp.from_paths([run.trace])
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("down", "enter")
+        table = waterfall(app)
+        visible = table.scrollable_content_region.height - 1  # the header stays on the first line
+        assert table.row_count > visible and table.scroll_offset.y == 0
+        await pilot.press("end")
+        assert table.cursor_row == table.row_count - 1
+        assert table.scroll_offset.y == table.row_count - visible  # the last row in view
+        await pilot.press("home")
+        assert table.cursor_row == 0 and table.scroll_offset.y == 0
+        await pilot.press("pagedown")
+        assert table.cursor_row == visible and table.scroll_offset.y > 0
+        await pilot.press("home")
+        # A click highlights the row under the mouse (the panels follow); a second click selects it.
+        await pilot.click(WaterfallTable, offset=(10, 3))  # line 3: row 2, under the header
+        assert table.cursor_row == 2
+        assert f"hop 3 of {table.row_count}" in rendered(app.query_one("#state", StatePanel))
+        await pilot.click(WaterfallTable, offset=(10, 3))
+        assert isinstance(app.screen, SourceScreen) and app.screen.hop == table.rows_shown[2].span.name
+
+
+async def test_clicking_a_request_shows_its_hops():
+    run = engine_run()
+    app = ExplorerApp.from_paths([run.trace])
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.click(RequestsTable, offset=(2, 2))  # line 2: the second request
+        assert app.query_one("#requests", RequestsTable).cursor_row == 1
+        assert waterfall(app).waterfall.request.request_id == run.request_ids[1]
+
+
 async def test_the_source_pane_shows_each_engine_at_its_installed_file_and_line():
     app = ExplorerApp.from_paths([engine_run().trace])
     async with app.run_test(size=SIZE) as pilot:

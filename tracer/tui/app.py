@@ -8,11 +8,12 @@ from pathlib import Path
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
-from textual.widgets import DataTable, Footer, Header, Input, Static
+from textual.widgets import Footer, Header, Input, Static
 
 from tracer.tui.compare import Comparison, compare_models
 from tracer.tui.loader import load_trace
 from tracer.tui.model import Request, TraceModel, build_model
+from tracer.tui.rowtable import RowTable
 from tracer.tui.styles import CSS
 from tracer.tui.screens import CompareScreen, HelpScreen, SourceScreen
 from tracer.tui.timeline import Waterfall, build_waterfall
@@ -121,17 +122,17 @@ class ExplorerApp(App):
 
     # -- events ---------------------------------------------------------------------------------
 
-    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
-        if event.data_table.id == "requests":
+    def on_row_table_row_highlighted(self, event: RowTable.RowHighlighted) -> None:
+        if event.table.id == "requests":
             if 0 <= event.cursor_row < len(self.shown_requests):
                 self.show_request(self.shown_requests[event.cursor_row])
-        elif event.data_table.id == "waterfall":
+        elif event.table.id == "waterfall":
             self.show_hop()
 
-    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
-        if event.data_table.id == "requests":
+    def on_row_table_row_selected(self, event: RowTable.RowSelected) -> None:
+        if event.table.id == "requests":
             self.query_one("#waterfall", WaterfallTable).focus()
-        elif event.data_table.id == "waterfall":
+        elif event.table.id == "waterfall":
             self.action_source()
 
     def on_input_changed(self, event: Input.Changed) -> None:

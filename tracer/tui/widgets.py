@@ -1,100 +1,22 @@
-"""The main screen's widgets: requests table, hop waterfall, state and span-detail panels."""
+"""The main screen's side panels: the engine state and the focused span's details.
+
+The two tables (requests, waterfall) live in tracer.tui.tables and are re-exported here."""
 from __future__ import annotations
 
 from rich.console import Group
 from rich.table import Table
 from rich.text import Text
-from textual.widgets import DataTable, Static
+from textual.widgets import Static
 
-from tracer.tui.format import bar, count, ms, value
-from tracer.tui.model import Request, TraceModel
+from tracer.tui.format import count, ms, value
+from tracer.tui.model import TraceModel
 from tracer.tui.sources import hop_meaning
-from tracer.tui.timeline import HopRow, Waterfall
+from tracer.tui.tables import STATUS_STYLES, RequestsTable, WaterfallTable
+from tracer.tui.timeline import HopRow
 
-STATUS_STYLES = {"error": "bold red", "unfinished": "yellow", "abort": "red", "stop": "green", "length": "green"}
+__all__ = ["DetailsPanel", "RequestsTable", "STATUS_STYLES", "StatePanel", "WaterfallTable", "title_of"]
+
 MAX_BATCH_SHOWN = 8
-
-
-class RequestsTable(DataTable):
-    """One row per request: id, prompt / output / cached tokens, TTFT, latency, status."""
-
-    def __init__(self, **kwargs) -> None:
-        super().__init__(cursor_type="row", zebra_stripes=True, **kwargs)
-
-    def on_mount(self) -> None:
-        for label, key in (("request", "id"), ("prompt", "prompt"), ("out", "out"), ("cached", "cached"),
-                           ("TTFT", "ttft"), ("latency", "latency"), ("status", "status")):
-            self.add_column(label, key=key)
-
-    def show(self, requests: list[Request]) -> None:
-        self.clear()
-        self.add_rows(
-            (
-                r.request_id,
-                Text(count(r.prompt_tokens), justify="right"),
-                Text(count(r.output_tokens), justify="right"),
-                Text(count(r.cached_tokens), justify="right"),
-                Text(ms(r.ttft_ns), justify="right"),
-                Text(ms(r.latency_ns), justify="right"),
-                Text(r.status, style=STATUS_STYLES.get(r.status, "")),
-            )
-            for r in requests
-        )
-
-
-class WaterfallTable(DataTable):
-    """The selected request's hops in time: step, hop (indented by nesting), duration, bar."""
-
-    BAR_MIN, FIXED_COLUMNS = 6, 44
-
-    def __init__(self, **kwargs) -> None:
-        super().__init__(cursor_type="row", **kwargs)
-        self.waterfall: Waterfall | None = None
-        self.rows_shown: list[HopRow] = []
-        self._filter = ""
-
-    def on_mount(self) -> None:
-        for label, key in (("step", "step"), ("hop", "hop"), ("took", "time"), ("when", "bar")):
-            self.add_column(label, key=key)
-
-    def bar_width(self) -> int:
-        return max(self.BAR_MIN, self.size.width - self.FIXED_COLUMNS)
-
-    def on_resize(self) -> None:
-        # The bar column is drawn for the table's width, known only after layout.
-        if self.waterfall is not None and self.rows_shown:
-            cursor = self.cursor_row
-            self.show(self.waterfall, self._filter)
-            self.move_cursor(row=cursor)
-
-    def show(self, waterfall: Waterfall | None, hop_filter: str = "") -> None:
-        self.waterfall = waterfall
-        self._filter = hop_filter
-        self.clear()
-        if waterfall is None:
-            self.rows_shown = []
-            return
-        rows = waterfall.rows
-        if hop_filter:
-            rows = [r for r in rows if hop_filter in r.span.name]
-        self.rows_shown = rows
-        origin, span, width = waterfall.start_ns, waterfall.end_ns - waterfall.start_ns, self.bar_width()
-        self.add_rows(
-            (
-                Text(str(row.step.number) if row.step is not None else "", justify="right", style="dim"),
-                Text("  " * min(row.depth, 6) + row.span.name,
-                     style="bold red" if row.span.status == "ERROR" else ("cyan" if row.step is None else "")),
-                Text(ms(row.span.duration_ns), justify="right"),
-                Text(bar(row.span.start_ns, row.span.end_ns, origin, span, width),
-                     style="red" if row.span.status == "ERROR" else "green"),
-            )
-            for row in rows
-        )
-
-    def current(self) -> HopRow | None:
-        if not self.rows_shown or self.cursor_row < 0 or self.cursor_row >= len(self.rows_shown):
-            return None
-        return self.rows_shown[self.cursor_row]
 
 
 class StatePanel(Static):

@@ -1,0 +1,119 @@
+"""The main screen's two tables: the requests, and the selected request's hops (the waterfall).
+
+Both draw only the rows on screen (tracer.tui.rowtable): switching requests costs the same
+for a 10-hop request as for a 1,000-hop one, and a request's summary (TTFT, tokens, status)
+is computed when its row is first drawn.
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Sequence
+
+from rich.text import Text
+
+from tracer.tui.format import bar, count, ms
+from tracer.tui.model import Request
+from tracer.tui.rowtable import CELL_PADDING, Column, RowTable
+from tracer.tui.timeline import HopRow, Waterfall
+
+STATUS_STYLES = {"error": "bold red", "unfinished": "yellow", "abort": "red", "stop": "green", "length": "green"}
+MAX_INDENT = 6
+
+
+class RequestsTable(RowTable):
+    """One row per request: id, prompt / output / cached tokens, TTFT, latency, status."""
+
+    # Numbers get fixed widths (measuring them would summarise every request up front).
+    NUMBER_COLUMNS = (("prompt", 6), ("out", 5), ("cached", 6), ("TTFT", 7), ("latency", 7))
+    STATUS_WIDTH = 10
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(zebra_stripes=True, **kwargs)
+        self.requests: list[Request] = []
+        self._id_width = len("request")
+
+    def show(self, requests: list[Request]) -> None:
+        self.requests = requests
+        self._id_width = max([len("request"), *map(len, (r.request_id for r in requests))])
+        self.set_rows(len(requests))
+
+    def columns(self, width: int) -> list[Column]:
+        fixed = sum(w + 2 * CELL_PADDING for _, w in self.NUMBER_COLUMNS) + self.STATUS_WIDTH + 4 * CELL_PADDING
+        id_width = max(len("request"), min(self._id_width, width - fixed))
+        return ([Column("request", id_width)] + [Column(label, w, "right") for label, w in self.NUMBER_COLUMNS]
+                + [Column("status", self.STATUS_WIDTH)])
+
+    def row_cells(self, index: int) -> Sequence[Text]:
+        r = self.requests[index]
+        return (Text(r.request_id), Text(count(r.prompt_tokens)), Text(count(r.output_tokens)),
+                Text(count(r.cached_tokens)), Text(ms(r.ttft_ns)), Text(ms(r.latency_ns)),
+                Text(r.status, style=STATUS_STYLES.get(r.status, "")))
+
+    def current(self) -> Request | None:
+        return self.requests[self.cursor_row] if 0 <= self.cursor_row < len(self.requests) else None
+
+
+class WaterfallTable(RowTable):
+    """The selected request's hops in time: step, hop (indented by nesting), duration, bar."""
+
+    BAR_MIN = 6
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.waterfall: Waterfall | None = None
+        self.rows_shown: list[HopRow] = []
+        self._filter = ""
+
+    def show(self, waterfall: Waterfall | None, hop_filter: str = "") -> None:
+        self.waterfall = waterfall
+        self._filter = hop_filter
+        rows = waterfall.rows if waterfall is not None else []
+        if hop_filter:
+            rows = [r for r in rows if hop_filter in r.span.name]
+        self.rows_shown = rows
+        self.set_rows(len(rows))
+
+    def columns(self, width: int) -> list[Column]:
+        rows = self.rows_shown
+        step_width = max([len("step"), *(len(str(r.step.number)) for r in _distinct_steps(rows))])
+        hop_width = max([len("hop"), *(2 * min(r.depth, MAX_INDENT) + len(r.span.name) for r in rows)])
+        took_width = max([len("took"), *(len(ms(r.span.duration_ns)) for r in rows)])
+        used = step_width + hop_width + took_width + 8 * CELL_PADDING
+        return [Column("step", step_width, "right"), Column("hop", hop_width),
+                Column("took", took_width, "right"), Column("when", max(self.BAR_MIN, width - used))]
+
+    def bar_width(self) -> int:
+        return self._layout_columns()[3].width
+
+    def row_cells(self, index: int) -> Sequence[Text]:
+        row, waterfall = self.rows_shown[index], self.waterfall
+        assert waterfall is not None
+        span, failed = row.span, row.span.status == "ERROR"
+        return (
+            Text(str(row.step.number) if row.step is not None else "", style="dim"),
+            Text(_indent(row.depth) + span.name, style="bold red" if failed else ("cyan" if row.step is None else "")),
+            Text(ms(span.duration_ns)),
+            Text(bar(span.start_ns, span.end_ns, waterfall.start_ns, waterfall.end_ns - waterfall.start_ns,
+                     self.bar_width()), style="red" if failed else "green"),
+        )
+
+    def current(self) -> HopRow | None:
+        if not self.rows_shown or self.cursor_row < 0 or self.cursor_row >= len(self.rows_shown):
+            return None
+        return self.rows_shown[self.cursor_row]
+
+
+@lru_cache(maxsize=MAX_INDENT + 1)
+def _indent(depth: int) -> str:
+    return "  " * min(depth, MAX_INDENT)
+
+
+def _distinct_steps(rows: list[HopRow]) -> list[HopRow]:
+    """One row per step (rows of a step are adjacent, mostly): the step column's width."""
+    seen: set[int] = set()
+    out = []
+    for row in rows:
+        if row.step is not None and id(row.step) not in seen:
+            seen.add(id(row.step))
+            out.append(row)
+    return out
