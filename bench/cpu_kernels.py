@@ -1,10 +1,12 @@
 """CPU kernel choices in the engine's forward pass, each timed against the plain alternative.
 
-The engine makes four choices for speed on the CPU (engine/model.py, engine/attention.py). Each is
-timed here at the bundled SmolLM2-135M's shapes for a decode step of --batch requests, the chosen
-form and the alternative alternating in one process, so the ratio holds on a noisy shared machine:
-- lm_head: (W @ h^T)^T vs F.linear(h, W) for the 49,152 x 576 vocabulary projection;
-- qkv / gate-up: one stacked matmul vs three / two separate ones;
+The engine makes these choices for speed on the CPU (engine/cpu_gemm.py, engine/model.py,
+engine/attention.py). Each is timed here at the bundled SmolLM2-135M's shapes for a decode step
+of --batch requests, the chosen form and the alternative alternating in one process, so the
+ratio holds on a noisy shared machine:
+- every projection through oneDNN with a prepacked weight vs F.linear (MKL sgemm), with q/k/v
+  and gate/up stacked into one GEMM each vs separate GEMMs; one prefill-sized row to show
+  packing does not cost long inputs;
 - KV gather: index_select on flat slots vs advanced indexing by [B, L] slots;
 - decode attention: matmul + softmax vs F.scaled_dot_product_attention (GQA, padded contexts).
 Prints a table and writes bench/results/cpu_kernels.{json,md}.
@@ -31,6 +33,7 @@ from rich.table import Table  # noqa: E402
 
 from _results import run_meta, write_results  # noqa: E402
 from engine.attention import _decode_attention, _TorchPlan, context_slots  # noqa: E402
+from engine.cpu_gemm import PrepackedLinear  # noqa: E402
 
 # SmolLM2-135M
 HIDDEN, INTERMEDIATE, VOCAB, HEADS, KV_HEADS, HEAD_DIM, BLOCK = 576, 1536, 49152, 9, 3, 64, 16
@@ -47,11 +50,15 @@ def time_us(fn: Callable[[], object], calls: int) -> float:
 def cases(batch: int, context: int) -> list[tuple[str, Callable, Callable, int]]:
     torch.manual_seed(0)
     h = torch.randn(batch, HIDDEN)
-    vocab = torch.randn(VOCAB, HIDDEN) * 0.02
-    q_w, k_w, v_w = (torch.randn(n, HIDDEN) * 0.02 for n in (HEADS * HEAD_DIM, KV_HEADS * HEAD_DIM, KV_HEADS * HEAD_DIM))
-    qkv_w = torch.cat([q_w, k_w, v_w])
-    gate_w, up_w = (torch.randn(INTERMEDIATE, HIDDEN) * 0.02 for _ in range(2))
-    gate_up_w = torch.cat([gate_w, up_w])
+    h_long = torch.randn(128, HIDDEN)
+    h_mlp = torch.randn(batch, INTERMEDIATE)
+    weight = lambda rows, cols=HIDDEN: torch.randn(rows, cols) * 0.02  # noqa: E731
+    vocab = weight(VOCAB)
+    q_w, k_w, v_w = weight(HEADS * HEAD_DIM), weight(KV_HEADS * HEAD_DIM), weight(KV_HEADS * HEAD_DIM)
+    o_w, gate_w, up_w, down_w = weight(HIDDEN, HEADS * HEAD_DIM), weight(INTERMEDIATE), weight(INTERMEDIATE), weight(HIDDEN, INTERMEDIATE)
+    packed = {name: PrepackedLinear(w) for name, w in {
+        "vocab": vocab, "qkv": torch.cat([q_w, k_w, v_w]), "o": o_w, "gate_up": torch.cat([gate_w, up_w]), "down": down_w,
+    }.items()}
 
     num_blocks = 512
     keys = torch.randn(num_blocks * BLOCK, KV_HEADS, HEAD_DIM)
@@ -71,9 +78,15 @@ def cases(batch: int, context: int) -> list[tuple[str, Callable, Callable, int]]
         return F.scaled_dot_product_attention(query.unsqueeze(2), key, value, attn_mask=mask, scale=scale, enable_gqa=True).squeeze(2)
 
     return [
-        ("lm_head", lambda: (vocab @ h.t()).t(), lambda: F.linear(h, vocab), 20),
-        ("qkv projection", lambda: F.linear(h, qkv_w), lambda: (F.linear(h, q_w), F.linear(h, k_w), F.linear(h, v_w)), 300),
-        ("gate/up projection", lambda: F.linear(h, gate_up_w), lambda: (F.linear(h, gate_w), F.linear(h, up_w)), 300),
+        ("lm_head (oneDNN packed vs F.linear)", lambda: packed["vocab"](h), lambda: F.linear(h, vocab), 20),
+        ("qkv (packed, stacked vs 3 x F.linear)", lambda: packed["qkv"](h),
+         lambda: (F.linear(h, q_w), F.linear(h, k_w), F.linear(h, v_w)), 300),
+        ("o_proj (packed vs F.linear)", lambda: packed["o"](h), lambda: F.linear(h, o_w), 300),
+        ("gate/up (packed, stacked vs 2 x F.linear)", lambda: packed["gate_up"](h),
+         lambda: (F.linear(h, gate_w), F.linear(h, up_w)), 300),
+        ("down_proj (packed vs F.linear)", lambda: packed["down"](h_mlp), lambda: F.linear(h_mlp, down_w), 300),
+        ("gate/up at 128 rows, prefill", lambda: packed["gate_up"](h_long),
+         lambda: (F.linear(h_long, gate_w), F.linear(h_long, up_w)), 50),
         ("KV gather (K and V)",
          lambda: (keys.index_select(0, slots.view(-1)), values.index_select(0, slots.view(-1))),
          lambda: (keys[slots], values[slots]), 1000),

@@ -189,10 +189,6 @@ class LlamaForCausalLM(nn.Module):
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden [N, hidden] -> float32 logits [N, vocab]."""
-        if hidden.device.type == "cpu" and hidden.shape[0] > 1:
-            # Same product with the vocabulary as the GEMM's M side: MKL's sgemm is about twice as fast
-            # this way round for a handful of rows against a 49k-row weight (bench/cpu_kernels.py).
-            return (self.lm_head.weight @ hidden.t()).t().float()
         return self.lm_head(hidden).float()
 
 

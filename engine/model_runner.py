@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
+from engine import cpu_gemm
 from engine.attention import AttentionMetadata, resolve_attention_backend
 from engine.cuda_graphs import DecodeCudaGraphs
 from engine.model import LlamaConfig, LlamaForCausalLM
@@ -62,10 +63,18 @@ class ModelRunner:
         use_cuda_graphs: bool | None = None,
         max_num_seqs: int = 256,
         max_model_len: int | None = None,
+        prepack_cpu_weights: bool | None = None,
     ) -> None:
         """attention_backend: "torch" | "triton" (None: triton on CUDA, torch elsewhere).
         use_cuda_graphs: replay decode-only steps from CUDA graphs (None: on CUDA with triton);
-        max_num_seqs / max_model_len size the graphs' static inputs."""
+        max_num_seqs / max_model_len size the graphs' static inputs.
+        prepack_cpu_weights: run the model's linear layers through oneDNN with packed weights
+        (engine/cpu_gemm.py; None: on the CPU when oneDNN is available). Changes model in place."""
+        if prepack_cpu_weights is None:
+            prepack_cpu_weights = torch.device(device).type == "cpu" and cpu_gemm.onednn_available()
+        if prepack_cpu_weights:
+            # vLLM does this in the linear method's process_weights_after_loading.
+            cpu_gemm.prepack_linears(model)
         self.model = model
         self.model_config = model_config
         self.block_size = block_size

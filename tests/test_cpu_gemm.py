@@ -1,0 +1,64 @@
+"""oneDNN prepacked linear layers (engine/cpu_gemm.py): the same products as F.linear, weights packed once."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from engine import cpu_gemm
+from engine.attention import AttentionMetadata
+from engine.model import LlamaConfig, LlamaForCausalLM
+from engine.model_runner import ModelRunner
+
+pytestmark = pytest.mark.skipif(not cpu_gemm.onednn_available(), reason="this torch build has no oneDNN (mkldnn) linear")
+
+TINY = LlamaConfig(vocab_size=96, hidden_size=64, intermediate_size=112, num_hidden_layers=2, num_attention_heads=4,
+                   num_key_value_heads=2, head_dim=16, max_position_embeddings=64, tie_word_embeddings=True)
+
+
+@pytest.mark.parametrize("rows", [1, 8, 100])
+def test_prepacked_linear_computes_x_times_w_transposed(rows):
+    torch.manual_seed(rows)
+    weight = torch.randn(200, 64)
+    x = torch.randn(rows, 64)
+    torch.testing.assert_close(cpu_gemm.PrepackedLinear(weight)(x), F.linear(x, weight), atol=1e-5, rtol=1e-5)
+
+
+def test_prepacked_linear_takes_a_strided_input_and_bfloat16():
+    torch.manual_seed(0)
+    weight = torch.randn(48, 64)
+    x = torch.randn(8, 130)[:, 3:67]  # not contiguous
+    torch.testing.assert_close(cpu_gemm.PrepackedLinear(weight)(x), F.linear(x, weight), atol=1e-5, rtol=1e-5)
+    xb, wb = x.bfloat16(), weight.bfloat16()
+    torch.testing.assert_close(cpu_gemm.PrepackedLinear(wb)(xb).float(), F.linear(xb, wb).float(), atol=5e-2, rtol=1e-2)
+
+
+def _logits(model: LlamaForCausalLM, runner: ModelRunner, ids: list[int]) -> torch.Tensor:
+    metadata = AttentionMetadata(
+        slot_mapping=torch.arange(4, 4 + len(ids)), query_start_loc=torch.tensor([0, len(ids)]),
+        seq_lens=torch.tensor([len(ids)]), block_tables=torch.tensor([[1, 2, 3]]), positions=torch.arange(len(ids)),
+    )
+    with torch.no_grad():
+        return model.compute_logits(model(torch.tensor(ids), torch.arange(len(ids)), metadata, runner.kv_caches))
+
+
+def test_runner_packs_every_linear_on_the_cpu_and_the_model_computes_the_same_logits():
+    torch.manual_seed(0)
+    plain = LlamaForCausalLM(TINY).eval()
+    packed = LlamaForCausalLM(TINY).eval()
+    packed.load_state_dict(plain.state_dict())
+    ids = [5, 17, 90, 3, 42, 8, 8, 61, 1]
+    plain_runner = ModelRunner(plain, TINY, 4, 8, "cpu", torch.float32, prepack_cpu_weights=False)
+    packed_runner = ModelRunner(packed, TINY, 4, 8, "cpu", torch.float32)
+
+    # 4 per layer (qkv, o, gate_up, down) + the tied lm_head; the embedding keeps its weight.
+    assert sum(isinstance(m, cpu_gemm.PrepackedLinear) for m in packed.modules()) == 4 * TINY.num_hidden_layers + 1
+    assert not any(isinstance(m, torch.nn.Linear) for m in packed.modules())
+    assert torch.equal(packed.model.embed_tokens.weight, plain.model.embed_tokens.weight)
+    torch.testing.assert_close(_logits(packed, packed_runner, ids), _logits(plain, plain_runner, ids), atol=1e-5, rtol=1e-5)
+
+
+def test_runner_on_the_cpu_can_keep_the_plain_linears():
+    model = LlamaForCausalLM(TINY).eval()
+    ModelRunner(model, TINY, 4, 8, "cpu", torch.float32, prepack_cpu_weights=False)
+    assert not any(isinstance(m, cpu_gemm.PrepackedLinear) for m in model.modules())
