@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import gc
 from contextlib import contextmanager
+from dataclasses import dataclass
 from operator import attrgetter
 from pathlib import Path
 from typing import Iterator, Union
@@ -53,6 +54,21 @@ class _Request(Struct):
 
 
 _decoder = msgspec.json.Decoder(_Request)
+
+# Keys most traces never carry, each costing the model a look at every span when it might be
+# there: the loader says which ones the whole file lacks (one scan of its bytes each).
+RARE_KEYS = ("servetrace.request.external_id",)
+
+
+@dataclass
+class LoadedTrace(TraceFile):
+    absent_keys: frozenset[str] = frozenset()  # keys no span of the file carries (of RARE_KEYS)
+
+
+def _absent_keys(data: bytes) -> frozenset[str]:
+    if b"\\u" in data:  # a key may be spelled with escapes: assume nothing is absent
+        return frozenset()
+    return frozenset(key for key in RARE_KEYS if b'"' + key.encode() + b'"' not in data)
 
 
 def _canonical_hex(ids: list[str], lengths: frozenset[int] = _ID_LENGTHS) -> bool:
@@ -134,7 +150,7 @@ def _lines(data: bytes) -> Iterator[tuple[int, bytes, memoryview]]:
         start = end
 
 
-def load_trace(path: str | Path) -> TraceFile:
+def load_trace(path: str | Path) -> LoadedTrace:
     """All readable spans of an OTLP/JSON-lines file, sorted by start; bad lines listed in `skipped`."""
     path = Path(path)
     if not path.exists():
@@ -143,8 +159,10 @@ def load_trace(path: str | Path) -> TraceFile:
         raise TraceFileError(f"{path} is a directory, not a trace file")
     spans: list[Union[Span, SpanRecord]] = []
     skipped: list[SkippedLine] = []
+    data = path.read_bytes()
+    absent_keys = _absent_keys(data)
     with gc_paused():
-        for number, last_byte, line in _lines(path.read_bytes()):
+        for number, last_byte, line in _lines(data):
             try:
                 spans.extend(_parse_line(line))
             except (ValueError, KeyError, TypeError, UnicodeDecodeError, msgspec.DecodeError) as exc:
@@ -156,7 +174,7 @@ def load_trace(path: str | Path) -> TraceFile:
     # By start, longest first on ties: two stable sorts, cheaper than a tuple key per span.
     spans.sort(key=attrgetter("end_ns"), reverse=True)
     spans.sort(key=_start)
-    return TraceFile(spans, skipped, str(path))
+    return LoadedTrace(spans, skipped, str(path), absent_keys)
 
 
 _start = attrgetter("start_ns")

@@ -19,6 +19,7 @@ How spans become requests and steps (the trace shape is tracer/spans.py's):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from operator import attrgetter
 from typing import Any, Iterable
@@ -90,11 +91,10 @@ class Step:
         return default
 
 
-@dataclass(eq=False)
-class Request:
-    request_id: str
-    spans: list[SpanRecord] = field(default_factory=list)  # chronological
-    steps: list[Step] = field(default_factory=list)
+@dataclass
+class RequestSummary:
+    """What the requests table shows of a request (computed from its spans and steps)."""
+
     prompt_tokens: int | None = None
     output_tokens: int | None = None
     cached_tokens: int | None = None
@@ -104,13 +104,60 @@ class Request:
     status: str = "unfinished"
     error: str = ""
 
+
+@dataclass(eq=False)
+class Request:
+    """A request's spans and steps; its summary is computed on first read (a 2,000-request
+    trace opens without reading every request span's attributes)."""
+
+    request_id: str
+    spans: list[SpanRecord] = field(default_factory=list)  # chronological
+    steps: list[Step] = field(default_factory=list)
+
+    @cached_property
+    def summary(self) -> RequestSummary:
+        return _summarise(self)
+
+    @property
+    def prompt_tokens(self) -> int | None:
+        return self.summary.prompt_tokens
+
+    @property
+    def output_tokens(self) -> int | None:
+        return self.summary.output_tokens
+
+    @property
+    def cached_tokens(self) -> int | None:
+        return self.summary.cached_tokens
+
+    @property
+    def start_ns(self) -> int:
+        return self.summary.start_ns
+
+    @property
+    def end_ns(self) -> int:
+        return self.summary.end_ns
+
+    @property
+    def first_token_ns(self) -> int | None:
+        return self.summary.first_token_ns
+
+    @property
+    def status(self) -> str:
+        return self.summary.status
+
+    @property
+    def error(self) -> str:
+        return self.summary.error
+
     @property
     def ttft_ns(self) -> int | None:
-        return None if self.first_token_ns is None else self.first_token_ns - self.start_ns
+        first = self.summary.first_token_ns
+        return None if first is None else first - self.summary.start_ns
 
     @property
     def latency_ns(self) -> int:
-        return self.end_ns - self.start_ns
+        return self.summary.end_ns - self.summary.start_ns
 
 
 @dataclass
@@ -166,7 +213,8 @@ def _build_model(trace: TraceFile, step_hops: frozenset[str]) -> TraceModel:
     # vLLM's internal request ids name the same request as the external id beside them (on a
     # request's own spans: step spans name batches, not one request).
     alias: dict[str, str] = {}
-    for trace_id, members in by_trace.items():
+    external_ids_absent = EXTERNAL_ID in getattr(trace, "absent_keys", ())  # known by the loader
+    for trace_id, members in ({} if external_ids_absent else by_trace).items():
         if trace_id in step_traces:
             continue
         for span in members:
@@ -212,8 +260,6 @@ def _build_model(trace: TraceFile, step_hops: frozenset[str]) -> TraceModel:
             request = requests.get(rid)
             if request is not None:
                 request.steps.append(step)  # steps come in index order
-    for request in requests.values():
-        _summarise(request)
     return TraceModel(trace.path, spans, trace.skipped, requests, steps, by_span_id, step_of_span)
 
 
@@ -270,58 +316,61 @@ def _add_absent(tokens: dict[str, int], owners: Iterable[str | None]) -> None:
 
 def _batch(step: Step, canonical) -> dict[str, int]:
     for span in step.spans:
-        ids = span.attributes.get(BATCH_IDS)
+        attributes = span.attributes
+        ids = attributes.get_array(BATCH_IDS) if hasattr(attributes, "get_array") else attributes.get(BATCH_IDS)
         if isinstance(ids, list):
-            tokens = span.attributes.get(BATCH_TOKENS)
+            tokens = attributes.get_array(BATCH_TOKENS) if hasattr(attributes, "get_array") else attributes.get(BATCH_TOKENS)
             if not isinstance(tokens, list) or len(tokens) != len(ids):
                 tokens = [0] * len(ids)
             return {canonical(rid): n for rid, n in zip(ids, tokens)}
     return {}
 
 
-def _summarise(request: Request) -> None:
+def _summarise(request: Request) -> RequestSummary:
     spans = request.spans
+    summary = RequestSummary()
     rid = request.request_id
-    request.start_ns = min((s.start_ns for s in spans), default=0)
-    request.end_ns = max([s.end_ns for s in spans] + [st.end_ns for st in request.steps[-1:]], default=0)
+    summary.start_ns = min((s.start_ns for s in spans), default=0)
+    summary.end_ns = max([s.end_ns for s in spans] + [st.end_ns for st in request.steps[-1:]], default=0)
     detokenized = 0
     saw_detokenize = False
     for span in spans:
         attrs = span.attributes
-        if request.prompt_tokens is None and INPUT_TOKENS in attrs:
-            request.prompt_tokens = int(attrs[INPUT_TOKENS])
-        if request.cached_tokens is None and span.name == "kv.match_prefix" and CACHED_TOKENS in attrs:
-            request.cached_tokens = int(attrs[CACHED_TOKENS])
+        if summary.prompt_tokens is None and INPUT_TOKENS in attrs:
+            summary.prompt_tokens = int(attrs[INPUT_TOKENS])
+        if summary.cached_tokens is None and span.name == "kv.match_prefix" and CACHED_TOKENS in attrs:
+            summary.cached_tokens = int(attrs[CACHED_TOKENS])
         if OUTPUT_TOKENS in attrs:
-            request.output_tokens = int(attrs[OUTPUT_TOKENS])
+            summary.output_tokens = int(attrs[OUTPUT_TOKENS])
         if span.name == "detokenize":
             saw_detokenize = True
             detokenized += int(attrs.get(NEW_TOKENS, 0) or 0)
-            if request.first_token_ns is None and attrs.get(NEW_TOKENS, 1):
-                request.first_token_ns = span.start_ns
+            if summary.first_token_ns is None and attrs.get(NEW_TOKENS, 1):
+                summary.first_token_ns = span.start_ns
         reasons = attrs.get(FINISH_REASONS)
         if isinstance(reasons, list) and reasons and span.name != "scheduler.update":
-            request.status = str(reasons[0])
-        elif str(attrs.get(STATUS, "")).startswith("FINISHED") and request.status == "unfinished":
-            request.status = str(attrs[STATUS]).removeprefix("FINISHED_").lower()
-        if span.status == "ERROR" and not request.error:
-            request.error = span.status_message or f"{span.name} failed"
-    if request.output_tokens is None and saw_detokenize:
-        request.output_tokens = detokenized
-    if request.status == "unfinished":
+            summary.status = str(reasons[0])
+        elif str(attrs.get(STATUS, "")).startswith("FINISHED") and summary.status == "unfinished":
+            summary.status = str(attrs[STATUS]).removeprefix("FINISHED_").lower()
+        if span.status == "ERROR" and not summary.error:
+            summary.error = span.status_message or f"{span.name} failed"
+    if summary.output_tokens is None and saw_detokenize:
+        summary.output_tokens = detokenized
+    if summary.status == "unfinished":
         for step in request.steps:
             finished = step.attribute(BATCH_FINISHED) or []
             if rid in finished:
                 reasons = step.attribute(FINISH_REASONS) or []
                 index = finished.index(rid)
-                request.status = str(reasons[index]) if index < len(reasons) else "finished"
-    if request.error:
-        request.status = "error"
-    if request.first_token_ns is None and request.prompt_tokens is not None:
+                summary.status = str(reasons[index]) if index < len(reasons) else "finished"
+    if summary.error:
+        summary.status = "error"
+    if summary.first_token_ns is None and summary.prompt_tokens is not None:
         # No detokenize hop (replay): the first token comes out of the step that completes the prefill.
-        done = request.cached_tokens or 0
+        done = summary.cached_tokens or 0
         for step in request.steps:
             done += step.scheduled_tokens.get(rid, 0)
-            if done >= request.prompt_tokens:
-                request.first_token_ns = step.end_ns
+            if done >= summary.prompt_tokens:
+                summary.first_token_ns = step.end_ns
                 break
+    return summary

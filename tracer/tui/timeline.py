@@ -42,18 +42,33 @@ class HopState:
     freed: bool = False
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class HopRow:
     span: SpanRecord
     depth: int
     step: Step | None  # the engine step the hop belongs to (or links to)
-    state: HopState
+    waterfall: "Waterfall" = field(repr=False)
+    index: int  # position in the waterfall's rows
+
+    @property
+    def state(self) -> HopState:
+        return self.waterfall.state_at(self.index)
 
 
 @dataclass
 class Waterfall:
     request: Request
     rows: list[HopRow] = field(default_factory=list)
+    # States are carried forward row by row, computed as far as a reader has asked: showing a
+    # request needs the first row's only.
+    _states: list[HopState] = field(default_factory=list, repr=False)
+
+    def state_at(self, index: int) -> HopState:
+        states, rows, request_id = self._states, self.rows, self.request.request_id
+        while len(states) <= index:
+            row = rows[len(states)]
+            states.append(advance(states[-1] if states else HopState(), row.span, row.step, request_id))
+        return states[index]
 
     # Read on every hop move: computed once (rows are not changed after the waterfall is built).
     @cached_property
@@ -106,13 +121,12 @@ def build_waterfall(model: TraceModel, request: Request) -> Waterfall:
                 depth = step_depth[link.span_id] + 1
                 break
         placed.append((span, depth, linked_step))
-    placed.sort(key=lambda item: (item[0].start_ns, -item[0].end_ns))
-    rows = []
-    state = HopState()
-    for span, depth, step in placed:
-        state = advance(state, span, step, request.request_id)
-        rows.append(HopRow(span, depth, step, state))
-    return Waterfall(request, rows)
+    # By start, longest first on ties: two stable sorts, cheaper than a tuple key per row.
+    placed.sort(key=lambda item: item[0].end_ns, reverse=True)
+    placed.sort(key=lambda item: item[0].start_ns)
+    waterfall = Waterfall(request)
+    waterfall.rows = [HopRow(span, depth, step, waterfall, index) for index, (span, depth, step) in enumerate(placed)]
+    return waterfall
 
 
 def advance(state: HopState, span: SpanRecord, step: Step | None, request_id: str) -> HopState:
