@@ -16,6 +16,7 @@ from collections.abc import Sequence as SequenceABC
 from pathlib import Path
 from typing import Any
 
+import msgspec
 from google.protobuf import json_format
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.sdk.trace import ReadableSpan
@@ -155,7 +156,9 @@ def spans_to_otlp_dict(spans: Sequence[ReadableSpan]) -> dict[str, Any]:
 
 def spans_to_otlp_json(spans: Sequence[ReadableSpan]) -> str:
     """One ExportTraceServiceRequest as a single line of OTLP/JSON."""
-    return json.dumps(spans_to_otlp_dict(spans), separators=(",", ":"))
+    # msgspec writes the same compact JSON as json.dumps, ~8x faster: the exporter thread
+    # shares the engine's cores.
+    return msgspec.json.encode(spans_to_otlp_dict(spans)).decode()
 
 
 class OTLPJsonLinesFileExporter(SpanExporter):
