@@ -65,9 +65,9 @@ class ExplorerApp(App):
     def compose(self) -> ComposeResult:
         yield Header(show_clock=False, icon="≡")
         yield Static(id="warning")
-        yield RequestsTable(id="requests")
+        yield RequestsTable(id="requests", on_highlight=self.request_highlighted)
         with Horizontal(id="body"):
-            yield WaterfallTable(id="waterfall")
+            yield WaterfallTable(id="waterfall", on_highlight=lambda row: self.show_hop())
             with VerticalScroll(id="side"):
                 yield StatePanel(id="state")
                 yield DetailsPanel(id="details")
@@ -122,12 +122,9 @@ class ExplorerApp(App):
 
     # -- events ---------------------------------------------------------------------------------
 
-    def on_row_table_row_highlighted(self, event: RowTable.RowHighlighted) -> None:
-        if event.table.id == "requests":
-            if 0 <= event.cursor_row < len(self.shown_requests):
-                self.show_request(self.shown_requests[event.cursor_row])
-        elif event.table.id == "waterfall":
-            self.show_hop()
+    def request_highlighted(self, row: int) -> None:
+        if 0 <= row < len(self.shown_requests):
+            self.show_request(self.shown_requests[row])
 
     def on_row_table_row_selected(self, event: RowTable.RowSelected) -> None:
         if event.table.id == "requests":

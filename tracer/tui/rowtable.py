@@ -13,7 +13,7 @@ the first line.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar, Sequence
+from typing import Callable, ClassVar, Sequence
 
 from rich.segment import Segment
 from rich.text import Text
@@ -98,9 +98,14 @@ class RowTable(ScrollView, can_focus=True):
     class RowSelected(RowHighlighted):
         """Enter, or a click on the highlighted row."""
 
-    def __init__(self, *, zebra_stripes: bool = False, **kwargs) -> None:
+    def __init__(self, *, zebra_stripes: bool = False, on_highlight: Callable[[int], None] | None = None,
+                 **kwargs) -> None:
+        """`on_highlight(row)` runs as soon as the cursor moves, before the screen repaints: what
+        it changes is painted in the same frame (a RowHighlighted message, handled a few event
+        loop turns later, would often cost a second paint and a second frame's wait)."""
         super().__init__(**kwargs)
         self.zebra_stripes = zebra_stripes
+        self.on_highlight = on_highlight
         self.row_count = 0
         self.cursor_row = 0
         self._lines: dict[tuple[int, bool], Strip] = {}
@@ -223,6 +228,8 @@ class RowTable(ScrollView, can_focus=True):
         self._refresh_row(row)
         if scroll:
             self._scroll_cursor_into_view()
+        if self.on_highlight is not None:
+            self.on_highlight(row)
         self.post_message(self.RowHighlighted(self, row))
 
     def _refresh_row(self, index: int) -> None:
