@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from operator import attrgetter
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from tracer.trace_file import SkippedLine, SpanRecord, TraceFile
 
@@ -63,8 +63,24 @@ class Step:
     index: int  # position among this trace's steps, from 0
     spans: list[SpanRecord] = field(default_factory=list)  # step-trace spans, chronological
     linked: list[SpanRecord] = field(default_factory=list)  # request spans that link to this step
-    request_ids: list[str] = field(default_factory=list)
-    scheduled_tokens: dict[str, int] = field(default_factory=dict)
+    request_ids: list[str] = field(default_factory=list)  # the batch's, then those linked without it
+    batch_span: SpanRecord | None = None  # the span that carries the batch (its ids and token counts)
+    canonical: Callable[[Any], str] = field(default=str, repr=False)  # folds vLLM's internal ids
+
+    @cached_property
+    def scheduled_tokens(self) -> dict[str, int]:
+        """Tokens scheduled per request (0 for those that took part without being in the batch).
+        Read when first asked: opening a trace needs only who took part."""
+        tokens = dict.fromkeys(self.request_ids, 0)
+        span = self.batch_span
+        if span is not None:
+            ids = _array(span, BATCH_IDS)
+            counts = _array(span, BATCH_TOKENS)
+            if not isinstance(counts, list) or len(counts) != len(ids):
+                counts = [0] * len(ids)
+            for rid, n in zip(ids, counts):
+                tokens[self.canonical(rid)] = n
+        return tokens
 
     @property
     def number(self) -> int:
@@ -249,12 +265,12 @@ def _build_model(trace: TraceFile, step_hops: frozenset[str]) -> TraceModel:
 
     for step in steps:
         tokens = _batch(step, canonical)
+        step.canonical = canonical
         for span in step.spans:
             if span.links:
                 _add_absent(tokens, map(request_of_trace.get, map(_trace_id, span.links)))
         if step.linked:
             _add_absent(tokens, map(request_of_trace.get, map(_trace_id, step.linked)))
-        step.scheduled_tokens = tokens
         step.request_ids = list(tokens)
         for rid in tokens:
             request = requests.get(rid)
@@ -304,8 +320,8 @@ def _chronological(spans: list[SpanRecord]) -> None:
     spans.sort(key=_start)
 
 
-def _add_absent(tokens: dict[str, int], owners: Iterable[str | None]) -> None:
-    """Add each owner not yet in `tokens` with 0 tokens, in order (most are there already)."""
+def _add_absent(tokens: dict[str, Any], owners: Iterable[str | None]) -> None:
+    """Add each owner not yet in `tokens`, in order (most are there already)."""
     owners = list(owners)
     if set(owners).issubset(tokens.keys()):
         return
@@ -314,15 +330,18 @@ def _add_absent(tokens: dict[str, int], owners: Iterable[str | None]) -> None:
             tokens[owner] = 0
 
 
-def _batch(step: Step, canonical) -> dict[str, int]:
+def _array(span: SpanRecord, key: str) -> Any:
+    attributes = span.attributes
+    return attributes.get_array(key) if hasattr(attributes, "get_array") else attributes.get(key)
+
+
+def _batch(step: Step, canonical: Callable[[Any], str]) -> dict[str, None]:
+    """The requests the step's batch names, in order (the batch's span noted on the step)."""
     for span in step.spans:
-        attributes = span.attributes
-        ids = attributes.get_array(BATCH_IDS) if hasattr(attributes, "get_array") else attributes.get(BATCH_IDS)
+        ids = _array(span, BATCH_IDS)
         if isinstance(ids, list):
-            tokens = attributes.get_array(BATCH_TOKENS) if hasattr(attributes, "get_array") else attributes.get(BATCH_TOKENS)
-            if not isinstance(tokens, list) or len(tokens) != len(ids):
-                tokens = [0] * len(ids)
-            return {canonical(rid): n for rid, n in zip(ids, tokens)}
+            step.batch_span = span
+            return dict.fromkeys(map(canonical, ids))
     return {}
 
 
