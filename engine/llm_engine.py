@@ -8,38 +8,18 @@ from __future__ import annotations
 
 import itertools
 import time
-from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
 
 from engine.config import EngineConfig
-from engine.detokenizer import IncrementalDetokenizer
 from engine.loader import load_model
 from engine.model_runner import ModelRunner, num_blocks_for_memory
+from engine.output_processor import OutputProcessor, RequestOutput
 from engine.request import Request, RequestStatus
 from engine.sampling_params import SamplingParams
 from engine.scheduler import Scheduler
 from engine.tokenizer import PromptError, Tokenizer, default_model_path
-
-
-@dataclass
-class RequestOutput:
-    """What the engine reports about one request after a step; mirrors vllm.outputs.RequestOutput."""
-
-    request_id: str
-    prompt_token_ids: list[int]
-    output_token_ids: list[int] = field(default_factory=list)
-    text: str = ""
-    new_token_ids: list[int] = field(default_factory=list)
-    delta_text: str = ""
-    finish_reason: str | None = None  # "stop" | "length" | "abort"
-    stop_reason: int | str | None = None
-    num_cached_tokens: int = 0
-
-    @property
-    def finished(self) -> bool:
-        return self.finish_reason is not None
 
 
 class LLMEngine:
@@ -68,8 +48,7 @@ class LLMEngine:
             max_model_len=self.max_model_len,
         )
         self.scheduler = Scheduler(config.scheduler, config.cache, num_blocks)
-        self._detokenizers: dict[str, IncrementalDetokenizer] = {}
-        self._outputs: dict[str, RequestOutput] = {}
+        self.output_processor = OutputProcessor(self.tokenizer)
         self._ids = itertools.count()
 
     # -- request intake ------------------------------------------------------------------
@@ -117,8 +96,7 @@ class LLMEngine:
             priority=priority,
         )
         self.scheduler.add_request(request)
-        self._detokenizers[request_id] = IncrementalDetokenizer(self.tokenizer, params.stop)
-        self._outputs[request_id] = RequestOutput(request_id, request.prompt_token_ids)
+        self.output_processor.add_request(request_id, request.prompt_token_ids, params)
         return request
 
     @property
@@ -130,8 +108,8 @@ class LLMEngine:
     def abort_request(self, request_ids: str | list[str]) -> None:
         """Abort requests (client gone): their KV blocks return to the pool at once."""
         # Mirrors vllm.v1.engine.llm_engine.LLMEngine.abort_request
-        for request in self.scheduler.finish_requests(request_ids, RequestStatus.FINISHED_ABORTED):
-            self._finish(request.request_id)
+        finished = self.scheduler.finish_requests(request_ids, RequestStatus.FINISHED_ABORTED)
+        self.output_processor.abort_requests([request.request_id for request in finished])
 
     def has_unfinished_requests(self) -> bool:
         return self.scheduler.has_unfinished_requests()
@@ -144,32 +122,11 @@ class LLMEngine:
         scheduler_output = self.scheduler.schedule()
         model_runner_output = self.model_runner.execute_model(scheduler_output)
         core_outputs = self.scheduler.update_from_output(scheduler_output, model_runner_output)
-        results = []
-        for core_output in core_outputs:
-            detokenizer = self._detokenizers[core_output.request_id]
-            out = self._outputs[core_output.request_id]
-            out.new_token_ids = core_output.new_token_ids
-            out.output_token_ids = out.output_token_ids + core_output.new_token_ids
-            out.num_cached_tokens = core_output.num_cached_tokens
-            out.delta_text = detokenizer.update(core_output.new_token_ids)
-            out.finish_reason = core_output.finish_reason
-            out.stop_reason = core_output.stop_reason
-            if detokenizer.stop_string is not None and not out.finished:
-                # A stop string ends the request in the engine, as vLLM's output processor aborts it.
-                self.scheduler.finish_requests(core_output.request_id, RequestStatus.FINISHED_STOPPED)
-                out.finish_reason, out.stop_reason = "stop", detokenizer.stop_string
-            if out.finished:
-                out.delta_text += detokenizer.flush()
-                self._finish(core_output.request_id)
-            out.text = detokenizer.output_text if out.finished else out.text + out.delta_text
-            results.append(out)
-        return results
-
-    def _finish(self, request_id: str) -> None:
-        self._detokenizers.pop(request_id, None)
-        out = self._outputs.pop(request_id, None)
-        if out is not None and out.finish_reason is None:
-            out.finish_reason = "abort"
+        processed = self.output_processor.process_outputs(core_outputs)
+        if processed.reqs_to_abort:
+            # A stop string ends the request in the engine, as vLLM's output processor aborts it.
+            self.scheduler.finish_requests(processed.reqs_to_abort, RequestStatus.FINISHED_STOPPED)
+        return processed.request_outputs
 
     def generate(
         self,

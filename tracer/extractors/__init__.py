@@ -65,7 +65,8 @@ NUM_SAMPLED = "servetrace.sampler.num_sampled"
 MODEL_TOKENS = "servetrace.model.num_tokens"
 NEW_TOKENS = "servetrace.detokenize.num_new_tokens"
 TEXT_CHARS = "servetrace.detokenize.text_chars"
-STOP_STRING = "servetrace.detokenize.stop_string"
+STOPPED_BY_STRING = "servetrace.detokenize.stopped_request_ids"
+BATCH_NEW_TOKENS = "servetrace.batch.num_new_tokens"  # per request in servetrace.batch.request_ids
 
 Extractor = Callable[..., dict[str, Any]]
 

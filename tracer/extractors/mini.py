@@ -1,16 +1,15 @@
 """Span attributes for the compact engine (engine/). Read-only: nothing here changes engine state."""
 from __future__ import annotations
 
-import weakref
 from typing import Any
 
 from tracer.extractors import (
-    ALLOCATED, BATCH_DECODE, BATCH_FINISHED, BATCH_IDS, BATCH_NEW, BATCH_PREEMPTED, BATCH_PREFILL,
+    ALLOCATED, BATCH_DECODE, BATCH_FINISHED, BATCH_IDS, BATCH_NEW, BATCH_NEW_TOKENS, BATCH_PREEMPTED, BATCH_PREFILL,
     BATCH_SIZE, BATCH_TOKENS, BATCH_TOTAL, BLOCK_IDS, BLOCKS_ALLOCATED, BLOCKS_FREED, CACHED_BLOCKS,
     CACHED_TOKENS, EVICT_REQUESTED, EVICTABLE, EVICTED, FINISH_REASONS, FREE_BLOCKS, INPUT_TOKENS,
     KEY_TOKENS, KV_USAGE, MAX_TOKENS, MODEL_TOKENS, NEW_TOKENS, NUM_COMPUTED, NUM_NEW_COMPUTED,
     NUM_NEW_TOKENS, NUM_OUTPUTS, NUM_PREEMPTIONS, NUM_SAMPLED, OPERATION,
-    OUTPUT_TOKENS, PRIORITY, PROTECTED, REQUEST_ID, STATUS, STEP, STOP_STRING, TEMPERATURE, TEXT_CHARS,
+    OUTPUT_TOKENS, PRIORITY, PROTECTED, REQUEST_ID, STATUS, STEP, STOPPED_BY_STRING, TEMPERATURE, TEXT_CHARS,
     TOP_P, ids, queue_attributes, request_attributes, sampling_attributes,
 )
 from tracer.spans import DROP, HTTP_STATUS, TRACEPARENT
@@ -20,10 +19,6 @@ HTTP_METHOD = "http.request.method"
 HTTP_ROUTE = "http.route"
 REQUEST_MODEL = "gen_ai.request.model"
 HTTP_STREAM = "servetrace.http.stream"
-
-# The detokenizer does not know its request; LLMEngine.add_request creates one per request.
-_detokenizer_request: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
 
 def _kv(manager: Any) -> dict[str, Any]:
     return {FREE_BLOCKS: manager.get_num_free_blocks(), KV_USAGE: manager.usage}
@@ -85,11 +80,7 @@ def enqueue_before(args: dict) -> dict:
 def enqueue_after(args: dict, request: Any) -> dict:
     if "request" in args:
         return {REQUEST_ID: args["request"].request_id, **queue_attributes(args["self"])}
-    engine = args["self"]
-    detokenizer = engine._detokenizers.get(request.request_id)
-    if detokenizer is not None:
-        _detokenizer_request[detokenizer] = request.request_id
-    return {REQUEST_ID: request.request_id, **queue_attributes(engine.scheduler)}
+    return {REQUEST_ID: request.request_id, **queue_attributes(args["self"].scheduler)}
 
 
 def step_before(args: dict) -> dict:
@@ -246,11 +237,25 @@ def free_after(args: dict, _: Any) -> dict:
 
 
 def detokenize_before(args: dict) -> dict:
-    return {REQUEST_ID: _detokenizer_request.get(args["self"]), NEW_TOKENS: len(args["new_token_ids"])}
+    outputs = args["engine_core_outputs"]
+    if not outputs:
+        return {DROP: True}  # a step that only prefilled a chunk has nothing to detokenize
+    return {
+        BATCH_IDS: [o.request_id for o in outputs],
+        BATCH_SIZE: len(outputs),
+        BATCH_NEW_TOKENS: [len(o.new_token_ids) for o in outputs],
+        NEW_TOKENS: sum(len(o.new_token_ids) for o in outputs),
+    }
 
 
-def detokenize_after(args: dict, text: str) -> dict:
-    return {TEXT_CHARS: len(text), STOP_STRING: args["self"].stop_string}
+def detokenize_after(args: dict, result: Any) -> dict:
+    finished = [o for o in result.request_outputs if o.finished]
+    return {
+        BATCH_FINISHED: [o.request_id for o in finished],
+        FINISH_REASONS: [o.finish_reason for o in finished],
+        STOPPED_BY_STRING: result.reqs_to_abort,
+        TEXT_CHARS: sum(len(o.delta_text) for o in result.request_outputs),
+    }
 
 
 BEFORE = {
