@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from operator import attrgetter
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 from tracer.trace_file import SkippedLine, SpanRecord, TraceFile
 
@@ -39,6 +39,7 @@ BATCH_TOKENS = "servetrace.batch.num_scheduled_tokens"
 BATCH_PREEMPTED = "servetrace.batch.preempted_request_ids"
 BATCH_FINISHED = "servetrace.batch.finished_request_ids"
 NEW_TOKENS = "servetrace.detokenize.num_new_tokens"
+BATCH_NEW_TOKENS = "servetrace.batch.num_new_tokens"
 LINK_KIND = "servetrace.link"
 
 # Used when the catalog cannot be read: the scopes of tracer/hops.yaml.
@@ -373,6 +374,13 @@ def _summarise(request: Request) -> RequestSummary:
             summary.status = str(attrs[STATUS]).removeprefix("FINISHED_").lower()
         if span.status == "ERROR" and not summary.error:
             summary.error = span.status_message or f"{span.name} failed"
+    if not saw_detokenize:
+        # Our engine detokenizes a whole batch in its step: the request's share is in the step's span.
+        for span, new_tokens in _batch_detokenized(request):
+            saw_detokenize = True
+            detokenized += new_tokens
+            if summary.first_token_ns is None and new_tokens:
+                summary.first_token_ns = span.end_ns
     if summary.output_tokens is None and saw_detokenize:
         summary.output_tokens = detokenized
     if summary.status == "unfinished":
@@ -393,3 +401,17 @@ def _summarise(request: Request) -> RequestSummary:
                 summary.first_token_ns = step.end_ns
                 break
     return summary
+
+
+def _batch_detokenized(request: Request) -> Iterator[tuple[SpanRecord, int]]:
+    """(detokenize span, the request's new tokens in it) for each step of the request that detokenized it."""
+    rid = request.request_id
+    for step in request.steps:
+        for span in step.spans:
+            if span.name != "detokenize":
+                continue
+            ids = span.attributes.get(BATCH_IDS)
+            if isinstance(ids, list) and rid in ids:
+                counts = span.attributes.get(BATCH_NEW_TOKENS)
+                index = ids.index(rid)
+                yield span, int(counts[index]) if isinstance(counts, list) and index < len(counts) else 1
