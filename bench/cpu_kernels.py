@@ -7,8 +7,7 @@ ratio holds on a noisy shared machine:
 - every projection through oneDNN with a prepacked weight vs F.linear (MKL sgemm), with q/k/v
   and gate/up stacked into one GEMM each vs separate GEMMs; one prefill-sized row to show
   packing does not cost long inputs;
-- KV gather: index_select on flat slots vs advanced indexing by [B, L] slots;
-- decode attention: matmul + softmax vs F.scaled_dot_product_attention (GQA, padded contexts).
+- KV gather for decode attention: index_select on flat slots vs advanced indexing by [B, L] slots.
 Prints a table and writes bench/results/cpu_kernels.{json,md}.
 
     .venv/bin/python bench/cpu_kernels.py [--batch 8] [--context 96] [--repeats 5]
@@ -32,7 +31,7 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from _results import run_meta, write_results  # noqa: E402
-from engine.attention import _decode_attention, _TorchPlan, context_slots  # noqa: E402
+from engine.attention import context_slots  # noqa: E402
 from engine.cpu_gemm import PrepackedLinear  # noqa: E402
 
 # SmolLM2-135M
@@ -65,17 +64,6 @@ def cases(batch: int, context: int) -> list[tuple[str, Callable, Callable, int]]
     values = torch.randn(num_blocks * BLOCK, KV_HEADS, HEAD_DIM)
     tables = torch.stack([torch.randperm(num_blocks - 1)[: -(-context // BLOCK)] + 1 for _ in range(batch)])
     slots = context_slots(tables, context, BLOCK)
-    seq_lens = torch.randint(context // 2, context + 1, (batch,))
-    beyond = torch.arange(context)[None, :] >= seq_lens[:, None]
-    additive = torch.zeros(beyond.shape).masked_fill_(beyond, float("-inf"))[:, None, None, :]
-    plan = _TorchPlan(None, slots, additive, [])
-    query = torch.randn(batch, HEADS, HEAD_DIM)
-    scale = HEAD_DIM**-0.5
-
-    def sdpa() -> torch.Tensor:
-        key, value = keys[slots].transpose(1, 2), values[slots].transpose(1, 2)
-        mask = ~beyond[:, None, None, :]
-        return F.scaled_dot_product_attention(query.unsqueeze(2), key, value, attn_mask=mask, scale=scale, enable_gqa=True).squeeze(2)
 
     return [
         ("lm_head (oneDNN packed vs F.linear)", lambda: packed["vocab"](h), lambda: F.linear(h, vocab), 20),
@@ -90,7 +78,6 @@ def cases(batch: int, context: int) -> list[tuple[str, Callable, Callable, int]]
         ("KV gather (K and V)",
          lambda: (keys.index_select(0, slots.view(-1)), values.index_select(0, slots.view(-1))),
          lambda: (keys[slots], values[slots]), 1000),
-        ("decode attention (incl. gather)", lambda: _decode_attention(query, keys, values, plan, scale), sdpa, 500),
     ]
 
 

@@ -159,22 +159,21 @@ def paged_attention(
 def _decode_attention(
     query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, plan: _TorchPlan, scale: float
 ) -> torch.Tensor:
-    """One new token per request [B, heads, head_dim]: contexts padded to the longest, the tail masked.
-
-    softmax(q k^T * scale + mask) v written out with matmuls: with one query row per request this
-    beats scaled_dot_product_attention on the CPU (bench/cpu_kernels.py).
-    """
+    """One new token per request [B, heads, head_dim]: contexts padded to the longest, the tail masked."""
     batch, max_len = plan.decode_slots.shape
     num_kv_heads, head_dim = keys.shape[1], keys.shape[2]
     # index_select on the flat slot list: about twice as fast as advanced indexing (bench/cpu_kernels.py).
     key = keys.index_select(0, plan.decode_slots.view(-1)).view(batch, max_len, num_kv_heads, head_dim)
     value = values.index_select(0, plan.decode_slots.view(-1)).view(batch, max_len, num_kv_heads, head_dim)
-    # GQA: the query heads sharing a KV head become that head's rows: [B, kv_heads, group, head_dim].
-    q = query.view(batch, num_kv_heads, -1, head_dim)
-    scores = torch.matmul(q, key.permute(0, 2, 3, 1)) * scale + plan.decode_mask  # [B, kv_heads, group, max_len]
-    probs = scores.softmax(dim=-1, dtype=torch.float32).to(value.dtype)
-    out = torch.matmul(probs, value.transpose(1, 2))  # [B, kv_heads, group, head_dim]
-    return out.view(batch, -1, head_dim)
+    out = F.scaled_dot_product_attention(
+        query.unsqueeze(2),  # [B, heads, 1, head_dim]
+        key.transpose(1, 2),
+        value.transpose(1, 2),
+        attn_mask=plan.decode_mask,
+        scale=scale,
+        enable_gqa=query.shape[1] != num_kv_heads,
+    )
+    return out.squeeze(2)
 
 
 def _sdpa(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float, context_start: int) -> torch.Tensor:
