@@ -1,10 +1,10 @@
 """`servetrace tui TRACE [TRACE2]`: the Textual trace explorer."""
 from __future__ import annotations
 
-import gc
 from collections.abc import Sequence
 from pathlib import Path
 
+from textual import events
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
@@ -12,6 +12,7 @@ from textual.widgets import Footer, Header, Input, Static
 
 from tracer.tui.compare import Comparison, compare_models
 from tracer.tui.loader import load_trace
+from tracer.tui.memory import IdleCollector
 from tracer.tui.model import Request, TraceModel, build_model
 from tracer.tui.rowtable import RowTable
 from tracer.tui.styles import CSS
@@ -22,6 +23,7 @@ from tracer.tui.widgets import DetailsPanel, RequestsTable, StatePanel, Waterfal
 HOP_FILTER_PREFIX = "hop:"
 MAIN_SCREEN_ACTIONS = {"next_hop", "previous_hop", "next_step", "previous_step", "source", "compare",
                        "switch_trace", "filter", "close_filter", "help"}
+IDLE_CHECK_S = 0.5  # how often the app checks for a pause to collect garbage in
 
 
 class ExplorerApp(App):
@@ -53,6 +55,7 @@ class ExplorerApp(App):
         self.request_filter = ""
         self.hop_filter = ""
         self._comparison: Comparison | None = None
+        self.collector = IdleCollector()
 
     @classmethod
     def from_paths(cls, paths: Sequence[str | Path]) -> "ExplorerApp":
@@ -75,11 +78,19 @@ class ExplorerApp(App):
         yield Footer()
 
     def on_mount(self) -> None:
-        # The trace is read once and never freed while the app runs: keep the collector from
-        # rescanning its millions of objects on every generation-2 pass (those pauses hit keystrokes).
-        gc.freeze()
+        # Full garbage collections wait for a pause in the input (tracer.tui.memory).
+        self.collector.start()
+        self.set_interval(IDLE_CHECK_S, self.collector.tick)
         self.show_trace()
         self.query_one("#requests", RequestsTable).focus()
+
+    def on_unmount(self) -> None:
+        self.collector.stop()
+
+    async def on_event(self, event: events.Event) -> None:
+        if isinstance(event, events.InputEvent):
+            self.collector.input_seen()
+        await super().on_event(event)
 
     # -- what is shown ------------------------------------------------------------------------
 

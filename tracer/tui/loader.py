@@ -13,8 +13,6 @@ lenient decoding, or an '<unreadable: ...>' value) where the reference reader sk
 """
 from __future__ import annotations
 
-import gc
-from contextlib import contextmanager
 from dataclasses import dataclass
 from operator import attrgetter
 from pathlib import Path
@@ -24,6 +22,7 @@ import msgspec
 from msgspec import Struct, field
 
 from tracer.trace_file import SkippedLine, SpanRecord, TraceFile, TraceFileError, parse_request
+from tracer.tui.memory import gc_paused
 from tracer.tui.records import LazyAttributes, Span, _KeyValue, attributes_of
 
 _HEX_DIGITS = b"0123456789abcdef"
@@ -119,22 +118,6 @@ def _parse_line(line: bytes) -> list[Union[Span, SpanRecord]]:
         if not isinstance(message, dict) or "resourceSpans" not in message:
             raise ValueError("not an ExportTraceServiceRequest (no resourceSpans)") from None
         return parse_request(message)
-
-
-@contextmanager
-def gc_paused() -> Iterator[None]:
-    """Hold off the cyclic GC while many small acyclic objects are created: each collection
-    would rescan all of them. What was made meanwhile is then frozen (gc.freeze): it is the
-    trace, kept while the explorer runs, and the first collection after re-enabling would
-    otherwise scan all of it at once."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.freeze()
-        if was_enabled:
-            gc.enable()
 
 
 def _lines(data: bytes) -> Iterator[tuple[int, bytes, memoryview]]:

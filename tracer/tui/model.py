@@ -212,7 +212,7 @@ class TraceModel:
 
 
 def build_model(trace: TraceFile, step_hops: frozenset[str] | None = None) -> TraceModel:
-    from tracer.tui.loader import gc_paused
+    from tracer.tui.memory import gc_paused
 
     with gc_paused():
         return _build_model(trace, step_scope_hops() if step_hops is None else step_hops)
