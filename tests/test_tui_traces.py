@@ -18,8 +18,10 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
+import pytest
+
 from tracer.trace_file import read_trace_file
-from tracer.tui.loader import load_trace
+from tracer.tui.loader import ints_of, load_trace
 from tracer.tui.records import as_record
 
 SYSTEM = "You are a careful assistant who answers questions about cooking, briefly and precisely. " * 3
@@ -192,3 +194,17 @@ def test_ids_the_reference_reader_rewrites_read_the_same_and_blank_lines_are_ign
     assert any(s.links for s in reference.spans)
     assert sorted(map(as_record, fast.spans), key=key) == sorted(reference.spans, key=key)
     assert fast.skipped == reference.skipped == []
+
+
+@pytest.mark.parametrize("times", [["1796098753592799652", "0"], [" 12", "0012", "-0", "+1"], ["١٢٣"],
+                                   ["99999999999999999999999"], [5, "6"], ["1e3"], ["1.0"], ["1,2"], ["true"], []])
+def test_times_read_in_bulk_are_what_int_makes_of_each(times):
+    """The loader reads a line's times as one JSON array: any time that is not a plain string of
+    digits (an exponent, a comma, a digit JSON does not know) reads as int() reads it, or fails as it does."""
+    try:
+        expected = [int(t) for t in times]
+    except ValueError:
+        with pytest.raises(ValueError):
+            ints_of(times)
+        return
+    assert ints_of(times) == expected

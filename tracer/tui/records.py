@@ -9,15 +9,20 @@ reads a few keys of each span when it opens, and everything only for the focused
 from __future__ import annotations
 
 import re
-from functools import lru_cache
-from typing import Any, Iterator, Mapping, Union
+from functools import cached_property, lru_cache
+from typing import Annotated, Any, Iterator, Mapping, Union
 
 import msgspec
-from msgspec import Raw, Struct, field
+from msgspec import Meta, Raw, Struct, field
 
 from tracer.trace_file import STATUS_CODES, Event, Link, SpanRecord, _any_value, _attributes, _kind
 
 EMPTY_LIST = Raw(b"[]")
+# Trace and span ids as the typed schema takes them: 16 to 32 characters (canonical ids are 16
+# or 32 hex digits; the loader checks the digits, and the lengths in bulk within these bounds).
+# Any other id sends its line to the reference reader's decoding.
+ID_MIN, ID_MAX = 16, 32
+Id = Annotated[str, Meta(min_length=ID_MIN, max_length=ID_MAX)]
 _MISSING = object()
 
 
@@ -236,8 +241,8 @@ class _Event(Struct):
 
 
 class SpanLink(Struct, gc=False):
-    trace_id: str = field(name="traceId")
-    span_id: str = field(name="spanId")
+    trace_id: Id = field(name="traceId")
+    span_id: Id = field(name="spanId")
     attributes_json: Raw = field(name="attributes", default=EMPTY_LIST)
     decoded_attributes: Union[dict, None] = None
 
@@ -272,25 +277,29 @@ def _kind_name(value: int | str) -> str:
     return _kind(value)
 
 
-class Span(Struct, kw_only=True, gc=False):
+class Span(Struct, kw_only=True, dict=True):
     """One span, with SpanRecord's attribute names. The loader sets `resource` and `scope`,
-    turns the times into ints, an empty parent into None, and wraps `attributes` (raw JSON
-    when decoded) in a LazyAttributes."""
+    turns the times into ints and an empty parent into None. `attributes` is made from the raw
+    JSON on first read (opening a trace reads a fifth of the spans' attributes); the instance
+    dict (dict=True) holds it."""
 
-    trace_id: str = field(name="traceId")
-    span_id: str = field(name="spanId")
+    trace_id: Id = field(name="traceId")
+    span_id: Id = field(name="spanId")
     parent_span_id: Union[str, None] = field(name="parentSpanId", default=None)
     name: str
     kind_code: Union[int, str] = field(name="kind", default=0)
     start_ns: Union[str, int] = field(name="startTimeUnixNano", default=0)
     end_ns: Union[str, int] = field(name="endTimeUnixNano", default=0)
-    # Decoded as raw JSON (the annotation tells msgspec so); the loader wraps it in a LazyAttributes.
-    attributes: Raw = EMPTY_LIST
+    attributes_json: Raw = field(name="attributes", default=EMPTY_LIST)
     raw_events: list[_Event] = field(name="events", default_factory=list)
     links: list[SpanLink] = field(default_factory=list)
     raw_status: Union[SpanStatus, None] = field(name="status", default=None)
     resource: Union[dict, None] = None
     scope: str = ""
+
+    @cached_property
+    def attributes(self) -> LazyAttributes:
+        return LazyAttributes(self.attributes_json)
 
     @property
     def kind(self) -> str:
