@@ -145,6 +145,7 @@ async def open_and_drive(path: Path, keys: int) -> dict:
                 await pilot.pause()
             await pilot.press("slash", "ctrl+a", "ctrl+k", "enter")  # clear the filter: all requests back
             app.query_one("#requests", RequestsTable).focus()
+            await pilot.pause()  # the focus change's repaint, before the first timed key
             switch_ms = []
             for _ in range(min(keys, len(model.requests) - 1)):
                 start = time.perf_counter()

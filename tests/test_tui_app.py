@@ -11,7 +11,7 @@ from tracer.cli import main as cli_main
 from tracer.source import locate
 from tracer.tui.app import ExplorerApp
 from tracer.tui.screens import CompareScreen, HelpScreen, SourcePane, SourceScreen
-from tracer.tui.widgets import RequestsTable, StatePanel, WaterfallTable
+from tracer.tui.widgets import RequestsTable, SidePanel, WaterfallTable
 
 SIZE = (80, 24)
 pytestmark = pytest.mark.anyio
@@ -29,6 +29,11 @@ def rendered(widget) -> str:
     console = Console(width=200, record=True, file=io.StringIO())
     console.print(widget.content)
     return " ".join(console.export_text().split())
+
+
+def state_shown(app: ExplorerApp) -> str:
+    """The state part of the side panel, whitespace runs collapsed."""
+    return " ".join(app.query_one("#side", SidePanel).state_text().split())
 
 
 def waterfall(app: ExplorerApp) -> WaterfallTable:
@@ -58,7 +63,7 @@ async def test_stepping_through_hops_moves_the_state_panel_with_it():
         lookup = next(i for i, r in enumerate(rows) if r.span.name == "kv.match_prefix")
         await pilot.press(*["n"] * lookup)
         assert waterfall(app).current() is rows[lookup]
-        state = rendered(app.query_one("#state", StatePanel))
+        state = state_shown(app)
         assert f"hop {lookup + 1} of {len(rows)}" in state
         assert f"{run.cached_tokens[1]} cached tokens" in state
         await pilot.press("p")
@@ -87,7 +92,7 @@ async def test_the_waterfall_cursor_scrolls_with_keys_and_follows_the_mouse():
         # A click highlights the row under the mouse (the panels follow); a second click selects it.
         await pilot.click(WaterfallTable, offset=(10, 3))  # line 3: row 2, under the header
         assert table.cursor_row == 2
-        assert f"hop 3 of {table.row_count}" in rendered(app.query_one("#state", StatePanel))
+        assert f"hop 3 of {table.row_count}" in state_shown(app)
         await pilot.click(WaterfallTable, offset=(10, 3))
         assert isinstance(app.screen, SourceScreen) and app.screen.hop == table.rows_shown[2].span.name
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from textual import events
 from textual.app import App, ComposeResult
 from textual.binding import Binding
-from textual.containers import Horizontal, VerticalScroll
+from textual.containers import Horizontal
 from textual.widgets import Footer, Header, Input, Static
 
 from tracer.tui.compare import Comparison, compare_models
@@ -18,7 +18,7 @@ from tracer.tui.rowtable import RowTable
 from tracer.tui.styles import CSS
 from tracer.tui.screens import CompareScreen, HelpScreen, SourceScreen
 from tracer.tui.timeline import Waterfall, build_waterfall
-from tracer.tui.widgets import DetailsPanel, RequestsTable, StatePanel, WaterfallTable, title_of
+from tracer.tui.widgets import RequestsTable, SidePanel, WaterfallTable, title_of
 
 HOP_FILTER_PREFIX = "hop:"
 MAIN_SCREEN_ACTIONS = {"next_hop", "previous_hop", "next_step", "previous_step", "source", "compare",
@@ -71,9 +71,7 @@ class ExplorerApp(App):
         yield RequestsTable(id="requests", on_highlight=self.request_highlighted)
         with Horizontal(id="body"):
             yield WaterfallTable(id="waterfall", on_highlight=lambda row: self.show_hop())
-            with VerticalScroll(id="side"):
-                yield StatePanel(id="state")
-                yield DetailsPanel(id="details")
+            yield SidePanel(id="side")
         yield Input(placeholder="filter requests (id, status) or hop:NAME", id="filter")
         yield Footer()
 
@@ -128,8 +126,8 @@ class ExplorerApp(App):
         row = table.current()
         waterfall = table.waterfall
         request_id = waterfall.request.request_id if waterfall else ""
-        self.query_one("#state", StatePanel).show(row, (table.cursor_row + 1, len(table.rows_shown)), request_id)
-        self.query_one("#details", DetailsPanel).show(row, waterfall.start_ns if waterfall else 0)
+        self.query_one("#side", SidePanel).show(row, (table.cursor_row + 1, len(table.rows_shown)), request_id,
+                                                waterfall.start_ns if waterfall else 0)
 
     # -- events ---------------------------------------------------------------------------------
 

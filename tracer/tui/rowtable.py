@@ -27,6 +27,24 @@ from textual.strip import Strip
 CELL_PADDING = 1  # blank cells each side of a cell, as DataTable draws them
 
 
+def set_virtual_size(view: ScrollView, size: Size) -> None:
+    """Set a view's scrollable size; lay out the screen again only when that changes its height
+    (auto height) or shows / hides its scrollbar. A screen layout costs tens of ms at 80x24
+    (and the resizes it sends cost more frames), and a view whose content changes on every
+    keystroke (the waterfall, the side panel) needs none."""
+    if size == view.virtual_size:
+        return
+    height = view.styles.height
+    shows_bar = size.height > view.container_size.height
+    if (height is None or height.is_auto or not view.container_size
+            or shows_bar != view.show_vertical_scrollbar or view.styles.overflow_y != "auto"):
+        view.virtual_size = size
+        return
+    view.set_reactive(ScrollView.virtual_size, size)
+    view._scroll_update(size)  # Textual's own update of the scrollbars and scroll limits
+    view.refresh()
+
+
 @dataclass(frozen=True)
 class Column:
     label: str
@@ -134,20 +152,7 @@ class RowTable(ScrollView, can_focus=True):
         self.refresh()
 
     def _set_virtual_size(self, size: Size) -> None:
-        """Set the scrollable size; lay out the screen again only when that changes our height
-        (auto height) or shows / hides the scrollbar. A screen layout costs tens of ms at
-        80x24, and a table whose rows change on every keystroke (the waterfall) needs none."""
-        if size == self.virtual_size:
-            return
-        height = self.styles.height
-        shows_bar = size.height > self.container_size.height
-        if (height is None or height.is_auto or not self.container_size
-                or shows_bar != self.show_vertical_scrollbar or self.styles.overflow_y != "auto"):
-            self.virtual_size = size
-            return
-        self.set_reactive(ScrollView.virtual_size, size)
-        self._scroll_update(size)  # Textual's own update of the scrollbars and scroll limits
-        self.refresh()
+        set_virtual_size(self, size)
 
     def invalidate(self) -> None:
         """Forget drawn lines and column widths (the rows' content changed)."""

@@ -23,10 +23,6 @@ CSS = """
     border-left: solid $primary-background;
     padding: 0 1;
 }
-#state {
-    height: 10;
-    border-bottom: solid $primary-background;
-}
 #filter {
     display: none;
     dock: bottom;
