@@ -18,13 +18,18 @@ How spans become requests and steps (the trace shape is tracer/spans.py's):
 """
 from __future__ import annotations
 
+from collections import defaultdict, deque
 from dataclasses import dataclass, field
 from functools import cached_property
+from itertools import compress, repeat
 from pathlib import Path
 from operator import attrgetter
-from typing import Any, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from tracer.trace_file import SkippedLine, SpanRecord, TraceFile
+
+if TYPE_CHECKING:
+    from tracer.tui.summaries import RequestSummary
 
 REQUEST_ID = "gen_ai.request.id"
 EXTERNAL_ID = "servetrace.request.external_id"
@@ -108,20 +113,6 @@ class Step:
         return default
 
 
-@dataclass
-class RequestSummary:
-    """What the requests table shows of a request (computed from its spans and steps)."""
-
-    prompt_tokens: int | None = None
-    output_tokens: int | None = None
-    cached_tokens: int | None = None
-    start_ns: int = 0
-    end_ns: int = 0
-    first_token_ns: int | None = None
-    status: str = "unfinished"
-    error: str = ""
-
-
 @dataclass(eq=False)
 class Request:
     """A request's spans and steps; its summary is computed on first read (a 2,000-request
@@ -133,7 +124,9 @@ class Request:
 
     @cached_property
     def summary(self) -> RequestSummary:
-        return _summarise(self)
+        from tracer.tui.summaries import summarise  # it reads the model's classes
+
+        return summarise(self)
 
     @property
     def prompt_tokens(self) -> int | None:
@@ -220,10 +213,10 @@ def build_model(trace: TraceFile, step_hops: frozenset[str] | None = None) -> Tr
 
 def _build_model(trace: TraceFile, step_hops: frozenset[str]) -> TraceModel:
     spans = trace.spans
-    by_span_id = {s.span_id: s for s in spans}
-    by_trace: dict[str, list[SpanRecord]] = {}
+    by_span_id = dict(zip(map(_span_id, spans), spans))
+    by_trace: dict[str, list[SpanRecord]] = defaultdict(list)  # no list made per span, as setdefault would
     for span in spans:
-        by_trace.setdefault(span.trace_id, []).append(span)
+        by_trace[span.trace_id].append(span)
 
     steps, step_of_span, step_traces = _segment_steps(spans, by_trace, by_span_id, step_hops)
 
@@ -239,9 +232,11 @@ def _build_model(trace: TraceFile, step_hops: frozenset[str]) -> TraceModel:
             if external is not None and REQUEST_ID in span.attributes:
                 alias[str(span.attributes[REQUEST_ID])] = str(external)
 
-    def canonical(request_id: Any) -> str:
+    def aliased(request_id: Any) -> str:
         text = str(request_id)
-        return alias.get(text, text) if alias else text
+        return alias.get(text, text)
+
+    canonical: Callable[[Any], str] = aliased if alias else str  # str: called in C, for every batch id
 
     requests: dict[str, Request] = {}
     request_of_trace: dict[str, str] = {}
@@ -264,6 +259,7 @@ def _build_model(trace: TraceFile, step_hops: frozenset[str]) -> TraceModel:
                     if not step.linked or step.linked[-1] is not span:
                         step.linked.append(span)
 
+    steps_of = {rid: request.steps for rid, request in requests.items()}
     for step in steps:
         tokens = _batch(step, canonical)
         step.canonical = canonical
@@ -273,10 +269,13 @@ def _build_model(trace: TraceFile, step_hops: frozenset[str]) -> TraceModel:
         if step.linked:
             _add_absent(tokens, map(request_of_trace.get, map(_trace_id, step.linked)))
         step.request_ids = list(tokens)
-        for rid in tokens:
-            request = requests.get(rid)
-            if request is not None:
-                request.steps.append(step)  # steps come in index order
+        # Steps come in index order. Appended in C when every id names a request (as it does).
+        if tokens.keys() <= steps_of.keys():
+            deque(map(list.append, map(steps_of.__getitem__, tokens), repeat(step)), maxlen=0)
+        else:
+            for rid in tokens:
+                if rid in steps_of:
+                    steps_of[rid].append(step)
     return TraceModel(trace.path, spans, trace.skipped, requests, steps, by_span_id, step_of_span)
 
 
@@ -290,8 +289,9 @@ def _segment_steps(
     step_of_span: dict[str, Step] = {}
     step_traces: set[str] = set()
     current: Step | None = None
-    for span in spans:
-        if span.name not in step_hops or (span.parent_span_id is not None and span.parent_span_id in by_span_id):
+    # Step-scope spans picked out in C (a fraction of all spans), then the roots among them.
+    for span in compress(spans, map(step_hops.__contains__, map(_name, spans))):
+        if span.parent_span_id is not None and span.parent_span_id in by_span_id:
             continue
         if span.trace_id in step_traces:
             continue
@@ -304,15 +304,16 @@ def _segment_steps(
             current = Step(len(steps))
             steps.append(current)
         step_traces.add(span.trace_id)
-        for member in by_trace[span.trace_id]:
-            current.spans.append(member)
-            step_of_span[member.span_id] = current
+        members = by_trace[span.trace_id]
+        current.spans.extend(members)
+        step_of_span.update(zip(map(_span_id, members), repeat(current)))
     for step in steps:
         _chronological(step.spans)
     return steps, step_of_span, step_traces
 
 
 _trace_id, _start, _end = attrgetter("trace_id"), attrgetter("start_ns"), attrgetter("end_ns")
+_span_id, _name = attrgetter("span_id"), attrgetter("name")
 
 
 def _chronological(spans: list[SpanRecord]) -> None:
@@ -324,7 +325,7 @@ def _chronological(spans: list[SpanRecord]) -> None:
 def _add_absent(tokens: dict[str, Any], owners: Iterable[str | None]) -> None:
     """Add each owner not yet in `tokens`, in order (most are there already)."""
     owners = list(owners)
-    if set(owners).issubset(tokens.keys()):
+    if tokens.keys() >= set(owners):
         return
     for owner in owners:
         if owner is not None and owner not in tokens:
@@ -344,74 +345,3 @@ def _batch(step: Step, canonical: Callable[[Any], str]) -> dict[str, None]:
             step.batch_span = span
             return dict.fromkeys(map(canonical, ids))
     return {}
-
-
-def _summarise(request: Request) -> RequestSummary:
-    spans = request.spans
-    summary = RequestSummary()
-    rid = request.request_id
-    summary.start_ns = min((s.start_ns for s in spans), default=0)
-    summary.end_ns = max([s.end_ns for s in spans] + [st.end_ns for st in request.steps[-1:]], default=0)
-    detokenized = 0
-    saw_detokenize = False
-    for span in spans:
-        attrs = span.attributes
-        if summary.prompt_tokens is None and INPUT_TOKENS in attrs:
-            summary.prompt_tokens = int(attrs[INPUT_TOKENS])
-        if summary.cached_tokens is None and span.name == "kv.match_prefix" and CACHED_TOKENS in attrs:
-            summary.cached_tokens = int(attrs[CACHED_TOKENS])
-        if OUTPUT_TOKENS in attrs:
-            summary.output_tokens = int(attrs[OUTPUT_TOKENS])
-        if span.name == "detokenize":
-            saw_detokenize = True
-            detokenized += int(attrs.get(NEW_TOKENS, 0) or 0)
-            if summary.first_token_ns is None and attrs.get(NEW_TOKENS, 1):
-                summary.first_token_ns = span.start_ns
-        reasons = attrs.get(FINISH_REASONS)
-        if isinstance(reasons, list) and reasons and span.name != "scheduler.update":
-            summary.status = str(reasons[0])
-        elif str(attrs.get(STATUS, "")).startswith("FINISHED") and summary.status == "unfinished":
-            summary.status = str(attrs[STATUS]).removeprefix("FINISHED_").lower()
-        if span.status == "ERROR" and not summary.error:
-            summary.error = span.status_message or f"{span.name} failed"
-    if not saw_detokenize:
-        # Our engine detokenizes a whole batch in its step: the request's share is in the step's span.
-        for span, new_tokens in _batch_detokenized(request):
-            saw_detokenize = True
-            detokenized += new_tokens
-            if summary.first_token_ns is None and new_tokens:
-                summary.first_token_ns = span.end_ns
-    if summary.output_tokens is None and saw_detokenize:
-        summary.output_tokens = detokenized
-    if summary.status == "unfinished":
-        for step in request.steps:
-            finished = step.attribute(BATCH_FINISHED) or []
-            if rid in finished:
-                reasons = step.attribute(FINISH_REASONS) or []
-                index = finished.index(rid)
-                summary.status = str(reasons[index]) if index < len(reasons) else "finished"
-    if summary.error:
-        summary.status = "error"
-    if summary.first_token_ns is None and summary.prompt_tokens is not None:
-        # No detokenize hop (replay): the first token comes out of the step that completes the prefill.
-        done = summary.cached_tokens or 0
-        for step in request.steps:
-            done += step.scheduled_tokens.get(rid, 0)
-            if done >= summary.prompt_tokens:
-                summary.first_token_ns = step.end_ns
-                break
-    return summary
-
-
-def _batch_detokenized(request: Request) -> Iterator[tuple[SpanRecord, int]]:
-    """(detokenize span, the request's new tokens in it) for each step of the request that detokenized it."""
-    rid = request.request_id
-    for step in request.steps:
-        for span in step.spans:
-            if span.name != "detokenize":
-                continue
-            ids = span.attributes.get(BATCH_IDS)
-            if isinstance(ids, list) and rid in ids:
-                counts = span.attributes.get(BATCH_NEW_TOKENS)
-                index = ids.index(rid)
-                yield span, int(counts[index]) if isinstance(counts, list) and index < len(counts) else 1

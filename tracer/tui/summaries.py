@@ -1,0 +1,101 @@
+"""A request's summary (the requests table's row): tokens, TTFT, latency, status.
+
+Computed from the request's own spans and the steps it took part in (tracer.tui.model), when
+its row is first drawn: a 2,000-request trace opens without reading every request span.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+from tracer.trace_file import SpanRecord
+from tracer.tui.model import (
+    BATCH_FINISHED, BATCH_IDS, BATCH_NEW_TOKENS, CACHED_TOKENS, FINISH_REASONS, INPUT_TOKENS, NEW_TOKENS,
+    OUTPUT_TOKENS, STATUS, Request,
+)
+
+
+@dataclass
+class RequestSummary:
+    """What the requests table shows of a request (computed from its spans and steps)."""
+
+    prompt_tokens: int | None = None
+    output_tokens: int | None = None
+    cached_tokens: int | None = None
+    start_ns: int = 0
+    end_ns: int = 0
+    first_token_ns: int | None = None
+    status: str = "unfinished"
+    error: str = ""
+
+
+def summarise(request: Request) -> RequestSummary:
+    """What the requests table shows of `request`, from its spans and the steps it took part in."""
+    spans = request.spans
+    summary = RequestSummary()
+    rid = request.request_id
+    summary.start_ns = min((s.start_ns for s in spans), default=0)
+    summary.end_ns = max([s.end_ns for s in spans] + [st.end_ns for st in request.steps[-1:]], default=0)
+    detokenized = 0
+    saw_detokenize = False
+    for span in spans:
+        attrs = span.attributes
+        if summary.prompt_tokens is None and INPUT_TOKENS in attrs:
+            summary.prompt_tokens = int(attrs[INPUT_TOKENS])
+        if summary.cached_tokens is None and span.name == "kv.match_prefix" and CACHED_TOKENS in attrs:
+            summary.cached_tokens = int(attrs[CACHED_TOKENS])
+        if OUTPUT_TOKENS in attrs:
+            summary.output_tokens = int(attrs[OUTPUT_TOKENS])
+        if span.name == "detokenize":
+            saw_detokenize = True
+            detokenized += int(attrs.get(NEW_TOKENS, 0) or 0)
+            if summary.first_token_ns is None and attrs.get(NEW_TOKENS, 1):
+                summary.first_token_ns = span.start_ns
+        reasons = attrs.get(FINISH_REASONS)
+        if isinstance(reasons, list) and reasons and span.name != "scheduler.update":
+            summary.status = str(reasons[0])
+        elif str(attrs.get(STATUS, "")).startswith("FINISHED") and summary.status == "unfinished":
+            summary.status = str(attrs[STATUS]).removeprefix("FINISHED_").lower()
+        if span.status == "ERROR" and not summary.error:
+            summary.error = span.status_message or f"{span.name} failed"
+    if not saw_detokenize:
+        # Our engine detokenizes a whole batch in its step: the request's share is in the step's span.
+        for span, new_tokens in _batch_detokenized(request):
+            saw_detokenize = True
+            detokenized += new_tokens
+            if summary.first_token_ns is None and new_tokens:
+                summary.first_token_ns = span.end_ns
+    if summary.output_tokens is None and saw_detokenize:
+        summary.output_tokens = detokenized
+    if summary.status == "unfinished":
+        for step in request.steps:
+            finished = step.attribute(BATCH_FINISHED) or []
+            if rid in finished:
+                reasons = step.attribute(FINISH_REASONS) or []
+                index = finished.index(rid)
+                summary.status = str(reasons[index]) if index < len(reasons) else "finished"
+    if summary.error:
+        summary.status = "error"
+    if summary.first_token_ns is None and summary.prompt_tokens is not None:
+        # No detokenize hop (replay): the first token comes out of the step that completes the prefill.
+        done = summary.cached_tokens or 0
+        for step in request.steps:
+            done += step.scheduled_tokens.get(rid, 0)
+            if done >= summary.prompt_tokens:
+                summary.first_token_ns = step.end_ns
+                break
+    return summary
+
+
+def _batch_detokenized(request: Request) -> Iterator[tuple[SpanRecord, int]]:
+    """(detokenize span, the request's new tokens in it) for each step of the request that detokenized it."""
+    rid = request.request_id
+    for step in request.steps:
+        for span in step.spans:
+            if span.name != "detokenize":
+                continue
+            ids = span.attributes.get(BATCH_IDS)
+            if isinstance(ids, list) and rid in ids:
+                counts = span.attributes.get(BATCH_NEW_TOKENS)
+                index = ids.index(rid)
+                yield span, int(counts[index]) if isinstance(counts, list) and index < len(counts) else 1
