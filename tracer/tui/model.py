@@ -333,8 +333,8 @@ def _add_absent(tokens: dict[str, Any], owners: Iterable[str | None]) -> None:
 
 
 def _array(span: SpanRecord, key: str) -> Any:
-    attributes = span.attributes
-    return attributes.get_array(key) if hasattr(attributes, "get_array") else attributes.get(key)
+    array = getattr(span, "array", None)  # records.Span: read straight from the JSON
+    return array(key) if array is not None else span.attributes.get(key)
 
 
 def _batch(step: Step, canonical: Callable[[Any], str]) -> dict[str, None]:

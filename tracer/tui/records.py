@@ -144,6 +144,25 @@ def _array_items(json: bytes, at: int) -> list | None:
     return None
 
 
+def array_in(json: bytes, key: str) -> Any:
+    """The value of `key` in an attribute list's JSON when it is an array of plain strings or
+    of ints written the usual way (a step's batch: ids and token counts), read straight from
+    the JSON by a pattern that only matches when the generic decoding would give the same
+    list; None when the key is certainly absent; _MISSING when only decoding can tell."""
+    if b"\\" in json:  # escapes: a key or a value may be spelled otherwise
+        return _MISSING
+    quoted = _quoted(key)
+    prefix = b'"key":' + quoted + b',"value":{"arrayValue":{"values":['
+    start = json.find(prefix)
+    if start < 0:
+        return None if quoted not in json else _MISSING
+    # The key once only (a repeated key's last value wins in the generic decoding).
+    if json.find(quoted, start + len(prefix)) >= 0:
+        return _MISSING
+    items = _array_items(json, start + len(prefix))
+    return _MISSING if items is None else items
+
+
 class LazyAttributes(Mapping[str, Any]):
     """A span's attributes: the list is split into keys on first read, each value decoded on
     its first read. A list the typed schema does not fit is decoded as the reference reader does.
@@ -203,18 +222,13 @@ class LazyAttributes(Mapping[str, Any]):
 
     def get_array(self, key: str) -> Any:
         """`get(key)`, faster for an array of plain strings or of ints written the usual way
-        (a step's batch: ids and token counts): read straight from the JSON by a pattern that
-        only matches when the generic decoding would give the same list."""
-        if key not in self._decoded and self._raw is None and (b"\\" not in self._json):
-            quoted = _quoted(key)
-            prefix = b'"key":' + quoted + b',"value":{"arrayValue":{"values":['
-            start = self._json.find(prefix)
-            # The key once only (a repeated key's last value wins in the generic decoding).
-            if start >= 0 and self._json.find(quoted, start + len(prefix)) < 0:
-                items = _array_items(self._json, start + len(prefix))
+        (a step's batch: ids and token counts): see array_in."""
+        if key not in self._decoded and self._raw is None:
+            items = array_in(self._json, key)
+            if items is not _MISSING:
                 if items is not None:
                     self._decoded[key] = items
-                    return items
+                return items
         return self.get(key)
 
     def __contains__(self, key: object) -> bool:
@@ -316,6 +330,18 @@ class Span(Struct, kw_only=True, dict=True):
     scope: str = ""
 
     attributes = _SetOnFirstRead(lambda span: LazyAttributes(span.attributes_json))
+
+    def array(self, key: str) -> Any:
+        """attributes.get_array(key), read from the JSON without wrapping the attributes when
+        nothing has read them yet (opening a trace reads every step's batch ids, and nothing
+        else of most step spans)."""
+        attributes = self.__dict__.get("attributes")
+        if attributes is None:
+            items = array_in(bytes(self.attributes_json), key)
+            if items is not _MISSING:
+                return items
+            attributes = self.attributes
+        return attributes.get_array(key)
 
     @property
     def kind(self) -> str:
