@@ -214,9 +214,8 @@ def build_model(trace: TraceFile, step_hops: frozenset[str] | None = None) -> Tr
 def _build_model(trace: TraceFile, step_hops: frozenset[str]) -> TraceModel:
     spans = trace.spans
     by_span_id = dict(zip(map(_span_id, spans), spans))
-    by_trace: dict[str, list[SpanRecord]] = defaultdict(list)  # no list made per span, as setdefault would
-    for span in spans:
-        by_trace[span.trace_id].append(span)
+    by_trace: dict[str, list[SpanRecord]] = defaultdict(list)
+    deque(map(list.append, map(by_trace.__getitem__, map(_trace_id, spans)), spans), maxlen=0)  # grouped in C
 
     steps, step_of_span, step_traces = _segment_steps(spans, by_trace, by_span_id, step_hops)
 
