@@ -259,14 +259,14 @@ def _build_model(trace: TraceFile, step_hops: frozenset[str]) -> TraceModel:
                         step.linked.append(span)
 
     steps_of = {rid: request.steps for rid, request in requests.items()}
+    owner_of = request_of_trace.get
     for step in steps:
         tokens = _batch(step, canonical)
         step.canonical = canonical
-        for span in step.spans:
-            if span.links:
-                _add_absent(tokens, map(request_of_trace.get, map(_trace_id, span.links)))
-        if step.linked:
-            _add_absent(tokens, map(request_of_trace.get, map(_trace_id, step.linked)))
+        # Requests linked to or from the step: most are in its batch already (checked in C).
+        for linked in [span.links for span in step.spans if span.links] + [step.linked]:
+            if not tokens.keys() >= set(map(owner_of, map(_trace_id, linked))):
+                _add_absent(tokens, map(owner_of, map(_trace_id, linked)))
         step.request_ids = list(tokens)
         # Steps come in index order. Appended in C when every id names a request (as it does).
         if tokens.keys() <= steps_of.keys():
@@ -322,10 +322,7 @@ def _chronological(spans: list[SpanRecord]) -> None:
 
 
 def _add_absent(tokens: dict[str, Any], owners: Iterable[str | None]) -> None:
-    """Add each owner not yet in `tokens`, in order (most are there already)."""
-    owners = list(owners)
-    if tokens.keys() >= set(owners):
-        return
+    """Add each owner not yet in `tokens`, in order."""
     for owner in owners:
         if owner is not None and owner not in tokens:
             tokens[owner] = 0
