@@ -154,6 +154,27 @@ async def test_agreeing_replays_compare_equal():
         assert app.model.engine == "vllm"
 
 
+async def test_full_garbage_collections_wait_for_a_pause_in_the_input():
+    """A full collection rescans every object made since the trace was read (tens of ms):
+    while the explorer runs it waits until the user pauses, and the process's settings come
+    back when the explorer exits."""
+    import gc
+    import time
+
+    before = gc.get_threshold()
+    app = ExplorerApp.from_paths([engine_run().trace])
+    async with app.run_test(size=SIZE) as pilot:
+        assert gc.get_threshold()[:2] == before[:2] and gc.get_threshold()[2] > before[2]
+        await pilot.press("n")
+        gc.collect(1)  # a young collection: a full one is now due
+        app.collector.tick()
+        assert gc.get_count()[2] > 0, "a key was just pressed: no full collection yet"
+        app.collector.last_input = time.monotonic() - 2 * app.collector.idle_s
+        app.collector.tick()
+        assert gc.get_count()[2] == 0, "the user paused: the full collection ran"
+    assert gc.get_threshold() == before
+
+
 async def test_a_malformed_file_opens_with_what_is_readable_and_says_so(tmp_path):
     lines = engine_run().trace.read_text().splitlines(keepends=True)
     path = tmp_path / "broken.jsonl"
