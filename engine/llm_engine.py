@@ -6,6 +6,7 @@ by the OutputProcessor's work (incremental detokenization and stop strings).
 """
 from __future__ import annotations
 
+import gc
 import itertools
 import time
 from typing import Any, Callable
@@ -50,6 +51,10 @@ class LLMEngine:
         self.scheduler = Scheduler(config.scheduler, config.cache, num_blocks)
         self.output_processor = OutputProcessor(self.tokenizer)
         self._ids = itertools.count()
+        # The startup heap (model, tokenizer, imports) lives as long as the engine: mark it static so
+        # the collector stops rescanning it (vLLM: EngineCore.__init__ -> freeze_gc_heap).
+        gc.collect()
+        gc.freeze()
 
     # -- request intake ------------------------------------------------------------------
 
