@@ -28,6 +28,7 @@ test: setup
 
 bench: setup
 	$(PY) bench/offline_throughput.py
+	$(PY) bench/cpu_kernels.py
 	$(PY) bench/replay_bench.py
 	$(PY) bench/serve_bench.py
 	$(PY) bench/trace_overhead.py
