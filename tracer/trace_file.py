@@ -31,8 +31,26 @@ class Event:
     attributes: dict[str, Any] = field(default_factory=dict)
 
 
+class SpanReadings:
+    """What both span types (this reader's SpanRecord, the explorer's records.Span) derive alike."""
+
+    __slots__ = ()
+    start_ns: int
+    end_ns: int
+    attributes: Any
+
+    @property
+    def duration_ns(self) -> int:
+        return self.end_ns - self.start_ns
+
+    @property
+    def request_id(self) -> str | None:
+        value = self.attributes.get("gen_ai.request.id")
+        return None if value is None else str(value)
+
+
 @dataclass
-class SpanRecord:
+class SpanRecord(SpanReadings):
     trace_id: str
     span_id: str
     parent_span_id: str | None
@@ -47,15 +65,6 @@ class SpanRecord:
     status_message: str
     resource: dict[str, Any]
     scope: str
-
-    @property
-    def duration_ns(self) -> int:
-        return self.end_ns - self.start_ns
-
-    @property
-    def request_id(self) -> str | None:
-        value = self.attributes.get("gen_ai.request.id")
-        return None if value is None else str(value)
 
 
 @dataclass

@@ -15,7 +15,7 @@ from typing import Annotated, Any, Callable, Iterator, Mapping, Union
 import msgspec
 from msgspec import Meta, Raw, Struct, field
 
-from tracer.trace_file import STATUS_CODES, Event, Link, SpanRecord, _any_value, _attributes, _kind
+from tracer.trace_file import STATUS_CODES, Event, Link, SpanReadings, SpanRecord, _any_value, _attributes, _kind
 
 EMPTY_LIST = Raw(b"[]")
 # Trace and span ids as the typed schema takes them: 16 to 32 characters (canonical ids are 16
@@ -309,7 +309,7 @@ class _SetOnFirstRead:
         return value
 
 
-class Span(Struct, kw_only=True, dict=True):
+class Span(Struct, SpanReadings, kw_only=True, dict=True):
     """One span, with SpanRecord's attribute names. The loader sets `resource` and `scope`,
     turns the times into ints and an empty parent into None. `attributes` is made from the raw
     JSON on first read (opening a trace reads a fifth of the spans' attributes); the instance
@@ -360,15 +360,6 @@ class Span(Struct, kw_only=True, dict=True):
     @property
     def events(self) -> list[Event]:
         return [Event(e.name, int(e.timeUnixNano), attributes_of(e.attributes)) for e in self.raw_events]
-
-    @property
-    def duration_ns(self) -> int:
-        return self.end_ns - self.start_ns
-
-    @property
-    def request_id(self) -> str | None:
-        value = self.attributes.get("gen_ai.request.id")
-        return None if value is None else str(value)
 
 
 def as_record(span: Span | SpanRecord) -> SpanRecord:
