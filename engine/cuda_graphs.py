@@ -5,8 +5,11 @@ the launches, not the GPU, set the pace. A CUDA graph records the whole forward 
 head) once per batch size and replays it with one launch. The graph reads its inputs from fixed
 ("static") buffers, so a step copies its batch into them and pads up to the next captured size.
 
-Mirrors vllm.v1.worker.gpu_model_runner.GPUModelRunner.capture_model together with
-vllm.compilation.cuda_graph.CUDAGraphWrapper (FULL cudagraph mode, decode-only batches).
+Mirrors: vllm.v1.worker.gpu.model_runner:GPUModelRunner.capture_model, vllm.v1.worker.gpu.cudagraph_utils:ModelCudaGraphManager.capture, vllm.v1.worker.gpu_model_runner:GPUModelRunner.capture_model, vllm.compilation.cuda_graph:CUDAGraphWrapper (vllm 0.33.0)
+vLLM 0.33 defaults to Model Runner V2 (vllm/config/vllm.py:748-767 VllmConfig.use_v2_model_runner),
+which captures through ModelCudaGraphManager.capture
+(vllm/v1/worker/gpu/model_runner.py:1116 GPUModelRunner.capture_model); the V1 runner
+(VLLM_USE_V2_MODEL_RUNNER=0) captures with CUDAGraphWrapper. Ours: FULL mode, decode-only batches.
 
 Padding rows are harmless by construction: they write their K/V into slot 0 of block 0, the null
 block that the block pool never hands to a request, and attend over that one slot.
@@ -22,7 +25,12 @@ from engine.model import LlamaForCausalLM
 
 
 def decode_batch_sizes(max_num_seqs: int) -> list[int]:
-    """vLLM's default capture sizes, [1, 2, 4, 8, 16, ..., 256, 272, ...], up to max_num_seqs (always included)."""
+    """vLLM's default capture sizes, [1, 2, 4, 8, 16, ..., 256, 272, ...], here up to max_num_seqs (always included).
+
+    vLLM's ceiling is min(2 x max_num_seqs x decode query length, 512 (1024 on SM100),
+    max_num_batched_tokens) (vllm/config/vllm.py:2460-2470 VllmConfig._set_cudagraph_sizes,
+    vllm/config/vllm.py:2551-2552 VllmConfig._set_cudagraph_sizes); ours stops at max_num_seqs.
+    """
     if max_num_seqs < 1:
         raise ValueError(f"max_num_seqs must be >= 1, got {max_num_seqs}")
     sizes = [1, 2, 4] + list(range(8, 256, 8)) + list(range(256, max_num_seqs + 1, 16))

@@ -1,7 +1,10 @@
 """Owns the model, its paged KV cache and the sampler; turns a SchedulerOutput into sampled tokens.
 
-Mirrors vllm.v1.worker.gpu_model_runner.GPUModelRunner, reduced to one device and no
-persistent input batch: every step rebuilds its input tensors from the SchedulerOutput.
+Mirrors: vllm.v1.worker.gpu.model_runner:GPUModelRunner, vllm.v1.worker.gpu_model_runner:GPUModelRunner (vllm 0.33.0)
+Model Runner V2 (the first) is the 0.33 default (vllm/config/vllm.py:748-767
+VllmConfig.use_v2_model_runner); V1 (the second) runs with VLLM_USE_V2_MODEL_RUNNER=0. Reduced
+to one device and no persistent input batch: every step rebuilds its input tensors from the
+SchedulerOutput.
 """
 from __future__ import annotations
 

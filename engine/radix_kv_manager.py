@@ -6,12 +6,17 @@ eviction (LRU over unlocked leaves) cannot take it away. Here the tree (engine.r
 runs with page_size = block_size over a page allocator, so every request's KV still lives in
 whole blocks and the model runner reads it through the same block tables.
 
-Mirrors, in order: sglang.srt.managers.schedule_batch.Req.init_next_round_input (match_prefix
-on all tokens but the last), sglang.srt.mem_cache.common.alloc_for_extend (evict from the tree
-when the allocator runs short, lock the matched node) and
-sglang.srt.mem_cache.common.release_kv_cache (insert a finished request, free the rest).
-Deliberate difference: running requests are not re-inserted after each prefill chunk
-(SGLang's cache_unfinished_req), so a prompt becomes shareable when its request finishes.
+Mirrors: sglang.srt.managers.schedule_batch:Req.init_next_round_input, sglang.srt.mem_cache.allocation:alloc_for_extend, sglang.srt.mem_cache.common:release_kv_cache (sglang 0.5.23)
+In order: match_prefix on all tokens but the last; take the slots, evicting from the tree when
+the allocator runs short; insert a finished request and free the rest. alloc_for_extend takes no
+lock: SGLang locks the matched node at admission, when PrefillAdder commits a request
+(sglang/srt/managers/schedule_policy.py:1691 PrefillAdder._commit_prefill_admission), and our
+allocate_slots is that admission point, so it locks there too.
+Deliberate difference: running requests are not re-inserted after each prefill chunk (SGLang
+0.5.23 publishes every finished chunk through checkpoint_kv_cache -> RadixCache.checkpoint:
+sglang/srt/mem_cache/common.py:271-280 checkpoint_kv_cache,
+sglang/srt/mem_cache/radix_cache.py:510 RadixCache.checkpoint), so a prompt becomes shareable
+when its request finishes.
 """
 from __future__ import annotations
 
@@ -101,7 +106,8 @@ class RadixKVCacheManager:
         num_lookahead_tokens: int = 0,
         full_sequence_must_fit: bool = False,
     ) -> list[int] | None:
-        # Mirrors sglang.srt.mem_cache.common.alloc_for_extend (page granularity)
+        # Mirrors: sglang.srt.mem_cache.allocation:alloc_for_extend (sglang 0.5.23), page granularity;
+        # the lock taken here is SGLang's admission lock (PrefillAdder._commit_prefill_admission).
         kv = self.req_kv.get(request.request_id)
         matched_pages = list(new_computed_blocks or [])
         have_pages = len(kv.pages) if kv else len(matched_pages)

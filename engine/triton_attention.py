@@ -11,9 +11,13 @@ through the block tables, so no request's context is ever gathered into a padded
 - prefill (any batch with a request of more than one new token, including chunks over a cached
   prefix): one program per (request, query tile, head), causal over the cached + new keys.
 
-Mirrors the role of vllm.v1.attention.backends.triton_attn.TritonAttentionImpl (kernels in
-vllm.attention.ops.triton_decode_attention and vllm.attention.ops.triton_unified_attention),
-written for reading rather than for the last few percent.
+Mirrors: vllm.v1.attention.backends.triton_attn:TritonAttentionImpl.forward (vllm 0.33.0)
+In 0.33 the Triton kernels live under vllm.v1.attention.ops, and TritonAttentionImpl.forward runs
+every decoder batch, decode or prefill, through one kernel, unified_attention
+(vllm/v1/attention/backends/triton_attn.py:697 TritonAttentionImpl.forward,
+vllm/v1/attention/ops/triton_unified_attention.py:828 unified_attention); the split decode kernel
+(vllm/v1/attention/ops/triton_decode_attention.py:718 decode_attention_fwd_grouped) is not on that
+path. Ours keeps the two kernels apart, written for reading rather than for the last few percent.
 
 Tiles are loaded in the cache dtype and multiplied in float32 (IEEE for float32 caches, TF32 for
 bfloat16/float16 ones, which holds bf16 inputs exactly): decode is bound by memory traffic, not

@@ -1,0 +1,1 @@
+"""Instrumentation: hooks that wrap catalog targets, spans, extractors per engine, OpenTelemetry setup, exporters, plugins."""

@@ -1,0 +1,1 @@
+"""The trace format: reading and writing OTLP/JSON lines, Perfetto export."""
