@@ -167,7 +167,7 @@ def build_offline_engine(engine_args: list[str]):
     """The engine `servetrace serve` would build from these options, in this process."""
     from engine.llm_engine import LLMEngine
     from engine.sampling_params import SamplingParams
-    from tracer.engine_options import add_engine_options, engine_config_from_args
+    from tracer.commands._engine_options import add_engine_options, engine_config_from_args
 
     option_parser = argparse.ArgumentParser()
     add_engine_options(option_parser)

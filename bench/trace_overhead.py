@@ -32,8 +32,8 @@ from _results import run_meta, write_results  # noqa: E402
 from engine.config import CacheConfig, EngineConfig, SchedulerConfig  # noqa: E402
 from engine.llm_engine import LLMEngine  # noqa: E402
 from engine.sampling_params import SamplingParams  # noqa: E402
-from tracer import otel, spans, tracing  # noqa: E402
-from tracer.trace_file import read_trace_file  # noqa: E402
+from tracer.instrument import otel, spans, tracing  # noqa: E402
+from tracer.traces.trace_file import read_trace_file  # noqa: E402
 
 TARGET_OVERHEAD = 0.03
 SUBJECTS = ["tea", "rain", "salt", "iron", "moss", "wool", "clay", "snow", "ink", "oak", "silk", "sand", "wax", "jade", "fog", "ash"]
@@ -71,7 +71,7 @@ def account_tracing_cpu(engine: LLMEngine, token_ids: list[list[int]], max_token
     """One more traced run that times tracing's own work: the hooks' span bookkeeping in the
     engine thread (spans.begin / spans.end, extractors included) and the exporter thread's CPU.
     A noise-resistant second opinion on the throughput ratio (the timers add a little)."""
-    from tracer.exporters import OTLPJsonLinesFileExporter
+    from tracer.instrument.exporters import OTLPJsonLinesFileExporter
 
     spent = {"hooks_s": 0.0, "export_cpu_s": 0.0, "hooked_calls": 0}
     begin, end, export = spans.begin, spans.end, OTLPJsonLinesFileExporter.export

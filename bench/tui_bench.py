@@ -5,7 +5,7 @@ scheduler with the catalog's hooks exporting every span to OTLP/JSON lines, exac
 `servetrace replay` writes. It is generated once and reused from --trace when it exists.
 
 Measured, each open in a fresh process, repeated --repeats times (the median is reported):
-- parse: tracer.tui.loader.load_trace (and, once, tracer.trace_file.read_trace_file: the
+- parse: tracer.tui.loader.load_trace (and, once, tracer.traces.trace_file.read_trace_file: the
   reference reader, for the ratio);
 - model: tracer.tui.model.build_model (requests, steps, links indexed once);
 - first render: ExplorerApp mounted under Textual's Pilot at 80x24 until the screen is idle,
@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     # The reference reader after the opens: it allocates gigabytes, and the memory it frees is
     # still being handed back while the next process starts.
-    from tracer.trace_file import read_trace_file
+    from tracer.traces.trace_file import read_trace_file
 
     start = time.perf_counter()
     reference = read_trace_file(args.trace)

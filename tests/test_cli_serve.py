@@ -11,7 +11,7 @@ import time
 
 import openai
 
-from tracer.trace_file import read_trace_file
+from tracer.traces.trace_file import read_trace_file
 
 
 def test_serve_with_trace_writes_the_request_trace_on_ctrl_c(tmp_path):

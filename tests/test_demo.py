@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from tracer.trace_file import read_trace_file
+from tracer.traces.trace_file import read_trace_file
 
 
 def test_demo_serves_traces_replays_and_summarises(tmp_path):

@@ -170,7 +170,7 @@ def test_identical_runs_agree_and_name_the_deliberate_differences():
 
 def test_workload_gen_and_replay_through_all_three_engines(tmp_path, capsys):
     pytest.importorskip("vllm")
-    from tracer.trace_file import read_trace_file
+    from tracer.traces.trace_file import read_trace_file
 
     workload_path = tmp_path / "sp.jsonl"
     assert servetrace(["workload", "gen", "shared-prefix", "-n", "12", "--out", str(workload_path)]) == 0

@@ -28,7 +28,7 @@ os.environ.setdefault("VLLM_TARGET_DEVICE", "cpu")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from tracer.sitebuilder.builder import WALKTHROUGHS_DIR, BuildOptions, build_site  # noqa: E402
-from tracer.sitebuilder.directives import load_walkthroughs  # noqa: E402
+from tracer.walkthroughs.directives import load_walkthroughs  # noqa: E402
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(

@@ -14,14 +14,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tracer.hops import load_catalog
+from tracer.catalog.hops import load_catalog
 from tracer.sitebuilder.builder import WALKTHROUGHS_DIR, BuildOptions, build_site
-from tracer.sitebuilder.directives import load_walkthroughs, parse_walkthrough
-from tracer.sitebuilder.errors import SiteBuildError
-from tracer.sitebuilder.labs import run_lab
-from tracer.sitebuilder.notes import hop_notes
+from tracer.walkthroughs.directives import load_walkthroughs, parse_walkthrough
+from tracer.walkthroughs.errors import SiteBuildError
+from tracer.labs.index import run_lab
+from tracer.walkthroughs.notes import hop_notes
 from tracer.sitebuilder.timeline import _pack
-from tracer.trace_file import SpanRecord
+from tracer.traces.trace_file import SpanRecord
 
 REPO = Path(__file__).resolve().parent.parent
 MOVES = {"TTFT", "TPOT", "throughput", "memory"}
@@ -74,7 +74,7 @@ def test_a_broken_anchor_fails_the_build_naming_walkthrough_and_anchor(tmp_path)
 
 
 def test_a_drifted_catalog_pin_fails_the_build_naming_the_anchor(tmp_path):
-    lock = json.loads((REPO / "tracer" / "hops.lock.json").read_text())
+    lock = json.loads((REPO / "tracer" / "catalog" / "hops.lock.json").read_text())
     spec = "vllm.v1.core.kv_cache_manager:KVCacheManager.get_computed_blocks"
     lock["vllm"]["targets"][spec]["sha256"] = "0" * 64
     drifted = tmp_path / "hops.lock.json"

@@ -10,10 +10,10 @@ import shutil
 
 import pytest
 
-from tracer.catalog_check import check_catalog
+from tracer.catalog.check import check_catalog
 from tracer.cli import main
-from tracer.hops import LOCK_PATH, CatalogError, load_catalog, load_lock, parse_catalog
-from tracer.source import line_hashes, locate
+from tracer.catalog.hops import LOCK_PATH, CatalogError, load_catalog, load_lock, parse_catalog
+from tracer.catalog.source import line_hashes, locate
 
 os.environ.setdefault("VLLM_TARGET_DEVICE", "cpu")
 

@@ -15,10 +15,10 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import Link, Status, StatusCode, set_span_in_context
 
-from tracer import hooks, otel, spans
+from tracer.instrument import hooks, otel, spans
 from tracer.cli import main
-from tracer.exporters import OTLPJsonLinesFileExporter
-from tracer.trace_file import read_trace_file
+from tracer.instrument.exporters import OTLPJsonLinesFileExporter
+from tracer.traces.trace_file import read_trace_file
 
 
 def provider_with(*exporters) -> TracerProvider:
@@ -219,7 +219,7 @@ def test_export_perfetto_draws_tracks_and_link_arrows(tmp_path, capsys):
 def test_the_direct_encoder_writes_what_protobufs_json_mapping_writes(attributes, event_attributes, with_parent, with_link, error):
     """The file exporter encodes spans itself (3x faster than going through protobuf); its
     output must be exactly the OTLP/JSON that OTel's encoder + json_format produce."""
-    from tracer.exporters import spans_to_otlp_json, spans_to_otlp_json_via_protobuf
+    from tracer.instrument.exporters import spans_to_otlp_json, spans_to_otlp_json_via_protobuf
 
     memory = InMemorySpanExporter()
     tracer = provider_with(memory).get_tracer("servetrace", "0.1")

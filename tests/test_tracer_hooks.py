@@ -13,9 +13,9 @@ import textwrap
 
 import pytest
 
-from tracer import hooks, otel, spans
-from tracer.hops import parse_catalog
-from tracer.trace_file import read_trace_file
+from tracer.instrument import hooks, otel, spans
+from tracer.catalog.hops import parse_catalog
+from tracer.traces.trace_file import read_trace_file
 
 MODULE = "servetrace_hook_targets"
 SOURCE = '''
@@ -214,7 +214,7 @@ def test_an_extractor_that_raises_never_breaks_the_call(target_module, caplog):
     try:
         module = importlib.import_module(MODULE)
         engine = module.Engine()
-        with caplog.at_level(logging.WARNING, logger="tracer.spans"):
+        with caplog.at_level(logging.WARNING, logger="tracer.instrument.spans"):
             assert [engine.add(f"r{i}") for i in range(3)] == [1, 2, 3]
         warnings = [r for r in caplog.records if "extractor" in r.getMessage()]
         assert len(warnings) == 2  # once for the before phase, once for after: not once per call

@@ -14,8 +14,8 @@ import openai
 import pytest
 
 from tests.test_server import RunningServer, shared_engine
-from tracer import otel, spans, tracing
-from tracer.trace_file import SpanRecord, TraceFile, read_trace_file
+from tracer.instrument import otel, spans, tracing
+from tracer.traces.trace_file import SpanRecord, TraceFile, read_trace_file
 
 CALLER_TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 CALLER_SPAN_ID = "00f067aa0ba902b7"

@@ -10,8 +10,8 @@ import pytest
 from engine.config import CacheConfig, EngineConfig, SchedulerConfig
 from engine.llm_engine import LLMEngine
 from engine.sampling_params import SamplingParams
-from tracer import hooks, otel, spans
-from tracer.trace_file import read_trace_file
+from tracer.instrument import hooks, otel, spans
+from tracer.traces.trace_file import read_trace_file
 
 SYSTEM = "You are a careful assistant who answers questions about cooking, briefly and precisely. " * 3
 PROMPTS = [SYSTEM + "How long should I boil an egg?", SYSTEM + "What is the best oil for frying?"]

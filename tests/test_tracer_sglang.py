@@ -9,8 +9,8 @@ from array import array
 
 import pytest
 
-from tracer import hooks, otel, spans
-from tracer.trace_file import read_trace_file
+from tracer.instrument import hooks, otel, spans
+from tracer.traces.trace_file import read_trace_file
 
 
 class SlotAllocator:

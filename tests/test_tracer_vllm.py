@@ -15,8 +15,8 @@ import pytest
 os.environ.setdefault("VLLM_TARGET_DEVICE", "cpu")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from tracer import hooks, otel, spans  # noqa: E402
-from tracer.trace_file import read_trace_file  # noqa: E402
+from tracer.instrument import hooks, otel, spans  # noqa: E402
+from tracer.traces.trace_file import read_trace_file  # noqa: E402
 
 BLOCK_SIZE = 16
 LLAMA_CONFIG = {

@@ -1,5 +1,5 @@
 """Real traces for the explorer's tests, recorded once per test session, and the fast loader
-held equal to the reference reader (tracer.trace_file) on them.
+held equal to the reference reader (tracer.traces.trace_file) on them.
 
 - an offline generate of two requests sharing a prefix on our engine (bundled model), traced
   by the catalog hooks: render / enqueue roots, engine steps down to model.forward;
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tracer.trace_file import read_trace_file
+from tracer.traces.trace_file import read_trace_file
 from tracer.tui.loader import ints_of, load_trace
 from tracer.tui.records import as_record
 
@@ -49,7 +49,7 @@ def engine_run() -> EngineRun:
     from engine.config import CacheConfig, EngineConfig, SchedulerConfig
     from engine.llm_engine import LLMEngine
     from engine.sampling_params import SamplingParams
-    from tracer import hooks, otel, spans
+    from tracer.instrument import hooks, otel, spans
 
     engine = LLMEngine(EngineConfig(
         cache=CacheConfig(block_size=BLOCK_SIZE, num_blocks=64, enable_prefix_caching=True),

@@ -25,6 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module_info in sorted(pkgutil.iter_modules(tracer.commands.__path__), key=lambda m: m.name):
+        if module_info.name.startswith("_"):  # shared helpers of the commands, not subcommands
+            continue
         module = importlib.import_module(f"tracer.commands.{module_info.name}")
         module.register(subparsers)
     return parser

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tracer.hops import Catalog, Lock, Pin, Target
-from tracer.source import Located, TargetNotFound, changed_line_ranges, locate
+from tracer.catalog.hops import Catalog, Lock, Pin, Target
+from tracer.catalog.source import Located, TargetNotFound, changed_line_ranges, locate
 
 FAILING = ("drift", "unresolved", "unpinned", "version")
 

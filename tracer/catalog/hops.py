@@ -1,9 +1,9 @@
-"""The hop catalog (tracer/hops.yaml) as typed data, and its version/hash pins (tracer/hops.lock.json).
+"""The hop catalog (tracer/catalog/hops.yaml) as typed data, and its version/hash pins (tracer/catalog/hops.lock.json).
 
 A target is "module:Qualified.name". It is resolved two ways:
-- statically (tracer.source.locate): file, line and source text read from the installed package
+- statically (tracer.catalog.source.locate): file, line and source text read from the installed package
   without importing it, which is what `servetrace hops` / `servetrace check` use;
-- by import (tracer.hooks), when hooks are installed.
+- by import (tracer.instrument.hooks), when hooks are installed.
 """
 from __future__ import annotations
 
@@ -140,7 +140,7 @@ def _load_default() -> Catalog:
 
 
 def load_catalog(path: str | Path | None = None) -> Catalog:
-    """The catalog at `path` (default: the packaged tracer/hops.yaml)."""
+    """The catalog at `path` (default: the packaged tracer/catalog/hops.yaml)."""
     if path is None:
         return _load_default()
     path = Path(path)
@@ -159,7 +159,7 @@ class Pin:
     sha256: str
     file: str  # relative to the package's parent directory, e.g. vllm/v1/core/sched/scheduler.py
     line: int
-    lines: str = ""  # a short hash per source line (tracer.source.line_hashes): says which lines drifted
+    lines: str = ""  # a short hash per source line (tracer.catalog.source.line_hashes): says which lines drifted
 
 
 @dataclass

@@ -63,13 +63,13 @@ def start_tracing(args: argparse.Namespace) -> bool:
     """Install the catalog's hooks on our engine when a trace destination was given."""
     if not (args.trace or args.otlp or args.console_trace):
         return False
-    from tracer import tracing
+    from tracer.instrument import tracing
 
     tracing.enable("mini", trace_file=args.trace, otlp_endpoint=args.otlp, console=args.console_trace)
     return True
 
 
 def stop_tracing() -> None:
-    from tracer import tracing
+    from tracer.instrument import tracing
 
     tracing.disable()

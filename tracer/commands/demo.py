@@ -65,7 +65,7 @@ def serve_one_chat(trace_path: Path, max_tokens: int, console: Console) -> str:
     from engine.config import CacheConfig, EngineConfig
     from engine.llm_engine import LLMEngine
     from engine.server import build_app
-    from tracer import tracing
+    from tracer.instrument import tracing
 
     tracing.enable("mini", trace_file=trace_path)
     try:

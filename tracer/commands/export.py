@@ -21,8 +21,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tracer.perfetto import to_chrome_trace
-    from tracer.trace_file import TraceFileError, read_trace_file
+    from tracer.traces.perfetto import to_chrome_trace
+    from tracer.traces.trace_file import TraceFileError, read_trace_file
 
     try:
         trace = read_trace_file(args.trace)

@@ -5,7 +5,7 @@ import argparse
 import sys
 import time
 
-from tracer.engine_options import add_engine_options, add_trace_options, engine_config_from_args, start_tracing, stop_tracing
+from tracer.commands._engine_options import add_engine_options, add_trace_options, engine_config_from_args, start_tracing, stop_tracing
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -13,19 +13,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     hops.add_argument("--engine", help="only this engine (mini, vllm, sglang)")
     hops.add_argument("--hop", help="only this hop (e.g. kv.allocate)")
     hops.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    hops.add_argument("--catalog", help="a catalog file other than the packaged tracer/hops.yaml")
+    hops.add_argument("--catalog", help="a catalog file other than the packaged tracer/catalog/hops.yaml")
     hops.set_defaults(func=run_hops)
 
     check = subparsers.add_parser("check", help="verify every target resolves and matches its pinned source hash")
     check.add_argument("--engine", help="only this engine")
     check.add_argument("--update", action="store_true", help="re-pin the installed sources (writes the lock file)")
-    check.add_argument("--catalog", help="a catalog file other than the packaged tracer/hops.yaml")
-    check.add_argument("--lock", help="a pin file other than the packaged tracer/hops.lock.json")
+    check.add_argument("--catalog", help="a catalog file other than the packaged tracer/catalog/hops.yaml")
+    check.add_argument("--lock", help="a pin file other than the packaged tracer/catalog/hops.lock.json")
     check.set_defaults(func=run_check)
 
 
 def _catalog(args: argparse.Namespace):
-    from tracer.hops import CatalogError, load_catalog
+    from tracer.catalog.hops import CatalogError, load_catalog
 
     try:
         catalog = load_catalog(args.catalog)
@@ -40,7 +40,7 @@ def run_hops(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from tracer.source import TargetNotFound, locate
+    from tracer.catalog.source import TargetNotFound, locate
 
     catalog = _catalog(args)
     hops = [h for h in catalog.hops if args.hop is None or h.name == args.hop]
@@ -88,8 +88,8 @@ def run_hops(args: argparse.Namespace) -> int:
 def run_check(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from tracer.catalog_check import check_catalog, update_lock
-    from tracer.hops import LOCK_PATH, CatalogError, load_lock, save_lock
+    from tracer.catalog.check import check_catalog, update_lock
+    from tracer.catalog.hops import LOCK_PATH, CatalogError, load_lock, save_lock
 
     catalog = _catalog(args)
     console = Console(highlight=False)
@@ -98,7 +98,7 @@ def run_check(args: argparse.Namespace) -> int:
     except CatalogError as exc:
         if not args.update:
             raise UserError(str(exc)) from None
-        from tracer.hops import Lock
+        from tracer.catalog.hops import Lock
 
         lock = Lock()
     if args.update:
@@ -125,6 +125,6 @@ def run_check(args: argparse.Namespace) -> int:
     summary = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
     console.print(f"{len(statuses)} targets: {summary}")
     if failed:
-        console.print("[red]drift or unresolved targets[/]: review them, update tracer/hops.yaml, then `servetrace check --update`")
+        console.print("[red]drift or unresolved targets[/]: review them, update tracer/catalog/hops.yaml, then `servetrace check --update`")
         return 1
     return 0

@@ -44,7 +44,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default=None, help="build directory (default: build/; docs in OUT/docs, site in OUT/site)")
     parser.add_argument("--walkthroughs", default=None, help="walkthroughs directory (default: walkthroughs/)")
     parser.add_argument("--cache", default=None, help="lab/trace result cache (default: build/cache)")
-    parser.add_argument("--lock", default=None, help="catalog pin file (default: tracer/hops.lock.json)")
+    parser.add_argument("--lock", default=None, help="catalog pin file (default: tracer/catalog/hops.lock.json)")
 
 
 def _build(args: argparse.Namespace, run_mkdocs: bool = True):
@@ -64,7 +64,7 @@ def _build(args: argparse.Namespace, run_mkdocs: bool = True):
 
 
 def run_build(args: argparse.Namespace) -> int:
-    from tracer.sitebuilder.errors import SiteBuildError
+    from tracer.walkthroughs.errors import SiteBuildError
 
     try:
         report = _build(args, run_mkdocs=not args.no_mkdocs)
@@ -81,7 +81,7 @@ def run_serve(args: argparse.Namespace) -> int:
     import functools
     import http.server
 
-    from tracer.sitebuilder.errors import SiteBuildError
+    from tracer.walkthroughs.errors import SiteBuildError
 
     try:
         report = _build(args)
@@ -100,7 +100,8 @@ def run_lab_command(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from tracer.sitebuilder.labs import LabError, registry, run_lab
+    from tracer.labs.index import registry, run_lab
+    from tracer.labs.registry import LabError
 
     console = Console()
     if not args.name:
@@ -133,7 +134,7 @@ def run_trace(args: argparse.Namespace) -> int:
     import tempfile
 
     os.environ.setdefault("VLLM_TARGET_DEVICE", "cpu")
-    from tracer.sitebuilder.recipes import RECIPES, RecipeError, record_trace
+    from tracer.labs.recipes import RECIPES, RecipeError, record_trace
 
     if not args.name:
         for recipe in RECIPES.values():
@@ -152,10 +153,10 @@ def run_trace(args: argparse.Namespace) -> int:
 
 
 def run_pin(args: argparse.Namespace) -> int:
-    from tracer.hops import load_catalog
+    from tracer.catalog.hops import load_catalog
     from tracer.sitebuilder.anchors import pin_walkthrough_targets
     from tracer.sitebuilder.builder import WALKTHROUGHS_DIR
-    from tracer.sitebuilder.directives import load_walkthroughs
+    from tracer.walkthroughs.directives import load_walkthroughs
 
     directory = Path(args.walkthroughs) if args.walkthroughs else WALKTHROUGHS_DIR
     count, problems = pin_walkthrough_targets(load_walkthroughs(directory), load_catalog(), directory / "anchors.lock.json")

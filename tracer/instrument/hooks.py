@@ -17,9 +17,9 @@ import types
 from dataclasses import dataclass, field
 from typing import Any
 
-from tracer.hops import Catalog, Target, load_catalog
-from tracer.spans import HopCall, drain_pending  # noqa: F401  (drain_pending is re-exported for otel)
-from tracer.wrappers import MARKER, make_wrapper
+from tracer.catalog.hops import Catalog, Target, load_catalog
+from tracer.instrument.spans import HopCall, drain_pending  # noqa: F401  (drain_pending is re-exported for otel)
+from tracer.instrument.wrappers import MARKER, make_wrapper
 
 logger = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ def _install_one(target: Target, call: HopCall, module: types.ModuleType) -> Non
 
 
 def _hop_call(catalog: Catalog, target: Target, extractors: dict | None) -> HopCall:
-    from tracer.extractors import extractors_for
+    from tracer.instrument.extractors import extractors_for
 
     hop = catalog.hop(target.hop)
     if extractors is not None:
@@ -117,7 +117,7 @@ def install(
     """Hook every target of `engine` (or only `hops`). Modules not imported yet are hooked on
     import, unless import_modules: then they are imported now (a module that fails to import
     is reported in `failed`). `extractors` ({hop: (before, after)}) replaces the engine's
-    extractor module (tracer/extractors/<engine>.py)."""
+    extractor module (tracer/instrument/extractors/<engine>.py)."""
     catalog = catalog or load_catalog()
     report = InstallReport()
     with _lock:

@@ -17,7 +17,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SimpleSpanProcessor
 
-from tracer.exporters import GuardedExporter, OTLPJsonLinesFileExporter
+from tracer.instrument.exporters import GuardedExporter, OTLPJsonLinesFileExporter
 
 logger = logging.getLogger(__name__)
 
@@ -109,7 +109,7 @@ def provider() -> TracerProvider | None:
 
 
 def flush(timeout_millis: int = 30000) -> bool:
-    from tracer import hooks  # GPU-timed spans end lazily; end them before flushing
+    from tracer.instrument import hooks  # GPU-timed spans end lazily; end them before flushing
 
     hooks.drain_pending(wait=True)
     return _provider.force_flush(timeout_millis) if _provider is not None else True
@@ -122,7 +122,7 @@ def shutdown() -> None:
         previous, _provider, _tracer = _provider, None, None
     if previous is not None:
         try:
-            from tracer import hooks
+            from tracer.instrument import hooks
 
             hooks.drain_pending(wait=True)
         except Exception:  # pragma: no cover - shutdown must not raise at exit

@@ -9,17 +9,17 @@
 
 Both do nothing unless SERVETRACE_TRACE (a trace file) or SERVETRACE_OTLP (a collector URL) is
 set. Then they configure OpenTelemetry and install the catalog's hooks for that engine with
-the same installer the mini engine uses (tracer.hooks), so the spans come from one code path.
+the same installer the mini engine uses (tracer.instrument.hooks), so the spans come from one code path.
 SGLang's HookRegistry is not used: its wrappers are synchronous functions (an async target
 would lose its coroutine-function identity), it has no uninstall, and hooks registered there
-apply only inside load_plugins(); tracer.hooks covers those cases and defers targets whose
+apply only inside load_plugins(); tracer.instrument.hooks covers those cases and defers targets whose
 module is not imported yet, so a process only hooks what it actually imports.
 """
 from __future__ import annotations
 
 import logging
 
-from tracer import hooks, otel
+from tracer.instrument import hooks, otel
 
 logger = logging.getLogger(__name__)
 

@@ -29,7 +29,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from tracer import otel
+from tracer.instrument import otel
 
 logger = logging.getLogger(__name__)
 

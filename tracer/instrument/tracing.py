@@ -2,13 +2,13 @@
 
 For commands that run our engine (`servetrace generate --trace FILE`, `servetrace serve --otlp
 URL`): `enable("mini", trace_file=..., otlp_endpoint=...)` before the engine runs, `disable()`
-at exit (it flushes). Upstream engines get the same through tracer.plugins.
+at exit (it flushes). Upstream engines get the same through tracer.instrument.plugins.
 """
 from __future__ import annotations
 
 import os
 
-from tracer import hooks, otel
+from tracer.instrument import hooks, otel
 
 
 def enable(

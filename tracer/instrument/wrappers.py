@@ -13,10 +13,10 @@ import inspect
 import logging
 from typing import Any
 
-from tracer import spans
-from tracer.spans import HopCall
+from tracer.instrument import spans
+from tracer.instrument.spans import HopCall
 
-logger = logging.getLogger("tracer.hooks")
+logger = logging.getLogger("tracer.instrument.hooks")
 
 MARKER = "__servetrace_hop__"
 

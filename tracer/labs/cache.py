@@ -17,14 +17,14 @@ DEFAULT_CACHE_DIR = REPO / "build" / "cache"
 FINGERPRINT_GLOBS = (
     "engine/*.py",
     "tracer/replay/**/*.py",
-    "tracer/hooks.py",
-    "tracer/spans.py",
-    "tracer/otel.py",
-    "tracer/exporters.py",
-    "tracer/extractors/*.py",
-    "tracer/hops.yaml",
+    "tracer/instrument/hooks.py",
+    "tracer/instrument/spans.py",
+    "tracer/instrument/otel.py",
+    "tracer/instrument/exporters.py",
+    "tracer/instrument/extractors/*.py",
+    "tracer/catalog/hops.yaml",
     "tracer/sitebuilder/lab_*.py",
-    "tracer/sitebuilder/recipes.py",
+    "tracer/labs/recipes.py",
 )
 
 

@@ -12,7 +12,7 @@ from statistics import median
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # spinning OpenMP threads slow shared-core matmuls 10-50x
 
-from tracer.sitebuilder.labs import Lab, LabResult, Table, environment
+from tracer.labs.registry import Lab, LabResult, Table, environment
 
 SYSTEM_SENTENCE = "You are a careful assistant for a cooking school; answer briefly, cite temperatures in Celsius. "
 QUESTIONS = ["How long should I boil an egg?", "What oil is best for deep frying?", "Why does bread dough need to rest?"]

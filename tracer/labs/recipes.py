@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from tracer.sitebuilder.cache import cache_path
+from tracer.labs.cache import cache_path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
@@ -32,7 +32,7 @@ def _mini_shared_prefix(out: Path) -> list[str]:
     from engine.config import CacheConfig, EngineConfig, SchedulerConfig
     from engine.llm_engine import LLMEngine
     from engine.sampling_params import SamplingParams
-    from tracer import hooks, otel, spans
+    from tracer.instrument import hooks, otel, spans
 
     system = "You are a careful assistant who answers questions about cooking, briefly and precisely. " * 3
     prompts = [system + "How long should I boil an egg?", system + "What is the best oil for frying?"]

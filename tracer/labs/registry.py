@@ -1,20 +1,16 @@
 """Lab recipes: experiments the site builder runs to generate a walkthrough's tables.
 
 A recipe is a function of keyword parameters returning a LabResult. `::: lab NAME key=value`
-runs it (or reads the cached result, see tracer.sitebuilder.cache); `servetrace site lab NAME`
+runs it (or reads the cached result, see tracer.labs.cache); `servetrace site lab NAME`
 runs the same function from the command line, which is the command each table shows.
 """
 from __future__ import annotations
 
-import json
 import os
 import platform
-import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Callable
 
-from tracer.sitebuilder.cache import cache_path
 
 
 class LabError(ValueError):
@@ -73,13 +69,6 @@ def environment() -> str:
     return f"{platform.machine()} CPU, {os.cpu_count()} cores visible, {platform.python_implementation()} {platform.python_version()}, no GPU"
 
 
-def registry() -> dict[str, Lab]:
-    from tracer.sitebuilder import lab_engine, lab_scheduler
-
-    labs = lab_scheduler.LABS + lab_engine.LABS
-    return {lab.name: lab for lab in labs}
-
-
 def parse_params(lab: Lab, given: dict[str, str]) -> dict:
     """Directive / command-line strings -> typed parameters, checked against the lab's defaults."""
     params = dict(lab.defaults)
@@ -98,30 +87,3 @@ def parse_params(lab: Lab, given: dict[str, str]) -> dict:
         except ValueError:
             raise LabError(f"lab {lab.name}: {key}={text!r} is not a {type(default).__name__}") from None
     return params
-
-
-def run_lab(name: str, given: dict[str, str] | None = None, cache_dir: Path | None = None) -> LabResult:
-    labs = registry()
-    if name not in labs:
-        raise LabError(f"no lab named {name!r}; labs: {', '.join(sorted(labs))}")
-    lab = labs[name]
-    params = parse_params(lab, given or {})
-    path = cache_path(cache_dir, "labs", name, params, ".json") if cache_dir is not None else None
-    if path is not None and path.exists():
-        result = LabResult.from_json(json.loads(path.read_text()))
-        result.cached = True
-        return result
-    started = time.perf_counter()
-    try:
-        result = lab.run(**params)
-    except LabError:
-        raise
-    except Exception as exc:  # a failed experiment is a build error, reported in one line
-        raise LabError(f"lab {name} failed: {type(exc).__name__}: {exc}") from exc
-    result.seconds = time.perf_counter() - started
-    result.params = params
-    result.environment = result.environment or environment()
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(result.to_json(), indent=1))
-    return result

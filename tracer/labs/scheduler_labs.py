@@ -13,7 +13,7 @@ from tracer.replay.compare import compare_logs
 from tracer.replay.config import ReplayConfig
 from tracer.replay.runners import ReplayLog, drive, make_scheduler_runner
 from tracer.replay.workload import WorkloadRequest, memory_pressure, multi_turn, pseudo_random_ids, shared_prefix, sharegpt_like
-from tracer.sitebuilder.labs import Lab, LabResult, Table
+from tracer.labs.registry import Lab, LabResult, Table
 
 SCHEDULERS = ("mini", "vllm")
 

@@ -1,4 +1,4 @@
-"""Tracing a replay run with the same hooks that trace live engines (tracer.hooks + tracer.otel)."""
+"""Tracing a replay run with the same hooks that trace live engines (tracer.instrument.hooks + tracer.instrument.otel)."""
 from __future__ import annotations
 
 from contextlib import contextmanager
@@ -19,7 +19,7 @@ def traced(engine: str, trace_path: Path | None) -> Iterator[list[str]]:
         yield notes
         return
     try:
-        from tracer import hooks, otel
+        from tracer.instrument import hooks, otel
 
         otel.configure(trace_file=str(trace_path), engine=engine, service_name=f"servetrace-replay-{engine}")
         hooks.install(engine)
@@ -40,7 +40,7 @@ def traced(engine: str, trace_path: Path | None) -> Iterator[list[str]]:
 
 def _shutdown_quietly() -> None:
     try:
-        from tracer import otel
+        from tracer.instrument import otel
 
         otel.shutdown()
     except Exception:

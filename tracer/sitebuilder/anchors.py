@@ -1,8 +1,8 @@
 """Code anchors: `::: code hop=...` / `::: code target=ENGINE:module:Qual.name` -> live source.
 
-The source comes from the installed package (tracer.source.locate: file, line, text), and every
-upstream target is checked against its pin with the catalog's own check (tracer.catalog_check):
-catalog targets against tracer/hops.lock.json, targets only a walkthrough names against
+The source comes from the installed package (tracer.catalog.source.locate: file, line, text), and every
+upstream target is checked against its pin with the catalog's own check (tracer.catalog.check):
+catalog targets against tracer/catalog/hops.lock.json, targets only a walkthrough names against
 walkthroughs/anchors.lock.json (same format; `servetrace site pin` writes it).
 """
 from __future__ import annotations
@@ -10,10 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from tracer.catalog_check import check_target
-from tracer.hops import Catalog, Lock, Pin, Target, load_lock, save_lock
-from tracer.source import TargetNotFound, locate
-from tracer.sitebuilder.directives import Directive, Walkthrough
+from tracer.catalog.check import check_target
+from tracer.catalog.hops import Catalog, Lock, Pin, Target, load_lock, save_lock
+from tracer.catalog.source import TargetNotFound, locate
+from tracer.walkthroughs.directives import Directive, Walkthrough
 
 WALKTHROUGH_HOP = "(walkthrough)"  # the hop name a target outside the catalog is checked under
 ENGINE_LABELS = {"mini": "ours", "vllm": "vLLM", "sglang": "SGLang"}

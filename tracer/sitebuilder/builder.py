@@ -16,17 +16,18 @@ from pathlib import Path
 
 import yaml
 
-from tracer.hops import CatalogError, load_catalog, load_lock
+from tracer.catalog.hops import CatalogError, load_catalog, load_lock
 from tracer.sitebuilder import render
 from tracer.sitebuilder.anchors import AnchorError, CodeRef, load_anchor_lock, merged_lock, resolve_code
-from tracer.sitebuilder.cache import DEFAULT_CACHE_DIR, REPO
-from tracer.sitebuilder.directives import Directive, Walkthrough, load_walkthroughs
-from tracer.sitebuilder.errors import Problem, SiteBuildError
-from tracer.sitebuilder.labs import LabError, parse_params, registry, run_lab
-from tracer.sitebuilder.notes import notes_of
-from tracer.sitebuilder.recipes import RECIPES, RecipeError, record_trace
-from tracer.source import TargetNotFound, locate
-from tracer.trace_file import read_trace_file
+from tracer.labs.cache import DEFAULT_CACHE_DIR, REPO
+from tracer.walkthroughs.directives import Directive, Walkthrough, load_walkthroughs
+from tracer.walkthroughs.errors import Problem, SiteBuildError
+from tracer.labs.index import registry, run_lab
+from tracer.labs.registry import LabError, parse_params
+from tracer.walkthroughs.notes import notes_of
+from tracer.labs.recipes import RECIPES, RecipeError, record_trace
+from tracer.catalog.source import TargetNotFound, locate
+from tracer.traces.trace_file import read_trace_file
 from tracer.sitebuilder.timeline import render_timeline
 
 WALKTHROUGHS_DIR = REPO / "walkthroughs"

@@ -17,7 +17,7 @@ from pygments.formatters import HtmlFormatter
 from pygments.lexers import PythonLexer
 
 from tracer.sitebuilder.anchors import CodeRef
-from tracer.sitebuilder.labs import LabResult
+from tracer.labs.registry import LabResult
 from tracer.sitebuilder.timeline import HOP_COLOURS, Timeline
 
 SITE_DIR = Path(__file__).resolve().parents[2] / "site"

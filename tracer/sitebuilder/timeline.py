@@ -1,4 +1,4 @@
-"""A trace file (OTLP/JSON lines, tracer.trace_file) drawn as an inline SVG timeline.
+"""A trace file (OTLP/JSON lines, tracer.traces.trace_file) drawn as an inline SVG timeline.
 
 Lanes: the engine steps first (step-scope spans, one sub-lane per nesting depth), then one lane
 per request (its spans packed into sub-lanes so overlapping spans never hide each other). Each
@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass
 from html import escape
 
-from tracer.trace_file import SpanRecord, TraceFile
+from tracer.traces.trace_file import SpanRecord, TraceFile
 
 HOP_COLOURS = {
     "http.request": "#546e7a",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tracer.trace_file import SpanRecord
+from tracer.traces.trace_file import SpanRecord
 
 ENGINE_TRACK = 1
 

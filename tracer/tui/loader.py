@@ -1,10 +1,10 @@
-"""Read a trace file for the explorer: tracer.trace_file's spans, decoded about 10x faster.
+"""Read a trace file for the explorer: tracer.traces.trace_file's spans, decoded about 10x faster.
 
 A servetrace step span carries its batch as arrays of OTLP AnyValues (one JSON object per
 request id), so a 100,000-span file holds millions of tiny objects. msgspec decodes each span
 straight into a tracer.tui.records.Span, leaving attribute lists raw until read. A line the
 typed schema does not fit (an id in base64 or upper case, an unexpected shape) goes through
-tracer.trace_file.parse_request, so both readers accept the same lines. Unreadable lines are
+tracer.traces.trace_file.parse_request, so both readers accept the same lines. Unreadable lines are
 skipped and listed, never raised.
 
 One difference, by design: attribute lists are checked when first read, not when the line is
@@ -22,7 +22,7 @@ from typing import Iterator, Union
 import msgspec
 from msgspec import Struct, field
 
-from tracer.trace_file import SkippedLine, SpanRecord, TraceFile, TraceFileError, parse_request
+from tracer.traces.trace_file import SkippedLine, SpanRecord, TraceFile, TraceFileError, parse_request
 from tracer.tui.memory import gc_paused
 from tracer.tui.records import Span, _KeyValue, attributes_of
 

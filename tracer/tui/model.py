@@ -3,7 +3,7 @@
 No Textual here: this is the part that must be fast (one pass over the spans, every index
 built once) and is tested on its own.
 
-How spans become requests and steps (the trace shape is tracer/spans.py's):
+How spans become requests and steps (the trace shape is tracer/instrument/spans.py's):
 - a step is a step-scope root span (catalog scope "step": engine.step, scheduler.schedule, ...)
   with its trace. A scheduler.schedule root opens a new step; so does an engine.step root,
   unless the open step is a schedule with no engine.step yet (SGLang schedules before
@@ -26,7 +26,7 @@ from pathlib import Path
 from operator import attrgetter
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
-from tracer.trace_file import SkippedLine, SpanRecord, TraceFile
+from tracer.traces.trace_file import SkippedLine, SpanRecord, TraceFile
 
 if TYPE_CHECKING:
     from tracer.tui.summaries import RequestSummary
@@ -47,7 +47,7 @@ NEW_TOKENS = "servetrace.detokenize.num_new_tokens"
 BATCH_NEW_TOKENS = "servetrace.batch.num_new_tokens"
 LINK_KIND = "servetrace.link"
 
-# Used when the catalog cannot be read: the scopes of tracer/hops.yaml.
+# Used when the catalog cannot be read: the scopes of tracer/catalog/hops.yaml.
 DEFAULT_STEP_HOPS = frozenset({
     "engine.step", "scheduler.schedule", "kv.insert", "kv.evict", "model.execute", "model.forward",
     "sampler.sample", "scheduler.update",
@@ -57,7 +57,7 @@ STEP_OPENERS = ("engine.step", "scheduler.schedule")
 
 def step_scope_hops() -> frozenset[str]:
     try:
-        from tracer.hops import load_catalog
+        from tracer.catalog.hops import load_catalog
 
         return frozenset(h.name for h in load_catalog().hops if h.scope == "step")
     except Exception:  # a broken catalog must not stop anyone reading a trace

@@ -1,6 +1,6 @@
 """The explorer's span record: decoded by msgspec straight from a span's JSON object.
 
-It reads like tracer.trace_file.SpanRecord (same attribute names, same values: `as_record`
+It reads like tracer.traces.trace_file.SpanRecord (same attribute names, same values: `as_record`
 turns one into the other), but building one costs no Python code per field: ids, name and
 times are decoded in C, while attributes, events and link attributes stay raw JSON until
 something reads them. A 100,000-span trace holds millions of attribute values; the explorer
@@ -15,7 +15,7 @@ from typing import Annotated, Any, Callable, Iterator, Mapping, Union
 import msgspec
 from msgspec import Meta, Raw, Struct, field
 
-from tracer.trace_file import STATUS_CODES, Event, Link, SpanReadings, SpanRecord, _any_value, _attributes, _kind
+from tracer.traces.trace_file import STATUS_CODES, Event, Link, SpanReadings, SpanRecord, _any_value, _attributes, _kind
 
 EMPTY_LIST = Raw(b"[]")
 # Trace and span ids as the typed schema takes them: 16 to 32 characters (canonical ids are 16

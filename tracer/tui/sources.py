@@ -1,6 +1,6 @@
 """The code behind a hop: each engine's catalog targets, read from the installed source.
 
-Nothing is imported: tracer.source.locate walks the file's AST, so the file:line shown is the
+Nothing is imported: tracer.catalog.source.locate walks the file's AST, so the file:line shown is the
 one of the installed version (vLLM 0.33.0, SGLang 0.5.23, our engine/), whatever can import here.
 """
 from __future__ import annotations
@@ -8,8 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 
-from tracer.hops import CatalogError, load_catalog
-from tracer.source import TargetNotFound, locate
+from tracer.catalog.hops import CatalogError, load_catalog
+from tracer.catalog.source import TargetNotFound, locate
 
 
 @dataclass(frozen=True)

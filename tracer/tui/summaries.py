@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterator
 
-from tracer.trace_file import SpanRecord
+from tracer.traces.trace_file import SpanRecord
 from tracer.tui.model import (
     BATCH_FINISHED, BATCH_IDS, BATCH_NEW_TOKENS, CACHED_TOKENS, FINISH_REASONS, INPUT_TOKENS, NEW_TOKENS,
     OUTPUT_TOKENS, STATUS, Request,

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any
 
-from tracer.trace_file import SpanRecord
+from tracer.traces.trace_file import SpanRecord
 from tracer.tui.model import BATCH_IDS, BATCH_TOKENS, CACHED_TOKENS, LINK_KIND, Request, Step, TraceModel
 
 NUM_RUNNING = "servetrace.queue.num_running"

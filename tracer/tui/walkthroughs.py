@@ -1,12 +1,12 @@
 """Walkthrough notes for a hop: the `::: note hop=NAME [engine=E]` blocks that the site builder
-also renders (walkthroughs/README.md documents them), read through tracer.sitebuilder.notes."""
+also renders (walkthroughs/README.md documents them), read through tracer.walkthroughs.notes."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from tracer.sitebuilder.notes import WALKTHROUGHS_DIR, hop_notes
+from tracer.walkthroughs.notes import WALKTHROUGHS_DIR, hop_notes
 
 MAX_NOTE_CHARS = 600
 

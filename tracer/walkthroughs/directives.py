@@ -21,7 +21,7 @@ from pathlib import Path
 
 import yaml
 
-from tracer.sitebuilder.errors import Problem
+from tracer.walkthroughs.errors import Problem
 
 KINDS = ("code", "note", "trace", "lab")
 DIRECTIVE = re.compile(r"^::: ?(\S+)(.*)$")

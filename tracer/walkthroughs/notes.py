@@ -2,7 +2,7 @@
 
 The terminal explorer and the site's hop catalog page both read them from here:
 
-    from tracer.sitebuilder.notes import hop_notes
+    from tracer.walkthroughs.notes import hop_notes
     hop_notes()["kv.allocate"]  # -> [HopNote(hop, engine, walkthrough, line, title, text), ...]
 """
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from tracer.sitebuilder.directives import Walkthrough, load_walkthroughs
+from tracer.walkthroughs.directives import Walkthrough, load_walkthroughs
 
 WALKTHROUGHS_DIR = Path(__file__).resolve().parents[2] / "walkthroughs"
 

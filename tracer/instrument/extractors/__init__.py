@@ -4,7 +4,7 @@ return span attributes. `args` maps the target's parameter names to the call's a
 Shared attribute keys (OpenTelemetry GenAI semantic conventions where one fits):
   gen_ai.request.id, gen_ai.request.max_tokens, gen_ai.request.temperature, gen_ai.request.top_p,
   gen_ai.request.top_k, gen_ai.usage.input_tokens, gen_ai.usage.output_tokens,
-  gen_ai.response.finish_reasons; servetrace.* for engine internals (see tracer/spans.py for
+  gen_ai.response.finish_reasons; servetrace.* for engine internals (see tracer/instrument/spans.py for
   the keys that steer the trace shape: gen_ai.request.id and servetrace.batch.request_ids).
 """
 from __future__ import annotations
@@ -72,7 +72,7 @@ Extractor = Callable[..., dict[str, Any]]
 
 
 def extractors_for(engine: str, hop: str) -> tuple[Extractor | None, Extractor | None]:
-    module = importlib.import_module(f"tracer.extractors.{engine}")
+    module = importlib.import_module(f"tracer.instrument.extractors.{engine}")
     return module.BEFORE.get(hop), module.AFTER.get(hop)
 
 

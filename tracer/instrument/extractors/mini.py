@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tracer.extractors import (
+from tracer.instrument.extractors import (
     ALLOCATED, BATCH_DECODE, BATCH_FINISHED, BATCH_IDS, BATCH_NEW, BATCH_NEW_TOKENS, BATCH_PREEMPTED, BATCH_PREFILL,
     BATCH_SIZE, BATCH_TOKENS, BATCH_TOTAL, BLOCK_IDS, BLOCKS_ALLOCATED, BLOCKS_FREED, CACHED_BLOCKS,
     CACHED_TOKENS, EVICT_REQUESTED, EVICTABLE, EVICTED, FINISH_REASONS, FREE_BLOCKS, INPUT_TOKENS,
@@ -12,9 +12,9 @@ from tracer.extractors import (
     OUTPUT_TOKENS, PRIORITY, PROTECTED, REQUEST_ID, STATUS, STEP, STOPPED_BY_STRING, TEMPERATURE, TEXT_CHARS,
     TOP_P, ids, queue_attributes, request_attributes, sampling_attributes,
 )
-from tracer.spans import DROP, HTTP_STATUS, TRACEPARENT
+from tracer.instrument.spans import DROP, HTTP_STATUS, TRACEPARENT
 
-# OpenTelemetry HTTP semantic conventions (the GenAI ones are in tracer.extractors)
+# OpenTelemetry HTTP semantic conventions (the GenAI ones are in tracer.instrument.extractors)
 HTTP_METHOD = "http.request.method"
 HTTP_ROUTE = "http.route"
 REQUEST_MODEL = "gen_ai.request.model"
@@ -27,7 +27,7 @@ def _kv(manager: Any) -> dict[str, Any]:
 def http_before(args: dict) -> dict:
     """OpenAIServing.create_completion / create_chat_completion: the request body and the raw
     starlette Request. The request id is assigned inside the call; the engine.enqueue span
-    nested in it hands it up (tracer.spans), and a JSON response carries it as `id`."""
+    nested in it hands it up (tracer.instrument.spans), and a JSON response carries it as `id`."""
     request, raw = args["request"], args.get("raw_request")
     chat = hasattr(request, "messages")
     max_tokens = request.max_completion_tokens if chat and request.max_completion_tokens is not None else request.max_tokens
@@ -48,7 +48,7 @@ def http_before(args: dict) -> dict:
 
 
 def http_after(args: dict, response: Any) -> dict:
-    # A stream's span ends when the stream does (tracer.hooks); `response` is then the generator,
+    # A stream's span ends when the stream does (tracer.instrument.hooks); `response` is then the generator,
     # and the token counts are on the request's engine spans (kv.free).
     out = {HTTP_STATUS: 200}
     usage = getattr(response, "usage", None)

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from tracer.extractors import (
+from tracer.instrument.extractors import (
     BATCH_FINISHED, BATCH_IDS, BATCH_PREEMPTED, BATCH_SIZE, CACHED_TOKENS, EVICT_REQUESTED, EVICTABLE,
     EVICTED, FINISH_REASONS, FORWARD_MODE, INPUT_TOKENS, KEY_TOKENS, MAX_TOKENS, NUM_RUNNING, NUM_WAITING,
     OPERATION, OUTPUT_TOKENS, PROTECTED, REQUEST_ID, STATUS, TEMPERATURE, TOP_K, TOP_P, ids,
 )
-from tracer.spans import TRACEPARENT
+from tracer.instrument.spans import TRACEPARENT
 
 NODE_ID = "servetrace.radix.last_node_id"
 CHECKPOINT = "servetrace.kv.checkpoint"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tracer.extractors import (
+from tracer.instrument.extractors import (
     ALLOCATED, BATCH_DECODE, BATCH_FINISHED, BATCH_IDS, BATCH_NEW, BATCH_PREEMPTED, BATCH_PREFILL,
     BATCH_SIZE, BATCH_TOKENS, BATCH_TOTAL, BLOCK_IDS, BLOCKS_ALLOCATED, BLOCKS_FREED, CACHED_BLOCKS,
     CACHED_TOKENS, EXTERNAL_ID, FINISH_REASONS, FREE_BLOCKS, INPUT_TOKENS, KV_USAGE, MAX_TOKENS,
@@ -16,7 +16,7 @@ from tracer.extractors import (
     OPERATION, OUTPUT_TOKENS, PRIORITY, REQUEST_ID, STATUS, STEP, TEMPERATURE,
     ids, queue_attributes, request_attributes, sampling_attributes,
 )
-from tracer.spans import ALIASES, DROP, TRACEPARENT
+from tracer.instrument.spans import ALIASES, DROP, TRACEPARENT
 
 
 def _kv(manager: Any) -> dict[str, Any]:
