@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tracer.catalog.hops import Catalog, Target, load_catalog
-from tracer.instrument.spans import HopCall, drain_pending  # noqa: F401  (drain_pending is re-exported for otel)
+from tracer.instrument.spans import HopCall
 from tracer.instrument.wrappers import MARKER, make_wrapper
 
 logger = logging.getLogger(__name__)

@@ -17,6 +17,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SimpleSpanProcessor
 
+from tracer.instrument import gpu_timing
 from tracer.instrument.exporters import GuardedExporter, OTLPJsonLinesFileExporter
 
 logger = logging.getLogger(__name__)
@@ -109,9 +110,7 @@ def provider() -> TracerProvider | None:
 
 
 def flush(timeout_millis: int = 30000) -> bool:
-    from tracer.instrument import hooks  # GPU-timed spans end lazily; end them before flushing
-
-    hooks.drain_pending(wait=True)
+    gpu_timing.drain_pending(wait=True)  # GPU-timed spans end lazily; end them before flushing
     return _provider.force_flush(timeout_millis) if _provider is not None else True
 
 
@@ -122,9 +121,7 @@ def shutdown() -> None:
         previous, _provider, _tracer = _provider, None, None
     if previous is not None:
         try:
-            from tracer.instrument import hooks
-
-            hooks.drain_pending(wait=True)
+            gpu_timing.drain_pending(wait=True)
         except Exception:  # pragma: no cover - shutdown must not raise at exit
             pass
         previous.shutdown()

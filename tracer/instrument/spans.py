@@ -19,7 +19,7 @@ import contextvars
 import logging
 import threading
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -29,21 +29,14 @@ from opentelemetry import trace
 from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from tracer.instrument import otel
+from tracer.instrument import gpu_timing, otel
 
 logger = logging.getLogger(__name__)
 
-REQUEST_ID = "gen_ai.request.id"
-BATCH_REQUEST_IDS = "servetrace.batch.request_ids"
-BATCH_PREFIX = "servetrace.batch."
-LINK_KIND = "servetrace.link"  # "request": to a request in the batch; "step": to the step that was running
-# Extractor control keys (not attributes): a W3C traceparent to parent the span on; more ids
-# naming the same request (vLLM's internal id beside the external one); drop the span.
-TRACEPARENT = "_traceparent"
-ALIASES = "_aliases"
-DROP = "_drop"  # after-extractor: this call was uneventful, emit no span (unless a child needed it)
-GPU_FORWARD_MS = "servetrace.gpu.forward_ms"
-HTTP_STATUS = "http.response.status_code"
+from tracer.traces.schema import (  # noqa: F401  (ALIASES, DROP, TRACEPARENT: re-exported for the extractors)
+    ALIASES, BATCH_IDS, BATCH_PREFIX, DROP, HTTP_STATUS, LINK_KIND, LINK_REQUEST, LINK_STEP, REQUEST_ID, TRACEPARENT,
+)
+
 # A span of these hops that carries a request id becomes that request's trace root (first wins).
 ROOT_HOPS = ("http.request", "request.render", "engine.enqueue")
 
@@ -166,17 +159,6 @@ class OpenSpan:
         return self.span
 
 
-def _cuda_events() -> tuple | None:
-    import sys
-
-    torch = sys.modules.get("torch")
-    if torch is None or not torch.cuda.is_available() or not torch.cuda.is_initialized():
-        return None
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    return start, end
-
-
 def begin(call: HopCall, args: dict[str, Any]) -> OpenSpan | None:
     """Open the span for one call (None: tracing is off, or the same hop is already open)."""
     tracer = otel.active_tracer()
@@ -213,7 +195,7 @@ def begin(call: HopCall, args: dict[str, Any]) -> OpenSpan | None:
         elif enclosing is not None:
             root = enclosing.root  # nested in another span of the same request (enqueue inside http.request)
         if parent is not None and current.is_valid and (root is None or root.trace_id != current.trace_id):
-            links.append(Link(current, {LINK_KIND: "step"}))
+            links.append(Link(current, {LINK_KIND: LINK_STEP}))
     open_span = OpenSpan(call, tracer, attributes, start_ns, parent, enclosing, links, root if call.scope == "request" else None)
     if call.hop == "http.request":
         # Always the request's root, even before it knows its request id (a server assigns the
@@ -224,7 +206,7 @@ def begin(call: HopCall, args: dict[str, Any]) -> OpenSpan | None:
         registry.register(str(attributes[REQUEST_ID]), open_span.root)
     activate(open_span)
     if call.cuda_timed:
-        open_span.gpu_events = _cuda_events()
+        open_span.gpu_events = gpu_timing.start_events()
     return open_span
 
 
@@ -251,7 +233,7 @@ def _batch_links(request_ids: list) -> list[Link]:
     for request_id in request_ids:
         root = registry.get(str(request_id))
         if root is not None:
-            links.append(Link(root, {LINK_KIND: "request", REQUEST_ID: str(request_id)}))
+            links.append(Link(root, {LINK_KIND: LINK_REQUEST, REQUEST_ID: str(request_id)}))
     return links
 
 
@@ -266,7 +248,7 @@ def end(open_span: OpenSpan, args: dict[str, Any], result: Any = None, error: Ba
         attributes.update(after)
         if error is None and attributes.get(DROP) and open_span.span is None:
             return  # uneventful (e.g. a decode step's allocate that needed no new block)
-        batch = attributes.get(BATCH_REQUEST_IDS)
+        batch = attributes.get(BATCH_IDS)
         batch_links = _batch_links(batch) if batch else []
         if open_span.span is None:
             open_span.links.extend(batch_links)
@@ -302,12 +284,11 @@ def end(open_span: OpenSpan, args: dict[str, Any], result: Any = None, error: Ba
         span = open_span.materialize()
     if open_span.gpu_events is not None and error is None:
         start, stop = open_span.gpu_events
-        stop.record()
-        _pending_gpu.append((span, start, stop, end_ns))
+        gpu_timing.end_when_done(span, start, stop, end_ns)
     else:
         span.end(end_time=end_ns)
-    if _pending_gpu and call.scope == "step":
-        drain_pending(wait=False)
+    if call.scope == "step":
+        gpu_timing.drain_pending(wait=False)
 
 
 def _name_enclosing_http_request(open_span: OpenSpan, request_id: Any) -> None:
@@ -318,23 +299,3 @@ def _name_enclosing_http_request(open_span: OpenSpan, request_id: Any) -> None:
     if enclosing is not None and enclosing.attributes.get(REQUEST_ID) is None:
         enclosing.attributes[REQUEST_ID] = request_id
         enclosing.materialize().set_attribute(REQUEST_ID, str(request_id))
-
-
-# GPU-timed spans end when their CUDA events have completed, without a synchronize on the hot path.
-_pending_gpu: deque = deque()
-
-
-def drain_pending(wait: bool = False) -> None:
-    """End GPU-timed spans whose end event has completed (all of them when wait)."""
-    while _pending_gpu:
-        span, start, stop, end_ns = _pending_gpu[0]
-        try:
-            if wait:
-                stop.synchronize()
-            elif not stop.query():
-                return
-            span.set_attribute(GPU_FORWARD_MS, float(start.elapsed_time(stop)))
-        except Exception:  # pragma: no cover - a lost CUDA context must not leak spans
-            pass
-        _pending_gpu.popleft()
-        span.end(end_time=end_ns)

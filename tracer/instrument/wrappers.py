@@ -15,6 +15,7 @@ from typing import Any
 
 from tracer.instrument import spans
 from tracer.instrument.spans import HopCall
+from tracer.traces.schema import STREAM_CLOSED_EARLY
 
 logger = logging.getLogger("tracer.instrument.hooks")
 
@@ -158,7 +159,7 @@ class SpanUntilStreamEnds:
     returns instead: the span stays open until the stream is exhausted, fails, or is closed.
     A stream that is never iterated ends its span when it is closed or collected."""
 
-    CLOSED_EARLY = "servetrace.stream.closed_early"
+    CLOSED_EARLY = STREAM_CLOSED_EARLY
 
     def __init__(self, stream: Any, open_span: spans.OpenSpan, bound: dict[str, Any]) -> None:
         self._stream = stream

@@ -4,8 +4,7 @@ return span attributes. `args` maps the target's parameter names to the call's a
 Shared attribute keys (OpenTelemetry GenAI semantic conventions where one fits):
   gen_ai.request.id, gen_ai.request.max_tokens, gen_ai.request.temperature, gen_ai.request.top_p,
   gen_ai.request.top_k, gen_ai.usage.input_tokens, gen_ai.usage.output_tokens,
-  gen_ai.response.finish_reasons; servetrace.* for engine internals (see tracer/instrument/spans.py for
-  the keys that steer the trace shape: gen_ai.request.id and servetrace.batch.request_ids).
+  gen_ai.response.finish_reasons; servetrace.* for engine internals. Every key is defined in tracer/traces/schema.py.
 """
 from __future__ import annotations
 
@@ -13,60 +12,17 @@ import importlib
 from collections.abc import Callable, Iterable
 from typing import Any
 
-# GenAI semantic conventions
-REQUEST_ID = "gen_ai.request.id"
-MAX_TOKENS = "gen_ai.request.max_tokens"
-TEMPERATURE = "gen_ai.request.temperature"
-TOP_P = "gen_ai.request.top_p"
-TOP_K = "gen_ai.request.top_k"
-INPUT_TOKENS = "gen_ai.usage.input_tokens"
-OUTPUT_TOKENS = "gen_ai.usage.output_tokens"
-FINISH_REASONS = "gen_ai.response.finish_reasons"
-OPERATION = "gen_ai.operation.name"
+from tracer.traces.schema import (  # noqa: F401  (the keys the extractor modules use, defined in the schema)
+    ALLOCATED, BATCH_DECODE, BATCH_EXTERNAL_IDS, BATCH_FINISHED, BATCH_FINISHED_SINCE, BATCH_IDS, BATCH_NEW,
+    BATCH_NEW_TOKENS, BATCH_PREEMPTED, BATCH_PREFILL, BATCH_QUEUE_LEN, BATCH_SIZE, BATCH_TOKENS, BATCH_TOTAL,
+    BLOCK_IDS, BLOCKS_ALLOCATED, BLOCKS_FREED, CACHED_BLOCKS, CACHED_TOKENS, EVICT_REQUESTED, EVICTABLE,
+    EVICTED, EXTERNAL_ID, FINISH_REASONS, FORWARD_MODE, FREE_BLOCKS, HTTP_METHOD, HTTP_ROUTE, HTTP_STREAM,
+    INPUT_TOKENS, KEY_TOKENS, KV_USAGE, MAX_TOKENS, MODEL_EXECUTED, MODEL_TOKENS, NEW_TOKENS, NUM_COMPUTED,
+    NUM_NEW_COMPUTED, NUM_NEW_TOKENS, NUM_OUTPUTS, NUM_PREEMPTIONS, NUM_RUNNING, NUM_SAMPLED, NUM_WAITING,
+    OPERATION, OUTPUT_TOKENS, PRIORITY, PROTECTED, REQUEST_ID, REQUEST_MODEL, STATUS, STEP, STOPPED_BY_STRING,
+    TEMPERATURE, TEXT_CHARS, TOP_K, TOP_P,
+)
 
-# servetrace: one request
-EXTERNAL_ID = "servetrace.request.external_id"
-NUM_COMPUTED = "servetrace.request.num_computed_tokens"
-NUM_PREEMPTIONS = "servetrace.request.num_preemptions"
-STATUS = "servetrace.request.status"
-PRIORITY = "servetrace.request.priority"
-# servetrace: KV cache
-CACHED_TOKENS = "servetrace.kv.cached_tokens"
-CACHED_BLOCKS = "servetrace.kv.cached_blocks"
-NUM_NEW_TOKENS = "servetrace.kv.num_new_tokens"
-NUM_NEW_COMPUTED = "servetrace.kv.num_new_computed_tokens"
-ALLOCATED = "servetrace.kv.allocated"
-BLOCKS_ALLOCATED = "servetrace.kv.blocks_allocated"
-BLOCK_IDS = "servetrace.kv.block_ids"
-BLOCKS_FREED = "servetrace.kv.blocks_freed"
-FREE_BLOCKS = "servetrace.kv.free_blocks"
-KV_USAGE = "servetrace.kv.usage"
-KEY_TOKENS = "servetrace.kv.key_tokens"
-EVICT_REQUESTED = "servetrace.kv.evict_requested_tokens"
-EVICTED = "servetrace.kv.evicted_tokens"
-EVICTABLE = "servetrace.kv.evictable_tokens"
-PROTECTED = "servetrace.kv.protected_tokens"
-# servetrace: one engine step / batch
-STEP = "servetrace.step"
-BATCH_IDS = "servetrace.batch.request_ids"
-BATCH_TOKENS = "servetrace.batch.num_scheduled_tokens"
-BATCH_TOTAL = "servetrace.batch.total_tokens"
-BATCH_SIZE = "servetrace.batch.size"
-BATCH_PREFILL = "servetrace.batch.num_prefill"
-BATCH_DECODE = "servetrace.batch.num_decode"
-BATCH_NEW = "servetrace.batch.num_new"
-BATCH_PREEMPTED = "servetrace.batch.preempted_request_ids"
-BATCH_FINISHED = "servetrace.batch.finished_request_ids"
-FORWARD_MODE = "servetrace.batch.forward_mode"
-NUM_RUNNING = "servetrace.queue.num_running"
-NUM_WAITING = "servetrace.queue.num_waiting"
-NUM_OUTPUTS = "servetrace.step.num_outputs"
-NUM_SAMPLED = "servetrace.sampler.num_sampled"
-MODEL_TOKENS = "servetrace.model.num_tokens"
-NEW_TOKENS = "servetrace.detokenize.num_new_tokens"
-TEXT_CHARS = "servetrace.detokenize.text_chars"
-STOPPED_BY_STRING = "servetrace.detokenize.stopped_request_ids"
-BATCH_NEW_TOKENS = "servetrace.batch.num_new_tokens"  # per request in servetrace.batch.request_ids
 
 Extractor = Callable[..., dict[str, Any]]
 

@@ -12,13 +12,9 @@ from tracer.instrument.extractors import (
     OUTPUT_TOKENS, PRIORITY, PROTECTED, REQUEST_ID, STATUS, STEP, STOPPED_BY_STRING, TEMPERATURE, TEXT_CHARS,
     TOP_P, ids, queue_attributes, request_attributes, sampling_attributes,
 )
-from tracer.instrument.spans import DROP, HTTP_STATUS, TRACEPARENT
+from tracer.traces.schema import DROP, HTTP_METHOD, HTTP_ROUTE, HTTP_STATUS, HTTP_STREAM, REQUEST_MODEL, TRACEPARENT
 
 # OpenTelemetry HTTP semantic conventions (the GenAI ones are in tracer.instrument.extractors)
-HTTP_METHOD = "http.request.method"
-HTTP_ROUTE = "http.route"
-REQUEST_MODEL = "gen_ai.request.model"
-HTTP_STREAM = "servetrace.http.stream"
 
 def _kv(manager: Any) -> dict[str, Any]:
     return {FREE_BLOCKS: manager.get_num_free_blocks(), KV_USAGE: manager.usage}

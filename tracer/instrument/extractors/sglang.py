@@ -12,12 +12,10 @@ from tracer.instrument.extractors import (
     EVICTED, FINISH_REASONS, FORWARD_MODE, INPUT_TOKENS, KEY_TOKENS, MAX_TOKENS, NUM_RUNNING, NUM_WAITING,
     OPERATION, OUTPUT_TOKENS, PROTECTED, REQUEST_ID, STATUS, TEMPERATURE, TOP_K, TOP_P, ids,
 )
-from tracer.instrument.spans import TRACEPARENT
+from tracer.traces.schema import (
+    ADD_RESULT, CHECKPOINT, CHECKPOINT_UP_TO, EXTEND_TOKENS, HTTP_STREAM, RADIX_NODE_ID as NODE_ID, TRACEPARENT,
+)
 
-NODE_ID = "servetrace.radix.last_node_id"
-CHECKPOINT = "servetrace.kv.checkpoint"
-EXTEND_TOKENS = "servetrace.kv.extend_tokens"
-ADD_RESULT = "servetrace.scheduler.add_result"
 
 
 def _sizes(cache: Any) -> dict[str, Any]:
@@ -64,7 +62,7 @@ def insert_before(args: dict) -> dict:
     if "params" in args:
         key = args["params"].key
         return {KEY_TOKENS: len(key) if key is not None else None}
-    return {REQUEST_ID: _rid(args.get("req")), "servetrace.kv.up_to": args.get("up_to")}  # checkpoint(req, up_to=)
+    return {REQUEST_ID: _rid(args.get("req")), CHECKPOINT_UP_TO: args.get("up_to")}  # checkpoint(req, up_to=)
 
 
 def insert_after(args: dict, result: Any) -> dict:
@@ -182,7 +180,7 @@ def http_before(args: dict) -> dict:
     if request is not None:
         out[MAX_TOKENS] = getattr(request, "max_tokens", None)
         out[TEMPERATURE] = getattr(request, "temperature", None)
-        out["servetrace.http.stream"] = bool(getattr(request, "stream", False))
+        out[HTTP_STREAM] = bool(getattr(request, "stream", False))
         out[REQUEST_ID] = getattr(request, "rid", None)
     headers = getattr(raw, "headers", None)
     if headers is not None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from tracer.instrument.extractors import (
+    BATCH_EXTERNAL_IDS, BATCH_FINISHED_SINCE, BATCH_QUEUE_LEN, HTTP_STREAM, MODEL_EXECUTED, NEW_TOKENS,
     ALLOCATED, BATCH_DECODE, BATCH_FINISHED, BATCH_IDS, BATCH_NEW, BATCH_PREEMPTED, BATCH_PREFILL,
     BATCH_SIZE, BATCH_TOKENS, BATCH_TOTAL, BLOCK_IDS, BLOCKS_ALLOCATED, BLOCKS_FREED, CACHED_BLOCKS,
     CACHED_TOKENS, EXTERNAL_ID, FINISH_REASONS, FREE_BLOCKS, INPUT_TOKENS, KV_USAGE, MAX_TOKENS,
@@ -16,7 +17,7 @@ from tracer.instrument.extractors import (
     OPERATION, OUTPUT_TOKENS, PRIORITY, REQUEST_ID, STATUS, STEP, TEMPERATURE,
     ids, queue_attributes, request_attributes, sampling_attributes,
 )
-from tracer.instrument.spans import ALIASES, DROP, TRACEPARENT
+from tracer.traces.schema import ALIASES, DROP, TRACEPARENT
 
 
 def _kv(manager: Any) -> dict[str, Any]:
@@ -37,7 +38,7 @@ def http_before(args: dict) -> dict:
     if request is not None:
         out[MAX_TOKENS] = getattr(request, "max_tokens", None) or getattr(request, "max_completion_tokens", None)
         out[TEMPERATURE] = getattr(request, "temperature", None)
-        out["servetrace.http.stream"] = bool(getattr(request, "stream", False))
+        out[HTTP_STREAM] = bool(getattr(request, "stream", False))
     headers = getattr(raw, "headers", None)
     if headers is not None:
         out[TRACEPARENT] = headers.get("traceparent")
@@ -81,7 +82,7 @@ def detokenize_before(args: dict) -> dict:
     for output in outputs:
         state = processor.request_states.get(output.request_id)
         external.append(state.external_req_id if state is not None and state.external_req_id else output.request_id)
-    return {BATCH_IDS: ids(o.request_id for o in outputs), "servetrace.batch.external_ids": external, BATCH_SIZE: len(outputs)}
+    return {BATCH_IDS: ids(o.request_id for o in outputs), BATCH_EXTERNAL_IDS: external, BATCH_SIZE: len(outputs)}
 
 
 def detokenize_after(args: dict, result: Any) -> dict:
@@ -90,7 +91,7 @@ def detokenize_after(args: dict, result: Any) -> dict:
     return {
         BATCH_FINISHED: ids(o.request_id for o in finished),
         FINISH_REASONS: [str(o.finish_reason) for o in finished],
-        "servetrace.detokenize.num_new_tokens": sum(len(o.new_token_ids) for o in outputs),
+        NEW_TOKENS: sum(len(o.new_token_ids) for o in outputs),
     }
 
 
@@ -119,7 +120,7 @@ def step_before(args: dict) -> dict:
     out = queue_attributes(scheduler)
     batch_queue = getattr(args["self"], "batch_queue", None)
     if batch_queue is not None:
-        out["servetrace.step.batch_queue_len"] = len(batch_queue)
+        out[BATCH_QUEUE_LEN] = len(batch_queue)
     return out
 
 
@@ -131,7 +132,7 @@ def step_after(args: dict, result: Any) -> dict:
         num_outputs += len(engine_outputs.outputs)
         finished += [o.request_id for o in engine_outputs.outputs if o.finish_reason is not None]
     return {
-        "servetrace.step.model_executed": bool(executed),
+        MODEL_EXECUTED: bool(executed),
         NUM_OUTPUTS: num_outputs,
         BATCH_FINISHED: finished,
         **queue_attributes(args["self"].scheduler),
@@ -157,7 +158,7 @@ def schedule_after(args: dict, so: Any) -> dict:
         BATCH_DECODE: len(request_ids) - prefill,
         BATCH_NEW: len(so.scheduled_new_reqs),
         BATCH_PREEMPTED: ids(so.preempted_req_ids or ()),
-        "servetrace.batch.finished_since_last": ids(so.finished_req_ids or ()),
+        BATCH_FINISHED_SINCE: ids(so.finished_req_ids or ()),
         **queue_attributes(scheduler),
         **_kv(scheduler.kv_cache_manager),
     }

@@ -1,0 +1,137 @@
+"""The trace schema: every span attribute key servetrace writes or reads, with its type and meaning.
+
+Span names are the catalog's hop names (tracer/catalog/hops.yaml); this module is the other half:
+what the attributes on those spans mean. Writers (the extractors, tracer.instrument.spans) and
+readers (the explorer, the site, Perfetto export) import the keys from here and nowhere else.
+OpenTelemetry GenAI names are used where one fits; DEPRECATED maps the older names that vLLM's own
+tracing still emits (vllm/tracing/utils.py:SpanAttributes) to ours, so a reader can fold them in.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# Version 2: hop roles in the catalog, internal + external ids on upstream spans, a server.startup
+# trace. Version 1 (no servetrace.schema.version on the resource) has the same keys and still opens.
+SCHEMA_VERSION = 2
+SCHEMA_VERSION_KEY = "servetrace.schema.version"  # resource attribute
+
+
+@dataclass(frozen=True)
+class Key:
+    name: str
+    type: str  # "str" | "int" | "float" | "bool" | "str[]" | "int[]"
+    meaning: str
+
+
+KEYS: dict[str, Key] = {}
+
+
+def _key(name: str, type_: str, meaning: str) -> str:
+    KEYS[name] = Key(name, type_, meaning)
+    return name
+
+
+# -- resource (one per process) --------------------------------------------------------------------
+SERVICE_NAME = _key("service.name", "str", "the process's service (servetrace-mini, servetrace-vllm ...)")
+PROCESS_PID = _key("process.pid", "int", "the process that emitted the span")
+ENGINE = _key("servetrace.engine", "str", "which catalog engine emitted the span (mini, vllm, sglang)")
+ENGINE_VERSION = _key("servetrace.engine.version", "str", "the installed version of that engine")
+PROCESS_ROLE = _key("servetrace.process.role", "str", "api_server, engine_core, worker, scheduler, detokenizer ...")
+
+# -- GenAI semantic conventions --------------------------------------------------------------------
+REQUEST_ID = _key("gen_ai.request.id", "str", "the request's id in the process that emitted the span")
+MAX_TOKENS = _key("gen_ai.request.max_tokens", "int", "max_tokens of the request")
+TEMPERATURE = _key("gen_ai.request.temperature", "float", "sampling temperature")
+TOP_P = _key("gen_ai.request.top_p", "float", "nucleus sampling threshold")
+TOP_K = _key("gen_ai.request.top_k", "int", "top-k sampling")
+REQUEST_MODEL = _key("gen_ai.request.model", "str", "the model the client asked for")
+INPUT_TOKENS = _key("gen_ai.usage.input_tokens", "int", "prompt length in tokens")
+OUTPUT_TOKENS = _key("gen_ai.usage.output_tokens", "int", "generated tokens")
+FINISH_REASONS = _key("gen_ai.response.finish_reasons", "str[]", "why each finished request stopped")
+OPERATION = _key("gen_ai.operation.name", "str", "chat or text_completion")
+
+# -- HTTP --------------------------------------------------------------------------------------------
+HTTP_STATUS = _key("http.response.status_code", "int", "the HTTP status the request ended with")
+HTTP_METHOD = _key("http.request.method", "str", "GET / POST")
+HTTP_ROUTE = _key("http.route", "str", "the route served")
+HTTP_STREAM = _key("servetrace.http.stream", "bool", "a streamed (SSE) response")
+STREAM_CLOSED_EARLY = _key("servetrace.stream.closed_early", "bool", "the client went away before the stream ended")
+
+# -- one request ------------------------------------------------------------------------------------
+EXTERNAL_ID = _key("servetrace.request.external_id", "str", "the id the client knows (vLLM's internal id adds a suffix)")
+NUM_COMPUTED = _key("servetrace.request.num_computed_tokens", "int", "tokens whose KV is computed")
+NUM_PREEMPTIONS = _key("servetrace.request.num_preemptions", "int", "times the request was preempted so far")
+STATUS = _key("servetrace.request.status", "str", "the request's status in the scheduler")
+PRIORITY = _key("servetrace.request.priority", "int", "priority (lower runs first under the priority policy)")
+
+# -- KV cache ---------------------------------------------------------------------------------------
+CACHED_TOKENS = _key("servetrace.kv.cached_tokens", "int", "prompt tokens found in the prefix cache")
+CACHED_BLOCKS = _key("servetrace.kv.cached_blocks", "int", "blocks found in the prefix cache")
+NUM_NEW_TOKENS = _key("servetrace.kv.num_new_tokens", "int", "tokens this allocation is for")
+NUM_NEW_COMPUTED = _key("servetrace.kv.num_new_computed_tokens", "int", "newly matched cached tokens in this allocation")
+ALLOCATED = _key("servetrace.kv.allocated", "bool", "the allocation succeeded")
+BLOCKS_ALLOCATED = _key("servetrace.kv.blocks_allocated", "int", "new blocks handed out")
+BLOCK_IDS = _key("servetrace.kv.block_ids", "int[]", "the block ids involved")
+BLOCKS_FREED = _key("servetrace.kv.blocks_freed", "int", "blocks released")
+FREE_BLOCKS = _key("servetrace.kv.free_blocks", "int", "free blocks in the pool after the call")
+KV_USAGE = _key("servetrace.kv.usage", "float", "fraction of the pool in use after the call")
+KEY_TOKENS = _key("servetrace.kv.key_tokens", "int", "tokens in the radix-cache key")
+EVICT_REQUESTED = _key("servetrace.kv.evict_requested_tokens", "int", "tokens the caller asked to evict")
+EVICTED = _key("servetrace.kv.evicted_tokens", "int", "tokens evicted")
+EVICTABLE = _key("servetrace.kv.evictable_tokens", "int", "tokens evictable after the call")
+PROTECTED = _key("servetrace.kv.protected_tokens", "int", "tokens locked by running requests")
+RADIX_NODE_ID = _key("servetrace.radix.last_node_id", "int", "the radix node a match ended at")
+CHECKPOINT = _key("servetrace.kv.checkpoint", "bool", "SGLang's release_kv_cache(checkpoint=): insert into the tree first")
+EXTEND_TOKENS = _key("servetrace.kv.extend_tokens", "int", "tokens a prefill batch extends by")
+CHECKPOINT_UP_TO = _key("servetrace.kv.up_to", "int", "the token a radix checkpoint caches up to")
+ADD_RESULT = _key("servetrace.scheduler.add_result", "str", "SGLang PrefillAdder's AddReqResult for the request")
+BLOCK_HASHES = _key("servetrace.kv.block_hashes", "str[]", "hashes of the prompt's full blocks (what replay needs without the tokens)")
+
+# -- one engine step / batch -------------------------------------------------------------------------
+STEP = _key("servetrace.step", "int", "the engine's step counter")
+BATCH_PREFIX = "servetrace.batch."  # every servetrace.batch.* key is copied from the schedule span to its step
+BATCH_IDS = _key("servetrace.batch.request_ids", "str[]", "the requests in the batch (the step links to each)")
+BATCH_EXTERNAL_IDS = _key("servetrace.batch.external_ids", "str[]", "their external ids, in the same order")
+BATCH_TOKENS = _key("servetrace.batch.num_scheduled_tokens", "int[]", "tokens scheduled per request, in BATCH_IDS order")
+BATCH_TOTAL = _key("servetrace.batch.total_tokens", "int", "tokens scheduled in the step")
+BATCH_SIZE = _key("servetrace.batch.size", "int", "requests in the batch")
+BATCH_PREFILL = _key("servetrace.batch.num_prefill", "int", "requests still in their prompt")
+BATCH_DECODE = _key("servetrace.batch.num_decode", "int", "requests decoding")
+BATCH_NEW = _key("servetrace.batch.num_new", "int", "requests scheduled for the first time")
+BATCH_PREEMPTED = _key("servetrace.batch.preempted_request_ids", "str[]", "requests preempted in this step")
+BATCH_FINISHED = _key("servetrace.batch.finished_request_ids", "str[]", "requests that finished in this step")
+BATCH_FINISHED_SINCE = _key("servetrace.batch.finished_since_last", "str[]", "requests finished since the previous schedule")
+BATCH_NEW_TOKENS = _key("servetrace.batch.num_new_tokens", "int[]", "new output tokens per request, in BATCH_IDS order")
+FORWARD_MODE = _key("servetrace.batch.forward_mode", "str", "SGLang's ForwardMode of the batch")
+NUM_RUNNING = _key("servetrace.queue.num_running", "int", "running requests")
+NUM_WAITING = _key("servetrace.queue.num_waiting", "int", "waiting requests")
+NUM_OUTPUTS = _key("servetrace.step.num_outputs", "int", "outputs the step produced")
+MODEL_EXECUTED = _key("servetrace.step.model_executed", "bool", "the step ran the model")
+BATCH_QUEUE_LEN = _key("servetrace.step.batch_queue_len", "int", "batches in flight (async scheduling)")
+NUM_SAMPLED = _key("servetrace.sampler.num_sampled", "int", "tokens sampled")
+MODEL_TOKENS = _key("servetrace.model.num_tokens", "int", "tokens in the forward pass")
+GPU_FORWARD_MS = _key("servetrace.gpu.forward_ms", "float", "GPU time of the forward pass from CUDA events")
+NEW_TOKENS = _key("servetrace.detokenize.num_new_tokens", "int", "tokens detokenized in the call")
+TEXT_CHARS = _key("servetrace.detokenize.text_chars", "int", "characters of text produced")
+STOPPED_BY_STRING = _key("servetrace.detokenize.stopped_request_ids", "str[]", "requests stopped by a stop string")
+
+# -- links -------------------------------------------------------------------------------------------
+LINK_KIND = _key("servetrace.link", "str", "on a link: 'request' (to a request in the batch) or 'step' (to the running step)")
+LINK_REQUEST = "request"
+LINK_STEP = "step"
+
+# Older names upstream engines still emit, and ours for the same thing.
+DEPRECATED: dict[str, str] = {
+    "gen_ai.usage.prompt_tokens": INPUT_TOKENS,
+    "gen_ai.usage.completion_tokens": OUTPUT_TOKENS,
+}
+
+# Extractor control keys: returned by an extractor to steer the span, never written on it.
+TRACEPARENT = "_traceparent"  # a W3C traceparent to parent the span on
+ALIASES = "_aliases"  # more ids naming the same request (vLLM's internal id beside the external one)
+DROP = "_drop"  # after-extractor: this call was uneventful, emit no span (unless a child needed it)
+
+
+def canonical(key: str) -> str:
+    """Our name for an attribute key (a deprecated upstream name folded into ours)."""
+    return DEPRECATED.get(key, key)
