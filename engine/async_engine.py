@@ -1,7 +1,7 @@
 """Async front end over the engine's busy loop: asyncio handlers on one side, one engine thread on the other.
 
-Mirrors vllm.v1.engine.async_llm.AsyncLLM (vLLM runs EngineCore in its own process and talks
-to it over ZMQ; here the engine core is a thread in the server process).
+Mirrors: vllm.v1.engine.async_llm:AsyncLLM (vllm 0.33.0)
+vLLM runs EngineCore in its own process and talks to it over ZMQ; here the engine core is a thread in the server process.
 
 Threads and what they touch:
 - the engine thread runs the busy loop: step() while there is work, otherwise it waits on
@@ -227,7 +227,7 @@ class AsyncLLM:
         return self._stopping or self.engine.has_unfinished_requests()
 
     def _run_busy_loop(self) -> None:
-        # Mirrors vllm.v1.engine.core.EngineCoreProc.run_busy_loop
+        # Mirrors: vllm.v1.engine.core:EngineCoreProc.run_busy_loop (vllm 0.33.0)
         try:
             while True:
                 with self._work:

@@ -3,8 +3,8 @@
 Every layer keeps its K/V in a paged pool shaped [num_blocks, block_size, num_kv_heads, head_dim].
 A step runs a flat batch of tokens from several requests (no padding); AttentionMetadata tells
 each token where its K/V goes (slot_mapping) and which blocks hold each request's context
-(block_tables). Mirrors the role of vllm.v1.attention.backends (FlashAttentionMetadata +
-reshape_and_cache_flash + flash_attn_varlen_func), written with plain torch ops for reading.
+(block_tables). Written with plain torch ops, for reading.
+Mirrors: vllm.v1.attention.backends.flash_attn:FlashAttentionMetadata, vllm._custom_ops:reshape_and_cache_flash, vllm.vllm_flash_attn.flash_attn_interface:flash_attn_varlen_func (vllm 0.33.0)
 """
 from __future__ import annotations
 
@@ -71,7 +71,7 @@ def write_kv_cache(
 ) -> None:
     """Scatter the new tokens' K/V [T, kv_heads, head_dim] into the paged pool.
 
-    Mirrors vllm._custom_ops.reshape_and_cache_flash.
+    Mirrors: vllm._custom_ops:reshape_and_cache_flash (vllm 0.33.0).
     """
     num_blocks, block_size, num_kv_heads, head_dim = k_cache.shape
     k_cache.view(num_blocks * block_size, num_kv_heads, head_dim).index_copy_(0, slot_mapping, key)

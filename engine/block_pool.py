@@ -1,8 +1,7 @@
 """Paged KV blocks, their free queue and the prefix-cache hash map.
 
-Mirrors vllm.v1.core.block_pool (BlockPool) and vllm.v1.core.kv_cache_utils (KVCacheBlock,
-FreeKVCacheBlockQueue, hash_block_tokens, get_request_block_hasher) of vLLM 0.33.0, narrowed
-to one full-attention KV cache group whose hash block size equals its block size. That
+Mirrors: vllm.v1.core.block_pool:BlockPool, vllm.v1.core.kv_cache_utils:KVCacheBlock, vllm.v1.core.kv_cache_utils:FreeKVCacheBlockQueue, vllm.v1.core.kv_cache_utils:hash_block_tokens, vllm.v1.core.kv_cache_utils:get_request_block_hasher (vllm 0.33.0)
+Narrowed to one full-attention KV cache group whose hash block size equals its block size. That
 narrowing drops the group id from the hash keys, partial-block hash entries, KV events,
 metrics collectors and cross-pool frees; every decision that remains is upstream's:
 
@@ -26,11 +25,11 @@ BlockHash = bytes
 
 
 def sha256(obj: Any) -> bytes:
-    # Mirrors vllm.utils.hashing.sha256: SHA-256 of the pickled object.
+    # Mirrors: vllm.utils.hashing:sha256 (vllm 0.33.0); SHA-256 of the pickled object.
     return hashlib.sha256(pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)).digest()
 
 
-# Mirrors vllm.v1.core.kv_cache_utils.init_none_hash for sha256: the parent hash of a
+# Mirrors: vllm.v1.core.kv_cache_utils:init_none_hash (vllm 0.33.0) for sha256: the parent hash of a
 # prompt's first block, seeded by PYTHONHASHSEED when set so hashes match vLLM's bit for bit.
 NONE_HASH: BlockHash = sha256(os.getenv("PYTHONHASHSEED") or "vllm-none-hash")
 
@@ -40,7 +39,7 @@ def hash_block_tokens(
     block_token_ids: Sequence[int],
     extra_keys: tuple[Any, ...] | None = None,
 ) -> BlockHash:
-    # Mirrors vllm.v1.core.kv_cache_utils.hash_block_tokens (hash_function=sha256)
+    # Mirrors: vllm.v1.core.kv_cache_utils:hash_block_tokens (vllm 0.33.0) (hash_function=sha256)
     if not parent_block_hash:
         parent_block_hash = NONE_HASH
     return sha256((parent_block_hash, tuple(block_token_ids), extra_keys))
@@ -56,7 +55,7 @@ class HashableRequest(Protocol):
 
 def update_block_hashes(request: HashableRequest, block_size: int) -> None:
     """Append to request.block_hashes the chained hash of every new full block."""
-    # Mirrors vllm.v1.core.kv_cache_utils.get_request_block_hasher (request_block_hasher),
+    # Mirrors: vllm.v1.core.kv_cache_utils:get_request_block_hasher (vllm 0.33.0) (request_block_hasher),
     # applied the way vllm.v1.request.Request.update_block_hashes applies it.
     if block_size <= 0:
         raise ValueError(f"block_size must be positive, got {block_size}")
@@ -70,7 +69,10 @@ def update_block_hashes(request: HashableRequest, block_size: int) -> None:
 
 @dataclass(eq=False)
 class KVCacheBlock:
-    """Metadata of one KV block; mirrors vllm.v1.core.kv_cache_utils.KVCacheBlock."""
+    """Metadata of one KV block.
+
+    Mirrors: vllm.v1.core.kv_cache_utils:KVCacheBlock (vllm 0.33.0)
+    """
 
     block_id: int
     ref_cnt: int = 0
@@ -91,7 +93,7 @@ class KVCacheBlock:
 class FreeKVCacheBlockQueue:
     """Doubly linked list of free blocks in reuse order, with O(1) removal from the middle.
 
-    Mirrors vllm.v1.core.kv_cache_utils.FreeKVCacheBlockQueue: a deque cannot remove a
+    Mirrors: vllm.v1.core.kv_cache_utils:FreeKVCacheBlockQueue (vllm 0.33.0); a deque cannot remove a
     block that a prefix hit revives, so the links live on the blocks themselves, between a
     fake head and a fake tail that are never popped.
     """
@@ -109,7 +111,7 @@ class FreeKVCacheBlockQueue:
         self.fake_free_list_tail.prev_free_block = previous
 
     def popleft(self) -> KVCacheBlock:
-        # Mirrors vllm.v1.core.kv_cache_utils.FreeKVCacheBlockQueue.popleft
+        # Mirrors: vllm.v1.core.kv_cache_utils:FreeKVCacheBlockQueue.popleft (vllm 0.33.0)
         first = self.fake_free_list_head.next_free_block
         if first is self.fake_free_list_tail:
             raise ValueError("No free blocks available")
@@ -117,13 +119,13 @@ class FreeKVCacheBlockQueue:
         return first
 
     def popleft_n(self, n: int) -> list[KVCacheBlock]:
-        # Mirrors vllm.v1.core.kv_cache_utils.FreeKVCacheBlockQueue.popleft_n
+        # Mirrors: vllm.v1.core.kv_cache_utils:FreeKVCacheBlockQueue.popleft_n (vllm 0.33.0)
         if n > self.num_free_blocks:
             raise ValueError(f"cannot pop {n} blocks from a queue of {self.num_free_blocks}")
         return [self.popleft() for _ in range(n)]
 
     def remove(self, block: KVCacheBlock) -> None:
-        # Mirrors vllm.v1.core.kv_cache_utils.FreeKVCacheBlockQueue.remove
+        # Mirrors: vllm.v1.core.kv_cache_utils:FreeKVCacheBlockQueue.remove (vllm 0.33.0)
         prev_block, next_block = block.prev_free_block, block.next_free_block
         if prev_block is None or next_block is None:
             raise RuntimeError(f"remove() called on a block that is not in the free queue: {block}")
@@ -133,14 +135,14 @@ class FreeKVCacheBlockQueue:
         self.num_free_blocks -= 1
 
     def prepend_n(self, blocks: list[KVCacheBlock]) -> None:
-        # Mirrors vllm.v1.core.kv_cache_utils.FreeKVCacheBlockQueue.prepend_n: blocks[0]
+        # Mirrors: vllm.v1.core.kv_cache_utils:FreeKVCacheBlockQueue.prepend_n (vllm 0.33.0); blocks[0]
         # becomes the new front.
         anchor = self.fake_free_list_head
         for block in reversed(blocks):
             self._insert_after(anchor, block)
 
     def append_n(self, blocks: list[KVCacheBlock]) -> None:
-        # Mirrors vllm.v1.core.kv_cache_utils.FreeKVCacheBlockQueue.append_n
+        # Mirrors: vllm.v1.core.kv_cache_utils:FreeKVCacheBlockQueue.append_n (vllm 0.33.0)
         for block in blocks:
             self._insert_after(self.fake_free_list_tail.prev_free_block, block)
 
@@ -165,7 +167,7 @@ class FreeKVCacheBlockQueue:
 class BlockPool:
     """All KV blocks of one pool: allocation, freeing, and the prefix-cache hash map.
 
-    Mirrors vllm.v1.core.block_pool.BlockPool for a single KV cache group.
+    Mirrors: vllm.v1.core.block_pool:BlockPool (vllm 0.33.0) for a single KV cache group.
     """
 
     def __init__(self, num_gpu_blocks: int, enable_caching: bool) -> None:
@@ -184,7 +186,7 @@ class BlockPool:
         self.null_block.is_null = True
 
     def get_cached_block(self, block_hash: BlockHash) -> KVCacheBlock | None:
-        # Mirrors vllm.v1.core.block_pool.BlockPool.get_cached_block
+        # Mirrors: vllm.v1.core.block_pool:BlockPool.get_cached_block (vllm 0.33.0)
         blocks = self.cached_block_hash_to_block.get(block_hash)
         return next(iter(blocks.values())) if blocks else None
 
@@ -197,7 +199,7 @@ class BlockPool:
     ) -> None:
         """Put blocks[num_cached_blocks:num_full_blocks] in the prefix cache under the
         request's block hashes (computed when its tokens arrived, see update_block_hashes)."""
-        # Mirrors vllm.v1.core.block_pool.BlockPool.cache_full_blocks
+        # Mirrors: vllm.v1.core.block_pool:BlockPool.cache_full_blocks (vllm 0.33.0)
         if num_cached_blocks >= num_full_blocks:
             return
         block_hashes = request.block_hashes
@@ -213,7 +215,7 @@ class BlockPool:
 
     def get_new_blocks(self, num_blocks: int) -> list[KVCacheBlock]:
         """Take num_blocks from the front of the free queue, evicting their cached hashes."""
-        # Mirrors vllm.v1.core.block_pool.BlockPool.get_new_blocks
+        # Mirrors: vllm.v1.core.block_pool:BlockPool.get_new_blocks (vllm 0.33.0)
         if num_blocks > self.get_num_free_blocks():
             raise ValueError(f"Cannot get {num_blocks} free blocks from the pool")
         blocks = self.free_block_queue.popleft_n(num_blocks)
@@ -225,7 +227,7 @@ class BlockPool:
         return blocks
 
     def _maybe_evict_cached_block(self, block: KVCacheBlock) -> bool:
-        # Mirrors vllm.v1.core.block_pool.BlockPool._maybe_evict_cached_block
+        # Mirrors: vllm.v1.core.block_pool:BlockPool._maybe_evict_cached_block (vllm 0.33.0)
         if block.block_hash is None:
             return False
         same_hash = self.cached_block_hash_to_block.get(block.block_hash, {})
@@ -237,7 +239,7 @@ class BlockPool:
 
     def touch(self, blocks: Iterable[KVCacheBlock]) -> None:
         """Take a reference on prefix-hit blocks, reviving any that sat in the free queue."""
-        # Mirrors vllm.v1.core.block_pool.BlockPool.touch
+        # Mirrors: vllm.v1.core.block_pool:BlockPool.touch (vllm 0.33.0)
         for block in blocks:
             if block.is_null:
                 continue
@@ -247,7 +249,7 @@ class BlockPool:
 
     def free_blocks(self, ordered_blocks: Iterable[KVCacheBlock]) -> None:
         """Drop one reference on each block; ordered_blocks lists the first to evict first."""
-        # Mirrors vllm.v1.core.block_pool.BlockPool.free_blocks
+        # Mirrors: vllm.v1.core.block_pool:BlockPool.free_blocks (vllm 0.33.0)
         evict_first: list[KVCacheBlock] = []
         evict_last: list[KVCacheBlock] = []
         for block in ordered_blocks:
@@ -266,7 +268,7 @@ class BlockPool:
 
     def reset_prefix_cache(self) -> bool:
         """Forget every cached hash; refused (False) while any request holds a block."""
-        # Mirrors vllm.v1.core.block_pool.BlockPool.reset_prefix_cache
+        # Mirrors: vllm.v1.core.block_pool:BlockPool.reset_prefix_cache (vllm 0.33.0)
         if self.num_gpu_blocks - self.get_num_free_blocks() != 1:  # the null block is always used
             return False
         self.cached_block_hash_to_block = {}
@@ -275,9 +277,9 @@ class BlockPool:
         return True
 
     def get_num_free_blocks(self) -> int:
-        # Mirrors vllm.v1.core.block_pool.BlockPool.get_num_free_blocks
+        # Mirrors: vllm.v1.core.block_pool:BlockPool.get_num_free_blocks (vllm 0.33.0)
         return self.free_block_queue.num_free_blocks
 
     def get_usage(self) -> float:
-        # Mirrors vllm.v1.core.block_pool.BlockPool.get_usage (the null block is not counted)
+        # Mirrors: vllm.v1.core.block_pool:BlockPool.get_usage (vllm 0.33.0) (the null block is not counted)
         return 1.0 - self.get_num_free_blocks() / (self.num_gpu_blocks - 1)

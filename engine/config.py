@@ -7,7 +7,7 @@ from typing import Literal
 
 @dataclass
 class CacheConfig:
-    """Mirrors vllm.config.CacheConfig: the paged KV pool."""
+    """Mirrors: vllm.config.cache:CacheConfig (vllm 0.33.0); the paged KV pool."""
 
     block_size: int = 16
     # Total blocks in the pool, *including* the null block that vLLM's BlockPool reserves
@@ -19,7 +19,7 @@ class CacheConfig:
 
 @dataclass
 class SchedulerConfig:
-    """Mirrors vllm.config.SchedulerConfig."""
+    """Mirrors: vllm.config.scheduler:SchedulerConfig (vllm 0.33.0)."""
 
     max_num_seqs: int = 64
     max_num_batched_tokens: int = 2048

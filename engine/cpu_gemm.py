@@ -3,8 +3,8 @@
 A decode step multiplies a handful of rows (one per request) by every weight matrix. MKL's sgemm,
 behind F.linear, is slow at that shape; oneDNN with the weight already reordered into its blocked
 layout is 1.5-4x faster there and no slower for prefill-sized inputs (bench/cpu_kernels.py).
-Mirrors vllm.model_executor.layers.utils.dispatch_cpu_unquantized_gemm, which sends vLLM's CPU
-backend to oneDNN (ops.create_onednn_mm / ops.onednn_mm) and drops the original weight the same way.
+Mirrors: vllm.model_executor.layers.utils:dispatch_cpu_unquantized_gemm (vllm 0.33.0)
+It sends vLLM's CPU backend to oneDNN (ops.create_onednn_mm / ops.onednn_mm) and drops the original weight the same way.
 """
 from __future__ import annotations
 

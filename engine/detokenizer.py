@@ -1,7 +1,7 @@
 """Incremental detokenization: the detokenize hop.
 
-Mirrors vllm.v1.engine.detokenizer.FastIncrementalDetokenizer: tokens arrive one step at a
-time; text is emitted only once it is valid UTF-8 (a multi-byte character split across
+Mirrors: vllm.v1.engine.detokenizer:FastIncrementalDetokenizer (vllm 0.33.0)
+Tokens arrive one step at a time; text is emitted only once it is valid UTF-8 (a multi-byte character split across
 tokens is held back), and stop strings are found here, as vLLM finds them in the API
 server's detokenizer and then aborts the request in the engine.
 """
@@ -27,7 +27,7 @@ class IncrementalDetokenizer:
         When a stop string appears, the text is cut before it, stop_string is set, and
         nothing more is emitted.
         """
-        # Mirrors vllm.v1.engine.detokenizer.FastIncrementalDetokenizer.update (+ check_stop_strings)
+        # Mirrors: vllm.v1.engine.detokenizer:BaseIncrementalDetokenizer.update, vllm.v1.engine.detokenizer:check_stop_strings (vllm 0.33.0)
         if self.stop_string is not None:
             return ""
         for token_id in new_token_ids:

@@ -37,7 +37,7 @@ async def _wait_for_disconnect(raw_request: Request) -> None:
 
 async def cancel_on_disconnect(raw_request: Request, handler: Awaitable[Response]) -> Response:
     """Run the handler, cancelling it if the client disconnects first (its finally aborts the request)."""
-    # Mirrors vllm.entrypoints.serve.utils.api_utils.with_cancellation
+    # Mirrors: vllm.entrypoints.serve.utils.api_utils:with_cancellation (vllm 0.33.0)
     handler_task = asyncio.ensure_future(handler)
     disconnect_task = asyncio.ensure_future(_wait_for_disconnect(raw_request))
     done, pending = await asyncio.wait({handler_task, disconnect_task}, return_when=asyncio.FIRST_COMPLETED)
@@ -50,7 +50,7 @@ async def cancel_on_disconnect(raw_request: Request, handler: Awaitable[Response
 
 
 def validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
-    # Mirrors vllm.entrypoints.serve.exception_handling.handlers.validation.validation_exception_handler
+    # Mirrors: vllm.entrypoints.serve.exception_handling.handlers.validation:validation_exception_handler (vllm 0.33.0)
     errors = exc.errors()
     if not errors:
         return "invalid request", None

@@ -1,7 +1,7 @@
 """The scheduler's view of the paged KV cache: prefix hits, slot allocation, freeing.
 
-Mirrors vllm.v1.core.kv_cache_manager.KVCacheManager of vLLM 0.33.0 for a model with one
-full-attention KV cache group, with the coordinator (UnitaryKVCacheCoordinator, or
+Mirrors: vllm.v1.core.kv_cache_manager:KVCacheManager (vllm 0.33.0)
+For a model with one full-attention KV cache group, with the coordinator (UnitaryKVCacheCoordinator, or
 KVCacheCoordinatorNoPrefixCache when caching is off) and the single-type manager
 (single_type_kv_cache_manager.FullAttentionManager) flattened into this one class.
 Left out because this engine has no use for them: KV connectors and external tokens,
@@ -27,7 +27,7 @@ def cdiv(a: int, b: int) -> int:
 class PrefixCacheStats:
     """Prefix-cache hit statistics since the last make_prefix_cache_stats().
 
-    Mirrors vllm.v1.metrics.stats.PrefixCacheStats: queries and hits count tokens;
+    Mirrors: vllm.v1.metrics.stats:PrefixCacheStats (vllm 0.33.0); queries and hits count tokens;
     requests resumed after preemption are counted apart.
     """
 
@@ -40,7 +40,7 @@ class PrefixCacheStats:
     preempted_hits: int = 0
 
     def record(self, num_tokens: int, num_hits: int, preempted: bool) -> None:
-        # Mirrors vllm.v1.metrics.stats.PrefixCacheStats.record
+        # Mirrors: vllm.v1.metrics.stats:PrefixCacheStats.record (vllm 0.33.0)
         if preempted:
             self.preempted_requests += 1
             self.preempted_queries += num_tokens
@@ -80,18 +80,18 @@ class KVCacheManager:
 
     @property
     def usage(self) -> float:
-        # Mirrors vllm.v1.core.kv_cache_manager.KVCacheManager.usage
+        # Mirrors: vllm.v1.core.kv_cache_manager:KVCacheManager.usage (vllm 0.33.0)
         return self.block_pool.get_usage()
 
     def get_num_free_blocks(self) -> int:
         return self.block_pool.get_num_free_blocks()
 
     def get_blocks(self, request_id: str) -> list[KVCacheBlock]:
-        # Mirrors vllm.v1.core.kv_cache_manager.KVCacheManager.get_blocks
+        # Mirrors: vllm.v1.core.kv_cache_manager:KVCacheManager.get_blocks (vllm 0.33.0)
         return list(self.req_to_blocks.get(request_id) or [])
 
     def get_block_ids(self, request_id: str) -> list[int]:
-        # Mirrors vllm.v1.core.kv_cache_manager.KVCacheManager.get_block_ids (one group)
+        # Mirrors: vllm.v1.core.kv_cache_manager:KVCacheManager.get_block_ids (vllm 0.33.0) (one group)
         return [block.block_id for block in self.req_to_blocks.get(request_id) or []]
 
     # -- prefix cache ----------------------------------------------------------------------
@@ -101,14 +101,14 @@ class KVCacheManager:
     ) -> tuple[list[KVCacheBlock], int]:
         """The longest run of cached full blocks at the start of the request, and its length
         in tokens. Nothing is reserved yet: allocate_slots takes the references."""
-        # Mirrors vllm.v1.core.kv_cache_manager.KVCacheManager.get_computed_blocks
+        # Mirrors: vllm.v1.core.kv_cache_manager:KVCacheManager.get_computed_blocks (vllm 0.33.0)
         if not self.enable_caching:
             return [], 0
         # A full hit must still recompute the last token to get its logits; hits are whole
         # blocks, so that can mean recomputing the whole last block.
         if max_cache_hit_length is None:
             max_cache_hit_length = request.num_tokens - 1
-        # Mirrors vllm.v1.core.single_type_kv_cache_manager.FullAttentionManager.find_longest_cache_hit
+        # Mirrors: vllm.v1.core.single_type_kv_cache_manager:FullAttentionManager.find_longest_cache_hit (vllm 0.33.0)
         computed_blocks: list[KVCacheBlock] = []
         for block_hash in request.block_hashes[: max_cache_hit_length // self.block_size]:
             cached_block = self.block_pool.get_cached_block(block_hash)
@@ -120,20 +120,20 @@ class KVCacheManager:
     def record_prefix_cache_stats(self, request: Request, num_hits: int) -> None:
         """Count a request's lookup; vLLM's scheduler calls this once the request is admitted,
         so lookups of requests that did not fit are not counted."""
-        # Mirrors vllm.v1.core.kv_cache_manager.KVCacheManager.record_prefix_cache_stats
+        # Mirrors: vllm.v1.core.kv_cache_manager:KVCacheManager.record_prefix_cache_stats (vllm 0.33.0)
         if self.prefix_cache_stats is None or not self.enable_caching:
             return
         self.prefix_cache_stats.record(request.num_tokens, num_hits, preempted=request.num_preemptions > 0)
 
     def make_prefix_cache_stats(self) -> PrefixCacheStats | None:
-        # Mirrors vllm.v1.core.kv_cache_manager.KVCacheManager.make_prefix_cache_stats
+        # Mirrors: vllm.v1.core.kv_cache_manager:KVCacheManager.make_prefix_cache_stats (vllm 0.33.0)
         if self.prefix_cache_stats is None:
             return None
         stats, self.prefix_cache_stats = self.prefix_cache_stats, PrefixCacheStats()
         return stats
 
     def reset_prefix_cache(self) -> bool:
-        # Mirrors vllm.v1.core.kv_cache_manager.KVCacheManager.reset_prefix_cache
+        # Mirrors: vllm.v1.core.kv_cache_manager:KVCacheManager.reset_prefix_cache (vllm 0.33.0)
         if not self.block_pool.reset_prefix_cache():
             return False
         if self.prefix_cache_stats is not None:
@@ -154,7 +154,7 @@ class KVCacheManager:
         """Give the request slots for num_new_tokens more tokens (after its computed ones and
         the prefix hit new_computed_blocks). Returns the newly allocated blocks, or None,
         changing nothing, when the pool cannot supply them."""
-        # Mirrors vllm.v1.core.kv_cache_manager.KVCacheManager.allocate_slots
+        # Mirrors: vllm.v1.core.kv_cache_manager:KVCacheManager.allocate_slots (vllm 0.33.0)
         if num_new_tokens == 0 and num_new_computed_tokens == 0:
             raise ValueError("num_new_tokens must be greater than 0 when there are no computed tokens to adopt")
         if num_new_tokens < 0 or num_new_computed_tokens < 0 or num_lookahead_tokens < 0:
@@ -197,7 +197,7 @@ class KVCacheManager:
     def _get_num_blocks_to_allocate(
         self, request_id: str, num_tokens: int, new_computed_blocks: Sequence[KVCacheBlock]
     ) -> int:
-        # Mirrors vllm.v1.core.single_type_kv_cache_manager.SingleTypeKVCacheManager.get_num_blocks_to_allocate
+        # Mirrors: vllm.v1.core.single_type_kv_cache_manager:SingleTypeKVCacheManager.get_num_blocks_to_allocate (vllm 0.33.0)
         num_required_blocks = cdiv(num_tokens, self.block_size)
         num_req_blocks = len(self.req_to_blocks.get(request_id, ()))
         if request_id in self.num_cached_block:
@@ -211,7 +211,7 @@ class KVCacheManager:
         return num_new_blocks + num_evictable_blocks
 
     def _add_computed_blocks(self, request_id: str, new_computed_blocks: list[KVCacheBlock]) -> None:
-        # Mirrors vllm.v1.core.kv_cache_coordinator.KVCacheCoordinator.allocate_new_computed_blocks
+        # Mirrors: vllm.v1.core.kv_cache_coordinator:KVCacheCoordinator.allocate_new_computed_blocks (vllm 0.33.0)
         # and SingleTypeKVCacheManager.add_local_computed_blocks
         if request_id in self.num_cached_block:
             raise ValueError(f"request {request_id!r} is running and cannot take new prefix-hit blocks")
@@ -222,7 +222,7 @@ class KVCacheManager:
         self.num_cached_block[request_id] = len(request_blocks)
 
     def _allocate_new_blocks(self, request_id: str, num_tokens: int) -> list[KVCacheBlock]:
-        # Mirrors vllm.v1.core.single_type_kv_cache_manager.SingleTypeKVCacheManager.allocate_new_blocks
+        # Mirrors: vllm.v1.core.single_type_kv_cache_manager:SingleTypeKVCacheManager.allocate_new_blocks (vllm 0.33.0)
         request_blocks = self.req_to_blocks[request_id]
         num_new_blocks = cdiv(num_tokens, self.block_size) - len(request_blocks)
         if num_new_blocks <= 0:
@@ -233,7 +233,7 @@ class KVCacheManager:
 
     def cache_blocks(self, request: Request, num_computed_tokens: int) -> None:
         """Put the request's full blocks among its first num_computed_tokens in the prefix cache."""
-        # Mirrors vllm.v1.core.single_type_kv_cache_manager.SingleTypeKVCacheManager.cache_blocks
+        # Mirrors: vllm.v1.core.single_type_kv_cache_manager:SingleTypeKVCacheManager.cache_blocks (vllm 0.33.0)
         if not self.enable_caching:
             return
         num_cached_blocks = self.num_cached_block.get(request.request_id, 0)
@@ -248,7 +248,7 @@ class KVCacheManager:
     def free(self, request: Request) -> None:
         """Release the request's blocks (finish, abort or preemption). Cached blocks stay
         hittable in the free queue until reused."""
-        # Mirrors vllm.v1.core.single_type_kv_cache_manager.SingleTypeKVCacheManager.free
+        # Mirrors: vllm.v1.core.single_type_kv_cache_manager:SingleTypeKVCacheManager.free (vllm 0.33.0)
         request_blocks = self.req_to_blocks.pop(request.request_id, [])
         self.num_cached_block.pop(request.request_id, None)
         # Reverse order: a request's tail blocks are the least likely to be shared, so

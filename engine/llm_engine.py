@@ -1,7 +1,7 @@
 """The engine loop: add_request / step / abort, and an offline generate API.
 
-Mirrors vllm.v1.engine.llm_engine.LLMEngine with EngineCore folded in (one process):
-each step() is EngineCore.step (schedule -> execute_model -> update_from_output) followed
+Mirrors: vllm.v1.engine.llm_engine:LLMEngine (vllm 0.33.0)
+With EngineCore folded in (one process): each step() is EngineCore.step (schedule -> execute_model -> update_from_output) followed
 by the OutputProcessor's work (incremental detokenization and stop strings).
 """
 from __future__ import annotations
@@ -75,7 +75,7 @@ class LLMEngine:
         priority: int = 0,
     ) -> Request:
         """Enqueue an already-rendered request (the engine.enqueue hop)."""
-        # Mirrors vllm.v1.engine.llm_engine.LLMEngine.add_request (+ InputProcessor's length checks)
+        # Mirrors: vllm.v1.engine.llm_engine:LLMEngine.add_request (vllm 0.33.0) (+ InputProcessor's length checks)
         params = sampling_params or SamplingParams()
         if not prompt_token_ids:
             raise PromptError("the prompt is empty")
@@ -112,7 +112,7 @@ class LLMEngine:
 
     def abort_request(self, request_ids: str | list[str]) -> None:
         """Abort requests (client gone): their KV blocks return to the pool at once."""
-        # Mirrors vllm.v1.engine.llm_engine.LLMEngine.abort_request
+        # Mirrors: vllm.v1.engine.llm_engine:LLMEngine.abort_request (vllm 0.33.0)
         finished = self.scheduler.finish_requests(request_ids, RequestStatus.FINISHED_ABORTED)
         self.output_processor.abort_requests([request.request_id for request in finished])
 
@@ -123,7 +123,7 @@ class LLMEngine:
 
     def step(self) -> list[RequestOutput]:
         """One iteration: schedule, run the model, update requests, detokenize."""
-        # Mirrors vllm.v1.engine.core.EngineCore.step, then OutputProcessor.process_outputs
+        # Mirrors: vllm.v1.engine.core:EngineCore.step, vllm.v1.engine.output_processor:OutputProcessor.process_outputs (vllm 0.33.0), in that order
         scheduler_output = self.scheduler.schedule()
         model_runner_output = self.model_runner.execute_model(scheduler_output)
         core_outputs = self.scheduler.update_from_output(scheduler_output, model_runner_output)

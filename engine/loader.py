@@ -215,7 +215,7 @@ def _hf_name(gguf_name: str) -> str | None:
 def _reverse_llama_cpp_permute(weights: np.ndarray, num_heads: int) -> np.ndarray:
     """Undo convert_hf_to_gguf.py's LlamaModel.permute of Q/K rows (pairs -> halves per head).
 
-    Mirrors transformers.modeling_gguf_pytorch_utils.LlamaTensorProcessor._reverse_permute_weights.
+    Mirrors: transformers.modeling_gguf_pytorch_utils:LlamaTensorProcessor._reverse_permute_weights (transformers 5.20.2).
     """
     half_dim = weights.shape[0] // num_heads // 2
     return weights.reshape(num_heads, half_dim, 2, *weights.shape[1:]).swapaxes(2, 1).reshape(weights.shape)

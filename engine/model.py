@@ -193,7 +193,7 @@ class LlamaForCausalLM(nn.Module):
 
 
 # Checkpoints (Hugging Face names) store q/k/v and gate/up apart; this model stacks them.
-# Mirrors vllm.model_executor.models.llama.LlamaModel.hf_to_vllm_mapper (a WeightsMapper whose
+# Mirrors: vllm.model_executor.models.llama:LlamaModel.hf_to_vllm_mapper (vllm 0.33.0) (a WeightsMapper whose
 # orig_to_new_stacked that model's load_weights applies).
 STACKED_PARAMS = (
     ("self_attn.qkv_proj", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")),

@@ -114,7 +114,7 @@ class ModelRunner:
     def execute_model(self, scheduler_output: SchedulerOutput) -> ModelRunnerOutput:
         """Run one step: build the flat batch, forward it, sample where a request reached its end.
 
-        Mirrors vllm.v1.worker.gpu_model_runner.GPUModelRunner.execute_model (+ sample_tokens,
+        Mirrors: vllm.v1.worker.gpu_model_runner:GPUModelRunner.execute_model (vllm 0.33.0) (+ sample_tokens,
         which vLLM 0.33 issues as a separate call).
         """
         self._free_finished(scheduler_output.finished_req_ids)
@@ -145,7 +145,7 @@ class ModelRunner:
     def _prepare_inputs(self, scheduler_output: SchedulerOutput) -> ModelInput:
         """Flatten the scheduled tokens of all requests into one batch.
 
-        Mirrors vllm.v1.worker.gpu_model_runner.GPUModelRunner._prepare_inputs.
+        Mirrors: vllm.v1.worker.gpu_model_runner:GPUModelRunner._prepare_inputs (vllm 0.33.0).
         """
         input_ids: list[int] = []
         positions: list[int] = []

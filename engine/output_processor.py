@@ -1,7 +1,7 @@
 """Per-request output state: incremental detokenization, stop strings, the RequestOutput a caller sees.
 
-Mirrors vllm.v1.engine.output_processor.OutputProcessor, which runs in vLLM's API-server process
-on each batch of EngineCoreOutputs; here it runs right after the engine step, in the same process.
+Mirrors: vllm.v1.engine.output_processor:OutputProcessor (vllm 0.33.0)
+vLLM runs it in the API-server process on each batch of EngineCoreOutputs; here it runs right after the engine step, in the same process.
 """
 from __future__ import annotations
 
@@ -15,7 +15,10 @@ from engine.tokenizer import Tokenizer
 
 @dataclass
 class RequestOutput:
-    """What the engine reports about one request after a step; mirrors vllm.outputs.RequestOutput."""
+    """What the engine reports about one request after a step.
+
+    Mirrors: vllm.outputs:RequestOutput (vllm 0.33.0)
+    """
 
     request_id: str
     prompt_token_ids: list[int]
@@ -66,7 +69,7 @@ class OutputProcessor:
     def process_outputs(self, engine_core_outputs: list[EngineCoreOutput]) -> OutputProcessorOutput:
         """Detokenize one step's new tokens for every request in it, apply stop strings, finish the done.
 
-        Mirrors vllm.v1.engine.output_processor.OutputProcessor.process_outputs (the detokenize hop).
+        Mirrors: vllm.v1.engine.output_processor:OutputProcessor.process_outputs (vllm 0.33.0) (the detokenize hop).
         """
         request_outputs, reqs_to_abort = [], []
         for core_output in engine_core_outputs:

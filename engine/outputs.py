@@ -1,7 +1,7 @@
 """Data passed between scheduler, model runner and engine loop.
 
-Mirrors vllm.v1.core.sched.output.SchedulerOutput, vllm.v1.outputs.ModelRunnerOutput and
-vllm.v1.engine.EngineCoreOutput, trimmed to what a single-process engine needs.
+Mirrors: vllm.v1.core.sched.output:SchedulerOutput, vllm.v1.outputs:ModelRunnerOutput, vllm.v1.engine:EngineCoreOutput (vllm 0.33.0)
+Trimmed to what a single-process engine needs.
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """OpenAI API bodies we accept and return (the subset we serve).
 
-Mirrors vllm.entrypoints.openai.completion.protocol, vllm.entrypoints.openai.chat_completion.protocol
-and vllm.entrypoints.serve.engine.protocol (ErrorResponse, UsageInfo, ModelCard). Unknown fields are ignored, as OpenAI's SDK may send ones we do not use; fields
+Mirrors: vllm.entrypoints.openai.completion.protocol, vllm.entrypoints.openai.chat_completion.protocol, vllm.entrypoints.serve.engine.protocol:ErrorResponse, vllm.entrypoints.serve.engine.protocol:UsageInfo, vllm.entrypoints.serve.engine.protocol:ModelCard (vllm 0.33.0)
+Unknown fields are ignored, as OpenAI's SDK may send ones we do not use; fields
 that would change the answer in a way we cannot honour are rejected by the server instead.
 """
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """SGLang-style prefix cache: a radix tree of token ids whose values are KV slot indices.
 
-Mirrors sglang.srt.mem_cache.radix_cache.RadixCache of SGLang 0.5.23 (the classic Python
-tree; a live 0.5.23 server uses UnifiedRadixCache, which keeps these semantics) with the
-LRU eviction policy. Values are plain lists of slot indices from TokenToKVPoolAllocator
+Mirrors: sglang.srt.mem_cache.radix_cache:RadixCache (sglang 0.5.23)
+The classic Python tree (a live 0.5.23 server uses UnifiedRadixCache, which keeps these
+semantics) with the LRU eviction policy. Values are plain lists of slot indices from TokenToKVPoolAllocator
 below instead of int64 tensors. Left out: EAGLE bigram keys, extra_key / cache_salt
 namespaces, priorities and hit counts (only the non-default eviction policies read them),
 KV events, metrics, host (HiCache) tiers.
@@ -26,7 +26,7 @@ from dataclasses import dataclass
 class TokenToKVPoolAllocator:
     """Free list of KV slots, one slot per token.
 
-    Mirrors sglang.srt.mem_cache.allocator.token.TokenToKVPoolAllocator (need_sort=False):
+    Mirrors: sglang.srt.mem_cache.allocator.token:TokenToKVPoolAllocator (sglang 0.5.23) (need_sort=False):
     slot 0 is reserved for padded tokens, allocation takes slots from the front of the free
     list and freed slots go to the back.
     """
@@ -45,7 +45,7 @@ class TokenToKVPoolAllocator:
         return len(self.free_slots)
 
     def alloc(self, need_size: int) -> list[int] | None:
-        # Mirrors sglang.srt.mem_cache.allocator.token.TokenToKVPoolAllocator.alloc
+        # Mirrors: sglang.srt.mem_cache.allocator.token:TokenToKVPoolAllocator.alloc (sglang 0.5.23)
         if need_size < 0:
             raise ValueError(f"cannot allocate {need_size} slots")
         if need_size > len(self.free_slots):
@@ -54,12 +54,12 @@ class TokenToKVPoolAllocator:
         return selected
 
     def free(self, indices: Sequence[int]) -> None:
-        # Mirrors sglang.srt.mem_cache.allocator.token.TokenToKVPoolAllocator.free
+        # Mirrors: sglang.srt.mem_cache.allocator.token:TokenToKVPoolAllocator.free (sglang 0.5.23)
         self.free_slots.extend(int(i) for i in indices)
 
 
 class TreeNode:
-    """Mirrors sglang.srt.mem_cache.radix_cache.TreeNode."""
+    """Mirrors: sglang.srt.mem_cache.radix_cache:TreeNode (sglang 0.5.23)."""
 
     def __init__(self, now: float) -> None:
         self.children: dict[int | tuple[int, ...], TreeNode] = {}
@@ -117,7 +117,7 @@ class RadixCache:
     # -- public API ------------------------------------------------------------------------
 
     def reset(self) -> None:
-        # Mirrors sglang.srt.mem_cache.radix_cache.RadixCache.reset
+        # Mirrors: sglang.srt.mem_cache.radix_cache:RadixCache.reset (sglang 0.5.23)
         self.root_node = TreeNode(self.clock())
         self.root_node.value = []
         self.root_node.lock_ref = 1  # the root is never evicted
@@ -127,7 +127,7 @@ class RadixCache:
 
     def match_prefix(self, key: Sequence[int]) -> MatchResult:
         """Longest cached prefix of key (cut to whole pages). May split a node."""
-        # Mirrors sglang.srt.mem_cache.radix_cache.RadixCache.match_prefix
+        # Mirrors: sglang.srt.mem_cache.radix_cache:RadixCache.match_prefix (sglang 0.5.23)
         key = self._page_aligned(list(key))
         if self.disable or not key:
             return MatchResult([], self.root_node)
@@ -137,7 +137,7 @@ class RadixCache:
     def insert(self, key: Sequence[int], value: Sequence[int] | None = None) -> InsertResult:
         """Add key -> value (KV slots, one per token); only the part past the longest
         existing prefix is stored. The caller owns the duplicate slots of that prefix."""
-        # Mirrors sglang.srt.mem_cache.radix_cache.RadixCache.insert
+        # Mirrors: sglang.srt.mem_cache.radix_cache:RadixCache.insert (sglang 0.5.23)
         if self.disable:
             return InsertResult(0, self.root_node)
         key = self._page_aligned(list(key))
@@ -151,7 +151,7 @@ class RadixCache:
     def evict(self, num_tokens: int) -> int:
         """Free at least num_tokens slots of unlocked leaves, least recently used first
         (fewer if not enough is evictable). Returns how many were freed."""
-        # Mirrors sglang.srt.mem_cache.radix_cache.RadixCache.evict (LRUStrategy)
+        # Mirrors: sglang.srt.mem_cache.radix_cache:RadixCache.evict (sglang 0.5.23) (LRUStrategy)
         if self.disable:
             return 0
         eviction_heap = [(node.last_access_time, node) for node in self.evictable_leaves]
@@ -170,7 +170,7 @@ class RadixCache:
 
     def inc_lock_ref(self, node: TreeNode) -> int:
         """Protect node and its ancestors from eviction; returns the change in evictable size."""
-        # Mirrors sglang.srt.mem_cache.radix_cache.RadixCache.inc_lock_ref
+        # Mirrors: sglang.srt.mem_cache.radix_cache:RadixCache.inc_lock_ref (sglang 0.5.23)
         if self.disable:
             return 0
         delta = 0
@@ -186,7 +186,7 @@ class RadixCache:
 
     def dec_lock_ref(self, node: TreeNode) -> int:
         """Undo one inc_lock_ref(node); returns the change in evictable size."""
-        # Mirrors sglang.srt.mem_cache.radix_cache.RadixCache.dec_lock_ref
+        # Mirrors: sglang.srt.mem_cache.radix_cache:RadixCache.dec_lock_ref (sglang 0.5.23)
         if self.disable:
             return 0
         delta = 0
@@ -228,7 +228,7 @@ class RadixCache:
         to the new last node. kv_indices[cache_protected_len:] are the request's own slots.
         Returns the slots to use from now on (the tree's, for the cached part) and the newly
         locked node; the cached part is len(first returned value)."""
-        # Mirrors sglang.srt.mem_cache.radix_cache.RadixCache.checkpoint
+        # Mirrors: sglang.srt.mem_cache.radix_cache:RadixCache.checkpoint (sglang 0.5.23)
         key_len = len(self._page_aligned(list(token_ids)))
         result = self.insert(token_ids[:key_len], kv_indices[:key_len])
         self._free(kv_indices[cache_protected_len : result.prefix_len])  # duplicates of cached KV
@@ -244,7 +244,7 @@ class RadixCache:
     ) -> None:
         """A request finished: keep its KV in the tree, free what the tree does not keep
         (duplicates and the last partial page) and drop its lock."""
-        # Mirrors sglang.srt.mem_cache.common.release_kv_cache(checkpoint=True)
+        # Mirrors: sglang.srt.mem_cache.common:release_kv_cache (sglang 0.5.23), with checkpoint=True
         key_len = len(self._page_aligned(list(token_ids)))
         result = self.insert(token_ids[:key_len], kv_indices[:key_len])
         self._free(kv_indices[cache_protected_len : result.prefix_len])
@@ -258,15 +258,15 @@ class RadixCache:
             self.token_to_kv_pool_allocator.free(indices)
 
     def _page_aligned(self, key: list[int]) -> list[int]:
-        # Mirrors sglang.srt.mem_cache.radix_cache.RadixKey.page_aligned
+        # Mirrors: sglang.srt.mem_cache.radix_cache:RadixKey.page_aligned (sglang 0.5.23)
         return key[: len(key) // self.page_size * self.page_size]
 
     def _child_key(self, key: Sequence[int]) -> int | tuple[int, ...]:
-        # Mirrors sglang.srt.mem_cache.radix_cache.RadixKey.child_key
+        # Mirrors: sglang.srt.mem_cache.radix_cache:RadixKey.child_key (sglang 0.5.23)
         return key[0] if self.page_size == 1 else tuple(key[: self.page_size])
 
     def _key_match(self, node_key: Sequence[int], key: Sequence[int]) -> int:
-        # Mirrors sglang.srt.mem_cache.radix_cache.RadixKey.match: the shared prefix,
+        # Mirrors: sglang.srt.mem_cache.radix_cache:RadixKey.match (sglang 0.5.23); the shared prefix,
         # rounded down to whole pages.
         matched = 0
         for a, b in zip(node_key, key):
@@ -276,7 +276,7 @@ class RadixCache:
         return matched // self.page_size * self.page_size
 
     def _match_prefix_helper(self, node: TreeNode, key: list[int]) -> tuple[list[list[int]], TreeNode]:
-        # Mirrors sglang.srt.mem_cache.radix_cache.RadixCache._match_prefix_helper
+        # Mirrors: sglang.srt.mem_cache.radix_cache:RadixCache._match_prefix_helper (sglang 0.5.23)
         access_time = self.clock()
         node.last_access_time = access_time
         values: list[list[int]] = []
@@ -296,7 +296,7 @@ class RadixCache:
 
     def _split_node(self, child: TreeNode, split_len: int) -> TreeNode:
         """Cut child after split_len tokens; the new upper half takes its place."""
-        # Mirrors sglang.srt.mem_cache.radix_cache.RadixCache._split_node
+        # Mirrors: sglang.srt.mem_cache.radix_cache:RadixCache._split_node (sglang 0.5.23)
         new_node = TreeNode(self.clock())
         new_node.children = {self._child_key(child.key[split_len:]): child}
         new_node.parent = child.parent
@@ -310,7 +310,7 @@ class RadixCache:
         return new_node
 
     def _insert_helper(self, node: TreeNode, key: list[int], value: list[int]) -> tuple[int, TreeNode]:
-        # Mirrors sglang.srt.mem_cache.radix_cache.RadixCache._insert_helper
+        # Mirrors: sglang.srt.mem_cache.radix_cache:RadixCache._insert_helper (sglang 0.5.23)
         access_time = self.clock()
         node.last_access_time = access_time
         if not key:
@@ -337,7 +337,7 @@ class RadixCache:
         return total_prefix_length, node
 
     def _delete_leaf(self, node: TreeNode) -> None:
-        # Mirrors sglang.srt.mem_cache.radix_cache.RadixCache._delete_leaf
+        # Mirrors: sglang.srt.mem_cache.radix_cache:RadixCache._delete_leaf (sglang 0.5.23)
         removed = node.parent.children.pop(self._child_key(node.key), None)
         assert removed is node, "parent does not hold the leaf being deleted"
         self.evictable_size_ -= len(node.key)
@@ -345,7 +345,7 @@ class RadixCache:
         self._update_leaf_status(node.parent)
 
     def _update_leaf_status(self, node: TreeNode) -> None:
-        # Mirrors sglang.srt.mem_cache.radix_cache.RadixCache._update_leaf_status
+        # Mirrors: sglang.srt.mem_cache.radix_cache:RadixCache._update_leaf_status (sglang 0.5.23)
         if node.lock_ref > 0 or node.children:
             self.evictable_leaves.discard(node)
         else:

@@ -28,9 +28,11 @@ from engine.request import Request, RequestStatus
 
 
 class PagedTokenAllocator:
-    """KV slots handed out a page (block) at a time; mirrors
-    sglang.srt.mem_cache.allocator.paged.PagedTokenToKVPoolAllocator. Page 0 is reserved,
-    like vLLM's null block, so the two cache modes have the same usable pool."""
+    """KV slots handed out a page (block) at a time.
+
+    Mirrors: sglang.srt.mem_cache.allocator.paged:PagedTokenToKVPoolAllocator (sglang 0.5.23)
+    Page 0 is reserved, like vLLM's null block, so the two cache modes have the same usable pool.
+    """
 
     def __init__(self, num_pages: int, page_size: int) -> None:
         self.page_size = page_size
@@ -85,7 +87,7 @@ class RadixKVCacheManager:
         return list(kv.pages) if kv else []
 
     def get_computed_blocks(self, request: Request) -> tuple[list[int], int]:
-        # Mirrors sglang.srt.managers.schedule_batch.Req.init_next_round_input: the last token is
+        # Mirrors: sglang.srt.managers.schedule_batch:Req.init_next_round_input (sglang 0.5.23); the last token is
         # always recomputed, so match on all tokens but the last.
         if not self.enable_caching:
             return [], 0
@@ -135,7 +137,7 @@ class RadixKVCacheManager:
         return new_pages
 
     def free(self, request: Request) -> None:
-        # Mirrors sglang.srt.mem_cache.common.release_kv_cache
+        # Mirrors: sglang.srt.mem_cache.common:release_kv_cache (sglang 0.5.23)
         self._matches.pop(request.request_id, None)
         kv = self.req_kv.pop(request.request_id, None)
         if kv is None:

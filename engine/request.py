@@ -1,4 +1,7 @@
-"""A request inside the engine core; mirrors vllm.v1.request.Request and RequestStatus."""
+"""A request inside the engine core.
+
+Mirrors: vllm.v1.request:Request, vllm.v1.request:RequestStatus (vllm 0.33.0)
+"""
 from __future__ import annotations
 
 import enum
@@ -9,7 +12,7 @@ from engine.sampling_params import SamplingParams
 
 
 class RequestStatus(enum.IntEnum):
-    """Mirrors vllm.v1.request.RequestStatus: anything after PREEMPTED is finished."""
+    """Mirrors: vllm.v1.request:RequestStatus (vllm 0.33.0); anything after PREEMPTED is finished."""
 
     WAITING = enum.auto()
     RUNNING = enum.auto()
@@ -72,7 +75,7 @@ class Request:
         return RequestStatus.finish_reason(self.status)
 
     def __lt__(self, other: "Request") -> bool:
-        # Mirrors vllm.v1.request.Request.__lt__: the order of the priority waiting queue.
+        # Mirrors: vllm.v1.request:Request.__lt__ (vllm 0.33.0); the order of the priority waiting queue.
         if self.priority != other.priority:
             return self.priority < other.priority
         if self.arrival_time != other.arrival_time:

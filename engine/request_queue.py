@@ -1,4 +1,7 @@
-"""Waiting queues; mirrors vllm.v1.core.sched.request_queue (FCFSRequestQueue, PriorityRequestQueue)."""
+"""Waiting queues.
+
+Mirrors: vllm.v1.core.sched.request_queue:FCFSRequestQueue, vllm.v1.core.sched.request_queue:PriorityRequestQueue (vllm 0.33.0)
+"""
 from __future__ import annotations
 
 import heapq

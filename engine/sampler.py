@@ -1,7 +1,7 @@
 """Logits -> token ids, with vLLM's sampling semantics.
 
-Mirrors vllm.v1.sample.sampler.Sampler: greedy rows take the argmax of the raw logits; the
-others are divided by their temperature, filtered by top-k then top-p, and sampled with the
+Mirrors: vllm.v1.sample.sampler:Sampler (vllm 0.33.0)
+Greedy rows take the argmax of the raw logits; the others are divided by their temperature, filtered by top-k then top-p, and sampled with the
 exponential race (probs / Exp(1), then argmax), which vLLM uses instead of torch.multinomial.
 A seeded request draws its noise from its own torch.Generator, so its tokens do not depend on
 which other requests share the batch.
@@ -25,7 +25,7 @@ class Sampler:
     ) -> torch.Tensor:
         """logits [B, V] (float32) + one SamplingParams per row -> token ids [B] (int64).
 
-        Mirrors vllm.v1.sample.sampler.Sampler.forward (without logprobs and penalties).
+        Mirrors: vllm.v1.sample.sampler:Sampler.forward (vllm 0.33.0) (without logprobs and penalties).
 
         generators[i] is row i's private RNG (None: the global RNG); the caller owns them so a
         seeded request keeps one generator across steps.
@@ -63,7 +63,7 @@ class Sampler:
 def apply_top_k_top_p(logits: torch.Tensor, top_k: torch.Tensor | None, top_p: torch.Tensor | None) -> torch.Tensor:
     """Mask everything outside each row's top-k and top-p set with -inf.
 
-    Mirrors vllm.v1.sample.ops.topk_topp_sampler.apply_top_k_top_p_pytorch.
+    Mirrors: vllm.v1.sample.ops.topk_topp_sampler:apply_top_k_top_p_pytorch (vllm 0.33.0).
     """
     if top_k is None and top_p is None:
         return logits
@@ -80,7 +80,7 @@ def apply_top_k_top_p(logits: torch.Tensor, top_k: torch.Tensor | None, top_p: t
 
 
 def random_sample(probs: torch.Tensor, generators: list[torch.Generator | None]) -> torch.Tensor:
-    """Mirrors vllm.v1.sample.ops.topk_topp_sampler.random_sample: argmax(probs / q), q ~ Exp(1)."""
+    """Mirrors: vllm.v1.sample.ops.topk_topp_sampler:random_sample (vllm 0.33.0); argmax(probs / q), q ~ Exp(1)."""
     q = torch.empty_like(probs)
     if any(g is None for g in generators):
         q.exponential_()

@@ -1,4 +1,7 @@
-"""Per-request sampling parameters; mirrors vllm.sampling_params.SamplingParams (the subset we serve)."""
+"""Per-request sampling parameters (the subset we serve).
+
+Mirrors: vllm.sampling_params:SamplingParams (vllm 0.33.0)
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass, field

@@ -1,4 +1,6 @@
-"""Continuous batching scheduler; mirrors vllm.v1.core.sched.scheduler.Scheduler (synchronous).
+"""Continuous batching scheduler.
+
+Mirrors: vllm.v1.core.sched.scheduler:Scheduler (vllm 0.33.0), the synchronous one.
 
 There is no prefill phase or decode phase: every step, each request gets tokens so that its
 num_computed_tokens catches up with num_tokens, under a token budget. That one rule gives
@@ -52,7 +54,7 @@ class Scheduler:
     # -- queue management ---------------------------------------------------------------
 
     def add_request(self, request: Request) -> None:
-        # Mirrors vllm.v1.core.sched.scheduler.Scheduler.add_request
+        # Mirrors: vllm.v1.core.sched.scheduler:Scheduler.add_request (vllm 0.33.0)
         if request.request_id in self.requests:
             raise ValueError(f"request id {request.request_id!r} is already in the engine")
         if self.cache_config.enable_prefix_caching:
@@ -61,7 +63,10 @@ class Scheduler:
         self.requests[request.request_id] = request
 
     def finish_requests(self, request_ids: str | list[str], finished_status: RequestStatus) -> list[Request]:
-        """Finish requests from outside the step (abort, stop string): mirrors Scheduler.finish_requests."""
+        """Finish requests from outside the step (abort, stop string).
+
+        Mirrors: vllm.v1.core.sched.scheduler:Scheduler.finish_requests (vllm 0.33.0)
+        """
         assert RequestStatus.is_finished(finished_status)
         if isinstance(request_ids, str):
             request_ids = [request_ids]
@@ -88,7 +93,7 @@ class Scheduler:
     # -- the step -----------------------------------------------------------------------
 
     def schedule(self) -> SchedulerOutput:
-        # Mirrors vllm.v1.core.sched.scheduler.Scheduler.schedule
+        # Mirrors: vllm.v1.core.sched.scheduler:Scheduler.schedule (vllm 0.33.0)
         self.current_step += 1
         scheduled_new_reqs: list[Request] = []
         scheduled_resumed_reqs: list[Request] = []
@@ -219,7 +224,7 @@ class Scheduler:
         return output
 
     def _preempt_request(self, request: Request, timestamp: float) -> None:
-        # Mirrors vllm.v1.core.sched.scheduler.Scheduler._preempt_request
+        # Mirrors: vllm.v1.core.sched.scheduler:Scheduler._preempt_request (vllm 0.33.0)
         assert request.status == RequestStatus.RUNNING, "only running requests can be preempted"
         self.kv_cache_manager.free(request)
         request.status = RequestStatus.PREEMPTED
@@ -229,7 +234,7 @@ class Scheduler:
         self.preempted_req_ids.add(request.request_id)
 
     def _update_after_schedule(self, scheduler_output: SchedulerOutput) -> None:
-        # Mirrors vllm.v1.core.sched.scheduler.Scheduler._update_after_schedule: advancing
+        # Mirrors: vllm.v1.core.sched.scheduler:Scheduler._update_after_schedule (vllm 0.33.0); advancing
         # num_computed_tokens now lets the next step schedule the next prefill chunk at once.
         for request_id, num_tokens in scheduler_output.num_scheduled_tokens.items():
             self.requests[request_id].num_computed_tokens += num_tokens
@@ -239,7 +244,7 @@ class Scheduler:
     def update_from_output(
         self, scheduler_output: SchedulerOutput, model_runner_output: ModelRunnerOutput
     ) -> list[EngineCoreOutput]:
-        # Mirrors vllm.v1.core.sched.scheduler.Scheduler.update_from_output
+        # Mirrors: vllm.v1.core.sched.scheduler:Scheduler.update_from_output (vllm 0.33.0)
         index_of = {req_id: i for i, req_id in enumerate(model_runner_output.req_ids)}
         outputs: list[EngineCoreOutput] = []
         stopped_running: set[Request] = set()
@@ -275,7 +280,7 @@ class Scheduler:
         return outputs
 
     def _check_stop(self, request: Request) -> bool:
-        # Mirrors vllm.v1.core.sched.utils.check_stop
+        # Mirrors: vllm.v1.core.sched.utils:check_stop (vllm 0.33.0)
         params = request.sampling_params
         last_token_id = request.output_token_ids[-1]
         if not params.ignore_eos and last_token_id == request.eos_token_id:
@@ -291,7 +296,7 @@ class Scheduler:
         return False
 
     def _free_request(self, request: Request) -> None:
-        # Mirrors vllm.v1.core.sched.scheduler.Scheduler._free_request
+        # Mirrors: vllm.v1.core.sched.scheduler:Scheduler._free_request (vllm 0.33.0)
         assert request.is_finished
         self.kv_cache_manager.free(request)
         self.finished_req_ids.add(request.request_id)

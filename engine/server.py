@@ -1,8 +1,8 @@
 """OpenAI-compatible HTTP server for our engine: the http.request hop.
 
-Mirrors vllm.entrypoints.launchers.app.build_app with the routes of
-vllm.entrypoints.openai.{completion,chat_completion}.api_router, and OpenAIServingCompletion
-and OpenAIServingChat folded into one OpenAIServing class.
+Mirrors: vllm.entrypoints.launchers.app:build_app, vllm.entrypoints.openai.completion.api_router, vllm.entrypoints.openai.chat_completion.api_router (vllm 0.33.0)
+The app with the completion and chat routes, and OpenAIServingCompletion and OpenAIServingChat
+folded into one OpenAIServing class.
 
 Hooking: FastAPI captures route functions when they are registered, so the routes here
 look up `app.state.serving.create_completion` / `create_chat_completion` at request time.
@@ -78,7 +78,7 @@ class OpenAIServing:
     async def create_completion(
         self, request: CompletionRequest, raw_request: Request | None = None
     ) -> CompletionResponse | AsyncGenerator[str, None]:
-        # Mirrors vllm.entrypoints.openai.completion.serving.OpenAIServingCompletion.create_completion
+        # Mirrors: vllm.entrypoints.openai.completion.serving:OpenAIServingCompletion.create_completion (vllm 0.33.0)
         self._check_request(request)
         for name in ("echo", "suffix"):
             if getattr(request, name):
@@ -112,7 +112,7 @@ class OpenAIServing:
     async def create_chat_completion(
         self, request: ChatCompletionRequest, raw_request: Request | None = None
     ) -> ChatCompletionResponse | AsyncGenerator[str, None]:
-        # Mirrors vllm.entrypoints.openai.chat_completion.serving.OpenAIServingChat.create_chat_completion
+        # Mirrors: vllm.entrypoints.openai.chat_completion.serving:OpenAIServingChat.create_chat_completion (vllm 0.33.0)
         self._check_request(request)
         if request.logprobs:
             raise OpenAIError(400, "'logprobs' is not supported", param="logprobs")

@@ -1,7 +1,7 @@
 """Tokenizer and chat template: the request.render hop.
 
-Mirrors the rendering half of vllm.renderers (BaseRenderer.render_cmpl_async / render_chat_async):
-text or messages in, validated prompt token ids out. The tokenizer itself is Hugging Face's,
+Mirrors: vllm.renderers.base:BaseRenderer.render_cmpl_async, vllm.renderers.base:BaseRenderer.render_chat_async (vllm 0.33.0)
+The rendering half: text or messages in, validated prompt token ids out. The tokenizer itself is Hugging Face's,
 read from the GGUF metadata or from an HF directory.
 """
 from __future__ import annotations
@@ -41,7 +41,7 @@ class Tokenizer:
 
     def render_completion(self, prompt: str | list[int]) -> list[int]:
         """A completion prompt (text or token ids) -> validated token ids."""
-        # Mirrors vllm.renderers.online_renderer.OnlineRenderer.render_completion
+        # Mirrors: vllm.renderers.online_renderer:OnlineRenderer.render_completion (vllm 0.33.0)
         if isinstance(prompt, str):
             token_ids = self.encode(prompt)
         elif isinstance(prompt, list) and all(isinstance(t, int) for t in prompt):
@@ -55,7 +55,7 @@ class Tokenizer:
 
     def render_chat(self, messages: list[dict[str, Any]]) -> list[int]:
         """Chat messages -> token ids through the model's chat template (with the generation prompt)."""
-        # Mirrors vllm.renderers.online_renderer.OnlineRenderer.render_chat
+        # Mirrors: vllm.renderers.online_renderer:OnlineRenderer.render_chat (vllm 0.33.0)
         if not isinstance(messages, list) or not messages:
             raise PromptError("messages must be a non-empty list")
         for i, message in enumerate(messages):

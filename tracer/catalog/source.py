@@ -100,20 +100,32 @@ def _parse(path: Path, mtime_ns: int) -> tuple[ast.Module, tuple[str, ...]]:
     return ast.parse(text, filename=str(path)), tuple(text.splitlines(keepends=True))
 
 
+def _defines(stmt: ast.stmt, name: str, assignments: bool) -> bool:
+    if isinstance(stmt, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+        return stmt.name == name
+    if not assignments:
+        return False
+    if isinstance(stmt, ast.Assign):
+        return any(isinstance(t, ast.Name) and t.id == name for t in stmt.targets)
+    return isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name) and stmt.target.id == name
+
+
 def locate(spec: str) -> Located:
-    """Find `module:Qualified.name` in the installed source."""
+    """Find `module:Qualified.name` in the installed source: a class or function, or as the last
+    name a module or class attribute (`SchedulerConfig.DEFAULT_MAX_NUM_SEQS`), which citations name."""
     module, _, qualname = spec.partition(":")
     path = module_file(module)
     tree, lines = _parse(path, path.stat().st_mtime_ns)
     body: list[ast.stmt] = tree.body
     node: ast.AST | None = None
     walked = []
-    for name in qualname.split("."):
-        matches = [
-            stmt
-            for stmt in body
-            if isinstance(stmt, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and stmt.name == name
-        ]
+    names = qualname.split(".")
+    for depth, name in enumerate(names):
+        matches = [stmt for stmt in body if _defines(stmt, name, assignments=False)]
+        if not matches and depth == len(names) - 1:
+            # Definitions win (pins of catalog targets never change); only a name no def or class
+            # binds is looked up among assignments.
+            matches = [stmt for stmt in body if _defines(stmt, name, assignments=True)]
         if not matches:
             where = f"{module}:{'.'.join(walked)}" if walked else module
             raise TargetNotFound(f"{name!r} is not defined in {where} ({path})")

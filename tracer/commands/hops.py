@@ -124,7 +124,23 @@ def run_check(args: argparse.Namespace) -> int:
         counts[status.state] = counts.get(status.state, 0) + 1
     summary = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
     console.print(f"{len(statuses)} targets: {summary}")
+    cited = _check_citations(args, console)
     if failed:
         console.print("[red]drift or unresolved targets[/]: review them, update tracer/catalog/hops.yaml, then `servetrace check --update`")
-        return 1
-    return 0
+    return 1 if failed or not cited else 0
+
+
+def _check_citations(args: argparse.Namespace, console) -> bool:
+    """Citations in walkthroughs, hops.yaml notes and engine docstrings; False if any is wrong."""
+    from pathlib import Path
+
+    import tracer
+    from tracer.catalog.citations import check_repository
+
+    report = check_repository(Path(tracer.__file__).resolve().parent.parent, Path(args.catalog) if args.catalog else None)
+    for problem in report.problems:
+        console.print(f"[red]citation[/]: {problem}")
+    for why, count in sorted(report.skipped.items()):
+        console.print(f"[yellow]skipped[/] {count} citation(s): {why}")
+    console.print(f"{report.checked} citations checked: {len(report.problems)} wrong, {sum(report.skipped.values())} skipped")
+    return report.ok

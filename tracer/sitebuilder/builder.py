@@ -16,7 +16,8 @@ from pathlib import Path
 
 import yaml
 
-from tracer.catalog.hops import CatalogError, load_catalog, load_lock
+from tracer.catalog.citations import check_catalog_notes, check_walkthroughs
+from tracer.catalog.hops import CATALOG_PATH, CatalogError, load_catalog, load_lock
 from tracer.sitebuilder import render
 from tracer.sitebuilder.anchors import AnchorError, CodeRef, load_anchor_lock, merged_lock, resolve_code
 from tracer.labs.cache import DEFAULT_CACHE_DIR, REPO
@@ -258,6 +259,11 @@ def build_site(options: BuildOptions | None = None) -> BuildReport:
         raise SiteBuildError(f"no walkthroughs (*.md) in {options.walkthroughs}")
     _say(options, f"checking {len(walkthroughs)} walkthroughs ...")
     problems, checked = _check(walkthroughs, catalog, lock)
+    # Every upstream file:line / qualified name the pages (and the hop catalog page's notes) cite
+    # must be defined where they say, in the pinned version (tracer.catalog.citations).
+    citations = check_walkthroughs(options.walkthroughs, catalog)
+    citations.extend(check_catalog_notes(Path(options.catalog or CATALOG_PATH), catalog))
+    problems.extend(Problem(c.file, c.line, c.citation, c.message) for c in citations.problems)
     if problems:
         raise SiteBuildError(problems)
 
