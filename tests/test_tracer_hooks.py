@@ -14,7 +14,7 @@ import textwrap
 import pytest
 
 from tracer.instrument import hooks, otel, spans
-from tracer.catalog.hops import parse_catalog
+from tracer.catalog.hops import load_catalog, parse_catalog
 from tracer.traces.trace_file import read_trace_file
 
 MODULE = "servetrace_hook_targets"
@@ -81,7 +81,8 @@ def catalog():
     return parse_catalog({
         "engines": {"test": {"package": MODULE}},
         "hops": [
-            {"name": hop, "scope": SCOPES.get(hop, "request"), "meaning": hop, "targets": {"test": targets}}
+            {"name": hop, "scope": SCOPES.get(hop, "request"), "meaning": hop, "targets": {"test": targets},
+             "roles": sorted(load_catalog().hop(hop).roles)}  # the trace shape comes from the hops' roles
             for hop, targets in TARGETS.items()
         ],
     })

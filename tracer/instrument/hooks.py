@@ -104,7 +104,7 @@ def _hop_call(catalog: Catalog, target: Target, extractors: dict | None) -> HopC
         before, after = extractors.get(target.hop, (None, None))
     else:
         before, after = extractors_for(target.engine, target.hop)
-    return HopCall(target.hop, target.engine, hop.scope, target.spec, before, after, hop.cuda_timed)
+    return HopCall(target.hop, target.engine, hop.scope, target.spec, before, after, hop.cuda_timed, hop.roles)
 
 
 def install(
@@ -128,7 +128,11 @@ def install(
             if target.spec in _patches:
                 report.installed.append(target.spec)
                 continue
-            call = _hop_call(catalog, target, extractors)
+            try:
+                call = _hop_call(catalog, target, extractors)
+            except ImportError as exc:  # an engine in the catalog without an extractor module
+                report.failed[target.spec] = f"no extractors for {target.engine}: {exc}"
+                continue
             module = sys.modules.get(target.module)
             if module is None and import_modules:
                 try:

@@ -18,10 +18,30 @@ module is not imported yet, so a process only hooks what it actually imports.
 from __future__ import annotations
 
 import logging
+import os
+import sys
 
 from tracer.instrument import hooks, otel
 
 logger = logging.getLogger(__name__)
+
+
+def _announcer() -> logging.Logger:
+    """A logger that reaches the server's stderr whatever logging the engine configured: the one
+    line that says tracing is on must not depend on vLLM's or SGLang's log levels."""
+    announce = logging.getLogger("servetrace")
+    if not announce.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        announce.addHandler(handler)
+        announce.setLevel(logging.INFO)
+        announce.propagate = False
+    return announce
+
+
+def _destination() -> str:
+    where = [os.environ[name] for name in (otel.TRACE_FILE_ENV, otel.OTLP_ENV) if os.environ.get(name)]
+    return " and ".join(where) or "the console"
 
 
 def _install(engine: str) -> hooks.InstallReport | None:
@@ -29,14 +49,22 @@ def _install(engine: str) -> hooks.InstallReport | None:
         if otel.provider() is None and otel.configure_from_env(engine) is None:
             return None
         report = hooks.install(engine)
-        logger.info(
-            "servetrace: %s hooks installed: %d now, %d on import, %d failed",
-            engine, len(report.installed), len(report.deferred), len(report.failed),
+        failed = f": {', '.join(sorted(report.failed))}" if report.failed else ""
+        _announcer().info(
+            "servetrace: %s hooks installed in pid %d (%s), tracing to %s: %d now, %d on import, %d failed%s",
+            engine, os.getpid(), _process_name(), _destination(),
+            len(report.installed), len(report.deferred), len(report.failed), failed,
         )
         return report
     except Exception:  # a tracing problem must never stop the server from starting
         logger.warning("servetrace: could not set up tracing for %s", engine, exc_info=True)
         return None
+
+
+def _process_name() -> str:
+    import multiprocessing
+
+    return multiprocessing.current_process().name
 
 
 def vllm_plugin() -> None:

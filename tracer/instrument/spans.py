@@ -37,8 +37,6 @@ from tracer.traces.schema import (  # noqa: F401  (ALIASES, DROP, TRACEPARENT: r
     ALIASES, BATCH_IDS, BATCH_PREFIX, DROP, HTTP_STATUS, LINK_KIND, LINK_REQUEST, LINK_STEP, REQUEST_ID, TRACEPARENT,
 )
 
-# A span of these hops that carries a request id becomes that request's trace root (first wins).
-ROOT_HOPS = ("http.request", "request.render", "engine.enqueue")
 
 Extractor = Callable[..., Mapping[str, Any]]
 _propagator = TraceContextTextMapPropagator()
@@ -55,6 +53,7 @@ class HopCall:
     before: Extractor | None = None  # (args: dict) -> attributes
     after: Extractor | None = None  # (args: dict, result) -> attributes
     cuda_timed: bool = False
+    roles: frozenset[str] = frozenset()  # the hop's roles in the catalog (hops.yaml's header says each)
 
 
 class RequestRegistry:
@@ -148,7 +147,7 @@ class OpenSpan:
             parent = self.parent
             if parent is None and self.enclosing is not None:
                 parent = trace.set_span_in_context(self.enclosing.materialize())
-            kind = SpanKind.SERVER if self.call.hop == "http.request" else SpanKind.INTERNAL
+            kind = SpanKind.SERVER if "entrypoint" in self.call.roles else SpanKind.INTERNAL
             self.span = self.tracer.start_span(
                 self.call.hop, context=parent, kind=kind, links=self.links,
                 attributes=_clean(self.attributes), start_time=self.start_ns,
@@ -172,7 +171,8 @@ def begin(call: HopCall, args: dict[str, Any]) -> OpenSpan | None:
     parent: otel_context.Context | None = None
     links: list[Link] = []
     root: SpanContext | None = None
-    if call.hop == "engine.step":
+    roles = call.roles
+    if "step_root" in roles:
         parent = otel_context.Context()
     elif call.scope == "request":
         if enclosing is not None:
@@ -182,7 +182,7 @@ def begin(call: HopCall, args: dict[str, Any]) -> OpenSpan | None:
         request_id = attributes.get(REQUEST_ID)
         root = registry.get(str(request_id)) if request_id is not None else None
         traceparent = attributes.get(TRACEPARENT)
-        if root is None and call.hop == "engine.enqueue" and not current.is_valid:
+        if root is None and "enqueue" in roles and not current.is_valid:
             root = _unclaimed_render.get()
             if root is not None:
                 _unclaimed_render.set(None)
@@ -197,11 +197,11 @@ def begin(call: HopCall, args: dict[str, Any]) -> OpenSpan | None:
         if parent is not None and current.is_valid and (root is None or root.trace_id != current.trace_id):
             links.append(Link(current, {LINK_KIND: LINK_STEP}))
     open_span = OpenSpan(call, tracer, attributes, start_ns, parent, enclosing, links, root if call.scope == "request" else None)
-    if call.hop == "http.request":
+    if "entrypoint" in roles:
         # Always the request's root, even before it knows its request id (a server assigns the
         # id inside the handler): the spans nested in it hang under it from the start.
         open_span.materialize()
-    if call.hop in ROOT_HOPS and attributes.get(REQUEST_ID) is not None:
+    if "request_root" in roles and attributes.get(REQUEST_ID) is not None:
         open_span.materialize()
         registry.register(str(attributes[REQUEST_ID]), open_span.root)
     activate(open_span)
@@ -214,7 +214,7 @@ def activate(open_span: OpenSpan) -> None:
     """Make the span the innermost open one (a generator's, only while the generator runs)."""
     open_span.tokens = (
         _open.set(open_span),
-        _open_step.set(open_span) if open_span.call.hop == "engine.step" else None,
+        _open_step.set(open_span) if "step_root" in open_span.call.roles else None,
     )
 
 
@@ -263,21 +263,21 @@ def end(open_span: OpenSpan, args: dict[str, Any], result: Any = None, error: Ba
             span.record_exception(error)
             span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
             status_code = getattr(error, "status_code", None)  # an HTTP error (OpenAIError, HTTPException)
-            if call.hop == "http.request" and isinstance(status_code, int):
+            if "entrypoint" in call.roles and isinstance(status_code, int):
                 span.set_attribute(HTTP_STATUS, status_code)
         step = _open_step.get()
-        if batch_links and step is not None and call.hop == "scheduler.schedule":
+        if batch_links and step is not None and "batch" in call.roles:
             step_span = step.materialize()
             for link in batch_links:
                 step_span.add_link(link.context, link.attributes)
             step_span.set_attributes(_clean({k: v for k, v in attributes.items() if k.startswith(BATCH_PREFIX)}))
-        if call.hop in ROOT_HOPS and attributes.get(REQUEST_ID) is not None:
+        if "request_root" in call.roles and attributes.get(REQUEST_ID) is not None:
             registry.register(str(attributes[REQUEST_ID]), open_span.root)
             for alias in attributes.get(ALIASES) or ():
                 registry.register(str(alias), open_span.root)
-            if call.hop == "engine.enqueue":
+            if "enqueue" in call.roles:
                 _name_enclosing_http_request(open_span, attributes[REQUEST_ID])
-        elif call.hop == "request.render" and open_span.started_trace and error is None:
+        elif "render" in call.roles and open_span.started_trace and error is None:
             _unclaimed_render.set(span.get_span_context())
     except Exception:  # pragma: no cover - bookkeeping must not break the engine either
         logger.warning("servetrace: closing a %s span failed", call.hop, exc_info=True)
@@ -294,7 +294,7 @@ def end(open_span: OpenSpan, args: dict[str, Any], result: Any = None, error: Ba
 def _name_enclosing_http_request(open_span: OpenSpan, request_id: Any) -> None:
     """The HTTP handler learns its request's id only when it enqueues it: tell its span."""
     enclosing = open_span.enclosing
-    while enclosing is not None and enclosing.call.hop != "http.request":
+    while enclosing is not None and "entrypoint" not in enclosing.call.roles:
         enclosing = enclosing.enclosing
     if enclosing is not None and enclosing.attributes.get(REQUEST_ID) is None:
         enclosing.attributes[REQUEST_ID] = request_id
