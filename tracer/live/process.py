@@ -1,0 +1,179 @@
+"""Run an upstream serving engine as a child server, engine-agnostic.
+
+A `ServerProcess` starts a command in a process group of its own (the engine's children, e.g.
+vLLM's EngineCore and Worker, inherit the group), sends its output to a log file, waits until an
+HTTP readiness URL answers 200, and stops the whole group: SIGTERM, then SIGKILL after a grace
+period. Used as a context manager by the live-server tests and `servetrace demo --engine ...`.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class ServerError(RuntimeError):
+    """The server could not be started, did not become ready, or died."""
+
+
+@dataclass(frozen=True)
+class ServerSpec:
+    """What to run and how to tell that it is up."""
+
+    name: str
+    argv: Sequence[str]
+    host: str
+    port: int
+    log_path: Path
+    env: Mapping[str, str] = field(default_factory=dict)  # added to (or replacing in) os.environ
+    unset_env: Sequence[str] = ()  # names removed from the inherited environment
+    cwd: Path | None = None
+    ready_path: str = "/v1/models"
+    startup_timeout_s: float = 300.0
+    stop_grace_s: float = 20.0
+    poll_interval_s: float = 0.5
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on right now (the kernel's choice)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def log_tail(path: Path, lines: int = 40) -> str:
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, fh.tell() - 64 * 1024))
+            text = fh.read().decode("utf-8", errors="replace")
+    except OSError as exc:
+        return f"(no log: {exc})"
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def group_alive(pgid: int) -> bool:
+    """Whether any process of the group is still there (zombies count until reaped)."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class ServerProcess:
+    """One server: start() / wait_ready() / stop(), or `with ServerProcess(spec) as server:`."""
+
+    def __init__(self, spec: ServerSpec) -> None:
+        self.spec = spec
+        self.process: subprocess.Popen[bytes] | None = None
+        self.started_at: float | None = None
+        self.ready_s: float | None = None  # seconds from start() until the readiness URL answered
+
+    @property
+    def base_url(self) -> str:
+        return self.spec.base_url
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process is not None else None
+
+    def __enter__(self) -> ServerProcess:
+        self.start()
+        try:
+            self.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        if self.process is not None:
+            raise ServerError(f"{self.spec.name}: already started (pid {self.process.pid})")
+        spec = self.spec
+        env = {k: v for k, v in os.environ.items() if k not in set(spec.unset_env)}
+        env.update(spec.env)
+        spec.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(spec.log_path, "ab") as log:
+            log.write(f"--- {spec.name}: {' '.join(spec.argv)}\n".encode())
+            log.flush()
+            try:
+                self.process = subprocess.Popen(
+                    list(spec.argv), env=env, cwd=spec.cwd, stdin=subprocess.DEVNULL,
+                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                )
+            except OSError as exc:
+                raise ServerError(f"{spec.name}: cannot run {spec.argv[0]}: {exc}") from exc
+        self.started_at = time.monotonic()
+
+    def ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(self.base_url + self.spec.ready_path, timeout=2) as resp:
+                return resp.status == 200
+        except (urllib.error.URLError, OSError, ValueError):
+            return False
+
+    def wait_ready(self) -> float:
+        """Block until the readiness URL answers; returns the seconds since start()."""
+        if self.process is None or self.started_at is None:
+            raise ServerError(f"{self.spec.name}: not started")
+        deadline = self.started_at + self.spec.startup_timeout_s
+        while True:
+            code = self.process.poll()
+            if code is not None:
+                raise ServerError(
+                    f"{self.spec.name} exited with status {code} before it was ready; "
+                    f"log {self.spec.log_path}:\n{log_tail(self.spec.log_path)}"
+                )
+            if self.ready():
+                self.ready_s = time.monotonic() - self.started_at
+                return self.ready_s
+            if time.monotonic() > deadline:
+                raise ServerError(
+                    f"{self.spec.name} not ready at {self.base_url}{self.spec.ready_path} after "
+                    f"{self.spec.startup_timeout_s:.0f} s; log {self.spec.log_path}:\n{log_tail(self.spec.log_path)}"
+                )
+            time.sleep(self.spec.poll_interval_s)
+
+    def stop(self) -> int | None:
+        """SIGTERM the process group, SIGKILL what is left after the grace period. Returns the
+        leader's exit status (None if it was never started)."""
+        if self.process is None:
+            return None
+        pgid = self.process.pid  # start_new_session: the leader's pid is the group id
+        if group_alive(pgid):
+            try:
+                os.killpg(pgid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + self.spec.stop_grace_s
+        while time.monotonic() < deadline:
+            self.process.poll()  # reap the leader so it does not count as alive
+            if not group_alive(pgid):
+                break
+            time.sleep(0.2)
+        else:
+            try:
+                os.killpg(pgid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        try:
+            return self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            return None
