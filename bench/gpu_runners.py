@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import torch
 
 from engine.config import CacheConfig, SchedulerConfig
+from engine.math_utils import cdiv
 from engine.model import LlamaConfig, LlamaForCausalLM, stack_hf_weights
 from engine.model_runner import ModelRunner
 from engine.request import Request
@@ -115,7 +116,7 @@ class EngineCore:
         self.batch = batch
         self.max_model_len = max_model_len
         self.max_num_batched_tokens = max_num_batched_tokens
-        self.num_blocks = batch * -(-max_model_len // BLOCK_SIZE) + 1  # + the null block
+        self.num_blocks = batch * cdiv(max_model_len, BLOCK_SIZE) + 1  # + the null block
         param = next(model.parameters())
         self.runner = ModelRunner(
             model, config, BLOCK_SIZE, self.num_blocks, param.device, param.dtype,

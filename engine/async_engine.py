@@ -25,7 +25,6 @@ from typing import AsyncIterator
 
 from engine.llm_engine import LLMEngine, RequestOutput
 from engine.sampling_params import SamplingParams
-from engine.tokenizer import PromptError
 
 logger = logging.getLogger(__name__)
 
@@ -161,14 +160,9 @@ class AsyncLLM:
             raise EngineOverloadedError(
                 f"the server is at capacity ({self.max_queue} requests in flight); retry later"
             )
-        needed = len(prompt_token_ids) + sampling_params.max_tokens
-        if needed > self.max_request_tokens:
-            # The scheduler would wait forever for KV blocks that can never be free at once.
-            raise PromptError(
-                f"the request needs {needed} tokens ({len(prompt_token_ids)} in the prompt, "
-                f"{sampling_params.max_tokens} in max_tokens) but at most {self.max_request_tokens} fit "
-                "(the context length and the KV cache size)"
-            )
+        # Checked before the request is queued: the scheduler would wait forever for KV blocks
+        # that can never be free at once.
+        self.engine.check_request_size(prompt_token_ids, sampling_params)
         if request_id in self._streams:
             raise ValueError(f"request id {request_id!r} is already in flight")
         queue: asyncio.Queue = asyncio.Queue()

@@ -9,48 +9,13 @@ Mirrors: vllm.v1.attention.backends.flash_attn:FlashAttentionMetadata, vllm._cus
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-
-@dataclass
-class AttentionMetadata:
-    """Batch layout of one forward pass (vLLM: CommonAttentionMetadata)."""
-
-    # [T] flat index block_id * block_size + offset where each new token's K/V is written.
-    slot_mapping: torch.Tensor
-    # [B + 1] request r's new tokens are query[query_start_loc[r]:query_start_loc[r + 1]].
-    query_start_loc: torch.Tensor
-    # [B] context length of each request *including* its new tokens.
-    seq_lens: torch.Tensor
-    # [B, max_blocks] block ids of each request, padded (the padding is never read).
-    block_tables: torch.Tensor
-    # [T] position of each new token in its sequence (used by RoPE).
-    positions: torch.Tensor
-    # Host copies of query_start_loc / seq_lens, so the per-request split needs no device sync.
-    query_start_loc_cpu: list[int] | None = None
-    seq_lens_cpu: list[int] | None = None
-    # "torch" (this file, for reading) or "triton" (engine/triton_attention.py, for the GPU).
-    attention_backend: str = "torch"
-    # Filled by the torch backend on the first layer of a step and reused by the others.
-    torch_plan: "_TorchPlan | None" = None
-
-    def __post_init__(self) -> None:
-        if self.query_start_loc_cpu is None:
-            self.query_start_loc_cpu = self.query_start_loc.tolist()
-        if self.seq_lens_cpu is None:
-            self.seq_lens_cpu = self.seq_lens.tolist()
-
-    @property
-    def num_reqs(self) -> int:
-        return len(self.seq_lens_cpu)
-
-    def query_lens(self) -> list[int]:
-        starts = self.query_start_loc_cpu
-        return [starts[i + 1] - starts[i] for i in range(self.num_reqs)]
-
+# AttentionMetadata lives in its own module so that both backends (this file and
+# engine/triton_attention.py) import it without importing each other.
+from engine.attention_metadata import AttentionMetadata, TorchPlan
 
 ATTENTION_BACKENDS = ("torch", "triton")
 
@@ -84,20 +49,7 @@ def context_slots(block_table: torch.Tensor, context_len: int, block_size: int) 
     return block_table[..., positions // block_size] * block_size + positions % block_size
 
 
-@dataclass
-class _TorchPlan:
-    """Where each request's context lives, worked out once per step and reused by every layer."""
-
-    # Decode requests (one new token each), batched: their rows in the flat batch (None when the
-    # batch is exactly those rows in order), context slots [B, max_len] and additive padding mask [B, 1, 1, max_len] (0 or -inf).
-    decode_rows: torch.Tensor | None
-    decode_slots: torch.Tensor | None
-    decode_mask: torch.Tensor | None
-    # Each prefill (or chunk) on its own: (query start, query end, context slots [L], context start).
-    prefills: list[tuple[int, int, torch.Tensor, int]]
-
-
-def _plan(metadata: AttentionMetadata, block_size: int, query: torch.Tensor) -> _TorchPlan:
+def _plan(metadata: AttentionMetadata, block_size: int, query: torch.Tensor) -> TorchPlan:
     if metadata.torch_plan is not None:
         return metadata.torch_plan
     device = query.device
@@ -118,7 +70,7 @@ def _plan(metadata: AttentionMetadata, block_size: int, query: torch.Tensor) -> 
         for r, n in enumerate(query_lens)
         if n > 1
     ]
-    metadata.torch_plan = _TorchPlan(decode_rows, decode_slots, decode_mask, prefills)
+    metadata.torch_plan = TorchPlan(decode_rows, decode_slots, decode_mask, prefills)
     return metadata.torch_plan
 
 
@@ -157,7 +109,7 @@ def paged_attention(
 
 
 def _decode_attention(
-    query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, plan: _TorchPlan, scale: float
+    query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, plan: TorchPlan, scale: float
 ) -> torch.Tensor:
     """One new token per request [B, heads, head_dim]: contexts padded to the longest, the tail masked."""
     batch, max_len = plan.decode_slots.shape

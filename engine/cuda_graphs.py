@@ -20,7 +20,7 @@ import bisect
 
 import torch
 
-from engine.attention import AttentionMetadata
+from engine.attention_metadata import AttentionMetadata
 from engine.model import LlamaForCausalLM
 
 

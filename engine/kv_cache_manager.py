@@ -16,11 +16,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from engine.block_pool import BlockPool, KVCacheBlock
+from engine.math_utils import cdiv
 from engine.request import Request
-
-
-def cdiv(a: int, b: int) -> int:
-    return -(a // -b)
 
 
 @dataclass
@@ -52,6 +49,8 @@ class PrefixCacheStats:
 
 
 class KVCacheManager:
+    """engine.kv_manager.KVManager with vLLM's semantics: hash prefix caching over a BlockPool."""
+
     def __init__(
         self,
         num_blocks: int,

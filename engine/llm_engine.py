@@ -77,20 +77,7 @@ class LLMEngine:
         """Enqueue an already-rendered request (the engine.enqueue hop)."""
         # Mirrors: vllm.v1.engine.llm_engine:LLMEngine.add_request (vllm 0.33.0) (+ InputProcessor's length checks)
         params = sampling_params or SamplingParams()
-        if not prompt_token_ids:
-            raise PromptError("the prompt is empty")
-        needed = len(prompt_token_ids) + params.max_tokens
-        if needed > self.max_model_len:
-            raise PromptError(
-                f"this model's maximum context length is {self.max_model_len} tokens; the request asks for "
-                f"{needed} ({len(prompt_token_ids)} in the prompt, {params.max_tokens} in max_tokens)"
-            )
-        if needed > self.max_request_tokens:
-            # It could never hold all its KV blocks at once: it would preempt itself forever.
-            raise PromptError(
-                f"the request needs {needed} tokens ({len(prompt_token_ids)} in the prompt, {params.max_tokens} in "
-                f"max_tokens) but the KV cache holds at most {self.max_request_tokens}"
-            )
+        self.check_request_size(prompt_token_ids, params)
         request_id = request_id if request_id is not None else f"req-{next(self._ids)}"
         request = Request(
             request_id=request_id,
@@ -103,6 +90,24 @@ class LLMEngine:
         self.scheduler.add_request(request)
         self.output_processor.add_request(request_id, request.prompt_token_ids, params)
         return request
+
+    def check_request_size(self, prompt_token_ids: list[int], params: SamplingParams) -> None:
+        """Raise PromptError for a request this engine can never serve: empty, longer than the
+        context, or more KV than the whole pool (it would preempt itself forever). The one
+        size check, shared by the offline engine and the server's AsyncLLM."""
+        if not prompt_token_ids:
+            raise PromptError("the prompt is empty")
+        needed = len(prompt_token_ids) + params.max_tokens
+        if needed > self.max_model_len:
+            raise PromptError(
+                f"this model's maximum context length is {self.max_model_len} tokens; the request asks for "
+                f"{needed} ({len(prompt_token_ids)} in the prompt, {params.max_tokens} in max_tokens)"
+            )
+        if needed > self.max_request_tokens:
+            raise PromptError(
+                f"the request needs {needed} tokens ({len(prompt_token_ids)} in the prompt, {params.max_tokens} in "
+                f"max_tokens) but the KV cache holds at most {self.max_request_tokens}"
+            )
 
     @property
     def max_request_tokens(self) -> int:

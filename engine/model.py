@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine.attention import AttentionMetadata, paged_attention, write_kv_cache
+from engine.attention import paged_attention, write_kv_cache
+from engine.attention_metadata import AttentionMetadata
 
 
 @dataclass

@@ -13,8 +13,10 @@ from dataclasses import dataclass
 import torch
 
 from engine import cpu_gemm
-from engine.attention import AttentionMetadata, resolve_attention_backend
+from engine.attention import resolve_attention_backend
+from engine.attention_metadata import AttentionMetadata
 from engine.cuda_graphs import DecodeCudaGraphs
+from engine.math_utils import cdiv
 from engine.model import LlamaConfig, LlamaForCausalLM
 from engine.outputs import ModelRunnerOutput, SchedulerOutput
 from engine.request import Request
@@ -91,7 +93,7 @@ class ModelRunner:
             use_cuda_graphs = self.device.type == "cuda" and self.attention_backend == "triton"
         self.cuda_graphs: DecodeCudaGraphs | None = None
         if use_cuda_graphs:
-            max_blocks_per_seq = -(-(max_model_len or model_config.max_position_embeddings) // block_size)
+            max_blocks_per_seq = cdiv(max_model_len or model_config.max_position_embeddings, block_size)
             # Captured on the first decode-only step, once the model is warm.
             self.cuda_graphs = DecodeCudaGraphs(
                 model, self.kv_caches, max_num_seqs, min(max_blocks_per_seq, num_blocks - 1), self.attention_backend
@@ -170,7 +172,7 @@ class ModelRunner:
                 )
             if end > len(block_ids) * self.block_size:
                 raise ValueError(
-                    f"request {req_id}: {end} tokens need {-(-end // self.block_size)} blocks, "
+                    f"request {req_id}: {end} tokens need {cdiv(end, self.block_size)} blocks, "
                     f"scheduler gave {len(block_ids)}"
                 )
             input_ids.extend(request.all_token_ids[num_computed:end])

@@ -1,4 +1,4 @@
-"""The SGLang way of sharing prefixes, behind the KVCacheManager interface the scheduler uses.
+"""The SGLang way of sharing prefixes, behind the scheduler's KV-manager interface (engine.kv_manager.KVManager).
 
 SGLang keeps no block hashes: finished requests insert their tokens into a radix tree whose
 values are KV slots, and a new request takes the longest matching path, locking it so that
@@ -23,7 +23,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from engine.radix_cache import MatchResult, RadixCache, TreeNode
+from engine.math_utils import cdiv
+from engine.radix_cache import RadixCache, TreeNode
 from engine.request import Request, RequestStatus
 
 
@@ -54,6 +55,28 @@ class PagedTokenAllocator:
         self.free_pages.extend(pages)
 
 
+class RadixPrefixHit(Sequence[int]):
+    """A match_prefix hit as the scheduler carries it from get_computed_blocks to allocate_slots:
+    the matched pages (what the scheduler sees) and the tree node the match ended at (what
+    allocate_slots locks). Passing it explicitly keeps the manager free of per-call state."""
+
+    __slots__ = ("pages", "last_node", "num_tokens")
+
+    def __init__(self, pages: list[int], last_node: TreeNode, num_tokens: int) -> None:
+        self.pages = pages
+        self.last_node = last_node
+        self.num_tokens = num_tokens
+
+    def __getitem__(self, index):  # type: ignore[override]
+        return self.pages[index]
+
+    def __len__(self) -> int:
+        return len(self.pages)
+
+    def __repr__(self) -> str:
+        return f"RadixPrefixHit(pages={self.pages}, num_tokens={self.num_tokens})"
+
+
 @dataclass
 class _RequestKV:
     pages: list[int] = field(default_factory=list)
@@ -62,7 +85,7 @@ class _RequestKV:
 
 
 class RadixKVCacheManager:
-    """Same methods as engine.kv_cache_manager.KVCacheManager, SGLang's semantics."""
+    """engine.kv_manager.KVManager with SGLang's semantics."""
 
     def __init__(self, num_blocks: int, block_size: int, enable_caching: bool = True, max_model_len: int | None = None) -> None:
         self.num_blocks = num_blocks
@@ -72,7 +95,6 @@ class RadixKVCacheManager:
         self.allocator = PagedTokenAllocator(num_blocks, block_size)
         self.tree = RadixCache(self.allocator, page_size=block_size, disable=not enable_caching)
         self.req_kv: dict[str, _RequestKV] = {}
-        self._matches: dict[str, MatchResult] = {}
 
     @property
     def usage(self) -> float:
@@ -86,18 +108,25 @@ class RadixKVCacheManager:
         kv = self.req_kv.get(request_id)
         return list(kv.pages) if kv else []
 
-    def get_computed_blocks(self, request: Request) -> tuple[list[int], int]:
-        # Mirrors: sglang.srt.managers.schedule_batch:Req.init_next_round_input (sglang 0.5.23); the last token is
-        # always recomputed, so match on all tokens but the last.
+    def get_computed_blocks(self, request: Request) -> tuple[RadixPrefixHit | list[int], int]:
+        # Mirrors: sglang.srt.managers.schedule_batch:Req.init_next_round_input (sglang 0.5.23)
+        # The last token is always recomputed, so match on all tokens but the last.
         if not self.enable_caching:
             return [], 0
         match = self.tree.match_prefix(request.all_token_ids[: request.num_tokens - 1])
-        self._matches[request.request_id] = match
         pages = [slot // self.block_size for slot in match.device_indices[:: self.block_size]]
-        return pages, match.prefix_len
+        return RadixPrefixHit(pages, match.last_node, match.prefix_len), match.prefix_len
 
     def record_prefix_cache_stats(self, request: Request, num_hits: int) -> None:
         """SGLang counts cache hits in its scheduler metrics; nothing to keep here."""
+
+    def reset_prefix_cache(self) -> bool:
+        """Empty the tree (SGLang's flush_cache, which also refuses while requests hold KV)."""
+        if self.req_kv:
+            return False
+        self.tree.evict(self.tree.evictable_size())
+        self.tree.reset()
+        return True
 
     def allocate_slots(
         self,
@@ -108,37 +137,36 @@ class RadixKVCacheManager:
         num_lookahead_tokens: int = 0,
         full_sequence_must_fit: bool = False,
     ) -> list[int] | None:
-        # Mirrors: sglang.srt.mem_cache.allocation:alloc_for_extend (sglang 0.5.23), page granularity;
-        # the lock taken here is SGLang's admission lock (PrefillAdder._commit_prefill_admission).
+        # Mirrors: sglang.srt.mem_cache.allocation:alloc_for_extend (sglang 0.5.23)
+        # Page granularity; the lock taken here is SGLang's admission lock (PrefillAdder._commit_prefill_admission).
         kv = self.req_kv.get(request.request_id)
+        hit = new_computed_blocks if kv is None and isinstance(new_computed_blocks, RadixPrefixHit) else None
+        locks = hit is not None and hit.num_tokens > 0
         matched_pages = list(new_computed_blocks or [])
         have_pages = len(kv.pages) if kv else len(matched_pages)
         total = min(request.num_computed_tokens + num_new_computed_tokens + num_new_tokens, self.max_model_len)
-        to_alloc = max(-(-total // self.block_size) - have_pages, 0)
+        to_alloc = max(cdiv(total, self.block_size) - have_pages, 0)
         need = to_alloc
         if full_sequence_must_fit:
-            need = max(need, -(-min(request.num_tokens, self.max_model_len) // self.block_size) - have_pages)
-        match = self._matches.pop(request.request_id, None) if kv is None else None
-        if match is not None and match.prefix_len:
-            self.tree.inc_lock_ref(match.last_node)  # lock before evicting, so the hit survives
+            need = max(need, cdiv(min(request.num_tokens, self.max_model_len), self.block_size) - have_pages)
+        if locks:
+            self.tree.inc_lock_ref(hit.last_node)  # lock before evicting, so the hit survives
         if need > len(self.allocator.free_pages):
             self.tree.evict((need - len(self.allocator.free_pages)) * self.block_size)
         if need > len(self.allocator.free_pages):
-            if match is not None and match.prefix_len:
-                self.tree.dec_lock_ref(match.last_node)
-                self._matches[request.request_id] = match
+            if locks:
+                self.tree.dec_lock_ref(hit.last_node)
             return None
         new_pages = self.allocator.alloc_pages(to_alloc) or []
         if kv is None:
             kv = self.req_kv[request.request_id] = _RequestKV(pages=matched_pages)
-            if match is not None and match.prefix_len:
-                kv.locked_node, kv.cached_len = match.last_node, match.prefix_len
+            if locks:
+                kv.locked_node, kv.cached_len = hit.last_node, hit.num_tokens
         kv.pages.extend(new_pages)
         return new_pages
 
     def free(self, request: Request) -> None:
         # Mirrors: sglang.srt.mem_cache.common:release_kv_cache (sglang 0.5.23)
-        self._matches.pop(request.request_id, None)
         kv = self.req_kv.pop(request.request_id, None)
         if kv is None:
             return
@@ -150,7 +178,7 @@ class RadixKVCacheManager:
             num_kv = min(request.num_computed_tokens, len(slots))
             self.tree.cache_finished_request(request.all_token_ids[:num_kv], slots[:num_kv], locked, kv.cached_len)
             # Pages past the last token with KV were reserved but never written.
-            unused = kv.pages[-(-num_kv // self.block_size):] if num_kv else kv.pages
+            unused = kv.pages[cdiv(num_kv, self.block_size):] if num_kv else kv.pages
             self.allocator.free([p * self.block_size for p in unused])
         else:
             if kv.locked_node is not None:

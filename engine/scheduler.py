@@ -20,6 +20,7 @@ import time
 from engine.block_pool import update_block_hashes
 from engine.config import CacheConfig, SchedulerConfig
 from engine.kv_cache_manager import KVCacheManager
+from engine.kv_manager import KVManager
 from engine.radix_kv_manager import RadixKVCacheManager
 from engine.schedule_policy import sort_by_longest_prefix
 from engine.outputs import EngineCoreOutput, ModelRunnerOutput, SchedulerOutput
@@ -37,7 +38,8 @@ class Scheduler:
         if scheduler_config.cache_mode == "sglang" and scheduler_config.policy != "fcfs":
             raise ValueError("cache_mode 'sglang' orders the waiting queue by prefix match; use policy 'fcfs'")
         manager_class = RadixKVCacheManager if scheduler_config.cache_mode == "sglang" else KVCacheManager
-        self.kv_cache_manager = manager_class(
+        # The scheduler calls only the KVManager protocol, whichever cache shares the prefixes.
+        self.kv_cache_manager: KVManager = manager_class(
             num_blocks=num_blocks,
             block_size=cache_config.block_size,
             enable_caching=cache_config.enable_prefix_caching,

@@ -32,7 +32,7 @@ import torch
 import triton
 import triton.language as tl
 
-from engine.attention import AttentionMetadata
+from engine.attention_metadata import AttentionMetadata
 
 # Keys per inner-loop tile, independent of the cache block size (a tile may span blocks).
 TILE_N = 32

@@ -7,6 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine.attention import AttentionMetadata, paged_attention, write_kv_cache
+from engine.math_utils import cdiv
 
 
 @settings(max_examples=40, deadline=None)
@@ -22,7 +23,7 @@ from engine.attention import AttentionMetadata, paged_attention, write_kv_cache
 def test_paged_attention_equals_dense_causal_attention(block_size, shapes, seed):
     gen = torch.Generator().manual_seed(seed)
     heads, kv_heads, dim = 4, 2, 8
-    total_blocks = sum(-(-(c + n) // block_size) for c, n in shapes) + 1
+    total_blocks = sum(cdiv(c + n, block_size) for c, n in shapes) + 1
     k_cache = torch.zeros(total_blocks, block_size, kv_heads, dim)
     v_cache = torch.zeros_like(k_cache)
     # Scatter each request's blocks over the pool in a random order.
@@ -30,7 +31,7 @@ def test_paged_attention_equals_dense_causal_attention(block_size, shapes, seed)
     queries, new_keys, new_values, slots, starts, tables, expected = [], [], [], [], [0], [], []
     for cached, new in shapes:
         length = cached + new
-        blocks = [free.pop() for _ in range(-(-length // block_size))]
+        blocks = [free.pop() for _ in range(cdiv(length, block_size))]
         tables.append(blocks)
         q = torch.randn(new, heads, dim, generator=gen)
         k = torch.randn(length, kv_heads, dim, generator=gen)

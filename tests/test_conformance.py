@@ -13,6 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from engine.math_utils import cdiv
 from tracer.replay import workload as W
 from tracer.replay.compare import compare_logs
 from tracer.replay.config import ReplayConfig
@@ -183,7 +184,7 @@ def workloads_and_configs(draw):
     max_num_seqs = draw(st.integers(1, 6))
     config = ReplayConfig(
         block_size=block_size,
-        num_blocks=-(-longest // block_size) + 1 + draw(st.integers(0, 20)),  # from barely enough to roomy
+        num_blocks=cdiv(longest, block_size) + 1 + draw(st.integers(0, 20)),  # from barely enough to roomy
         max_num_seqs=max_num_seqs,
         max_num_batched_tokens=max(max_num_seqs, draw(st.integers(16, 128))) if chunked else max_model_len,
         max_model_len=max_model_len,

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from engine.attention import AttentionMetadata
 from engine.cuda_graphs import DecodeCudaGraphs, decode_batch_sizes
+from engine.math_utils import cdiv
 from engine.model import LlamaConfig, LlamaForCausalLM
 from engine.model_runner import ModelRunner
 from engine.outputs import SchedulerOutput
@@ -76,7 +77,7 @@ def test_the_cpu_runner_runs_eagerly_on_the_torch_backend_by_default():
 def _greedy(runner: ModelRunner, prompts: list[list[int]], max_new: list[int]) -> list[list[int]]:
     """Prefill every prompt, then decode until each request has its max_new tokens; the batch shrinks as they end."""
     requests = [Request(f"r{i}", list(p), SamplingParams(temperature=0.0)) for i, p in enumerate(prompts)]
-    per_req = -(-(max(map(len, prompts)) + max(max_new)) // BLOCK_SIZE)
+    per_req = cdiv(max(map(len, prompts)) + max(max_new), BLOCK_SIZE)
     block_ids = {r.request_id: list(range(1 + i * per_req, 1 + (i + 1) * per_req)) for i, r in enumerate(requests)}
     computed = {r.request_id: 0 for r in requests}
     step = 0

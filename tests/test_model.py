@@ -14,6 +14,7 @@ import torch
 
 from engine.attention import AttentionMetadata
 from engine.loader import bundled_model_path, load_model
+from engine.math_utils import cdiv
 from engine.model_runner import ModelRunner, num_blocks_for_memory
 from engine.outputs import SchedulerOutput
 from engine.request import Request
@@ -174,7 +175,7 @@ def test_logits_match_transformers_for_a_flat_batch_of_prompts(ours, oracle, pro
     input_ids, positions, slots, starts, tables = [], [], [], [0], []
     next_block = 1
     for ids in prompts:
-        num_blocks = -(-len(ids) // BLOCK_SIZE)
+        num_blocks = cdiv(len(ids), BLOCK_SIZE)
         blocks = [next_block + 2 * i for i in range(num_blocks)]
         next_block += 2 * num_blocks
         tables.append(blocks)

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 import engine
 import engine.attention
 from engine.attention import AttentionMetadata, paged_attention, resolve_attention_backend
+from engine.math_utils import cdiv
 from engine.model import LlamaConfig, LlamaForCausalLM
 from engine.model_runner import ModelRunner
 from engine.outputs import SchedulerOutput
@@ -83,7 +84,7 @@ def random_batch(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, AttentionMetadata]:
     """Random query and K/V pool; each request's blocks scattered over the pool in random order."""
     generator = torch.Generator().manual_seed(seed)
-    blocks_per_req = [-(-n // block_size) for n in seq_lens]
+    blocks_per_req = [cdiv(n, block_size) for n in seq_lens]
     num_blocks = sum(blocks_per_req) + 3  # block 0 (null) and two never referenced
     order = (torch.randperm(num_blocks - 1, generator=generator) + 1).tolist()
     tables, next_block = [], 0
@@ -202,7 +203,7 @@ def _run_greedy(model: LlamaForCausalLM, backend: str, prompts: list[list[int]],
     """Prefill all prompts in one step, then decode `steps` tokens each; one fresh block table per request."""
     runner = ModelRunner(model, TINY, BLOCK_SIZE, num_blocks=32, device=DEVICE, dtype=torch.float32, attention_backend=backend)
     requests = [Request(f"r{i}", list(p), SamplingParams(temperature=0.0)) for i, p in enumerate(prompts)]
-    blocks_per_req = -(-(max(map(len, prompts)) + steps) // BLOCK_SIZE)
+    blocks_per_req = cdiv(max(map(len, prompts)) + steps, BLOCK_SIZE)
     block_ids = {r.request_id: list(range(1 + i * blocks_per_req, 1 + (i + 1) * blocks_per_req)) for i, r in enumerate(requests)}
     computed = {r.request_id: 0 for r in requests}
     for step in range(steps + 1):
