@@ -35,6 +35,18 @@ $(STAMP): $(REQS)
 	@bash scripts/setup-system.sh
 	@touch $@
 
+# The live SGLang server (tests, `servetrace demo --engine sglang`): SGLang 0.5.23 for CPU in a
+# venv of its own, with a clearly named stand-in for the one sgl_kernel CPU op a torch_native run
+# calls (no registry ships the CPU kernel; see scripts/sgl_kernel_cpu_standin).
+SGLANG_STAMP := .venv-sglang/.servetrace-stamp
+SGLANG_REQS  := requirements/live-sglang.txt requirements/live-sglang-nodeps.txt $(wildcard requirements/live-sglang.lock.txt) \
+                pyproject.toml scripts/setup-sglang.sh $(wildcard scripts/sgl_kernel_cpu_standin/pyproject.toml scripts/sgl_kernel_cpu_standin/sgl_kernel/*.py)
+
+setup: $(SGLANG_STAMP)
+
+$(SGLANG_STAMP): $(SGLANG_REQS)
+	PYTHON=$(PYTHON) bash scripts/setup-sglang.sh
+
 demo: setup
 	$(VENV)/bin/servetrace demo
 

@@ -1,0 +1,144 @@
+"""The live SGLang server: SGLang 0.5.23 on CPU from .venv-sglang, serving the bundled SmolLM2
+converted to an HF folder (scripts/gguf_to_hf.py), both made by `make setup`.
+
+    options = SglangOptions(trace_file=Path("/tmp/trace.jsonl"), max_total_tokens=384)
+    with sglang_server(options) as server:
+        OpenAI(base_url=server.base_url + "/v1", api_key="x").completions.create(...)
+
+Runs `SGLANG_USE_CPU_ENGINE=1 python -m sglang.launch_server --device cpu --attention-backend
+torch_native --disable-overlap-schedule --grammar-backend none --sleep-on-idle` with small memory
+flags. Its processes: the HTTP server + TokenizerManager (the group leader), `sglang::scheduler`
+and `sglang::detokenizer`, all in the one process group that stop() signals. servetrace's plugin
+(the sglang.srt.plugins entry point of the editable install in .venv-sglang) traces it when
+SERVETRACE_TRACE or SERVETRACE_OTLP is set. The sgl_kernel it imports is servetrace's CPU stand-in
+(scripts/sgl_kernel_cpu_standin: one op in plain torch, NotImplementedError on any other).
+
+Memory: --max-total-tokens fixes the KV pool in tokens (page size 1); a pool smaller than what a
+few concurrent requests need makes the scheduler retract (preempt) a decoding request.
+--mem-fraction-static only matters when --max-total-tokens is not given. The bundled GGUF is not
+served (SGLang 0.5.23 resolves a GGUF's tokenizer as an HF folder next to the file and fails, and
+its GGUF quantization is CUDA/MUSA/NPU only), hence the converted HF folder.
+
+Stopping: SIGTERM to the group reaches the scheduler and detokenizer directly (they exit -15);
+the leader's SIGQUIT handler then sleeps 5 s ("crash diagnostics") and SIGKILLs its own tree, so
+the leader's status is -9 and a stop takes about 6 s.
+
+Readiness is /health with SGLANG_ENABLE_HEALTH_ENDPOINT_GENERATION=0: it answers 503 until the
+server's warm-up is done and then 200, without sending a generate request of its own (with
+generation on, each /health call would be a traced 1-token request).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tracer.live.process import ServerError, ServerProcess, ServerSpec, free_port
+
+
+def project_root() -> Path:
+    """The checkout servetrace runs from (tracer/live/sglang.py -> the repository root)."""
+    return Path(__file__).resolve().parents[2]
+
+
+def default_venv() -> Path:
+    return project_root() / ".venv-sglang"
+
+
+def default_model() -> Path:
+    return project_root() / ".models" / "smollm2-135m-instruct-hf"
+
+
+def default_log_dir() -> Path:
+    return project_root() / ".cache" / "sglang"
+
+
+@dataclass(frozen=True)
+class SglangOptions:
+    venv: Path = field(default_factory=default_venv)
+    model: Path = field(default_factory=default_model)
+    served_model_name: str = "smollm2-135m-instruct"
+    host: str = "127.0.0.1"
+    port: int | None = None  # None: a free port
+    trace_file: Path | None = None  # SERVETRACE_TRACE: servetrace's plugin writes OTLP/JSON lines
+    otlp_endpoint: str | None = None  # SERVETRACE_OTLP
+    max_total_tokens: int = 2048  # the KV pool, in tokens
+    mem_fraction_static: float = 0.05
+    max_running_requests: int = 8
+    chunked_prefill_size: int = 512
+    context_length: int = 2048
+    # SGLANG_INIT_NEW_TOKEN_RATIO (SGLang's default 0.7): the share of a running request's
+    # max_new_tokens the scheduler reserves when it admits more. Lower, it admits more than the
+    # pool can finish, so decoding retracts. Seen: --max-total-tokens 300, ratio 0.1, 6 concurrent
+    # completions (20-token prompts, max_tokens 100) -> one "KV cache pool is full. Retract
+    # requests" (with 0.7 and the same pool the scheduler ran them 2 at a time, no retraction).
+    # Requests with ignore_eos reserve their whole max_new_tokens and are never over-admitted.
+    init_new_token_ratio: float | None = None
+    # The converted weights are float32, as is the transformers oracle; SGLang's "auto" would run
+    # a float32 checkpoint in float16.
+    dtype: str = "float32"
+    log_path: Path | None = None  # None: .cache/sglang/server-<port>.log
+    extra_args: tuple[str, ...] = ()
+    env: dict[str, str] = field(default_factory=dict)  # more environment, wins over the above
+    startup_timeout_s: float = 180.0
+    stop_grace_s: float = 20.0
+
+
+def check_installed(options: SglangOptions) -> Path:
+    """The venv's python, or a ServerError saying what to run."""
+    python = options.venv / "bin" / "python"
+    if not python.is_file():
+        raise ServerError(f"the live SGLang venv is missing ({options.venv}): run `make setup`")
+    if not (options.model / "config.json").is_file():
+        raise ServerError(
+            f"the converted model is missing ({options.model}): run `make setup` "
+            "(or .venv/bin/python scripts/gguf_to_hf.py)"
+        )
+    return python
+
+
+def sglang_spec(options: SglangOptions) -> ServerSpec:
+    python = check_installed(options)
+    port = options.port if options.port is not None else free_port(options.host)
+    argv = [
+        str(python), "-m", "sglang.launch_server",
+        "--model-path", str(options.model),
+        "--served-model-name", options.served_model_name,
+        "--host", options.host, "--port", str(port),
+        "--device", "cpu",
+        "--attention-backend", "torch_native",
+        "--disable-overlap-schedule",
+        "--grammar-backend", "none",
+        "--sleep-on-idle",
+        "--dtype", options.dtype,
+        "--max-total-tokens", str(options.max_total_tokens),
+        "--mem-fraction-static", str(options.mem_fraction_static),
+        "--max-running-requests", str(options.max_running_requests),
+        "--chunked-prefill-size", str(options.chunked_prefill_size),
+        "--context-length", str(options.context_length),
+        *options.extra_args,
+    ]
+    env = {
+        "SGLANG_USE_CPU_ENGINE": "1",
+        "SGLANG_ENABLE_HEALTH_ENDPOINT_GENERATION": "0",
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+    if options.init_new_token_ratio is not None:
+        env["SGLANG_INIT_NEW_TOKEN_RATIO"] = str(options.init_new_token_ratio)
+    if options.trace_file is not None:
+        env["SERVETRACE_TRACE"] = str(options.trace_file)
+    if options.otlp_endpoint is not None:
+        env["SERVETRACE_OTLP"] = options.otlp_endpoint
+    env.update(options.env)
+    unset = [name for name in ("SERVETRACE_TRACE", "SERVETRACE_OTLP") if name not in env]
+    log_path = options.log_path or default_log_dir() / f"server-{port}.log"
+    return ServerSpec(
+        name="sglang", argv=argv, host=options.host, port=port, log_path=log_path, env=env,
+        unset_env=unset, cwd=project_root(), ready_path="/health",
+        startup_timeout_s=options.startup_timeout_s, stop_grace_s=options.stop_grace_s,
+    )
+
+
+def sglang_server(options: SglangOptions | None = None) -> ServerProcess:
+    """A not-yet-started server; `with sglang_server(opts) as server:` starts it and waits."""
+    return ServerProcess(sglang_spec(options or SglangOptions()))
