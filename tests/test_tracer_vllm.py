@@ -137,9 +137,16 @@ def test_scheduler_spans_follow_the_real_scheduler(traced_vllm, tmp_path):
         assert span.attributes["servetrace.batch.num_scheduled_tokens"] == list(so.num_scheduled_tokens.values())
         assert span.attributes["servetrace.batch.total_tokens"] == so.total_num_scheduled_tokens
         assert set(span.attributes["servetrace.batch.preempted_request_ids"]) == set(so.preempted_req_ids)
-        linked = {(link.trace_id, link.span_id) for link in span.links}
-        expected = {(enqueues[rid].trace_id, enqueues[rid].span_id) for rid in so.num_scheduled_tokens}
-        assert linked == expected
+        def links_of(kind):
+            return {(link.trace_id, link.span_id) for link in span.links if link.attributes["servetrace.link"] == kind}
+
+        def roots_of(request_ids):
+            return {(enqueues[rid].trace_id, enqueues[rid].span_id) for rid in request_ids}
+
+        assert links_of("request") == roots_of(so.num_scheduled_tokens)
+        # A finish or a preemption the step reports links to that request too, as "reported".
+        reported = (set(so.preempted_req_ids or ()) | set(so.finished_req_ids or ())) - set(so.num_scheduled_tokens)
+        assert links_of("reported") == roots_of(reported)
 
     # Per-request KV spans live in the request's trace, under its root, linked to the step.
     schedule_ids = {s.span_id for s in schedules}

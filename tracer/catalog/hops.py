@@ -18,7 +18,7 @@ import yaml
 CATALOG_PATH = Path(__file__).with_name("hops.yaml")
 LOCK_PATH = Path(__file__).with_name("hops.lock.json")
 SCOPES = ("request", "step")
-ROLES = ("request_root", "entrypoint", "enqueue", "render", "step_root", "step_opener", "batch", "forward")
+ROLES = ("request_root", "entrypoint", "enqueue", "render", "step_root", "step_opener", "batch", "forward", "startup")
 
 
 class CatalogError(ValueError):

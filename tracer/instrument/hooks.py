@@ -100,11 +100,13 @@ def _hop_call(catalog: Catalog, target: Target, extractors: dict | None) -> HopC
     from tracer.instrument.extractors import extractors_for
 
     hop = catalog.hop(target.hop)
+    inject = None
     if extractors is not None:
-        before, after = extractors.get(target.hop, (None, None))
+        before, after, *rest = extractors.get(target.hop, (None, None))
+        inject = rest[0] if rest else None
     else:
-        before, after = extractors_for(target.engine, target.hop)
-    return HopCall(target.hop, target.engine, hop.scope, target.spec, before, after, hop.cuda_timed, hop.roles)
+        before, after, inject = extractors_for(target.engine, target.hop)
+    return HopCall(target.hop, target.engine, hop.scope, target.spec, before, after, hop.cuda_timed, hop.roles, inject)
 
 
 def install(
@@ -116,7 +118,7 @@ def install(
 ) -> InstallReport:
     """Hook every target of `engine` (or only `hops`). Modules not imported yet are hooked on
     import, unless import_modules: then they are imported now (a module that fails to import
-    is reported in `failed`). `extractors` ({hop: (before, after)}) replaces the engine's
+    is reported in `failed`). `extractors` ({hop: (before, after[, inject])}) replaces the engine's
     extractor module (tracer/instrument/extractors/<engine>.py)."""
     catalog = catalog or load_catalog()
     report = InstallReport()

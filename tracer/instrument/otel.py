@@ -8,6 +8,7 @@ and the wrapped function runs with nothing added but that check.
 from __future__ import annotations
 
 import atexit
+import multiprocessing.util
 import logging
 import os
 import threading
@@ -84,6 +85,9 @@ def configure(
         _configured_pid = os.getpid()
         if not _atexit_registered:
             atexit.register(shutdown)
+            # A multiprocessing child (vLLM's EngineCore and Worker, SGLang's scheduler) leaves through
+            # os._exit, which skips atexit; its exit runs multiprocessing's finalizers instead.
+            multiprocessing.util.Finalize(None, shutdown, exitpriority=100)
             _atexit_registered = True
     if previous is not None:
         previous.shutdown()
@@ -112,6 +116,13 @@ def provider() -> TracerProvider | None:
 def flush(timeout_millis: int = 30000) -> bool:
     gpu_timing.drain_pending(wait=True)  # GPU-timed spans end lazily; end them before flushing
     return _provider.force_flush(timeout_millis) if _provider is not None else True
+
+
+def flush_idle(timeout_millis: int = 2000) -> None:
+    """Export what is queued, now (the engine is idle, so waiting for the exporter costs nothing)."""
+    provider = _provider
+    if provider is not None:
+        provider.force_flush(timeout_millis)
 
 
 def shutdown() -> None:

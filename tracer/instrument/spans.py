@@ -34,11 +34,15 @@ from tracer.instrument import gpu_timing, otel
 logger = logging.getLogger(__name__)
 
 from tracer.traces.schema import (  # noqa: F401  (ALIASES, DROP, TRACEPARENT: re-exported for the extractors)
-    ALIASES, BATCH_IDS, BATCH_PREFIX, DROP, HTTP_STATUS, LINK_KIND, LINK_REQUEST, LINK_STEP, REQUEST_ID, TRACEPARENT,
+    ALIASES, BATCH_IDS, BATCH_PREFIX, LINK_REPORTED, REPORTED_ID_KEYS, CARRIER_KEY, DROP, EXTERNAL_ID, HTTP_REQUEST_ID_HEADER, HTTP_STATUS, LINK_KIND,
+    LINK_REQUEST, LINK_STEP, NUM_RUNNING, NUM_WAITING, REQUEST_ID, TRACEPARENT,
 )
 
 
 Extractor = Callable[..., Mapping[str, Any]]
+# (args, result, carrier) -> None: writes the carrier ({CARRIER_KEY: traceparent}) into what the call
+# hands to another process, so the spans there join this trace (see the extractor modules' INJECT).
+Injector = Callable[[dict, Any, dict], None]
 _propagator = TraceContextTextMapPropagator()
 
 
@@ -54,18 +58,32 @@ class HopCall:
     after: Extractor | None = None  # (args: dict, result) -> attributes
     cuda_timed: bool = False
     roles: frozenset[str] = frozenset()  # the hop's roles in the catalog (hops.yaml's header says each)
+    inject: Injector | None = None
 
 
 class RequestRegistry:
-    """request id -> SpanContext of the request's root span (bounded: oldest dropped first)."""
+    """request id -> SpanContext of the request's root span, and internal id -> external id
+    (bounded: oldest dropped first)."""
 
     def __init__(self, max_size: int = 100_000) -> None:
         self.max_size = max_size
         self._contexts: OrderedDict[str, SpanContext] = OrderedDict()
+        self._external: OrderedDict[str, str] = OrderedDict()
         self._lock = threading.Lock()
 
     def get(self, request_id: str) -> SpanContext | None:
         return self._contexts.get(request_id)
+
+    def external_id(self, request_id: str) -> str | None:
+        return self._external.get(request_id)
+
+    def name_external(self, request_id: str, external_id: str) -> None:
+        if request_id == external_id:
+            return
+        with self._lock:
+            self._external[request_id] = external_id
+            while len(self._external) > self.max_size:
+                self._external.popitem(last=False)
 
     def register(self, request_id: str, span_context: SpanContext) -> None:
         with self._lock:
@@ -78,6 +96,7 @@ class RequestRegistry:
     def clear(self) -> None:
         with self._lock:
             self._contexts.clear()
+            self._external.clear()
 
     def __len__(self) -> int:
         return len(self._contexts)
@@ -88,6 +107,9 @@ registry = RequestRegistry()
 # The innermost servetrace span open in this thread / task, and the innermost engine.step.
 _open: contextvars.ContextVar["OpenSpan | None"] = contextvars.ContextVar("servetrace_open", default=None)
 _open_step: contextvars.ContextVar["OpenSpan | None"] = contextvars.ContextVar("servetrace_open_step", default=None)
+# The step context another process sent with the work it handed over (vLLM's EngineCore -> Worker):
+# step-scope spans of this process with nothing open above them nest there.
+_remote_step: list[otel_context.Context | None] = [None]
 # A request.render span that started a trace before its request had an id (the offline path:
 # render, then add_request): the next engine.enqueue in this thread / task joins its trace.
 _unclaimed_render: contextvars.ContextVar[SpanContext | None] = contextvars.ContextVar("servetrace_unclaimed_render", default=None)
@@ -172,8 +194,14 @@ def begin(call: HopCall, args: dict[str, Any]) -> OpenSpan | None:
     links: list[Link] = []
     root: SpanContext | None = None
     roles = call.roles
-    if "step_root" in roles:
+    if "step_root" in roles or "startup" in roles:
         parent = otel_context.Context()
+    elif call.scope == "step" and enclosing is None:
+        traceparent = attributes.get(TRACEPARENT)
+        if traceparent:
+            parent = _remote_step[0] = _propagator.extract({"traceparent": traceparent})
+        elif _remote_step[0] is not None and not trace.get_current_span().get_span_context().is_valid:
+            parent = _remote_step[0]  # a later call of the same step (vLLM's sample_tokens RPC)
     elif call.scope == "request":
         if enclosing is not None:
             current = enclosing.materialize().get_span_context()
@@ -181,6 +209,8 @@ def begin(call: HopCall, args: dict[str, Any]) -> OpenSpan | None:
             current = trace.get_current_span().get_span_context()
         request_id = attributes.get(REQUEST_ID)
         root = registry.get(str(request_id)) if request_id is not None else None
+        if request_id is not None and attributes.get(EXTERNAL_ID) is None:
+            attributes[EXTERNAL_ID] = registry.external_id(str(request_id))
         traceparent = attributes.get(TRACEPARENT)
         if root is None and "enqueue" in roles and not current.is_valid:
             root = _unclaimed_render.get()
@@ -228,12 +258,12 @@ def deactivate(open_span: OpenSpan) -> None:
     _open.reset(open_token)
 
 
-def _batch_links(request_ids: list) -> list[Link]:
+def _batch_links(request_ids: list, kind: str = LINK_REQUEST) -> list[Link]:
     links = []
     for request_id in request_ids:
         root = registry.get(str(request_id))
         if root is not None:
-            links.append(Link(root, {LINK_KIND: LINK_REQUEST, REQUEST_ID: str(request_id)}))
+            links.append(Link(root, {LINK_KIND: kind, REQUEST_ID: str(request_id)}))
     return links
 
 
@@ -248,8 +278,9 @@ def end(open_span: OpenSpan, args: dict[str, Any], result: Any = None, error: Ba
         attributes.update(after)
         if error is None and attributes.get(DROP) and open_span.span is None:
             return  # uneventful (e.g. a decode step's allocate that needed no new block)
-        batch = attributes.get(BATCH_IDS)
-        batch_links = _batch_links(batch) if batch else []
+        batch = attributes.get(BATCH_IDS) or []
+        reported = [rid for key in REPORTED_ID_KEYS for rid in (attributes.get(key) or ()) if rid not in batch]
+        batch_links = _batch_links(batch) + _batch_links(list(dict.fromkeys(reported)), LINK_REPORTED)
         if open_span.span is None:
             open_span.links.extend(batch_links)
             span = open_span.materialize()
@@ -272,13 +303,20 @@ def end(open_span: OpenSpan, args: dict[str, Any], result: Any = None, error: Ba
                 step_span.add_link(link.context, link.attributes)
             step_span.set_attributes(_clean({k: v for k, v in attributes.items() if k.startswith(BATCH_PREFIX)}))
         if "request_root" in call.roles and attributes.get(REQUEST_ID) is not None:
-            registry.register(str(attributes[REQUEST_ID]), open_span.root)
+            request_id = str(attributes[REQUEST_ID])
+            registry.register(request_id, open_span.root)
+            external = attributes.get(EXTERNAL_ID)
+            if external is not None:
+                registry.name_external(request_id, str(external))
             for alias in attributes.get(ALIASES) or ():
                 registry.register(str(alias), open_span.root)
+                registry.name_external(str(alias), str(external if external is not None else request_id))
             if "enqueue" in call.roles:
                 _name_enclosing_http_request(open_span, attributes[REQUEST_ID])
         elif "render" in call.roles and open_span.started_trace and error is None:
             _unclaimed_render.set(span.get_span_context())
+        if call.inject is not None and error is None:
+            _inject(open_span, span, args, result)
     except Exception:  # pragma: no cover - bookkeeping must not break the engine either
         logger.warning("servetrace: closing a %s span failed", call.hop, exc_info=True)
         span = open_span.materialize()
@@ -289,6 +327,30 @@ def end(open_span: OpenSpan, args: dict[str, Any], result: Any = None, error: Ba
         span.end(end_time=end_ns)
     if call.scope == "step":
         gpu_timing.drain_pending(wait=False)
+    if "step_root" in call.roles and open_span.attributes.get(NUM_RUNNING) == 0 and open_span.attributes.get(NUM_WAITING) == 0:
+        # The engine has gone idle: write out what it did now. A server stopped with Ctrl-C or
+        # SIGTERM kills its engine processes before a batch exporter's next round (vLLM's
+        # EngineCore gets a second SIGTERM from its API server while it shuts down).
+        otel.flush_idle()
+
+
+def _inject(open_span: OpenSpan, span: Any, args: dict[str, Any], result: Any) -> None:
+    """Hand the trace on: a request's spans carry the request's root, a step's spans the step."""
+    if open_span.call.scope == "request":
+        context = open_span.root or span.get_span_context()
+    else:
+        step = _open_step.get()
+        context = step.materialize().get_span_context() if step is not None else span.get_span_context()
+    headers: dict[str, str] = {}
+    _propagator.inject(headers, context=trace.set_span_in_context(NonRecordingSpan(context)))
+    try:
+        open_span.call.inject(args, result, {CARRIER_KEY: headers["traceparent"]})
+    except Exception:  # the engine's own work must go on without our context
+        key = (open_span.call.engine, open_span.call.hop, "inject")
+        if key not in _warned:
+            _warned.add(key)
+            logger.warning("servetrace: carrying the trace context from %s (%s) failed", open_span.call.hop,
+                           open_span.call.engine, exc_info=True)
 
 
 def _name_enclosing_http_request(open_span: OpenSpan, request_id: Any) -> None:
@@ -296,6 +358,15 @@ def _name_enclosing_http_request(open_span: OpenSpan, request_id: Any) -> None:
     enclosing = open_span.enclosing
     while enclosing is not None and "entrypoint" not in enclosing.call.roles:
         enclosing = enclosing.enclosing
-    if enclosing is not None and enclosing.attributes.get(REQUEST_ID) is None:
+    if enclosing is None:
+        return
+    named = enclosing.attributes.get(REQUEST_ID)
+    if named is not None and str(named) != str(request_id) and HTTP_REQUEST_ID_HEADER not in enclosing.attributes:
+        # The client's X-Request-Id became another id inside the server (vLLM: chatcmpl-X, cmpl-X-0):
+        # the span carries the server's id, which every later span uses, and keeps the header.
+        enclosing.attributes[HTTP_REQUEST_ID_HEADER] = named
+        enclosing.materialize().set_attribute(HTTP_REQUEST_ID_HEADER, str(named))
+        named = None
+    if named is None:
         enclosing.attributes[REQUEST_ID] = request_id
         enclosing.materialize().set_attribute(REQUEST_ID, str(request_id))

@@ -170,6 +170,11 @@ class SpanUntilStreamEnds:
         return self
 
     async def __anext__(self) -> Any:
+        open_span = self._open_span
+        if open_span is not None:
+            # The stream's body runs later, in the server's task: whatever it calls (vLLM enqueues the
+            # request only when its generator is first iterated) nests under this span.
+            spans.activate(open_span)
         try:
             return await self._stream.__anext__()
         except StopAsyncIteration:
@@ -182,6 +187,9 @@ class SpanUntilStreamEnds:
         except BaseException as exc:
             self._end(exc)
             raise
+        finally:
+            if open_span is not None:
+                spans.deactivate(open_span)
 
     async def aclose(self) -> None:
         try:

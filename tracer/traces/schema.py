@@ -54,6 +54,7 @@ OPERATION = _key("gen_ai.operation.name", "str", "chat or text_completion")
 HTTP_STATUS = _key("http.response.status_code", "int", "the HTTP status the request ended with")
 HTTP_METHOD = _key("http.request.method", "str", "GET / POST")
 HTTP_ROUTE = _key("http.route", "str", "the route served")
+HTTP_REQUEST_ID_HEADER = _key("http.request.header.x-request-id", "str", "the client's X-Request-Id, where the server's id differs")
 HTTP_STREAM = _key("servetrace.http.stream", "bool", "a streamed (SSE) response")
 STREAM_CLOSED_EARLY = _key("servetrace.stream.closed_early", "bool", "the client went away before the stream ended")
 
@@ -115,9 +116,27 @@ NEW_TOKENS = _key("servetrace.detokenize.num_new_tokens", "int", "tokens detoken
 TEXT_CHARS = _key("servetrace.detokenize.text_chars", "int", "characters of text produced")
 STOPPED_BY_STRING = _key("servetrace.detokenize.stopped_request_ids", "str[]", "requests stopped by a stop string")
 
+# A batch span links to each request of the batch (LINK_REQUEST) and, with LINK_REPORTED, to those
+# whose finish or preemption the step reports without running them (such a step still belongs to them).
+REPORTED_ID_KEYS = (BATCH_FINISHED_SINCE, BATCH_PREEMPTED)
+
+# -- the server's configuration (on server.startup: what a replay of the trace needs) -----------------
+CONFIG_MAX_NUM_SEQS = _key("servetrace.config.max_num_seqs", "int", "scheduler: most requests in a batch")
+CONFIG_MAX_BATCHED_TOKENS = _key("servetrace.config.max_num_batched_tokens", "int", "scheduler: token budget per step")
+CONFIG_MAX_MODEL_LEN = _key("servetrace.config.max_model_len", "int", "longest sequence")
+CONFIG_CHUNKED_PREFILL = _key("servetrace.config.enable_chunked_prefill", "bool", "scheduler: chunked prefill on")
+CONFIG_LONG_PREFILL = _key("servetrace.config.long_prefill_token_threshold", "int", "scheduler: chunk cap for long prompts")
+CONFIG_POLICY = _key("servetrace.config.policy", "str", "scheduler: fcfs / priority / lpm ...")
+CONFIG_ASYNC = _key("servetrace.config.async_scheduling", "bool", "scheduler: one step ahead of the model")
+CONFIG_BLOCK_SIZE = _key("servetrace.config.block_size", "int", "KV cache: tokens per block (page)")
+CONFIG_PREFIX_CACHING = _key("servetrace.config.enable_prefix_caching", "bool", "KV cache: prefix caching on")
+CONFIG_NUM_BLOCKS = _key("servetrace.config.num_kv_blocks", "int", "KV cache: blocks in the pool")
+CONFIG_MAX_TOTAL_TOKENS = _key("servetrace.config.max_total_tokens", "int", "KV cache: token slots in the pool (SGLang)")
+
 # -- links -------------------------------------------------------------------------------------------
-LINK_KIND = _key("servetrace.link", "str", "on a link: 'request' (to a request in the batch) or 'step' (to the running step)")
+LINK_KIND = _key("servetrace.link", "str", "on a link: 'request' (a request in the batch), 'reported' (a request the step reports finished or preempted) or 'step' (the running step)")
 LINK_REQUEST = "request"
+LINK_REPORTED = "reported"
 LINK_STEP = "step"
 
 # Older names upstream engines still emit, and ours for the same thing.
@@ -125,6 +144,12 @@ DEPRECATED: dict[str, str] = {
     "gen_ai.usage.prompt_tokens": INPUT_TOKENS,
     "gen_ai.usage.completion_tokens": OUTPUT_TOKENS,
 }
+
+# The header / field under which the hooks carry a trace context across a process boundary (vLLM's
+# EngineCoreRequest.trace_headers, a SchedulerOutput attribute ...). Our own key, so an engine's own
+# tracing (which reads "traceparent") is left as it was.
+CARRIER_KEY = "servetrace-traceparent"
+CARRIER_EXTERNAL_ID = "servetrace-external-id"  # the client-facing id, for a process that only sees the internal one
 
 # Extractor control keys: returned by an extractor to steer the span, never written on it.
 TRACEPARENT = "_traceparent"  # a W3C traceparent to parent the span on

@@ -27,9 +27,11 @@ from tracer.traces.schema import (  # noqa: F401  (the keys the extractor module
 Extractor = Callable[..., dict[str, Any]]
 
 
-def extractors_for(engine: str, hop: str) -> tuple[Extractor | None, Extractor | None]:
+def extractors_for(engine: str, hop: str) -> tuple[Extractor | None, Extractor | None, Callable | None]:
+    """(before, after, inject) of `hop` in the engine's module: BEFORE / AFTER read attributes;
+    INJECT (optional) writes the trace context into what the call hands to another process."""
     module = importlib.import_module(f"tracer.instrument.extractors.{engine}")
-    return module.BEFORE.get(hop), module.AFTER.get(hop)
+    return module.BEFORE.get(hop), module.AFTER.get(hop), getattr(module, "INJECT", {}).get(hop)
 
 
 def ids(values: Iterable[Any]) -> list[str]:

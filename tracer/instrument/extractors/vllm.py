@@ -3,6 +3,13 @@
 Ids: the API server knows the external id (what the client sent / cmpl-...); the EngineCore
 keys everything by the internal id (external + "-" + 8 random chars). AsyncLLM.add_request
 registers both as names of the same request trace (in the API-server process).
+
+Context across processes (INJECT): the API server writes the request's trace context and its
+external id into EngineCoreRequest.trace_headers (vLLM forwards that mapping to the EngineCore's
+Request, vllm/v1/request.py:262, but AsyncLLM.add_request empties the caller's unless vLLM's own
+OTLP flag is set: vllm/v1/engine/async_llm.py:421); the EngineCore sets the step's context on the
+SchedulerOutput it hands the worker (a plain dataclass, pickled whole onto the shm broadcast
+queue: vllm/v1/core/sched/output.py:232), where model.execute picks it up.
 """
 from __future__ import annotations
 
@@ -17,7 +24,14 @@ from tracer.instrument.extractors import (
     OPERATION, OUTPUT_TOKENS, PRIORITY, REQUEST_ID, STATUS, STEP, TEMPERATURE,
     ids, queue_attributes, request_attributes, sampling_attributes,
 )
-from tracer.traces.schema import ALIASES, DROP, TRACEPARENT
+from tracer.traces.schema import (
+    CONFIG_ASYNC, CONFIG_BLOCK_SIZE, CONFIG_CHUNKED_PREFILL, CONFIG_LONG_PREFILL, CONFIG_MAX_BATCHED_TOKENS,
+    CONFIG_MAX_MODEL_LEN, CONFIG_MAX_NUM_SEQS, CONFIG_NUM_BLOCKS, CONFIG_POLICY, CONFIG_PREFIX_CACHING,
+)
+from tracer.traces.schema import ALIASES, CARRIER_EXTERNAL_ID, CARRIER_KEY, DROP, TRACEPARENT
+
+# The attribute the EngineCore sets on a SchedulerOutput for the worker.
+STEP_CARRIER_ATTRIBUTE = "servetrace_carrier"
 
 
 def _kv(manager: Any) -> dict[str, Any]:
@@ -104,7 +118,8 @@ def enqueue_before(args: dict) -> dict:
     return {
         **request_attributes(request),
         PRIORITY: request.priority,
-        TRACEPARENT: headers.get("traceparent"),
+        TRACEPARENT: headers.get(CARRIER_KEY) or headers.get("traceparent"),
+        EXTERNAL_ID: headers.get(CARRIER_EXTERNAL_ID) or getattr(request, "external_req_id", None),
         **sampling_attributes(request.sampling_params),
     }
 
@@ -136,6 +151,9 @@ def step_after(args: dict, result: Any) -> dict:
         NUM_OUTPUTS: num_outputs,
         BATCH_FINISHED: finished,
         **queue_attributes(args["self"].scheduler),
+        # A busy-loop turn with nothing to do (EngineCore.step returns early without requests):
+        # no span, unless the scheduler ran inside it.
+        DROP: not executed and num_outputs == 0,
     }
 
 
@@ -240,7 +258,49 @@ def execute_before(args: dict) -> dict:
     so = args.get("scheduler_output")
     if so is None:
         return {}
-    return {MODEL_TOKENS: so.total_num_scheduled_tokens, BATCH_SIZE: len(so.num_scheduled_tokens)}
+    carrier = getattr(so, STEP_CARRIER_ATTRIBUTE, None) or {}
+    return {
+        MODEL_TOKENS: so.total_num_scheduled_tokens,
+        BATCH_SIZE: len(so.num_scheduled_tokens),
+        TRACEPARENT: carrier.get(CARRIER_KEY),
+    }
+
+
+def startup_after(args: dict, kv_cache_config: Any) -> dict:
+    """EngineCore._initialize_kv_caches: the config a replay of this server's trace needs."""
+    config = args["vllm_config"]
+    scheduler, cache = config.scheduler_config, config.cache_config
+    return {
+        CONFIG_MAX_NUM_SEQS: scheduler.max_num_seqs,
+        CONFIG_MAX_BATCHED_TOKENS: scheduler.max_num_batched_tokens,
+        CONFIG_MAX_MODEL_LEN: config.model_config.max_model_len,
+        CONFIG_CHUNKED_PREFILL: scheduler.enable_chunked_prefill,
+        CONFIG_LONG_PREFILL: scheduler.long_prefill_token_threshold,
+        CONFIG_POLICY: str(scheduler.policy),
+        CONFIG_ASYNC: bool(scheduler.async_scheduling),
+        CONFIG_BLOCK_SIZE: cache.block_size,
+        CONFIG_PREFIX_CACHING: bool(cache.enable_prefix_caching),
+        CONFIG_NUM_BLOCKS: getattr(kv_cache_config, "num_blocks", None),
+    }
+
+
+# -- carrying the context to the next process --------------------------------------------------------
+
+
+def render_inject(args: dict, result: Any, carrier: dict) -> None:
+    """process_inputs built the EngineCoreRequest that goes to the EngineCore: carry the request's
+    trace and its external id (the id is made internal after this call: async_llm.py:521)."""
+    if hasattr(result, "trace_headers") and hasattr(result, "request_id"):
+        result.trace_headers = {**(result.trace_headers or {}), **carrier, CARRIER_EXTERNAL_ID: result.request_id}
+
+
+def schedule_inject(args: dict, result: Any, carrier: dict) -> None:
+    """The SchedulerOutput goes to the worker: carry the step's trace."""
+    if result is not None:
+        setattr(result, STEP_CARRIER_ATTRIBUTE, carrier)
+
+
+INJECT = {"request.render": render_inject, "scheduler.schedule": schedule_inject}
 
 
 def forward_before(args: dict) -> dict:
@@ -263,6 +323,7 @@ BEFORE = {
     "detokenize": detokenize_before,
 }
 AFTER = {
+    "server.startup": startup_after,
     "request.render": render_after,
     "engine.enqueue": lambda args, result: (enqueue_after if "request" in args else async_enqueue_after)(args, result),
     "engine.step": step_after,

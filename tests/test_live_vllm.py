@@ -1,0 +1,113 @@
+"""A real `vllm serve` (vLLM's CPU build, 3 processes: API server, EngineCore, Worker), traced by
+servetrace's plugin, driven by the official openai client: one request is one trace, across every
+process, down to the forward pass. The server is started once for the module, with a KV pool small
+enough that the scheduler must preempt."""
+from __future__ import annotations
+
+import pytest
+
+from tests.live_workload import LiveRun, run_workload
+from tracer.catalog.hops import load_catalog
+from tracer.live.vllm import VllmOptions, vllm_server
+from tracer.traces import schema
+
+NUM_BLOCKS = 5  # x 128 tokens per block on CPU (one is kept back): less than the concurrent requests need
+LIVE_VLLM_HOPS = {
+    "server.startup", "http.request", "request.render", "engine.enqueue", "engine.step", "scheduler.schedule",
+    "kv.match_prefix", "kv.allocate", "scheduler.preempt", "model.execute", "model.forward", "sampler.sample",
+    "scheduler.update", "kv.free", "detokenize",
+}
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory) -> LiveRun:
+    folder = tmp_path_factory.mktemp("live-vllm")
+    run = LiveRun(trace_path=folder / "trace.jsonl", log_path=folder / "server.log")
+    options = VllmOptions(trace_file=run.trace_path, log_path=run.log_path, num_gpu_blocks_override=NUM_BLOCKS,
+                          max_model_len=(NUM_BLOCKS - 1) * 128, max_num_seqs=4)
+    with vllm_server(options) as server:
+        run_workload(server.base_url, run)
+    return run
+
+
+def test_the_plugin_says_in_each_process_that_it_traces(live):
+    lines = [line for line in live.log_path.read_text().splitlines() if "servetrace: vllm hooks installed" in line]
+    assert len(lines) == 3, lines  # API server, EngineCore, Worker
+    assert all(f"tracing to {live.trace_path}" in line and "0 failed" in line for line in lines)
+
+
+def test_every_trace_is_a_request_a_step_or_the_startup(live):
+    shape = live.shape()
+    assert not shape.orphans, shape.describe_orphans()
+    assert len(shape.startup) == 1
+    assert len(shape.requests) == len(live.ids)
+
+
+def test_each_request_is_one_trace_rooted_at_http_request_for_both_routes_streamed_or_not(live):
+    shape = live.shape()
+    for label in ("completion", "completion-stream", "chat", "chat-stream"):
+        (request,) = shape.request_with_id(live.ids[label])
+        assert request.root.name == "http.request" and request.root.kind == "SERVER"
+        pids = {span.resource["process.pid"] for span in request.spans}
+        assert len(pids) == 2, f"{label}: the API server's and the EngineCore's spans join the request"
+        assert {"request.render", "engine.enqueue", "kv.match_prefix", "kv.allocate", "kv.free"} <= request.hops()
+
+
+def test_spans_carry_the_internal_and_the_external_id(live):
+    (request,) = live.shape().request_with_id(live.ids["chat"])
+    core = [s for s in request.spans if s.name == "engine.enqueue" and s.attributes.get(schema.EXTERNAL_ID)
+            and s.attributes[schema.REQUEST_ID] != s.attributes[schema.EXTERNAL_ID]]
+    assert core, "the EngineCore's enqueue names both ids"
+    external, internal = core[0].attributes[schema.EXTERNAL_ID], core[0].attributes[schema.REQUEST_ID]
+    assert external == f"chatcmpl-{live.ids['chat']}" and internal.startswith(external + "-")
+    assert request.root.attributes[schema.REQUEST_ID] == external
+    assert request.root.attributes[schema.HTTP_REQUEST_ID_HEADER] == live.ids["chat"]
+
+
+def test_every_request_is_linked_from_its_steps_which_reach_the_forward_pass_in_the_worker(live):
+    shape = live.shape()
+    for request in shape.requests:
+        step_spans = shape.step_spans_of(request)
+        assert request.step_roots, f"{request.root.request_id}: no step links to it"
+        forwards = [s for s in step_spans if s.name == "model.forward"]
+        assert forwards, f"{request.root.request_id}: none of its steps reached model.forward"
+        assert {s.resource["process.pid"] for s in forwards} != {request.root.resource["process.pid"]}
+
+
+def test_a_shared_prefix_request_finds_cached_tokens(live):
+    shape = live.shape()
+
+    def cached(label):
+        (request,) = shape.request_with_id(live.ids[label])
+        return max(s.attributes.get(schema.CACHED_TOKENS, 0) for s in request.spans if s.name == "kv.match_prefix")
+
+    assert cached("prefix-first") == 0
+    assert cached("prefix-second") >= 128  # at least one whole 128-token block
+
+
+def test_an_aborted_stream_ends_its_trace_and_frees_its_blocks(live):
+    (request,) = live.shape().request_with_id(live.ids["aborted"])
+    assert request.root.attributes.get(schema.STREAM_CLOSED_EARLY) is True
+    assert "kv.free" in request.hops()
+
+
+def test_the_small_pool_forces_a_preemption_that_shows_in_the_preempted_request(live):
+    shape = live.shape()
+    preempted = [r for r in shape.requests if "scheduler.preempt" in r.hops()]
+    assert preempted, "no request trace holds a scheduler.preempt span"
+    assert {r.root.attributes.get(schema.HTTP_REQUEST_ID_HEADER) for r in preempted} <= set(live.pressure_ids)
+
+
+def test_every_catalog_hop_a_live_cpu_server_runs_is_in_the_trace(live):
+    catalog = load_catalog()
+    assert LIVE_VLLM_HOPS <= {hop.name for hop in catalog.hops if any(t.live for t in hop.targets["vllm"])}
+    assert LIVE_VLLM_HOPS <= {span.name for span in live.trace().spans}
+
+
+def test_the_startup_trace_records_what_a_replay_needs(live):
+    (startup,) = live.shape().startup
+    attributes = startup[0].attributes
+    assert attributes[schema.CONFIG_NUM_BLOCKS] == NUM_BLOCKS
+    assert attributes[schema.CONFIG_BLOCK_SIZE] == 128
+    assert attributes[schema.CONFIG_MAX_NUM_SEQS] == 4
+    assert attributes[schema.CONFIG_PREFIX_CACHING] is True
