@@ -27,6 +27,7 @@ import pytest
 os.environ.setdefault("VLLM_TARGET_DEVICE", "cpu")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+from tracer.commands.site import LabExperiments  # noqa: E402
 from tracer.sitebuilder.builder import WALKTHROUGHS_DIR, BuildOptions, build_site  # noqa: E402
 from tracer.walkthroughs.directives import load_walkthroughs  # noqa: E402
 
@@ -177,7 +178,7 @@ class Browser:
 @pytest.fixture(scope="module")
 def built_site(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("site")
-    report = build_site(BuildOptions(out=out))
+    report = build_site(BuildOptions(out=out, experiments=LabExperiments()))
     assert report.site_dir is not None
     return report.site_dir
 

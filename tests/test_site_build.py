@@ -15,6 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tracer.catalog.hops import load_catalog
+from tracer.commands.site import LabExperiments
 from tracer.sitebuilder.builder import WALKTHROUGHS_DIR, BuildOptions, build_site
 from tracer.walkthroughs.directives import load_walkthroughs, parse_walkthrough
 from tracer.walkthroughs.errors import SiteBuildError
@@ -35,7 +36,7 @@ def _copy_walkthroughs(tmp_path: Path) -> Path:
 
 def _check_only(tmp_path: Path, walkthroughs: Path, **options) -> None:
     build_site(BuildOptions(out=tmp_path / "out", walkthroughs=walkthroughs, run_mkdocs=False,
-                            cache_dir=tmp_path / "cache", **options))
+                            cache_dir=tmp_path / "cache", experiments=LabExperiments(), **options))
 
 
 def test_there_are_at_least_eight_walkthroughs_each_saying_what_it_moves():

@@ -47,11 +47,57 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lock", default=None, help="catalog pin file (default: tracer/catalog/hops.lock.json)")
 
 
+class LabExperiments:
+    """tracer.labs as the site builder's Experiments (tracer.sitebuilder.experiments): the
+    builder imports neither labs, replay nor engine; this command runs them for it. The labs are
+    imported on first use, so that `servetrace --help` does not load the engine."""
+
+    def lab_names(self) -> list[str]:
+        from tracer.labs.index import registry
+
+        return list(registry())
+
+    def check_lab(self, name: str, params: dict[str, str]) -> None:
+        from tracer.labs.index import registry
+        from tracer.labs.registry import LabError, parse_params
+        from tracer.sitebuilder.experiments import ExperimentError
+
+        try:
+            parse_params(registry()[name], params)
+        except (KeyError, LabError) as exc:
+            raise ExperimentError(str(exc)) from None
+
+    def run_lab(self, name: str, params: dict[str, str], cache_dir: Path):
+        from tracer.labs.index import run_lab
+        from tracer.labs.registry import LabError
+        from tracer.sitebuilder.experiments import ExperimentError
+
+        try:
+            return run_lab(name, params, cache_dir)
+        except LabError as exc:
+            raise ExperimentError(str(exc)) from exc
+
+    def recipe_names(self) -> list[str]:
+        from tracer.labs.recipes import RECIPES
+
+        return list(RECIPES)
+
+    def record_trace(self, name: str, cache_dir: Path):
+        from tracer.labs.recipes import RECIPES, RecipeError, record_trace
+        from tracer.sitebuilder.experiments import ExperimentError, RecordedTrace
+
+        try:
+            recorded = record_trace(name, cache_dir)
+        except RecipeError as exc:
+            raise ExperimentError(str(exc)) from exc
+        return RecordedTrace(RECIPES[name].description + ".", recorded.commands, recorded.trace, recorded.workload)
+
+
 def _build(args: argparse.Namespace, run_mkdocs: bool = True):
     os.environ.setdefault("VLLM_TARGET_DEVICE", "cpu")
     from tracer.sitebuilder.builder import BuildOptions, build_site
 
-    options = BuildOptions(log=True, run_mkdocs=run_mkdocs)
+    options = BuildOptions(log=True, run_mkdocs=run_mkdocs, experiments=LabExperiments())
     if args.out:
         options.out = Path(args.out)
     if args.walkthroughs:

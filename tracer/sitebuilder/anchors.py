@@ -16,7 +16,9 @@ from tracer.catalog.source import TargetNotFound, locate
 from tracer.walkthroughs.directives import Directive, Walkthrough
 
 WALKTHROUGH_HOP = "(walkthrough)"  # the hop name a target outside the catalog is checked under
-ENGINE_LABELS = {"mini": "ours", "vllm": "vLLM", "sglang": "SGLang"}
+# How the upstream projects spell their names on a page; any other catalog engine shows its
+# catalog name, and an unpinned engine (ours, in engine/) is "ours".
+ENGINE_SPELLINGS = {"vllm": "vLLM", "sglang": "SGLang"}
 
 
 class AnchorError(ValueError):
@@ -38,11 +40,12 @@ class CodeRef:
     sha256: str
     catalog_note: str = ""
     live: bool = True
+    pinned: bool = True  # the catalog pins this engine (an upstream one)
 
     @property
     def engine_label(self) -> str:
-        label = ENGINE_LABELS.get(self.engine, self.engine)
-        return f"{label} {self.version}" if self.version and self.engine != "mini" else label
+        label = ENGINE_SPELLINGS.get(self.engine, self.engine) if self.pinned else "ours"
+        return f"{label} {self.version}" if self.version else label
 
     @property
     def qualname(self) -> str:
@@ -137,7 +140,8 @@ def resolve_code(directive: Directive, catalog: Catalog, lock: Lock) -> list[Cod
         start, end = _parse_lines(directive.arg("lines"), len(source_lines))
         refs.append(CodeRef(
             engine=target.engine,
-            version=engine.installed_version() if target.engine != "mini" else None,
+            version=engine.installed_version() if engine.pinned else None,
+            pinned=engine.pinned,
             spec=target.spec,
             hop=None if target.hop == WALKTHROUGH_HOP else target.hop,
             file=located.relative_file(),

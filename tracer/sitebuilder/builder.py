@@ -18,19 +18,18 @@ import yaml
 
 from tracer.catalog.citations import check_catalog_notes, check_walkthroughs
 from tracer.catalog.hops import CATALOG_PATH, CatalogError, load_catalog, load_lock
+from tracer.catalog.source import TargetNotFound, locate
 from tracer.sitebuilder import render
 from tracer.sitebuilder.anchors import AnchorError, CodeRef, load_anchor_lock, merged_lock, resolve_code
-from tracer.labs.cache import DEFAULT_CACHE_DIR, REPO
+from tracer.sitebuilder.experiments import ExperimentError, Experiments, NoExperiments
+from tracer.sitebuilder.timeline import render_timeline
+from tracer.traces.trace_file import read_trace_file
 from tracer.walkthroughs.directives import Directive, Walkthrough, load_walkthroughs
 from tracer.walkthroughs.errors import Problem, SiteBuildError
-from tracer.labs.index import registry, run_lab
-from tracer.labs.registry import LabError, parse_params
 from tracer.walkthroughs.notes import notes_of
-from tracer.labs.recipes import RECIPES, RecipeError, record_trace
-from tracer.catalog.source import TargetNotFound, locate
-from tracer.traces.trace_file import read_trace_file
-from tracer.sitebuilder.timeline import render_timeline
 
+REPO = Path(__file__).resolve().parents[2]
+DEFAULT_CACHE_DIR = REPO / "build" / "cache"
 WALKTHROUGHS_DIR = REPO / "walkthroughs"
 MKDOCS_CONFIG = REPO / "mkdocs.yml"
 ANCHORS_LOCK = WALKTHROUGHS_DIR / "anchors.lock.json"
@@ -46,6 +45,9 @@ class BuildOptions:
     cache_dir: Path = DEFAULT_CACHE_DIR
     run_mkdocs: bool = True
     log: bool = False
+    # Runs the labs and records the trace recipes pages ask for (tracer.commands.site hands in
+    # tracer.labs'); the default runs none, so such a page is a build problem.
+    experiments: Experiments = field(default_factory=NoExperiments)
 
 
 @dataclass
@@ -71,12 +73,12 @@ def _say(options: BuildOptions, text: str) -> None:
         print(text, file=sys.stderr, flush=True)
 
 
-def _check(walkthroughs: list[Walkthrough], catalog, lock) -> tuple[list[Problem], _Checked]:
+def _check(walkthroughs: list[Walkthrough], catalog, lock, experiments: Experiments) -> tuple[list[Problem], _Checked]:
     problems: list[Problem] = []
     checked = _Checked()
     pages = {w.name for w in walkthroughs} | {"index.md", "hops.md"}
     hop_names = {h.name for h in catalog.hops}
-    labs = registry()
+    labs = experiments.lab_names()
     for walkthrough in walkthroughs:
         problems.extend(walkthrough.problems)
         if not walkthrough.meta.get("moves"):
@@ -106,15 +108,15 @@ def _check(walkthroughs: list[Walkthrough], catalog, lock) -> tuple[list[Problem
                         if page not in pages:
                             raise AnchorError(f"links to {page}, which is not a page of the site")
                 elif block.kind == "trace":
-                    _trace_source(block, walkthrough)
+                    _trace_source(block, walkthrough, experiments)
                 elif block.kind == "lab":
                     if len(block.positional) != 1:
                         raise AnchorError("name exactly one lab: `::: lab NAME [key=value ...]`")
                     name = block.positional[0]
                     if name not in labs:
                         raise AnchorError(f"no lab named {name!r}; labs: {', '.join(sorted(labs))}")
-                    parse_params(labs[name], block.args)
-            except (AnchorError, LabError, RecipeError, CatalogError) as exc:
+                    experiments.check_lab(name, block.args)
+            except (AnchorError, ExperimentError, CatalogError) as exc:
                 problems.append(Problem(*where, str(exc)))
             if block.kind == "code":
                 previous_code = block
@@ -123,14 +125,15 @@ def _check(walkthroughs: list[Walkthrough], catalog, lock) -> tuple[list[Problem
     return problems, checked
 
 
-def _trace_source(block: Directive, walkthrough: Walkthrough) -> tuple[str, Path | None]:
+def _trace_source(block: Directive, walkthrough: Walkthrough, experiments: Experiments) -> tuple[str, Path | None]:
     """('recipe', None) or ('file', path): checks the directive names exactly one that exists."""
     recipe, file = block.arg("recipe"), block.arg("file")
     if bool(recipe) == bool(file):
         raise AnchorError("a trace needs exactly one of recipe=NAME or file=PATH (OTLP/JSON lines)")
     if recipe:
-        if recipe not in RECIPES:
-            raise RecipeError(f"no trace recipe named {recipe!r}; recipes: {', '.join(sorted(RECIPES))}")
+        recipes = experiments.recipe_names()
+        if recipe not in recipes:
+            raise ExperimentError(f"no trace recipe named {recipe!r}; recipes: {', '.join(sorted(recipes))}")
         return recipe, None
     path = (walkthrough.path.parent / file).resolve()
     if not path.is_file():
@@ -170,8 +173,8 @@ def _render_walkthrough(walkthrough: Walkthrough, checked: _Checked, options: Bu
         elif block.kind == "lab":
             _say(options, f"  lab {block.positional[0]} ...")
             try:
-                result = run_lab(block.positional[0], block.args, options.cache_dir)
-            except LabError as exc:
+                result = options.experiments.run_lab(block.positional[0], block.args, options.cache_dir)
+            except ExperimentError as exc:
                 raise SiteBuildError([Problem(walkthrough.name, block.line, block.text, str(exc))]) from exc
             _say(options, f"  lab {result.name}: {'cached' if result.cached else f'{result.seconds:.1f} s'}")
             parts.append("\n" + render.render_lab(result) + "\n")
@@ -193,15 +196,15 @@ def _render_walkthrough(walkthrough: Walkthrough, checked: _Checked, options: Bu
 
 
 def _render_trace(block: Directive, walkthrough: Walkthrough, options: BuildOptions, data_dir: Path) -> str:
-    name, path = _trace_source(block, walkthrough)
+    name, path = _trace_source(block, walkthrough, options.experiments)
     downloads = []
     if path is None:
         _say(options, f"  trace {name} ...")
         try:
-            recorded = record_trace(name, options.cache_dir)
-        except RecipeError as exc:
+            recorded = options.experiments.record_trace(name, options.cache_dir)
+        except ExperimentError as exc:
             raise SiteBuildError([Problem(walkthrough.name, block.line, block.text, str(exc))]) from exc
-        description, commands, path = RECIPES[name].description + ".", recorded.commands, recorded.trace
+        description, commands, path = recorded.description, recorded.commands, recorded.trace
         if recorded.workload is not None:
             shutil.copy(recorded.workload, data_dir / f"{name}.workload.jsonl")
             downloads.append(("workload.jsonl", f"data/{name}.workload.jsonl"))
@@ -258,7 +261,7 @@ def build_site(options: BuildOptions | None = None) -> BuildReport:
     if not walkthroughs:
         raise SiteBuildError(f"no walkthroughs (*.md) in {options.walkthroughs}")
     _say(options, f"checking {len(walkthroughs)} walkthroughs ...")
-    problems, checked = _check(walkthroughs, catalog, lock)
+    problems, checked = _check(walkthroughs, catalog, lock, options.experiments)
     # Every upstream file:line / qualified name the pages (and the hop catalog page's notes) cite
     # must be defined where they say, in the pinned version (tracer.catalog.citations).
     citations = check_walkthroughs(options.walkthroughs, catalog)

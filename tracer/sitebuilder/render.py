@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import markdown
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
@@ -17,8 +18,7 @@ from pygments.formatters import HtmlFormatter
 from pygments.lexers import PythonLexer
 
 from tracer.sitebuilder.anchors import CodeRef
-from tracer.labs.registry import LabResult
-from tracer.sitebuilder.timeline import HOP_COLOURS, Timeline
+from tracer.sitebuilder.timeline import Timeline, hop_colours
 
 SITE_DIR = Path(__file__).resolve().parents[2] / "site"
 TEMPLATES = SITE_DIR / "templates"
@@ -70,12 +70,13 @@ def render_note(args: dict, body: str) -> str:
 
 def render_trace(name: str, description: str, timeline: Timeline, commands: list[str], downloads: list[tuple[str, str]]) -> str:
     used = [h for h, _, _, _ in timeline.hop_summary]
-    legend = [(hop, HOP_COLOURS.get(hop, "#9e9e9e")) for hop in HOP_COLOURS if hop in used]
+    legend = [(hop, colour) for hop, colour in hop_colours().items() if hop in used]
     return environment().get_template("trace.html.j2").render(
         name=name, description=description, t=timeline, legend=legend, commands=commands, downloads=downloads)
 
 
-def render_lab(result: LabResult) -> str:
+def render_lab(result: Any) -> str:
+    """A lab's result (tracer.labs.registry.LabResult, handed in by the command) as HTML."""
     return environment().get_template("lab.html.j2").render(lab=result)
 
 

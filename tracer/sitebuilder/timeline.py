@@ -10,26 +10,23 @@ import math
 from dataclasses import dataclass
 from html import escape
 
+from tracer.catalog.hops import Catalog, load_catalog
 from tracer.traces.trace_file import SpanRecord, TraceFile
 
-HOP_COLOURS = {
-    "http.request": "#546e7a",
-    "request.render": "#8d6e63",
-    "engine.enqueue": "#78909c",
-    "engine.step": "#b0bec5",
-    "scheduler.schedule": "#1e88e5",
-    "kv.match_prefix": "#43a047",
-    "kv.allocate": "#fb8c00",
-    "kv.insert": "#7cb342",
-    "kv.evict": "#c0ca33",
-    "scheduler.preempt": "#e53935",
-    "model.execute": "#8e24aa",
-    "model.forward": "#5e35b1",
-    "sampler.sample": "#00897b",
-    "scheduler.update": "#3949ab",
-    "kv.free": "#6d4c41",
-    "detokenize": "#00acc1",
-}
+# One colour per hop, given in catalog order (tracer/catalog/hops.yaml): the palette is
+# presentation, the hops are the catalog's. A hop past the palette's end reuses it from the start.
+PALETTE = (
+    "#546e7a", "#8d6e63", "#78909c", "#b0bec5", "#1e88e5", "#43a047", "#fb8c00", "#7cb342",
+    "#c0ca33", "#e53935", "#8e24aa", "#5e35b1", "#00897b", "#3949ab", "#6d4c41", "#00acc1",
+)
+
+
+def hop_colours(catalog: Catalog | None = None) -> dict[str, str]:
+    """{hop: colour} for every catalog hop, in catalog order."""
+    hops = (catalog or load_catalog()).hops
+    return {hop.name: PALETTE[index % len(PALETTE)] for index, hop in enumerate(hops)}
+
+
 OTHER_COLOUR = "#9e9e9e"
 LABEL_WIDTH = 120
 PLOT_WIDTH = 880
@@ -142,6 +139,7 @@ def render_timeline(trace: TraceFile, max_requests: int = 12) -> Timeline:
     duration_ms = max((end - origin) / 1e6, 1e-6)
     scale = PLOT_WIDTH / duration_ms
 
+    colours = hop_colours()
     parts: list[str] = []
     y = AXIS_HEIGHT
     drawn = 0
@@ -155,7 +153,7 @@ def render_timeline(trace: TraceFile, max_requests: int = 12) -> Timeline:
             for span in row:
                 x = LABEL_WIDTH + (span.start_ns - origin) / 1e6 * scale
                 width = max(span.duration_ns / 1e6 * scale, 1.0)
-                colour = HOP_COLOURS.get(span.name, OTHER_COLOUR)
+                colour = colours.get(span.name, OTHER_COLOUR)
                 parts.append(
                     f'<rect class="st-span" data-hop="{escape(span.name)}" x="{x:.2f}" y="{row_y}" width="{width:.2f}" '
                     f'height="{SUBLANE_HEIGHT - 2}" fill="{colour}"><title>{_tooltip(span, origin, lane.label)}</title></rect>'

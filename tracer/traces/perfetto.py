@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from tracer.traces.schema import BATCH_IDS, LINK_KIND, PROCESS_PID, SERVICE_NAME
 from tracer.traces.trace_file import SpanRecord
 
 ENGINE_TRACK = 1
@@ -17,7 +18,7 @@ ENGINE_TRACK = 1
 def _request_of_trace(spans: list[SpanRecord]) -> str | None:
     roots = [s for s in spans if s.parent_span_id is None] or spans
     for span in sorted(roots, key=lambda s: s.start_ns) + spans:
-        if span.request_id is not None and not span.attributes.get("servetrace.batch.request_ids"):
+        if span.request_id is not None and not span.attributes.get(BATCH_IDS):
             return span.request_id
     return None
 
@@ -31,7 +32,7 @@ def to_chrome_trace(spans: list[SpanRecord]) -> dict[str, Any]:
         traces.setdefault(span.trace_id, []).append(span)
 
     def pid_of(span: SpanRecord) -> int:
-        key = (span.resource.get("process.pid"), str(span.resource.get("service.name", "servetrace")))
+        key = (span.resource.get(PROCESS_PID), str(span.resource.get(SERVICE_NAME, "servetrace")))
         if key not in pids:
             pids[key] = len(pids) + 1
             pid = pids[key]
@@ -81,7 +82,7 @@ def to_chrome_trace(spans: list[SpanRecord]) -> dict[str, Any]:
             flow_id += 1
             source_pid, source_tid = placement[source.span_id]
             pid, tid = placement[span.span_id]
-            kind = str(link.attributes.get("servetrace.link", "link"))
+            kind = str(link.attributes.get(LINK_KIND, "link"))
             events.append({"ph": "s", "id": flow_id, "name": kind, "cat": "link", "pid": source_pid, "tid": source_tid,
                            "ts": source.start_ns / 1000})
             events.append({"ph": "f", "bp": "e", "id": flow_id, "name": kind, "cat": "link", "pid": pid, "tid": tid,

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tracer.traces.schema import REQUEST_ID, SCHEMA_VERSION, SCHEMA_VERSION_KEY
+
 SPAN_KINDS = {0: "UNSPECIFIED", 1: "INTERNAL", 2: "SERVER", 3: "CLIENT", 4: "PRODUCER", 5: "CONSUMER"}
 STATUS_CODES = {0: "UNSET", 1: "OK", 2: "ERROR"}
 
@@ -45,7 +47,7 @@ class SpanReadings:
 
     @property
     def request_id(self) -> str | None:
-        value = self.attributes.get("gen_ai.request.id")
+        value = self.attributes.get(REQUEST_ID)
         return None if value is None else str(value)
 
 
@@ -97,6 +99,27 @@ class TraceFile:
 
 class TraceFileError(ValueError):
     """The trace file cannot be read at all."""
+
+
+class SchemaVersionError(TraceFileError):
+    """The trace was written by a newer servetrace: its spans may mean what this reader does not know.
+    Raised, not skipped like a bad line: a reader that shows part of such a file would mislead."""
+
+
+def check_schema_version(resource: dict[str, Any]) -> None:
+    """Raise SchemaVersionError unless this reader knows the resource's trace schema. A resource
+    without servetrace.schema.version is version 1 (every trace written before the key existed)."""
+    value = resource.get(SCHEMA_VERSION_KEY)
+    if value is None:
+        return
+    try:
+        version = int(value)
+    except (TypeError, ValueError):
+        raise SchemaVersionError(f"{SCHEMA_VERSION_KEY} is {value!r}, not a version number") from None
+    if version > SCHEMA_VERSION:
+        raise SchemaVersionError(
+            f"this trace uses servetrace's trace schema version {version}; this servetrace reads versions "
+            f"1 to {SCHEMA_VERSION}: open it with a newer servetrace")
 
 
 def _id(value: Any) -> str:
@@ -155,6 +178,7 @@ def parse_request(message: dict[str, Any]) -> list[SpanRecord]:
     spans = []
     for resource_spans in message.get("resourceSpans", []):
         resource = _attributes(resource_spans.get("resource", {}).get("attributes"))
+        check_schema_version(resource)
         for scope_spans in resource_spans.get("scopeSpans", []):
             scope = scope_spans.get("scope", {}).get("name", "")
             for raw in scope_spans.get("spans", []):
@@ -205,6 +229,8 @@ def read_trace_file(path: str | Path) -> TraceFile:
                 if not isinstance(message, dict) or "resourceSpans" not in message:
                     raise ValueError("not an ExportTraceServiceRequest (no resourceSpans)")
                 spans.extend(parse_request(message))
+            except SchemaVersionError:
+                raise
             except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
                 truncated = not raw_line.endswith(b"\n")
                 reason = "truncated last line" if truncated else f"{type(exc).__name__}: {exc}"

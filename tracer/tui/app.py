@@ -21,8 +21,6 @@ from tracer.tui.timeline import Waterfall, build_waterfall
 from tracer.tui.widgets import RequestsTable, SidePanel, WaterfallTable, title_of
 
 HOP_FILTER_PREFIX = "hop:"
-MAIN_SCREEN_ACTIONS = {"next_hop", "previous_hop", "next_step", "previous_step", "source", "compare",
-                       "switch_trace", "filter", "close_filter", "help"}
 IDLE_CHECK_S = 0.5  # how often the app checks for a pause to collect garbage in
 
 
@@ -30,17 +28,18 @@ class ExplorerApp(App):
     TITLE = "servetrace"
     ENABLE_COMMAND_PALETTE = False
     CSS = CSS
+    # The footer, the help screen and check_action all read this one list (tooltip: the help's sentence).
     BINDINGS = [
         Binding("q", "quit", "quit"),
-        Binding("n", "next_hop", "next"),
-        Binding("p", "previous_hop", "prev"),
-        Binding("right_square_bracket", "next_step", "next step", show=False),
-        Binding("left_square_bracket", "previous_step", "prev step", show=False),
-        Binding("s", "source", "source"),
-        Binding("c", "compare", "compare"),
-        Binding("x", "switch_trace", "other trace", show=False),
-        Binding("slash", "filter", "filter"),
-        Binding("question_mark", "help", "help"),
+        Binding("n", "next_hop", "next", tooltip="replay: the next hop (the state panel follows)"),
+        Binding("p", "previous_hop", "prev", tooltip="replay: the previous hop"),
+        Binding("right_square_bracket", "next_step", "next step", show=False, tooltip="the request's next engine step"),
+        Binding("left_square_bracket", "previous_step", "prev step", show=False, tooltip="the request's previous engine step"),
+        Binding("s", "source", "source", tooltip="source pane for the focused hop"),
+        Binding("c", "compare", "compare", tooltip="compare the two traces step by step (needs TRACE2)"),
+        Binding("x", "switch_trace", "other trace", show=False, tooltip="show the other trace"),
+        Binding("slash", "filter", "filter", tooltip="filter requests by id or status; 'hop:kv' filters hops"),
+        Binding("question_mark", "help", "help", tooltip="this help"),
         Binding("escape", "close_filter", "close filter", show=False),
     ]
 
@@ -60,6 +59,9 @@ class ExplorerApp(App):
     @classmethod
     def from_paths(cls, paths: Sequence[str | Path]) -> "ExplorerApp":
         return cls([build_model(load_trace(path)) for path in paths])
+
+    # Every binding of the main view but quit.
+    main_screen_actions = frozenset(b.action for b in BINDINGS if b.action != "quit")
 
     @property
     def model(self) -> TraceModel:
@@ -154,7 +156,7 @@ class ExplorerApp(App):
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         # Main-screen actions stay out of the way (and out of the footer) on other screens.
-        if action in MAIN_SCREEN_ACTIONS and len(self.screen_stack) > 1:
+        if action in self.main_screen_actions and len(self.screen_stack) > 1:
             return False
         return True
 
@@ -196,8 +198,8 @@ class ExplorerApp(App):
         if row is None:
             self.notify("select a hop first", timeout=2)
             return
-        upstream = self.model.engine if self.model.engine in ("vllm", "sglang") else "vllm"
-        self.push_screen(SourceScreen(row.span.name, upstream))
+        # The trace's own engine when it is an upstream one, else the catalog's first upstream.
+        self.push_screen(SourceScreen(row.span.name, self.model.engine))
 
     def comparison(self) -> Comparison | None:
         if len(self.models) < 2:
@@ -230,4 +232,4 @@ class ExplorerApp(App):
             self.query_one("#requests", RequestsTable).focus()
 
     def action_help(self) -> None:
-        self.push_screen(HelpScreen())
+        self.push_screen(HelpScreen(self.BINDINGS))

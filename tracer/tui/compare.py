@@ -9,9 +9,15 @@ shown but never counted as a difference.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cache
 from typing import Any
 
-from tracer.tui.model import BATCH_FINISHED, BATCH_PREEMPTED, CACHED_TOKENS, REQUEST_ID, Step, TraceModel
+from tracer.catalog.hops import load_catalog
+from tracer.traces.schema import (
+    BATCH_FINISHED, BATCH_PREEMPTED, CACHED_TOKENS, FREE_BLOCKS, NUM_RUNNING, NUM_WAITING, REQUEST_ID,
+)
+from tracer.tui.hop_readings import PREFIX_LOOKUP
+from tracer.tui.model import Step, TraceModel
 
 FIELDS = ("batch", "preempted", "finished", "cached", "running", "waiting", "free_blocks")
 MISSING = object()
@@ -29,21 +35,27 @@ def step_fields(step: Step | None) -> dict[str, Any]:
         if isinstance(value, list):
             out[name] = sorted(str(v) for v in value)
     cached = {str(s.attributes[REQUEST_ID]): s.attributes[CACHED_TOKENS]
-              for s in step.linked if s.name == "kv.match_prefix" and CACHED_TOKENS in s.attributes}
+              for s in step.linked if s.name == PREFIX_LOOKUP and CACHED_TOKENS in s.attributes}
     if cached:
         out["cached"] = cached
-    for key, name in (("servetrace.queue.num_running", "running"), ("servetrace.queue.num_waiting", "waiting"),
-                      ("servetrace.kv.free_blocks", "free_blocks")):
+    for key, name in ((NUM_RUNNING, "running"), (NUM_WAITING, "waiting"), (FREE_BLOCKS, "free_blocks")):
         value = _schedule_attribute(step, key)
         if value is not None:
             out[name] = value
     return out
 
 
+@cache
+def _batch_hops() -> frozenset[str]:
+    return frozenset(load_catalog().with_role("batch"))
+
+
 def _schedule_attribute(step: Step, key: str) -> Any:
-    # State right after scheduling: the schedule span's view (the update span's comes later).
+    # State right after scheduling: the view of the span that chose the batch (catalog role
+    # "batch": scheduler.schedule); the update span's comes later.
+    batch_hops = _batch_hops()
     for span in step.spans:
-        if span.name == "scheduler.schedule" and key in span.attributes:
+        if span.name in batch_hops and key in span.attributes:
             return span.attributes[key]
     return step.attribute(key)
 

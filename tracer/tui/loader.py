@@ -22,7 +22,10 @@ from typing import Iterator, Union
 import msgspec
 from msgspec import Struct, field
 
-from tracer.traces.trace_file import SkippedLine, SpanRecord, TraceFile, TraceFileError, parse_request
+from tracer.traces.schema import EXTERNAL_ID
+from tracer.traces.trace_file import (
+    SchemaVersionError, SkippedLine, SpanRecord, TraceFile, TraceFileError, check_schema_version, parse_request,
+)
 from tracer.tui.memory import gc_paused
 from tracer.tui.records import Span, _KeyValue, attributes_of
 
@@ -58,7 +61,7 @@ _decoder = msgspec.json.Decoder(_Request)
 
 # Keys most traces never carry, each costing the model a look at every span when it might be
 # there: the loader says which ones the whole file lacks (one scan of its bytes each).
-RARE_KEYS = ("servetrace.request.external_id",)
+RARE_KEYS = (EXTERNAL_ID,)
 
 
 @dataclass
@@ -108,6 +111,7 @@ def _spans(message: _Request) -> list[Span]:
     groups: list[tuple[dict, str, list[Span]]] = []
     for resource_spans in message.resourceSpans:
         resource = attributes_of(resource_spans.resource.attributes)
+        check_schema_version(resource)  # once per resource (a process's batch of spans), not per span
         for scope_spans in resource_spans.scopeSpans:
             groups.append((resource, scope_spans.scope.name, scope_spans.spans))
             out.extend(scope_spans.spans)
@@ -137,6 +141,8 @@ def _spans(message: _Request) -> list[Span]:
 def _parse_line(line: bytes) -> list[Union[Span, SpanRecord]]:
     try:
         return _spans(_decoder.decode(line))
+    except SchemaVersionError:
+        raise
     except (msgspec.ValidationError, ValueError):
         # Not our typed shape: let the reference reader decide (it raises on real garbage).
         message = msgspec.json.decode(line)
@@ -173,6 +179,8 @@ def load_trace(path: str | Path) -> LoadedTrace:
         for number, last_byte, line in _lines(data):
             try:
                 spans.extend(_parse_line(line))
+            except SchemaVersionError:
+                raise
             except (ValueError, KeyError, TypeError, UnicodeDecodeError, msgspec.DecodeError) as exc:
                 if not bytes(line).strip():  # a blank line: nothing to read, nothing to report
                     continue

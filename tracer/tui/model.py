@@ -24,44 +24,36 @@ from functools import cached_property
 from itertools import compress, repeat
 from pathlib import Path
 from operator import attrgetter
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from typing import Any, Callable, Iterable
 
+from tracer.catalog.hops import Catalog, load_catalog
+from tracer.traces.schema import (
+    BATCH_IDS, BATCH_TOKENS, ENGINE, EXTERNAL_ID, LINK_KIND, LINK_REPORTED, LINK_STEP, REQUEST_ID, SERVICE_NAME, STEP,
+)
 from tracer.traces.trace_file import SkippedLine, SpanRecord, TraceFile
-
-if TYPE_CHECKING:
-    from tracer.tui.summaries import RequestSummary
-
-REQUEST_ID = "gen_ai.request.id"
-EXTERNAL_ID = "servetrace.request.external_id"
-INPUT_TOKENS = "gen_ai.usage.input_tokens"
-OUTPUT_TOKENS = "gen_ai.usage.output_tokens"
-FINISH_REASONS = "gen_ai.response.finish_reasons"
-CACHED_TOKENS = "servetrace.kv.cached_tokens"
-STATUS = "servetrace.request.status"
-STEP = "servetrace.step"
-BATCH_IDS = "servetrace.batch.request_ids"
-BATCH_TOKENS = "servetrace.batch.num_scheduled_tokens"
-BATCH_PREEMPTED = "servetrace.batch.preempted_request_ids"
-BATCH_FINISHED = "servetrace.batch.finished_request_ids"
-NEW_TOKENS = "servetrace.detokenize.num_new_tokens"
-BATCH_NEW_TOKENS = "servetrace.batch.num_new_tokens"
-LINK_KIND = "servetrace.link"
-
-# Used when the catalog cannot be read: the scopes of tracer/catalog/hops.yaml.
-DEFAULT_STEP_HOPS = frozenset({
-    "engine.step", "scheduler.schedule", "kv.insert", "kv.evict", "model.execute", "model.forward",
-    "sampler.sample", "scheduler.update",
-})
-STEP_OPENERS = ("engine.step", "scheduler.schedule")
+from tracer.tui.memory import gc_paused
+from tracer.tui.summaries import RequestSummary, summarise
 
 
-def step_scope_hops() -> frozenset[str]:
-    try:
-        from tracer.catalog.hops import load_catalog
+@dataclass(frozen=True)
+class StepShape:
+    """What the catalog says about step traces (hops.yaml's scopes and roles): the model reads
+    these, never a hop name."""
 
-        return frozenset(h.name for h in load_catalog().hops if h.scope == "step")
-    except Exception:  # a broken catalog must not stop anyone reading a trace
-        return DEFAULT_STEP_HOPS
+    hops: frozenset[str]  # step-scope hops: their root spans make up the steps
+    openers: frozenset[str]  # role step_opener: a root span of one of these begins a step
+    roots: frozenset[str]  # role step_root: the step's own root (engine.step)
+
+    @classmethod
+    def of(cls, catalog: Catalog) -> "StepShape":
+        return cls(frozenset(h.name for h in catalog.hops if h.scope == "step"),
+                   frozenset(catalog.with_role("step_opener")), frozenset(catalog.with_role("step_root")))
+
+
+def step_shape() -> StepShape:
+    """The packaged catalog's step shape (a broken catalog is the catalog's test's failure: the
+    explorer cannot tell steps from requests without it)."""
+    return StepShape.of(load_catalog())
 
 
 @dataclass(eq=False)
@@ -124,8 +116,6 @@ class Request:
 
     @cached_property
     def summary(self) -> RequestSummary:
-        from tracer.tui.summaries import summarise  # it reads the model's classes
-
         return summarise(self)
 
     @property
@@ -184,13 +174,13 @@ class TraceModel:
     def engine(self) -> str:
         """Which engine recorded the trace (the resource's servetrace.engine), '' if unknown."""
         for span in self.spans[:1]:
-            return str(span.resource.get("servetrace.engine", ""))
+            return str(span.resource.get(ENGINE, ""))
         return ""
 
     @property
     def service(self) -> str:
         for span in self.spans[:1]:
-            return str(span.resource.get("service.name", ""))
+            return str(span.resource.get(SERVICE_NAME, ""))
         return ""
 
     def warning(self) -> str:
@@ -204,20 +194,18 @@ class TraceModel:
                 f"{first.reason}{more}; showing the {len(self.spans)} spans that could be read")
 
 
-def build_model(trace: TraceFile, step_hops: frozenset[str] | None = None) -> TraceModel:
-    from tracer.tui.memory import gc_paused
-
+def build_model(trace: TraceFile, shape: StepShape | None = None) -> TraceModel:
     with gc_paused():
-        return _build_model(trace, step_scope_hops() if step_hops is None else step_hops)
+        return _build_model(trace, step_shape() if shape is None else shape)
 
 
-def _build_model(trace: TraceFile, step_hops: frozenset[str]) -> TraceModel:
+def _build_model(trace: TraceFile, shape: StepShape) -> TraceModel:
     spans = trace.spans
     by_span_id = dict(zip(map(_span_id, spans), spans))
     by_trace: dict[str, list[SpanRecord]] = defaultdict(list)
     deque(map(list.append, map(by_trace.__getitem__, map(_trace_id, spans)), spans), maxlen=0)  # grouped in C
 
-    steps, step_of_span, step_traces = _segment_steps(spans, by_trace, by_span_id, step_hops)
+    steps, step_of_span, step_traces = _segment_steps(spans, by_trace, by_span_id, shape)
 
     # vLLM's internal request ids name the same request as the external id beside them (on a
     # request's own spans: step spans name batches, not one request).
@@ -254,7 +242,7 @@ def _build_model(trace: TraceFile, step_hops: frozenset[str]) -> TraceModel:
         for span in request.spans:
             for link in span.links:
                 step = step_of_span.get(link.span_id)
-                if step is not None and (link.attributes.get(LINK_KIND) in (None, "step")):
+                if step is not None and (link.attributes.get(LINK_KIND) in (None, LINK_STEP)):
                     if not step.linked or step.linked[-1] is not span:
                         step.linked.append(span)
 
@@ -264,7 +252,10 @@ def _build_model(trace: TraceFile, step_hops: frozenset[str]) -> TraceModel:
         tokens = _batch(step, canonical)
         step.canonical = canonical
         # Requests linked to or from the step: most are in its batch already (checked in C).
-        for linked in [span.links for span in step.spans if span.links] + [step.linked]:
+        # A "reported" link (a finish the step reports for a request it did not run) is not taking part.
+        batch_links = [[link for link in span.links if link.attributes.get(LINK_KIND) != LINK_REPORTED]
+                       for span in step.spans if span.links]
+        for linked in batch_links + [step.linked]:
             if not tokens.keys() >= set(map(owner_of, map(_trace_id, linked))):
                 _add_absent(tokens, map(owner_of, map(_trace_id, linked)))
         step.request_ids = list(tokens)
@@ -282,22 +273,26 @@ def _segment_steps(
     spans: list[SpanRecord],
     by_trace: dict[str, list[SpanRecord]],
     by_span_id: dict[str, SpanRecord],
-    step_hops: frozenset[str],
+    shape: StepShape,
 ) -> tuple[list[Step], dict[str, Step], set[str]]:
     steps: list[Step] = []
     step_of_span: dict[str, Step] = {}
     step_traces: set[str] = set()
     current: Step | None = None
+    openers, roots = shape.openers, shape.roots
+    schedulers = openers - roots  # openers that are not the step's own root (scheduler.schedule)
     # Step-scope spans picked out in C (a fraction of all spans), then the roots among them.
-    for span in compress(spans, map(step_hops.__contains__, map(_name, spans))):
+    for span in compress(spans, map(shape.hops.__contains__, map(_name, spans))):
         if span.parent_span_id is not None and span.parent_span_id in by_span_id:
             continue
         if span.trace_id in step_traces:
             continue
-        opens = span.name in STEP_OPENERS and not (
-            current is not None and span.name == "engine.step"
-            and all(s.name == "scheduler.schedule" for s in current.spans if s.parent_span_id is None)
-            and not any(s.name == "engine.step" for s in current.spans)
+        # A step root does not open a new step after a schedule that has no step root yet
+        # (SGLang schedules before run_batch): it joins that schedule's step.
+        opens = span.name in openers and not (
+            current is not None and span.name in roots
+            and all(s.name in schedulers for s in current.spans if s.parent_span_id is None)
+            and not any(s.name in roots for s in current.spans)
         )
         if current is None or opens:
             current = Step(len(steps))

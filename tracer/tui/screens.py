@@ -1,6 +1,8 @@
 """Screens over the main view: source pane, trace comparison, help."""
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from rich.syntax import Syntax
 from rich.table import Table
 from rich.text import Text
@@ -11,11 +13,11 @@ from textual.screen import ModalScreen, Screen
 from textual.widgets import DataTable, Footer, Static
 
 from tracer.tui.compare import FIELDS, Comparison, StepPair
-from tracer.tui.sources import SourceView, hop_meaning, hop_sources
+from tracer.tui.keys import TABLE_KEYS, help_section
+from tracer.tui.sources import SourceView, hop_meaning, hop_sources, our_engines, upstream_engines
 from tracer.tui.walkthroughs import notes_for
 from tracer.tui.widgets import title_of
 
-UPSTREAMS = ("vllm", "sglang")
 SYNTAX_THEME = "monokai"
 
 
@@ -38,6 +40,8 @@ class SourcePane(Vertical):
         heading = Text(view.title + counter, style="bold")
         if not view.live:
             heading.append("  (replay only)", style="dim")
+        if view.version_note:
+            heading.append(f"\n{view.version_note}", style="yellow")
         if view.note:
             heading.append(f"\n{view.note}", style="italic dim")
         title.update(heading)
@@ -53,16 +57,19 @@ class SourceScreen(Screen):
 
     BINDINGS = [
         Binding("escape,q", "app.pop_screen", "back"),
-        Binding("e", "other_engine", "vLLM/SGLang"),
-        Binding("t", "next_target", "next target"),
-        Binding("n", "hop(1)", "next hop"),
-        Binding("p", "hop(-1)", "prev hop"),
+        Binding("e", "other_engine", "other engine", tooltip="the next upstream engine of the catalog (vLLM, SGLang ...)"),
+        Binding("t", "next_target", "next target", tooltip="the hop's next target in these engines"),
+        Binding("n", "hop(1)", "next hop", tooltip="the request's next hop, without leaving the source"),
+        Binding("p", "hop(-1)", "prev hop", tooltip="the request's previous hop"),
     ]
 
-    def __init__(self, hop: str, upstream: str = "vllm") -> None:
+    def __init__(self, hop: str, upstream: str | None = None) -> None:
         super().__init__()
         self.hop = hop
-        self.upstream = upstream if upstream in UPSTREAMS else "vllm"
+        # Ours on the left, an upstream engine on the right: both lists are the catalog's.
+        self.ours = next(iter(our_engines()), "")
+        self.upstreams = upstream_engines()
+        self.upstream = upstream if upstream in self.upstreams else next(iter(self.upstreams), "")
         self.target_index = 0
 
     def compose(self) -> ComposeResult:
@@ -95,12 +102,13 @@ class SourceScreen(Screen):
 
     def refresh_panes(self) -> None:
         sources = hop_sources(self.hop)
-        self.query_one("#pane-ours", SourcePane).show("mini", sources.get("mini", ()), self.target_index)
+        self.query_one("#pane-ours", SourcePane).show(self.ours, sources.get(self.ours, ()), self.target_index)
         self.query_one("#pane-upstream", SourcePane).show(self.upstream, sources.get(self.upstream, ()), self.target_index)
 
     def action_other_engine(self) -> None:
-        self.upstream = UPSTREAMS[(UPSTREAMS.index(self.upstream) + 1) % len(UPSTREAMS)]
-        self.refresh_panes()
+        if self.upstreams:
+            self.upstream = self.upstreams[(self.upstreams.index(self.upstream) + 1) % len(self.upstreams)]
+            self.refresh_panes()
 
     def action_next_target(self) -> None:
         self.target_index += 1
@@ -122,8 +130,8 @@ class CompareScreen(Screen):
     BINDINGS = [
         Binding("escape,q", "app.pop_screen", "back"),
         Binding("g", "first_divergence", "first divergence"),
-        Binding("n", "next_divergence", "next diff"),
-        Binding("p", "previous_divergence", "prev diff"),
+        Binding("n", "next_divergence", "next diff", tooltip="the next step that differs"),
+        Binding("p", "previous_divergence", "prev diff", tooltip="the previous step that differs"),
     ]
 
     def __init__(self, comparison: Comparison) -> None:
@@ -211,31 +219,33 @@ def _fmt(item: object) -> str:
     return str(item)
 
 
-HELP = """\
-[b]servetrace explorer[/b]: one request from HTTP to the forward pass and back.
-
-[b]Main screen[/b]
-  up/down, mouse     move in the focused table (tab switches table)
-  enter              from the requests table: go to the request's hops
-  n / p              replay: next / previous hop (state panel follows)
-  ] / \\[              next / previous engine step of the request
-  s                  source pane for the focused hop
-  c                  compare the two traces step by step (needs TRACE2)
-  x                  show the other trace
-  /                  filter requests by id or status; 'hop:kv' filters hops
-  ?                  this help;  q  quit
-
-[b]Source pane[/b]   e: vLLM / SGLang   t: next target   escape: back
-[b]Compare[/b]       g: first divergence   n / p: next / previous difference
-
+HELP_ABOUT = """\
+[b]servetrace explorer[/b]: one request from HTTP to the forward pass and back."""
+HELP_STATE = """\
 The state panel shows the engine after the focused hop: queue lengths, KV
-usage, the request's blocks and its matched prefix, read from span attributes.
-"""
+usage, the request's blocks and its matched prefix, read from span attributes."""
 
 
 class HelpScreen(ModalScreen):
+    """Every screen's keys, from their bindings (tracer.tui.keys)."""
+
     BINDINGS = [Binding("escape,q,question_mark", "app.pop_screen", "close")]
+
+    def __init__(self, main_bindings: Sequence[Binding]) -> None:
+        super().__init__()
+        self.main_bindings = main_bindings
+
+    def text(self) -> Text:
+        display = self.app.get_key_display
+        sections = [
+            Text.from_markup(HELP_ABOUT),
+            help_section("Main screen", self.main_bindings, display, TABLE_KEYS),
+            help_section("Source pane", SourceScreen.BINDINGS, display),
+            help_section("Compare", CompareScreen.BINDINGS, display),
+            Text(HELP_STATE),
+        ]
+        return Text("\n\n").join(sections)
 
     def compose(self) -> ComposeResult:
         with VerticalScroll(id="help-box"):
-            yield Static(HELP, id="help-text")
+            yield Static(self.text(), id="help-text")

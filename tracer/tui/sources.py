@@ -7,8 +7,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
+from importlib.util import find_spec
 
-from tracer.catalog.hops import CatalogError, load_catalog
+from tracer.catalog.hops import CatalogError, Engine, load_catalog
 from tracer.catalog.source import TargetNotFound, locate
 
 
@@ -24,6 +25,7 @@ class SourceView:
     end_line: int = 0
     source: str = ""
     error: str = ""
+    pinned_versions: tuple[str, ...] = ()  # what the catalog pins (empty for our engine)
 
     @property
     def where(self) -> str:
@@ -34,12 +36,30 @@ class SourceView:
         version = f" {self.version}" if self.version else ""
         return f"{self.engine}{version} · {self.where} · {self.spec.split(':', 1)[-1]}"
 
+    @property
+    def version_note(self) -> str:
+        """Why the code shown may not be the pinned code: '' when it is."""
+        if self.pinned_versions and self.version and self.version not in self.pinned_versions:
+            return f"installed {self.version}; the catalog pins {', '.join(self.pinned_versions)}"
+        return ""
 
-def engines() -> list[str]:
-    try:
-        return list(load_catalog().engines)
-    except (CatalogError, OSError):
-        return ["mini", "vllm", "sglang"]
+
+def our_engines() -> list[str]:
+    """The engines the catalog does not pin: ours (engine/), shown beside an upstream one."""
+    return [name for name, engine in load_catalog().engines.items() if not engine.pinned]
+
+
+def upstream_engines() -> list[str]:
+    """The pinned engines (vLLM, SGLang, ...), in catalog order: the source pane cycles through them."""
+    return [name for name, engine in load_catalog().engines.items() if engine.pinned]
+
+
+def _absent(engine: Engine) -> str:
+    """Why the engine's source cannot be read here, '' when its package is importable."""
+    if find_spec(engine.package) is not None:  # a top-level package: found without importing it
+        return ""
+    pins = f" (the catalog pins {', '.join(engine.versions)})" if engine.versions else ""
+    return f"{engine.name} is not installed here{pins}: install it to read this hop's code"
 
 
 @lru_cache(maxsize=256)
@@ -52,10 +72,16 @@ def hop_sources(hop: str) -> dict[str, tuple[SourceView, ...]]:
         return {}
     out: dict[str, tuple[SourceView, ...]] = {}
     for engine, targets in entry.targets.items():
-        version = catalog.engines[engine].installed_version() or ""
+        spec = catalog.engines[engine]
+        version = spec.installed_version() or ""
+        absent = _absent(spec)
         views = []
         for target in targets:
-            base = dict(engine=engine, version=version, spec=target.spec, note=target.note, live=target.live)
+            base = dict(engine=engine, version=version, spec=target.spec, note=target.note, live=target.live,
+                        pinned_versions=spec.versions if spec.pinned else ())
+            if absent:
+                views.append(SourceView(**base, error=absent))
+                continue
             try:
                 located = locate(target.spec)
             except (TargetNotFound, OSError, SyntaxError) as exc:

@@ -6,13 +6,32 @@ its row is first drawn: a 2,000-request trace opens without reading every reques
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Any, Iterator, Protocol, Sequence
 
-from tracer.traces.trace_file import SpanRecord
-from tracer.tui.model import (
+from tracer.traces.schema import (
     BATCH_FINISHED, BATCH_IDS, BATCH_NEW_TOKENS, CACHED_TOKENS, FINISH_REASONS, INPUT_TOKENS, NEW_TOKENS,
-    OUTPUT_TOKENS, STATUS, Request,
+    OUTPUT_TOKENS, STATUS,
 )
+from tracer.traces.trace_file import SpanRecord
+from tracer.tui.hop_readings import DETOKENIZE, PREFIX_LOOKUP, UPDATE
+
+
+# What a summary reads of tracer.tui.model's Step and Request, stated here so that this module
+# need not import the model (the model imports this one: Request.summary).
+class StepLike(Protocol):
+    spans: list[SpanRecord]
+    end_ns: int
+
+    @property
+    def scheduled_tokens(self) -> dict[str, int]: ...
+
+    def attribute(self, key: str, default: Any = None) -> Any: ...
+
+
+class RequestLike(Protocol):
+    request_id: str
+    spans: list[SpanRecord]
+    steps: Sequence[StepLike]
 
 
 @dataclass
@@ -29,7 +48,7 @@ class RequestSummary:
     error: str = ""
 
 
-def summarise(request: Request) -> RequestSummary:
+def summarise(request: RequestLike) -> RequestSummary:
     """What the requests table shows of `request`, from its spans and the steps it took part in."""
     spans = request.spans
     summary = RequestSummary()
@@ -42,17 +61,17 @@ def summarise(request: Request) -> RequestSummary:
         attrs = span.attributes
         if summary.prompt_tokens is None and INPUT_TOKENS in attrs:
             summary.prompt_tokens = int(attrs[INPUT_TOKENS])
-        if summary.cached_tokens is None and span.name == "kv.match_prefix" and CACHED_TOKENS in attrs:
+        if summary.cached_tokens is None and span.name == PREFIX_LOOKUP and CACHED_TOKENS in attrs:
             summary.cached_tokens = int(attrs[CACHED_TOKENS])
         if OUTPUT_TOKENS in attrs:
             summary.output_tokens = int(attrs[OUTPUT_TOKENS])
-        if span.name == "detokenize":
+        if span.name == DETOKENIZE:
             saw_detokenize = True
             detokenized += int(attrs.get(NEW_TOKENS, 0) or 0)
             if summary.first_token_ns is None and attrs.get(NEW_TOKENS, 1):
                 summary.first_token_ns = span.start_ns
         reasons = attrs.get(FINISH_REASONS)
-        if isinstance(reasons, list) and reasons and span.name != "scheduler.update":
+        if isinstance(reasons, list) and reasons and span.name != UPDATE:
             summary.status = str(reasons[0])
         elif str(attrs.get(STATUS, "")).startswith("FINISHED") and summary.status == "unfinished":
             summary.status = str(attrs[STATUS]).removeprefix("FINISHED_").lower()
@@ -87,12 +106,12 @@ def summarise(request: Request) -> RequestSummary:
     return summary
 
 
-def _batch_detokenized(request: Request) -> Iterator[tuple[SpanRecord, int]]:
+def _batch_detokenized(request: RequestLike) -> Iterator[tuple[SpanRecord, int]]:
     """(detokenize span, the request's new tokens in it) for each step of the request that detokenized it."""
     rid = request.request_id
     for step in request.steps:
         for span in step.spans:
-            if span.name != "detokenize":
+            if span.name != DETOKENIZE:
                 continue
             ids = span.attributes.get(BATCH_IDS)
             if isinstance(ids, list) and rid in ids:

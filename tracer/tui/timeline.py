@@ -12,17 +12,13 @@ from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any
 
+from tracer.traces.schema import (
+    BATCH_IDS, BATCH_TOKENS, BLOCK_IDS, CACHED_TOKENS, EXTERNAL_ID, FREE_BLOCKS, KV_USAGE, LINK_KIND, LINK_STEP,
+    NUM_COMPUTED, NUM_NEW_COMPUTED, NUM_NEW_TOKENS, NUM_PREEMPTIONS, NUM_RUNNING, NUM_WAITING, REQUEST_ID,
+)
 from tracer.traces.trace_file import SpanRecord
-from tracer.tui.model import BATCH_IDS, BATCH_TOKENS, CACHED_TOKENS, LINK_KIND, Request, Step, TraceModel
-
-NUM_RUNNING = "servetrace.queue.num_running"
-NUM_WAITING = "servetrace.queue.num_waiting"
-KV_USAGE = "servetrace.kv.usage"
-FREE_BLOCKS = "servetrace.kv.free_blocks"
-BLOCK_IDS = "servetrace.kv.block_ids"
-NUM_COMPUTED = "servetrace.request.num_computed_tokens"
-NUM_NEW_TOKENS = "servetrace.kv.num_new_tokens"
-NUM_PREEMPTIONS = "servetrace.request.num_preemptions"
+from tracer.tui.hop_readings import ALLOCATE, PREEMPT, PREFIX_LOOKUP, RELEASES
+from tracer.tui.model import Request, Step, TraceModel
 
 
 @dataclass(frozen=True)
@@ -116,7 +112,7 @@ def build_waterfall(model: TraceModel, request: Request) -> Waterfall:
     for span in request.spans:
         linked_step, depth = None, own_depth[span.span_id]
         for link in span.links:
-            if link.attributes.get(LINK_KIND) in (None, "step") and link.span_id in step_depth:
+            if link.attributes.get(LINK_KIND) in (None, LINK_STEP) and link.span_id in step_depth:
                 linked_step = model.step_of_span.get(link.span_id)
                 depth = step_depth[link.span_id] + 1
                 break
@@ -145,25 +141,25 @@ def advance(state: HopState, span: SpanRecord, step: Step | None, request_id: st
                             (KV_USAGE, "kv_usage", float), (FREE_BLOCKS, "free_blocks", int)):
         if isinstance(attrs.get(key), (int, float)):
             changes[name] = kind(attrs[key])
-    mine = str(attrs.get("gen_ai.request.id", "")) == request_id or attrs.get("servetrace.request.external_id") == request_id
+    mine = str(attrs.get(REQUEST_ID, "")) == request_id or attrs.get(EXTERNAL_ID) == request_id
     if mine:
         blocks = attrs.get(BLOCK_IDS)
-        if span.name == "kv.match_prefix":
+        if span.name == PREFIX_LOOKUP:
             if CACHED_TOKENS in attrs:
                 changes["matched_prefix"] = int(attrs[CACHED_TOKENS])
             if isinstance(blocks, list):
                 changes["blocks"] = tuple(int(b) for b in blocks)
             changes["freed"] = False
-        elif span.name == "kv.allocate" and isinstance(blocks, list):
+        elif span.name == ALLOCATE and isinstance(blocks, list):
             changes["blocks"] = state.blocks + tuple(int(b) for b in blocks if int(b) not in state.blocks)
-        elif span.name in ("kv.free", "scheduler.preempt"):
+        elif span.name in RELEASES:
             changes["blocks"] = ()
             changes["freed"] = True
-        if span.name == "scheduler.preempt":
+        if span.name == PREEMPT:
             changes["preemptions"] = int(attrs.get(NUM_PREEMPTIONS, state.preemptions + 1))
         if isinstance(attrs.get(NUM_COMPUTED), int):
             computed = attrs[NUM_COMPUTED]
-            if span.name == "kv.allocate" and isinstance(attrs.get(NUM_NEW_TOKENS), int):
-                computed += attrs[NUM_NEW_TOKENS] + int(attrs.get("servetrace.kv.num_new_computed_tokens", 0) or 0)
+            if span.name == ALLOCATE and isinstance(attrs.get(NUM_NEW_TOKENS), int):
+                computed += attrs[NUM_NEW_TOKENS] + int(attrs.get(NUM_NEW_COMPUTED, 0) or 0)
             changes["computed_tokens"] = computed
     return replace(state, **changes) if changes else state

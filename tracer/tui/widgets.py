@@ -10,6 +10,7 @@ from textual.geometry import Size
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
+from tracer.traces.schema import LINK_KIND
 from tracer.tui.format import count, ms, value
 from tracer.tui.model import TraceModel
 from tracer.tui.rowtable import set_virtual_size
@@ -99,7 +100,7 @@ def detail_lines(row: HopRow | None, origin_ns: int, console: Console, width: in
     if span.status != "UNSET":
         table.add_row("status", Text(f"{span.status} {span.status_message}".strip(), style="red" if span.status == "ERROR" else ""))
     for key, item in span.attributes.items():
-        short = key.removeprefix("servetrace.").removeprefix("gen_ai.")
+        short = key.removeprefix("servetrace.").removeprefix("gen_ai.")  # the namespaces, not keys
         table.add_row(short, value(item))
     for event in span.events:
         attributes = ", ".join(f"{k}={value(v, 40)}" for k, v in event.attributes.items())
@@ -107,7 +108,7 @@ def detail_lines(row: HopRow | None, origin_ns: int, console: Console, width: in
     if span.links:
         kinds: dict[str, int] = {}
         for link in span.links:
-            kind = str(link.attributes.get("servetrace.link", "link"))
+            kind = str(link.attributes.get(LINK_KIND, "link"))
             kinds[kind] = kinds.get(kind, 0) + 1
         table.add_row("links", ", ".join(f"{n} to {kind}" for kind, n in kinds.items()))
     return [*heading.wrap(console, width), *table.lines(console, width)]
