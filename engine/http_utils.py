@@ -3,11 +3,14 @@ cancelled on disconnect, and validation errors worded the way vLLM words them.""
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 from typing import Awaitable
 
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.datastructures import Headers
 
 
 class SSEResponse(StreamingResponse):
@@ -65,3 +68,38 @@ def validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     parts = [f"{name}: {' or '.join(dict.fromkeys(msgs))}" for name, msgs in messages_by_field.items()]
     first_field = next(iter(messages_by_field))
     return "invalid request: " + "; ".join(parts), None if first_field == "body" else first_field.split(".")[0]
+
+
+class ApiKeyMiddleware:
+    """401 for /v1 requests without `Authorization: Bearer <api_key>`; /health and the rest stay open.
+
+    Mirrors: vllm.entrypoints.serve.middleware.authenticate:AuthenticationMiddleware (vllm 0.33.0)
+    A plain ASGI middleware, as there: Starlette's BaseHTTPMiddleware would sit between the
+    routes and their client and break cancel-on-disconnect and streaming. Both sides are hashed
+    before a constant-time compare, so neither the key's bytes nor its length leak through
+    timing. vLLM answers {"error": "Unauthorized"}; we answer in OpenAI's error shape, which the
+    openai client turns into AuthenticationError with the message. The key is never logged, and
+    a refused request never reaches the routes (nor the traced http.request hop).
+    """
+
+    def __init__(self, app, api_key: str) -> None:
+        self.app = app
+        self._key_hash = hashlib.sha256(api_key.encode()).digest()
+
+    def _authorized(self, scope) -> bool:
+        value = Headers(scope=scope).get("authorization") or ""
+        scheme, _, token = value.partition(" ")
+        if scheme.lower() != "bearer":
+            return False
+        return hmac.compare_digest(hashlib.sha256(token.encode()).digest(), self._key_hash)
+
+    async def __call__(self, scope, receive, send) -> None:
+        guarded = scope["type"] == "http" and scope.get("method") != "OPTIONS" and \
+            scope["path"].removeprefix(scope.get("root_path", "")).startswith("/v1")
+        if not guarded or self._authorized(scope):
+            await self.app(scope, receive, send)
+            return
+        has_header = bool(Headers(scope=scope).get("authorization"))
+        message = "incorrect API key" if has_header else "missing API key: send Authorization: Bearer <key>"
+        body = {"error": {"message": message, "type": "AuthenticationError", "param": None, "code": 401}}
+        await JSONResponse(body, status_code=401, headers={"WWW-Authenticate": "Bearer"})(scope, receive, send)

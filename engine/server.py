@@ -34,7 +34,7 @@ from engine.async_engine import (
     RequestAbortedError,
     RequestStream,
 )
-from engine.http_utils import SSEResponse, cancel_on_disconnect, validation_message
+from engine.http_utils import ApiKeyMiddleware, SSEResponse, cancel_on_disconnect, validation_message
 from engine.llm_engine import LLMEngine, RequestOutput
 from engine.protocol import (
     ChatCompletionChoice,
@@ -315,8 +315,10 @@ def build_app(
     served_model_name: str | None = None,
     max_queue: int = 256,
     shutdown_timeout: float = 30.0,
+    api_key: str | None = None,
 ) -> FastAPI:
-    """The FastAPI app; its lifespan starts the engine busy loop and shuts it down gracefully."""
+    """The FastAPI app; its lifespan starts the engine busy loop and shuts it down gracefully.
+    With api_key, /v1 routes answer 401 without `Authorization: Bearer <api_key>`."""
     async_llm = AsyncLLM(engine, max_queue=max_queue)
 
     @asynccontextmanager
@@ -331,6 +333,8 @@ def build_app(
     app.state.async_llm = async_llm
     app.state.serving = OpenAIServing(async_llm, served_model_name or default_served_model_name(engine.model_path))
     app.include_router(router)
+    if api_key:
+        app.add_middleware(ApiKeyMiddleware, api_key=api_key)
 
     @app.exception_handler(OpenAIError)
     async def openai_error(_: Request, exc: OpenAIError) -> JSONResponse:

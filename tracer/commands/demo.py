@@ -24,23 +24,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", default="demo-out", help="where traces and replay logs go (default: demo-out/)")
     parser.add_argument("--max-tokens", type=int, default=60)
     parser.add_argument("--no-tui", action="store_true", help="print a summary instead of opening the explorer")
+    parser.add_argument("--force", action="store_true", help="write into a non-empty --out that demo did not write")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from tracer.replay.output_dir import OutputDir
+
     console = Console(stderr=True)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    http_trace = out / "trace-http.jsonl"
-    http_trace.unlink(missing_ok=True)
+    # The demo owns --out: a second run replaces the first one's files (the exporters append,
+    # so a kept file would double its spans) and leaves anything else there alone.
+    owned = OutputDir(args.out, "demo", force=args.force)
+    http_trace = owned.claim("trace-http.jsonl")
+    replay_dir = owned.claim_dir("replay")
 
     console.rule("[bold]1-2. our engine over HTTP, traced")
     answer = serve_one_chat(http_trace, args.max_tokens, console)
     console.print(f"[dim]trace: {http_trace}[/]")
 
     console.rule("[bold]3. the same scheduler decisions as vLLM? (replay)")
-    replay_dir = out / "replay"
-    agree = replay_against_vllm(replay_dir, console)
+    agree = replay_against_vllm(replay_dir, console, force=args.force)
 
     # The explorer opens on the chat; `x` switches trace, `c` compares the last two (ours vs vLLM).
     traces = [http_trace, replay_dir / "trace-mini.jsonl", replay_dir / "trace-vllm.jsonl"]
@@ -48,7 +51,9 @@ def run(args: argparse.Namespace) -> int:
     if not args.no_tui and sys.stdout.isatty() and sys.stdin.isatty():
         from tracer import tui
 
-        return tui.run_explorer([str(p) for p in traces])
+        status = tui.run_explorer([str(p) for p in traces])
+        console.print(f"reopen the explorer:  servetrace tui {' '.join(str(p) for p in traces)}")
+        return status if status else (0 if agree else 1)
     from tracer import tui
 
     tui.print_summary([str(p) for p in traces], console=console)
@@ -106,7 +111,7 @@ def serve_one_chat(trace_path: Path, max_tokens: int, console: Console) -> str:
         tracing.disable()
 
 
-def replay_against_vllm(out_dir: Path, console: Console) -> bool:
+def replay_against_vllm(out_dir: Path, console: Console, force: bool = False) -> bool:
     from tracer.replay.config import ReplayConfig
     from tracer.replay.report import print_report
     from tracer.replay.session import run_replay
@@ -118,7 +123,7 @@ def replay_against_vllm(out_dir: Path, console: Console) -> bool:
         f"{len(workload)} requests sharing 2 system prompts; {config.num_blocks} KV blocks of {config.block_size}, "
         f"budget {config.max_num_batched_tokens} tokens/step, max {config.max_num_seqs} running (vLLM: synchronous Scheduler)"
     )
-    result = run_replay(workload, config, ["mini", "vllm"], out_dir=out_dir)
+    result = run_replay(workload, config, ["mini", "vllm"], out_dir=out_dir, force=force)
     print_report(result.comparisons, result.radix, console=console)
     return result.agree
 

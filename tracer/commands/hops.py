@@ -37,7 +37,6 @@ def _catalog(args: argparse.Namespace):
 
 
 def run_hops(args: argparse.Namespace) -> int:
-    from rich.console import Console
     from rich.table import Table
 
     from tracer.catalog.source import TargetNotFound, locate
@@ -65,7 +64,9 @@ def run_hops(args: argparse.Namespace) -> int:
         json.dump({"hops": [{"name": h.name, "scope": h.scope, "meaning": h.meaning} for h in hops], "targets": rows}, sys.stdout, indent=1)
         print()
         return 0
-    console = Console()
+    from tracer.commands._console import stdout_console
+
+    console = stdout_console(json_flag="--json")  # piped: no wrapping at 80 columns
     table = Table(title="servetrace hop catalog", show_lines=False)
     for column in ("hop", "engine", "target", "file:line", "note"):
         table.add_column(column, overflow="fold")
@@ -86,13 +87,13 @@ def run_hops(args: argparse.Namespace) -> int:
 
 
 def run_check(args: argparse.Namespace) -> int:
-    from rich.console import Console
-
     from tracer.catalog.check import check_catalog, update_lock
     from tracer.catalog.hops import LOCK_PATH, CatalogError, load_lock, save_lock
 
     catalog = _catalog(args)
-    console = Console(highlight=False)
+    from tracer.commands._console import stdout_console
+
+    console = stdout_console(highlight=False)  # piped: one finding per line, unwrapped
     try:
         lock = load_lock(args.lock)
     except CatalogError as exc:

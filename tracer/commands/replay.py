@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
 
 # Flags that override the config file; None means "not given".
 CONFIG_FLAGS = {
@@ -28,8 +30,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("workload", help="workload JSONL (see `servetrace workload gen`)")
     parser.add_argument("--engines", default="mini,vllm,sglang", help="comma-separated: mini, vllm, sglang")
-    parser.add_argument("--config", default=None, help="JSON file of replay config keys (flags override it)")
-    parser.add_argument("--out", default="replay-out", help="directory for step logs, traces and compare.json")
+    parser.add_argument("--config", default=None, help="JSON file of replay config keys (flags override it; default: "
+                        "the workload's sidecar W.config.json when `workload gen` wrote one)")
+    parser.add_argument("--out", default="replay-out", help="directory for step logs, traces and compare.json "
+                        "(a run replaces what the previous replay wrote there and deletes nothing else)")
+    parser.add_argument("--force", action="store_true", help="write into a non-empty --out that replay did not write")
     for name, kind in CONFIG_FLAGS.items():
         parser.add_argument(f"--{name.replace('_', '-')}", type=kind, default=None)
     parser.add_argument("--policy", choices=["fcfs", "priority"], default=None)
@@ -41,32 +46,40 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def config_from_args(args: argparse.Namespace):
+def config_from_args(args: argparse.Namespace, config_file: str | None = None):
     from tracer.replay.config import ReplayConfig
 
-    base = ReplayConfig.from_file(args.config).to_json() if args.config else {}
+    config_file = config_file or args.config
+    base = ReplayConfig.from_file(config_file).to_json() if config_file else {}
     names = list(CONFIG_FLAGS) + ["policy", "enable_chunked_prefill", "enable_prefix_caching"]
     overrides = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
     return ReplayConfig.from_dict({**base, **overrides})
 
 
 def run(args: argparse.Namespace) -> int:
-    from rich.console import Console
-
     from tracer.replay.report import print_report
+    from tracer.commands._console import stdout_console
     from tracer.replay.session import parse_engines, run_replay
-    from tracer.replay.workload import load_workload
+    from tracer.replay.workload import load_workload, sidecar_config_path
 
     if args.step_ms <= 0:
         raise ValueError("--step-ms must be > 0")
     if args.radix_page_size < 1:
         raise ValueError("--radix-page-size must be >= 1")
     engines = parse_engines(args.engines)
-    config = config_from_args(args)
+    # The config a generated workload's shape needs (memory-pressure: a pool it outgrows) rides
+    # beside it; an explicit --config wins, and flags override either.
+    sidecar = sidecar_config_path(args.workload)
+    config_file = args.config or (str(sidecar) if sidecar.is_file() else None)
+    config = config_from_args(args, config_file)
     workload = load_workload(args.workload, step_seconds=args.step_ms / 1000, tokenize=_lazy_tokenizer())
-    console = Console()
+    console = stdout_console()
+    if config_file and not args.config:
+        keys = json.loads(Path(config_file).read_text())
+        console.print(f"config from {config_file}: " + ", ".join(f"{k}={v}" for k, v in keys.items()))
     console.print(f"replaying {len(workload)} requests through {', '.join(engines)} ...")
-    result = run_replay(workload, config, engines, args.out, radix_page_size=args.radix_page_size, trace=not args.no_trace)
+    result = run_replay(workload, config, engines, args.out, radix_page_size=args.radix_page_size,
+                        trace=not args.no_trace, force=args.force)
     print_report(result.comparisons, result.radix, console)
     for note in result.notes:
         console.print(f"[dim]{note}[/dim]")

@@ -2,10 +2,14 @@
 from __future__ import annotations
 
 import argparse
-import socket
+import ipaddress
+import os
 import sys
 
 from tracer.commands._engine_options import add_engine_options, add_trace_options, engine_config_from_args, start_tracing, stop_tracing
+from tracer.commands._ports import listen
+
+API_KEY_ENV = "SERVETRACE_API_KEY"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -15,6 +19,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--served-model-name", default=None, help="model name clients use (default: the model file's stem)")
     parser.add_argument("--max-queue", type=int, default=256, help="requests in flight before new ones get 503 (default: 256)")
     parser.add_argument("--shutdown-timeout", type=float, default=30.0, help="seconds in-flight requests get to finish on shutdown")
+    parser.add_argument("--api-key", default=None, help=f"require `Authorization: Bearer KEY` on /v1 routes "
+                        f"(default: ${API_KEY_ENV}; /health stays open)")
     parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     add_engine_options(parser)
     add_trace_options(parser)
@@ -22,25 +28,34 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    from engine.llm_engine import LLMEngine
-    from engine.server import build_app
-
+    # Everything that can fail on the user's input fails before the imports below (torch, the
+    # model): the flags first, then the port, which is taken here and handed to uvicorn.
     if args.max_queue < 1:
         raise ValueError(f"--max-queue must be at least 1, got {args.max_queue}")
     if args.shutdown_timeout < 0:
         raise ValueError(f"--shutdown-timeout must be >= 0, got {args.shutdown_timeout}")
     config = engine_config_from_args(args)
-    # Take the port before the model loads (seconds), so a port in use fails at once.
-    listener = _listen(args.host, args.port)
+    api_key = args.api_key or os.environ.get(API_KEY_ENV) or None
+    listener = listen(args.host, args.port)
     host, port = listener.getsockname()[:2]
+    if api_key is None and not _is_loopback(host):
+        print(f"warning: serving on {host} without --api-key (or {API_KEY_ENV}): anyone who can reach "
+              f"port {port} can use this server", file=sys.stderr, flush=True)
+
+    import uvicorn
+
+    from engine.llm_engine import LLMEngine
+    from engine.server import build_app
+
     traced = start_tracing(args)
     print("loading model...", file=sys.stderr, flush=True)
     engine = LLMEngine(config)
-    app = build_app(engine, args.served_model_name, max_queue=args.max_queue, shutdown_timeout=args.shutdown_timeout)
+    app = build_app(engine, args.served_model_name, max_queue=args.max_queue, shutdown_timeout=args.shutdown_timeout,
+                    api_key=api_key)
     name = app.state.serving.served_model_name
-    print(f"serving {name!r} on http://{host}:{port}/v1 (KV pool: {config.cache.num_blocks} blocks)", file=sys.stderr, flush=True)
+    auth = "; requests need Authorization: Bearer <key>" if api_key else ""
+    print(f"serving {name!r} on http://{host}:{port}/v1 (KV pool: {config.cache.num_blocks} blocks{auth})",
+          file=sys.stderr, flush=True)
     server = uvicorn.Server(
         uvicorn.Config(
             app,
@@ -58,14 +73,8 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _listen(host: str, port: int) -> socket.socket:
-    if not 0 <= port <= 65535:
-        raise ValueError(f"--port must be in 0..65535, got {port}")
+def _is_loopback(host: str) -> bool:
     try:
-        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
-        listener = socket.socket(family, socket.SOCK_STREAM)
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind((host, port))
-    except OSError as exc:
-        raise ValueError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-    return listener
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"

@@ -21,7 +21,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import inspect
 
-    from tracer.replay.workload import GENERATORS, generate, save_workload
+    from tracer.replay.workload import GENERATORS, generate, save_sidecar_config, save_workload
 
     kwargs = {"seed": args.seed}
     if args.num_requests is not None:
@@ -33,4 +33,7 @@ def run(args: argparse.Namespace) -> int:
     requests = generate(args.kind, **kwargs)
     path = save_workload(requests, args.out)
     print(f"wrote {len(requests)} requests ({args.kind}) to {path}")
+    sidecar = save_sidecar_config(args.kind, path)
+    if sidecar is not None:
+        print(f"wrote the replay config this shape needs to {sidecar} (`servetrace replay {path}` reads it)")
     return 0

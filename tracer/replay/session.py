@@ -7,6 +7,7 @@ from pathlib import Path
 
 from tracer.replay.compare import Comparison, compare_logs
 from tracer.replay.config import ReplayConfig
+from tracer.replay.output_dir import OutputDir
 from tracer.replay.runners import ALL_ENGINES, SCHEDULER_ENGINES, ReplayLog, drive, make_scheduler_runner
 from tracer.replay.runners.sglang import compare_radix_logs, replay_radix
 from tracer.replay.tracing import traced
@@ -41,25 +42,34 @@ def run_replay(
     out_dir: str | Path | None = None,
     radix_page_size: int = 1,
     trace: bool = True,
+    force: bool = False,
 ) -> ReplayResult:
+    """Replay `workload` through `engines`. With out_dir, the run owns that folder: it replaces
+    what the previous replay wrote there (see OutputDir) and refuses a foreign non-empty folder
+    unless force."""
     result = ReplayResult()
-    out = Path(out_dir) if out_dir is not None else None
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
+    owned = OutputDir(out_dir, "replay", force=force) if out_dir is not None else None
+    out = owned.root if owned is not None else None
+
+    def claim(name: str) -> Path:
+        assert owned is not None
+        return owned.claim(name)
 
     for engine in [e for e in SCHEDULER_ENGINES if e in engines]:
         runner = make_scheduler_runner(engine, config)
-        trace_path = out / f"trace-{engine}.jsonl" if (out is not None and trace) else None
+        trace_path = claim(f"trace-{engine}.jsonl") if (out is not None and trace) else None
         with traced(engine, trace_path) as tracing_notes:
             log = drive(runner, workload)
         result.notes.extend(tracing_notes)
         result.logs[engine] = log
         if out is not None:
-            result.files.append(log.write(out / f"steps-{engine}.json"))
+            result.files.append(log.write(claim(f"steps-{engine}.json")))
             if trace_path is not None and trace_path.exists():
                 result.files.append(trace_path)
         if log.stalled:
             result.notes.append(f"{engine}: replay stopped early: {log.stalled}")
+
+    result.notes.extend(pool_notes(result.logs, config))
 
     if "mini" in result.logs and "vllm" in result.logs:
         result.comparisons.append(compare_logs(result.logs["mini"], result.logs["vllm"]))
@@ -67,7 +77,7 @@ def run_replay(
     if "sglang" in engines:
         logs = []
         for engine, trace_name in (("mini", "trace-mini-radix.jsonl"), ("sglang", "trace-sglang.jsonl")):
-            trace_path = out / trace_name if (out is not None and trace) else None
+            trace_path = claim(trace_name) if (out is not None and trace) else None
             with traced(engine, trace_path) as tracing_notes:
                 logs.append(replay_radix(engine, workload, config, radix_page_size))
             result.notes.extend(tracing_notes)
@@ -77,12 +87,12 @@ def run_replay(
         result.radix = compare_radix_logs(ours, theirs)
         if out is not None:
             for log in (ours, theirs):
-                path = out / f"radix-{log.engine}.json"
+                path = claim(f"radix-{log.engine}.json")
                 path.write_text(json.dumps(log.to_json(), indent=1))
                 result.files.append(path)
 
     if out is not None:
-        compare_path = out / "compare.json"
+        compare_path = claim("compare.json")
         compare_path.write_text(json.dumps({
             "agree": result.agree,
             "engines": engines,
@@ -94,3 +104,21 @@ def run_replay(
         }, indent=1))
         result.files.append(compare_path)
     return result
+
+
+def pool_notes(logs: dict[str, ReplayLog], config: ReplayConfig) -> list[str]:
+    """Say so when no scheduler run could have preempted: a workload meant to show memory
+    pressure replayed on a pool it never fills reports 0 preemptions, which reads like a result."""
+    notes = []
+    usable = config.num_blocks - 1  # block 0 is the null block
+    for engine, log in logs.items():
+        if not log.steps or any(step.preempted for step in log.steps):
+            continue
+        peak = usable - min(step.num_free_blocks for step in log.steps)
+        if peak < usable:
+            notes.append(
+                f"{engine}: the KV pool never filled (at most {peak} of {usable} blocks in use), so no "
+                f"preemption was possible; a smaller --num-blocks puts the pool under pressure"
+            )
+            break  # one engine says it for all: they ran the same workload on the same pool
+    return notes

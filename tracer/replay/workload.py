@@ -317,6 +317,48 @@ GENERATORS: dict[str, Callable[..., list[WorkloadRequest]]] = {
 }
 
 
+# The replay config a generated shape needs to show what it is for, written beside the workload
+# as W.config.json by `servetrace workload gen` and read by `servetrace replay W.jsonl`.
+# memory-pressure: ten requests that grow to ~60-140 tokens each (~4-9 blocks of 16) all at
+# once outgrow 32 usable blocks; the default pool (255 blocks) never fills, so 0 preemptions.
+GENERATOR_CONFIGS: dict[str, dict] = {
+    "memory-pressure": {"block_size": 16, "num_blocks": 33, "max_num_seqs": 10},
+}
+
+
+def sidecar_config_path(workload_path: str | Path) -> Path:
+    """W.jsonl -> W.config.json (beside it)."""
+    path = Path(workload_path)
+    return path.with_name(path.stem + ".config.json")
+
+
+def save_sidecar_config(kind: str, workload_path: str | Path) -> Path | None:
+    """Write the config `kind` needs beside the workload; remove a stale one when it needs none."""
+    sidecar = sidecar_config_path(workload_path)
+    config = GENERATOR_CONFIGS.get(kind)
+    if config is None:
+        sidecar.unlink(missing_ok=True)  # the file belonged to the workload this one replaced
+        return None
+    sidecar.write_text(json.dumps(config, indent=1) + "\n")
+    return sidecar
+
+
+def looks_like_workload(path: str | Path) -> bool:
+    """True when the file's first record is a workload request, not an OTLP trace line (the
+    explorer uses this to point at `servetrace replay` instead of failing on the file)."""
+    try:
+        with Path(path).open() as handle:
+            first = next((line for line in handle if line.strip()), "")
+    except (OSError, UnicodeDecodeError):
+        return False
+    try:
+        obj = json.loads(first)
+    except json.JSONDecodeError:
+        return False
+    return (isinstance(obj, dict) and "resourceSpans" not in obj and "max_tokens" in obj
+            and ("prompt_token_ids" in obj or "prompt" in obj))
+
+
 def generate(kind: str, **kwargs) -> list[WorkloadRequest]:
     if kind not in GENERATORS:
         raise WorkloadError(f"unknown workload kind {kind!r}; choose from {', '.join(GENERATORS)}")
