@@ -32,6 +32,9 @@ class Target:
     spec: str  # "module:Qualified.name"
     note: str = ""
     live: bool = True  # False: replay calls it, a live server does not
+    # True: the engine's loop calls this after the step's opener, not inside one enclosing step call
+    # (SGLang: get_next_batch_to_run, then run_batch, then process_batch_result): its span joins that step.
+    part_of_step: bool = False
 
     @property
     def module(self) -> str:
@@ -128,7 +131,8 @@ def _parse_target(hop: str, engine: str, entry: object) -> Target:
     module, sep, qualname = spec.partition(":")
     if not sep or not module or not qualname:
         raise CatalogError(f"hop {hop}, engine {engine}: target {spec!r} is not 'module:Qualified.name'")
-    return Target(hop=hop, engine=engine, spec=spec, note=str(entry.get("note", "")), live=bool(entry.get("live", True)))
+    return Target(hop=hop, engine=engine, spec=spec, note=str(entry.get("note", "")), live=bool(entry.get("live", True)),
+                  part_of_step=bool(entry.get("part_of_step", False)))
 
 
 def _parse_engine(name: str, spec: object) -> Engine:

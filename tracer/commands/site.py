@@ -21,7 +21,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     serve = sub.add_parser("serve", help="build, then serve OUT/site over HTTP")
     _common(serve)
     serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--port", type=int, default=8001, help="default 8001 (`servetrace serve` takes 8000)")
     serve.set_defaults(func=run_serve)
 
     lab = sub.add_parser("lab", help="run one lab (the experiment behind a walkthrough's table) and print its tables")
@@ -127,7 +127,10 @@ def run_serve(args: argparse.Namespace) -> int:
     import functools
     import http.server
 
+    from tracer.commands._ports import ensure_free
     from tracer.walkthroughs.errors import SiteBuildError
+
+    ensure_free(args.host, args.port)  # a busy port fails before the whole site is rebuilt
 
     try:
         report = _build(args)

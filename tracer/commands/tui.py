@@ -25,7 +25,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from tracer import tui
 
+    from tracer.replay.workload import looks_like_workload
+
     paths = args.traces
+    workload = next((path for path in paths if looks_like_workload(path)), None)
+    if workload is not None:
+        raise ValueError(f"{workload} is a workload, not a trace: run `servetrace replay {workload}` on it")
     if args.summary or not (sys.stdin.isatty() and sys.stdout.isatty()):
         tui.print_summary(paths)
         return 0

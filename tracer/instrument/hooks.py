@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tracer.catalog.hops import Catalog, Target, load_catalog
-from tracer.instrument.spans import HopCall
+from tracer.instrument.spans import HopCall, Inject
 from tracer.instrument.wrappers import MARKER, make_wrapper
 
 logger = logging.getLogger(__name__)
@@ -106,7 +106,10 @@ def _hop_call(catalog: Catalog, target: Target, extractors: dict | None) -> HopC
         inject = rest[0] if rest else None
     else:
         before, after, inject = extractors_for(target.engine, target.hop)
-    return HopCall(target.hop, target.engine, hop.scope, target.spec, before, after, hop.cuda_timed, hop.roles, inject)
+    if inject is not None and not isinstance(inject, Inject):
+        inject = Inject(inject)
+    return HopCall(target.hop, target.engine, hop.scope, target.spec, before, after, hop.cuda_timed, hop.roles, inject,
+                   target.part_of_step)
 
 
 def install(

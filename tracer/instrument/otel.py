@@ -18,12 +18,19 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SimpleSpanProcessor
 
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased, Sampler, TraceIdRatioBased
+
+from tracer.catalog.hops import load_catalog
 from tracer.instrument import gpu_timing
+from tracer.traces.schema import ENGINE, ENGINE_VERSION, PROCESS_PID, SCHEMA_VERSION, SCHEMA_VERSION_KEY, SERVICE_NAME
 from tracer.instrument.exporters import GuardedExporter, OTLPJsonLinesFileExporter
 
 logger = logging.getLogger(__name__)
 
 TRACE_FILE_ENV = "SERVETRACE_TRACE"
+SAMPLE_ENV = "SERVETRACE_SAMPLE"
+CAPTURE_CONTENT_ENV = "SERVETRACE_CAPTURE_CONTENT"
+OTEL_CAPTURE_CONTENT_ENV = "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"
 OTLP_ENV = "SERVETRACE_OTLP"
 CONSOLE_ENV = "SERVETRACE_CONSOLE"
 INSTRUMENTATION_SCOPE = "servetrace"
@@ -50,15 +57,20 @@ def configure(
     service_name: str = "servetrace",
     engine: str | None = None,
     batch: bool = True,
+    sample_ratio: float = 1.0,
 ) -> TracerProvider:
-    """Start exporting servetrace spans; replaces a previous configuration (after flushing it)."""
+    """Start exporting servetrace spans; replaces a previous configuration (after flushing it).
+    sample_ratio < 1 keeps that share of requests, each whole (SERVETRACE_SAMPLE)."""
     global _provider, _tracer, _atexit_registered, _configured_pid
     if not (trace_file or otlp_endpoint or console):
         raise ValueError("configure() needs a trace file, an OTLP endpoint or console=True")
-    attributes = {"service.name": service_name, "process.pid": os.getpid()}
+    attributes = {SERVICE_NAME: service_name, PROCESS_PID: os.getpid(), SCHEMA_VERSION_KEY: SCHEMA_VERSION}
     if engine:
-        attributes["servetrace.engine"] = engine
-    provider = TracerProvider(resource=Resource.create(attributes))
+        attributes[ENGINE] = engine
+        version = _engine_version(engine)
+        if version:
+            attributes[ENGINE_VERSION] = version
+    provider = TracerProvider(resource=Resource.create(attributes), sampler=_sampler(sample_ratio))
 
     def add(exporter, label: str) -> None:
         guarded = GuardedExporter(exporter, label)
@@ -95,13 +107,65 @@ def configure(
 
 
 def configure_from_env(engine: str, service_name: str | None = None) -> TracerProvider | None:
-    """Configure from SERVETRACE_TRACE / SERVETRACE_OTLP / SERVETRACE_CONSOLE; None when none is set."""
+    """Configure from SERVETRACE_TRACE / SERVETRACE_OTLP / SERVETRACE_CONSOLE (and SERVETRACE_SAMPLE);
+    None when none is set."""
     trace_file = os.environ.get(TRACE_FILE_ENV) or None
     otlp = os.environ.get(OTLP_ENV) or None
     console = os.environ.get(CONSOLE_ENV, "") not in ("", "0", "false")
     if not (trace_file or otlp or console):
         return None
-    return configure(trace_file, otlp, console, service_name=service_name or f"servetrace-{engine}", engine=engine)
+    return configure(trace_file, otlp, console, service_name=service_name or f"servetrace-{engine}", engine=engine,
+                     sample_ratio=sample_ratio_from_env())
+
+
+def sample_ratio_from_env() -> float:
+    text = os.environ.get(SAMPLE_ENV, "").strip()
+    if not text:
+        return 1.0
+    try:
+        ratio = float(text)
+    except ValueError:
+        raise ValueError(f"{SAMPLE_ENV} must be a number between 0 and 1, got {text!r}") from None
+    if not 0.0 <= ratio <= 1.0:
+        raise ValueError(f"{SAMPLE_ENV} must be between 0 and 1, got {ratio}")
+    return ratio
+
+
+def capture_content() -> bool:
+    """Prompt / output text and token ids go on upstream spans only when asked for, as OpenTelemetry's
+    GenAI instrumentations do (OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT)."""
+    value = os.environ.get(CAPTURE_CONTENT_ENV) or os.environ.get(OTEL_CAPTURE_CONTENT_ENV, "")
+    return value.strip().lower() in ("1", "true", "yes", "on")
+
+
+class _WholeRequestSampler(Sampler):
+    """Keeps a share of the requests, each whole: a request's root is sampled by its trace id, every
+    span under it follows (across processes too: the sampled flag travels in the traceparent); step
+    and startup traces are always kept, and link only to the requests kept (tracer.instrument.spans)."""
+
+    def __init__(self, ratio: float) -> None:
+        self._requests = TraceIdRatioBased(ratio)
+        self._request_roots = frozenset(load_catalog().with_role("request_root"))
+
+    def should_sample(self, parent_context, trace_id, name, kind=None, attributes=None, links=None, trace_state=None):
+        if name in self._request_roots:
+            return self._requests.should_sample(parent_context, trace_id, name, kind, attributes, links, trace_state)
+        return ALWAYS_ON.should_sample(parent_context, trace_id, name, kind, attributes, links, trace_state)
+
+    def get_description(self) -> str:
+        return f"servetrace whole requests ({self._requests.get_description()})"
+
+
+def _sampler(ratio: float) -> Sampler:
+    return ALWAYS_ON if ratio >= 1.0 else ParentBased(root=_WholeRequestSampler(ratio))
+
+
+def _engine_version(engine: str) -> str | None:
+    try:
+        spec = load_catalog().engines.get(engine)
+    except Exception:  # a broken catalog is reported where it is used; the resource just lacks the version
+        return None
+    return spec.installed_version() if spec is not None else None
 
 
 def active_tracer() -> trace.Tracer | None:

@@ -34,15 +34,23 @@ from tracer.instrument import gpu_timing, otel
 logger = logging.getLogger(__name__)
 
 from tracer.traces.schema import (  # noqa: F401  (ALIASES, DROP, TRACEPARENT: re-exported for the extractors)
-    ALIASES, BATCH_IDS, BATCH_PREFIX, LINK_REPORTED, REPORTED_ID_KEYS, CARRIER_KEY, DROP, EXTERNAL_ID, HTTP_REQUEST_ID_HEADER, HTTP_STATUS, LINK_KIND,
+    ALIASES, ARRIVAL_STEP, BATCH_IDS, BATCH_PREFIX, LINK_REPORTED, REPORTED_ID_KEYS, CARRIER_KEY, DROP, EXTERNAL_ID, HTTP_REQUEST_ID_HEADER, HTTP_STATUS, LINK_KIND,
     LINK_REQUEST, LINK_STEP, NUM_RUNNING, NUM_WAITING, REQUEST_ID, TRACEPARENT,
 )
 
 
 Extractor = Callable[..., Mapping[str, Any]]
-# (args, result, carrier) -> None: writes the carrier ({CARRIER_KEY: traceparent}) into what the call
-# hands to another process, so the spans there join this trace (see the extractor modules' INJECT).
-Injector = Callable[[dict, Any, dict], None]
+
+
+@dataclass(frozen=True)
+class Inject:
+    """Writes the trace context into what a call hands to another process, so that the spans there
+    join this trace (an extractor module's INJECT). `write(args, result, carrier)` gets the carrier
+    {CARRIER_KEY: traceparent}; before=True: called when the call starts (result is None), for a call
+    that sends its message itself."""
+
+    write: Callable[[dict, Any, dict], None]
+    before: bool = False
 _propagator = TraceContextTextMapPropagator()
 
 
@@ -58,7 +66,8 @@ class HopCall:
     after: Extractor | None = None  # (args: dict, result) -> attributes
     cuda_timed: bool = False
     roles: frozenset[str] = frozenset()  # the hop's roles in the catalog (hops.yaml's header says each)
-    inject: Injector | None = None
+    inject: Inject | None = None
+    part_of_step: bool = False  # the target runs as one part of a step an opener began (catalog)
 
 
 class RequestRegistry:
@@ -110,6 +119,11 @@ _open_step: contextvars.ContextVar["OpenSpan | None"] = contextvars.ContextVar("
 # The step context another process sent with the work it handed over (vLLM's EngineCore -> Worker):
 # step-scope spans of this process with nothing open above them nest there.
 _remote_step: list[otel_context.Context | None] = [None]
+# The step the last unenclosed step opener began: targets marked part_of_step in the catalog join it
+# (SGLang's event loop calls get_next_batch_to_run, run_batch and process_batch_result in turn).
+_opened_step: list["OpenSpan | None"] = [None]
+# Engine-step spans this process has emitted: where a request arrives in the step sequence.
+_steps_emitted = [0]
 # A request.render span that started a trace before its request had an id (the offline path:
 # render, then add_request): the next engine.enqueue in this thread / task joins its trace.
 _unclaimed_render: contextvars.ContextVar[SpanContext | None] = contextvars.ContextVar("servetrace_unclaimed_render", default=None)
@@ -194,14 +208,21 @@ def begin(call: HopCall, args: dict[str, Any]) -> OpenSpan | None:
     links: list[Link] = []
     root: SpanContext | None = None
     roles = call.roles
-    if "step_root" in roles or "startup" in roles:
-        parent = otel_context.Context()
-    elif call.scope == "step" and enclosing is None:
+    opens_step = False  # an unenclosed step opener that is not a step root: begins this process's current step
+    if call.scope == "step" and enclosing is None and "startup" not in roles:
         traceparent = attributes.get(TRACEPARENT)
         if traceparent:
             parent = _remote_step[0] = _propagator.extract({"traceparent": traceparent})
+        elif call.part_of_step and _opened_step[0] is not None:
+            parent = trace.set_span_in_context(_opened_step[0].materialize())
+        elif "step_opener" in roles and "step_root" not in roles:
+            parent, opens_step = otel_context.Context(), True
         elif _remote_step[0] is not None and not trace.get_current_span().get_span_context().is_valid:
             parent = _remote_step[0]  # a later call of the same step (vLLM's sample_tokens RPC)
+        elif "step_root" in roles:
+            parent = otel_context.Context()
+    elif "step_root" in roles or "startup" in roles:
+        parent = otel_context.Context()
     elif call.scope == "request":
         if enclosing is not None:
             current = enclosing.materialize().get_span_context()
@@ -212,6 +233,8 @@ def begin(call: HopCall, args: dict[str, Any]) -> OpenSpan | None:
         if request_id is not None and attributes.get(EXTERNAL_ID) is None:
             attributes[EXTERNAL_ID] = registry.external_id(str(request_id))
         traceparent = attributes.get(TRACEPARENT)
+        if "enqueue" in roles and (traceparent or _steps_emitted[0]):  # a process that runs engine steps
+            attributes[ARRIVAL_STEP] = _steps_emitted[0]
         if root is None and "enqueue" in roles and not current.is_valid:
             root = _unclaimed_render.get()
             if root is not None:
@@ -220,8 +243,10 @@ def begin(call: HopCall, args: dict[str, Any]) -> OpenSpan | None:
             parent = trace.set_span_in_context(NonRecordingSpan(root))
         elif traceparent:
             parent = _propagator.extract({"traceparent": traceparent})
-        elif enclosing is not None and enclosing.call.scope == "step":
+        elif enclosing is not None and enclosing.call.scope == "step" and request_id is not None:
             parent = otel_context.Context()  # a request's span does not belong to the step's trace
+        # (without a request id, a batch-level call of a request hop, e.g. SGLang's alloc_for_extend,
+        # nests in the step it runs in and links to the batch)
         elif enclosing is not None:
             root = enclosing.root  # nested in another span of the same request (enqueue inside http.request)
         if parent is not None and current.is_valid and (root is None or root.trace_id != current.trace_id):
@@ -234,7 +259,11 @@ def begin(call: HopCall, args: dict[str, Any]) -> OpenSpan | None:
     if "request_root" in roles and attributes.get(REQUEST_ID) is not None:
         open_span.materialize()
         registry.register(str(attributes[REQUEST_ID]), open_span.root)
+    if opens_step:
+        _opened_step[0] = open_span
     activate(open_span)
+    if call.inject is not None and call.inject.before:
+        _inject(open_span, args, None)
     if call.cuda_timed:
         open_span.gpu_events = gpu_timing.start_events()
     return open_span
@@ -262,7 +291,7 @@ def _batch_links(request_ids: list, kind: str = LINK_REQUEST) -> list[Link]:
     links = []
     for request_id in request_ids:
         root = registry.get(str(request_id))
-        if root is not None:
+        if root is not None and root.trace_flags.sampled:  # a request sampled out is not in the file
             links.append(Link(root, {LINK_KIND: kind, REQUEST_ID: str(request_id)}))
     return links
 
@@ -277,10 +306,14 @@ def end(open_span: OpenSpan, args: dict[str, Any], result: Any = None, error: Ba
         attributes = open_span.attributes
         attributes.update(after)
         if error is None and attributes.get(DROP) and open_span.span is None:
+            if _opened_step[0] is open_span:
+                _opened_step[0] = None
             return  # uneventful (e.g. a decode step's allocate that needed no new block)
         batch = attributes.get(BATCH_IDS) or []
         reported = [rid for key in REPORTED_ID_KEYS for rid in (attributes.get(key) or ()) if rid not in batch]
         batch_links = _batch_links(batch) + _batch_links(list(dict.fromkeys(reported)), LINK_REPORTED)
+        if "step_root" in call.roles:
+            _steps_emitted[0] += 1
         if open_span.span is None:
             open_span.links.extend(batch_links)
             span = open_span.materialize()
@@ -315,8 +348,8 @@ def end(open_span: OpenSpan, args: dict[str, Any], result: Any = None, error: Ba
                 _name_enclosing_http_request(open_span, attributes[REQUEST_ID])
         elif "render" in call.roles and open_span.started_trace and error is None:
             _unclaimed_render.set(span.get_span_context())
-        if call.inject is not None and error is None:
-            _inject(open_span, span, args, result)
+        if call.inject is not None and not call.inject.before and error is None:
+            _inject(open_span, args, result)
     except Exception:  # pragma: no cover - bookkeeping must not break the engine either
         logger.warning("servetrace: closing a %s span failed", call.hop, exc_info=True)
         span = open_span.materialize()
@@ -334,17 +367,22 @@ def end(open_span: OpenSpan, args: dict[str, Any], result: Any = None, error: Ba
         otel.flush_idle()
 
 
-def _inject(open_span: OpenSpan, span: Any, args: dict[str, Any], result: Any) -> None:
-    """Hand the trace on: a request's spans carry the request's root, a step's spans the step."""
-    if open_span.call.scope == "request":
-        context = open_span.root or span.get_span_context()
-    else:
-        step = _open_step.get()
-        context = step.materialize().get_span_context() if step is not None else span.get_span_context()
+def traceparent(context: SpanContext) -> str:
+    """The W3C traceparent of a span context (what carriers send)."""
     headers: dict[str, str] = {}
     _propagator.inject(headers, context=trace.set_span_in_context(NonRecordingSpan(context)))
+    return headers["traceparent"]
+
+
+def _inject(open_span: OpenSpan, args: dict[str, Any], result: Any) -> None:
+    """Hand the trace on: a request's spans carry the request's root, a step's spans the step."""
+    if open_span.call.scope == "request":
+        context = open_span.root or open_span.materialize().get_span_context()
+    else:
+        step = _open_step.get()
+        context = (step or open_span).materialize().get_span_context()
     try:
-        open_span.call.inject(args, result, {CARRIER_KEY: headers["traceparent"]})
+        open_span.call.inject.write(args, result, {CARRIER_KEY: traceparent(context)})
     except Exception:  # the engine's own work must go on without our context
         key = (open_span.call.engine, open_span.call.hop, "inject")
         if key not in _warned:

@@ -86,6 +86,8 @@ CHECKPOINT = _key("servetrace.kv.checkpoint", "bool", "SGLang's release_kv_cache
 EXTEND_TOKENS = _key("servetrace.kv.extend_tokens", "int", "tokens a prefill batch extends by")
 CHECKPOINT_UP_TO = _key("servetrace.kv.up_to", "int", "the token a radix checkpoint caches up to")
 ADD_RESULT = _key("servetrace.scheduler.add_result", "str", "SGLang PrefillAdder's AddReqResult for the request")
+ARRIVAL_STEP = _key("servetrace.request.arrival_step", "int", "engine steps this process had emitted when the request entered its scheduler")
+PROMPT_TOKEN_IDS = _key("servetrace.request.prompt_token_ids", "int[]", "the prompt's token ids (upstream servers: only with content capture on)")
 BLOCK_HASHES = _key("servetrace.kv.block_hashes", "str[]", "hashes of the prompt's full blocks (what replay needs without the tokens)")
 
 # -- one engine step / batch -------------------------------------------------------------------------

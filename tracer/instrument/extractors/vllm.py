@@ -28,6 +28,8 @@ from tracer.traces.schema import (
     CONFIG_ASYNC, CONFIG_BLOCK_SIZE, CONFIG_CHUNKED_PREFILL, CONFIG_LONG_PREFILL, CONFIG_MAX_BATCHED_TOKENS,
     CONFIG_MAX_MODEL_LEN, CONFIG_MAX_NUM_SEQS, CONFIG_NUM_BLOCKS, CONFIG_POLICY, CONFIG_PREFIX_CACHING,
 )
+from tracer.instrument import otel
+from tracer.traces.schema import BLOCK_HASHES, PROMPT_TOKEN_IDS
 from tracer.traces.schema import ALIASES, CARRIER_EXTERNAL_ID, CARRIER_KEY, DROP, TRACEPARENT
 
 # The attribute the EngineCore sets on a SchedulerOutput for the worker.
@@ -120,6 +122,10 @@ def enqueue_before(args: dict) -> dict:
         PRIORITY: request.priority,
         TRACEPARENT: headers.get(CARRIER_KEY) or headers.get("traceparent"),
         EXTERNAL_ID: headers.get(CARRIER_EXTERNAL_ID) or getattr(request, "external_req_id", None),
+        # What a replay of the trace needs without the prompt: the full blocks' hashes (vLLM's own,
+        # vllm/v1/request.py: Request.block_hashes); the token ids only when content capture is on.
+        BLOCK_HASHES: [bytes(h).hex() for h in getattr(request, "block_hashes", None) or ()],
+        PROMPT_TOKEN_IDS: list(request.prompt_token_ids or ()) if otel.capture_content() else None,
         **sampling_attributes(request.sampling_params),
     }
 
