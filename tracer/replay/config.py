@@ -61,6 +61,17 @@ class ReplayConfig:
     def pool_tokens(self) -> int:
         return self.radix_pool_tokens or self.num_blocks * self.block_size
 
+    def scheduler_kwargs(self) -> dict:
+        """The SchedulerConfig fields ours and vLLM's spell the same way, for the runners."""
+        return {
+            "max_num_seqs": self.max_num_seqs,
+            "max_num_batched_tokens": self.max_num_batched_tokens,
+            "max_model_len": self.max_model_len,
+            "enable_chunked_prefill": self.enable_chunked_prefill,
+            "long_prefill_token_threshold": self.long_prefill_token_threshold,
+            "policy": self.policy,
+        }
+
     def to_json(self) -> dict:
         return asdict(self)
 

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from engine.math_utils import cdiv
 from tracer.replay.config import ReplayConfig
 from tracer.replay.workload import WorkloadRequest
 
@@ -152,7 +153,7 @@ def validate_workload(workload: list[WorkloadRequest], config: ReplayConfig) -> 
                 f"request {request.id!r}: prompt of {len(request.prompt_token_ids)} tokens does not fit "
                 f"max_model_len={config.max_model_len} (it needs room for one output token)"
             )
-        needed_blocks = -(-(len(request.prompt_token_ids) + request.max_tokens) // config.block_size)
+        needed_blocks = cdiv(len(request.prompt_token_ids) + request.max_tokens, config.block_size)
         if needed_blocks > config.num_blocks - 1:
             raise ReplayError(
                 f"request {request.id!r} needs {needed_blocks} KV blocks but the pool has "

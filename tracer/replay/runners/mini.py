@@ -16,14 +16,7 @@ class MiniRunner(V1SchedulerRunner):
 
     def __init__(self, config: ReplayConfig) -> None:
         super().__init__(config)
-        scheduler_config = SchedulerConfig(
-            max_num_seqs=config.max_num_seqs,
-            max_num_batched_tokens=config.max_num_batched_tokens,
-            max_model_len=config.max_model_len,
-            enable_chunked_prefill=config.enable_chunked_prefill,
-            long_prefill_token_threshold=config.long_prefill_token_threshold,
-            policy=config.policy,
-        )
+        scheduler_config = SchedulerConfig(**config.scheduler_kwargs())
         cache_config = CacheConfig(
             block_size=config.block_size, num_blocks=config.num_blocks, enable_prefix_caching=config.enable_prefix_caching
         )

@@ -26,7 +26,9 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterator
 
+from engine.radix_cache import RadixCache, TokenToKVPoolAllocator
 from tracer.replay.config import ReplayConfig
+from tracer.replay.runners import make_radix_runner
 from tracer.replay.workload import WorkloadRequest
 
 
@@ -73,28 +75,12 @@ class _Counter:
 # -- the two caches behind one small interface ------------------------------------------
 
 
-class MiniRadix:
-    name = "mini"
+class _RadixOps:
+    """What both trees share by name (SGLang's RadixCache and ours mirror it): locking, the
+    allocator's slots, the tree's sizes. Subclasses set `cache` and `allocator`."""
 
-    def __init__(self, pool_tokens: int, page_size: int) -> None:
-        from engine.radix_cache import RadixCache, TokenToKVPoolAllocator
-
-        self.allocator = TokenToKVPoolAllocator(pool_tokens)
-        self.cache = RadixCache(self.allocator, page_size=page_size, clock=_Counter())
-
-    @contextmanager
-    def session(self) -> Iterator[None]:
-        yield
-
-    def match(self, key: list[int]) -> tuple[list[int], Any]:
-        result = self.cache.match_prefix(key)
-        return list(result.device_indices), result.last_node
-
-    def insert(self, key: list[int], slots: list[int]) -> int:
-        return self.cache.insert(key, slots).prefix_len
-
-    def evict(self, num_tokens: int) -> int:
-        return self.cache.evict(num_tokens)
+    cache: Any
+    allocator: Any
 
     def lock(self, node: Any) -> None:
         self.cache.inc_lock_ref(node)
@@ -116,33 +102,41 @@ class MiniRadix:
         return self.cache.evictable_size(), self.cache.protected_size()
 
 
-class SimulatedSlotAllocator:
-    """The allocator stand-in SGLang's RadixCache.create_simulated takes (eviction frees
-    slots through it). Same policy as SGLang's TokenToKVPoolAllocator: slot 0 reserved,
-    allocate from the front of the free list, free to the back."""
+class MiniRadix(_RadixOps):
+    name = "mini"
+
+    def __init__(self, pool_tokens: int, page_size: int) -> None:
+        self.allocator = TokenToKVPoolAllocator(pool_tokens)
+        self.cache = RadixCache(self.allocator, page_size=page_size, clock=_Counter())
+
+    @contextmanager
+    def session(self) -> Iterator[None]:
+        yield
+
+    def match(self, key: list[int]) -> tuple[list[int], Any]:
+        result = self.cache.match_prefix(key)
+        return list(result.device_indices), result.last_node
+
+    def insert(self, key: list[int], slots: list[int]) -> int:
+        return self.cache.insert(key, slots).prefix_len
+
+    def evict(self, num_tokens: int) -> int:
+        return self.cache.evict(num_tokens)
+
+
+class SimulatedSlotAllocator(TokenToKVPoolAllocator):
+    """The allocator stand-in SGLang's RadixCache.create_simulated takes (eviction frees slots
+    through it): our engine's allocator, which mirrors SGLang's TokenToKVPoolAllocator (slot 0
+    reserved, allocate from the front, free to the back), plus the two names SGLang's tree
+    also reads: `device` (for the tensors it builds) and free_segment."""
 
     device = "cpu"
 
-    def __init__(self, size: int) -> None:
-        self.free_slots = list(range(1, size + 1))
-
-    def available_size(self) -> int:
-        return len(self.free_slots)
-
-    def alloc(self, n: int) -> list[int] | None:
-        if n > len(self.free_slots):
-            return None
-        selected, self.free_slots = self.free_slots[:n], self.free_slots[n:]
-        return selected
-
-    def free(self, indices) -> None:
-        self.free_slots.extend(int(i) for i in indices)
-
-    def free_segment(self, indices, start_pos: int = 0) -> None:
+    def free_segment(self, indices: Any, start_pos: int = 0) -> None:
         self.free(indices)
 
 
-class SglangRadix:
+class SglangRadix(_RadixOps):
     name = "sglang"
 
     def __init__(self, pool_tokens: int, page_size: int) -> None:
@@ -190,33 +184,6 @@ class SglangRadix:
     def evict(self, num_tokens: int) -> int:
         return self.cache.evict(self.EvictParams(num_tokens=num_tokens)).num_tokens_evicted
 
-    def lock(self, node: Any) -> None:
-        self.cache.inc_lock_ref(node)
-
-    def unlock(self, node: Any) -> None:
-        self.cache.dec_lock_ref(node)
-
-    def alloc(self, n: int) -> list[int] | None:
-        return self.allocator.alloc(n)
-
-    def free(self, slots: list[int]) -> None:
-        if slots:
-            self.allocator.free(slots)
-
-    def available(self) -> int:
-        return self.allocator.available_size()
-
-    def sizes(self) -> tuple[int, int]:
-        return self.cache.evictable_size(), self.cache.protected_size()
-
-
-def make_radix(engine: str, config: ReplayConfig, page_size: int = 1):
-    if engine == "mini":
-        return MiniRadix(config.pool_tokens, page_size)
-    if engine == "sglang":
-        return SglangRadix(config.pool_tokens, page_size)
-    raise ValueError(f"no radix-cache runner for engine {engine!r}; choose mini or sglang")
-
 
 # -- the replay ------------------------------------------------------------------------
 
@@ -230,7 +197,7 @@ class _InFlight:
 
 
 def replay_radix(engine: str, workload: list[WorkloadRequest], config: ReplayConfig, page_size: int = 1) -> RadixLog:
-    radix = make_radix(engine, config, page_size)
+    radix = make_radix_runner(engine, config, page_size)
     log = RadixLog(radix.name, {**config.to_json(), "page_size": page_size})
     in_flight: deque[_InFlight] = deque()
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -40,11 +42,17 @@ SMOLLM2_CONFIG = {
 }
 
 
-@lru_cache(maxsize=1)
-def config_only_model_dir() -> str:
-    directory = Path(tempfile.mkdtemp(prefix="servetrace-vllm-model-"))
-    (directory / "config.json").write_text(json.dumps(SMOLLM2_CONFIG))
-    return str(directory)
+MODEL_DIR_PREFIX = "servetrace-vllm-model-"
+
+
+@contextmanager
+def config_only_model_dir() -> Iterator[str]:
+    """A model directory holding only SMOLLM2_CONFIG's config.json, removed on exit. vLLM reads
+    it while it builds ModelConfig and VllmConfig and never after, so a directory lives only as
+    long as building one scheduler takes: replay leaves nothing behind in the temp dir."""
+    with tempfile.TemporaryDirectory(prefix=MODEL_DIR_PREFIX) as directory:
+        (Path(directory) / "config.json").write_text(json.dumps(SMOLLM2_CONFIG))
+        yield directory
 
 
 @lru_cache(maxsize=1)
@@ -75,30 +83,22 @@ def _vllm():
     )
 
 
-@lru_cache(maxsize=8)
-def _model_config(max_model_len: int):
-    v = _vllm()
-    return v["ModelConfig"](
-        model=config_only_model_dir(), skip_tokenizer_init=True, dtype="float32", seed=0, max_model_len=max_model_len
-    )
-
-
 def build_vllm_scheduler(config: ReplayConfig):
     """A real vllm.v1.core.sched.scheduler.Scheduler under the replay config."""
+    with config_only_model_dir() as model_dir:
+        return _build_vllm_scheduler(config, model_dir)
+
+
+def _build_vllm_scheduler(config: ReplayConfig, model_dir: str):
     v = _vllm()
     try:
-        scheduler_config = v["SchedulerConfig"](
-            max_num_seqs=config.max_num_seqs,
-            max_num_batched_tokens=config.max_num_batched_tokens,
-            max_model_len=config.max_model_len,
-            enable_chunked_prefill=config.enable_chunked_prefill,
-            long_prefill_token_threshold=config.long_prefill_token_threshold,
-            policy=config.policy,
-            is_encoder_decoder=False,
+        model_config = v["ModelConfig"](
+            model=model_dir, skip_tokenizer_init=True, dtype="float32", seed=0, max_model_len=config.max_model_len
         )
+        scheduler_config = v["SchedulerConfig"](**config.scheduler_kwargs(), is_encoder_decoder=False)
         cache_config = v["CacheConfig"](block_size=config.block_size, enable_prefix_caching=config.enable_prefix_caching)
         vllm_config = v["VllmConfig"](
-            scheduler_config=scheduler_config, model_config=_model_config(config.max_model_len), cache_config=cache_config
+            scheduler_config=scheduler_config, model_config=model_config, cache_config=cache_config
         )
     except ValueError as exc:
         raise ReplayError(f"vLLM rejects this config: {exc}") from None
