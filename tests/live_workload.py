@@ -18,7 +18,7 @@ from tracer.traces.trace_file import TraceFile, read_trace_file
 # that shares it finds whole cached blocks.
 SHARED_PREFIX = " ".join(
     f"Rule {n}: a paged KV cache stores keys and values in fixed-size blocks, and a prefix cache"
-    f" reuses the blocks of an identical prompt prefix." for n in range(1, 13)
+    f" reuses the blocks of an identical prompt prefix." for n in range(1, 7)
 )
 
 
@@ -28,6 +28,7 @@ class LiveRun:
     log_path: Path
     ids: dict[str, str] = field(default_factory=dict)  # label -> the X-Request-Id sent
     texts: dict[str, str] = field(default_factory=dict)
+    response_ids: dict[str, str] = field(default_factory=dict)  # label -> the response's id
     pressure_ids: list[str] = field(default_factory=list)
 
     def trace(self) -> TraceFile:
@@ -37,7 +38,10 @@ class LiveRun:
         return analyse(self.trace().spans)
 
 
-def run_workload(base_url: str, run: LiveRun, pressure_requests: int = 4, pressure_tokens: int = 160) -> None:
+def run_workload(base_url: str, run: LiveRun, pressure_requests: int = 4, pressure_tokens: int = 160,
+                 ignore_eos: bool = True) -> None:
+    """ignore_eos: the pressure requests run to max_tokens (vLLM then must preempt); SGLang reserves a
+    request's whole max_new_tokens when it ignores EOS and so never over-admits: it gets False."""
     client = openai.OpenAI(base_url=base_url + "/v1", api_key="unused", max_retries=0, timeout=300)
     model = client.models.list().data[0].id
 
@@ -47,14 +51,14 @@ def run_workload(base_url: str, run: LiveRun, pressure_requests: int = 4, pressu
 
     out = client.completions.create(model=model, prompt="The capital of France is", max_tokens=6,
                                     temperature=0, extra_headers=header("completion"))
-    run.texts["completion"] = out.choices[0].text
+    run.texts["completion"], run.response_ids["completion"] = out.choices[0].text, out.id
     run.texts["completion-stream"] = "".join(
         chunk.choices[0].text for chunk in client.completions.create(
             model=model, prompt="The capital of France is", max_tokens=6, temperature=0, stream=True,
             extra_headers=header("completion-stream")) if chunk.choices)
     chat = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "Say hi."}],
                                           max_tokens=6, temperature=0, extra_headers=header("chat"))
-    run.texts["chat"] = chat.choices[0].message.content or ""
+    run.texts["chat"], run.response_ids["chat"] = chat.choices[0].message.content or "", chat.id
     run.texts["chat-stream"] = "".join(
         chunk.choices[0].delta.content or "" for chunk in client.chat.completions.create(
             model=model, messages=[{"role": "user", "content": "Say hi."}], max_tokens=6, temperature=0,
@@ -76,8 +80,8 @@ def run_workload(base_url: str, run: LiveRun, pressure_requests: int = 4, pressu
         headers = header(label)
         run.pressure_ids.append(run.ids[label])
         threads.append(threading.Thread(target=client.completions.create, kwargs=dict(
-            model=model, prompt=f"Write a long story about the number {n}.", max_tokens=pressure_tokens,
-            temperature=0, extra_body={"ignore_eos": True}, extra_headers=headers)))
+            model=model, prompt=f"Count from {n} to 900, separated by commas: {n},", max_tokens=pressure_tokens,
+            temperature=0, extra_body={"ignore_eos": ignore_eos}, extra_headers=headers)))
     for thread in threads:
         thread.start()
     for thread in threads:

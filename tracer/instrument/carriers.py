@@ -30,9 +30,16 @@ class CarriedValue:
     def __reduce__(self):
         return arrive, (self.value, self.contexts)
 
+    # The sender may go on using the field after the hook wrapped it (SGLang's TokenizerManager puts
+    # time_stats back and calls it after the send): it reaches the value itself.
     def __getattr__(self, name: str) -> Any:
-        # Code that reads the field after the hook wrapped it (before the message is sent) sees the value.
         return getattr(self.value, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in CarriedValue.__slots__:
+            object.__setattr__(self, name, value)
+        else:
+            setattr(self.value, name, value)
 
 
 def carry(message: Any, field: str, contexts: dict[str, str]) -> None:

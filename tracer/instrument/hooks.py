@@ -17,9 +17,9 @@ import types
 from dataclasses import dataclass, field
 from typing import Any
 
-from tracer.catalog.hops import Catalog, Target, load_catalog
+from tracer.catalog.hops import CARRIER, Catalog, Target, load_catalog
 from tracer.instrument.spans import HopCall, Inject
-from tracer.instrument.wrappers import MARKER, make_wrapper
+from tracer.instrument.wrappers import MARKER, make_carrier_wrapper, make_wrapper
 
 logger = logging.getLogger(__name__)
 
@@ -75,10 +75,11 @@ def _install_one(target: Target, call: HopCall, module: types.ModuleType) -> Non
     owner, attribute, raw = _resolve_owner(module, target.qualname)
     if getattr(raw, MARKER, None) or getattr(getattr(raw, "__func__", None), MARKER, None):
         return  # already wrapped (by an earlier session of this process)
+    wrap = make_carrier_wrapper if call.hop == CARRIER else make_wrapper
     if isinstance(raw, (classmethod, staticmethod)):
-        wrapper: Any = type(raw)(make_wrapper(raw.__func__, call))
+        wrapper: Any = type(raw)(wrap(raw.__func__, call))
     elif callable(raw) and not isinstance(raw, type):
-        wrapper = make_wrapper(raw, call)
+        wrapper = wrap(raw, call)
     else:
         raise HookError(f"{target.spec} is not a function (it is {type(raw).__name__})")
     setattr(owner, attribute, wrapper)
@@ -97,8 +98,13 @@ def _install_one(target: Target, call: HopCall, module: types.ModuleType) -> Non
 
 
 def _hop_call(catalog: Catalog, target: Target, extractors: dict | None) -> HopCall:
-    from tracer.instrument.extractors import extractors_for
+    from tracer.instrument.extractors import carrier_for, extractors_for
 
+    if target.hop == CARRIER:  # no span: the wrapper only puts the trace context on what the call sends
+        carry = (extractors or {}).get(target.spec) if extractors is not None else carrier_for(target.engine, target.spec)
+        if carry is None:
+            raise ImportError(f"the {target.engine} extractors have no CARRY entry for {target.spec}")
+        return HopCall(CARRIER, target.engine, CARRIER, target.spec, inject=Inject(carry, before=True))
     hop = catalog.hop(target.hop)
     inject = None
     if extractors is not None:
@@ -126,7 +132,8 @@ def install(
     catalog = catalog or load_catalog()
     report = InstallReport()
     with _lock:
-        for target in catalog.targets(engine):
+        carriers = list(catalog.carriers.get(engine, ())) if hops is None else []
+        for target in catalog.targets(engine) + carriers:
             if hops is not None and target.hop not in hops:
                 continue
             _targets[target.spec] = target

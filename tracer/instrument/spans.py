@@ -131,6 +131,14 @@ _unclaimed_render: contextvars.ContextVar[SpanContext | None] = contextvars.Cont
 _warned: set[tuple[str, str, str]] = set()
 
 
+def warn_once(call: HopCall, phase: str, message: str, *args: Any) -> None:
+    """Log a hook's failure once per (engine, hop, phase), with its traceback; the engine goes on."""
+    key = (call.engine, call.hop, phase)
+    if key not in _warned:
+        _warned.add(key)
+        logger.warning("servetrace: " + message, *args, exc_info=True)
+
+
 def _run_extractor(call: HopCall, phase: str, fn: Extractor | None, *args: Any) -> dict[str, Any]:
     if fn is None:
         return {}
@@ -305,6 +313,12 @@ def end(open_span: OpenSpan, args: dict[str, Any], result: Any = None, error: Ba
         after = _run_extractor(call, "after", call.after, args, result) if error is None else {}
         attributes = open_span.attributes
         attributes.update(after)
+        if open_span.enclosing is None and ("step_root" in call.roles or "step_opener" in call.roles) \
+                and attributes.get(NUM_RUNNING) == 0 and attributes.get(NUM_WAITING) == 0:
+            # The engine has gone idle: write out what it did now. A server stopped with Ctrl-C or
+            # SIGTERM kills its engine processes before a batch exporter's next round (vLLM's
+            # EngineCore gets a second SIGTERM from its API server while it shuts down).
+            otel.flush_idle()
         if error is None and attributes.get(DROP) and open_span.span is None:
             if _opened_step[0] is open_span:
                 _opened_step[0] = None
@@ -360,11 +374,7 @@ def end(open_span: OpenSpan, args: dict[str, Any], result: Any = None, error: Ba
         span.end(end_time=end_ns)
     if call.scope == "step":
         gpu_timing.drain_pending(wait=False)
-    if "step_root" in call.roles and open_span.attributes.get(NUM_RUNNING) == 0 and open_span.attributes.get(NUM_WAITING) == 0:
-        # The engine has gone idle: write out what it did now. A server stopped with Ctrl-C or
-        # SIGTERM kills its engine processes before a batch exporter's next round (vLLM's
-        # EngineCore gets a second SIGTERM from its API server while it shuts down).
-        otel.flush_idle()
+
 
 
 def traceparent(context: SpanContext) -> str:
@@ -384,11 +394,8 @@ def _inject(open_span: OpenSpan, args: dict[str, Any], result: Any) -> None:
     try:
         open_span.call.inject.write(args, result, {CARRIER_KEY: traceparent(context)})
     except Exception:  # the engine's own work must go on without our context
-        key = (open_span.call.engine, open_span.call.hop, "inject")
-        if key not in _warned:
-            _warned.add(key)
-            logger.warning("servetrace: carrying the trace context from %s (%s) failed", open_span.call.hop,
-                           open_span.call.engine, exc_info=True)
+        warn_once(open_span.call, "inject", "carrying the trace context from %s (%s) failed",
+                  open_span.call.hop, open_span.call.engine)
 
 
 def _name_enclosing_http_request(open_span: OpenSpan, request_id: Any) -> None:

@@ -13,7 +13,7 @@ import inspect
 import logging
 from typing import Any
 
-from tracer.instrument import spans
+from tracer.instrument import otel, spans
 from tracer.instrument.spans import HopCall
 from tracer.traces.schema import STREAM_CLOSED_EARLY
 
@@ -95,6 +95,11 @@ def make_wrapper(function: Any, call: HopCall) -> Any:
             if inspect.isasyncgen(result):
                 spans.deactivate(open_span)
                 return SpanUntilStreamEnds(result, open_span, bound)
+            body = getattr(result, "body_iterator", None)  # a StreamingResponse (SGLang's handle_request)
+            if body is not None and hasattr(body, "__anext__"):
+                spans.deactivate(open_span)
+                result.body_iterator = SpanUntilStreamEnds(body, open_span, bound)
+                return result
             spans.end(open_span, bound, result)
             return result
 
@@ -154,9 +159,43 @@ def make_wrapper(function: Any, call: HopCall) -> Any:
     return wrapper
 
 
+def make_carrier_wrapper(function: Any, call: HopCall) -> Any:
+    """A call that hands work to another process (a catalog carrier): before it runs, the engine's
+    CARRY function puts the trace context on what it sends. No span; never fails the call."""
+    bind = _binder(function)
+    write = call.inject.write
+
+    def carry(args: tuple, kwargs: dict) -> None:
+        if otel.active_tracer() is None:
+            return
+        try:
+            write(bind(args, kwargs), None, {})
+        except Exception:  # the message goes out without our context, as it would untraced
+            spans.warn_once(call, "carry", "carrying the trace context with %s failed", call.target)
+
+    if inspect.iscoroutinefunction(function):
+
+        @functools.wraps(function)
+        async def async_carrier(*args, **kwargs):
+            carry(args, kwargs)
+            return await function(*args, **kwargs)
+
+        wrapper = async_carrier
+    else:
+
+        @functools.wraps(function)
+        def carrier(*args, **kwargs):
+            carry(args, kwargs)
+            return function(*args, **kwargs)
+
+        wrapper = carrier
+    setattr(wrapper, MARKER, call.hop)
+    return wrapper
+
+
 class SpanUntilStreamEnds:
-    """What a hooked coroutine that returns an async generator (a streaming HTTP response)
-    returns instead: the span stays open until the stream is exhausted, fails, or is closed.
+    """What a hooked coroutine that returns an async generator (a streaming HTTP response) returns
+    instead, or what a returned StreamingResponse iterates: the span stays open until the stream is exhausted, fails, or is closed.
     A stream that is never iterated ends its span when it is closed or collected."""
 
     CLOSED_EARLY = STREAM_CLOSED_EARLY

@@ -88,6 +88,7 @@ CHECKPOINT_UP_TO = _key("servetrace.kv.up_to", "int", "the token a radix checkpo
 ADD_RESULT = _key("servetrace.scheduler.add_result", "str", "SGLang PrefillAdder's AddReqResult for the request")
 ARRIVAL_STEP = _key("servetrace.request.arrival_step", "int", "engine steps this process had emitted when the request entered its scheduler")
 PROMPT_TOKEN_IDS = _key("servetrace.request.prompt_token_ids", "int[]", "the prompt's token ids (upstream servers: only with content capture on)")
+RETRACT_REMAINING = _key("servetrace.kv.retract_remaining_requests", "int", "SGLang: requests still running when this one was retracted")
 BLOCK_HASHES = _key("servetrace.kv.block_hashes", "str[]", "hashes of the prompt's full blocks (what replay needs without the tokens)")
 
 # -- one engine step / batch -------------------------------------------------------------------------

@@ -34,6 +34,13 @@ def extractors_for(engine: str, hop: str) -> tuple[Extractor | None, Extractor |
     return module.BEFORE.get(hop), module.AFTER.get(hop), getattr(module, "INJECT", {}).get(hop)
 
 
+def carrier_for(engine: str, spec: str) -> Callable | None:
+    """The engine module's CARRY entry for a catalog carrier target: (args, _, _) -> None, puts the
+    trace context of each request on the message the call sends."""
+    module = importlib.import_module(f"tracer.instrument.extractors.{engine}")
+    return getattr(module, "CARRY", {}).get(spec)
+
+
 def ids(values: Iterable[Any]) -> list[str]:
     return [str(v) for v in values]
 

@@ -1,19 +1,30 @@
-"""Span attributes for SGLang 0.5.23. Read-only.
+"""Span attributes for SGLang 0.5.23, and how a request's trace crosses its three processes.
 
-Request ids are SGLang's `rid`. Radix-cache calls carry a request only when the caller passed
-one (MatchPrefixParams.req); otherwise the span is where the call happened.
+Request ids are SGLang's `rid` (the OpenAI response id; SGLang ignores X-Request-Id, which the
+http.request span keeps as a header attribute). Radix-cache calls carry a request only when the
+caller passed one (MatchPrefixParams.req); otherwise the span is where the call happened.
+
+Context across processes: SGLang's messages are msgspec Structs with no field to spare, pickled by
+sock_send (sglang/srt/managers/io_struct.py:2732), so the request contexts ride in a wrapped
+time_stats value (tracer.instrument.carriers): TokenizerManager._send_one_request -> the scheduler
+(INJECT), SenderWrapper.send_output -> the detokenizer (CARRY, a catalog carrier).
 """
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from tracer.instrument.extractors import (
-    BATCH_FINISHED, BATCH_IDS, BATCH_PREEMPTED, BATCH_SIZE, CACHED_TOKENS, EVICT_REQUESTED, EVICTABLE,
+    BATCH_FINISHED, BATCH_IDS, BATCH_SIZE, CACHED_TOKENS, EVICT_REQUESTED, EVICTABLE,
     EVICTED, FINISH_REASONS, FORWARD_MODE, INPUT_TOKENS, KEY_TOKENS, MAX_TOKENS, NUM_RUNNING, NUM_WAITING,
     OPERATION, OUTPUT_TOKENS, PROTECTED, REQUEST_ID, STATUS, TEMPERATURE, TOP_K, TOP_P, ids,
 )
+from tracer.instrument import carriers
+from tracer.instrument.spans import Inject, registry, traceparent
 from tracer.traces.schema import (
-    ADD_RESULT, CHECKPOINT, CHECKPOINT_UP_TO, EXTEND_TOKENS, HTTP_STREAM, RADIX_NODE_ID as NODE_ID, TRACEPARENT,
+    ADD_RESULT, CARRIER_KEY, CHECKPOINT, DROP, CHECKPOINT_UP_TO, CONFIG_BLOCK_SIZE, CONFIG_CHUNKED_PREFILL,
+    CONFIG_MAX_BATCHED_TOKENS, CONFIG_MAX_NUM_SEQS, CONFIG_MAX_TOTAL_TOKENS, CONFIG_POLICY, CONFIG_PREFIX_CACHING,
+    EXTEND_TOKENS, HTTP_REQUEST_ID_HEADER, NUM_PREEMPTIONS, RETRACT_REMAINING, HTTP_STREAM, RADIX_NODE_ID as NODE_ID, TRACEPARENT,
 )
 
 
@@ -122,6 +133,9 @@ def schedule_after(args: dict, plan: Any) -> dict:
     running = plan.running_batch
     out[NUM_RUNNING] = len(getattr(running, "reqs", None) or [])
     out[NUM_WAITING] = len(args["self"].waiting_queue)
+    # A loop turn with no batch to run (event_loop_normal goes on_idle): no span, unless something
+    # inside it (a retraction, an eviction) needed one.
+    out[DROP] = plan.batch_to_run is None
     return out
 
 
@@ -142,12 +156,13 @@ def allocate_after(args: dict, result: Any) -> dict:
 
 
 def preempt_before(args: dict) -> dict:
-    return {BATCH_SIZE: len(getattr(args["self"], "reqs", None) or [])}
+    req = args.get("req")  # release_req(*, req, remaing_req_count, ...): one retracted request
+    return {REQUEST_ID: _rid(req), RETRACT_REMAINING: args.get("remaing_req_count")}
 
 
 def preempt_after(args: dict, result: Any) -> dict:
-    retracted = ids(r.rid for r in (result[0] if isinstance(result, tuple) and result else []))
-    return {BATCH_PREEMPTED: retracted, BATCH_IDS: retracted, STATUS: "RETRACTED"}
+    req = args.get("req")
+    return {STATUS: "RETRACTED", NUM_PREEMPTIONS: getattr(req, "retraction_count", None)}
 
 
 def execute_before(args: dict) -> dict:
@@ -173,6 +188,49 @@ def update_after(args: dict, _: Any) -> dict:
 # -- API-server and detokenizer processes ----------------------------------------------------------
 
 
+def _pickled_ipc() -> bool:
+    """Carriers ride only in pickled messages; with SGLANG_USE_PICKLE_IPC=0 (msgpack) they stay home."""
+    io_struct = sys.modules.get("sglang.srt.managers.io_struct")
+    return bool(getattr(io_struct, "_USE_PICKLE_IPC", False))
+
+
+def enqueue_inject(args: dict, _: Any, carrier: dict) -> None:
+    """TokenizerManager._send_one_request, before it pickles the request for the scheduler."""
+    tokenized = args.get("tokenized_obj")
+    rid = _rid(tokenized)
+    if rid is not None and hasattr(tokenized, "time_stats") and _pickled_ipc():
+        carriers.carry(tokenized, "time_stats", {rid: carrier[CARRIER_KEY]})
+
+
+def send_output_carry(args: dict, _: Any, __: dict) -> None:
+    """SenderWrapper.send_output: every request the output names carries its context along."""
+    output = args.get("output")
+    request_ids = getattr(output, "rids", None) or ([output.rid] if getattr(output, "rid", None) else [])
+    if not request_ids or not hasattr(output, "time_stats") or not _pickled_ipc():
+        return
+    contexts = {}
+    for request_id in request_ids:
+        context = registry.get(str(request_id))
+        if context is not None and context.trace_flags.sampled:
+            contexts[str(request_id)] = traceparent(context)
+    carriers.carry(output, "time_stats", contexts)
+
+
+def startup_after(args: dict, _: Any) -> dict:
+    """Scheduler.__init__ (plugins load before it: sglang/srt/managers/scheduler.py:6323): the pool and
+    the scheduler's limits a replay of this server's trace needs."""
+    scheduler = args["self"]
+    return {
+        CONFIG_MAX_TOTAL_TOKENS: getattr(scheduler, "max_total_num_tokens", None),
+        CONFIG_MAX_NUM_SEQS: getattr(scheduler, "max_running_requests", None),
+        CONFIG_MAX_BATCHED_TOKENS: getattr(scheduler, "max_prefill_tokens", None),
+        CONFIG_CHUNKED_PREFILL: getattr(scheduler, "chunked_prefill_size", None) is not None,
+        CONFIG_BLOCK_SIZE: getattr(scheduler, "page_size", None),
+        CONFIG_POLICY: str(getattr(scheduler, "schedule_policy", "")),
+        CONFIG_PREFIX_CACHING: not getattr(scheduler, "disable_radix_cache", False),
+    }
+
+
 def http_before(args: dict) -> dict:
     request = args.get("request")
     raw = args.get("raw_request")
@@ -185,6 +243,7 @@ def http_before(args: dict) -> dict:
     headers = getattr(raw, "headers", None)
     if headers is not None:
         out[TRACEPARENT] = headers.get("traceparent")
+        out[HTTP_REQUEST_ID_HEADER] = headers.get("x-request-id")
     return out
 
 
@@ -221,6 +280,7 @@ BEFORE = {
     "detokenize": detokenize_before,
 }
 AFTER = {
+    "server.startup": startup_after,
     "request.render": render_after,
     "engine.enqueue": enqueue_after,
     "scheduler.schedule": schedule_after,
@@ -231,3 +291,5 @@ AFTER = {
     "scheduler.preempt": preempt_after,
     "scheduler.update": update_after,
 }
+INJECT = {"engine.enqueue": Inject(enqueue_inject, before=True)}
+CARRY = {"sglang.srt.managers.scheduler_components.output_sender:SenderWrapper.send_output": send_output_carry}

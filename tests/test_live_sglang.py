@@ -1,0 +1,125 @@
+"""A real SGLang server (SGLang 0.5.23 on the CPU, 3 processes: HTTP + TokenizerManager, Scheduler,
+DetokenizerManager), traced by servetrace's plugin, driven by the official openai client: one
+request is one trace, across every process, down to the forward pass. Started once for the module,
+with a 300-token KV pool and a low new-token ratio, so that decoding must retract a request.
+
+The CPU path needs one sgl_kernel op that no registry package ships: `make setup` installs a
+clearly named stand-in for it (scripts/sgl_kernel_cpu_standin/) into .venv-sglang only."""
+from __future__ import annotations
+
+import pytest
+
+from tests.live_workload import LiveRun, run_workload
+from tracer.catalog.hops import load_catalog
+from tracer.live.sglang import SglangOptions, sglang_server
+from tracer.traces import schema
+
+POOL_TOKENS = 300
+LIVE_SGLANG_HOPS = {
+    "server.startup", "http.request", "request.render", "engine.enqueue", "engine.step", "scheduler.schedule",
+    "kv.match_prefix", "kv.allocate", "kv.insert", "scheduler.preempt", "model.execute", "model.forward",
+    "sampler.sample", "scheduler.update", "kv.free", "detokenize",
+}
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory) -> LiveRun:
+    folder = tmp_path_factory.mktemp("live-sglang")
+    run = LiveRun(trace_path=folder / "trace.jsonl", log_path=folder / "server.log")
+    # A low ratio admits more decodes than the pool can finish, so one is retracted (SGLang's 0.7
+    # reserves enough that it never happens with this load).
+    options = SglangOptions(trace_file=run.trace_path, log_path=run.log_path, max_total_tokens=POOL_TOKENS,
+                            init_new_token_ratio=0.1, max_running_requests=8)
+    with sglang_server(options) as server:
+        run_workload(server.base_url, run, pressure_requests=6, pressure_tokens=100, ignore_eos=False)
+    return run
+
+
+def test_the_plugin_says_in_each_process_that_it_traces(live):
+    lines = [line for line in live.log_path.read_text().splitlines() if "servetrace: sglang hooks installed" in line]
+    assert len(lines) == 3, lines  # HTTP + TokenizerManager, Scheduler, DetokenizerManager
+    assert all(f"tracing to {live.trace_path}" in line and "0 failed" in line for line in lines)
+
+
+def test_every_trace_is_a_request_a_step_or_the_startup(live):
+    shape = live.shape()
+    assert not shape.orphans, shape.describe_orphans()
+    assert len(shape.startup) == 1
+    assert {r.root.name for r in shape.requests} <= {"http.request", "request.render"}  # + SGLang's own warm-up
+    assert len([r for r in shape.requests if r.root.name == "http.request"]) == len(live.ids)
+
+
+def test_each_request_is_one_trace_rooted_at_http_request_for_both_routes_streamed_or_not(live):
+    shape = live.shape()
+    for label in ("completion", "completion-stream", "chat", "chat-stream"):
+        (request,) = shape.request_with_id(live.ids[label])
+        assert request.root.name == "http.request" and request.root.kind == "SERVER"
+        pids = {span.resource["process.pid"] for span in request.spans}
+        assert len(pids) == 2, f"{label}: the TokenizerManager's and the Scheduler's spans join the request"
+        assert {"request.render", "engine.enqueue", "kv.match_prefix", "kv.allocate", "kv.free"} <= request.hops()
+
+
+def test_the_request_id_is_sglangs_rid_and_the_clients_header_is_kept(live):
+    shape = live.shape()
+    for label in ("completion", "chat"):
+        (request,) = shape.request_with_id(live.ids[label])
+        assert request.root.attributes[schema.REQUEST_ID] == live.response_ids[label]  # SGLang ignores X-Request-Id
+        assert request.root.attributes[schema.HTTP_REQUEST_ID_HEADER] == live.ids[label]
+        scheduler_enqueue = [s for s in request.spans if s.name == "engine.enqueue" and s.parent_span_id
+                             and s.resource["process.pid"] != request.root.resource["process.pid"]]
+        assert scheduler_enqueue and scheduler_enqueue[0].attributes[schema.REQUEST_ID] == live.response_ids[label]
+
+
+def test_every_request_is_linked_from_its_steps_and_its_detokenize_which_reach_the_forward_pass(live):
+    shape = live.shape()
+    for request in shape.requests:
+        step_spans = shape.step_spans_of(request)
+        assert any(s.name == "model.forward" for s in step_spans), f"{request.root.request_id}: no forward pass"
+        assert any(s.name == "detokenize" for s in step_spans), f"{request.root.request_id}: no detokenize"
+        pids = {s.resource["process.pid"] for s in step_spans}
+        assert len(pids) == 2  # the scheduler's steps and the detokenizer's batches
+
+
+def test_a_shared_prefix_request_finds_cached_tokens(live):
+    shape = live.shape()
+
+    def cached(label):
+        (request,) = shape.request_with_id(live.ids[label])
+        return max(s.attributes.get(schema.CACHED_TOKENS, 0) for s in request.spans if s.name == "kv.match_prefix")
+
+    assert cached("prefix-first") < 10
+    assert cached("prefix-second") >= 150  # the radix tree matches the shared prompt token by token
+
+
+def test_an_aborted_stream_ends_its_trace_and_frees_its_kv(live):
+    (request,) = live.shape().request_with_id(live.ids["aborted"])
+    assert request.root.attributes.get(schema.STREAM_CLOSED_EARLY) is True
+    assert "kv.free" in request.hops()
+
+
+def test_the_small_pool_forces_a_retraction_that_shows_in_the_retracted_request(live):
+    assert "Retract requests" in live.log_path.read_text()
+    shape = live.shape()
+    retracted = [r for r in shape.requests if "scheduler.preempt" in r.hops()]
+    assert retracted, "no request trace holds a scheduler.preempt span"
+    for request in retracted:
+        assert request.root.attributes[schema.HTTP_REQUEST_ID_HEADER] in live.pressure_ids
+        preempt = next(s for s in request.spans if s.name == "scheduler.preempt")
+        assert preempt.attributes[schema.STATUS] == "RETRACTED"
+        # Its KV is released at the retraction (no finish yet) and again when it finishes.
+        assert len([s for s in request.spans if s.name == "kv.free"]) >= 2
+
+
+def test_every_catalog_hop_a_live_cpu_server_runs_is_in_the_trace(live):
+    catalog = load_catalog()
+    assert LIVE_SGLANG_HOPS <= {hop.name for hop in catalog.hops if any(t.live for t in hop.targets["sglang"])}
+    assert LIVE_SGLANG_HOPS <= {span.name for span in live.trace().spans}
+
+
+def test_the_startup_trace_records_what_a_replay_needs(live):
+    (startup,) = live.shape().startup
+    attributes = startup[0].attributes
+    assert attributes[schema.CONFIG_MAX_TOTAL_TOKENS] == POOL_TOKENS
+    assert attributes[schema.CONFIG_BLOCK_SIZE] == 1
+    assert attributes[schema.CONFIG_MAX_NUM_SEQS] == 8
+    assert attributes[schema.CONFIG_PREFIX_CACHING] is True
