@@ -53,7 +53,7 @@ def check_target(target: Target, catalog: Catalog, lock: Lock) -> TargetStatus:
     try:
         located = locate(target.spec)
     except TargetNotFound as exc:
-        if engine.installed_version() is None and target.engine != "mini":
+        if engine.pinned and engine.installed_version() is None:  # an upstream engine not installed here
             return TargetStatus(target, "not-installed", f"{engine.package} is not installed")
         return TargetStatus(target, "unresolved", str(exc))
     if not engine.pinned:
@@ -75,7 +75,7 @@ def check_target(target: Target, catalog: Catalog, lock: Lock) -> TargetStatus:
 
 
 def check_catalog(catalog: Catalog, lock: Lock, engine: str | None = None) -> list[TargetStatus]:
-    return [check_target(target, catalog, lock) for target in catalog.targets(engine)]
+    return [check_target(target, catalog, lock) for target in catalog.pinned_targets(engine)]
 
 
 def update_lock(catalog: Catalog, lock: Lock, engine: str | None = None) -> tuple[Lock, list[TargetStatus]]:
@@ -94,7 +94,7 @@ def update_lock(catalog: Catalog, lock: Lock, engine: str | None = None) -> tupl
                 f"add it to the engine's versions in hops.yaml first"
             )
         pins: dict[str, Pin] = {}
-        for target in catalog.targets(name):
+        for target in catalog.pinned_targets(name):
             try:
                 located = locate(target.spec)
             except TargetNotFound as exc:

@@ -93,10 +93,19 @@ class Hop:
         return role in self.roles
 
 
+CARRIER = "carrier"  # the `hop` of a carrier target: a call that hands work to another process, no span
+
+
 @dataclass(frozen=True)
 class Catalog:
     engines: dict[str, Engine]
     hops: tuple[Hop, ...]
+    # engine -> calls whose message to another process must carry the trace context (no span of their own)
+    carriers: dict[str, tuple[Target, ...]] = field(default_factory=dict)
+
+    def pinned_targets(self, engine: str | None = None) -> list[Target]:
+        """Every upstream call the catalog names: the hops' targets and the carriers (check pins both)."""
+        return self.targets(engine) + [t for name, ts in self.carriers.items() if engine in (None, name) for t in ts]
 
     def hop(self, name: str) -> Hop:
         for hop in self.hops:
@@ -176,7 +185,13 @@ def parse_catalog(data: dict) -> Catalog:
         if roles - set(ROLES):
             raise CatalogError(f"hop {name}: unknown role(s) {sorted(roles - set(ROLES))}; roles: {', '.join(ROLES)}")
         hops.append(Hop(name, raw["scope"], raw.get("meaning", ""), targets, bool(raw.get("cuda_timed", False)), roles))
-    return Catalog(engines, tuple(hops))
+    carriers_raw = data.get("carriers") or {}
+    unknown = set(carriers_raw) - set(engines)
+    if unknown:
+        raise CatalogError(f"carriers: unknown engine(s) {sorted(unknown)}")
+    carriers = {engine: tuple(_parse_target(CARRIER, engine, entry) for entry in entries or [])
+                for engine, entries in carriers_raw.items()}
+    return Catalog(engines, tuple(hops), carriers)
 
 
 @lru_cache(maxsize=None)
