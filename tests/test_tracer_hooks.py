@@ -219,7 +219,10 @@ def test_an_extractor_that_raises_never_breaks_the_call(target_module, caplog):
             assert [engine.add(f"r{i}") for i in range(3)] == [1, 2, 3]
         warnings = [r for r in caplog.records if "extractor" in r.getMessage()]
         assert len(warnings) == 2  # once for the before phase, once for after: not once per call
-        assert len(read_trace_file(trace_path).named("engine.enqueue")) == 3
+        enqueues = read_trace_file(trace_path).named("engine.enqueue")
+        assert len(enqueues) == 3
+        # Each span says its extractor failed, and how (the after phase's message is the last one).
+        assert all(s.attributes["servetrace.extractor.error"] == "after: KeyError: 'no such field'" for s in enqueues)
     finally:
         hooks.uninstall()
         otel.shutdown()

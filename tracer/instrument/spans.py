@@ -34,7 +34,7 @@ from tracer.instrument import gpu_timing, otel
 logger = logging.getLogger(__name__)
 
 from tracer.traces.schema import (  # noqa: F401  (ALIASES, DROP, TRACEPARENT: re-exported for the extractors)
-    ALIASES, ARRIVAL_STEP, BATCH_IDS, BATCH_PREFIX, LINK_REPORTED, REPORTED_ID_KEYS, CARRIER_KEY, DROP, EXTERNAL_ID, HTTP_REQUEST_ID_HEADER, HTTP_STATUS, LINK_KIND,
+    ALIASES, ARRIVAL_STEP, BATCH_IDS, BATCH_PREFIX, EXTRACTOR_ERROR, LINK_REPORTED, REPORTED_ID_KEYS, CARRIER_KEY, DROP, EXTERNAL_ID, HTTP_REQUEST_ID_HEADER, HTTP_STATUS, LINK_KIND,
     LINK_REQUEST, LINK_STEP, NUM_RUNNING, NUM_WAITING, REQUEST_ID, TRACEPARENT,
 )
 
@@ -144,13 +144,10 @@ def _run_extractor(call: HopCall, phase: str, fn: Extractor | None, *args: Any) 
         return {}
     try:
         return dict(fn(*args) or {})
-    except Exception:  # an extractor must never break the engine
-        key = (call.engine, call.hop, phase)
-        if key not in _warned:
-            _warned.add(key)
-            logger.warning("servetrace: %s extractor for %s (%s) failed; continuing without its attributes",
-                           phase, call.hop, call.engine, exc_info=True)
-        return {}
+    except Exception as exc:  # an extractor must never break the engine: the span says what went wrong
+        warn_once(call, phase, "%s extractor for %s (%s) failed; continuing without its attributes",
+                  phase, call.hop, call.engine)
+        return {EXTRACTOR_ERROR: f"{phase}: {type(exc).__name__}: {exc}"[:500]}
 
 
 def _clean(attributes: Mapping[str, Any]) -> dict[str, Any]:

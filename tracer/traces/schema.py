@@ -136,6 +136,8 @@ CONFIG_PREFIX_CACHING = _key("servetrace.config.enable_prefix_caching", "bool", 
 CONFIG_NUM_BLOCKS = _key("servetrace.config.num_kv_blocks", "int", "KV cache: blocks in the pool")
 CONFIG_MAX_TOTAL_TOKENS = _key("servetrace.config.max_total_tokens", "int", "KV cache: token slots in the pool (SGLang)")
 
+EXTRACTOR_ERROR = _key("servetrace.extractor.error", "str", "an extractor of this span raised: phase, type and message (the call went on)")
+
 # -- links -------------------------------------------------------------------------------------------
 LINK_KIND = _key("servetrace.link", "str", "on a link: 'request' (a request in the batch), 'reported' (a request the step reports finished or preempted) or 'step' (the running step)")
 LINK_REQUEST = "request"
