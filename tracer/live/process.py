@@ -45,6 +45,29 @@ class ServerSpec:
         return f"http://{self.host}:{self.port}"
 
 
+def project_root() -> Path:
+    """The checkout servetrace runs from (tracer/live/process.py -> the repository root): where
+    `make setup` puts the live servers' venvs (.venv-vllm, .venv-sglang) and the converted model."""
+    return Path(__file__).resolve().parents[2]
+
+
+def converted_model() -> Path:
+    """The bundled SmolLM2 as an HF folder (scripts/gguf_to_hf.py): neither live server loads the GGUF."""
+    return project_root() / ".models" / "smollm2-135m-instruct-hf"
+
+
+def venv_python(venv: Path, model: Path, engine: str) -> Path:
+    """The live server's python, or a ServerError saying what to run."""
+    python = venv / "bin" / "python"
+    if not python.is_file():
+        raise ServerError(f"the live {engine} venv is missing ({venv}): run `make setup`")
+    if not (model / "config.json").is_file():
+        raise ServerError(
+            f"the converted model is missing ({model}): run `make setup` (or .venv/bin/python scripts/gguf_to_hf.py)"
+        )
+    return python
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port nothing listens on right now (the kernel's choice)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:

@@ -32,20 +32,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tracer.live.process import ServerError, ServerProcess, ServerSpec, free_port
-
-
-def project_root() -> Path:
-    """The checkout servetrace runs from (tracer/live/sglang.py -> the repository root)."""
-    return Path(__file__).resolve().parents[2]
+from tracer.live.process import ServerProcess, ServerSpec, converted_model, free_port, project_root, venv_python
 
 
 def default_venv() -> Path:
     return project_root() / ".venv-sglang"
-
-
-def default_model() -> Path:
-    return project_root() / ".models" / "smollm2-135m-instruct-hf"
 
 
 def default_log_dir() -> Path:
@@ -55,7 +46,7 @@ def default_log_dir() -> Path:
 @dataclass(frozen=True)
 class SglangOptions:
     venv: Path = field(default_factory=default_venv)
-    model: Path = field(default_factory=default_model)
+    model: Path = field(default_factory=converted_model)
     served_model_name: str = "smollm2-135m-instruct"
     host: str = "127.0.0.1"
     port: int | None = None  # None: a free port
@@ -85,15 +76,7 @@ class SglangOptions:
 
 def check_installed(options: SglangOptions) -> Path:
     """The venv's python, or a ServerError saying what to run."""
-    python = options.venv / "bin" / "python"
-    if not python.is_file():
-        raise ServerError(f"the live SGLang venv is missing ({options.venv}): run `make setup`")
-    if not (options.model / "config.json").is_file():
-        raise ServerError(
-            f"the converted model is missing ({options.model}): run `make setup` "
-            "(or .venv/bin/python scripts/gguf_to_hf.py)"
-        )
-    return python
+    return venv_python(options.venv, options.model, "SGLang")
 
 
 def sglang_spec(options: SglangOptions) -> ServerSpec:

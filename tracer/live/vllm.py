@@ -18,20 +18,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tracer.live.process import ServerError, ServerProcess, ServerSpec, free_port
-
-
-def project_root() -> Path:
-    """The checkout servetrace runs from (tracer/live/vllm.py -> the repository root)."""
-    return Path(__file__).resolve().parents[2]
+from tracer.live.process import ServerProcess, ServerSpec, converted_model, free_port, project_root, venv_python
 
 
 def default_venv() -> Path:
     return project_root() / ".venv-vllm"
-
-
-def default_model() -> Path:
-    return project_root() / ".models" / "smollm2-135m-instruct-hf"
 
 
 def default_cache_dir() -> Path:
@@ -41,7 +32,7 @@ def default_cache_dir() -> Path:
 @dataclass(frozen=True)
 class VllmOptions:
     venv: Path = field(default_factory=default_venv)
-    model: Path = field(default_factory=default_model)
+    model: Path = field(default_factory=converted_model)
     served_model_name: str = "smollm2-135m-instruct"
     host: str = "127.0.0.1"
     port: int | None = None  # None: a free port
@@ -72,15 +63,7 @@ class VllmOptions:
 
 def check_installed(options: VllmOptions) -> Path:
     """The venv's python, or a ServerError saying what to run."""
-    python = options.venv / "bin" / "python"
-    if not python.is_file():
-        raise ServerError(f"the live vLLM venv is missing ({options.venv}): run `make setup`")
-    if not (options.model / "config.json").is_file():
-        raise ServerError(
-            f"the converted model is missing ({options.model}): run `make setup` "
-            "(or .venv/bin/python scripts/gguf_to_hf.py)"
-        )
-    return python
+    return venv_python(options.venv, options.model, "vLLM")
 
 
 def vllm_spec(options: VllmOptions) -> ServerSpec:
