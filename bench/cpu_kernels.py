@@ -33,6 +33,7 @@ from rich.table import Table  # noqa: E402
 from _results import run_meta, write_results  # noqa: E402
 from engine.attention import context_slots  # noqa: E402
 from engine.cpu_gemm import PrepackedLinear  # noqa: E402
+from engine.math_utils import cdiv  # noqa: E402
 
 # SmolLM2-135M
 HIDDEN, INTERMEDIATE, VOCAB, HEADS, KV_HEADS, HEAD_DIM, BLOCK = 576, 1536, 49152, 9, 3, 64, 16
@@ -62,7 +63,7 @@ def cases(batch: int, context: int) -> list[tuple[str, Callable, Callable, int]]
     num_blocks = 512
     keys = torch.randn(num_blocks * BLOCK, KV_HEADS, HEAD_DIM)
     values = torch.randn(num_blocks * BLOCK, KV_HEADS, HEAD_DIM)
-    tables = torch.stack([torch.randperm(num_blocks - 1)[: -(-context // BLOCK)] + 1 for _ in range(batch)])
+    tables = torch.stack([torch.randperm(num_blocks - 1)[: cdiv(context, BLOCK)] + 1 for _ in range(batch)])
     slots = context_slots(tables, context, BLOCK)
 
     return [

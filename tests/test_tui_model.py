@@ -11,6 +11,7 @@ from rich.console import Console
 from tests.test_tui_traces import BLOCK_SIZE, MAX_TOKENS, engine_run, replay_run
 from tracer.tui.compare import compare_models
 from tracer.tui.format import bar
+from engine.math_utils import cdiv
 from tracer.tui.loader import load_trace
 from tracer.tui.model import build_model
 from tracer.tui.summary import print_summary
@@ -69,7 +70,7 @@ def test_the_state_at_each_hop_follows_the_requests_blocks_and_matched_prefix():
     assert len(lookup.state.blocks) == run.cached_tokens[1] // BLOCK_SIZE
     allocations = [r for r in rows if r.span.name == "kv.allocate"]
     last = allocations[-1].state
-    assert len(last.blocks) == -(-run.prompt_tokens[1] // BLOCK_SIZE)
+    assert len(last.blocks) == cdiv(run.prompt_tokens[1], BLOCK_SIZE)
     assert last.computed_tokens == run.prompt_tokens[1]
     assert rows[-1].state.freed and rows[-1].state.blocks == ()
     assert all(r.state.num_running is not None for r in rows if r.step is not None)

@@ -12,6 +12,7 @@ from statistics import median
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # spinning OpenMP threads slow shared-core matmuls 10-50x
 
+from engine.math_utils import cdiv
 from tracer.labs.registry import Lab, LabResult, Table, environment
 
 SYSTEM_SENTENCE = "You are a careful assistant for a cooking school; answer briefly, cite temperatures in Celsius. "
@@ -42,7 +43,7 @@ def _first_token(engine, request_id: str, prompt_ids: list[int]) -> tuple[float,
         outputs = [o for o in engine.step() if o.request_id == request_id and o.new_token_ids]
     seconds = time.perf_counter() - started
     cached = outputs[0].num_cached_tokens
-    blocks_held = -(-len(prompt_ids) // engine.config.cache.block_size)
+    blocks_held = cdiv(len(prompt_ids), engine.config.cache.block_size)
     new_blocks = blocks_held - cached // engine.config.cache.block_size
     while engine.has_unfinished_requests():
         engine.step()
@@ -85,7 +86,7 @@ def prefix_cache_hit(system_repeats: int = 6, repeats: int = 3) -> LabResult:
         engine.add_request(f"both-{i}", prompts[question], SamplingParams(temperature=0.0, max_tokens=4, ignore_eos=True))
     engine.step()
     held = free_before - manager.get_num_free_blocks()
-    unshared = sum(-(-len(prompts[q]) // block_size) for q in (first, second))
+    unshared = sum(cdiv(len(prompts[q]), block_size) for q in (first, second))
     while engine.has_unfinished_requests():
         engine.step()
 
