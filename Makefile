@@ -31,6 +31,8 @@ $(STAMP): $(REQS)
 	$(PY) -m pip install -q -r requirements/base.txt
 	# vLLM and SGLang pin conflicting GPU stacks; their scheduler/cache modules need only base.txt.
 	$(PY) -m pip install -q --no-deps -r requirements/nodeps.txt
+	# Every extra of pyproject (engine, site, test) is pinned in requirements/ and installed above;
+	# --no-deps -e . registers the console script and the vLLM / SGLang plugin entry points.
 	$(PY) -m pip install -q --no-deps -e .
 	@bash scripts/setup-system.sh
 	@touch $@
@@ -59,6 +61,7 @@ bench: setup
 	$(PY) bench/replay_bench.py
 	$(PY) bench/serve_bench.py
 	$(PY) bench/trace_overhead.py
+	$(PY) bench/live_trace_overhead.py
 
 docs: setup
 	$(VENV)/bin/servetrace site build

@@ -61,6 +61,26 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argpa
     return args
 
 
+# `pip install servetrace` brings only tracing and the explorer (pyproject's dependencies), so that
+# it can go into a user's vLLM or SGLang environment unchanged; these come with an extra.
+EXTRA_OF_MODULE = {
+    **dict.fromkeys(("torch", "gguf", "transformers", "tokenizers", "numpy", "safetensors", "fastapi",
+                     "starlette", "uvicorn", "openai", "jinja2"), "engine"),
+    **dict.fromkeys(("markdown", "mkdocs", "material", "pymdownx"), "site"),
+}
+
+
+def missing_extra_hint(exc: ModuleNotFoundError, command: str | None) -> str | None:
+    """The line to print when a command needs a package of an extra that is not installed (None
+    for any other missing module: that is a bug, and its traceback is shown)."""
+    top = (exc.name or "").partition(".")[0]
+    extra = "site" if command == "site" and top in EXTRA_OF_MODULE else EXTRA_OF_MODULE.get(top)
+    if extra is None:
+        return None
+    return (f"needs {top}, which is not installed here: pip install 'servetrace[{extra}]' "
+            f"(tui, hops, check and export work without it)")
+
+
 def main(argv: list[str] | None = None) -> int:
     from tracer.commands._upstream_noise import UpstreamNoise, print_summary
 
@@ -77,6 +97,12 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         try:
             return int(args.func(args) or 0)
+        except ModuleNotFoundError as exc:
+            hint = missing_extra_hint(exc, args.command)
+            if hint is None:
+                raise
+            print(f"servetrace {args.command}: {hint}", file=sys.stderr)
+            return 2
         except (UserError, FileNotFoundError, ValueError) as exc:
             print(f"servetrace {args.command}: error: {exc}", file=sys.stderr)
             return 2

@@ -4,6 +4,10 @@
 2. send one chat request over HTTP with the official openai client, streaming the answer;
 3. replay a small shared-prefix workload through our scheduler and vLLM's real one;
 4. open the trace explorer on what was recorded (or print a Rich summary without a terminal).
+
+With --engine vllm or sglang it runs the main job on a live server of that engine instead (the
+launchers in tracer.live, from the venvs `make setup` builds): start it traced, send a few chats
+(two sharing a long system prompt), stop it so every process writes its spans, open the explorer.
 """
 from __future__ import annotations
 
@@ -21,7 +25,12 @@ DEMO_MESSAGES = [{"role": "user", "content": "In two sentences, what does a KV c
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("demo", help="trace a chat request over HTTP, replay against vLLM, open the explorer")
+    parser.add_argument("--engine", choices=("mini", "vllm", "sglang"), default="mini",
+                        help="mini: our engine, then a replay against vLLM (default); vllm / sglang: a live "
+                             "server of that engine (built by `make setup`), traced by servetrace's plugin")
     parser.add_argument("--out", default="demo-out", help="where traces and replay logs go (default: demo-out/)")
+    parser.add_argument("--trace", metavar="FILE",
+                        help="write the HTTP / live-server trace here (replaced on each run; default: in --out)")
     parser.add_argument("--max-tokens", type=int, default=60)
     parser.add_argument("--no-tui", action="store_true", help="print a summary instead of opening the explorer")
     parser.add_argument("--force", action="store_true", help="write into a non-empty --out that demo did not write")
@@ -32,10 +41,19 @@ def run(args: argparse.Namespace) -> int:
     from tracer.replay.output_dir import OutputDir
 
     console = Console(stderr=True)
+    if args.engine != "mini":
+        from tracer.commands._live_demo import run_live_demo
+
+        return run_live_demo(args, console)
     # The demo owns --out: a second run replaces the first one's files (the exporters append,
     # so a kept file would double its spans) and leaves anything else there alone.
     owned = OutputDir(args.out, "demo", force=args.force)
-    http_trace = owned.claim("trace-http.jsonl")
+    if args.trace:
+        from tracer.commands._live_demo import claim_trace_file
+
+        http_trace = claim_trace_file(args.trace)
+    else:
+        http_trace = owned.claim("trace-http.jsonl")
     replay_dir = owned.claim_dir("replay")
 
     console.rule("[bold]1-2. our engine over HTTP, traced")

@@ -14,7 +14,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -60,6 +60,12 @@ def venv_python(venv: Path, model: Path, engine: str) -> Path:
     """The live server's python, or a ServerError saying what to run."""
     python = venv / "bin" / "python"
     if not python.is_file():
+        if not (project_root() / "Makefile").is_file():  # servetrace installed from a wheel, not a checkout
+            raise ServerError(
+                f"the live {engine} venv is missing: the live servers are built by `make setup` in a servetrace "
+                "checkout (run make setup there); in your own vLLM / SGLang environment, trace your server "
+                "with SERVETRACE_TRACE=trace.jsonl (see the README)"
+            )
         raise ServerError(f"the live {engine} venv is missing ({venv}): run `make setup`")
     if not (model / "config.json").is_file():
         raise ServerError(
@@ -152,8 +158,9 @@ class ServerProcess:
         except (urllib.error.URLError, OSError, ValueError):
             return False
 
-    def wait_ready(self) -> float:
-        """Block until the readiness URL answers; returns the seconds since start()."""
+    def wait_ready(self, on_wait: Callable[[float], None] | None = None) -> float:
+        """Block until the readiness URL answers; returns the seconds since start(). on_wait gets the
+        seconds waited so far at each poll (the demo prints progress through a long startup)."""
         if self.process is None or self.started_at is None:
             raise ServerError(f"{self.spec.name}: not started")
         deadline = self.started_at + self.spec.startup_timeout_s
@@ -172,6 +179,8 @@ class ServerProcess:
                     f"{self.spec.name} not ready at {self.base_url}{self.spec.ready_path} after "
                     f"{self.spec.startup_timeout_s:.0f} s; log {self.spec.log_path}:\n{log_tail(self.spec.log_path)}"
                 )
+            if on_wait is not None:
+                on_wait(time.monotonic() - self.started_at)
             time.sleep(self.spec.poll_interval_s)
 
     def stop(self) -> int | None:

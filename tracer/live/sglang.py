@@ -15,7 +15,10 @@ SERVETRACE_TRACE or SERVETRACE_OTLP is set. The sgl_kernel it imports is servetr
 
 Memory: --max-total-tokens fixes the KV pool in tokens (page size 1); a pool smaller than what a
 few concurrent requests need makes the scheduler retract (preempt) a decoding request.
---mem-fraction-static only matters when --max-total-tokens is not given. The bundled GGUF is not
+--mem-fraction-static does not size the pool when --max-total-tokens is given, but SGLang still
+checks at startup that the fraction leaves room after the weights, measured on the machine's free
+memory: with 0.05 a server failed to start ("Loaded weights leave no GPU memory for the KV cache
+... Raise --mem-fraction-static above 0.053") while other processes took memory, hence 0.3. The bundled GGUF is not
 served (SGLang 0.5.23 resolves a GGUF's tokenizer as an HF folder next to the file and fails, and
 its GGUF quantization is CUDA/MUSA/NPU only), hence the converted HF folder.
 
@@ -53,7 +56,7 @@ class SglangOptions:
     trace_file: Path | None = None  # SERVETRACE_TRACE: servetrace's plugin writes OTLP/JSON lines
     otlp_endpoint: str | None = None  # SERVETRACE_OTLP
     max_total_tokens: int = 2048  # the KV pool, in tokens
-    mem_fraction_static: float = 0.05
+    mem_fraction_static: float = 0.3  # only the startup check (see above); the pool is max_total_tokens
     max_running_requests: int = 8
     chunked_prefill_size: int = 512
     context_length: int = 2048
