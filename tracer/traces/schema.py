@@ -162,6 +162,12 @@ ALIASES = "_aliases"  # more ids naming the same request (vLLM's internal id bes
 DROP = "_drop"  # after-extractor: this call was uneventful, emit no span (unless a child needed it)
 
 
+# The request id under the engines' own tracing, where it is not gen_ai.request.id (vLLM's llm_request
+# span uses gen_ai.request.id, the external id): SGLang's spans (sglang/srt/observability/trace.py,
+# its "Req ..." root span) carry "rid". The explorer joins such spans to the request by this id.
+NATIVE_REQUEST_ID_KEYS = ("rid",)
+
+
 def canonical(key: str) -> str:
     """Our name for an attribute key (a deprecated upstream name folded into ours)."""
     return DEPRECATED.get(key, key)

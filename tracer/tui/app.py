@@ -24,6 +24,13 @@ HOP_FILTER_PREFIX = "hop:"
 IDLE_CHECK_S = 0.5  # how often the app checks for a pause to collect garbage in
 
 
+def matches(request: Request, text: str) -> bool:
+    """The request filter: any of the request's ids (the client's X-Request-Id too), or its status."""
+    if not text or text in request.request_id.lower() or text in request.status.lower():
+        return True
+    return any(text in rid.lower() for rid in request.ids)
+
+
 class ExplorerApp(App):
     TITLE = "servetrace"
     ENABLE_COMMAND_PALETTE = False
@@ -98,7 +105,10 @@ class ExplorerApp(App):
         model = self.model
         self.title = f"servetrace · {title_of(model)}"
         others = f" · {len(self.models)} traces (x switches)" if len(self.models) > 1 else ""
-        self.sub_title = f"{len(model.requests)} requests · {len(model.steps)} steps · {len(model.spans)} spans{others}"
+        foreign = (f" · {len(model.foreign_traces)} traces of the engine's own tracing name no request"
+                   if model.foreign_traces else "")
+        self.sub_title = (f"{len(model.requests)} requests · {len(model.steps)} steps · {len(model.spans)} spans"
+                          f"{foreign}{others}")
         warning = self.query_one("#warning", Static)
         warning.update(model.warning())
         warning.display = bool(model.warning())
@@ -106,8 +116,7 @@ class ExplorerApp(App):
 
     def show_requests(self) -> None:
         text = self.request_filter.lower()
-        requests = [r for r in self.model.requests.values()
-                    if not text or text in r.request_id.lower() or text in r.status.lower()]
+        requests = [r for r in self.model.requests.values() if matches(r, text)]
         self.shown_requests = requests
         self.query_one("#requests", RequestsTable).show(requests)
         self.show_request(requests[0] if requests else None)
@@ -199,7 +208,7 @@ class ExplorerApp(App):
             self.notify("select a hop first", timeout=2)
             return
         # The trace's own engine when it is an upstream one, else the catalog's first upstream.
-        self.push_screen(SourceScreen(row.span.name, self.model.engine))
+        self.push_screen(SourceScreen(row.span.name, self.model.engine, self.model.engine_version))
 
     def comparison(self) -> Comparison | None:
         if len(self.models) < 2:

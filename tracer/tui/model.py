@@ -9,10 +9,12 @@ How spans become requests and steps (the trace shape is tracer/instrument/spans.
   unless the open step is a schedule with no engine.step yet (SGLang schedules before
   run_batch). Other step-scope roots (an update traced without its engine.step, as in replay)
   join the open step.
-- a request is every span in the non-step traces that carry its gen_ai.request.id (its own
-  trace, rooted at http.request / request.render / engine.enqueue), plus request-scope spans
-  recorded in traces of their own (a replay that has no enqueue hop). vLLM's internal ids
-  (external id + suffix) fold into the external id via servetrace.request.external_id.
+- a request is a trace rooted at http.request (a live server's request, across every process
+  it ran in: one row, even where a client reused its X-Request-Id), joined by the other
+  non-step traces that carry its id: an engine's own request spans (vLLM's llm_request), a
+  replay's request-scope spans in traces of their own (tracer.tui.grouping). Traces rooted at
+  render / enqueue without HTTP group by id. vLLM's internal ids (external id + suffix) fold
+  into the external id via servetrace.request.external_id.
 - a request took part in a step when the step's batch names it (servetrace.batch.request_ids),
   when the step links to its trace, or when one of its spans links to the step.
 """
@@ -28,11 +30,15 @@ from typing import Any, Callable, Iterable
 
 from tracer.catalog.hops import Catalog, load_catalog
 from tracer.traces.schema import (
-    BATCH_IDS, BATCH_TOKENS, ENGINE, EXTERNAL_ID, LINK_KIND, LINK_REPORTED, LINK_STEP, REQUEST_ID, SERVICE_NAME, STEP,
+    BATCH_IDS, BATCH_TOKENS, ENGINE, ENGINE_VERSION, EXTERNAL_ID, LINK_KIND, LINK_REPORTED, LINK_STEP,
+    HTTP_REQUEST_ID_HEADER, NATIVE_REQUEST_ID_KEYS, REQUEST_ID, SERVICE_NAME, STEP,
 )
 from tracer.traces.trace_file import SkippedLine, SpanRecord, TraceFile
+from tracer.tui.grouping import aliases, group_requests
 from tracer.tui.memory import gc_paused
 from tracer.tui.summaries import RequestSummary, summarise
+
+ID_KEYS = (REQUEST_ID, EXTERNAL_ID, HTTP_REQUEST_ID_HEADER, *NATIVE_REQUEST_ID_KEYS)  # what the filter matches
 
 
 @dataclass(frozen=True)
@@ -43,11 +49,14 @@ class StepShape:
     hops: frozenset[str]  # step-scope hops: their root spans make up the steps
     openers: frozenset[str]  # role step_opener: a root span of one of these begins a step
     roots: frozenset[str]  # role step_root: the step's own root (engine.step)
+    entrypoints: frozenset[str] = frozenset()  # role entrypoint (http.request): a trace rooted at one is one request
+    known: frozenset[str] = frozenset()  # every catalog hop: a span named otherwise is an engine's own
 
     @classmethod
     def of(cls, catalog: Catalog) -> "StepShape":
         return cls(frozenset(h.name for h in catalog.hops if h.scope == "step"),
-                   frozenset(catalog.with_role("step_opener")), frozenset(catalog.with_role("step_root")))
+                   frozenset(catalog.with_role("step_opener")), frozenset(catalog.with_role("step_root")),
+                   frozenset(catalog.with_role("entrypoint")), frozenset(h.name for h in catalog.hops))
 
 
 def step_shape() -> StepShape:
@@ -118,6 +127,19 @@ class Request:
     def summary(self) -> RequestSummary:
         return summarise(self)
 
+    @cached_property
+    def ids(self) -> frozenset[str]:
+        """Every id the request is known by (ours, vLLM's internal one, the client's X-Request-Id):
+        what the filter matches. Read when first asked."""
+        out = {self.request_id}
+        for span in self.spans:
+            attributes = span.attributes
+            for key in ID_KEYS:
+                value = attributes.get(key)
+                if value is not None:
+                    out.add(str(value))
+        return frozenset(out)
+
     @property
     def prompt_tokens(self) -> int | None:
         return self.summary.prompt_tokens
@@ -169,19 +191,36 @@ class TraceModel:
     steps: list[Step]
     by_span_id: dict[str, SpanRecord]
     step_of_span: dict[str, Step]
+    # Traces of an engine's own tracing that name no request (vLLM's "Overall Loading" startup
+    # spans): not requests, so not rows; the explorer says how many there are.
+    foreign_traces: list[list[SpanRecord]] = field(default_factory=list)
 
-    @property
+    def _resource_value(self, key: str) -> str:
+        """`key` of the first resource that has it: an engine's own tracing (vLLM's native spans,
+        exported beside ours) has a resource without servetrace's keys."""
+        seen: set[int] = set()
+        for span in self.spans:
+            resource = span.resource or {}
+            if id(resource) in seen:
+                continue
+            if key in resource:
+                return str(resource[key])
+            seen.add(id(resource))
+        return ""
+
+    @cached_property
     def engine(self) -> str:
         """Which engine recorded the trace (the resource's servetrace.engine), '' if unknown."""
-        for span in self.spans[:1]:
-            return str(span.resource.get(ENGINE, ""))
-        return ""
+        return self._resource_value(ENGINE)
 
-    @property
+    @cached_property
+    def engine_version(self) -> str:
+        """The engine version the trace's resource records (servetrace.engine.version), '' if none."""
+        return self._resource_value(ENGINE_VERSION)
+
+    @cached_property
     def service(self) -> str:
-        for span in self.spans[:1]:
-            return str(span.resource.get(SERVICE_NAME, ""))
-        return ""
+        return self._resource_value(SERVICE_NAME)
 
     def warning(self) -> str:
         """One line for the user when part of the file could not be read, else ''."""
@@ -207,35 +246,19 @@ def _build_model(trace: TraceFile, shape: StepShape) -> TraceModel:
 
     steps, step_of_span, step_traces = _segment_steps(spans, by_trace, by_span_id, shape)
 
-    # vLLM's internal request ids name the same request as the external id beside them (on a
-    # request's own spans: step spans name batches, not one request).
-    alias: dict[str, str] = {}
-    external_ids_absent = EXTERNAL_ID in getattr(trace, "absent_keys", ())  # known by the loader
-    for trace_id, members in ({} if external_ids_absent else by_trace).items():
-        if trace_id in step_traces:
-            continue
-        for span in members:
-            external = span.attributes.get(EXTERNAL_ID)
-            if external is not None and REQUEST_ID in span.attributes:
-                alias[str(span.attributes[REQUEST_ID])] = str(external)
-
-    def aliased(request_id: Any) -> str:
-        text = str(request_id)
-        return alias.get(text, text)
-
-    canonical: Callable[[Any], str] = aliased if alias else str  # str: called in C, for every batch id
-
-    requests: dict[str, Request] = {}
-    request_of_trace: dict[str, str] = {}
-    for trace_id, members in by_trace.items():
-        if trace_id in step_traces:
-            continue
-        owner = next((canonical(s.attributes[REQUEST_ID]) for s in members if REQUEST_ID in s.attributes), None)
-        if owner is None:  # e.g. an HTTP request rejected before it had an id
-            owner = f"trace:{trace_id[:8]}"
-        request_of_trace[trace_id] = owner
-        request = requests.get(owner) or requests.setdefault(owner, Request(owner))
-        request.spans.extend(members)
+    alias = aliases(trace, by_trace, step_traces)
+    canonical_id: Callable[[Any], str] = (lambda rid: alias.get(str(rid), str(rid))) if alias else str
+    rows, request_of_trace, row_of, foreign = group_requests(by_trace, step_traces, by_span_id, shape.entrypoints,
+                                                             shape.known, canonical_id)
+    requests = {name: Request(name, spans) for name, spans in rows.items()}
+    # A batch id names a row through its canonical id; a row renamed for a repeated id (or an
+    # internal id of a request whose external id repeats) is found through row_of.
+    if row_of:
+        def canonical(request_id: Any) -> str:
+            text = str(request_id)
+            return row_of.get(text) or row_of.get(alias.get(text, text)) or alias.get(text, text)
+    else:
+        canonical = canonical_id  # str when nothing is aliased: called in C, for every batch id
 
     for request in requests.values():
         _chronological(request.spans)
@@ -266,7 +289,7 @@ def _build_model(trace: TraceFile, shape: StepShape) -> TraceModel:
             for rid in tokens:
                 if rid in steps_of:
                     steps_of[rid].append(step)
-    return TraceModel(trace.path, spans, trace.skipped, requests, steps, by_span_id, step_of_span)
+    return TraceModel(trace.path, spans, trace.skipped, requests, steps, by_span_id, step_of_span, foreign)
 
 
 def _segment_steps(

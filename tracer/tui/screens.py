@@ -32,7 +32,10 @@ class SourcePane(Vertical):
     def show(self, engine: str, views: tuple[SourceView, ...], index: int) -> None:
         title, code = self.query_one(".pane-title", Static), self.query_one(".code", Static)
         if not views:
-            title.update(Text(f"{engine}: this hop has no target in this engine", style="dim"))
+            known = bool(hop_meaning(self.screen.hop)) if hasattr(self.screen, "hop") else True
+            message = (f"{engine}: this hop has no target in this engine" if known
+                       else f"{self.screen.hop} is not a catalog hop (a span of the engine's own tracing): no code to show")
+            title.update(Text(message, style="dim"))
             code.update("")
             return
         view = views[index % len(views)]
@@ -63,9 +66,11 @@ class SourceScreen(Screen):
         Binding("p", "hop(-1)", "prev hop", tooltip="the request's previous hop"),
     ]
 
-    def __init__(self, hop: str, upstream: str | None = None) -> None:
+    def __init__(self, hop: str, upstream: str | None = None, version: str = "") -> None:
         super().__init__()
         self.hop = hop
+        # The trace's engine and version (its resource's): that engine's pane shows that version's code.
+        self.recorded = (upstream, version) if upstream and version else None
         # Ours on the left, an upstream engine on the right: both lists are the catalog's.
         self.ours = next(iter(our_engines()), "")
         self.upstreams = upstream_engines()
@@ -101,7 +106,7 @@ class SourceScreen(Screen):
         self.refresh_panes()
 
     def refresh_panes(self) -> None:
-        sources = hop_sources(self.hop)
+        sources = hop_sources(self.hop, self.recorded)
         self.query_one("#pane-ours", SourcePane).show(self.ours, sources.get(self.ours, ()), self.target_index)
         self.query_one("#pane-upstream", SourcePane).show(self.upstream, sources.get(self.upstream, ()), self.target_index)
 

@@ -11,6 +11,7 @@ from importlib.util import find_spec
 
 from tracer.catalog.hops import CatalogError, Engine, load_catalog
 from tracer.catalog.source import TargetNotFound, locate
+from tracer.tui.other_versions import SOURCE_PATH_ENV, environment_with, label, locate_in
 
 
 @dataclass(frozen=True)
@@ -25,7 +26,10 @@ class SourceView:
     end_line: int = 0
     source: str = ""
     error: str = ""
+    installed: str = ""  # the version installed here, when `version` is another environment's
     pinned_versions: tuple[str, ...] = ()  # what the catalog pins (empty for our engine)
+    origin: str = ""  # the environment read, when not this one (the trace's version lives there)
+    recorded: str = ""  # the version the trace recorded, when the code shown is another one
 
     @property
     def where(self) -> str:
@@ -38,7 +42,12 @@ class SourceView:
 
     @property
     def version_note(self) -> str:
-        """Why the code shown may not be the pinned code: '' when it is."""
+        """Why the code shown may not be the code that ran or the pinned code: '' when it is."""
+        if self.origin:
+            return f"from {self.origin}; {self.installed or 'none'} installed"  # short: a pane is 38 columns at 80
+        if self.recorded:
+            return (f"the trace was recorded with {self.engine} {self.recorded}, whose source is not here; "
+                    f"showing the installed {self.version or 'version'} (set {SOURCE_PATH_ENV} to a site-packages with it)")
         if self.pinned_versions and self.version and self.version not in self.pinned_versions:
             return f"installed {self.version}; the catalog pins {', '.join(self.pinned_versions)}"
         return ""
@@ -63,8 +72,10 @@ def _absent(engine: Engine) -> str:
 
 
 @lru_cache(maxsize=256)
-def hop_sources(hop: str) -> dict[str, tuple[SourceView, ...]]:
-    """Every engine's targets for `hop` ({} for a span name the catalog does not know)."""
+def hop_sources(hop: str, recorded: tuple[str, str] | None = None) -> dict[str, tuple[SourceView, ...]]:
+    """Every engine's targets for `hop` ({} for a span name the catalog does not know).
+    `recorded`: (engine, version) a trace recorded; that engine's code is read at that version
+    where an environment here has it, else the installed code is shown and labeled as such."""
     try:
         catalog = load_catalog()
         entry = catalog.hop(hop)
@@ -75,10 +86,23 @@ def hop_sources(hop: str) -> dict[str, tuple[SourceView, ...]]:
         spec = catalog.engines[engine]
         version = spec.installed_version() or ""
         absent = _absent(spec)
+        want = recorded[1] if recorded and recorded[0] == engine and recorded[1] and recorded[1] != version else ""
+        site = environment_with(spec, want) if want else None
         views = []
         for target in targets:
-            base = dict(engine=engine, version=version, spec=target.spec, note=target.note, live=target.live,
+            base = dict(engine=engine, spec=target.spec, note=target.note, live=target.live,
                         pinned_versions=spec.versions if spec.pinned else ())
+            if site is not None:  # the recorded version, from the environment that has it
+                try:
+                    located = locate_in(site, target.spec)
+                except (TargetNotFound, OSError, SyntaxError) as exc:
+                    views.append(SourceView(**base, version=want, origin=label(site), installed=version, error=str(exc)))
+                    continue
+                views.append(SourceView(**base, version=want, origin=label(site), installed=version,
+                                        file=located.relative_file(), line=located.line, end_line=located.end_line,
+                                        source=located.source))
+                continue
+            base.update(version=version, recorded=want)
             if absent:
                 views.append(SourceView(**base, error=absent))
                 continue

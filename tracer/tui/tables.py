@@ -32,10 +32,10 @@ class RequestsTable(RowTable):
         self.requests: list[Request] = []
         self._id_width = len("request")
 
-    def show(self, requests: list[Request]) -> None:
+    def show(self, requests: list[Request], cursor: int = 0) -> None:
         self.requests = requests
         self._id_width = max([len("request"), *map(len, (r.request_id for r in requests))])
-        self.set_rows(len(requests))
+        self.set_rows(len(requests), cursor)
 
     def columns(self, width: int) -> list[Column]:
         fixed = sum(w + 2 * CELL_PADDING for _, w in self.NUMBER_COLUMNS) + self.STATUS_WIDTH + 4 * CELL_PADDING
@@ -63,15 +63,18 @@ class WaterfallTable(RowTable):
         self.waterfall: Waterfall | None = None
         self.rows_shown: list[HopRow] = []
         self._filter = ""
+        self.processes: dict[int, str] = {}  # id(resource) -> label, when more than one process
 
-    def show(self, waterfall: Waterfall | None, hop_filter: str = "") -> None:
+    def show(self, waterfall: Waterfall | None, hop_filter: str = "", cursor: int = 0) -> None:
         self.waterfall = waterfall
+        # A request that ran in several processes (a live vLLM / SGLang server) shows each hop's.
+        self.processes = waterfall.processes if waterfall is not None else {}
         self._filter = hop_filter
         rows = waterfall.rows if waterfall is not None else []
         if hop_filter:
             rows = [r for r in rows if hop_filter in r.span.name]
         self.rows_shown = rows
-        self.set_rows(len(rows))
+        self.set_rows(len(rows), cursor)
 
     def columns(self, width: int) -> list[Column]:
         rows = self.rows_shown
@@ -79,23 +82,40 @@ class WaterfallTable(RowTable):
         hop_width = max([len("hop"), *(2 * min(r.depth, MAX_INDENT) + len(r.span.name) for r in rows)])
         took_width = max([len("took"), *(len(ms(r.span.duration_ns)) for r in rows)])
         used = step_width + hop_width + took_width + 8 * CELL_PADDING
-        return [Column("step", step_width, "right"), Column("hop", hop_width),
-                Column("took", took_width, "right"), Column("when", max(self.BAR_MIN, width - used))]
+        columns = [Column("step", step_width, "right"), Column("hop", hop_width), Column("took", took_width, "right")]
+        if self.processes:
+            process_width = max(len("process"), *map(len, self.processes.values()))
+            used += process_width + 2 * CELL_PADDING
+            if width - used < self.BAR_MIN:
+                # Narrow (80 columns): the process in full, no bar; the longest hop names give
+                # way (cut with an ellipsis) before a process label would be cut at the edge.
+                spare = width - used + 2 * CELL_PADDING  # `used` counted the bar's padding
+                if spare < 0:
+                    columns[1] = Column("hop", max(len("hop") + 8, hop_width + spare))
+                return columns + [Column("process", process_width)]
+            columns.append(Column("process", process_width))
+        return columns + [Column("when", max(self.BAR_MIN, width - used))]
 
     def bar_width(self) -> int:
-        return self._layout_columns()[3].width
+        last = self._layout_columns()[-1]
+        return last.width if last.label == "when" else 0
 
     def row_cells(self, index: int) -> Sequence[Text]:
         row, waterfall = self.rows_shown[index], self.waterfall
         assert waterfall is not None
         span, failed = row.span, row.span.status == "ERROR"
-        return (
+        cells = [
             Text(str(row.step.number) if row.step is not None else "", style="dim"),
             Text(_indent(row.depth) + span.name, style="bold red" if failed else ("cyan" if row.step is None else "")),
             Text(ms(span.duration_ns)),
-            Text(bar(span.start_ns, span.end_ns, waterfall.start_ns, waterfall.end_ns - waterfall.start_ns,
-                     self.bar_width()), style="red" if failed else "green"),
-        )
+        ]
+        if self.processes:
+            cells.append(Text(self.processes.get(id(span.resource), "?"), style="magenta"))
+        width = self.bar_width()
+        if width:
+            cells.append(Text(bar(span.start_ns, span.end_ns, waterfall.start_ns, waterfall.end_ns - waterfall.start_ns,
+                                  width), style="red" if failed else "green"))
+        return cells
 
     def current(self) -> HopRow | None:
         if not self.rows_shown or self.cursor_row < 0 or self.cursor_row >= len(self.rows_shown):

@@ -14,7 +14,8 @@ from typing import Any
 
 from tracer.traces.schema import (
     BATCH_IDS, BATCH_TOKENS, BLOCK_IDS, CACHED_TOKENS, EXTERNAL_ID, FREE_BLOCKS, KV_USAGE, LINK_KIND, LINK_STEP,
-    NUM_COMPUTED, NUM_NEW_COMPUTED, NUM_NEW_TOKENS, NUM_PREEMPTIONS, NUM_RUNNING, NUM_WAITING, REQUEST_ID,
+    NUM_COMPUTED, NUM_NEW_COMPUTED, NUM_NEW_TOKENS, NUM_PREEMPTIONS, NUM_RUNNING, NUM_WAITING, PROCESS_PID, PROCESS_ROLE,
+    REQUEST_ID, SERVICE_NAME,
 )
 from tracer.traces.trace_file import SpanRecord
 from tracer.tui.hop_readings import ALLOCATE, PREEMPT, PREFIX_LOOKUP, RELEASES
@@ -74,6 +75,32 @@ class Waterfall:
     @cached_property
     def end_ns(self) -> int:
         return max((r.span.end_ns for r in self.rows), default=self.request.end_ns)
+
+    @cached_property
+    def processes(self) -> dict[int, str]:
+        """id(resource) -> the process's label ({} when every hop ran in one process). A process's
+        spans share one resource dict (the loader decodes it once per export), so the label is
+        found by identity, not by reading each span's resource."""
+        labels: dict[int, str] = {}
+        for row in self.rows:
+            resource = row.span.resource
+            if id(resource) not in labels:
+                labels[id(resource)] = process_label(resource or {})
+        return labels if len(set(labels.values())) > 1 else {}
+
+
+def process_label(resource: dict) -> str:
+    """'engine_core 3832' with the role the resource records, else 'pid 3832'; an engine's own
+    tracing (vLLM's llm_request) says whose it is by its service name."""
+    role = resource.get(PROCESS_ROLE)
+    pid = resource.get(PROCESS_PID)
+    label = f"{role} {pid}" if role else (f"pid {pid}" if pid is not None else str(resource.get(SERVICE_NAME, "?")))
+    service = str(resource.get(SERVICE_NAME, ""))
+    if service and not service.startswith("servetrace"):
+        # Not our plugin's resource: the engine's own tracing (vLLM's llm_request), whose
+        # resource names no process (vLLM leaves service.name at the SDK's unknown_service).
+        return "native" + (f" pid {pid}" if pid is not None else "")
+    return label
 
 
 def _depths(spans: list[SpanRecord], by_span_id: dict[str, SpanRecord]) -> dict[str, int]:

@@ -1,0 +1,287 @@
+"""`servetrace tui --listen` under load: OTLP/HTTP posted at a rate by a real HTTP client (another
+process, keep-alive, on 127.0.0.1), spans ingested per second, and keystrokes timed key to paint
+(bench/tui_bench.py's PaintProbe, adapted: LivePaintProbe) while the spans arrive. Target: >= 10,000 spans/s ingested with
+keystrokes under 50 ms.
+
+The traffic is a live vLLM trace (tests/data/live-vllm.jsonl by default) copied over and over:
+each copy gets its own trace / span ids, request ids and a later clock, regrouped into protobuf
+ExportTraceServiceRequests of 512 spans (the OTel SDK's BatchSpanProcessor batch), as servetrace's
+plugin sends them with SERVETRACE_OTLP. The explorer runs headless (Textual's run_test, 80x24) with a
+window of --window requests, so old copies are dropped as new ones arrive.
+
+    .venv/bin/python bench/tui_listen_bench.py
+Results: bench/results/tui_listen.json and tui_listen.md.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import http.client
+import json
+import re
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+DEFAULT_SAMPLE = REPO / "tests" / "data" / "live-vllm.jsonl"
+BATCH_SPANS = 512
+INGEST_TARGET, KEY_TARGET_MS = 10_000, 50.0
+_TIMES = re.compile(rb'"((?:start|end)TimeUnixNano|timeUnixNano)":"(\d+)"')
+_IDS = re.compile(rb'"(traceId|spanId|parentSpanId)":"([0-9a-f]+)"')
+
+
+def _copy(line: bytes, k: int, shift_ns: int, request_ids: re.Pattern[bytes] | None) -> bytes:
+    """One line of the sample as copy `k`: ids made unique, clock moved on by k * shift_ns."""
+    line = _IDS.sub(lambda m: b'"%s":"%s%s"' % (m[1], b"%08x" % k if m[1] == b"traceId" else b"%04x" % k,
+                                                m[2][8 if m[1] == b"traceId" else 4:]), line)
+    line = _TIMES.sub(lambda m: b'"%s":"%d"' % (m[1], int(m[2]) + k * shift_ns), line)
+    if request_ids is not None:
+        line = request_ids.sub(lambda m: b'"%s-c%d"' % (m[1], k), line)
+    return line
+
+
+def _hex_to_base64(node: object) -> None:
+    """OTLP/JSON writes ids in hex; protobuf's JSON mapping (ParseDict) wants bytes in base64."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key in ("traceId", "spanId", "parentSpanId") and isinstance(value, str):
+                node[key] = base64.b64encode(bytes.fromhex(value)).decode()
+            else:
+                _hex_to_base64(value)
+    elif isinstance(node, list):
+        for item in node:
+            _hex_to_base64(item)
+
+
+def build_bodies(sample: Path, spans_wanted: int) -> tuple[list[tuple[bytes, int]], int]:
+    """Protobuf bodies of about BATCH_SPANS spans each, from copies of the sample; (bodies, spans per copy)."""
+    from google.protobuf import json_format
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    from tracer.tui.loader import load_trace
+    from tracer.tui.model import build_model
+
+    lines = [line for line in sample.read_bytes().splitlines() if line.strip()]
+    model = build_model(load_trace(sample))
+    ids = {rid for request in model.requests.values() for rid in request.ids}
+    ids |= {rid for step in model.steps for rid in step.request_ids}
+    request_ids = re.compile(b'"(' + b"|".join(re.escape(i.encode()) for i in sorted(ids, key=len, reverse=True)) + b')"') if ids else None
+    per_copy = len(model.spans)
+    shift = max(s.end_ns for s in model.spans) - min(s.start_ns for s in model.spans) + 1
+    bodies: list[tuple[bytes, int]] = []
+    pending: list[dict] = []
+    count = 0
+    k = 0
+    while len(bodies) * BATCH_SPANS < spans_wanted:
+        for line in lines:
+            message = json.loads(_copy(line, k, shift, request_ids))
+            pending.extend(message["resourceSpans"])
+            count += sum(len(ss.get("spans", [])) for rs in message["resourceSpans"] for ss in rs.get("scopeSpans", []))
+            if count >= BATCH_SPANS:
+                request = {"resourceSpans": pending}
+                _hex_to_base64(request)
+                bodies.append((json_format.ParseDict(request, ExportTraceServiceRequest()).SerializeToString(), count))
+                pending, count = [], 0
+        k += 1
+    return bodies, per_copy
+
+
+def client(port: int, sample: Path, rate: float, seconds: float) -> dict:
+    """Post bodies at `rate` spans/s for `seconds`; prints one JSON line when ready, one at the end."""
+    bodies, per_copy = build_bodies(sample, int(rate * seconds))
+    print(json.dumps({"ready": True, "bodies": len(bodies), "spans_per_copy": per_copy}), flush=True)
+    sys.stdin.readline()  # go
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    headers = {"Content-Type": "application/x-protobuf"}
+    sent = failed = 0
+    start = time.perf_counter()
+    for body, spans in bodies:
+        due = start + sent / rate
+        delay = due - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+        connection.request("POST", "/v1/traces", body, headers)
+        response = connection.getresponse()
+        response.read()
+        if response.status == 200:
+            sent += spans
+        else:
+            failed += spans
+    elapsed = time.perf_counter() - start
+    return {"sent_spans": sent, "failed_spans": failed, "elapsed_s": elapsed, "bodies": len(bodies)}
+
+
+class LivePaintProbe:
+    """tui_bench.PaintProbe for a live app: key to the last screen refresh before idle, leaving
+    out refreshes of a model swap that began after the key was painted (the swap's own repaint,
+    not the key's). A key that waited for a swap (the swap ran between the key and its paint)
+    counts that wait."""
+
+    def __init__(self, app) -> None:
+        from textual import events
+
+        self.key_at: float | None = None
+        self.painted_at: float | None = None
+        self.swapped_since_key = False
+        self.swap_ms: list[float] = []
+        handle_event, screen, swap = app.on_event, app.screen, app.swap_model
+        refresh = screen._compositor_refresh
+
+        async def on_event(event):
+            if isinstance(event, events.Key):
+                self.key_at, self.painted_at, self.swapped_since_key = time.perf_counter(), None, False
+            return await handle_event(event)
+
+        def compositor_refresh():
+            refresh()
+            if self.painted_at is None or not self.swapped_since_key:
+                self.painted_at = time.perf_counter()
+
+        def swap_model(model):
+            started = time.perf_counter()
+            swap(model)
+            self.swap_ms.append(1000 * (time.perf_counter() - started))
+            if self.painted_at is not None:
+                self.swapped_since_key = True
+
+        app.on_event = on_event
+        screen._compositor_refresh = compositor_refresh
+        app.swap_model = swap_model
+
+    def last_ms(self) -> float:
+        if self.key_at is None or self.painted_at is None:
+            return float("nan")
+        return 1000 * (self.painted_at - self.key_at)
+
+
+async def explorer_under_load(sample: Path, rate: float, seconds: float, window_size: int) -> dict:
+    from tui_bench import percentile
+
+    from tracer.commands._ports import listen
+    from tracer.traces.receiver import start_receiver
+    from tracer.tui.live import LiveExplorerApp, LiveWindow
+
+    receiver = start_receiver(listen("127.0.0.1", 0, "--listen"))
+    port = receiver.address[1]
+    window = LiveWindow(window_size)
+    app = LiveExplorerApp(receiver, window)
+    proc = subprocess.Popen([sys.executable, __file__, "--client", str(port), "--sample", str(sample),
+                             "--rate", str(rate), "--seconds", str(seconds)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    ready = json.loads(proc.stdout.readline())
+    result: dict = {"offered_spans_per_s": rate, "seconds": seconds, "window": window_size, **ready}
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        probe = LivePaintProbe(app)
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        start = time.perf_counter()
+        samples: list[tuple[float, int]] = []
+        paint_ms: list[float] = []
+        keys = ("down", "n", "up", "n")
+        index = 0
+        while proc.poll() is None:
+            await pilot.press(keys[index % len(keys)])
+            await pilot.pause()
+            paint = probe.last_ms()
+            if paint == paint:  # not NaN: the key changed the screen
+                paint_ms.append(paint)
+            index += 1
+            samples.append((time.perf_counter() - start, window.stats.spans_received))
+            await asyncio.sleep(0.1)
+        sent = json.loads(proc.stdout.read().strip().splitlines()[-1])
+        # Until everything posted is in the window (or 10 s more).
+        deadline = time.perf_counter() + 10
+        while window.stats.spans_received < sent["sent_spans"] and time.perf_counter() < deadline:
+            await asyncio.sleep(0.02)
+        ingested_at = time.perf_counter() - start
+        received = window.stats.spans_received
+        await asyncio.sleep(app.feed.rebuild_s * 2 + (max(app.feed.build_s) if app.feed.build_s else 0))
+        await pilot.pause()
+        shown = [r.request_id for r in app.model.requests.values()]
+        result.update(
+            sent, received_spans=received, ingest_s=ingested_at, ingested_spans_per_s=received / ingested_at,
+            keys=len(paint_ms), key_paint_p50_ms=percentile(paint_ms, 0.5) if paint_ms else None,
+            key_paint_p95_ms=percentile(paint_ms, 0.95) if paint_ms else None,
+            key_paint_max_ms=max(paint_ms) if paint_ms else None, key_paint_ms=paint_ms,
+            swap_p50_ms=statistics.median(probe.swap_ms) if probe.swap_ms else None,
+            swap_max_ms=max(probe.swap_ms) if probe.swap_ms else None,
+            builds=len(app.feed.build_s), build_p50_s=statistics.median(app.feed.build_s) if app.feed.build_s else None,
+            build_max_s=max(app.feed.build_s) if app.feed.build_s else None,
+            requests_shown=len(shown), requests_dropped=window.stats.requests_dropped, notice=window.notice(),
+            newest_kept=_newest_kept(shown, ready["bodies"] * BATCH_SPANS // max(ready["spans_per_copy"], 1)),
+            received_over_time=samples[:: max(1, len(samples) // 40)],
+        )
+    receiver.stop()
+    return result
+
+
+def _newest_kept(shown: list[str], copies: int) -> bool:
+    """The window holds the last copies' requests (ids end in -cK; the newest K must be there)."""
+    numbers = [int(m[1]) for m in (re.search(r"-c(\d+)(?: \(\d+\))?$", rid) for rid in shown) if m]
+    return bool(numbers) and max(numbers) >= copies - 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sample", type=Path, default=DEFAULT_SAMPLE, help="trace whose copies are posted")
+    parser.add_argument("--rate", type=float, default=15_000, help="spans per second offered")
+    parser.add_argument("--seconds", type=float, default=12.0, help="how long the client posts")
+    parser.add_argument("--window", type=int, default=200, help="requests the explorer keeps")
+    parser.add_argument("--no-write", action="store_true")
+    parser.add_argument("--client", type=int, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.client is not None:
+        print(json.dumps(client(args.client, args.sample, args.rate, args.seconds)), flush=True)
+        return 0
+
+    from rich.console import Console
+    from rich.table import Table
+
+    result = asyncio.run(explorer_under_load(args.sample, args.rate, args.seconds, args.window))
+    table = Table(title=f"tui --listen: {result['sent_spans']:,} spans posted as protobuf in "
+                        f"{result['elapsed_s']:.1f} s, window {args.window} requests")
+    for name, justify in (("measure", "left"), ("value", "right"), ("target", "right")):
+        table.add_column(name, justify=justify)
+    table.add_row("offered (client, keep-alive HTTP)", f"{result['sent_spans'] / result['elapsed_s']:,.0f} spans/s", "")
+    table.add_row("ingested (parsed into the window)", f"{result['ingested_spans_per_s']:,.0f} spans/s", f">= {INGEST_TARGET:,}")
+    table.add_row("spans received / posted", f"{result['received_spans']:,} / {result['sent_spans']:,}", "all")
+    table.add_row(f"key to paint while ingesting, p50 / p95 / max ({result['keys']} keys)",
+                  f"{result['key_paint_p50_ms']:.1f} / {result['key_paint_p95_ms']:.1f} / {result['key_paint_max_ms']:.1f} ms",
+                  f"< {KEY_TARGET_MS:.0f} ms")
+    table.add_row(f"model rebuilds (off the UI thread), p50 / max ({result['builds']})",
+                  f"{result['build_p50_s'] * 1000:.0f} / {result['build_max_s'] * 1000:.0f} ms", "")
+    table.add_row("model swap on the UI thread, p50 / max",
+                  f"{result['swap_p50_ms']:.0f} / {result['swap_max_ms']:.0f} ms", "")
+    table.add_row("requests shown / dropped", f"{result['requests_shown']} / {result['requests_dropped']:,}", "")
+    table.add_row("newest requests kept", "yes" if result["newest_kept"] else "NO", "yes")
+    console = Console()
+    console.print(table)
+    console.print(f"explorer says: {result['notice']}")
+    if args.no_write:
+        return 0
+    from _results import run_meta, write_results
+
+    recording = Console(record=True, width=110, file=open("/dev/null", "w"))
+    recording.print(table)
+    meta = run_meta(sample=str(args.sample.relative_to(REPO) if args.sample.is_relative_to(REPO) else args.sample))
+    write_results("tui_listen", "tui --listen: ingestion and keystrokes under load", meta,
+                  {"result": result, "targets": {"ingested_spans_per_s": INGEST_TARGET, "key_paint_ms": KEY_TARGET_MS}},
+                  ["```", recording.export_text().rstrip(), "```", "",
+                   f"The explorer's warning line at the end: `{result['notice']}`.",
+                   "Key to paint: from the app taking the key to its last screen refresh before idle "
+                   "(bench/tui_bench.py's PaintProbe), leaving out the repaint of a model swap that began after the key "
+                   "was painted; a key that waited for a swap counts the wait."])
+    console.print("wrote bench/results/tui_listen.json and tui_listen.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
