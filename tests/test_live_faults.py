@@ -90,10 +90,6 @@ def test_an_unreachable_otlp_collector_is_reported_and_serving_goes_on(killed):
     assert otlp_reports(killed), "the refused collector is reported in the server's log"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "OTel's OTLP exporter logs every refused batch and every retry itself (seen: 40+ lines for 4 requests); "
-    "reporting it once needs tracer/instrument/exporters.py's GuardedExporter to report a FAILURE result once "
-    "and quiet the OTLP exporter's loggers after that (proposed to the lead)"))
 def test_an_unreachable_otlp_collector_is_reported_once_per_process(killed):
     assert len(otlp_reports(killed)) <= 3  # API server, EngineCore, Worker
 

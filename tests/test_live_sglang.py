@@ -39,6 +39,9 @@ def test_the_plugin_says_in_each_process_that_it_traces(live):
     lines = [line for line in live.log_path.read_text().splitlines() if "servetrace: sglang (sglang 0.5.23, pinned) hooks installed" in line]
     assert len(lines) == 3, lines  # HTTP + TokenizerManager, Scheduler, DetokenizerManager
     assert all(f"tracing to {live.trace_path}" in line and "0 failed" in line for line in lines)
+    # Each process names its role on its spans' resource (the explorer labels each hop by it).
+    roles = {span.resource.get(schema.PROCESS_ROLE) for span in live.trace().spans}
+    assert roles == {"tokenizer_manager", "scheduler", "detokenizer"}, roles
 
 
 def test_every_trace_is_a_request_a_step_or_the_startup(live):

@@ -22,7 +22,7 @@ from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased, Sampler, Tr
 
 from tracer.catalog.hops import load_catalog
 from tracer.instrument import gpu_timing
-from tracer.traces.schema import ENGINE, ENGINE_VERSION, PROCESS_PID, SCHEMA_VERSION, SCHEMA_VERSION_KEY, SERVICE_NAME
+from tracer.traces.schema import ENGINE, ENGINE_VERSION, PROCESS_PID, PROCESS_ROLE, SCHEMA_VERSION, SCHEMA_VERSION_KEY, SERVICE_NAME
 from tracer.instrument.exporters import GuardedExporter, OTLPJsonLinesFileExporter
 
 logger = logging.getLogger(__name__)
@@ -58,6 +58,7 @@ def configure(
     engine: str | None = None,
     batch: bool = True,
     sample_ratio: float = 1.0,
+    process_role: str | None = None,
 ) -> TracerProvider:
     """Start exporting servetrace spans; replaces a previous configuration (after flushing it).
     sample_ratio < 1 keeps that share of requests, each whole (SERVETRACE_SAMPLE)."""
@@ -65,6 +66,8 @@ def configure(
     if not (trace_file or otlp_endpoint or console):
         raise ValueError("configure() needs a trace file, an OTLP endpoint or console=True")
     attributes = {SERVICE_NAME: service_name, PROCESS_PID: os.getpid(), SCHEMA_VERSION_KEY: SCHEMA_VERSION}
+    if process_role:
+        attributes[PROCESS_ROLE] = process_role
     if engine:
         attributes[ENGINE] = engine
         version = _engine_version(engine)
@@ -86,6 +89,8 @@ def configure(
     if otlp_endpoint:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
+        _report_collector_failures_once(otlp_endpoint)
+
         add(OTLPSpanExporter(endpoint=otlp_traces_url(otlp_endpoint), timeout=5), f"OTLP {otlp_endpoint}")
     if console:
         add(ConsoleSpanExporter(), "console")
@@ -106,7 +111,7 @@ def configure(
     return provider
 
 
-def configure_from_env(engine: str, service_name: str | None = None) -> TracerProvider | None:
+def configure_from_env(engine: str, service_name: str | None = None, process_role: str | None = None) -> TracerProvider | None:
     """Configure from SERVETRACE_TRACE / SERVETRACE_OTLP / SERVETRACE_CONSOLE (and SERVETRACE_SAMPLE);
     None when none is set."""
     trace_file = os.environ.get(TRACE_FILE_ENV) or None
@@ -115,7 +120,7 @@ def configure_from_env(engine: str, service_name: str | None = None) -> TracerPr
     if not (trace_file or otlp or console):
         return None
     return configure(trace_file, otlp, console, service_name=service_name or f"servetrace-{engine}", engine=engine,
-                     sample_ratio=sample_ratio_from_env())
+                     sample_ratio=sample_ratio_from_env(), process_role=process_role)
 
 
 def sample_ratio_from_env() -> float:
@@ -180,6 +185,41 @@ def provider() -> TracerProvider | None:
 def flush(timeout_millis: int = 30000) -> bool:
     gpu_timing.drain_pending(wait=True)  # GPU-timed spans end lazily; end them before flushing
     return _provider.force_flush(timeout_millis) if _provider is not None else True
+
+
+class _ReportOnce(logging.Filter):
+    """OTel's OTLP exporter (and urllib3 under it) logs every refused batch and every retry: tens of
+    lines per process for a collector that is down. Say it once, quoting the first reason, and drop
+    the rest; a server's log stays readable and serving goes on."""
+
+    def __init__(self, endpoint: str, host_port: str) -> None:
+        super().__init__()
+        self.endpoint = endpoint
+        self.host_port = host_port  # urllib3's records are kept unless they are about our collector
+        self.reported = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if record.name.startswith("urllib3") and self.host_port not in message.replace("', port=", ":"):
+            return True
+        if not self.reported:
+            self.reported = True
+            logger.warning("servetrace: OTLP exporter to %s failed: %s (spans dropped; reported once)",
+                           self.endpoint, message[:300])
+        return False
+
+
+def _report_collector_failures_once(endpoint: str) -> None:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(otlp_traces_url(endpoint))
+    report = _ReportOnce(endpoint, f"{parts.hostname}:{parts.port or 80}")
+    for name in ("opentelemetry.exporter.otlp.proto.http.trace_exporter", "opentelemetry.exporter.otlp.proto.http._common",
+                 "urllib3.connectionpool"):
+        target = logging.getLogger(name)
+        for old in [f for f in target.filters if isinstance(f, _ReportOnce)]:
+            target.removeFilter(old)  # a reconfigured provider reports afresh
+        target.addFilter(report)
 
 
 def flush_idle(timeout_millis: int = 2000) -> None:

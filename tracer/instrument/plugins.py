@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import traceback
 
 from tracer.catalog.hops import load_catalog
 from tracer.instrument import hooks, otel
@@ -51,7 +52,7 @@ def _destination() -> str:
 
 def _install(engine: str) -> hooks.InstallReport | None:
     try:
-        if otel.provider() is None and otel.configure_from_env(engine) is None:
+        if otel.provider() is None and otel.configure_from_env(engine, process_role=_process_role(engine)) is None:
             return None
         report = hooks.install(engine)
         failed = f": {', '.join(sorted(report.failed))}" if report.failed else ""
@@ -74,6 +75,27 @@ def _engine_label(engine: str) -> str:
         return engine
     pinned = "pinned" if version in spec.versions else f"NOT pinned: the catalog pins {', '.join(spec.versions)}"
     return f"{engine} ({spec.installed_distribution()} {version}, {pinned})"
+
+
+# Which of an engine's processes loads the plugin, by the multiprocessing name vLLM gives it, or by
+# the function SGLang's process runs (its processes are plain Process-N): the explorer labels hops by it.
+_ROLES_BY_CALLER = {"sglang": {"run_scheduler_process": "scheduler", "run_detokenizer_process": "detokenizer"}}
+_ROLES_BY_PROCESS_NAME = {
+    "vllm": (("MainProcess", "api_server"), ("EngineCore", "engine_core"), ("VllmWorker", "worker")),
+    "sglang": (("MainProcess", "tokenizer_manager"),),  # the HTTP server and the TokenizerManager
+}
+
+
+def _process_role(engine: str) -> str | None:
+    callers = _ROLES_BY_CALLER.get(engine, {})
+    for frame in reversed(traceback.extract_stack()):
+        if frame.name in callers:
+            return callers[frame.name]
+    name = _process_name()
+    for prefix, role in _ROLES_BY_PROCESS_NAME.get(engine, ()):
+        if name.startswith(prefix):
+            return role
+    return name
 
 
 def _process_name() -> str:
