@@ -13,7 +13,7 @@ from typing import Any
 from opentelemetry import trace
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from tracer.instrument.spans import registry
+from tracer.instrument.registry import registry
 
 _propagator = TraceContextTextMapPropagator()
 

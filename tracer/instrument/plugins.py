@@ -38,10 +38,6 @@ def _announcer() -> logging.Logger:
         announce.addHandler(handler)
         announce.setLevel(logging.INFO)
         announce.propagate = False
-        ours = logging.getLogger("tracer")  # our warnings (a bad trace path, a failed extractor) reach it too
-        if not ours.handlers:
-            ours.addHandler(handler)
-            ours.propagate = False
     return announce
 
 

@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import contextvars
 import logging
-import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +28,7 @@ from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, SpanKind, S
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from tracer.instrument import gpu_timing, otel
+from tracer.instrument.registry import registry
 
 logger = logging.getLogger(__name__)
 
@@ -70,48 +69,6 @@ class HopCall:
     part_of_step: bool = False  # the target runs as one part of a step an opener began (catalog)
 
 
-class RequestRegistry:
-    """request id -> SpanContext of the request's root span, and internal id -> external id
-    (bounded: oldest dropped first)."""
-
-    def __init__(self, max_size: int = 100_000) -> None:
-        self.max_size = max_size
-        self._contexts: OrderedDict[str, SpanContext] = OrderedDict()
-        self._external: OrderedDict[str, str] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, request_id: str) -> SpanContext | None:
-        return self._contexts.get(request_id)
-
-    def external_id(self, request_id: str) -> str | None:
-        return self._external.get(request_id)
-
-    def name_external(self, request_id: str, external_id: str) -> None:
-        if request_id == external_id:
-            return
-        with self._lock:
-            self._external[request_id] = external_id
-            while len(self._external) > self.max_size:
-                self._external.popitem(last=False)
-
-    def register(self, request_id: str, span_context: SpanContext) -> None:
-        with self._lock:
-            if request_id in self._contexts:
-                return
-            self._contexts[request_id] = span_context
-            while len(self._contexts) > self.max_size:
-                self._contexts.popitem(last=False)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._contexts.clear()
-            self._external.clear()
-
-    def __len__(self) -> int:
-        return len(self._contexts)
-
-
-registry = RequestRegistry()
 
 # The innermost servetrace span open in this thread / task, and the innermost engine.step.
 _open: contextvars.ContextVar["OpenSpan | None"] = contextvars.ContextVar("servetrace_open", default=None)

@@ -20,7 +20,8 @@ from tracer.instrument.extractors import (
     OPERATION, OUTPUT_TOKENS, PROTECTED, REQUEST_ID, STATUS, TEMPERATURE, TOP_K, TOP_P, ids,
 )
 from tracer.instrument import carriers
-from tracer.instrument.spans import Inject, registry, traceparent
+from tracer.instrument.registry import registry
+from tracer.instrument.spans import Inject, traceparent
 from tracer.traces.schema import (
     ADD_RESULT, CARRIER_KEY, CHECKPOINT, DROP, CHECKPOINT_UP_TO, CONFIG_BLOCK_SIZE, CONFIG_CHUNKED_PREFILL,
     CONFIG_MAX_BATCHED_TOKENS, CONFIG_MAX_NUM_SEQS, CONFIG_MAX_TOTAL_TOKENS, CONFIG_POLICY, CONFIG_PREFIX_CACHING,
