@@ -74,6 +74,24 @@ def venv_python(venv: Path, model: Path, engine: str) -> Path:
     return python
 
 
+# What servetrace's plugin reads in the server's processes (tracer.instrument.otel); written here, not
+# imported, so launching a server needs no OpenTelemetry in the launching process.
+TRACING_ENV = ("SERVETRACE_TRACE", "SERVETRACE_OTLP")
+
+
+def server_env(base: dict[str, str], trace_file: Path | None, otlp_endpoint: str | None,
+               extra: dict[str, str]) -> tuple[dict[str, str], list[str]]:
+    """The server's environment (base, then tracing, then the caller's extra) and the tracing variables
+    to unset: a server started untraced must not inherit the launching shell's SERVETRACE_*."""
+    env = dict(base)
+    if trace_file is not None:
+        env[TRACING_ENV[0]] = str(trace_file)
+    if otlp_endpoint is not None:
+        env[TRACING_ENV[1]] = otlp_endpoint
+    env.update(extra)
+    return env, [name for name in TRACING_ENV if name not in env]
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port nothing listens on right now (the kernel's choice)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:

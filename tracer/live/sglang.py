@@ -35,7 +35,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tracer.live.process import ServerProcess, ServerSpec, converted_model, free_port, project_root, venv_python
+from tracer.live.process import ServerProcess, ServerSpec, converted_model, free_port, project_root, server_env, venv_python
 
 
 def default_venv() -> Path:
@@ -111,12 +111,7 @@ def sglang_spec(options: SglangOptions) -> ServerSpec:
     }
     if options.init_new_token_ratio is not None:
         env["SGLANG_INIT_NEW_TOKEN_RATIO"] = str(options.init_new_token_ratio)
-    if options.trace_file is not None:
-        env["SERVETRACE_TRACE"] = str(options.trace_file)
-    if options.otlp_endpoint is not None:
-        env["SERVETRACE_OTLP"] = options.otlp_endpoint
-    env.update(options.env)
-    unset = [name for name in ("SERVETRACE_TRACE", "SERVETRACE_OTLP") if name not in env]
+    env, unset = server_env(env, options.trace_file, options.otlp_endpoint, options.env)
     log_path = options.log_path or default_log_dir() / f"server-{port}.log"
     return ServerSpec(
         name="sglang", argv=argv, host=options.host, port=port, log_path=log_path, env=env,

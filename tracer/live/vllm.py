@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tracer.live.process import ServerProcess, ServerSpec, converted_model, free_port, project_root, venv_python
+from tracer.live.process import ServerProcess, ServerSpec, converted_model, free_port, project_root, server_env, venv_python
 
 
 def default_venv() -> Path:
@@ -92,12 +92,7 @@ def vllm_spec(options: VllmOptions) -> ServerSpec:
         "HF_HUB_OFFLINE": "1",
         "TOKENIZERS_PARALLELISM": "false",
     }
-    if options.trace_file is not None:
-        env["SERVETRACE_TRACE"] = str(options.trace_file)
-    if options.otlp_endpoint is not None:
-        env["SERVETRACE_OTLP"] = options.otlp_endpoint
-    env.update(options.env)
-    unset = [name for name in ("SERVETRACE_TRACE", "SERVETRACE_OTLP") if name not in env]
+    env, unset = server_env(env, options.trace_file, options.otlp_endpoint, options.env)
     log_path = options.log_path or options.cache_dir / f"server-{port}.log"
     return ServerSpec(
         name="vllm", argv=argv, host=options.host, port=port, log_path=log_path, env=env,
