@@ -149,7 +149,7 @@ class EngineCore:
             scheduler.update_from_output(scheduler_output, runner_output)
             t3 = time.perf_counter()
             num_steps += 1
-            if scheduler_output.total_num_scheduled_tokens == len(scheduler_output.scheduled_reqs):
+            if scheduler_output.total_num_scheduled_tokens == len(scheduler_output.num_scheduled_tokens):
                 decode_steps.append(t3 - t0)
                 for name, seconds in zip(phases, (t1 - t0, t2 - t1, t3 - t2)):
                     phases[name].append(seconds)

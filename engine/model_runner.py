@@ -4,7 +4,9 @@ Mirrors: vllm.v1.worker.gpu.model_runner:GPUModelRunner, vllm.v1.worker.gpu_mode
 Model Runner V2 (the first) is the 0.33 default (vllm/config/vllm.py:748-767
 VllmConfig.use_v2_model_runner); V1 (the second) runs with VLLM_USE_V2_MODEL_RUNNER=0. Reduced
 to one device and no persistent input batch: every step rebuilds its input tensors from the
-SchedulerOutput.
+request states it keeps. Those states follow the SchedulerOutput the way V1's do
+(GPUModelRunner._update_states): a new request brings its block table, a running one appends
+its new blocks, a resumed one replaces its table.
 """
 from __future__ import annotations
 
@@ -39,6 +41,19 @@ def num_blocks_for_memory(model_config: LlamaConfig, block_size: int, memory_byt
             "need at least 2 (one is the reserved null block)"
         )
     return num_blocks
+
+
+@dataclass
+class CachedRequestState:
+    """What the runner keeps of a request between steps.
+
+    Mirrors: vllm.v1.worker.gpu_input_batch:CachedRequestState (vllm 0.33.0), trimmed: the token
+    ids stay on the scheduler's Request (one process), the block table is the runner's own.
+    """
+
+    request: Request
+    block_ids: list[int]
+    num_computed_tokens: int
 
 
 @dataclass
@@ -100,6 +115,7 @@ class ModelRunner:
             )
         # Seeded requests keep one generator for their whole life (vLLM: CachedRequestState.generator).
         self.generators: dict[str, torch.Generator] = {}
+        self.requests: dict[str, CachedRequestState] = {}
 
     def _allocate_kv_cache(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         cfg = self.model_config
@@ -119,7 +135,7 @@ class ModelRunner:
         Mirrors: vllm.v1.worker.gpu_model_runner:GPUModelRunner.execute_model (vllm 0.33.0) (+ sample_tokens,
         which vLLM 0.33 issues as a separate call).
         """
-        self._free_finished(scheduler_output.finished_req_ids)
+        self._update_states(scheduler_output)
         if scheduler_output.is_empty:
             return ModelRunnerOutput(req_ids=[], sampled_token_ids=[])
         model_input = self._prepare_inputs(scheduler_output)
@@ -140,9 +156,27 @@ class ModelRunner:
             and self.cuda_graphs.can_run(num_reqs, model_input.attn_metadata.block_tables.shape[1])
         )
 
-    def _free_finished(self, finished_req_ids: set[str]) -> None:
-        for req_id in finished_req_ids:
+    def _update_states(self, scheduler_output: SchedulerOutput) -> None:
+        """Mirrors: vllm.v1.worker.gpu_model_runner:GPUModelRunner._update_states (vllm 0.33.0)
+        Finished requests dropped, new ones added, cached ones updated, a resumed one's table replaced
+        (vllm/v1/worker/gpu_model_runner.py:1187-1432 GPUModelRunner._update_states)."""
+        for req_id in scheduler_output.finished_req_ids:
+            self.requests.pop(req_id, None)
             self.generators.pop(req_id, None)
+        for new in scheduler_output.scheduled_new_reqs:
+            self.requests[new.req_id] = CachedRequestState(new.request, list(new.block_ids), new.num_computed_tokens)
+        cached = scheduler_output.scheduled_cached_reqs
+        for req_id, new_block_ids, num_computed in zip(cached.req_ids, cached.new_block_ids, cached.num_computed_tokens):
+            state = self.requests.get(req_id)
+            if state is None:
+                raise ValueError(f"scheduler output sends request {req_id} as cached, but the runner never saw it")
+            state.num_computed_tokens = num_computed
+            if req_id in cached.resumed_req_ids:
+                # Preemption freed the old table; the resumed request's blocks replace it.
+                assert new_block_ids is not None, "a resumed request carries its whole block table"
+                state.block_ids = list(new_block_ids)
+            elif new_block_ids is not None:
+                state.block_ids.extend(new_block_ids)
 
     def _prepare_inputs(self, scheduler_output: SchedulerOutput) -> ModelInput:
         """Flatten the scheduled tokens of all requests into one batch.
@@ -157,14 +191,15 @@ class ModelRunner:
         block_tables: list[list[int]] = []
         logits_indices: list[int] = []
         sampled_req_indices: list[int] = []
-        requests = scheduler_output.scheduled_reqs
-        for index, request in enumerate(requests):
-            req_id = request.request_id
+        req_ids = [new.req_id for new in scheduler_output.scheduled_new_reqs]
+        req_ids += scheduler_output.scheduled_cached_reqs.req_ids
+        states = [self.requests[req_id] for req_id in req_ids]
+        requests = [state.request for state in states]
+        for index, state in enumerate(states):
+            request, req_id = state.request, req_ids[index]
             num_new = scheduler_output.num_scheduled_tokens[req_id]
-            if req_id not in scheduler_output.num_computed_tokens or req_id not in scheduler_output.block_ids:
-                raise ValueError(f"scheduler output lacks num_computed_tokens or block_ids for request {req_id}")
-            num_computed = scheduler_output.num_computed_tokens[req_id]
-            block_ids = scheduler_output.block_ids[req_id]
+            num_computed = state.num_computed_tokens
+            block_ids = state.block_ids
             end = num_computed + num_new
             if num_new < 1 or end > request.num_tokens:
                 raise ValueError(

@@ -23,7 +23,7 @@ from engine.kv_cache_manager import KVCacheManager
 from engine.kv_manager import KVManager
 from engine.radix_kv_manager import RadixKVCacheManager
 from engine.schedule_policy import sort_by_longest_prefix
-from engine.outputs import EngineCoreOutput, ModelRunnerOutput, SchedulerOutput
+from engine.outputs import CachedRequestData, EngineCoreOutput, ModelRunnerOutput, NewRequestData, SchedulerOutput
 from engine.request import Request, RequestStatus
 from engine.request_queue import create_request_queue
 
@@ -102,6 +102,9 @@ class Scheduler:
         scheduled_running_reqs: list[Request] = []
         preempted_reqs: list[Request] = []
         num_scheduled_tokens: dict[str, int] = {}
+        # The blocks each running request got this step (vLLM: req_to_new_blocks); the model
+        # runner appends them to the table it holds.
+        new_block_ids: dict[str, list[int] | None] = {}
         token_budget = self.scheduler_config.max_num_batched_tokens
         scheduled_timestamp = time.monotonic()
 
@@ -139,6 +142,7 @@ class Scheduler:
                     if victim in scheduled_running_reqs:
                         scheduled_running_reqs.remove(victim)
                         token_budget += num_scheduled_tokens.pop(victim.request_id)
+                        new_block_ids.pop(victim.request_id)
                 else:
                     victim = self.running.pop()
                 self._preempt_request(victim, scheduled_timestamp)
@@ -154,6 +158,7 @@ class Scheduler:
 
             scheduled_running_reqs.append(request)
             num_scheduled_tokens[request.request_id] = num_new_tokens
+            new_block_ids[request.request_id] = self._new_block_ids(request, len(new_blocks))
             token_budget -= num_new_tokens
             req_index += 1
 
@@ -210,20 +215,44 @@ class Scheduler:
         assert total <= self.scheduler_config.max_num_batched_tokens
         assert len(self.running) <= self.scheduler_config.max_num_seqs
 
-        scheduled = scheduled_new_reqs + scheduled_resumed_reqs + scheduled_running_reqs
+        # A new request is sent whole; running and resumed ones as a diff (vLLM's
+        # _make_cached_request_data), built before _update_after_schedule advances their counters.
+        get_block_ids = self.kv_cache_manager.get_block_ids
         output = SchedulerOutput(
-            scheduled_new_reqs=scheduled_new_reqs + scheduled_resumed_reqs,
-            scheduled_cached_reqs=scheduled_running_reqs,
+            scheduled_new_reqs=[NewRequestData.from_request(r, get_block_ids(r.request_id)) for r in scheduled_new_reqs],
+            scheduled_cached_reqs=self._make_cached_request_data(
+                scheduled_running_reqs, scheduled_resumed_reqs, new_block_ids
+            ),
             num_scheduled_tokens=num_scheduled_tokens,
             total_num_scheduled_tokens=total,
-            num_computed_tokens={r.request_id: r.num_computed_tokens for r in scheduled},
-            block_ids={r.request_id: self.kv_cache_manager.get_block_ids(r.request_id) for r in scheduled},
             preempted_req_ids={r.request_id for r in preempted_reqs},
             finished_req_ids=self.finished_req_ids,
             step=self.current_step,
         )
         self._update_after_schedule(output)
         return output
+
+    def _new_block_ids(self, request: Request, num_new_blocks: int) -> list[int] | None:
+        # Both managers append a request's new blocks at the end of its table.
+        if num_new_blocks == 0:
+            return None
+        return self.kv_cache_manager.get_block_ids(request.request_id)[-num_new_blocks:]
+
+    def _make_cached_request_data(
+        self, running_reqs: list[Request], resumed_reqs: list[Request], new_block_ids: dict[str, list[int] | None]
+    ) -> CachedRequestData:
+        # Mirrors: vllm.v1.core.sched.scheduler:Scheduler._make_cached_request_data (vllm 0.33.0)
+        # (the V1 model runner's shape): running requests first, then resumed ones, whose
+        # new_block_ids is the whole table they were given on readmission.
+        requests = running_reqs + resumed_reqs
+        return CachedRequestData(
+            req_ids=[r.request_id for r in requests],
+            resumed_req_ids={r.request_id for r in resumed_reqs},
+            new_block_ids=[new_block_ids[r.request_id] for r in running_reqs]
+            + [self.kv_cache_manager.get_block_ids(r.request_id) for r in resumed_reqs],
+            num_computed_tokens=[r.num_computed_tokens for r in requests],
+            num_output_tokens=[r.num_output_tokens for r in requests],
+        )
 
     def _preempt_request(self, request: Request, timestamp: float) -> None:
         # Mirrors: vllm.v1.core.sched.scheduler:Scheduler._preempt_request (vllm 0.33.0)

@@ -15,7 +15,7 @@ from engine.cuda_graphs import DecodeCudaGraphs, decode_batch_sizes
 from engine.math_utils import cdiv
 from engine.model import LlamaConfig, LlamaForCausalLM
 from engine.model_runner import ModelRunner
-from engine.outputs import SchedulerOutput
+from engine.outputs import CachedRequestData, NewRequestData, SchedulerOutput
 from engine.request import Request
 from engine.sampling_params import SamplingParams
 
@@ -85,12 +85,16 @@ def _greedy(runner: ModelRunner, prompts: list[list[int]], max_new: list[int]) -
         scheduled = {r.request_id: r.num_tokens - computed[r.request_id] for r in active}
         output = runner.execute_model(
             SchedulerOutput(
-                scheduled_new_reqs=active if step == 0 else [],
-                scheduled_cached_reqs=[] if step == 0 else active,
+                # Whole tables up front (step 0), then no new blocks: every table was sized for the run.
+                scheduled_new_reqs=[NewRequestData.from_request(r, block_ids[r.request_id]) for r in active] if step == 0 else [],
+                scheduled_cached_reqs=CachedRequestData(
+                    req_ids=[r.request_id for r in active] if step else [], resumed_req_ids=set(),
+                    new_block_ids=[None for _ in active] if step else [],
+                    num_computed_tokens=[computed[r.request_id] for r in active] if step else [],
+                    num_output_tokens=[r.num_output_tokens for r in active] if step else [],
+                ),
                 num_scheduled_tokens=scheduled,
                 total_num_scheduled_tokens=sum(scheduled.values()),
-                num_computed_tokens={r.request_id: computed[r.request_id] for r in active},
-                block_ids={r.request_id: block_ids[r.request_id] for r in active},
                 step=step,
             )
         )

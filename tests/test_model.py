@@ -16,7 +16,7 @@ from engine.attention import AttentionMetadata
 from engine.loader import bundled_model_path, load_model
 from engine.math_utils import cdiv
 from engine.model_runner import ModelRunner, num_blocks_for_memory
-from engine.outputs import SchedulerOutput
+from engine.outputs import CachedRequestData, NewRequestData, SchedulerOutput
 from engine.request import Request
 from engine.sampling_params import SamplingParams
 
@@ -123,23 +123,32 @@ class HandScheduler:
 
     def run_step(self) -> None:
         active = [s for s in self.running if not s.done]
-        num_scheduled, num_computed, block_ids = {}, {}, {}
+        num_scheduled: dict[str, int] = {}
+        new_reqs: list[NewRequestData] = []
+        cached = CachedRequestData.make_empty()
         for seq in active:
             remaining = seq.request.num_tokens - seq.num_computed
             n = min(remaining, self.chunk_size) if self.chunk_size else remaining
+            num_blocks_before = len(seq.block_ids)
             while len(seq.block_ids) * BLOCK_SIZE < seq.num_computed + n:
                 seq.block_ids.append(self.next_block)
                 self.next_block += 1
             rid = seq.request.request_id
-            num_scheduled[rid], num_computed[rid], block_ids[rid] = n, seq.num_computed, list(seq.block_ids)
+            num_scheduled[rid] = n
+            if not seq.scheduled_before:  # the runner gets the whole table once, then only new blocks
+                new_reqs.append(NewRequestData(rid, seq.request.prompt_token_ids, seq.request.sampling_params,
+                                               list(seq.block_ids), seq.num_computed, seq.request))
+            else:
+                cached.req_ids.append(rid)
+                cached.new_block_ids.append(seq.block_ids[num_blocks_before:] or None)
+                cached.num_computed_tokens.append(seq.num_computed)
+                cached.num_output_tokens.append(seq.request.num_output_tokens)
         output = self.runner.execute_model(
             SchedulerOutput(
-                scheduled_new_reqs=[s.request for s in active if not s.scheduled_before],
-                scheduled_cached_reqs=[s.request for s in active if s.scheduled_before],
+                scheduled_new_reqs=new_reqs,
+                scheduled_cached_reqs=cached,
                 num_scheduled_tokens=num_scheduled,
                 total_num_scheduled_tokens=sum(num_scheduled.values()),
-                num_computed_tokens=num_computed,
-                block_ids=block_ids,
                 step=self.step,
             )
         )
@@ -272,9 +281,11 @@ def test_runner_keeps_a_seeded_requests_generator_across_steps(ours):
 
 def _one_request_output(num_scheduled: int, num_computed: int, block_ids: list[int]) -> SchedulerOutput:
     request = Request("r", [1, 2, 3, 4, 5], SamplingParams(temperature=0.0))
+    request.num_computed_tokens = num_computed
     return SchedulerOutput(
-        scheduled_new_reqs=[request], scheduled_cached_reqs=[], num_scheduled_tokens={"r": num_scheduled},
-        total_num_scheduled_tokens=num_scheduled, num_computed_tokens={"r": num_computed}, block_ids={"r": block_ids},
+        scheduled_new_reqs=[NewRequestData.from_request(request, block_ids)],
+        scheduled_cached_reqs=CachedRequestData.make_empty(),
+        num_scheduled_tokens={"r": num_scheduled}, total_num_scheduled_tokens=num_scheduled,
     )
 
 
@@ -292,7 +303,7 @@ def test_runner_rejects_an_inconsistent_scheduler_output(runner, num_scheduled, 
 
 
 def test_empty_scheduler_output_runs_nothing(runner):
-    empty = SchedulerOutput([], [], {}, 0)
+    empty = SchedulerOutput([], CachedRequestData.make_empty(), {}, 0)
     output = runner.execute_model(empty)
     assert output.req_ids == [] and output.sampled_token_ids == []
 

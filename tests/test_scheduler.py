@@ -97,7 +97,7 @@ def test_sglang_mode_admits_the_longest_cached_prefix_first():
     scheduler.add_request(Request("cold", [90] * 17, SamplingParams(max_tokens=1, ignore_eos=True), arrival_time=1))
     scheduler.add_request(Request("hot", shared + [60], SamplingParams(max_tokens=1, ignore_eos=True), arrival_time=2))
     out = scheduler.schedule()
-    assert [r.request_id for r in out.scheduled_new_reqs] == ["hot"]  # despite arriving later
+    assert [r.req_id for r in out.scheduled_new_reqs] == ["hot"]  # despite arriving later
     assert out.num_computed_tokens["hot"] == 16
 
 
@@ -105,4 +105,4 @@ def test_vllm_mode_keeps_arrival_order():
     scheduler = make_scheduler("vllm", num_blocks=64, budget=64, max_seqs=1)
     scheduler.add_request(Request("first", [90] * 17, SamplingParams(max_tokens=1), arrival_time=1))
     scheduler.add_request(Request("second", [91] * 17, SamplingParams(max_tokens=1), arrival_time=2))
-    assert [r.request_id for r in scheduler.schedule().scheduled_new_reqs] == ["first"]
+    assert [r.req_id for r in scheduler.schedule().scheduled_new_reqs] == ["first"]
