@@ -12,15 +12,17 @@ import importlib
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from tracer.traces.schema import DROP
 from tracer.traces.schema import (  # noqa: F401  (the keys the extractor modules use, defined in the schema)
     ALLOCATED, BATCH_DECODE, BATCH_EXTERNAL_IDS, BATCH_FINISHED, BATCH_FINISHED_SINCE, BATCH_IDS, BATCH_NEW,
     BATCH_NEW_TOKENS, BATCH_PREEMPTED, BATCH_PREFILL, BATCH_QUEUE_LEN, BATCH_SIZE, BATCH_TOKENS, BATCH_TOTAL,
-    BLOCK_IDS, BLOCKS_ALLOCATED, BLOCKS_FREED, CACHED_BLOCKS, CACHED_TOKENS, EVICT_REQUESTED, EVICTABLE,
+    BLOCK_HASHES, BLOCK_IDS, BLOCKS_ALLOCATED, BLOCKS_FREED, CACHED_BLOCKS, CACHED_TOKENS, EVICT_REQUESTED, EVICTABLE,
     EVICTED, EXTERNAL_ID, FINISH_REASONS, FORWARD_MODE, FREE_BLOCKS, HTTP_METHOD, HTTP_ROUTE, HTTP_STREAM,
     INPUT_TOKENS, KEY_TOKENS, KV_USAGE, MAX_TOKENS, MODEL_EXECUTED, MODEL_TOKENS, NEW_TOKENS, NUM_COMPUTED,
     NUM_NEW_COMPUTED, NUM_NEW_TOKENS, NUM_OUTPUTS, NUM_PREEMPTIONS, NUM_RUNNING, NUM_SAMPLED, NUM_WAITING,
     OPERATION, OUTPUT_TOKENS, PRIORITY, PROTECTED, REQUEST_ID, REQUEST_MODEL, STATUS, STEP, STOPPED_BY_STRING,
     TEMPERATURE, TEXT_CHARS, TOP_K, TOP_P,
+    CACHING_ENABLED, EVICTED_HASHES, HASH_DOMAIN, SCHED_CHUNKED, SCHED_MAX_SEQS, SCHED_TOKEN_BUDGET, WAITING_HEAD, WAITING_HEAD_BLOCKS, WAITING_HEAD_STATUS,
 )
 
 
@@ -60,3 +62,31 @@ def request_attributes(request: Any) -> dict[str, Any]:
 def queue_attributes(scheduler: Any) -> dict[str, Any]:
     """Running / waiting queue lengths of a V1-style scheduler (ours or vLLM's)."""
     return {NUM_RUNNING: len(scheduler.running), NUM_WAITING: len(scheduler.waiting)}
+
+
+def waiting_head_attributes(waiting: Any, block_size: int) -> dict[str, Any]:
+    """The waiting queue's head after a schedule(): whether it was blocked, and what it needs.
+    With the step's budget, running count and free blocks (recorded beside it), `servetrace explain` names why it waited."""
+    if not waiting:
+        return {}
+    head = waiting.peek_request()
+    needed = -(-head.num_tokens // block_size) if block_size else 0
+    return {WAITING_HEAD: str(head.request_id), WAITING_HEAD_STATUS: head.status.name, WAITING_HEAD_BLOCKS: needed}
+
+
+def scheduler_limits(token_budget: int, max_num_seqs: int, chunked_prefill: bool) -> dict[str, Any]:
+    return {SCHED_TOKEN_BUDGET: token_budget, SCHED_MAX_SEQS: max_num_seqs, SCHED_CHUNKED: bool(chunked_prefill)}
+
+
+def blocks_to_evict(pool: Any, num_blocks: int, hash_of: Callable[[Any], bytes]) -> dict[str, Any]:
+    """BlockPool.get_new_blocks(num_blocks), before it runs: the cached blocks at the front of the
+    free queue that it will take and evict (ours and vLLM's share the queue's layout: a linked list
+    between a fake head and tail). No span when none of them was cached."""
+    hashes, block = [], pool.free_block_queue.fake_free_list_head.next_free_block
+    for _ in range(num_blocks if pool.enable_caching else 0):
+        if block is None or block.block_id < 0:
+            break
+        if block.block_hash is not None:
+            hashes.append(hash_of(block.block_hash).hex())
+        block = block.next_free_block
+    return {EVICTED_HASHES: hashes, DROP: not hashes}

@@ -10,7 +10,8 @@ from tracer.instrument.extractors import (
     KEY_TOKENS, KV_USAGE, MAX_TOKENS, MODEL_TOKENS, NEW_TOKENS, NUM_COMPUTED, NUM_NEW_COMPUTED,
     NUM_NEW_TOKENS, NUM_OUTPUTS, NUM_PREEMPTIONS, NUM_SAMPLED, OPERATION,
     OUTPUT_TOKENS, PRIORITY, PROTECTED, REQUEST_ID, STATUS, STEP, STOPPED_BY_STRING, TEMPERATURE, TEXT_CHARS,
-    TOP_P, ids, queue_attributes, request_attributes, sampling_attributes,
+    TOP_P, ids, queue_attributes, request_attributes, sampling_attributes, scheduler_limits, waiting_head_attributes,
+    BLOCK_HASHES, CACHING_ENABLED, blocks_to_evict,
 )
 from tracer.traces.schema import DROP, HTTP_METHOD, HTTP_ROUTE, HTTP_STATUS, HTTP_STREAM, REQUEST_MODEL, TRACEPARENT
 
@@ -75,8 +76,13 @@ def enqueue_before(args: dict) -> dict:
 
 def enqueue_after(args: dict, request: Any) -> dict:
     if "request" in args:
-        return {REQUEST_ID: args["request"].request_id, **queue_attributes(args["self"])}
-    return {REQUEST_ID: request.request_id, **queue_attributes(args["self"].scheduler)}
+        request, scheduler = args["request"], args["self"]
+    else:
+        scheduler = args["self"].scheduler
+    # The prompt's full-block hashes (Scheduler.add_request computes them): what explain and a
+    # replay of the trace need without the tokens.
+    hashes = [bytes(h).hex() for h in request.block_hashes[: request.num_prompt_tokens // scheduler.block_size]]
+    return {REQUEST_ID: request.request_id, BLOCK_HASHES: hashes or None, **queue_attributes(scheduler)}
 
 
 def step_before(args: dict) -> dict:
@@ -112,6 +118,15 @@ def schedule_after(args: dict, so: Any) -> dict:
         BATCH_PREEMPTED: ids(so.preempted_req_ids),
         **queue_attributes(scheduler),
         **_kv(scheduler.kv_cache_manager),
+        **_why_waiting(scheduler),
+    }
+
+
+def _why_waiting(scheduler: Any) -> dict:
+    config = scheduler.scheduler_config
+    return {
+        **scheduler_limits(config.max_num_batched_tokens, config.max_num_seqs, config.enable_chunked_prefill),
+        **waiting_head_attributes(scheduler.waiting, scheduler.block_size),
     }
 
 
@@ -129,7 +144,8 @@ def match_before(args: dict) -> dict:
 def match_after(args: dict, result: Any) -> dict:
     if "request" in args:
         blocks, num_tokens = result
-        return {CACHED_TOKENS: num_tokens, CACHED_BLOCKS: len(blocks), BLOCK_IDS: [b.block_id for b in blocks]}
+        return {CACHED_TOKENS: num_tokens, CACHED_BLOCKS: len(blocks), BLOCK_IDS: [b.block_id for b in blocks],
+                CACHING_ENABLED: args["self"].enable_caching}
     return {CACHED_TOKENS: result.prefix_len}
 
 
@@ -164,11 +180,15 @@ def insert_after(args: dict, result: Any) -> dict:
 
 
 def evict_before(args: dict) -> dict:
+    if "num_blocks" in args:  # BlockPool.get_new_blocks: the hash cache evicts the blocks it reuses
+        return blocks_to_evict(args["self"], args["num_blocks"], bytes)
     return {EVICT_REQUESTED: args.get("num_tokens")}
 
 
-def evict_after(args: dict, num_evicted: int) -> dict:
+def evict_after(args: dict, num_evicted: Any) -> dict:
     cache = args["self"]
+    if "num_blocks" in args:
+        return {FREE_BLOCKS: cache.get_num_free_blocks()}
     return {EVICTED: num_evicted, EVICTABLE: cache.evictable_size(), PROTECTED: cache.protected_size()}
 
 

@@ -23,6 +23,7 @@ from tracer.instrument.extractors import (
     MODEL_TOKENS, NUM_NEW_COMPUTED, NUM_NEW_TOKENS, NUM_OUTPUTS, NUM_PREEMPTIONS,
     OPERATION, OUTPUT_TOKENS, PRIORITY, REQUEST_ID, STATUS, STEP, TEMPERATURE,
     ids, queue_attributes, request_attributes, sampling_attributes,
+    CACHING_ENABLED, HASH_DOMAIN, blocks_to_evict, scheduler_limits, waiting_head_attributes,
 )
 from tracer.traces.schema import (
     CONFIG_ASYNC, CONFIG_BLOCK_SIZE, CONFIG_CHUNKED_PREFILL, CONFIG_LONG_PREFILL, CONFIG_MAX_BATCHED_TOKENS,
@@ -126,8 +127,22 @@ def enqueue_before(args: dict) -> dict:
         # vllm/v1/request.py: Request.block_hashes); the token ids only when content capture is on.
         BLOCK_HASHES: [bytes(h).hex() for h in getattr(request, "block_hashes", None) or ()],
         PROMPT_TOKEN_IDS: list(request.prompt_token_ids or ()) if otel.capture_content() else None,
+        HASH_DOMAIN: _hash_domain(request),
         **sampling_attributes(request.sampling_params),
     }
+
+
+def _hash_domain(request: Any) -> str | None:
+    """What vLLM mixes into the block hashes besides the tokens (vllm/v1/core/kv_cache_utils.py:
+    generate_block_hash_extra_keys: the LoRA name, and the cache salt in the first block). The
+    salt itself is never written."""
+    parts = []
+    lora = getattr(request, "lora_request", None)
+    if lora is not None:
+        parts.append(f"lora:{lora.lora_name}")
+    if getattr(request, "cache_salt", None):
+        parts.append("salted")
+    return ",".join(parts) or None
 
 
 def enqueue_after(args: dict, _: Any) -> dict:
@@ -185,6 +200,12 @@ def schedule_after(args: dict, so: Any) -> dict:
         BATCH_FINISHED_SINCE: ids(so.finished_req_ids or ()),
         **queue_attributes(scheduler),
         **_kv(scheduler.kv_cache_manager),
+        # The waiting loop's limits (vllm/v1/core/sched/scheduler.py, Scheduler.schedule: `while
+        # token_budget > 0`, `num_running >= self.max_num_active_reqs`, and without chunked prefill
+        # a prompt larger than the budget left stops it), read after the call.
+        **scheduler_limits(scheduler.max_num_scheduled_tokens, getattr(scheduler, "max_num_active_reqs", scheduler.max_num_running_reqs),
+                           scheduler.scheduler_config.enable_chunked_prefill),
+        **waiting_head_attributes(scheduler.waiting, scheduler.block_size),
     }
 
 
@@ -195,7 +216,8 @@ def match_before(args: dict) -> dict:
 def match_after(args: dict, result: Any) -> dict:
     blocks, num_tokens = result[0], result[1]
     block_ids = _block_ids(blocks)
-    return {CACHED_TOKENS: num_tokens, CACHED_BLOCKS: len(block_ids), BLOCK_IDS: block_ids}
+    return {CACHED_TOKENS: num_tokens, CACHED_BLOCKS: len(block_ids), BLOCK_IDS: block_ids,
+            CACHING_ENABLED: args["self"].enable_caching}
 
 
 def allocate_before(args: dict) -> dict:
@@ -215,6 +237,16 @@ def allocate_after(args: dict, blocks: Any) -> dict:
         # A decode step that still fits its last block changed nothing worth a span.
         out[DROP] = not block_ids and not args.get("num_new_computed_tokens")
     return out
+
+
+def evict_before(args: dict) -> dict:
+    # BlockPool.get_new_blocks evicts what it takes (vllm/v1/core/block_pool.py:_maybe_evict_cached_block);
+    # its keys are BlockHashWithGroupId: the block hash plus 4 bytes of group id (kv_cache_utils.get_block_hash).
+    return blocks_to_evict(args["self"], args["num_blocks"], lambda key: bytes(key)[:-4])
+
+
+def evict_after(args: dict, _: Any) -> dict:
+    return {FREE_BLOCKS: args["self"].get_num_free_blocks()}
 
 
 def preempt_before(args: dict) -> dict:
@@ -321,6 +353,7 @@ BEFORE = {
     "engine.step": step_before,
     "kv.match_prefix": match_before,
     "kv.allocate": allocate_before,
+    "kv.evict": evict_before,
     "scheduler.preempt": preempt_before,
     "model.execute": execute_before,
     "model.forward": forward_before,
@@ -336,6 +369,7 @@ AFTER = {
     "scheduler.schedule": schedule_after,
     "kv.match_prefix": match_after,
     "kv.allocate": allocate_after,
+    "kv.evict": evict_after,
     "scheduler.preempt": preempt_after,
     "scheduler.update": update_after,
     "kv.free": free_after,
