@@ -38,11 +38,16 @@ pytestmark = pytest.mark.skipif(
 PAGE_PROBE = """JSON.stringify({
   ready: document.documentElement.dataset.servetrace || null,
   panes: [...document.querySelectorAll('.st-pane')].map(p => ({engine: p.dataset.engine,
-          lines: p.querySelectorAll('.linenos').length, where: p.querySelector('.st-where')?.textContent})),
+          lines: p.querySelectorAll('.linenos').length, where: p.querySelector('.st-where')?.textContent,
+          label: p.querySelector('.st-engine')?.textContent, source: p.querySelector('a.st-source-link')?.href || null})),
   anchors: document.querySelectorAll('.st-anchor').length,
   timelines: [...document.querySelectorAll('figure.st-timeline')].map(f => ({
           bars: f.querySelectorAll('svg rect.st-span').length,
-          width: f.querySelector('svg').getBoundingClientRect().width})),
+          width: f.querySelector('svg').getBoundingClientRect().width,
+          height: f.querySelector('svg').getBoundingClientRect().height,
+          lanes: Number(f.querySelector('svg').dataset.lanes),
+          label_px: Math.min(...[...f.querySelectorAll('svg .st-lane-label')].map(t => t.getBoundingClientRect().height)),
+          bar_px: Math.min(...[...f.querySelectorAll('svg rect.st-span')].map(r => r.getBoundingClientRect().height))})),
   labs: [...document.querySelectorAll('.st-lab')].map(l => ({rows: l.querySelectorAll('tbody tr').length,
           command: l.querySelector('.st-command code')?.textContent})),
   notes: document.querySelectorAll('.st-notes .st-note').length,
@@ -292,3 +297,34 @@ def test_the_hop_catalog_page_carries_the_per_hop_notes(visited):
     probe, _ = visited["hops.html"]
     assert {"hop-kv-allocate", "hop-kv-match_prefix", "hop-scheduler-preempt"} <= set(probe["ids"])
     assert any(link.endswith("07-preemption.html") for link in probe["links"])
+
+
+def test_timelines_are_tall_with_readable_labels(visited):
+    """Timelines were ~60 px tall with 8 px labels: each lane now gets room and its label reads."""
+    timelines = [t for probe, _ in visited.values() for t in probe["timelines"]]
+    assert timelines
+    for timeline in timelines:
+        assert timeline["height"] >= 120, timeline  # twice the old ~60 px, for the smallest (3-lane) trace
+        assert timeline["height"] / timeline["lanes"] >= 24, timeline  # a lane of one row is >= 24 px with its gap
+        assert timeline["label_px"] >= 12, timeline  # the rendered text box of the smallest lane label
+        assert timeline["bar_px"] >= 14, timeline
+
+
+UPSTREAM_SOURCE = {"vllm": ("https://github.com/vllm-project/vllm/blob/v{version}/", ""),
+                   "sglang": ("https://github.com/sgl-project/sglang/blob/v{version}/", "python/")}
+
+
+def test_upstream_panes_link_to_the_pinned_release_at_file_and_line(visited):
+    checked = 0
+    for page, (probe, _) in visited.items():
+        for pane in probe["panes"]:
+            if pane["engine"] == "mini":
+                assert pane["source"] is None, (page, pane)
+                continue
+            version = pane["label"].split()[-1]
+            base, root = UPSTREAM_SOURCE[pane["engine"]]
+            file, line = pane["where"].split(":")
+            prefix = base.format(version=version) + root + file + "#L" + line
+            assert pane["source"] and (pane["source"] == prefix or pane["source"].startswith(prefix + "-L")), (page, pane)
+            checked += 1
+    assert checked >= 20

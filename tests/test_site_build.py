@@ -60,7 +60,7 @@ def test_a_broken_anchor_fails_the_build_naming_walkthrough_and_anchor(tmp_path)
         "---\nmoves: [TTFT]\n---\n# Broken\n\n"
         "::: code hop=kv.no_such_hop\n\n"
         "::: code target=vllm:vllm.v1.core.block_pool:BlockPool.no_such_method\n\n"
-        "::: code hop=kv.evict engines=vllm\n\n"
+        "::: code hop=kv.insert engines=vllm\n\n"
         "::: lab no-such-lab\n"
     )
     with pytest.raises(SiteBuildError) as failure:
@@ -69,7 +69,7 @@ def test_a_broken_anchor_fails_the_build_naming_walkthrough_and_anchor(tmp_path)
     assert "99-broken.md:6: '::: code hop=kv.no_such_hop': no hop named 'kv.no_such_hop'" in message
     assert "99-broken.md:8: '::: code target=vllm:vllm.v1.core.block_pool:BlockPool.no_such_method'" in message
     assert "'no_such_method' is not defined in vllm.v1.core.block_pool:BlockPool" in message
-    assert "99-broken.md:10:" in message and "hop kv.evict has no vllm target" in message
+    assert "99-broken.md:10:" in message and "hop kv.insert has no vllm target" in message
     assert "99-broken.md:12: '::: lab no-such-lab': no lab named 'no-such-lab'" in message
     assert len(failure.value.problems) == 4
 
@@ -166,3 +166,68 @@ def test_timeline_rows_never_hold_overlapping_spans(intervals):
     for row in rows:
         for left, right in zip(row, row[1:]):
             assert left.end_ns <= right.start_ns
+
+
+# -- links to the pinned upstream source --------------------------------------------------------
+
+GITHUB_BLOB = r"https://github\.com/(?P<repo>[\w.-]+/[\w.-]+)/blob/(?P<tag>[^/]+)/(?P<path>[\w/.-]+\.py)#L(?P<first>\d+)(?:-L(?P<last>\d+))?"
+
+
+def _homepage(distribution: str) -> str:
+    from importlib import metadata
+
+    urls = metadata.metadata(distribution).get_all("Project-URL") or []
+    return next(url.split(",", 1)[1].strip() for url in urls if url.lower().startswith("homepage,"))
+
+
+def test_the_catalog_names_each_upstream_repository_as_its_installed_distribution_does():
+    """The repository and tag of each pinned engine are catalog data; the repository must be the
+    dist-info's Homepage and the tag the installed version (no network here: form, not existence)."""
+    from tracer.sitebuilder.upstream import source_links
+
+    catalog, links = load_catalog(), source_links()
+    assert set(links) == {name for name, engine in catalog.engines.items() if engine.pinned}
+    for name, link in links.items():
+        engine = catalog.engines[name]
+        distribution = engine.installed_distribution()
+        if distribution is None:
+            continue
+        assert link.repository == _homepage(distribution), name
+        assert link.tag.format(version=engine.installed_version()) == f"v{engine.installed_version()}"
+
+
+def test_code_panes_link_to_the_release_tag_at_file_and_line(tmp_path):
+    import re
+
+    out = tmp_path / "out"
+    build_site(BuildOptions(out=out, run_mkdocs=False, cache_dir=tmp_path / "cache", walkthroughs=_only_code(tmp_path)))
+    html = (out / "docs" / "04-prefix-caching-hash-vs-radix.md").read_text()
+    panes = re.findall(r'<section class="st-pane[^"]*" data-pane="\d+" data-engine="(\w+)".*?</section>', html, re.S)
+    sections = re.findall(r'(<section class="st-pane.*?</section>)', html, re.S)
+    assert {"mini", "vllm", "sglang"} <= set(panes)
+    seen = set()
+    for section in sections:
+        engine = re.search(r'data-engine="(\w+)"', section).group(1)
+        where = re.search(r'class="st-where[^"]*"[^>]*>([^<]+)<', section).group(1)
+        link = re.search(r'<a class="st-where st-source-link" href="([^"]+)"', section)
+        if engine == "mini":
+            assert link is None  # ours has no release on GitHub
+            continue
+        match = re.fullmatch(GITHUB_BLOB, link.group(1))
+        assert match, link.group(1)
+        file, line = where.split(":")
+        version = load_catalog().engines[engine].installed_version()
+        expected = {"vllm": ("vllm-project/vllm", file), "sglang": ("sgl-project/sglang", "python/" + file)}[engine]
+        assert (match["repo"], match["path"]) == expected and match["tag"] == f"v{version}"
+        assert match["first"] == line and int(match["last"] or line) >= int(line)
+        seen.add(engine)
+    assert seen == {"vllm", "sglang"}
+    assert "https://github.com/sgl-project/sglang/blob/v0.5.23/python/sglang/srt/mem_cache/radix_cache.py#L" in html
+
+
+def _only_code(tmp_path: Path) -> Path:
+    """The walkthroughs with their lab and trace directives dropped: this build runs nothing."""
+    target = _copy_walkthroughs(tmp_path)
+    for page in target.glob("*.md"):
+        page.write_text("\n".join(line for line in page.read_text().splitlines() if not line.startswith(("::: lab", "::: trace"))) + "\n")
+    return target

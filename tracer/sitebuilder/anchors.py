@@ -7,12 +7,14 @@ walkthroughs/anchors.lock.json (same format; `servetrace site pin` writes it).
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from tracer.catalog.check import check_target
 from tracer.catalog.hops import Catalog, Lock, Pin, Target, load_lock, save_lock
 from tracer.catalog.source import TargetNotFound, locate
+from tracer.sitebuilder.upstream import SourceLink
 from tracer.walkthroughs.directives import Directive, Walkthrough
 
 WALKTHROUGH_HOP = "(walkthrough)"  # the hop name a target outside the catalog is checked under
@@ -41,6 +43,7 @@ class CodeRef:
     catalog_note: str = ""
     live: bool = True
     pinned: bool = True  # the catalog pins this engine (an upstream one)
+    url: str | None = None  # the shown lines at the installed version's release on GitHub (catalog `source`)
 
     @property
     def engine_label(self) -> str:
@@ -120,7 +123,9 @@ def targets_of(directive: Directive, catalog: Catalog) -> list[Target]:
     return found
 
 
-def resolve_code(directive: Directive, catalog: Catalog, lock: Lock) -> list[CodeRef]:
+def resolve_code(directive: Directive, catalog: Catalog, lock: Lock, links: Mapping[str, SourceLink] | None = None) -> list[CodeRef]:
+    """The panes of a code directive; `links` (tracer.sitebuilder.upstream.source_links) adds each
+    upstream pane's GitHub link at the version installed, the version whose source the pane shows."""
     refs = []
     for target in targets_of(directive, catalog):
         engine = catalog.engines[target.engine]
@@ -138,13 +143,17 @@ def resolve_code(directive: Directive, catalog: Catalog, lock: Lock) -> list[Cod
         assert located is not None
         source_lines = located.source.splitlines(keepends=True)
         start, end = _parse_lines(directive.arg("lines"), len(source_lines))
+        version = engine.installed_version() if engine.pinned else None
+        link = (links or {}).get(target.engine)
+        file = located.relative_file()
+        url = link.url(version, file, located.line + start - 1, located.line + end - 1) if link and version else None
         refs.append(CodeRef(
             engine=target.engine,
-            version=engine.installed_version() if engine.pinned else None,
+            version=version,
             pinned=engine.pinned,
             spec=target.spec,
             hop=None if target.hop == WALKTHROUGH_HOP else target.hop,
-            file=located.relative_file(),
+            file=file,
             line=located.line,
             end_line=located.end_line,
             first_shown=located.line + start - 1,
@@ -153,6 +162,7 @@ def resolve_code(directive: Directive, catalog: Catalog, lock: Lock) -> list[Cod
             sha256=located.sha256,
             catalog_note=target.note,
             live=target.live,
+            url=url,
         ))
     return refs
 

@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from tracer.sitebuilder import render
 from tracer.sitebuilder.anchors import AnchorError, CodeRef, load_anchor_lock, merged_lock, resolve_code
 from tracer.sitebuilder.experiments import ExperimentError, Experiments, NoExperiments
 from tracer.sitebuilder.timeline import render_timeline
+from tracer.sitebuilder.upstream import SourceLink, source_links
 from tracer.traces.trace_file import read_trace_file
 from tracer.walkthroughs.directives import Directive, Walkthrough, load_walkthroughs
 from tracer.walkthroughs.errors import Problem, SiteBuildError
@@ -73,7 +75,8 @@ def _say(options: BuildOptions, text: str) -> None:
         print(text, file=sys.stderr, flush=True)
 
 
-def _check(walkthroughs: list[Walkthrough], catalog, lock, experiments: Experiments) -> tuple[list[Problem], _Checked]:
+def _check(walkthroughs: list[Walkthrough], catalog, lock, experiments: Experiments,
+           links: Mapping[str, SourceLink] | None = None) -> tuple[list[Problem], _Checked]:
     problems: list[Problem] = []
     checked = _Checked()
     pages = {w.name for w in walkthroughs} | {"index.md", "hops.md"}
@@ -92,7 +95,7 @@ def _check(walkthroughs: list[Walkthrough], catalog, lock, experiments: Experime
             where = (walkthrough.name, block.line, block.text)
             try:
                 if block.kind == "code":
-                    checked.code[id(block)] = resolve_code(block, catalog, lock)
+                    checked.code[id(block)] = resolve_code(block, catalog, lock, links)
                 elif block.kind == "note":
                     hop = block.arg("hop")
                     if hop is not None and hop not in hop_names:
@@ -255,13 +258,14 @@ def build_site(options: BuildOptions | None = None) -> BuildReport:
     try:
         catalog = load_catalog(options.catalog)
         lock = merged_lock(load_lock(options.lock), load_anchor_lock(options.anchors_lock or options.walkthroughs / "anchors.lock.json"))
+        links = source_links(options.catalog)
     except CatalogError as exc:
         raise SiteBuildError(str(exc)) from None
     walkthroughs = load_walkthroughs(options.walkthroughs)
     if not walkthroughs:
         raise SiteBuildError(f"no walkthroughs (*.md) in {options.walkthroughs}")
     _say(options, f"checking {len(walkthroughs)} walkthroughs ...")
-    problems, checked = _check(walkthroughs, catalog, lock, options.experiments)
+    problems, checked = _check(walkthroughs, catalog, lock, options.experiments, links)
     # Every upstream file:line / qualified name the pages (and the hop catalog page's notes) cite
     # must be defined where they say, in the pinned version (tracer.catalog.citations).
     citations = check_walkthroughs(options.walkthroughs, catalog)

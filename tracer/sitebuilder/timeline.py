@@ -28,11 +28,16 @@ def hop_colours(catalog: Catalog | None = None) -> dict[str, str]:
 
 
 OTHER_COLOUR = "#9e9e9e"
-LABEL_WIDTH = 120
-PLOT_WIDTH = 880
-SUBLANE_HEIGHT = 11
-LANE_GAP = 6
-AXIS_HEIGHT = 22
+# The SVG scales to the content column (about 870 px wide in MkDocs Material at a 1400 px
+# window), so a viewBox about that wide keeps one unit close to one pixel: a bar of 20 units and
+# labels of 13 units stay readable instead of shrinking to the 9 px bars and 8 px labels the
+# first version drew (1000 units wide, 11-unit lanes: timelines ~60 px tall).
+LABEL_WIDTH = 150
+PLOT_WIDTH = 750
+SUBLANE_HEIGHT = 20
+LANE_GAP = 8
+AXIS_HEIGHT = 30
+LABEL_CHARS = 20  # lane labels are cut to this many characters (13-unit text, ~7 units a character)
 MAX_ATTRIBUTES_SHOWN = 12
 
 
@@ -147,7 +152,8 @@ def render_timeline(trace: TraceFile, max_requests: int = 12) -> Timeline:
         height = len(lane.rows) * SUBLANE_HEIGHT
         shade = "#f5f7fa" if lane_index % 2 == 0 else "#ffffff"
         parts.append(f'<rect x="0" y="{y - 2}" width="{LABEL_WIDTH + PLOT_WIDTH}" height="{height + 4}" fill="{shade}"/>')
-        parts.append(f'<text class="st-lane-label" x="4" y="{y + 9}">{escape(lane.label[:18])}</text>')
+        label = lane.label if len(lane.label) <= LABEL_CHARS else lane.label[: LABEL_CHARS - 1] + "…"
+        parts.append(f'<text class="st-lane-label" x="6" y="{y + SUBLANE_HEIGHT - 6}">{escape(label)}<title>{escape(lane.label)}</title></text>')
         for row_index, row in enumerate(lane.rows):
             row_y = y + row_index * SUBLANE_HEIGHT
             for span in row:
@@ -164,10 +170,10 @@ def render_timeline(trace: TraceFile, max_requests: int = 12) -> Timeline:
     for tick in _ticks(duration_ms):
         x = LABEL_WIDTH + tick * scale
         axis.append(f'<line x1="{x:.2f}" y1="{AXIS_HEIGHT - 8}" x2="{x:.2f}" y2="{y}" stroke="#eceff1"/>')
-        axis.append(f'<text class="st-tick" x="{x:.2f}" y="{AXIS_HEIGHT - 10}">{tick:g} ms</text>')
+        axis.append(f'<text class="st-tick" x="{x:.2f}" y="{AXIS_HEIGHT - 12}">{tick:g} ms</text>')
     total_height = y + 4
     svg = (
-        f'<svg class="st-timeline-svg" viewBox="0 0 {LABEL_WIDTH + PLOT_WIDTH} {total_height}" '
+        f'<svg class="st-timeline-svg" viewBox="0 0 {LABEL_WIDTH + PLOT_WIDTH} {total_height}" data-lanes="{len(lanes)}" '
         f'width="100%" role="img" aria-label="trace timeline" xmlns="http://www.w3.org/2000/svg">'
         + "".join(axis[:1]) + "".join(parts) + "".join(axis[1:]) + "</svg>"
     )
