@@ -107,6 +107,45 @@ def replay_run() -> ReplayRun:
     )
 
 
+@dataclass(frozen=True)
+class HttpRun:
+    trace: Path
+    chat_id: str
+    completion_id: str
+    refused_model: str
+
+
+@cache
+def http_run() -> HttpRun:
+    """Our server (build_app + uvicorn, as `servetrace serve` runs it) traced by the catalog hooks:
+    one chat, one completion, and one request for a model it does not serve (a 404 with its message)."""
+    import openai
+
+    from tests.test_server import RunningServer, shared_engine
+    from tracer.instrument import otel, spans, tracing
+
+    path = _workdir() / "http-raw.jsonl"
+    refused = "no-such-model-of-a-rather-long-name"
+    tracing.enable("mini", trace_file=path)
+    try:
+        server = RunningServer(shared_engine()).start()
+        try:
+            client, model = server.client(), server.app.state.serving.served_model_name
+            chat = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "Name a colour."}],
+                                                  max_tokens=MAX_TOKENS, temperature=0, extra_body={"ignore_eos": True})
+            completion = client.completions.create(model=model, prompt="The capital of France is", max_tokens=MAX_TOKENS,
+                                                   temperature=0, extra_body={"ignore_eos": True})
+            with pytest.raises(openai.NotFoundError):
+                client.completions.create(model=refused, prompt="hi", max_tokens=1)
+        finally:
+            server.stop()
+        otel.flush()
+    finally:
+        tracing.disable()
+        spans.registry.clear()
+    return HttpRun(normalised(path, _workdir() / "http.jsonl"), chat.id, completion.id, refused)
+
+
 def normalised(source: Path, target: Path) -> Path:
     """A copy of an OTLP/JSON-lines file with ids numbered by first appearance, times replaced by
     their rank among all the file's timestamps (1 ms apart), and per-process resource attributes dropped."""

@@ -24,6 +24,10 @@ HOP_FILTER_PREFIX = "hop:"
 IDLE_CHECK_S = 0.5  # how often the app checks for a pause to collect garbage in
 
 
+def plural(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def matches(request: Request, text: str) -> bool:
     """The request filter: any of the request's ids (the client's X-Request-Id too), or its status."""
     if not text or text in request.request_id.lower() or text in request.status.lower():
@@ -103,16 +107,21 @@ class ExplorerApp(App):
 
     def show_trace(self) -> None:
         model = self.model
-        self.title = f"servetrace · {title_of(model)}"
-        others = f" · {len(self.models)} traces (x switches)" if len(self.models) > 1 else ""
-        foreign = (f" · {len(model.foreign_traces)} traces of the engine's own tracing name no request"
-                   if model.foreign_traces else "")
-        self.sub_title = (f"{len(model.requests)} requests · {len(model.steps)} steps · {len(model.spans)} spans"
-                          f"{foreign}{others}")
+        # The trace-switch hint leads the title: at 80 columns the header cuts its end, not the hint.
+        others = f"trace {self.active + 1} of {len(self.models)}, x switches · " if len(self.models) > 1 else ""
+        self.title = f"{others}{title_of(model)}"
+        self.sub_title = self.trace_line(model)
         warning = self.query_one("#warning", Static)
         warning.update(model.warning())
         warning.display = bool(model.warning())
         self.show_requests()
+
+    def trace_line(self, model: TraceModel) -> str:
+        """The sub-title: what the trace holds."""
+        foreign = (f" · {len(model.foreign_traces)} traces of the engine's own tracing name no request"
+                   if model.foreign_traces else "")
+        return (f"{plural(len(model.requests), 'request')} · {plural(len(model.steps), 'step')} · "
+                f"{plural(len(model.spans), 'span')}{foreign}")
 
     def show_requests(self) -> None:
         text = self.request_filter.lower()

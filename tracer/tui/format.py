@@ -46,6 +46,24 @@ def bar(start_ns: int, end_ns: int, origin_ns: int, span_ns: int, width: int) ->
     return "".join(cells)
 
 
+def number(v: float) -> str:
+    """A float as a reader wants it: four significant digits (0.0117647058 -> 0.01176), never
+    an exponent for the sizes a trace holds; integers written as floats stay whole (0.0 -> 0)."""
+    if v == int(v) and abs(v) < 1e15:
+        return str(int(v))
+    return f"{v:.4g}" if 1e-4 <= abs(v) < 1e15 else f"{v:.3e}"
+
+
+def fraction(v: float) -> str:
+    """A fraction of a whole (KV pool usage) as a percentage: 0.0117647 -> 1.2%."""
+    return f"{v:.1%}"
+
+
 def value(v: Any, limit: int = 120) -> str:
-    text = str(v)
+    if isinstance(v, float):
+        text = number(v)
+    elif isinstance(v, (list, tuple)) and any(isinstance(x, float) for x in v):
+        text = "[" + ", ".join(number(x) if isinstance(x, float) else str(x) for x in v) + "]"
+    else:
+        text = str(v)
     return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -58,6 +58,7 @@ class RowTable(ScrollView, can_focus=True):
     COMPONENT_CLASSES: ClassVar[set[str]] = {"rowtable--header", "rowtable--cursor", "rowtable--even-row"}
     DEFAULT_CSS = """
     RowTable {
+        scrollbar-size-vertical: 1;  /* at 80 columns every cell counts */
         background: $surface;
         color: $foreground;
         overflow-x: hidden;

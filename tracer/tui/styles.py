@@ -9,7 +9,9 @@ CSS = """
     padding: 0 1;
 }
 #requests {
-    height: 8;
+    /* As tall as its rows, up to 8 lines: a one-request trace leaves no blank rows. */
+    height: auto;
+    max-height: 8;
     border-bottom: solid $primary-background;
 }
 #body {
@@ -19,9 +21,13 @@ CSS = """
     width: 1fr;
 }
 #side {
-    width: 30;
+    /* Sized to the terminal: a third of it, never so narrow that keys stack on every line, nor so
+       wide that the waterfall's bars shrink to a few cells (80 columns leave the waterfall 52). */
+    width: 35%;
+    min-width: 28;
+    max-width: 64;
     border-left: solid $primary-background;
-    padding: 0 1;
+    padding: 0 0 0 1;  /* the scrollbar is the right margin */
 }
 #filter {
     display: none;

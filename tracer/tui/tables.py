@@ -57,6 +57,7 @@ class WaterfallTable(RowTable):
     """The selected request's hops in time: step, hop (indented by nesting), duration, bar."""
 
     BAR_MIN = 6
+    BAR_ROOMY = 20  # below this, nesting is indented by one space a level instead of two
 
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
@@ -64,6 +65,7 @@ class WaterfallTable(RowTable):
         self.rows_shown: list[HopRow] = []
         self._filter = ""
         self.processes: dict[int, str] = {}  # id(resource) -> label, when more than one process
+        self.indent = 2  # spaces a nesting level, set with the columns
 
     def show(self, waterfall: Waterfall | None, hop_filter: str = "", cursor: int = 0) -> None:
         self.waterfall = waterfall
@@ -79,8 +81,12 @@ class WaterfallTable(RowTable):
     def columns(self, width: int) -> list[Column]:
         rows = self.rows_shown
         step_width = max([len("step"), *(len(str(r.step.number)) for r in _distinct_steps(rows))])
-        hop_width = max([len("hop"), *(2 * min(r.depth, MAX_INDENT) + len(r.span.name) for r in rows)])
         took_width = max([len("took"), *(len(ms(r.span.duration_ns)) for r in rows)])
+        fixed = step_width + took_width + 8 * CELL_PADDING
+        # Two spaces a nesting level when that leaves the bar room; one at 80 columns, where it is
+        # the difference between a bar of a few cells and one that tells the hops apart.
+        self.indent = 2 if width - fixed - self._hop_width(rows, 2) >= self.BAR_ROOMY else 1
+        hop_width = self._hop_width(rows, self.indent)
         used = step_width + hop_width + took_width + 8 * CELL_PADDING
         columns = [Column("step", step_width, "right"), Column("hop", hop_width), Column("took", took_width, "right")]
         if self.processes:
@@ -96,6 +102,10 @@ class WaterfallTable(RowTable):
             columns.append(Column("process", process_width))
         return columns + [Column("when", max(self.BAR_MIN, width - used))]
 
+    @staticmethod
+    def _hop_width(rows: list[HopRow], indent: int) -> int:
+        return max([len("hop"), *(indent * min(r.depth, MAX_INDENT) + len(r.span.name) for r in rows)])
+
     def bar_width(self) -> int:
         last = self._layout_columns()[-1]
         return last.width if last.label == "when" else 0
@@ -106,7 +116,7 @@ class WaterfallTable(RowTable):
         span, failed = row.span, row.span.status == "ERROR"
         cells = [
             Text(str(row.step.number) if row.step is not None else "", style="dim"),
-            Text(_indent(row.depth) + span.name, style="bold red" if failed else ("cyan" if row.step is None else "")),
+            Text(_indent(row.depth, self.indent) + span.name, style="bold red" if failed else ("cyan" if row.step is None else "")),
             Text(ms(span.duration_ns)),
         ]
         if self.processes:
@@ -123,9 +133,9 @@ class WaterfallTable(RowTable):
         return self.rows_shown[self.cursor_row]
 
 
-@lru_cache(maxsize=MAX_INDENT + 1)
-def _indent(depth: int) -> str:
-    return "  " * min(depth, MAX_INDENT)
+@lru_cache(maxsize=2 * (MAX_INDENT + 1))
+def _indent(depth: int, width: int) -> str:
+    return " " * width * min(depth, MAX_INDENT)
 
 
 def _distinct_steps(rows: list[HopRow]) -> list[HopRow]:

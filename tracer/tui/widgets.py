@@ -10,8 +10,8 @@ from textual.geometry import Size
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
-from tracer.traces.schema import LINK_KIND
-from tracer.tui.format import count, ms, value
+from tracer.traces.schema import KV_USAGE, LINK_KIND
+from tracer.tui.format import count, fraction, ms, value
 from tracer.tui.model import TraceModel
 from tracer.tui.rowtable import set_virtual_size
 from tracer.tui.sources import hop_meaning
@@ -21,14 +21,22 @@ from tracer.tui.timeline import HopRow
 __all__ = ["RequestsTable", "STATUS_STYLES", "SidePanel", "WaterfallTable", "detail_lines", "state_lines", "title_of"]
 
 MAX_BATCH_SHOWN = 8
+FRACTION_KEYS = frozenset({KV_USAGE})  # shown as percentages, as the state panel's KV line is
 
 
 class Grid:
     """Label / value rows laid out as Text for a known width: what a two-column Rich
     Table.grid draws (labels as wide as the widest, values wrapped under their own column),
-    at a fraction of the cost (the panels are redrawn on every keystroke)."""
+    at a fraction of the cost (the panels are redrawn on every keystroke).
 
-    MIN_VALUE_WIDTH = 10
+    Nothing is cut mid-way: a label too long for the label column, or a value with a word too
+    long for the value column (an id, a path), goes on a line of its own and its value under it,
+    indented, at the panel's full width. Values wrap at spaces; a value longer than
+    MAX_VALUE_LINES ends with an ellipsis there (the panel is for reading a hop at a glance)."""
+
+    LABEL_SHARE = 0.45  # labels longer than this share of the width are stacked over their value
+    STACK_INDENT = 2
+    MAX_VALUE_LINES = 8
 
     def __init__(self, label_style: str) -> None:
         self.label_style = label_style
@@ -40,24 +48,88 @@ class Grid:
     def lines(self, console: Console, width: int) -> list[Text]:
         if not self.rows:
             return []
-        # Labels as wide as the widest, unless that leaves values too little room: then longer
-        # labels are cut (an attribute key can be longer than the panel is wide).
-        label_width = max(1, min(max(len(label) for label, _ in self.rows), width - 1 - self.MIN_VALUE_WIDTH))
+        cap = max(4, int(width * self.LABEL_SHARE))
+        inline = [label for label, _ in self.rows if len(label) <= cap]
+        label_width = max(map(len, inline), default=0)
         value_width = max(1, width - label_width - 1)
-        out = []
+        out: list[Text] = []
         for label, item in self.rows:
-            parts = item.wrap(console, value_width) if item.cell_len > value_width or "\n" in item.plain else [item]
-            for index, part in enumerate(parts):
-                shown = label if len(label) <= label_width else label[:label_width - 1] + "…"
-                line = Text(end="")
-                if index == 0:
-                    line.append(shown.ljust(label_width), style=self.label_style)
-                else:
-                    line.append(" " * label_width)
+            longest_word = max((len(word) for word in item.plain.split()), default=0)  # stacked: more room
+            if len(label) > cap and len(label) + 1 + len(item.plain) <= width and "\n" not in item.plain:
+                # A long key with a short value: one line, the value after the key, unaligned.
+                line = Text(label, style=self.label_style, end="")
                 line.append(" ")
-                line.append_text(part)
+                line.append_text(item)
                 out.append(line)
+                continue
+            if len(label) <= cap and longest_word <= value_width:
+                parts = self._wrap(item, console, value_width)
+                for index, part in enumerate(parts):
+                    line = Text(end="")
+                    line.append((label if index == 0 else "").ljust(label_width), style=self.label_style if index == 0 else "")
+                    line.append(" ")
+                    line.append_text(part)
+                    out.append(line)
+                continue
+            out.extend(Text(part, style=self.label_style, end="") for part in _chunks(label, width))
+            indent = Text(" " * self.STACK_INDENT, end="")
+            out.extend(indent + part for part in self._wrap(item, console, max(1, width - self.STACK_INDENT)))
         return out
+
+    def _wrap(self, item: Text, console: Console, width: int) -> list[Text]:
+        plain = item.plain
+        if len(plain) <= width and "\n" not in plain:
+            return [item]
+        parts = [part for part in item.divide(break_offsets(plain, width))]
+        for part in parts:
+            part.rstrip()
+            part.end = ""
+        parts = [part for part in (_lstrip(p) for p in parts) if part.plain] or [Text("", end="")]
+        if len(parts) > self.MAX_VALUE_LINES:
+            parts = parts[:self.MAX_VALUE_LINES]
+            last = parts[-1]
+            last.truncate(max(1, width - 1))
+            last.append("…")
+        return parts
+
+
+BREAK_AFTER = "-_/.:,;=)]}"  # where a word longer than its column is broken (ids, paths, model names)
+
+
+def break_offsets(plain: str, width: int) -> list[int]:
+    """Where lines of `plain` start when wrapped to `width`: at spaces (and newlines), and a word
+    wider than the column after its last separator that fits (a hyphen, slash, dot ...), never
+    mid-word unless the word has none."""
+    offsets: list[int] = []
+    start, length = 0, len(plain)
+    while length - start > width or "\n" in plain[start:start + width + 1]:
+        window = plain[start:start + width + 1]
+        newline = window.find("\n")
+        if newline >= 0:
+            cut = start + newline + 1
+        else:
+            space = window.rfind(" ")
+            if space > 0:
+                cut = start + space + 1
+            else:
+                punct = max(window[:width].rfind(c) for c in BREAK_AFTER)
+                # After a separator in the line's second half; else folded at the width (a
+                # separator early on would leave most of the line empty).
+                cut = start + (punct + 1 if punct >= width // 2 else width)
+        offsets.append(cut)
+        start = cut
+    return offsets
+
+
+def _lstrip(text: Text) -> Text:
+    stripped = len(text.plain) - len(text.plain.lstrip(" \n"))
+    return text[stripped:] if stripped else text
+
+
+def _chunks(text: str, width: int) -> list[str]:
+    """A label longer than the whole panel, in pieces broken after a dot or an underscore."""
+    pieces = [text[a:b] for a, b in zip([0, *break_offsets(text, width)], [*break_offsets(text, width), len(text)])]
+    return pieces or [""]
 
 
 def state_lines(row: HopRow | None, position: tuple[int, int], request_id: str, console: Console,
@@ -67,10 +139,18 @@ def state_lines(row: HopRow | None, position: tuple[int, int], request_id: str, 
         return [Text("no hop selected", style="dim")]
     state = row.state
     table = Grid(label_style="bold")
-    table.add_row("hop", f"{position[0]} of {position[1]}" + (f" · step {state.step}" if state.step is not None else ""))
-    table.add_row("queues", f"{count(state.num_running)} running, {count(state.num_waiting)} waiting")
-    usage = "-" if state.kv_usage is None else f"{state.kv_usage:.1%}"
-    table.add_row("KV", f"{usage} used, {count(state.free_blocks)} free")
+    table.add_row("hop", f"{position[0]} of {position[1]}")
+    if state.step is not None:
+        table.add_row("step", str(state.step))
+    usage = "-" if state.kv_usage is None else fraction(state.kv_usage)
+    queues = f"{count(state.num_running)} running, {count(state.num_waiting)} waiting"
+    kv = f"{usage} used, {count(state.free_blocks)} free"
+    room = width - len("computed") - 1  # the value column beside the longest label
+    if max(len(queues), len(kv)) > room:  # 80 columns: one line each rather than two
+        queues = f"{count(state.num_running)} run, {count(state.num_waiting)} wait"
+        kv = f"{usage}, {count(state.free_blocks)} free"
+    table.add_row("queues", queues)
+    table.add_row("KV", kv)
     blocks = "freed" if state.freed else (", ".join(map(str, state.blocks)) or "-")
     table.add_row("blocks", Text(value(f"{blocks}" + (f" ({len(state.blocks)})" if state.blocks else ""), 90)))
     table.add_row("prefix", f"{count(state.matched_prefix)} cached tokens")
@@ -101,7 +181,8 @@ def detail_lines(row: HopRow | None, origin_ns: int, console: Console, width: in
         table.add_row("status", Text(f"{span.status} {span.status_message}".strip(), style="red" if span.status == "ERROR" else ""))
     for key, item in span.attributes.items():
         short = key.removeprefix("servetrace.").removeprefix("gen_ai.")  # the namespaces, not keys
-        table.add_row(short, value(item))
+        shown = fraction(item) if key in FRACTION_KEYS and isinstance(item, (int, float)) else value(item)
+        table.add_row(short, shown)
     for event in span.events:
         attributes = ", ".join(f"{k}={value(v, 40)}" for k, v in event.attributes.items())
         table.add_row("event", f"+{ms(event.time_ns - origin_ns)} {event.name} {attributes}".rstrip())
@@ -125,6 +206,8 @@ class SidePanel(ScrollView, can_focus=True):
     COMPONENT_CLASSES = {"sidepanel--rule"}
     DEFAULT_CSS = """
     SidePanel {
+        scrollbar-size-vertical: 1;
+        scrollbar-gutter: stable;  /* the lines are laid out for one width, scrollbar or not */
         overflow-x: hidden;
         overflow-y: auto;
         & > .sidepanel--rule {
@@ -132,7 +215,8 @@ class SidePanel(ScrollView, can_focus=True):
         }
     }
     """
-    STATE_HEIGHT = 9  # lines kept for the state, so the rule and the details never move
+    STATE_HEIGHT = 9  # lines kept for the state, so the rule and the details do not move
+    MAX_STATE_HEIGHT = 14
 
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
@@ -140,14 +224,18 @@ class SidePanel(ScrollView, can_focus=True):
         self.details: list[Text] = []
         self._shown: tuple | None = None
         self._strips: dict[int, Strip] = {}
+        # The state's lines at this width: at least STATE_HEIGHT, grown (never shrunk) when a hop's
+        # state wraps to more at a narrow width, so the rule moves at most once, not on every hop.
+        self.state_height = self.STATE_HEIGHT
 
     def show(self, row: HopRow | None, position: tuple[int, int], request_id: str, origin_ns: int) -> None:
         self._shown = (row, position, request_id, origin_ns)
         console, width = self.app.console, self._width()
-        self.state = state_lines(row, position, request_id, console, width)[:self.STATE_HEIGHT]
+        self.state = state_lines(row, position, request_id, console, width)[:self.MAX_STATE_HEIGHT]
+        self.state_height = max(self.state_height, len(self.state))
         self.details = detail_lines(row, origin_ns, console, width)
         self._strips.clear()
-        set_virtual_size(self, Size(width, self.STATE_HEIGHT + 1 + len(self.details)))
+        set_virtual_size(self, Size(width, self.state_height + 1 + len(self.details)))
         self.refresh()
 
     def state_text(self) -> str:
@@ -161,6 +249,7 @@ class SidePanel(ScrollView, can_focus=True):
         return width if width > 0 else 25  # before the first layout: the side panel's usual width
 
     def on_resize(self) -> None:
+        self.state_height = self.STATE_HEIGHT
         if self._shown is not None:
             self.show(*self._shown)  # lines are wrapped to the width
 
@@ -177,14 +266,15 @@ class SidePanel(ScrollView, can_focus=True):
 
     def _draw(self, index: int, width: int) -> Strip:
         base = self.rich_style
-        if index < self.STATE_HEIGHT:
+        height = self.state_height
+        if index < height:
             text = self.state[index] if index < len(self.state) else Text("")
-        elif index == self.STATE_HEIGHT:
+        elif index == height:
             text = Text("─" * width)
             base += self.get_component_rich_style("sidepanel--rule")
         else:
             details = self.details
-            text = details[index - self.STATE_HEIGHT - 1] if index - self.STATE_HEIGHT - 1 < len(details) else Text("")
+            text = details[index - height - 1] if index - height - 1 < len(details) else Text("")
         segments = Segment.apply_style(text.render(self.app.console), base)
         return Strip(segments).extend_cell_length(width, base).crop(0, width).simplify()
 
