@@ -231,3 +231,20 @@ def _only_code(tmp_path: Path) -> Path:
     for page in target.glob("*.md"):
         page.write_text("\n".join(line for line in page.read_text().splitlines() if not line.startswith(("::: lab", "::: trace"))) + "\n")
     return target
+
+
+def test_the_hash_vs_radix_lab_is_controlled(tmp_path):
+    """Same order, same cap, no eviction: the radix tree at 16-token pages finds exactly what the
+    hashed 16-token blocks find; a 1-token page adds the tail of matches that end mid-block."""
+    result = run_lab("radix-vs-hash", {}, tmp_path)
+    (table,) = result.tables
+    rows = {(row[0], row[1], row[2]): row for row in table.rows}
+    columns = table.columns
+    differ, beyond, evicted, same = (columns.index(c) for c in (
+        "requests whose hit differs from vLLM's", "tokens beyond vLLM's", "tokens evicted", "ours == upstream (per request)"))
+    for (workload, cache, granularity), row in rows.items():
+        assert row[evicted] == 0 and row[same] == "yes", row
+        if granularity == "16 tokens":
+            assert row[differ].startswith("0 of ") and row[beyond] == 0, row
+    assert rows[("shared system prompts (100 tokens)", "SGLang RadixCache", "1 token")][beyond] == 84  # 4 tokens x 21 hits
+    assert rows[("shared system prompts (96 tokens)", "SGLang RadixCache", "1 token")][beyond] == 0  # ends on a block boundary

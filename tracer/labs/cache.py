@@ -23,8 +23,7 @@ FINGERPRINT_GLOBS = (
     "tracer/instrument/exporters.py",
     "tracer/instrument/extractors/*.py",
     "tracer/catalog/hops.yaml",
-    "tracer/sitebuilder/lab_*.py",
-    "tracer/labs/recipes.py",
+    "tracer/labs/*.py",  # the labs themselves: a changed lab reruns
 )
 
 

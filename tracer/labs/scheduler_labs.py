@@ -2,8 +2,8 @@
 
 Each one drives our scheduler and vLLM 0.33's real V1 Scheduler + KVCacheManager (the
 synchronous Scheduler: replay cannot drive the AsyncScheduler that 0.33 uses by default) with
-tracer.replay, and says whether the two agreed step for step. SGLang appears through its real
-RadixCache (tracer.replay.runners.sglang), not its scheduler.
+tracer.replay, and says whether the two agreed step for step. SGLang's RadixCache appears in
+tracer.labs.prefix_labs.
 """
 from __future__ import annotations
 
@@ -12,10 +12,8 @@ from statistics import fmean
 from tracer.replay.compare import compare_logs
 from tracer.replay.config import ReplayConfig
 from tracer.replay.runners import ReplayLog, drive, make_scheduler_runner
-from tracer.replay.workload import WorkloadRequest, memory_pressure, multi_turn, pseudo_random_ids, shared_prefix, sharegpt_like
+from tracer.replay.workload import WorkloadRequest, memory_pressure, pseudo_random_ids, sharegpt_like
 from tracer.labs.registry import Lab, LabResult, Table
-
-SCHEDULERS = ("mini", "vllm")
 
 
 def replay_both(workload: list[WorkloadRequest], config: ReplayConfig, engines: list[str]) -> tuple[dict[str, ReplayLog], str]:
@@ -109,12 +107,15 @@ def preemption(pool_blocks: list[int] = [16, 24, 32, 64], requests: int = 10, en
         logs, agreed = replay_both(workload, config, engines)
         log = logs[engines[-1]]
         preemptions, recomputed = 0, 0
-        previous: dict[str, int] = {}
+        computed: dict[str, int] = {}  # every unfinished request's count after the previous step
         for step in log.steps:
             for request_id in step.preempted:
                 preemptions += 1
-                recomputed += previous.get(request_id, 0)
-            previous = step.num_computed_tokens
+                recomputed += computed.get(request_id, 0)
+            # The step records only the counts that changed; finished requests leave.
+            computed.update(step.num_computed_tokens)
+            for request_id, _ in step.finished:
+                computed.pop(request_id, None)
         batch = fmean(len(s.scheduled) for s in log.steps)
         usage = max(1 - s.num_free_blocks / (num_blocks - 1) for s in log.steps)
         rows.append([num_blocks - 1, preemptions, recomputed, len(log.steps), f"{batch:.2f}", f"{usage:.0%}", agreed])
@@ -160,49 +161,10 @@ def token_budget(
     return LabResult("token-budget", "Scheduler token budget", {}, [table])
 
 
-# -- hash blocks vs radix tree --------------------------------------------------------------
-
-
-def radix_vs_hash(block_size: int = 16) -> LabResult:
-    from tracer.replay.runners.sglang import replay_radix
-
-    workloads = {"shared system prompts": shared_prefix(seed=0), "multi-turn chats": multi_turn(seed=0)}
-    rows = []
-    for label, workload in workloads.items():
-        prompt_tokens = sum(len(r.prompt_token_ids) for r in workload)
-        config = ReplayConfig(block_size=block_size, num_blocks=1024, max_num_seqs=16, max_num_batched_tokens=256, max_model_len=2048)
-        logs, agreed = replay_both(workload, config, list(SCHEDULERS))
-        for engine in SCHEDULERS:
-            hits = sum(a.cached_tokens for s in logs[engine].steps for a in s.admitted if not a.resumed)
-            name = "vLLM BlockPool (hash per block)" if engine == "vllm" else "ours, engine/block_pool.py"
-            rows.append([label, name, f"{block_size} tokens", hits, f"{hits / prompt_tokens:.1%}", agreed])
-        for page_size in (1, block_size):
-            radix = {engine: replay_radix(engine, workload, config, page_size) for engine in ("mini", "sglang")}
-            same = "yes" if [r.matched for r in radix["mini"].records] == [r.matched for r in radix["sglang"].records] else "NO"
-            for engine in ("sglang", "mini"):
-                hits = sum(r.matched for r in radix[engine].records)
-                name = "SGLang RadixCache" if engine == "sglang" else "ours, engine/radix_cache.py"
-                rows.append([label, name, f"{page_size} token{'s' if page_size > 1 else ''}", hits, f"{hits / prompt_tokens:.1%}", same])
-    table = Table(
-        "Prefix-cache hits: hashed blocks vs a radix tree",
-        ["workload", "cache", "granularity", "tokens served from cache", "of all prompt tokens", "ours == upstream"],
-        rows,
-        "Same requests, arrival order. Compare rows of the same replay. The two radix rows isolate granularity: "
-        "a page of 1 token matches up to the exact divergence point, a page of 16 rounds each match down to whole "
-        "pages, as the hashed block pools do. The block-pool rows come from a full scheduler replay, where vLLM "
-        "caches a request's full blocks in allocate_slots, at schedule time, so a prompt is visible to the next "
-        "admission within the same step; the radix replay (tracer.replay.runners.sglang) inserts a request's tokens "
-        "when it finishes, with 4 requests in flight, so it finds fewer hits for reasons of timing, not of the tree. "
-        "A live SGLang server also inserts at prefill-chunk boundaries (checkpoint), which this replay does not model.",
-    )
-    return LabResult("radix-vs-hash", "Hash prefix caching vs the radix tree", {"block_size": block_size}, [table])
-
-
 LABS = [
     Lab("chunked-prefill", "Chunked prefill and decode latency", chunked_prefill,
         {"budgets": [2048, 512, 256, 128], "long_prompt": 1200, "decoders": 4, "engines": ["mini", "vllm"]}),
     Lab("preemption", "Preemption under KV pressure", preemption, {"pool_blocks": [16, 24, 32, 64], "requests": 10, "engines": ["mini", "vllm"]}),
     Lab("token-budget", "Scheduler token budget", token_budget,
         {"settings": ["16x256", "64x256", "64x1024", "64x4096"], "requests": 120, "engines": ["mini", "vllm"]}),
-    Lab("radix-vs-hash", "Hash prefix caching vs the radix tree", radix_vs_hash, {"block_size": 16}),
 ]
