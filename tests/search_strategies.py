@@ -1,0 +1,284 @@
+"""Hypothesis strategies for differential search: generated workloads and replay configs.
+
+Engine-neutral on purpose. A case is a ReplayConfig plus requests written as recipes (prompt
+segments named by seed text), so it can be replayed through any pair of scheduler runners
+(mini vs vllm here; mini-sglang vs sglang later, with a narrower SearchSpace) and so that a
+failing case prints as a short Python expression that rebuilds it, not as thousands of ids.
+
+What the space covers, and why each knob is drawn the way it is:
+- block sizes 1..64 (powers of two drawn more often: they are what servers run; odd sizes find
+  off-by-one errors in block arithmetic);
+- KV pools from "the largest request barely fits" (preemption almost certain once a second
+  request runs) through "some pressure" to "everything fits at once";
+- prompts made of shared prefixes (system prompts that are exact block multiples, or not),
+  exact repeats of an earlier prompt (full-prefix hits: the hit is capped one token short),
+  continuations of an earlier request's prompt plus its forced output (hits on blocks that were
+  filled while decoding), and fresh prompts;
+- arrivals in one burst, staggered, or a late wave that lands while early requests are being
+  preempted under a tight pool;
+- fcfs and priority policy, chunked prefill on (with or without long_prefill_token_threshold)
+  or off, max_num_seqs from 1 up, and sometimes a max_model_len that caps generation.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from hypothesis import strategies as st
+
+from engine.math_utils import cdiv
+from tracer.replay.config import ReplayConfig
+from tracer.replay.runners.base import ReplayLog
+from tracer.replay.workload import WorkloadRequest, pseudo_random_ids
+
+# A prompt segment: (seed text, number of tokens) -> pseudo_random_ids(seed, n). A request's
+# forced output is pseudo_random_ids(its id, max_tokens), and pseudo_random_ids draws its ids in
+# order, so the segment (id, k) is exactly the first k ids that request generates.
+Segment = tuple[str, int]
+
+
+@dataclass(frozen=True)
+class RequestRecipe:
+    id: str
+    arrival_step: int
+    segments: tuple[Segment, ...]
+    max_tokens: int
+    priority: int = 0
+
+    @property
+    def prompt_len(self) -> int:
+        return sum(n for _, n in self.segments)
+
+    def build(self) -> WorkloadRequest:
+        prompt = [t for seed, n in self.segments for t in pseudo_random_ids(seed, n)]
+        return WorkloadRequest(self.id, self.arrival_step, prompt, self.max_tokens, priority=self.priority)
+
+
+@dataclass(frozen=True)
+class SearchCase:
+    config: ReplayConfig
+    requests: tuple[RequestRecipe, ...]
+    # The shapes drawn ("pool:tiny", "arrivals:late-wave", ...): reported as hypothesis events.
+    shapes: tuple[str, ...] = field(default=(), compare=False)
+
+    def workload(self) -> list[WorkloadRequest]:
+        return [r.build() for r in self.requests]
+
+    def __repr__(self) -> str:
+        # A Python expression that rebuilds the case: paste it into a regression test.
+        defaults = ReplayConfig()
+        changed = {k: v for k, v in self.config.to_json().items() if getattr(defaults, k) != v}
+        config = "ReplayConfig(" + ", ".join(f"{k}={v!r}" for k, v in changed.items()) + ")"
+        requests = ",\n    ".join(repr(r) for r in self.requests)
+        return f"SearchCase(config={config}, requests=(\n    {requests},\n), shapes={self.shapes!r})"
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """Which part of the config space to draw from; a runner pair that supports less (SGLang:
+    no priority policy in its radix mode, page size 1) narrows it rather than rewriting the
+    strategies."""
+
+    block_sizes: tuple[int, ...] = tuple(range(1, 65))
+    policies: tuple[str, ...] = ("fcfs", "priority")
+    chunked_prefill: tuple[bool, ...] = (True, False)
+    prefix_caching: tuple[bool, ...] = (True, False)
+    max_num_seqs: tuple[int, ...] = (1, 2, 3, 4, 8, 16, 64)
+    token_budgets: tuple[int, ...] = (1, 3, 8, 16, 32, 64, 128, 256, 512)
+    max_requests: int = 10
+    max_prompt_blocks: int = 5
+    max_output_tokens: int = 48
+
+
+POW2_BLOCK_SIZES = (1, 2, 4, 8, 16, 32, 64)
+
+
+@st.composite
+def _block_size(draw: st.DrawFn, space: SearchSpace) -> int:
+    common = [b for b in POW2_BLOCK_SIZES if b in space.block_sizes]
+    if common and draw(st.booleans()):
+        return draw(st.sampled_from(common))
+    return draw(st.sampled_from(space.block_sizes))
+
+
+@st.composite
+def _length(draw: st.DrawFn, block_size: int, max_blocks: int, exact: bool, minimum: int = 0) -> int:
+    """A token count in whole blocks (exact) or with a ragged tail: block-boundary cases are
+    where a full-prefix hit loses its last block and where a decode step opens a new block."""
+    blocks = draw(st.integers(0, max_blocks))
+    tail = 0 if exact or block_size == 1 else draw(st.integers(1, block_size - 1))
+    return max(minimum, blocks * block_size + tail)
+
+
+@st.composite
+def _prompts(draw: st.DrawFn, space: SearchSpace, block_size: int, num_requests: int):
+    """Each request's prompt segments and max_tokens, and which prompt shapes were drawn."""
+    exact = draw(st.sampled_from(["always", "sometimes", "never"]))
+
+    def is_exact() -> bool:
+        return exact == "always" or (exact == "sometimes" and draw(st.booleans()))
+
+    num_prefixes = draw(st.integers(0, 3))
+    prefixes = [(f"sys{i}", draw(_length(block_size, space.max_prompt_blocks, is_exact(), 1))) for i in range(num_prefixes)]
+    shapes: set[str] = set()
+    recipes: list[tuple[tuple[Segment, ...], int]] = []
+    ids = [f"q{i}" for i in range(num_requests)]
+    for i, request_id in enumerate(ids):
+        kinds = ["fresh"] + (["shared"] if prefixes else []) + (["repeat", "continue"] if recipes else [])
+        kind = draw(st.sampled_from(kinds))
+        if kind == "fresh":
+            segments: tuple[Segment, ...] = ((request_id, draw(_length(block_size, space.max_prompt_blocks, is_exact(), 1))),)
+        elif kind == "shared":
+            prefix = draw(st.sampled_from(prefixes))
+            own = draw(_length(block_size, 2, is_exact()))
+            segments = (prefix,) + (((request_id, own),) if own else ())
+        elif kind == "repeat":
+            segments = draw(st.sampled_from(recipes))[0]  # the same prompt again: a full-prefix hit
+        else:
+            j = draw(st.integers(0, len(recipes) - 1))
+            earlier, earlier_max = recipes[j]
+            answer = draw(st.integers(1, earlier_max))  # a prefix of what ids[j] generates
+            own = draw(_length(block_size, 1, is_exact()))
+            segments = earlier + ((ids[j], answer),) + (((request_id, own),) if own else ())
+        shapes.add(f"prompt:{kind}")
+        recipes.append((segments, draw(st.integers(1, space.max_output_tokens))))
+    if exact != "never":
+        shapes.add("prompt:block-multiples")
+    return recipes, shapes
+
+
+@st.composite
+def _arrivals(draw: st.DrawFn, num_requests: int) -> tuple[list[int], str]:
+    shape = draw(st.sampled_from(["burst", "staggered", "late-wave"]))
+    if shape == "burst":
+        return [0] * num_requests, shape
+    if shape == "staggered":
+        steps, clock = [], 0
+        for _ in range(num_requests):
+            steps.append(clock)
+            clock += draw(st.integers(0, 6))
+        return steps, shape
+    # Late wave: the first requests fill the pool together; the rest arrive while those decode
+    # (and, under a tight pool, while some of them sit preempted in the waiting queue).
+    first = draw(st.integers(1, max(1, num_requests - 1)))
+    wave_at = draw(st.integers(2, 30))
+    return [0] * first + [wave_at + draw(st.integers(0, 3)) for _ in range(num_requests - first)], shape
+
+
+@st.composite
+def search_cases(draw: st.DrawFn, space: SearchSpace = SearchSpace()) -> SearchCase:
+    block_size = draw(_block_size(space))
+    num_requests = draw(st.integers(1, space.max_requests))
+    prompts, shapes = draw(_prompts(space, block_size, num_requests))
+    arrivals, arrival_shape = draw(_arrivals(num_requests))
+    shapes.add(f"arrivals:{arrival_shape}")
+    policy = draw(st.sampled_from(space.policies))
+    requests = tuple(
+        RequestRecipe(f"q{i}", arrivals[i], segments, max_tokens, draw(st.integers(0, 2)) if policy == "priority" else 0)
+        for i, (segments, max_tokens) in enumerate(prompts)
+    )
+
+    longest_prompt = max(r.prompt_len for r in requests)
+    max_model_len = 2048
+    if draw(st.integers(0, 4)) == 0:
+        # A context limit a little past the longest prompt: generation ends by length.
+        max_model_len = longest_prompt + 1 + draw(st.integers(0, space.max_output_tokens // 2))
+        shapes.add("max_model_len:caps")
+    max_num_seqs = draw(st.sampled_from(space.max_num_seqs))
+    chunked = draw(st.sampled_from(space.chunked_prefill))
+    if chunked:
+        budget = max(max_num_seqs, draw(st.sampled_from(space.token_budgets)))
+    else:
+        budget = max(max_model_len, max_num_seqs)  # vLLM refuses an unchunked budget below max_model_len
+        shapes.add("chunked_prefill:off")
+    # The threshold caps a prefill's chunk even with chunked prefill off (both schedulers apply
+    # it before the unchunked check), so it is drawn either way.
+    threshold = min(max_model_len, draw(st.sampled_from([0, 0, 1, 7, block_size, 2 * block_size + 1, 40])))
+    if threshold:
+        shapes.add("long_prefill_threshold")
+
+    # Pool size, from the requests' own needs: drive() refuses a request that can never fit.
+    needs = [cdiv(r.prompt_len + r.max_tokens, block_size) for r in requests]
+    pool = draw(st.sampled_from(["tiny", "tiny", "pressure", "pressure", "large"]))
+    if pool == "tiny":
+        usable = max(needs) + draw(st.integers(0, 2))
+    elif pool == "pressure":
+        usable = max(needs) + draw(st.integers(0, max(1, sum(needs) // 2)))
+    else:
+        usable = sum(needs) + draw(st.integers(0, 8))
+    shapes.add(f"pool:{pool}")
+
+    config = ReplayConfig(
+        block_size=block_size,
+        num_blocks=usable + 1,  # + the null block
+        max_num_seqs=max_num_seqs,
+        max_num_batched_tokens=budget,
+        max_model_len=max_model_len,
+        enable_chunked_prefill=chunked,
+        enable_prefix_caching=draw(st.sampled_from(space.prefix_caching)),
+        policy=policy,
+        long_prefill_token_threshold=threshold,
+    )
+    return SearchCase(config, requests, tuple(sorted(shapes)))
+
+
+# -- what a replay exercised --------------------------------------------------------------
+
+
+def observe(case: SearchCase, log: ReplayLog) -> set[str]:
+    """The mechanisms one replay reached, read off its decisions (scheduled tokens, admissions
+    with their prefix hits, preemptions, finishes) and the case, not off engine internals."""
+    config = case.config
+    prompt_len = {r.id: r.prompt_len for r in case.requests}
+    wants = {r.id: r.prompt_len + r.max_tokens for r in case.requests}
+    seen = {f"block_size={config.block_size}", f"max_num_seqs={config.max_num_seqs}"}
+    computed: dict[str, int] = {}  # per request, rebuilt from the decisions
+    out: set[str] = set()  # preempted and not yet resumed
+    for step in log.steps:
+        if step.arrivals and out:
+            seen.add("arrival-while-preempted")
+        for admission in step.admitted:
+            computed[admission.request_id] = admission.cached_tokens
+            out.discard(admission.request_id)
+            if admission.resumed:
+                seen.add("resumed")
+            elif admission.cached_tokens:
+                seen.add("prefix-hit")
+                # The most a hit can be: every full block short of the last prompt token.
+                if admission.cached_tokens == (prompt_len[admission.request_id] - 1) // config.block_size * config.block_size:
+                    seen.add("full-prefix-hit")
+        for request_id, n in step.scheduled:
+            computed[request_id] = computed.get(request_id, 0) + n
+            if computed[request_id] < prompt_len[request_id]:
+                seen.add("chunked-prefill")  # a prompt left unfinished at the end of a step
+                if n == config.long_prefill_token_threshold:
+                    seen.add("threshold-capped")
+        for request_id in step.preempted:
+            out.add(request_id)
+            computed.pop(request_id, None)
+        if step.preempted:
+            seen.add("preempted")
+        for request_id, _reason in step.finished:
+            if wants[request_id] > config.max_model_len:
+                seen.add("finished-by-max_model_len")
+    if "preempted" in seen and config.enable_prefix_caching:
+        seen.add(f"{config.policy}+caching+preempted")
+    return seen
+
+
+@dataclass
+class SearchStats:
+    """Counts across a search's examples: how many reached each mechanism."""
+
+    examples: int = 0
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def record(self, seen: set[str]) -> None:
+        self.examples += 1
+        for name in seen:
+            self.counts[name] = self.counts.get(name, 0) + 1
+
+    def share(self, name: str) -> float:
+        return self.counts.get(name, 0) / self.examples if self.examples else 0.0
+
+    def to_json(self) -> dict:
+        return {"examples": self.examples, "counts": dict(sorted(self.counts.items()))}
