@@ -1,24 +1,203 @@
-"""SGLang's cache-aware admission order for the waiting queue (the "lpm" policy).
+"""SGLang's admission policy: the waiting-queue order and the prefill budgets.
 
-Mirrors: sglang.srt.managers.schedule_policy:SchedulePolicy.calc_priority (sglang 0.5.23)
-With policy "lpm": requests whose prompt has the longest cached prefix go first, so the prefix they share is
-used while it is still in the tree. Like SGLang, the sort is skipped (plain FCFS) once the
-queue is longer than WAITING_QUEUE_PREFIX_MATCH_MAX, because matching every waiting prompt
-each step gets expensive. Left out: SGLang's in-batch prefix deprioritization (it holds
-back all but one of several waiting requests that share an uncached prefix).
+Mirrors: sglang.srt.managers.schedule_policy:SchedulePolicy, sglang.srt.managers.schedule_policy:PrefillAdder (sglang 0.5.23)
+Kept: the "lpm" order (longest cached prefix first) with in-batch prefix caching (of several
+waiting requests that share an uncached prefix, all but the first wait), FCFS beyond
+WAITING_QUEUE_PREFIX_MATCH_MAX waiting requests, and PrefillAdder's token budgets: the pool's
+free + evictable tokens minus what running requests may still decode (new_token_ratio of their
+remaining max_new_tokens), the per-step input budget (max_prefill_tokens) and the chunk budget
+(chunked_prefill_size), which truncates one request into a chunk. Left out (off in the
+configurations replay drives): priority preemption, the ignore_eos path of a disabled tree
+(add_one_req_ignore_eos), hybrid SWA / Mamba budgets, HiCache load-back, LoRA, dLLM, the
+AMD-only tile budget and the prefill delayer.
 """
 from __future__ import annotations
 
-from typing import Callable
+import enum
+from dataclasses import dataclass
+from typing import Callable, Protocol
 
+from engine.radix_cache import RadixCache
 from engine.request import Request
 from engine.request_queue import FCFSRequestQueue
+from engine.sglang_kv import ReqKV, SglangKV
 
-WAITING_QUEUE_PREFIX_MATCH_MAX = 128  # sglang.srt.managers.schedule_policy
+WAITING_QUEUE_PREFIX_MATCH_MAX = 128  # sglang/srt/managers/schedule_policy.py:137
+IN_BATCH_PREFIX_CACHING_CHECK_THRESHOLD = 32  # :110 (env default)
+IN_BATCH_PREFIX_CACHING_DEPRIORITIZE_THRESHOLD = 32  # :117 (env default)
+CLIP_MAX_NEW_TOKENS = 4096  # :89 (env default)
 
 
 def sort_by_longest_prefix(waiting: FCFSRequestQueue, prefix_len: Callable[[Request], int]) -> None:
     # Mirrors: sglang.srt.managers.schedule_policy:SchedulePolicy._sort_by_longest_prefix (sglang 0.5.23)
+    # The vLLM-shaped scheduler's cache_mode "sglang" (engine/scheduler.py) still calls this.
     if len(waiting) > WAITING_QUEUE_PREFIX_MATCH_MAX or len(waiting) < 2:
         return
     waiting.sort(key=lambda r: -prefix_len(r))  # stable: FCFS among equal matches
+
+
+class AddReqResult(enum.Enum):
+    """Mirrors: sglang.srt.managers.schedule_policy:AddReqResult (sglang 0.5.23)"""
+
+    CONTINUE = enum.auto()  # keep adding
+    NO_TOKEN = enum.auto()  # the KV pool cannot take more
+    OTHER = enum.auto()  # a step budget (input / chunk / batch size) is spent
+
+
+class SglangRequest(Protocol):
+    request: Request
+    kv: ReqKV
+
+    def fill_ids(self) -> list[int]: ...
+
+
+def remaining_max_new(entry: SglangRequest) -> int:
+    params = entry.request.sampling_params
+    return min(max(params.max_tokens - entry.request.num_output_tokens, 0), CLIP_MAX_NEW_TOKENS)
+
+
+def calc_priority(waiting: list, kv: SglangKV, clock: Callable[[], float]) -> None:
+    """Order the waiting queue in place.
+
+    Mirrors: sglang.srt.managers.schedule_policy:SchedulePolicy.calc_priority (sglang 0.5.23)
+    With the tree disabled the policy is FCFS (_validate_and_adjust_policy, :324).
+    """
+    if kv.tree.disable or len(waiting) > WAITING_QUEUE_PREFIX_MATCH_MAX:
+        return
+    # Mirrors: sglang.srt.managers.schedule_policy:SchedulePolicy._compute_prefix_matches (sglang 0.5.23)
+    in_batch = RadixCache(None, page_size=1, clock=clock)  # a fresh waiting_queue_radix_tree (:211, reset :350)
+    deprioritized: set[str] = set()
+    for entry in waiting:
+        prefix_ids = entry.fill_ids()
+        kv.match(entry.kv, prefix_ids)
+        if entry.kv.prefix_len <= IN_BATCH_PREFIX_CACHING_CHECK_THRESHOLD:
+            if in_batch.match_prefix(prefix_ids).prefix_len >= IN_BATCH_PREFIX_CACHING_DEPRIORITIZE_THRESHOLD:
+                deprioritized.add(entry.request.request_id)
+            else:
+                in_batch.insert(prefix_ids)
+    waiting.sort(key=lambda e: float("inf") if e.request.request_id in deprioritized else -e.kv.num_matched_prefix_tokens)
+
+
+@dataclass
+class _Admission:
+    prefix_len: int
+    extend_len: int
+    max_new_tokens: int
+    is_chunked: bool
+
+
+class PrefillAdder:
+    """One prefill pass's budgets; requests are added in waiting-queue order.
+
+    Mirrors: sglang.srt.managers.schedule_policy:PrefillAdder (sglang 0.5.23), with its PrefillBudget
+    (sglang/srt/mem_cache/prefill_budget.py:62) for one token pool.
+    """
+
+    def __init__(self, kv: SglangKV, running: list, new_token_ratio: float, rem_input_tokens: int,
+                 rem_chunk_tokens: int | None) -> None:
+        self.kv = kv
+        self.page_size = kv.page_size
+        self.rem_input_tokens = rem_input_tokens
+        self.rem_chunk_tokens = rem_chunk_tokens
+        self.can_run_list: list = []
+        self.new_chunked_req = None
+        # What running requests may still decode (_get_running_request_total_token_offset, :785).
+        self.total_offset: float = sum(
+            remaining_max_new(r) * (1.0 if r.request.sampling_params.ignore_eos else new_token_ratio) for r in running
+        )
+        self.current_offset = 0
+
+    @property
+    def rem_total_tokens(self) -> float:
+        return self.kv.available_and_evictable() - self.total_offset
+
+    @property
+    def cur_rem_tokens(self) -> float:
+        return self.kv.available_and_evictable() - self.current_offset
+
+    def ceil_paged_tokens(self, tokens: int) -> int:
+        return -(-tokens // self.page_size) * self.page_size
+
+    def budget_state(self) -> AddReqResult:
+        # Mirrors: sglang.srt.managers.schedule_policy:PrefillAdder.budget_state (sglang 0.5.23)
+        if not (self.rem_total_tokens > 0 and self.cur_rem_tokens > 0):
+            return AddReqResult.NO_TOKEN
+        if self.rem_input_tokens <= 0:
+            return AddReqResult.OTHER
+        if self.rem_chunk_tokens is not None and self.rem_chunk_tokens <= 0:
+            return AddReqResult.OTHER
+        return AddReqResult.CONTINUE
+
+    def _update_prefill_budget(self, extend_input_len: int, max_new_tokens: int) -> None:
+        # Mirrors: sglang.srt.managers.schedule_policy:PrefillAdder._update_prefill_budget (sglang 0.5.23)
+        # (and PrefillBudget.reserve, prefill_budget.py:156: one page of alignment slack per request)
+        extend_input_len = self.ceil_paged_tokens(extend_input_len)
+        immediate = extend_input_len + self.page_size
+        self.total_offset += immediate + max_new_tokens
+        self.current_offset += immediate
+        self.rem_input_tokens -= extend_input_len
+        if self.rem_chunk_tokens is not None:
+            self.rem_chunk_tokens -= extend_input_len
+
+    def add_chunked_req(self, entry: SglangRequest):
+        """The next chunk of the request being prefilled in chunks; returns it while unfinished.
+
+        Mirrors: sglang.srt.managers.schedule_policy:PrefillAdder.add_chunked_req (sglang 0.5.23)
+        """
+        if self.rem_chunk_tokens is None:
+            return entry
+        available = min(self.rem_chunk_tokens, int(self.rem_total_tokens))
+        rem_tokens = available if available > 0 else self.rem_chunk_tokens  # a chunk must progress
+        cand = len(entry.fill_ids()) - entry.kv.prefix_len
+        truncated = cand > rem_tokens
+        new_len = min(cand, rem_tokens)
+        entry.kv.extend_end = entry.kv.prefix_len + new_len
+        self.can_run_list.append(entry)
+        max_new = min(entry.request.sampling_params.max_tokens, CLIP_MAX_NEW_TOKENS) if not truncated else 0
+        self._update_prefill_budget(new_len, max_new)
+        return entry if truncated else None
+
+    def add_one_req(self, entry: SglangRequest) -> AddReqResult:
+        # Mirrors: sglang.srt.managers.schedule_policy:PrefillAdder.add_one_req (sglang 0.5.23)
+        cand = len(entry.fill_ids()) - entry.kv.prefix_len
+        total_tokens = cand + remaining_max_new(entry) + self.page_size
+        # The temporary pin keeps this request's own prefix out of the evictable budget.
+        pin = self.kv.lock(entry.kv.last_node)
+        try:
+            admission = self._select_prefill_admission(entry, total_tokens)
+            if isinstance(admission, AddReqResult):
+                return admission
+            self._commit_prefill_admission(entry, admission)
+        finally:
+            self.kv.unlock(pin)
+        return self.budget_state()
+
+    def _select_prefill_admission(self, entry: SglangRequest, total_tokens: int) -> _Admission | AddReqResult:
+        # Mirrors: sglang.srt.managers.schedule_policy:PrefillAdder._select_prefill_admission (sglang 0.5.23)
+        prefix_len = entry.kv.prefix_len
+        extend_len = len(entry.fill_ids()) - prefix_len
+        input_tokens = self.ceil_paged_tokens(extend_len)
+        if not total_tokens < self.rem_total_tokens:  # PrefillBudget.check_prefill (prefill_budget.py:114)
+            return AddReqResult.NO_TOKEN
+        # Without chunking, the first request may exceed the input budget; later ones may not.
+        if self.rem_chunk_tokens is None and self.can_run_list and input_tokens >= self.rem_input_tokens:
+            return AddReqResult.OTHER
+        max_new_tokens = min(entry.request.sampling_params.max_tokens, CLIP_MAX_NEW_TOKENS)
+        is_chunked = False
+        if self.rem_chunk_tokens is not None and input_tokens > self.rem_chunk_tokens:
+            extend_len = self.rem_chunk_tokens // self.page_size * self.page_size
+            end = (prefix_len + extend_len) // self.page_size * self.page_size
+            extend_len = end - prefix_len
+            if extend_len <= 0:
+                return AddReqResult.OTHER
+            is_chunked, max_new_tokens = True, 0
+        return _Admission(prefix_len, extend_len, max_new_tokens, is_chunked)
+
+    def _commit_prefill_admission(self, entry: SglangRequest, admission: _Admission) -> None:
+        # Mirrors: sglang.srt.managers.schedule_policy:PrefillAdder._commit_prefill_admission (sglang 0.5.23)
+        entry.kv.extend_end = admission.prefix_len + admission.extend_len
+        entry.kv.lock = self.kv.lock(entry.kv.last_node)
+        self.can_run_list.append(entry)
+        if admission.is_chunked:
+            self.new_chunked_req = entry
+        self._update_prefill_budget(admission.extend_len, admission.max_new_tokens)

@@ -187,12 +187,14 @@ def drive(scheduler: Scheduler, requests: list[dict], config: dict, pools: tuple
             scheduler.new_token_ratio_tracker.reset()  # the slice of on_idle (:5241) that decides anything
         scheduler.last_batch = batch
 
+        # Every request holding KV: the running batch, the prefill batch that joins it at the next
+        # get_next_batch_to_run (:3935), then the request being prefilled in chunks (kept out of that merge).
         running = [r.rid for r in scheduler.running_batch.reqs if not r.finished()]
         if batch is not None and batch.forward_mode.is_extend():
-            # The prefill batch joins the running batch at the next get_next_batch_to_run (:3935);
-            # a still-chunked request does not.
             running += [r.rid for r in batch.reqs if not r.finished() and r is not scheduler.chunked_req
                         and r.rid not in running]
+        if scheduler.chunked_req is not None and not scheduler.chunked_req.finished():
+            running.append(scheduler.chunked_req.rid)
         unfinished = [r for r in by_id.values() if not r.finished()]
         steps.append({
             "step": step,

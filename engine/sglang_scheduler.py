@@ -1,0 +1,362 @@
+"""The scheduler of cache_mode "sglang": SGLang's event loop, not vLLM's.
+
+Mirrors: sglang.srt.managers.scheduler:Scheduler.get_next_batch_to_run (sglang 0.5.23)
+Each step runs either a prefill (extend) batch or a decode batch, never both (mixed chunked
+prefill is off by default in SGLang): if the waiting queue can admit anything under
+PrefillAdder's budgets (engine/schedule_policy.py), the step is that prefill; otherwise every
+running request decodes one token, retracting requests first when the pool cannot hold the next
+token. Finished prefills publish their prompt to the radix tree at once (checkpoint), so a
+request admitted one step later already hits it. The step's SchedulerOutput has the same shape
+as the vLLM-mode scheduler's, so the model runner and engine loop are shared.
+
+Deliberate differences from SGLang 0.5.23: no overlap scheduling (the live CPU server runs with
+--disable-overlap-schedule too), no priority scheduling or preemption, no abort of the last
+request when even it cannot decode (a replay's workload is validated to fit the pool), and
+request rows (ReqToTokenPool) are never the binding limit (max_num_seqs is).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from engine.config import CacheConfig, SchedulerConfig
+from engine.outputs import CachedRequestData, EngineCoreOutput, ModelRunnerOutput, NewRequestData, SchedulerOutput
+from engine.request import Request, RequestStatus
+from engine.schedule_policy import AddReqResult, PrefillAdder, calc_priority
+from engine.sglang_kv import ReqKV, SglangKV
+
+# sglang/srt/environ.py:646-649 defaults; schedule_conservativeness 1.0.
+INIT_NEW_TOKEN_RATIO = 0.7
+MIN_NEW_TOKEN_RATIO_FACTOR = 0.14
+NEW_TOKEN_RATIO_DECAY_STEPS = 600
+RETRACT_DECODE_STEPS = 20
+
+
+@dataclass(eq=False)
+class Entry:
+    """A request with SGLang's per-request KV state beside it."""
+
+    request: Request
+    kv: ReqKV = field(default_factory=ReqKV)
+    retracted: bool = False
+    blocks_sent: int = 0  # blocks of its table the model runner has been sent
+
+    def fill_ids(self) -> list[int]:
+        return self.request.all_token_ids  # origin_input_ids + output_ids
+
+
+class NewTokenRatio:
+    """Mirrors: sglang.srt.managers.scheduler_components.new_token_ratio_tracker:NewTokenRatioTracker (sglang 0.5.23)"""
+
+    def __init__(self) -> None:
+        self.init = min(INIT_NEW_TOKEN_RATIO, 1.0)
+        self.min = min(self.init * MIN_NEW_TOKEN_RATIO_FACTOR, 1.0)
+        self.decay = (self.init - self.min) / NEW_TOKEN_RATIO_DECAY_STEPS
+        self.current = self.init
+
+    def decay_step(self) -> None:
+        self.current = max(self.current - self.decay, self.min)
+
+    @staticmethod
+    def after_retract(entries: list[Entry]) -> float:
+        decoded = sum(e.request.num_output_tokens for e in entries)
+        max_new = sum(e.request.sampling_params.max_tokens for e in entries)
+        return min(1.0, (decoded + RETRACT_DECODE_STEPS * len(entries)) / (max_new + 1))
+
+
+class SglangScheduler:
+    """Same public surface as engine.scheduler.Scheduler (add_request / schedule / update_from_output)."""
+
+    def __init__(self, scheduler_config: SchedulerConfig, cache_config: CacheConfig, num_blocks: int) -> None:
+        if scheduler_config.policy != "fcfs":
+            raise ValueError("cache_mode 'sglang' orders the waiting queue by prefix match (lpm); use policy 'fcfs'")
+        self.scheduler_config = scheduler_config
+        self.cache_config = cache_config
+        self.block_size = cache_config.block_size
+        self.max_model_len = scheduler_config.max_model_len
+        self.kv = SglangKV(num_blocks, cache_config.block_size, cache_config.enable_prefix_caching)
+        self.chunked_prefill_size = (
+            scheduler_config.max_num_batched_tokens if scheduler_config.enable_chunked_prefill else None
+        )
+        self.requests: dict[str, Request] = {}
+        self.entries: dict[str, Entry] = {}
+        self.waiting_queue: list[Entry] = []
+        self.running_batch: list[Entry] = []
+        self.batch_is_full = False
+        self.chunked_req: Entry | None = None
+        self.last_extend: list[Entry] | None = None  # the previous step's prefill batch, merged next step
+        self.new_token_ratio = NewTokenRatio()
+        self.retracted_this_step: list[str] = []
+        self.finished_req_ids: set[str] = set()
+        self.current_step = 0
+        self._clock_ticks = 0
+
+    # -- the views the engine and replay read (named as engine.scheduler.Scheduler's) ----------
+
+    @property
+    def running(self) -> list[Request]:
+        """Every request holding KV: the running batch, the prefill batch that joins it at the next
+        step, then the request being prefilled in chunks."""
+        extend = [e for e in self.last_extend or [] if e is not self.chunked_req and e not in self.running_batch]
+        entries = self.running_batch + extend + ([self.chunked_req] if self.chunked_req is not None else [])
+        return [e.request for e in entries if not e.request.is_finished]
+
+    @property
+    def waiting(self) -> list[Request]:
+        return [e.request for e in self.waiting_queue]
+
+    def get_request_counts(self) -> tuple[int, int]:
+        return len(self.running), len(self.waiting_queue)
+
+    def has_unfinished_requests(self) -> bool:
+        return bool(self.requests)
+
+    def num_free_blocks(self) -> int:
+        return self.kv.available_and_evictable() // self.block_size
+
+    def add_request(self, request: Request) -> None:
+        # Mirrors: sglang.srt.managers.scheduler:Scheduler._add_request_to_queue (sglang 0.5.23)
+        if request.request_id in self.requests:
+            raise ValueError(f"request id {request.request_id!r} is already in the engine")
+        self.requests[request.request_id] = request
+        entry = self.entries[request.request_id] = Entry(request)
+        self.waiting_queue.append(entry)
+
+    # -- the step ---------------------------------------------------------------------------
+
+    def schedule(self) -> SchedulerOutput:
+        # Mirrors: sglang.srt.managers.scheduler:Scheduler.get_next_batch_to_run (sglang 0.5.23)
+        self.current_step += 1
+        self.retracted_this_step = []
+        if self.chunked_req is not None and self.chunked_req.kv.extend_end > self.chunked_req.kv.prefix_len:
+            self._stash_chunked_request(self.chunked_req)
+        if self.last_extend is not None:
+            merged = [e for e in self.last_extend if not e.request.is_finished and e is not self.chunked_req]
+            if len(merged) < len(self.last_extend):
+                self.batch_is_full = False
+            if merged and not self.running_batch:
+                # An empty running batch is replaced by the prefill batch, a new ScheduleBatch whose
+                # batch_is_full is False (scheduler.py:3958 `running_batch = last_batch`).
+                self.batch_is_full = False
+            self.running_batch += [e for e in merged if e not in self.running_batch]
+            self.last_extend = None
+        before = len(self.running_batch)
+        self.running_batch = [e for e in self.running_batch if not e.request.is_finished]
+        if len(self.running_batch) < before:
+            self.batch_is_full = False
+
+        prefill = self._get_new_batch_prefill()
+        if prefill is not None:
+            self.last_extend = prefill
+            return self._output(prefill, extend=True)
+        decode = self._update_running_batch() if self.running_batch else []
+        if not decode and not self.requests:
+            self.new_token_ratio.current = self.new_token_ratio.init  # on_idle's reset (scheduler.py:5241)
+        return self._output(decode, extend=False)
+
+    def _stash_chunked_request(self, entry: Entry) -> None:
+        # Mirrors: sglang.srt.managers.scheduler:Scheduler.stash_chunked_request (sglang 0.5.23)
+        self.kv.checkpoint_unfinished(entry.kv, entry.fill_ids(), entry.request.num_prompt_tokens)
+
+    def _num_allocatable_reqs(self, running_bs: int) -> int:
+        # Mirrors: sglang.srt.managers.scheduler:Scheduler.get_num_allocatable_reqs (sglang 0.5.23)
+        return self.scheduler_config.max_num_seqs - running_bs
+
+    def _get_new_batch_prefill(self) -> list[Entry] | None:
+        # Mirrors: sglang.srt.managers.scheduler:Scheduler._get_new_batch_prefill_raw (sglang 0.5.23)
+        if not self.running_batch:
+            self.batch_is_full = False
+        if (self.batch_is_full or not self.waiting_queue) and self.chunked_req is None:
+            return None
+        running_bs = len(self.running_batch)
+        if self._num_allocatable_reqs(running_bs) <= 0 and self.chunked_req is None:
+            self.batch_is_full = True
+            return None
+        calc_priority(self.waiting_queue, self.kv, self._tick)
+        adder = PrefillAdder(self.kv, self.running_batch, self.new_token_ratio.current,
+                             self.scheduler_config.max_num_batched_tokens, self.chunked_prefill_size)
+        if self.chunked_req is not None:
+            self.chunked_req = adder.add_chunked_req(self.chunked_req)
+        for entry in self.waiting_queue:
+            if adder.budget_state() == AddReqResult.OTHER:
+                break
+            if len(adder.can_run_list) >= self._num_allocatable_reqs(len(self.running_batch)):
+                self.batch_is_full = True
+            if self.batch_is_full:
+                break
+            # Req.init_next_round_input (schedule_batch.py:1692): match all tokens but the last.
+            self.kv.match(entry.kv, entry.fill_ids()[:-1], next_round=True)
+            result = adder.add_one_req(entry)
+            if result != AddReqResult.CONTINUE:
+                if result == AddReqResult.NO_TOKEN:
+                    self.batch_is_full = bool(adder.can_run_list) or bool(self.running_batch)
+                break
+        can_run = adder.can_run_list
+        if not can_run:
+            return None
+        self.waiting_queue = [e for e in self.waiting_queue if e not in can_run]
+        if adder.new_chunked_req is not None:
+            self.chunked_req = adder.new_chunked_req
+        # ScheduleBatch.prepare_for_extend -> alloc_for_extend (schedule_batch.py:2847).
+        self.kv.alloc_for_extend([e.kv for e in can_run], [e.kv.extend_end - e.kv.prefix_len for e in can_run])
+        return can_run
+
+    def _update_running_batch(self) -> list[Entry]:
+        # Mirrors: sglang.srt.managers.scheduler:Scheduler.update_running_batch (sglang 0.5.23)
+        batch = self.running_batch
+        initial_bs = len(batch)
+        if not self.kv.check_decode_capacity([e.kv for e in batch]):
+            retracted = self._retract_decode()
+            self.new_token_ratio.current = NewTokenRatio.after_retract(self.running_batch)
+            for entry in retracted:
+                self.waiting_queue.append(entry)  # _add_request_to_queue(is_retracted=True)
+        else:
+            self.new_token_ratio.decay_step()
+        if len(self.running_batch) < initial_bs:
+            self.batch_is_full = False
+        # ScheduleBatch.prepare_for_decode -> alloc_for_decode (schedule_batch.py:3736).
+        self.kv.alloc_for_decode([e.kv for e in self.running_batch])
+        return list(self.running_batch)
+
+    def _retract_decode(self) -> list[Entry]:
+        # Mirrors: sglang.srt.managers.schedule_batch:ScheduleBatch.retract_decode (sglang 0.5.23)
+        batch = self.running_batch
+        # _get_decode_retraction_order: keep the most decoded (then shortest prompt); retract from the end.
+        order = sorted(range(len(batch)), key=lambda i: (batch[i].request.num_output_tokens,
+                                                        -batch[i].request.num_prompt_tokens), reverse=True)
+        retracted = []
+        first = True
+        while first or not self.kv.check_decode_capacity([batch[i].kv for i in order]):
+            if len(order) == 1:
+                break
+            first = False
+            entry = batch[order.pop()]
+            self.kv.retract(entry.kv, len(order), RETRACT_DECODE_STEPS)
+            entry.retracted = True
+            entry.request.status = RequestStatus.PREEMPTED
+            entry.request.num_preemptions += 1
+            entry.request.num_computed_tokens = 0
+            retracted.append(entry)
+            self.retracted_this_step.append(entry.request.request_id)
+        keep = set(order)
+        self.running_batch = [e for i, e in enumerate(batch) if i in keep]
+        return retracted
+
+    def _tick(self) -> float:
+        self._clock_ticks += 1
+        return float(self._clock_ticks)
+
+    def _output(self, batch: list[Entry], extend: bool) -> SchedulerOutput:
+        # The same shape as the vLLM-mode scheduler's (engine/outputs.py): a request the model runner
+        # has not seen is new (whole block table); a retracted one comes back as a resumed cached
+        # request (whole new table); a running one sends only the blocks added this step.
+        num_scheduled: dict[str, int] = {}
+        new_reqs: list[NewRequestData] = []
+        cached = CachedRequestData.make_empty()
+        for entry in batch:
+            request, rid = entry.request, entry.request.request_id
+            start = entry.kv.prefix_len if extend else entry.kv.committed - 1
+            end = entry.kv.extend_end if extend else entry.kv.committed
+            num_scheduled[rid] = end - start
+            if extend and request.num_cached_tokens < 0:
+                request.num_cached_tokens = start  # the prefix hit at first admission
+            blocks = self._block_ids(entry.kv)
+            request.num_computed_tokens = start
+            if request.status == RequestStatus.WAITING:
+                new_reqs.append(NewRequestData.from_request(request, blocks))
+            else:
+                resumed = request.status == RequestStatus.PREEMPTED
+                cached.req_ids.append(rid)
+                if resumed:
+                    cached.resumed_req_ids.add(rid)
+                added = blocks if resumed else blocks[entry.blocks_sent:]
+                cached.new_block_ids.append(added or None)
+                cached.num_computed_tokens.append(start)
+                cached.num_output_tokens.append(request.num_output_tokens)
+            entry.blocks_sent = len(blocks)
+            request.status = RequestStatus.RUNNING
+            request.num_computed_tokens = end  # advanced at schedule time, as the vLLM-mode scheduler does
+        output = SchedulerOutput(
+            scheduled_new_reqs=new_reqs,
+            scheduled_cached_reqs=cached,
+            num_scheduled_tokens=num_scheduled,
+            total_num_scheduled_tokens=sum(num_scheduled.values()),
+            preempted_req_ids=set(self.retracted_this_step),
+            finished_req_ids=self.finished_req_ids,
+            step=self.current_step,
+        )
+        self.finished_req_ids = set()
+        return output
+
+    def _block_ids(self, kv: ReqKV) -> list[int]:
+        return [slot // self.block_size for slot in kv.row[:: self.block_size]]
+
+    def update_from_output(self, scheduler_output: SchedulerOutput,
+                           model_runner_output: ModelRunnerOutput) -> list[EngineCoreOutput]:
+        # Mirrors: sglang.srt.managers.scheduler_components.batch_result_processor:SchedulerBatchResultProcessor.process_batch_result_prefill (sglang 0.5.23)
+        # and process_batch_result_decode: append the token, check finish, then release_kv_cache
+        # (finished) or checkpoint_kv_cache (a prefill that goes on to decode).
+        index_of = {rid: i for i, rid in enumerate(model_runner_output.req_ids)}
+        extend = self.last_extend is not None and any(
+            e.request.request_id in scheduler_output.num_scheduled_tokens for e in self.last_extend)
+        outputs = []
+        for rid in scheduler_output.num_scheduled_tokens:
+            entry = self.entries.get(rid)
+            if entry is None or entry.request.is_finished:
+                continue
+            if extend and entry is self.chunked_req:
+                continue  # a middle chunk samples nothing; it is stashed at the next step
+            request = entry.request
+            token_ids = list(model_runner_output.sampled_token_ids[index_of[rid]])[:1]
+            if not token_ids:
+                continue
+            request.append_output_token_ids(token_ids)
+            if self._check_finish(request):
+                self.kv.release(entry.kv, entry.fill_ids(), request.num_prompt_tokens, checkpoint=True)
+                self._free_request(request)
+            elif extend:
+                self.kv.checkpoint_unfinished(entry.kv, entry.fill_ids(), request.num_prompt_tokens)
+            outputs.append(EngineCoreOutput(request_id=rid, new_token_ids=token_ids,
+                                            finish_reason=request.get_finish_reason(),
+                                            stop_reason=request.stop_reason,
+                                            num_cached_tokens=max(request.num_cached_tokens, 0)))
+        return outputs
+
+    def _check_finish(self, request: Request) -> bool:
+        # Mirrors: sglang.srt.managers.schedule_batch:Req.update_finish_state (sglang 0.5.23)
+        params = request.sampling_params
+        last = request.output_token_ids[-1]
+        if request.num_output_tokens >= params.max_tokens:
+            request.status = RequestStatus.FINISHED_LENGTH_CAPPED
+            return True
+        if not params.ignore_eos and last == request.eos_token_id or last in params.stop_token_ids:
+            request.status = RequestStatus.FINISHED_STOPPED
+            request.stop_reason = last if last in params.stop_token_ids else None
+            return True
+        if request.num_tokens >= self.max_model_len:
+            request.status = RequestStatus.FINISHED_LENGTH_CAPPED
+            return True
+        return False
+
+    def _free_request(self, request: Request) -> None:
+        self.finished_req_ids.add(request.request_id)
+        del self.requests[request.request_id]
+        del self.entries[request.request_id]
+
+    def finish_requests(self, request_ids: str | list[str], finished_status: RequestStatus) -> list[Request]:
+        """Abort from outside the step (Scheduler.abort_request in SGLang)."""
+        ids = [request_ids] if isinstance(request_ids, str) else request_ids
+        done = []
+        for rid in ids:
+            entry = self.entries.get(rid)
+            if entry is None:
+                continue
+            entry.request.status = finished_status
+            self.waiting_queue = [e for e in self.waiting_queue if e is not entry]
+            self.running_batch = [e for e in self.running_batch if e is not entry]
+            if self.chunked_req is entry:
+                self.chunked_req = None
+            self.kv.release(entry.kv, entry.fill_ids(), entry.request.num_prompt_tokens, checkpoint=False)
+            self._free_request(entry.request)
+            done.append(entry.request)
+        return done

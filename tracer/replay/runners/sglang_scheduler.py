@@ -1,0 +1,162 @@
+"""Scheduler replay against SGLang 0.5.23: our cache_mode "sglang" scheduler (engine/sglang_scheduler.py,
+"mini-sglang") in process, and SGLang's real Scheduler in .venv-sglang, in a subprocess
+(tracer/replay/sglang_side/driver.py says what it drives and what it does not). Both get the same
+workload, forced outputs and step clock, and record the same StepRecord fields: admissions with
+their prefix hits, tokens per request, retractions (the `preempted` field), finishes, queues,
+free + evictable KV blocks.
+
+Requests run with ignore_eos off on both sides (and no EOS id, so only max_tokens ends them):
+SGLang reserves a running request's whole max_new_tokens when ignore_eos is on
+(PrefillAdder._get_running_request_total_token_offset, sglang/srt/managers/schedule_policy.py:785),
+and only with it off does new_token_ratio, and so retraction, come into play.
+"""
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import subprocess
+import threading
+from pathlib import Path
+
+from engine.config import CacheConfig, SchedulerConfig
+from engine.outputs import ModelRunnerOutput, SchedulerOutput
+from engine.request import Request
+from engine.sampling_params import SamplingParams
+from engine.sglang_scheduler import SglangScheduler
+from tracer.replay.config import ReplayConfig
+from tracer.replay.runners.base import ReplayError, ReplayLog, StepRecord, V1SchedulerRunner, validate_workload
+from tracer.replay.workload import WorkloadRequest
+
+REPO = Path(__file__).resolve().parents[3]
+DRIVER = REPO / "tracer" / "replay" / "sglang_side" / "driver.py"
+
+
+def sglang_venv() -> Path:
+    return Path(os.environ.get("SERVETRACE_SGLANG_VENV", REPO / ".venv-sglang"))
+
+
+def sglang_model() -> Path:
+    """SGLang's ModelConfig reads config.json: the bundled model as an HF folder (make setup)."""
+    return REPO / ".models" / "smollm2-135m-instruct-hf"
+
+
+class MiniSglangRunner(V1SchedulerRunner):
+    name = "mini-sglang"
+
+    def __init__(self, config: ReplayConfig) -> None:
+        super().__init__(config)
+        scheduler_config = SchedulerConfig(**{**config.scheduler_kwargs(), "cache_mode": "sglang"})
+        cache_config = CacheConfig(block_size=config.block_size, num_blocks=config.num_blocks,
+                                   enable_prefix_caching=config.enable_prefix_caching)
+        self.scheduler = SglangScheduler(scheduler_config, cache_config, config.num_blocks)
+        self._all: dict[str, Request] = {}
+
+    def add_request(self, request: WorkloadRequest, arrival_time: float) -> None:
+        engine_request = Request(
+            request_id=request.id,
+            prompt_token_ids=list(request.prompt_token_ids),
+            sampling_params=SamplingParams(max_tokens=request.max_tokens, ignore_eos=False, temperature=0.0),
+            arrival_time=arrival_time,
+            priority=request.priority,
+        )
+        self._all[request.id] = engine_request
+        self.scheduler.add_request(engine_request)
+
+    def schedule(self) -> SchedulerOutput:
+        return self.scheduler.schedule()
+
+    def update_from_output(self, scheduler_output: SchedulerOutput, sampled: dict[str, list[int]]) -> dict[str, str]:
+        req_ids = list(scheduler_output.num_scheduled_tokens)
+        output = ModelRunnerOutput(req_ids=req_ids, sampled_token_ids=[sampled[r] for r in req_ids])
+        outputs = self.scheduler.update_from_output(scheduler_output, output)
+        return {o.request_id: o.finish_reason for o in outputs if o.finish_reason is not None}
+
+    def num_free_blocks(self) -> int:
+        return self.scheduler.num_free_blocks()
+
+    def output_shape(self, scheduler_output: SchedulerOutput) -> list:
+        """Not compared with SGLang: its scheduler hands the worker a ScheduleBatch, not vLLM's
+        SchedulerOutput, so the SGLang side records no shape either."""
+        return []
+
+
+class SglangDriver:
+    """The SGLang-side subprocess: started once (importing SGLang's scheduler takes ~15 s here)
+    and reused for every replay in this process."""
+
+    _shared: "SglangDriver | None" = None
+    _lock = threading.Lock()
+
+    def __init__(self) -> None:
+        python = sglang_venv() / "bin" / "python"
+        if not python.is_file():
+            raise ReplayError(f"SGLang scheduler replay needs {python} (make setup builds .venv-sglang)")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SERVETRACE_")}
+        env["PYTHONWARNINGS"] = "ignore"
+        self.process = subprocess.Popen([str(python), str(DRIVER)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                        stderr=subprocess.PIPE, text=True, env=env, cwd=str(REPO))
+        ready = self._read()
+        if not ready.get("ready"):
+            raise ReplayError(f"the SGLang driver did not start: {ready}")
+
+    @classmethod
+    def shared(cls) -> "SglangDriver":
+        with cls._lock:
+            if cls._shared is None or cls._shared.process.poll() is not None:
+                cls._shared = cls()
+                atexit.register(cls._shared.close)
+            return cls._shared
+
+    def _read(self) -> dict:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            if line.startswith("{"):
+                return json.loads(line)
+        stderr = self.process.stderr.read() if self.process.stderr else ""
+        raise ReplayError(f"the SGLang driver exited ({self.process.wait()}): {stderr[-2000:]}")
+
+    def run(self, job: dict) -> dict:
+        with self._lock:
+            assert self.process.stdin is not None
+            self.process.stdin.write(json.dumps(job) + "\n")
+            self.process.stdin.flush()
+            result = self._read()
+        if "error" in result:
+            raise ReplayError(f"SGLang scheduler replay failed: {result['error']}\n{result.get('traceback', '')}")
+        return result
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.stdin.close()  # type: ignore[union-attr]
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+
+
+def sglang_job(workload: list[WorkloadRequest], config: ReplayConfig) -> dict:
+    if config.policy != "fcfs":
+        raise ReplayError("the SGLang scheduler replay compares the lpm policy (our cache_mode 'sglang'); use policy fcfs")
+    return {
+        "config": {**config.to_json(), "schedule_policy": "lpm", "ignore_eos": False},
+        "model_path": str(sglang_model()),
+        "requests": [
+            {"id": r.id, "arrival_step": r.arrival_step, "prompt_token_ids": list(r.prompt_token_ids),
+             "max_tokens": r.max_tokens, "output_token_ids": r.forced_output(), "priority": r.priority}
+            for r in workload
+        ],
+    }
+
+
+def replay_sglang_scheduler(workload: list[WorkloadRequest], config: ReplayConfig,
+                            driver: SglangDriver | None = None) -> ReplayLog:
+    """SGLang's real Scheduler over the workload, one StepRecord per scheduler iteration."""
+    validate_workload(workload, config)
+    result = (driver or SglangDriver.shared()).run(sglang_job(workload, config))
+    log = ReplayLog("sglang", config.to_json(), stalled=result.get("stalled"))
+    for step in result["steps"]:
+        step.pop("new_token_ratio", None)
+        log.steps.append(StepRecord.from_json(step))
+    return log
+
