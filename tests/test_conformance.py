@@ -18,6 +18,7 @@ from tracer.replay import workload as W
 from tracer.replay.compare import compare_logs
 from tracer.replay.config import ReplayConfig
 from tracer.replay.runners import drive, make_scheduler_runner
+from tracer.replay.runners.records import full_states
 from tracer.replay.workload import WorkloadRequest
 
 
@@ -96,6 +97,51 @@ def test_preempted_requests_resume_from_their_own_cached_blocks():
     assert resumed_hits and max(resumed_hits) > 0
 
 
+class RecordingRunner:
+    """Keeps each SchedulerOutput the wrapped runner's real scheduler returned."""
+
+    def __init__(self, runner):
+        self.runner, self.outputs = runner, []
+        original = runner.schedule
+
+        def schedule():
+            self.outputs.append(original())
+            return self.outputs[-1]
+
+        runner.schedule = schedule
+
+
+def test_a_resumed_request_is_sent_as_vllm_sends_it():
+    # vLLM's own SchedulerOutput: a resumed request is in scheduled_cached_reqs.resumed_req_ids
+    # with its whole new block table, never in scheduled_new_reqs
+    # (vllm/v1/core/sched/scheduler.py:1922-1978 Scheduler._make_cached_request_data). Ours too.
+    workload = W.memory_pressure(num_requests=8, prompt_len=(40, 70), max_tokens=(50, 90), seed=3)
+    config = ReplayConfig(num_blocks=30, max_num_batched_tokens=256)
+    mini, vllm = (RecordingRunner(make_scheduler_runner(e, config)) for e in ("mini", "vllm"))
+    logs = [drive(r.runner, workload) for r in (mini, vllm)]
+    comparison = compare_logs(*logs)
+    assert comparison.agree, _describe(comparison)
+    resumed_steps = 0
+    for ours, theirs in zip(mini.outputs, vllm.outputs, strict=True):
+        their_resumed = theirs.scheduled_cached_reqs.resumed_req_ids
+        assert ours.scheduled_cached_reqs.resumed_req_ids == their_resumed
+        assert not their_resumed & {n.req_id for n in theirs.scheduled_new_reqs}
+        assert not their_resumed & {n.req_id for n in ours.scheduled_new_reqs}
+        for req_id in their_resumed:
+            index = theirs.scheduled_cached_reqs.req_ids.index(req_id)
+            (their_table,) = theirs.scheduled_cached_reqs.new_block_ids[index]
+            ours_index = ours.scheduled_cached_reqs.req_ids.index(req_id)
+            assert ours.scheduled_cached_reqs.new_block_ids[ours_index] == their_table
+        resumed_steps += bool(their_resumed)
+    assert resumed_steps >= 2, "the workload was meant to preempt and resume"
+    # The replay log carries that shape, and compare checks it: flip one resumed request to "new".
+    step = next(s for s in logs[0].steps if any(kind == "resumed" for _, kind, _, _ in s.output))
+    entry = next(e for e in step.output if e[1] == "resumed")
+    entry[1] = "new"
+    tampered = compare_logs(*logs)
+    assert not tampered.agree and tampered.divergence.fields == ["output"]
+
+
 def test_priority_policy_with_preemption_agrees():
     workload = W.priorities(num_requests=16, levels=3)
     log = replay_both(workload, ReplayConfig(num_blocks=20, max_num_batched_tokens=64, policy="priority"))
@@ -111,7 +157,7 @@ def test_max_num_seqs_limits_the_running_queue_identically():
     workload = W.bursts(num_bursts=3, burst_size=10, gap_steps=10)
     log = replay_both(workload, ReplayConfig(num_blocks=128, max_num_seqs=4, max_num_batched_tokens=64))
     assert max(len(s.running) for s in log.steps) == 4
-    assert any(len(s.waiting) > 0 and len(s.running) == 4 for s in log.steps)
+    assert any(len(s["waiting"]) > 0 and len(s["running"]) == 4 for s in full_states(log.steps))
 
 
 def test_long_prefill_token_threshold_caps_chunks_identically():
@@ -119,7 +165,7 @@ def test_long_prefill_token_threshold_caps_chunks_identically():
     config = ReplayConfig(num_blocks=128, max_num_batched_tokens=128, long_prefill_token_threshold=40)
     log = replay_both(workload, config)
     # While other requests exist, a prefill takes at most the threshold per step.
-    assert max(n for s in log.steps for _, n in s.scheduled if len(s.running) + len(s.waiting) > 1) <= 40
+    assert max(n for s in full_states(log.steps) for _, n in s["scheduled"] if len(s["running"]) + len(s["waiting"]) > 1) <= 40
 
 
 def test_chunked_prefill_disabled_schedules_whole_prompts_only():

@@ -5,11 +5,13 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from tracer.replay.runners.base import ReplayLog, StepRecord
+from tracer.replay.runners.records import ReplayLog, StepRecord, StepStates, full_state_at
 
-# The decisions compared per step, in the order a reader checks them.
-DECISION_FIELDS = ("arrivals", "scheduled", "admitted", "preempted", "finished")
+# The decisions compared per step, in the order a reader checks them; "output" is the
+# SchedulerOutput's shape (new / cached / resumed, computed tokens, block ids per request).
+DECISION_FIELDS = ("arrivals", "scheduled", "admitted", "preempted", "finished", "output")
 # The state after the step: if decisions agree but state does not, the block manager disagrees.
+# waiting and num_computed_tokens are compared whole, rebuilt from each log's deltas.
 STATE_FIELDS = ("running", "waiting", "num_computed_tokens", "num_free_blocks")
 
 
@@ -39,29 +41,32 @@ class Comparison:
     right_stalled: str | None = None
 
     @property
+    def compared_nothing(self) -> bool:
+        """No step was compared (both logs empty): there is nothing to agree on."""
+        return self.left_steps == 0 and self.right_steps == 0
+
+    @property
     def agree(self) -> bool:
-        return self.divergence is None and self.left_steps == self.right_steps
+        # Agreement on zero steps is not agreement: it would pass a replay that never ran.
+        return self.divergence is None and self.left_steps == self.right_steps and not self.compared_nothing
 
     def to_json(self) -> dict:
         data = asdict(self)
         data["agree"] = self.agree
+        data["compared_nothing"] = self.compared_nothing
         return data
 
 
-def _canonical(record: StepRecord, name: str) -> Any:
-    value = getattr(record, name)
+def _canonical(record: StepRecord, name: str, states: StepStates) -> Any:
     if name == "admitted":
-        return [asdict(a) for a in value]
+        return [asdict(a) for a in record.admitted]
     if name == "finished":
-        return sorted(value)
-    return value
-
-
-def _record_state(record: StepRecord) -> dict[str, Any]:
-    data = record.to_json()
-    data.pop("schedule_seconds")
-    data.pop("update_seconds")
-    return data
+        return sorted(record.finished)
+    if name == "waiting":
+        return states.waiting
+    if name == "num_computed_tokens":
+        return states.num_computed_tokens
+    return getattr(record, name)
 
 
 def known_differences() -> list[str]:
@@ -89,16 +94,26 @@ def explain(divergence: Divergence) -> list[str]:
         hints.append("preemption differs: compare allocate_slots' free-block accounting and the victim choice")
     if fields_ <= set(STATE_FIELDS):
         hints.append("decisions agree but state after the step differs: the block manager frees or caches differently")
+    if "output" in fields_ and not fields_ & {"scheduled", "admitted", "preempted"}:
+        hints.append("same tokens scheduled, different SchedulerOutput shape: compare which requests go as new / "
+                     "cached / resumed and their block ids (Scheduler._make_cached_request_data)")
     if "scheduled" in fields_ and not fields_ & {"admitted", "preempted"}:
         hints.append("token counts differ: compare the budget, long_prefill_token_threshold and max_model_len caps")
     return hints
 
 
 def compare_logs(left: ReplayLog, right: ReplayLog) -> Comparison:
+    """Walk both logs in step; the first step where a decision or the state differs diverges.
+    Only the current full state of each side is held (rebuilt from the deltas as the walk goes);
+    the full states at the divergence and the step before are rebuilt when it is found."""
     divergence = None
     agreeing = 0
+    left_states, right_states = StepStates(), StepStates()
+    names = DECISION_FIELDS + STATE_FIELDS
     for index, (a, b) in enumerate(zip(left.steps, right.steps)):
-        differing = [name for name in DECISION_FIELDS + STATE_FIELDS if _canonical(a, name) != _canonical(b, name)]
+        left_states.apply(a)
+        right_states.apply(b)
+        differing = [name for name in names if _canonical(a, name, left_states) != _canonical(b, name, right_states)]
         if a.step != b.step:
             differing.insert(0, "step")
         if differing:
@@ -106,11 +121,11 @@ def compare_logs(left: ReplayLog, right: ReplayLog) -> Comparison:
                 step_index=index,
                 step=a.step,
                 fields=differing,
-                left={name: _canonical(a, name) if name != "step" else a.step for name in differing},
-                right={name: _canonical(b, name) if name != "step" else b.step for name in differing},
-                left_state=_record_state(a),
-                right_state=_record_state(b),
-                left_previous=_record_state(left.steps[index - 1]) if index else None,
+                left={name: _canonical(a, name, left_states) if name != "step" else a.step for name in differing},
+                right={name: _canonical(b, name, right_states) if name != "step" else b.step for name in differing},
+                left_state=left_states.full(a),
+                right_state=right_states.full(b),
+                left_previous=full_state_at(left.steps, index - 1) if index else None,
             )
             divergence.explanation = explain(divergence)
             break
@@ -118,7 +133,7 @@ def compare_logs(left: ReplayLog, right: ReplayLog) -> Comparison:
     if divergence is None and len(left.steps) != len(right.steps):
         index = min(len(left.steps), len(right.steps))
         longer, name = (left, "left") if len(left.steps) > len(right.steps) else (right, "right")
-        extra = _record_state(longer.steps[index])
+        extra = full_state_at(longer.steps, index)
         divergence = Divergence(
             step_index=index,
             step=extra["step"],

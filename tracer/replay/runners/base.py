@@ -3,95 +3,26 @@
 A runner wraps one engine's scheduler (ours or vLLM's). The driver adds each request on the step
 its arrival names, calls schedule(), builds the model runner's output from the forced token ids
 (no model runs), and calls update_from_output(). Everything recorded is read off the scheduler's
-own state (queues, request counters, the block pool), the same way for every engine.
+own state (queues, request counters, the block pool) and its SchedulerOutput, the same way for
+every engine. What a step records is in tracer/replay/runners/records.py.
 """
 from __future__ import annotations
 
-import json
 import time
 from abc import ABC, abstractmethod
 from collections import deque
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 from engine.math_utils import cdiv
 from tracer.replay.config import ReplayConfig
+from tracer.replay.runners.records import CACHED, NEW, RESUMED, Admission, ReplayLog, StepRecord
 from tracer.replay.workload import WorkloadRequest
+
+__all__ = ["Admission", "ReplayError", "ReplayLog", "SchedulerRunner", "StepRecord", "V1SchedulerRunner", "drive"]
 
 
 class ReplayError(ValueError):
     """A replay that cannot continue (the workload cannot fit the config, or the engine stalled)."""
-
-
-@dataclass
-class Admission:
-    request_id: str
-    cached_tokens: int  # num_computed_tokens when admitted: the prefix-cache hit
-    resumed: bool  # re-admitted after a preemption
-
-
-@dataclass
-class StepRecord:
-    step: int
-    arrivals: list[str]
-    scheduled: list[list[Any]]  # [[request_id, num_tokens], ...] in the scheduler's order
-    admitted: list[Admission]
-    preempted: list[str]
-    finished: list[list[str]]  # [[request_id, finish_reason], ...]
-    running: list[str]  # the running queue after the step
-    waiting: list[str]  # the waiting queue after the step (priority order for the priority policy)
-    num_computed_tokens: dict[str, int]  # every unfinished request, after the step
-    num_free_blocks: int
-    schedule_seconds: float = 0.0
-    update_seconds: float = 0.0
-
-    def to_json(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict) -> "StepRecord":
-        data = dict(data)
-        data["admitted"] = [Admission(**a) for a in data["admitted"]]
-        return cls(**data)
-
-
-@dataclass
-class ReplayLog:
-    engine: str
-    config: dict
-    steps: list[StepRecord] = field(default_factory=list)
-    stalled: str | None = None  # why the replay stopped early, if it did
-
-    @property
-    def schedule_seconds(self) -> float:
-        return sum(s.schedule_seconds for s in self.steps)
-
-    @property
-    def update_seconds(self) -> float:
-        return sum(s.update_seconds for s in self.steps)
-
-    def to_json(self) -> dict:
-        return {
-            "engine": self.engine,
-            "config": self.config,
-            "stalled": self.stalled,
-            "num_steps": len(self.steps),
-            "schedule_seconds": self.schedule_seconds,
-            "update_seconds": self.update_seconds,
-            "steps": [s.to_json() for s in self.steps],
-        }
-
-    def write(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_json(), indent=1))
-        return path
-
-    @classmethod
-    def read(cls, path: str | Path) -> "ReplayLog":
-        data = json.loads(Path(path).read_text())
-        return cls(data["engine"], data["config"], [StepRecord.from_json(s) for s in data["steps"]], data.get("stalled"))
 
 
 class SchedulerRunner(ABC):
@@ -129,6 +60,14 @@ class SchedulerRunner(ABC):
 
     @abstractmethod
     def unfinished_ids(self) -> list[str]: ...
+
+    def num_unfinished(self) -> int:
+        return len(self.unfinished_ids())
+
+    def output_shape(self, scheduler_output: Any) -> list[list[Any]]:
+        """How the SchedulerOutput sent each scheduled request (StepRecord.output); [] where the
+        engine's output has no such shape."""
+        return []
 
     @abstractmethod
     def num_free_blocks(self) -> int: ...
@@ -170,8 +109,9 @@ def drive(runner: SchedulerRunner, workload: list[WorkloadRequest], max_steps: i
     step = 0
     idle_steps = 0
     ever_preempted: set[str] = set()
-    while pending or runner.unfinished_ids():
-        if not runner.unfinished_ids() and pending[0][1].arrival_step > step:
+    previous_waiting: list[str] | None = None
+    while pending or runner.num_unfinished():
+        if not runner.num_unfinished() and pending[0][1].arrival_step > step:
             step = pending[0][1].arrival_step  # nothing to do until the next arrival
         arrivals = []
         while pending and pending[0][1].arrival_step <= step:
@@ -181,8 +121,8 @@ def drive(runner: SchedulerRunner, workload: list[WorkloadRequest], max_steps: i
             runner.forced_outputs[request.id] = request.forced_output()
             arrivals.append(request.id)
 
-        running_before = set(runner.running_ids())
-        waiting_before = set(runner.waiting_ids())
+        # Only the running queue is read before the step: it is small, the waiting queue is not.
+        running_before = runner.running_ids()
 
         started = time.perf_counter()
         scheduler_output = runner.schedule()
@@ -190,20 +130,28 @@ def drive(runner: SchedulerRunner, workload: list[WorkloadRequest], max_steps: i
 
         scheduled = runner.num_scheduled_tokens(scheduler_output)
         running_after_schedule = runner.running_ids()
+        was_running = set(running_before)
+        # Scheduled but not running before the step: taken off the waiting queue this step.
         admitted = [
             Admission(rid, runner.request_counters(rid)[0] - scheduled[rid], rid in ever_preempted)
             for rid in running_after_schedule
-            if rid in waiting_before and rid in scheduled
+            if rid in scheduled and rid not in was_running
         ]
-        preempted = [rid for rid in runner.waiting_ids() if rid in running_before]
-        ever_preempted.update(preempted)
+        still_running = set(running_after_schedule)
+        preempted_ids = {rid for rid in running_before if rid not in still_running}
+        output = runner.output_shape(scheduler_output)
 
         sampled = runner.sample(scheduler_output)
         started = time.perf_counter()
         finished = runner.update_from_output(scheduler_output, sampled)
         update_seconds = time.perf_counter() - started
 
-        unfinished = runner.unfinished_ids()
+        # The waiting queue is read once per step and kept only where it changed.
+        waiting = runner.waiting_ids()
+        # In waiting-queue order, as the queue holds them (FCFS prepends: the last preempted first).
+        preempted = [rid for rid in waiting if rid in preempted_ids] if preempted_ids else []
+        ever_preempted.update(preempted)
+        changed = {*arrivals, *scheduled, *preempted}
         log.steps.append(
             StepRecord(
                 step=step,
@@ -213,16 +161,18 @@ def drive(runner: SchedulerRunner, workload: list[WorkloadRequest], max_steps: i
                 preempted=preempted,
                 finished=[[rid, reason] for rid, reason in finished.items()],
                 running=runner.running_ids(),
-                waiting=runner.waiting_ids(),
-                num_computed_tokens={rid: runner.request_counters(rid)[0] for rid in unfinished},
+                waiting=None if waiting == previous_waiting else waiting,
+                num_computed_tokens={rid: runner.request_counters(rid)[0] for rid in changed if rid not in finished},
                 num_free_blocks=runner.num_free_blocks(),
+                output=output,
                 schedule_seconds=schedule_seconds,
                 update_seconds=update_seconds,
             )
         )
+        previous_waiting = waiting
         idle_steps = 0 if scheduled or arrivals else idle_steps + 1
         if idle_steps >= max_idle_steps and not (pending and pending[0][1].arrival_step > step):
-            log.stalled = f"no request could be scheduled for {idle_steps} steps (waiting: {runner.waiting_ids()[:5]})"
+            log.stalled = f"no request could be scheduled for {idle_steps} steps (waiting: {waiting[:5]})"
             break
         step += 1
         if len(log.steps) >= max_steps:
@@ -255,3 +205,21 @@ class V1SchedulerRunner(SchedulerRunner):
 
     def unfinished_ids(self) -> list[str]:
         return list(self.scheduler.requests)
+
+    def num_unfinished(self) -> int:
+        return len(self.scheduler.requests)
+
+    def _table(self, block_ids: Any) -> list[int]:
+        """One block table as a list (vLLM sends one list per KV cache group; replay has one)."""
+        return list(block_ids)
+
+    def output_shape(self, scheduler_output: Any) -> list[list[Any]]:
+        # vllm/v1/core/sched/output.py:41-48 NewRequestData and :137-151 CachedRequestData name
+        # these fields; ours (engine/outputs.py) mirrors them.
+        shape = [[new.req_id, NEW, new.num_computed_tokens, self._table(new.block_ids)]
+                 for new in scheduler_output.scheduled_new_reqs]
+        cached = scheduler_output.scheduled_cached_reqs
+        for req_id, num_computed, new_block_ids in zip(cached.req_ids, cached.num_computed_tokens, cached.new_block_ids):
+            kind = RESUMED if req_id in cached.resumed_req_ids else CACHED
+            shape.append([req_id, kind, num_computed, None if new_block_ids is None else self._table(new_block_ids)])
+        return shape

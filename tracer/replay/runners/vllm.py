@@ -186,3 +186,9 @@ class VllmRunner(V1SchedulerRunner):
 
     def num_free_blocks(self) -> int:
         return self.scheduler.kv_cache_manager.block_pool.get_num_free_blocks()
+
+    def _table(self, block_ids: Any) -> list[int]:
+        # tuple[list[int], ...], one list per KV cache group (vllm/v1/core/sched/output.py:47
+        # NewRequestData.block_ids); the replay's KVCacheConfig has exactly one group.
+        (group,) = block_ids
+        return list(group)
