@@ -86,6 +86,9 @@ def run(args: argparse.Namespace) -> int:
     console.print(f"wrote {', '.join(str(p) for p in result.files)}")
     if len([e for e in engines if e in ("mini", "vllm")]) < 2 and "sglang" not in engines:
         console.print("[dim]one scheduler engine only: nothing to compare[/dim]")
+    if result.compared_nothing:
+        console.print("[bold red]nothing was compared (no step or record on either side): "
+                      "that is not agreement[/bold red]")
     return 0 if result.agree else 1
 
 

@@ -25,6 +25,8 @@ def summary_table(comparisons: list[Comparison], radix: dict | None = None) -> T
         steps = str(c.left_steps) if c.left_steps == c.right_steps else f"{c.left_steps} vs {c.right_steps}"
         if c.agree:
             result = Text("agree on every step", style="green")
+        elif c.compared_nothing:
+            result = Text("nothing to compare: neither engine ran a step", style="bold red")
         else:
             d = c.divergence
             result = Text(f"diverge at step {d.step}: {', '.join(d.fields)}", style="bold red")
@@ -34,7 +36,8 @@ def summary_table(comparisons: list[Comparison], radix: dict | None = None) -> T
         evicted = radix["total_evicted"]
         detail = (f"matched {matched[radix['left_engine']]} / {matched[radix['right_engine']]}, "
                   f"evicted {evicted[radix['left_engine']]} / {evicted[radix['right_engine']]}")
-        result = (Text(f"agree ({detail})", style="green") if radix["agree"]
+        result = (Text("nothing to compare: no radix-cache records", style="bold red") if not radix["records"]
+                  else Text(f"agree ({detail})", style="green") if radix["agree"]
                   else Text(f"diverge at record {radix['divergence']['index']}: {', '.join(radix['divergence']['fields'])}", style="bold red"))
         table.add_row(f"{radix['left_engine']} vs {radix['right_engine']} (radix cache)", str(radix["records"]), "", result)
     return table

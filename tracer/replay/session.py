@@ -23,7 +23,14 @@ class ReplayResult:
     notes: list[str] = field(default_factory=list)
 
     @property
+    def compared_nothing(self) -> bool:
+        """A compare ran over nothing (no steps, no radix records): never agreement."""
+        return any(c.compared_nothing for c in self.comparisons) or (self.radix is not None and not self.radix["records"])
+
+    @property
     def agree(self) -> bool:
+        if self.compared_nothing:
+            return False
         return all(c.agree for c in self.comparisons) and (self.radix is None or self.radix["agree"])
 
 

@@ -88,6 +88,28 @@ class Comparison:
     def first_divergence(self) -> int | None:
         return next((p.index for p in self.pairs if not p.agree), None)
 
+    @property
+    def compared_steps(self) -> int:
+        """Steps where both traces recorded at least one compared field: the steps agreement is about."""
+        return sum(1 for p in self.pairs if p.left is not None and p.right is not None
+                   and any(name in p.right_fields for name in p.left_fields))
+
+    def verdict(self, left_name: str, right_name: str) -> tuple[str, bool]:
+        """The one-line summary and whether it is agreement. Nothing compared is never agreement:
+        a radix replay's SGLang trace has no steps, and "agree on all 0 steps" claimed too much."""
+        first = self.first_divergence
+        if first is not None:
+            return (f"{left_name} vs {right_name}: {len(self.divergent)} of {len(self.pairs)} steps differ; "
+                    f"first at step {first + 1} ({', '.join(self.pairs[first].differing)})", False)
+        compared = self.compared_steps
+        if compared == 0:
+            return (f"{left_name} vs {right_name}: nothing to compare ({len(self.left.steps)} and "
+                    f"{len(self.right.steps)} steps, none with a field recorded in both traces)", False)
+        if compared < len(self.pairs):
+            return (f"{left_name} vs {right_name}: agree on the {compared} of {len(self.pairs)} steps "
+                    "both traces recorded fields for", True)
+        return f"{left_name} vs {right_name}: agree on all {compared} steps", True
+
     def next_divergence(self, after: int, backwards: bool = False) -> int | None:
         indexes = self.divergent
         if backwards:

@@ -42,11 +42,5 @@ def print_summary(trace_paths: Sequence[str | Path], console: Console | None = N
     if len(models) >= 2:
         comparison = compare_models(models[-2], models[-1])
         left, right = (m.engine or Path(m.path).name for m in models[-2:])
-        first = comparison.first_divergence
-        if first is None:
-            console.print(f"{left} vs {right}: agree on all {len(comparison.pairs)} steps")
-        else:
-            pair = comparison.pairs[first]
-            console.print(f"{left} vs {right}: {len(comparison.divergent)} of {len(comparison.pairs)} steps differ; "
-                          f"first at step {first + 1} ({', '.join(pair.differing)})")
+        console.print(comparison.verdict(left, right)[0])
     return models
