@@ -148,7 +148,8 @@ def _prompts(draw: st.DrawFn, space: SearchSpace, block_size: int, num_requests:
 
 @st.composite
 def _arrivals(draw: st.DrawFn, num_requests: int) -> tuple[list[int], str]:
-    shape = draw(st.sampled_from(["burst", "staggered", "late-wave"]))
+    # Late waves twice as often: they are the one shape that puts arrivals next to preemptions.
+    shape = draw(st.sampled_from(["burst", "staggered", "late-wave", "late-wave"]))
     if shape == "burst":
         return [0] * num_requests, shape
     if shape == "staggered":
@@ -160,7 +161,7 @@ def _arrivals(draw: st.DrawFn, num_requests: int) -> tuple[list[int], str]:
     # Late wave: the first requests fill the pool together; the rest arrive while those decode
     # (and, under a tight pool, while some of them sit preempted in the waiting queue).
     first = draw(st.integers(1, max(1, num_requests - 1)))
-    wave_at = draw(st.integers(2, 30))
+    wave_at = draw(st.integers(1, 16))  # early decode steps, when a tight pool first overflows
     return [0] * first + [wave_at + draw(st.integers(0, 3)) for _ in range(num_requests - first)], shape
 
 
