@@ -238,8 +238,8 @@ class SglangScheduler:
             entry.request.num_computed_tokens = 0
             retracted.append(entry)
             self.retracted_this_step.append(entry.request.request_id)
-        keep = set(order)
-        self.running_batch = [e for i, e in enumerate(batch) if i in keep]
+        # filter_batch(keep_indices=sorted_indices) keeps the retraction order, not the batch's.
+        self.running_batch = [batch[i] for i in order]
         return retracted
 
     def _tick(self) -> float:

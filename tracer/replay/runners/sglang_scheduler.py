@@ -130,7 +130,7 @@ class SglangDriver:
         if self.process.poll() is None:
             self.process.stdin.close()  # type: ignore[union-attr]
             try:
-                self.process.wait(timeout=10)
+                self.process.wait(timeout=2)  # it exits at end of input; torch's teardown can linger
             except subprocess.TimeoutExpired:
                 self.process.kill()
 
