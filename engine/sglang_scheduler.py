@@ -9,10 +9,12 @@ token. Finished prefills publish their prompt to the radix tree at once (checkpo
 request admitted one step later already hits it. The step's SchedulerOutput has the same shape
 as the vLLM-mode scheduler's, so the model runner and engine loop are shared.
 
-Deliberate differences from SGLang 0.5.23: no overlap scheduling (the live CPU server runs with
---disable-overlap-schedule too), no priority scheduling or preemption, no abort of the last
-request when even it cannot decode (a replay's workload is validated to fit the pool), and
-request rows (ReqToTokenPool) are never the binding limit (max_num_seqs is).
+Deliberate differences from SGLang 0.5.23 (named so the replay report can name them too):
+- no overlap scheduling (the live CPU server runs with --disable-overlap-schedule too);
+- policy "lpm" only: no priority scheduling, hence no priority preemption (PrefillAdder.preempt_to_schedule);
+- no mixed chunked prefill (SGLang's --enable-mixed-chunk, off by default);
+- no abort of the last request when even it cannot decode (a replay's workload is validated to fit the pool);
+- request rows (ReqToTokenPool) are never the binding limit; max_num_seqs (max_running_requests) is.
 """
 from __future__ import annotations
 

@@ -24,12 +24,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="replay a workload through mini / vLLM / SGLang and compare step by step",
         description=(
             "Drive a JSONL workload through our scheduler (mini), vLLM 0.33's real V1 Scheduler + "
-            "KVCacheManager (vllm) and SGLang 0.5.23's RadixCache (sglang: prefix-cache replay only), "
-            "with forced outputs standing in for the model. Exit status 1 if the engines diverge."
+            "KVCacheManager (vllm) and SGLang 0.5.23's RadixCache (sglang: prefix-cache replay), "
+            "with forced outputs standing in for the model. mini-sglang is our engine's SGLang mode "
+            "(cache_mode sglang); listed with sglang, it is compared step by step with SGLang 0.5.23's real "
+            "Scheduler, run in .venv-sglang (`--engines mini-sglang,sglang`). Exit status 1 if the engines diverge."
         ),
     )
     parser.add_argument("workload", help="workload JSONL (see `servetrace workload gen`)")
-    parser.add_argument("--engines", default="mini,vllm,sglang", help="comma-separated: mini, vllm, sglang")
+    parser.add_argument("--engines", default="mini,vllm,sglang", help="comma-separated: mini, vllm, sglang, mini-sglang")
     parser.add_argument("--config", default=None, help="JSON file of replay config keys (flags override it; default: "
                         "the workload's sidecar W.config.json when `workload gen` wrote one)")
     parser.add_argument("--out", default="replay-out", help="directory for step logs, traces and compare.json "

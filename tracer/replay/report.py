@@ -97,7 +97,9 @@ def _describe(state: dict, request_id: str) -> str:
 
 
 def known_differences_text(c: Comparison) -> Text:
-    text = Text("Deliberate differences of our scheduler from vLLM (engine/scheduler.py):\n", style="bold")
+    # The SGLang-mode comparison lists engine/sglang_scheduler.py's differences from SGLang instead.
+    upstream, source = ("SGLang", "engine/sglang_scheduler.py") if c.right_engine == "sglang" else ("vLLM", "engine/scheduler.py")
+    text = Text(f"Deliberate differences of our scheduler from {upstream} ({source}):\n", style="bold")
     for item in c.known_differences:
         text.append(f"  - {item}\n")
     return text

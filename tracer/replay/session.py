@@ -34,11 +34,17 @@ class ReplayResult:
         return all(c.agree for c in self.comparisons) and (self.radix is None or self.radix["agree"])
 
 
+# Our engine in cache_mode "sglang" (engine/sglang_scheduler.py): a mode of the mini engine, not a
+# catalog engine; with "sglang" it is compared with SGLang's real Scheduler step by step.
+MINI_SGLANG = "mini-sglang"
+
+
 def parse_engines(text: str) -> list[str]:
     engines = [e.strip() for e in text.split(",") if e.strip()]
-    unknown = [e for e in engines if e not in ALL_ENGINES]
+    known = (*ALL_ENGINES, MINI_SGLANG)
+    unknown = [e for e in engines if e not in known]
     if unknown or not engines:
-        raise ValueError(f"unknown engine(s) {unknown or text!r}; choose from {', '.join(ALL_ENGINES)}")
+        raise ValueError(f"unknown engine(s) {unknown or text!r}; choose from {', '.join(known)}")
     return list(dict.fromkeys(engines))
 
 
@@ -81,6 +87,9 @@ def run_replay(
     if "mini" in result.logs and "vllm" in result.logs:
         result.comparisons.append(compare_logs(result.logs["mini"], result.logs["vllm"]))
 
+    if MINI_SGLANG in engines:
+        result.comparisons.extend(_sglang_scheduler_replay(workload, config, engines, result, claim if out else None))
+
     if "sglang" in engines:
         logs = []
         for engine, trace_name in (("mini", "trace-mini-radix.jsonl"), ("sglang", "trace-sglang.jsonl")):
@@ -111,6 +120,30 @@ def run_replay(
         }, indent=1))
         result.files.append(compare_path)
     return result
+
+
+def _sglang_scheduler_replay(workload: list[WorkloadRequest], config: ReplayConfig, engines: list[str],
+                             result: ReplayResult, claim) -> list[Comparison]:
+    """Our cache_mode "sglang" scheduler and, with "sglang" listed, SGLang's real Scheduler (in
+    .venv-sglang, tracer/replay/sglang_side) on the same workload; their step logs and comparison."""
+    from tracer.replay.runners.sglang_scheduler import MiniSglangRunner, replay_sglang_scheduler, sglang_known_differences
+
+    logs = [drive(MiniSglangRunner(config), workload)]
+    if "sglang" in engines:
+        logs.append(replay_sglang_scheduler(workload, config))
+    for log in logs:
+        name = log.engine if log.engine == MINI_SGLANG else "sglang-scheduler"
+        result.logs[name] = log
+        if claim is not None:
+            result.files.append(log.write(claim(f"steps-{name}.json")))
+        if log.stalled:
+            result.notes.append(f"{name}: replay stopped early: {log.stalled}")
+    if len(logs) < 2:
+        result.notes.append(f"{MINI_SGLANG} alone: add sglang to --engines to compare it with SGLang's scheduler")
+        return []
+    comparison = compare_logs(*logs)
+    comparison.known_differences = sglang_known_differences()
+    return [comparison]
 
 
 def pool_notes(logs: dict[str, ReplayLog], config: ReplayConfig) -> list[str]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import atexit
 import json
 import os
+import re
 import subprocess
 import threading
 from pathlib import Path
@@ -133,6 +134,16 @@ class SglangDriver:
                 self.process.wait(timeout=2)  # it exits at end of input; torch's teardown can linger
             except subprocess.TimeoutExpired:
                 self.process.kill()
+
+
+def sglang_known_differences() -> list[str]:
+    """The deliberate differences from SGLang named in engine/sglang_scheduler.py's docstring."""
+    import engine.sglang_scheduler
+
+    doc = engine.sglang_scheduler.__doc__ or ""
+    match = re.search(r"Deliberate differences[^\n]*\n(.*?)(?:\n\s*\n|\Z)", doc, re.S)
+    items = re.split(r"\n- ", "\n" + match.group(1).strip()) if match else []
+    return [" ".join(item.split()) for item in items if item.strip()]
 
 
 def sglang_job(workload: list[WorkloadRequest], config: ReplayConfig) -> dict:
