@@ -124,4 +124,4 @@ async def test_a_one_request_trace_leaves_no_blank_rows_under_it():
         top = table.region.y
         assert run.request_ids[0] in lines[top + 1]
         border = lines[top + 2].strip()
-        assert border and set(border) == {"─"}, "the table's border follows its one row"
+        assert border.startswith("─"), "the table's border follows its one row"

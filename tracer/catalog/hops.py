@@ -35,6 +35,9 @@ class Target:
     # True: the engine's loop calls this after the step's opener, not inside one enclosing step call
     # (SGLang: get_next_batch_to_run, then run_batch, then process_batch_result): its span joins that step.
     part_of_step: bool = False
+    # The request operation this target serves (gen_ai.operation.name: chat, text_completion), where
+    # a hop has one target per operation: the explorer opens a chat request on the chat handler.
+    operation: str = ""
 
     @property
     def module(self) -> str:
@@ -141,7 +144,7 @@ def _parse_target(hop: str, engine: str, entry: object) -> Target:
     if not sep or not module or not qualname:
         raise CatalogError(f"hop {hop}, engine {engine}: target {spec!r} is not 'module:Qualified.name'")
     return Target(hop=hop, engine=engine, spec=spec, note=str(entry.get("note", "")), live=bool(entry.get("live", True)),
-                  part_of_step=bool(entry.get("part_of_step", False)))
+                  part_of_step=bool(entry.get("part_of_step", False)), operation=str(entry.get("operation", "")))
 
 
 def _parse_engine(name: str, spec: object) -> Engine:

@@ -6,11 +6,11 @@ from pathlib import Path
 
 from textual import events
 from textual.app import App, ComposeResult
-from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.widgets import Footer, Header, Input, Static
 
 from tracer.tui.compare import Comparison, compare_models
+from tracer.tui.keys import MAIN_KEYS
 from tracer.tui.loader import load_trace
 from tracer.tui.memory import IdleCollector
 from tracer.tui.model import Request, TraceModel, build_model
@@ -39,20 +39,8 @@ class ExplorerApp(App):
     TITLE = "servetrace"
     ENABLE_COMMAND_PALETTE = False
     CSS = CSS
-    # The footer, the help screen and check_action all read this one list (tooltip: the help's sentence).
-    BINDINGS = [
-        Binding("q", "quit", "quit"),
-        Binding("n", "next_hop", "next", tooltip="replay: the next hop (the state panel follows)"),
-        Binding("p", "previous_hop", "prev", tooltip="replay: the previous hop"),
-        Binding("right_square_bracket", "next_step", "next step", show=False, tooltip="the request's next engine step"),
-        Binding("left_square_bracket", "previous_step", "prev step", show=False, tooltip="the request's previous engine step"),
-        Binding("s", "source", "source", tooltip="source pane for the focused hop"),
-        Binding("c", "compare", "compare", tooltip="compare the two traces step by step (needs TRACE2)"),
-        Binding("x", "switch_trace", "other trace", show=False, tooltip="show the other trace"),
-        Binding("slash", "filter", "filter", tooltip="filter requests by id or status; 'hop:kv' filters hops"),
-        Binding("question_mark", "help", "help", tooltip="this help"),
-        Binding("escape", "close_filter", "close filter", show=False),
-    ]
+    # The footer, the help screen and check_action all read this one list (tracer.tui.keys).
+    BINDINGS = MAIN_KEYS
 
     def __init__(self, models: Sequence[TraceModel]) -> None:
         super().__init__()
@@ -128,6 +116,7 @@ class ExplorerApp(App):
         requests = [r for r in self.model.requests.values() if matches(r, text)]
         self.shown_requests = requests
         self.query_one("#requests", RequestsTable).show(requests)
+        self.show_filter()
         self.show_request(requests[0] if requests else None)
 
     def waterfall_of(self, request: Request) -> Waterfall:
@@ -217,7 +206,9 @@ class ExplorerApp(App):
             self.notify("select a hop first", timeout=2)
             return
         # The trace's own engine when it is an upstream one, else the catalog's first upstream.
-        self.push_screen(SourceScreen(row.span.name, self.model.engine, self.model.engine_version))
+        waterfall = self.query_one("#waterfall", WaterfallTable).waterfall
+        operation = waterfall.request.operation if waterfall is not None else ""
+        self.push_screen(SourceScreen(row.span.name, self.model.engine, self.model.engine_version, operation))
 
     def comparison(self) -> Comparison | None:
         if len(self.models) < 2:
@@ -244,10 +235,25 @@ class ExplorerApp(App):
         box.focus()
 
     def action_close_filter(self) -> None:
+        """Close the filter box (the filter stays, shown under the requests); with the box
+        closed, clear the filter."""
         box = self.query_one("#filter", Input)
         if box.display:
             box.display = False
             self.query_one("#requests", RequestsTable).focus()
+        elif box.value:
+            box.value = ""  # Input.Changed shows every request again
+
+    def show_filter(self) -> None:
+        """The applied filter, on the requests table's bottom border: the box that set it is closed."""
+        requests = self.query_one("#requests", RequestsTable)
+        if self.hop_filter:
+            requests.border_subtitle = f"hops: {self.hop_filter} · / edits, esc clears"
+        elif self.request_filter:
+            requests.border_subtitle = (f"filter: {self.request_filter} · {len(self.shown_requests)} of "
+                                        f"{plural(len(self.model.requests), 'request')} · / edits, esc clears")
+        else:
+            requests.border_subtitle = ""
 
     def action_help(self) -> None:
         self.push_screen(HelpScreen(self.BINDINGS))

@@ -31,7 +31,7 @@ from typing import Any, Callable, Iterable
 from tracer.catalog.hops import Catalog, load_catalog
 from tracer.traces.schema import (
     BATCH_IDS, BATCH_TOKENS, ENGINE, ENGINE_VERSION, EXTERNAL_ID, LINK_KIND, LINK_REPORTED, LINK_STEP,
-    HTTP_REQUEST_ID_HEADER, NATIVE_REQUEST_ID_KEYS, REQUEST_ID, SERVICE_NAME, STEP,
+    HTTP_REQUEST_ID_HEADER, NATIVE_REQUEST_ID_KEYS, OPERATION, REQUEST_ID, SERVICE_NAME, STEP,
 )
 from tracer.traces.trace_file import SkippedLine, SpanRecord, TraceFile
 from tracer.tui.grouping import aliases, group_requests
@@ -139,6 +139,11 @@ class Request:
                 if value is not None:
                     out.add(str(value))
         return frozenset(out)
+
+    @cached_property
+    def operation(self) -> str:
+        """chat or text_completion (gen_ai.operation.name on its HTTP / render span), '' if unrecorded."""
+        return next((str(s.attributes[OPERATION]) for s in self.spans if OPERATION in s.attributes), "")
 
     @property
     def prompt_tokens(self) -> int | None:

@@ -30,6 +30,7 @@ class SourceView:
     pinned_versions: tuple[str, ...] = ()  # what the catalog pins (empty for our engine)
     origin: str = ""  # the environment read, when not this one (the trace's version lives there)
     recorded: str = ""  # the version the trace recorded, when the code shown is another one
+    operation: str = ""  # the request operation the target serves (catalog), '' when it serves all
 
     @property
     def where(self) -> str:
@@ -91,7 +92,7 @@ def hop_sources(hop: str, recorded: tuple[str, str] | None = None) -> dict[str, 
         views = []
         for target in targets:
             base = dict(engine=engine, spec=target.spec, note=target.note, live=target.live,
-                        pinned_versions=spec.versions if spec.pinned else ())
+                        pinned_versions=spec.versions if spec.pinned else (), operation=target.operation)
             if site is not None:  # the recorded version, from the environment that has it
                 try:
                     located = locate_in(site, target.spec)

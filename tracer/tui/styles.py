@@ -34,11 +34,15 @@ CSS = """
     dock: bottom;
     margin-bottom: 1;
 }
-#source-header {
+#source-header-box {
+    /* The hop's meaning and its walkthrough notes in full: scrolled (tab reaches it) when they
+       are taller than this share of the screen, never cut. */
     height: auto;
-    max-height: 6;
-    padding: 0 1;
+    max-height: 40%;
     border-bottom: solid $primary-background;
+}
+#source-header {
+    padding: 0 1;
 }
 #source-panes SourcePane {
     width: 1fr;
@@ -46,14 +50,12 @@ CSS = """
 }
 .pane-title {
     height: auto;
-    max-height: 4;
+    max-height: 9;
     padding: 0 1;
 }
 SourcePane ScrollableContainer {
     height: 1fr;
-}
-SourcePane .code {
-    width: auto;
+    overflow-x: hidden;  /* lines are cut to the pane with an ellipsis; left / right move both panes */
 }
 #compare-summary {
     height: auto;
