@@ -248,3 +248,23 @@ def test_the_hash_vs_radix_lab_is_controlled(tmp_path):
             assert row[differ].startswith("0 of ") and row[beyond] == 0, row
     assert rows[("shared system prompts (100 tokens)", "SGLang RadixCache", "1 token")][beyond] == 84  # 4 tokens x 21 hits
     assert rows[("shared system prompts (96 tokens)", "SGLang RadixCache", "1 token")][beyond] == 0  # ends on a block boundary
+
+
+def test_the_decode_latency_lab_reports_milliseconds_machine_and_load(tmp_path):
+    """06 speaks of decode latency: its page carries a lab timed in milliseconds on our engine,
+    saying on what CPU and under what load it ran, and the page ends with a tuning conclusion."""
+    page = next(w for w in load_walkthroughs(WALKTHROUGHS_DIR) if w.slug == "06-chunked-prefill-lab")
+    assert "chunked-prefill-ms" in [d.positional[0] for d in page.directives("lab")]
+    headings = [line for line in page.path.read_text().splitlines() if line.startswith("## ")]
+    assert headings[-1] == "## Tuning conclusion"
+    result = run_lab("chunked-prefill-ms", {"budgets": "64", "long_prompt": "96", "decode_tokens": "4", "repeats": "1"}, tmp_path)
+    (table,) = result.tables
+    assert [row[:2] for row in table.rows] == [["off", 1024], ["on", 64]]
+    timed = [i for i, column in enumerate(table.columns) if " ms" in column]
+    assert len(timed) == 4
+    for row in table.rows:
+        for index in timed:
+            median_ms, spread = row[index].split(" ", 1)
+            assert float(median_ms) > 0 and spread.startswith("(") and spread.endswith(")")
+    assert "load average (1 min)" in result.environment and "at the start" in result.environment
+    assert result.environment.split(" (")[0]  # the CPU model from /proc/cpuinfo leads

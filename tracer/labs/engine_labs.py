@@ -13,7 +13,7 @@ from statistics import median
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # spinning OpenMP threads slow shared-core matmuls 10-50x
 
 from engine.math_utils import cdiv
-from tracer.labs.registry import Lab, LabResult, Table, environment
+from tracer.labs.registry import Lab, LabResult, Table, environment, load_average
 
 SYSTEM_SENTENCE = "You are a careful assistant for a cooking school; answer briefly, cite temperatures in Celsius. "
 QUESTIONS = ["How long should I boil an egg?", "What oil is best for deep frying?", "Why does bread dough need to rest?"]
@@ -52,6 +52,7 @@ def _first_token(engine, request_id: str, prompt_ids: list[int]) -> tuple[float,
 
 
 def prefix_cache_hit(system_repeats: int = 6, repeats: int = 3) -> LabResult:
+    load_at_start = load_average()
     engine = bundled_engine()
     system = SYSTEM_SENTENCE * system_repeats
     prompts = {q: engine.render(system + q) for q in QUESTIONS[:2]}
@@ -105,12 +106,13 @@ def prefix_cache_hit(system_repeats: int = 6, repeats: int = 3) -> LabResult:
         "Measured after the first step, with both prompts admitted in the same step: the second request's lookup "
         "already finds the first one's full blocks, which allocate_slots cached at schedule time.",
     )
-    return LabResult("prefix-cache-hit", "What a prefix-cache hit saves", {}, [timing, memory], environment=environment())
+    return LabResult("prefix-cache-hit", "What a prefix-cache hit saves", {}, [timing, memory], environment=environment(load_at_start))
 
 
 def forward_cost(batch_sizes: list[int] = [1, 4, 16], prefill_tokens: list[int] = [16, 128, 512], repeats: int = 3) -> LabResult:
     from engine.sampling_params import SamplingParams
 
+    load_at_start = load_average()
     engine = bundled_engine()
     rows = []
     for tokens in prefill_tokens:
@@ -144,7 +146,7 @@ def forward_cost(batch_sizes: list[int] = [1, 4, 16], prefill_tokens: list[int] 
         "shared machine: they show the shape (decode is cheap per step and gains from batching; prefill cost "
         "grows with its tokens), not what a GPU does.",
     )
-    return LabResult("forward-cost", "Engine step cost on the CPU", {}, [table], environment=environment())
+    return LabResult("forward-cost", "Engine step cost on the CPU", {}, [table], environment=environment(load_at_start))
 
 
 LABS = [

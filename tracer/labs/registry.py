@@ -9,8 +9,8 @@ from __future__ import annotations
 import os
 import platform
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Callable
-
 
 
 class LabError(ValueError):
@@ -65,8 +65,32 @@ def _format_param(value) -> str:
     return ",".join(str(v) for v in value) if isinstance(value, (list, tuple)) else str(value)
 
 
-def environment() -> str:
-    return f"{platform.machine()} CPU, {os.cpu_count()} cores visible, {platform.python_implementation()} {platform.python_version()}, no GPU"
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo on Linux), else the architecture."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.machine()
+
+
+def load_average() -> str:
+    """The 1-minute load average: how many others shared the cores while a lab timed something."""
+    try:
+        return f"{os.getloadavg()[0]:.2f}"
+    except OSError:
+        return "unknown"
+
+
+def environment(load_at_start: str | None = None) -> str:
+    """Where a lab ran: milliseconds mean little without the machine and how busy it was (the
+    1-minute load average now, and when the lab started if the lab says)."""
+    load = f"load average (1 min) {load_at_start} at the start, {load_average()} at the end" if load_at_start else \
+        f"load average (1 min) {load_average()}"
+    return (f"{cpu_model()} ({platform.machine()}), {os.cpu_count()} cores visible, {load}, "
+            f"{platform.python_implementation()} {platform.python_version()}, no GPU")
 
 
 def parse_params(lab: Lab, given: dict[str, str]) -> dict:
