@@ -18,7 +18,8 @@ import yaml
 CATALOG_PATH = Path(__file__).with_name("hops.yaml")
 LOCK_PATH = Path(__file__).with_name("hops.lock.json")
 SCOPES = ("request", "step")
-ROLES = ("request_root", "entrypoint", "enqueue", "render", "step_root", "step_opener", "batch", "forward", "startup")
+ROLES = ("request_root", "entrypoint", "enqueue", "render", "step_root", "step_opener", "batch", "forward", "startup",
+         "prefix_lookup", "evict", "preempt")
 
 
 class CatalogError(ValueError):

@@ -22,6 +22,7 @@ from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased, Sampler, Tr
 
 from tracer.catalog.hops import load_catalog
 from tracer.instrument import gpu_timing
+from tracer.instrument.registry import registry
 from tracer.traces.schema import ENGINE, ENGINE_VERSION, PROCESS_PID, PROCESS_ROLE, SCHEMA_VERSION, SCHEMA_VERSION_KEY, SERVICE_NAME
 from tracer.instrument.exporters import GuardedExporter, OTLPJsonLinesFileExporter
 
@@ -96,6 +97,7 @@ def configure(
         add(ConsoleSpanExporter(), "console")
 
     with _lock:
+        registry.clear()
         previous = _provider
         _provider = provider
         _tracer = provider.get_tracer(INSTRUMENTATION_SCOPE)
@@ -234,6 +236,9 @@ def shutdown() -> None:
     global _provider, _tracer
     with _lock:
         previous, _provider, _tracer = _provider, None, None
+    # The requests' root contexts belong to the traces just closed: a later configuration (a replay
+    # of another engine in the same process) must not hang its requests of the same id under them.
+    registry.clear()
     if previous is not None:
         try:
             gpu_timing.drain_pending(wait=True)

@@ -22,7 +22,7 @@ from tracer.traces.schema import (  # noqa: F401  (the keys the extractor module
     NUM_NEW_COMPUTED, NUM_NEW_TOKENS, NUM_OUTPUTS, NUM_PREEMPTIONS, NUM_RUNNING, NUM_SAMPLED, NUM_WAITING,
     OPERATION, OUTPUT_TOKENS, PRIORITY, PROTECTED, REQUEST_ID, REQUEST_MODEL, STATUS, STEP, STOPPED_BY_STRING,
     TEMPERATURE, TEXT_CHARS, TOP_K, TOP_P,
-    CACHING_ENABLED, EVICTED_HASHES, HASH_DOMAIN, SCHED_CHUNKED, SCHED_MAX_SEQS, SCHED_TOKEN_BUDGET, WAITING_HEAD, WAITING_HEAD_BLOCKS, WAITING_HEAD_STATUS,
+    CACHING_ENABLED, CONFIG_BLOCK_SIZE, CONFIG_POLICY, EVICTED_HASHES, PROMPT_TOKEN_IDS, HASH_DOMAIN, SCHED_CHUNKED, SCHED_MAX_SEQS, SCHED_TOKEN_BUDGET, WAITING_HEAD, WAITING_HEAD_BLOCKS, WAITING_HEAD_STATUS,
 )
 
 
@@ -74,8 +74,9 @@ def waiting_head_attributes(waiting: Any, block_size: int) -> dict[str, Any]:
     return {WAITING_HEAD: str(head.request_id), WAITING_HEAD_STATUS: head.status.name, WAITING_HEAD_BLOCKS: needed}
 
 
-def scheduler_limits(token_budget: int, max_num_seqs: int, chunked_prefill: bool) -> dict[str, Any]:
-    return {SCHED_TOKEN_BUDGET: token_budget, SCHED_MAX_SEQS: max_num_seqs, SCHED_CHUNKED: bool(chunked_prefill)}
+def scheduler_limits(token_budget: int, max_num_seqs: int, chunked_prefill: bool, block_size: int, policy: Any) -> dict[str, Any]:
+    return {SCHED_TOKEN_BUDGET: token_budget, SCHED_MAX_SEQS: max_num_seqs, SCHED_CHUNKED: bool(chunked_prefill),
+            CONFIG_BLOCK_SIZE: block_size, CONFIG_POLICY: str(getattr(policy, "value", policy))}
 
 
 def blocks_to_evict(pool: Any, num_blocks: int, hash_of: Callable[[Any], bytes]) -> dict[str, Any]:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from tracer.instrument import otel
 from tracer.instrument.extractors import (
     ALLOCATED, BATCH_DECODE, BATCH_FINISHED, BATCH_IDS, BATCH_NEW, BATCH_NEW_TOKENS, BATCH_PREEMPTED, BATCH_PREFILL,
     BATCH_SIZE, BATCH_TOKENS, BATCH_TOTAL, BLOCK_IDS, BLOCKS_ALLOCATED, BLOCKS_FREED, CACHED_BLOCKS,
@@ -11,7 +12,7 @@ from tracer.instrument.extractors import (
     NUM_NEW_TOKENS, NUM_OUTPUTS, NUM_PREEMPTIONS, NUM_SAMPLED, OPERATION,
     OUTPUT_TOKENS, PRIORITY, PROTECTED, REQUEST_ID, STATUS, STEP, STOPPED_BY_STRING, TEMPERATURE, TEXT_CHARS,
     TOP_P, ids, queue_attributes, request_attributes, sampling_attributes, scheduler_limits, waiting_head_attributes,
-    BLOCK_HASHES, CACHING_ENABLED, blocks_to_evict,
+    BLOCK_HASHES, CACHING_ENABLED, PROMPT_TOKEN_IDS, blocks_to_evict,
 )
 from tracer.traces.schema import DROP, HTTP_METHOD, HTTP_ROUTE, HTTP_STATUS, HTTP_STREAM, REQUEST_MODEL, TRACEPARENT
 
@@ -82,7 +83,8 @@ def enqueue_after(args: dict, request: Any) -> dict:
     # The prompt's full-block hashes (Scheduler.add_request computes them): what explain and a
     # replay of the trace need without the tokens.
     hashes = [bytes(h).hex() for h in request.block_hashes[: request.num_prompt_tokens // scheduler.block_size]]
-    return {REQUEST_ID: request.request_id, BLOCK_HASHES: hashes or None, **queue_attributes(scheduler)}
+    return {REQUEST_ID: request.request_id, BLOCK_HASHES: hashes or None, **queue_attributes(scheduler),
+            PROMPT_TOKEN_IDS: list(request.prompt_token_ids) if otel.capture_content() else None}
 
 
 def step_before(args: dict) -> dict:
@@ -125,7 +127,7 @@ def schedule_after(args: dict, so: Any) -> dict:
 def _why_waiting(scheduler: Any) -> dict:
     config = scheduler.scheduler_config
     return {
-        **scheduler_limits(config.max_num_batched_tokens, config.max_num_seqs, config.enable_chunked_prefill),
+        **scheduler_limits(config.max_num_batched_tokens, config.max_num_seqs, config.enable_chunked_prefill, scheduler.block_size, config.policy),
         **waiting_head_attributes(scheduler.waiting, scheduler.block_size),
     }
 

@@ -204,7 +204,7 @@ def schedule_after(args: dict, so: Any) -> dict:
         # token_budget > 0`, `num_running >= self.max_num_active_reqs`, and without chunked prefill
         # a prompt larger than the budget left stops it), read after the call.
         **scheduler_limits(scheduler.max_num_scheduled_tokens, getattr(scheduler, "max_num_active_reqs", scheduler.max_num_running_reqs),
-                           scheduler.scheduler_config.enable_chunked_prefill),
+                           scheduler.scheduler_config.enable_chunked_prefill, scheduler.block_size, scheduler.policy),
         **waiting_head_attributes(scheduler.waiting, scheduler.block_size),
     }
 

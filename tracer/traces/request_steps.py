@@ -1,0 +1,203 @@
+"""A trace read as the engine saw it: its steps in order, and each request's life across them.
+
+What `servetrace explain` builds on. Everything here is read off the raw spans (tracer.traces.shape
+groups them into requests and step traces); the catalog's roles say which hop carries the batch,
+opens a step, enqueues, renders, looks a prefix up, evicts or preempts: no hop name is written here.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from tracer.catalog.hops import Catalog, load_catalog
+from tracer.traces.schema import (
+    BATCH_IDS, BATCH_PREEMPTED, BATCH_TOKENS, BATCH_TOTAL, BLOCK_HASHES, CACHED_BLOCKS, CACHED_TOKENS,
+    CACHING_ENABLED, CONFIG_BLOCK_SIZE, EVICTED_HASHES, EXTERNAL_ID, REQUEST_ID, FREE_BLOCKS, HASH_DOMAIN, INPUT_TOKENS, NUM_RUNNING,
+    PRIORITY, PROMPT_TOKEN_IDS, SCHED_CHUNKED, SCHED_MAX_SEQS, SCHED_TOKEN_BUDGET, WAITING_HEAD,
+    WAITING_HEAD_BLOCKS, WAITING_HEAD_STATUS,
+)
+from tracer.traces.shape import RequestTrace, TraceShape, analyse
+from tracer.traces.trace_file import SpanRecord
+
+@dataclass
+class Step:
+    """One engine step: its span interval and what its schedule span recorded at the end of schedule()."""
+
+    index: int
+    start_ns: int
+    end_ns: int
+    schedule: SpanRecord
+
+    def attr(self, key: str, default: Any = None) -> Any:
+        return self.schedule.attributes.get(key, default)
+
+    @property
+    def batch(self) -> dict[str, int]:
+        ids, tokens = self.attr(BATCH_IDS) or [], self.attr(BATCH_TOKENS) or []
+        return {str(rid): int(n) for rid, n in zip(ids, tokens)}
+
+    @property
+    def budget_left(self) -> int | None:
+        budget = self.attr(SCHED_TOKEN_BUDGET)
+        return None if budget is None else int(budget) - int(self.attr(BATCH_TOTAL) or 0)
+
+    def waiting_cause(self) -> tuple[str, str]:
+        """Why the waiting queue's head was not admitted in this step: (code, evidence), in the order
+        vLLM's Scheduler.schedule tests it (vllm/v1/core/sched/scheduler.py, 0.33.0): a step that
+        preempted admits nothing (line 1050), the loop runs while token_budget > 0 (1062), stops at
+        max_num_active_reqs (1073), without chunked prefill stops at a prompt over the budget left
+        (1339), and stops when allocate_slots finds no blocks (1459)."""
+        if self.attr(SCHED_TOKEN_BUDGET) is None:
+            return "unrecorded", "this step's schedule span has no scheduler state (a trace from before schema 2 or an engine that does not record it)"
+        head, status = self.attr(WAITING_HEAD), str(self.attr(WAITING_HEAD_STATUS) or "WAITING")
+        if self.attr(BATCH_PREEMPTED):
+            return "preemption", f"the step preempted {', '.join(self.attr(BATCH_PREEMPTED))}: no waiting request is admitted in such a step"
+        if status not in ("WAITING", "PREEMPTED"):
+            code = "grammar-compile" if "GRAMMAR" in status or "STRUCTURED" in status or "FSM" in status else "blocked"
+            return code, f"the queue's head {head} is {status}"
+        budget_left = self.budget_left
+        if budget_left is not None and budget_left <= 0:
+            users = ", ".join(f"{rid}:{n}" for rid, n in self.batch.items())
+            return "token-budget", f"the {self.attr(SCHED_TOKEN_BUDGET)}-token budget went to {users}"
+        if self.attr(NUM_RUNNING) is not None and int(self.attr(NUM_RUNNING)) >= int(self.attr(SCHED_MAX_SEQS)):
+            return "max-num-seqs", f"{self.attr(NUM_RUNNING)} requests running, max_num_seqs {self.attr(SCHED_MAX_SEQS)}"
+        if self.attr(SCHED_CHUNKED) is False:
+            return "token-budget", f"chunked prefill is off and the head {head} does not fit the {budget_left} tokens left"
+        return "kv-blocks", (f"the head {head} needs about {self.attr(WAITING_HEAD_BLOCKS)} blocks for its prompt, "
+                             f"{self.attr(FREE_BLOCKS)} free (allocate_slots found too few)")
+
+
+@dataclass
+class Eviction:
+    time_ns: int
+    hashes: list[str]
+    by_request: str | None  # the request whose allocation took the blocks
+
+
+@dataclass
+class RequestLife:
+    """One request across the engine's steps."""
+
+    request: RequestTrace
+    name: str  # the id a user knows it by (external where there is one)
+    ids: set[str]
+    start_ns: int
+    end_ns: int
+    arrival_ns: int  # when the engine's scheduler got it (the last enqueue span's end)
+    prompt_tokens: int
+    block_hashes: list[str]
+    prompt_token_ids: list[int] | None
+    hash_domain: str | None
+    priority: int | None
+    matches: list[SpanRecord]  # kv.match_prefix, in time order (a resumed request looks up again)
+    preemptions: list[SpanRecord]
+    scheduled: list[tuple[Step, int]] = field(default_factory=list)  # (step, tokens) in step order
+
+    def my_tokens(self, step: Step) -> int | None:
+        batch = step.batch
+        for rid in self.ids:
+            if rid in batch:
+                return batch[rid]
+        return None
+
+    @property
+    def cached_tokens(self) -> int:
+        return int(self.matches[0].attributes.get(CACHED_TOKENS) or 0) if self.matches else 0
+
+    @property
+    def cached_blocks(self) -> int:
+        return int(self.matches[0].attributes.get(CACHED_BLOCKS) or 0) if self.matches else 0
+
+    @property
+    def caching_enabled(self) -> bool | None:
+        return self.matches[0].attributes.get(CACHING_ENABLED) if self.matches else None
+
+
+@dataclass
+class EngineTimeline:
+    steps: list[Step]
+    requests: list[RequestLife]  # in arrival order
+    evictions: list[Eviction]
+    block_size: int | None
+    has_startup: bool  # the trace holds the server's startup: nothing ran before it began
+    shape: TraceShape
+
+    def find(self, request_id: str) -> RequestLife | None:
+        for life in self.requests:
+            if request_id in life.ids or request_id == life.name:
+                return life
+        return None
+
+
+def _first(spans: list[SpanRecord], key: str) -> Any:
+    for span in spans:
+        if span.attributes.get(key) is not None:
+            return span.attributes[key]
+    return None
+
+
+def read_timeline(spans: list[SpanRecord], catalog: Catalog | None = None) -> EngineTimeline:
+    catalog = catalog or load_catalog()
+    shape = analyse(spans, catalog)
+    batch_hops, enqueue_hops = set(catalog.with_role("batch")), set(catalog.with_role("enqueue"))
+    render_hops = set(catalog.with_role("render")) | set(catalog.with_role("entrypoint"))
+    lookup_hops, evict_hops, preempt_hops = (set(catalog.with_role(r)) for r in ("prefix_lookup", "evict", "preempt"))
+    schedules = []
+    for members in shape.step_traces.values():
+        root = min(members, key=lambda s: s.start_ns)
+        for span in members:
+            if span.name in batch_hops and span.attributes.get(BATCH_IDS) is not None:
+                schedules.append((min(root.start_ns, span.start_ns), max(root.end_ns, span.end_ns), span))
+    schedules.sort(key=lambda item: item[0])
+    steps = [Step(i, start, end, span) for i, (start, end, span) in enumerate(schedules)]
+
+    span_request: dict[str, str] = {}
+    lives = []
+    for request in shape.requests:
+        members = sorted(request.spans, key=lambda s: s.start_ns)
+        enqueues = [s for s in members if s.name in enqueue_hops]
+        engine_side = [s for s in members if s.name not in render_hops]
+        arrival = max((s.end_ns for s in enqueues), default=request.root.start_ns)
+        ids = request.ids
+        name = _external_name(request, members)
+        life = RequestLife(
+            request=request, name=name, ids=ids,
+            start_ns=min(s.start_ns for s in members), end_ns=max(s.end_ns for s in members),
+            arrival_ns=arrival,
+            prompt_tokens=int(_first(enqueues or engine_side, INPUT_TOKENS) or 0),
+            block_hashes=list(_first(members, BLOCK_HASHES) or []),
+            prompt_token_ids=_first(members, PROMPT_TOKEN_IDS),
+            hash_domain=_first(members, HASH_DOMAIN),
+            priority=_first(enqueues, PRIORITY),
+            matches=[s for s in members if s.name in lookup_hops],
+            preemptions=[s for s in members if s.name in preempt_hops],
+        )
+        for span in members:
+            span_request[span.span_id] = life.name
+        lives.append(life)
+    by_id = {rid: life for life in lives for rid in life.ids}
+    for step in steps:
+        for rid, tokens in step.batch.items():
+            life = by_id.get(rid)
+            if life is not None:
+                life.scheduled.append((step, tokens))
+                life.end_ns = max(life.end_ns, step.end_ns)
+    evictions = []
+    for span in spans:
+        if span.name in evict_hops and span.attributes.get(EVICTED_HASHES):
+            evictions.append(Eviction(span.start_ns, list(span.attributes[EVICTED_HASHES]), span_request.get(span.span_id)))
+    evictions.sort(key=lambda e: e.time_ns)
+    block_size = next((int(s.attr(CONFIG_BLOCK_SIZE)) for s in steps if s.attr(CONFIG_BLOCK_SIZE)), None)
+    if block_size is None:
+        block_size = next((int(s.attributes[CONFIG_BLOCK_SIZE]) for group in shape.startup for s in group
+                           if s.attributes.get(CONFIG_BLOCK_SIZE)), None)
+    lives.sort(key=lambda life: life.arrival_ns)
+    return EngineTimeline(steps, lives, evictions, block_size, bool(shape.startup), shape)
+
+
+def _external_name(request: RequestTrace, members: list[SpanRecord]) -> str:
+    for key in (EXTERNAL_ID, REQUEST_ID):
+        value = _first(members, key)
+        if value is not None:
+            return str(value)
+    return request.trace_id[:8]
