@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import http.client
 import json
+import re
 import socket
 import subprocess
 import sys
@@ -137,6 +138,71 @@ def test_the_window_keeps_the_newest_requests_and_says_how_many_it_dropped():
     assert len(again.spans) < len(everything.build().spans)
 
 
+@pytest.mark.parametrize("sample", [SAMPLE, Path(__file__).parent / "data" / "live-sglang.jsonl"], ids=["vllm", "sglang"])
+def test_the_trimmed_model_is_the_model_of_what_the_window_kept(sample: Path):
+    """The builder trims the model it built in place (no second build): it must be what a build
+    of the kept traces gives, and not frozen (a live window's garbage must stay collectable)."""
+    import gc
+
+    window = LiveWindow(limit=3)
+    for line in sample.read_bytes().splitlines():
+        window.add_line(line)
+    frozen = gc.get_freeze_count()
+    model = window.build()
+    assert gc.get_freeze_count() <= frozen
+    assert window.stats.requests_dropped > 0 and len(model.requests) == 3
+    fresh = LiveWindow(limit=100)
+    fresh.traces = {trace_id: list(spans) for trace_id, spans in window.traces.items()}
+    again = fresh.build()
+    assert list(model.requests) == list(again.requests)
+    for rid, request in model.requests.items():
+        assert [s.span_id for s in request.spans] == [s.span_id for s in again.requests[rid].spans]
+        assert [[s.span_id for s in step.spans] for step in request.steps] == \
+            [[s.span_id for s in step.spans] for step in again.requests[rid].steps]
+    assert [s.span_id for s in model.spans] == [s.span_id for s in again.spans]
+    assert model.by_span_id.keys() == again.by_span_id.keys() and model.step_of_span.keys() == again.step_of_span.keys()
+    assert [step.index for step in model.steps] == list(range(len(again.steps)))
+    assert len(model.foreign_traces) == len(again.foreign_traces)
+
+
+def test_release_gradually_empties_the_model():
+    from tracer.tui.live import release_gradually
+
+    window = LiveWindow(limit=100)
+    for line in SAMPLE.read_bytes().splitlines():
+        window.add_line(line)
+    model = window.build()
+    assert model.requests and model.spans
+    release_gradually(model)
+    assert not (model.requests or model.spans or model.steps or model.by_span_id or model.step_of_span)
+    assert window.build().requests  # the window itself keeps its spans
+
+
+def test_in_a_pause_full_collections_are_spaced_by_gap_s(monkeypatch):
+    """Live, garbage keeps coming while the user pauses: one full collection per gap_s of pause,
+    not one per tick (each scans the whole window, whenever the next key comes)."""
+    import gc
+
+    from tracer.tui import memory
+
+    clock = [1000.0]
+    monkeypatch.setattr(memory.time, "monotonic", lambda: clock[0])
+    full: list[float] = []
+    real_collect = gc.collect
+    monkeypatch.setattr(memory.gc, "collect", lambda *args: full.append(clock[0]) if not args else real_collect(*args))
+    collector = memory.IdleCollector(idle_s=1.0, gap_s=10.0)
+    collector.input_seen()
+    try:
+        collector.start()
+        for _ in range(60):  # 30 s of pause, a tick every 0.5 s, garbage pending at each
+            clock[0] += 0.5
+            real_collect(1)  # a generation-1 pass: a full collection is pending
+            collector.tick()
+    finally:
+        collector.stop()
+    assert len(full) == 3 and full[1] - full[0] >= 10.0
+
+
 def test_a_bad_export_is_counted_and_shown_not_fatal():
     window = LiveWindow(limit=5)
     window.add_line(b'{"resourceSpans": [{"scopeSpans": [{"spans": [{"name": 3}]}]}]}')
@@ -186,3 +252,112 @@ def test_listen_takes_no_trace_file_and_save_needs_listen(tmp_path):
 
     assert main(["tui", "--listen", "127.0.0.1:0", str(SAMPLE)]) == 2
     assert main(["tui", "--save", str(tmp_path / "x.jsonl"), str(SAMPLE)]) == 2
+
+
+# -- SGLang's own request tracing, as sglang 0.5.23 emits it (srt/observability/trace.py) ----------
+SGLANG_SAMPLE = Path(__file__).parent / "data" / "live-sglang.jsonl"
+_HOST = "5c0e1f2a9b8d7c6e"
+
+
+def _attrs(values: dict) -> list[dict]:
+    return [{"key": k, "value": {"intValue": str(v)} if isinstance(v, int) else
+             ({"doubleValue": v} if isinstance(v, float) else {"stringValue": str(v)})} for k, v in values.items()]
+
+
+def _span(trace_id: str, span_id: str, parent: str | None, name: str, start: int, end: int, attrs: dict,
+          links: tuple[str, ...] = ()) -> dict:
+    return {"traceId": trace_id, "spanId": span_id, "parentSpanId": parent or "", "name": name, "kind": 1,
+            "startTimeUnixNano": str(start), "endTimeUnixNano": str(end), "attributes": _attrs(attrs),
+            "links": [{"traceId": trace_id, "spanId": link} for link in links]}
+
+
+def _sglang_export(spans: list[dict]) -> bytes:
+    """One export of SGLang's own tracer: its resource is service.name only (process_tracing_init,
+    trace.py:236-241: --otlp-service-name, else OTEL_SERVICE_NAME, else "sglang"), scope "sglang server"."""
+    return json.dumps({"resourceSpans": [{"resource": {"attributes": _attrs({"service.name": "sglang"})},
+                                          "scopeSpans": [{"scope": {"name": "sglang server"}, "spans": spans}]}]}).encode()
+
+
+def sglang_native_spans(rid: str, n: int, start: int, end: int, trace_id: str | None = None,
+                        client_parent: str | None = None) -> tuple[list[dict], dict]:
+    """SGLang's spans of one request: (thread and slice spans, root span). The root ends when the
+    request finishes (trace_req_finish), so it is exported last, after the others.
+    - root (TraceReqContext.trace_req_start, trace.py:563-573): named f"{role} Req {rid[:8]}" with
+      role "" when unified, attributes rid and module ("sglang::" + module_name, "request" in
+      req_time_stats.py:303-309); its parent is the client's traceparent when one came in (else a
+      trace of its own); the finish adds the gen_ai.latency.* attributes (req_time_stats.py:535-560).
+    - one thread span per process under the root (__create_thread_context, trace.py:374-416):
+      "{label} [TP 0]  (host:{host_id[:8]} | pid:{pid})", attributes host_id, pid, thread_label
+      (+ tp_rank); labels "Tokenizer" (http_server.py:305) and "Scheduler" (scheduler.py:6352).
+    - slices under the thread span, each linked to the one before (trace_slice_start, trace.py:
+      613-652): tokenize, api_server_dispatch (req_time_stats.py:108-115), request_process,
+      prefill_forward, decode_forward (req_time_stats.py:124-147). No slice or thread span names the request."""
+    trace_id = trace_id or f"{n + 1:08x}" + "5e" * 12
+    ids = iter(f"{n + 1:04x}{k:012x}" for k in range(1, 100))
+    root_id = next(ids)
+    step = (end - start) // 8
+    tokenizer, scheduler = next(ids), next(ids)
+    spans = [
+        _span(trace_id, tokenizer, root_id, f"Tokenizer (host:{_HOST[:8]} | pid:2776)", start, start + 3 * step,
+              {"host_id": _HOST, "pid": 2776, "thread_label": "Tokenizer"}),
+        _span(trace_id, scheduler, root_id, f"Scheduler [TP 0]  (host:{_HOST[:8]} | pid:2840)", start + 2 * step,
+              end, {"tp_rank": 0, "host_id": _HOST, "pid": 2840, "thread_label": "Scheduler"}),
+    ]
+    previous: str | None = None
+    for index, (name, thread) in enumerate((("tokenize", tokenizer), ("api_server_dispatch", tokenizer),
+                                            ("request_process", scheduler), ("prefill_forward", scheduler),
+                                            ("decode_forward", scheduler))):
+        slice_id = next(ids)
+        spans.append(_span(trace_id, slice_id, thread, name, start + (index + 1) * step, start + (index + 2) * step,
+                           {}, (previous,) if previous and thread == tokenizer or index > 2 else ()))
+        previous = slice_id
+    root = _span(trace_id, root_id, client_parent, f" Req {rid[:8]}", start, end,
+                 {"rid": rid, "module": "sglang::request", "gen_ai.latency.e2e": (end - start) / 1e9,
+                  "gen_ai.latency.time_to_first_token": step / 1e9})
+    return spans, root
+
+
+def test_sglang_native_request_spans_join_their_request_by_rid(receiver):
+    """SGLang's own request tracing beside servetrace's (its --enable-trace pointed at the same
+    receiver): each request is still one row, its native spans in that row; before a request's
+    native root arrives, its thread and slice spans name no request: counted, never a row."""
+    process, _ = receiver
+    port = process.address[1]
+    alone = LiveWindow(limit=50)
+    for line in SGLANG_SAMPLE.read_bytes().splitlines():
+        alone.add_line(line)
+    rows = alone.build()
+    served = [r for r in rows.requests.values() if any(s.name == "http.request" for s in r.spans)]
+    assert len(served) >= 5
+    natives = {}
+    for n, request in enumerate(served):
+        root_span = next(s for s in request.spans if s.name == "http.request")
+        # The last request came with a client traceparent: SGLang's root then joins that trace.
+        joined = n == len(served) - 1
+        natives[request.request_id] = sglang_native_spans(
+            request.request_id, n, root_span.start_ns + 1000, root_span.end_ns - 1000,
+            trace_id=root_span.trace_id if joined else None, client_parent="c1" * 8 if joined else None)
+    window = LiveWindow(limit=50)
+
+    def send(body: bytes) -> None:  # one export at a time: the receiver's pipe is read as it goes
+        expected = window.stats.spans_received + len(load_trace_line(body))
+        assert post(port, body, "application/json")[0] == 200
+        drain(process, window, expected)
+        assert window.stats.spans_received == expected
+
+    for line in SGLANG_SAMPLE.read_bytes().splitlines():
+        send(line)
+    send(_sglang_export([s for spans, _ in natives.values() for s in spans]))
+    before = window.build()
+    assert list(before.requests) == list(rows.requests)  # no row for spans that name no request
+    assert len(before.foreign_traces) == len(served) - 1  # the one in the client's trace is in its row already
+    send(_sglang_export([root for _, root in natives.values()]))
+    model = window.build()
+    assert list(model.requests) == list(rows.requests) and not model.foreign_traces
+    for rid, (spans, root) in natives.items():
+        row = model.requests[rid]
+        assert {s.span_id for s in row.spans} >= {s["spanId"] for s in spans} | {root["spanId"]}
+        assert len(row.spans) == len(rows.requests[rid].spans) + len(spans) + 1
+    # the rows are named by the client's X-Request-Id (SGLang's own id is a uuid)
+    labels = [model.requests[rid].label for rid in natives]
+    assert all(not re.fullmatch(r"[0-9a-f]{32}", label) for label in labels), labels

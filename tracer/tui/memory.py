@@ -21,17 +21,20 @@ _FULL_COLLECTIONS_DEFERRED = 1_000_000
 
 
 @contextmanager
-def gc_paused() -> Iterator[None]:
+def gc_paused(freeze: bool = True) -> Iterator[None]:
     """Hold off the cyclic GC while many small acyclic objects are created: each collection
     would rescan all of them. What was made meanwhile is then frozen (gc.freeze): it is the
     trace, kept while the explorer runs, and the first collection after re-enabling would
-    otherwise scan all of it at once."""
+    otherwise scan all of it at once. Not with `freeze=False`: a live window's models are
+    replaced every second, and a freeze keeps whatever cyclic garbage exists at that moment
+    (old waterfalls and the spans they hold, drawn lines) for good."""
     was_enabled = gc.isenabled()
     gc.disable()
     try:
         yield
     finally:
-        gc.freeze()
+        if freeze:
+            gc.freeze()
         if was_enabled:
             gc.enable()
 
@@ -41,12 +44,17 @@ class IdleCollector:
     `input_seen()` on every key or mouse event, `tick()` from a timer, `stop()` on exit
     (the thresholds are the process's, and tests run many apps in one process)."""
 
-    def __init__(self, idle_s: float = 1.0, max_deferred: int = 500) -> None:
+    def __init__(self, idle_s: float = 1.0, max_deferred: int = 500, gap_s: float = 0.0) -> None:
         self.idle_s = idle_s
         # Generation-1 passes without a full one, after which a full one runs even mid-input
         # (a key held down for minutes must not grow memory without bound).
         self.max_deferred = max_deferred
+        # At least this long between two full collections run in a pause: where garbage keeps
+        # coming while the user pauses (a live window), one every tick would be running, tens
+        # of ms each, whenever the user's next key comes.
+        self.gap_s = gap_s
         self.last_input = time.monotonic()
+        self._last_full = 0.0
         self._saved: tuple[int, ...] | None = None
 
     def start(self) -> None:
@@ -69,5 +77,8 @@ class IdleCollector:
         pending = gc.get_count()[2]  # generation-1 passes since the last full collection
         if not pending:
             return
-        if time.monotonic() - self.last_input >= self.idle_s or pending >= self.max_deferred:
+        now = time.monotonic()
+        paused = now - self.last_input >= self.idle_s and now - self._last_full >= self.gap_s
+        if paused or pending >= self.max_deferred:
             gc.collect()
+            self._last_full = time.monotonic()

@@ -145,6 +145,17 @@ class Request:
         """chat or text_completion (gen_ai.operation.name on its HTTP / render span), '' if unrecorded."""
         return next((str(s.attributes[OPERATION]) for s in self.spans if OPERATION in s.attributes), "")
 
+    @cached_property
+    def label(self) -> str:
+        """What the requests table names the row: its id, or the client's X-Request-Id where the
+        id does not hold it. vLLM builds its id from the header (X becomes cmpl-X); SGLang names
+        a request by a uuid of its own, and the header is the id the user knows."""
+        for span in self.spans:
+            header = span.attributes.get(HTTP_REQUEST_ID_HEADER)
+            if header is not None:
+                return self.request_id if str(header) in self.request_id else str(header)
+        return self.request_id
+
     @property
     def prompt_tokens(self) -> int | None:
         return self.summary.prompt_tokens
@@ -238,8 +249,9 @@ class TraceModel:
                 f"{first.reason}{more}; showing the {len(self.spans)} spans that could be read")
 
 
-def build_model(trace: TraceFile, shape: StepShape | None = None) -> TraceModel:
-    with gc_paused():
+def build_model(trace: TraceFile, shape: StepShape | None = None, freeze: bool = True) -> TraceModel:
+    """`freeze`: see tracer.tui.memory.gc_paused (a live window's models are not frozen)."""
+    with gc_paused(freeze):
         return _build_model(trace, step_shape() if shape is None else shape)
 
 

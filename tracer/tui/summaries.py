@@ -34,6 +34,19 @@ class RequestLike(Protocol):
     steps: Sequence[StepLike]
 
 
+# SGLang's finish reasons as its classes are named (a span records type(req.finished_reason)),
+# read as the OpenAI finish reasons SGLang's own to_json() gives them: sglang 0.5.23,
+# srt/managers/schedule_batch.py:284-341 (FINISH_MATCHED_TOKEN ... FINISH_ABORT).
+SGLANG_FINISH_REASONS = {"FINISH_MATCHED_TOKEN": "stop", "FINISH_MATCHED_STR": "stop",
+                         "FINISHED_MATCHED_REGEX": "stop", "FINISH_LENGTH": "length", "FINISH_ABORT": "abort"}
+
+
+def finish_reason(value: Any) -> str:
+    """A recorded finish reason as the requests table shows it (stop, length, abort)."""
+    text = str(value)
+    return SGLANG_FINISH_REASONS.get(text, text)
+
+
 @dataclass
 class RequestSummary:
     """What the requests table shows of a request (computed from its spans and steps)."""
@@ -72,7 +85,7 @@ def summarise(request: RequestLike) -> RequestSummary:
                 summary.first_token_ns = span.start_ns
         reasons = attrs.get(FINISH_REASONS)
         if isinstance(reasons, list) and reasons and span.name != UPDATE:
-            summary.status = str(reasons[0])
+            summary.status = finish_reason(reasons[0])
         elif str(attrs.get(STATUS, "")).startswith("FINISHED") and summary.status == "unfinished":
             summary.status = str(attrs[STATUS]).removeprefix("FINISHED_").lower()
         if span.status == "ERROR" and not summary.error:
@@ -92,7 +105,7 @@ def summarise(request: RequestLike) -> RequestSummary:
             if rid in finished:
                 reasons = step.attribute(FINISH_REASONS) or []
                 index = finished.index(rid)
-                summary.status = str(reasons[index]) if index < len(reasons) else "finished"
+                summary.status = finish_reason(reasons[index]) if index < len(reasons) else "finished"
     if summary.error:
         summary.status = "error"
     if summary.first_token_ns is None and summary.prompt_tokens is not None:

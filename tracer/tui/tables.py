@@ -34,7 +34,7 @@ class RequestsTable(RowTable):
 
     def show(self, requests: list[Request], cursor: int = 0) -> None:
         self.requests = requests
-        self._id_width = max([len("request"), *map(len, (r.request_id for r in requests))])
+        self._id_width = max([len("request"), *map(len, (r.label for r in requests))])
         self.set_rows(len(requests), cursor)
 
     def columns(self, width: int) -> list[Column]:
@@ -45,7 +45,7 @@ class RequestsTable(RowTable):
 
     def row_cells(self, index: int) -> Sequence[Text]:
         r = self.requests[index]
-        return (Text(r.request_id), Text(count(r.prompt_tokens)), Text(count(r.output_tokens)),
+        return (Text(r.label), Text(count(r.prompt_tokens)), Text(count(r.output_tokens)),
                 Text(count(r.cached_tokens)), Text(ms(r.ttft_ns)), Text(ms(r.latency_ns)),
                 Text(r.status, style=STATUS_STYLES.get(r.status, "")))
 
