@@ -74,9 +74,10 @@ class SearchCase:
 
 @dataclass(frozen=True)
 class SearchSpace:
-    """Which part of the config space to draw from; a runner pair that supports less (SGLang:
-    no priority policy in its radix mode, page size 1) narrows it rather than rewriting the
-    strategies."""
+    """Which part of the config space to draw from. A runner pair that supports less narrows it
+    rather than rewriting the strategies: mini-sglang vs sglang compares SGLang's lpm policy
+    only, so SearchSpace(policies=("fcfs",)) (and whatever else its runner refuses); observe()
+    reads only StepRecord decision fields, which every scheduler runner records."""
 
     block_sizes: tuple[int, ...] = tuple(range(1, 65))
     policies: tuple[str, ...] = ("fcfs", "priority")
