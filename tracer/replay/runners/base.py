@@ -29,6 +29,10 @@ class SchedulerRunner(ABC):
     """One engine's scheduler, driven without a model."""
 
     name: str
+    # True where the waiting queue's order changes only when a request enters or leaves it (FCFS
+    # and priority queues); drive() then reads the queue only on such steps. False (the safe
+    # default) for a scheduler that reorders it on its own (SGLang's longest-prefix policy).
+    waiting_order_follows_membership: bool = False
 
     def __init__(self, config: ReplayConfig) -> None:
         self.config = config
@@ -146,8 +150,13 @@ def drive(runner: SchedulerRunner, workload: list[WorkloadRequest], max_steps: i
         finished = runner.update_from_output(scheduler_output, sampled)
         update_seconds = time.perf_counter() - started
 
-        # The waiting queue is read once per step and kept only where it changed.
-        waiting = runner.waiting_ids()
+        # The waiting queue is read once per step at most, and kept only where it changed.
+        if runner.waiting_order_follows_membership and previous_waiting is not None and not (
+            arrivals or admitted or preempted_ids
+        ):
+            waiting = previous_waiting
+        else:
+            waiting = runner.waiting_ids()
         # In waiting-queue order, as the queue holds them (FCFS prepends: the last preempted first).
         preempted = [rid for rid in waiting if rid in preempted_ids] if preempted_ids else []
         ever_preempted.update(preempted)

@@ -13,6 +13,8 @@ from tracer.replay.workload import WorkloadRequest
 
 class MiniRunner(V1SchedulerRunner):
     name = "mini"
+    # engine/request_queue.py: FCFS deque or priority heap, reordered only by adds and pops.
+    waiting_order_follows_membership = True
 
     def __init__(self, config: ReplayConfig) -> None:
         super().__init__(config)

@@ -141,6 +141,9 @@ def _check_effective_config(scheduler, config: ReplayConfig) -> None:
 
 class VllmRunner(V1SchedulerRunner):
     name = "vllm"
+    # A deque or a heap, reordered only by adds and pops (vllm/v1/core/sched/request_queue.py:75-129
+    # FCFSRequestQueue, vllm/v1/core/sched/request_queue.py:131-197 PriorityRequestQueue).
+    waiting_order_follows_membership = True
 
     def __init__(self, config: ReplayConfig) -> None:
         super().__init__(config)
