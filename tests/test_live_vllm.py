@@ -10,6 +10,9 @@ from tests.live_workload import LiveRun, run_workload
 from tracer.catalog.hops import load_catalog
 from tracer.live.vllm import VllmOptions, vllm_server
 from tracer.traces import schema
+from tracer.traces.explain_cache import explain_cache
+from tracer.traces.explain_time import split_time
+from tracer.traces.request_steps import read_timeline
 
 NUM_BLOCKS = 5  # x 128 tokens per block on CPU (one is kept back): less than the concurrent requests need
 LIVE_VLLM_HOPS = {
@@ -114,3 +117,19 @@ def test_the_startup_trace_records_what_a_replay_needs(live):
     assert attributes[schema.CONFIG_BLOCK_SIZE] == 128
     assert attributes[schema.CONFIG_MAX_NUM_SEQS] == 4
     assert attributes[schema.CONFIG_PREFIX_CACHING] is True
+
+
+def test_explain_reads_the_live_trace_its_misses_waits_and_preemption(live):
+    """`servetrace explain` on the live server's trace: the causes come from the scheduler state the
+    schedule spans recorded in the EngineCore process, the cache reasons from the block hashes."""
+    timeline = read_timeline(live.trace().spans)
+    first, second = (timeline.find(live.ids[label]) for label in ("prefix-first", "prefix-second"))
+    assert explain_cache(timeline, first).reason == "never-cached"  # the trace holds the startup: nothing ran before
+    again = explain_cache(timeline, second)
+    assert again.reason == "partial-block" and again.cached_tokens >= 128, again.evidence
+    splits = {life.name: split_time(timeline, life) for life in timeline.requests}
+    assert all(split.residual_ms <= 0.01 * split.wall_ms for split in splits.values())
+    preempted = [life for life in timeline.requests if life.preemptions]
+    assert preempted and all(splits[life.name].parts.get("preempted", 0) > 0 for life in preempted)
+    causes = {note.what for split in splits.values() for note in split.steps if note.what.startswith(("waiting:", "preempted:"))}
+    assert causes and not any(cause.endswith("unrecorded") for cause in causes), causes
