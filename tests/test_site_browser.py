@@ -328,3 +328,10 @@ def test_upstream_panes_link_to_the_pinned_release_at_file_and_line(visited):
             assert pane["source"] and (pane["source"] == prefix or pane["source"].startswith(prefix + "-L")), (page, pane)
             checked += 1
     assert checked >= 20
+
+
+def test_the_attention_walkthrough_is_in_the_nav(visited):
+    for page in ("index.html", "01-request-lifecycle.html"):
+        assert any(link.endswith("09-paged-attention.html") for link in visited[page][0]["links"]), page
+    probe, errors = visited["09-paged-attention.html"]
+    assert not errors and {pane["engine"] for pane in probe["panes"]} == {"mini", "vllm", "sglang"}

@@ -268,3 +268,16 @@ def test_the_decode_latency_lab_reports_milliseconds_machine_and_load(tmp_path):
             assert float(median_ms) > 0 and spread.startswith("(") and spread.endswith(")")
     assert "load average (1 min)" in result.environment and "at the start" in result.environment
     assert result.environment.split(" (")[0]  # the CPU model from /proc/cpuinfo leads
+
+
+def test_the_attention_walkthrough_reads_all_three_engines_and_the_interpreter(tmp_path):
+    page = next(w for w in load_walkthroughs(WALKTHROUGHS_DIR) if w.slug == "09-paged-attention")
+    engines = {d.arg("target").split(":", 1)[0] for d in page.directives("code") if d.arg("target")}
+    assert engines == {"mini", "vllm", "sglang"}
+    assert [d.positional[0] for d in page.directives("lab")] == ["attention-interpreter"]
+    headings = [line for line in page.path.read_text().splitlines() if line.startswith("## ")]
+    assert "## What the CPU interpreter can and cannot show" in headings and headings[-1] == "## Tuning conclusion"
+    result = run_lab("attention-interpreter", {"decode_context": "37,70", "splits": "1,2"}, tmp_path)
+    (table,) = result.tables
+    assert [row[1] for row in table.rows] == ["1 split", "2 splits", "-", "-"]
+    assert all(float(row[3]) < 1e-5 for row in table.rows)  # Triton (interpreted) == torch to float32 rounding
