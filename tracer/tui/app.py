@@ -115,7 +115,7 @@ class ExplorerApp(App):
         text = self.request_filter.lower()
         requests = [r for r in self.model.requests.values() if matches(r, text)]
         self.shown_requests = requests
-        self.query_one("#requests", RequestsTable).show(requests)
+        self.query_one("#requests", RequestsTable).show(requests, model=self.model)
         self.show_filter()
         self.show_request(requests[0] if requests else None)
 

@@ -1,6 +1,8 @@
 """The compare screen: two traces of one workload, step by step (tracer.tui.compare aligns them)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 from rich.table import Table
 from rich.text import Text
 from textual.app import ComposeResult
@@ -10,7 +12,27 @@ from textual.widgets import DataTable, Footer, Static
 
 from tracer.tui.compare import FIELDS, Comparison, StepPair
 from tracer.tui.keys import COMPARE_KEYS
+from tracer.tui.model import TraceModel
 from tracer.tui.widgets import title_of
+
+# What a cell says: the replay's step-by-step record, read the way tracer.tui.compare compares it.
+LEGEND = ("cells: request:tokens the step scheduled for it · cached: request:prefix-cache hit tokens"
+          " · = the step agrees")
+DIFF_WIDTH = 22  # the diff column's most; longer lists wrap onto a second line of the row
+
+
+def trace_labels(left: TraceModel, right: TraceModel) -> tuple[str, str]:
+    """The two traces' names: their engines; where those are alike, the files, with as many of
+    their folders as it takes to tell two files of one name apart (replay/ vs replay-uncached/)."""
+    names = left.engine or title_of(left), right.engine or title_of(right)
+    if names[0] != names[1]:
+        return names
+    a, b = Path(left.path).resolve().parts, Path(right.path).resolve().parts
+    depth = 1
+    while depth < min(len(a), len(b)) and a[-depth:] == b[-depth:]:
+        depth += 1
+    engine = f" ({left.engine})" if left.engine and left.engine == right.engine else ""
+    return "/".join(a[-depth:]) + engine, "/".join(b[-depth:]) + engine
 
 
 def _batch_text(fields: dict, limit: int = 6) -> str:
@@ -30,13 +52,14 @@ class CompareScreen(Screen):
     def __init__(self, comparison: Comparison) -> None:
         super().__init__()
         self.comparison = comparison
-        self.left_name = comparison.left.engine or title_of(comparison.left)
-        self.right_name = comparison.right.engine or title_of(comparison.right)
-        if self.left_name == self.right_name:
-            self.left_name, self.right_name = title_of(comparison.left), title_of(comparison.right)
+        self.left_name, self.right_name = trace_labels(comparison.left, comparison.right)
 
     def compose(self) -> ComposeResult:
         yield Static(id="compare-summary")
+        yield Static(Text(LEGEND, style="dim"), id="compare-legend")
+        # Where n / p say there is no further difference: a line of its own, not a toast that
+        # would cover the detail's values.
+        yield Static(id="compare-status")
         yield DataTable(id="compare-table", cursor_type="row")
         with VerticalScroll(id="compare-detail-box"):
             yield Static(id="compare-detail")
@@ -48,17 +71,21 @@ class CompareScreen(Screen):
         summary = Text(line, style="green" if agree else "bold red")
         self.query_one("#compare-summary", Static).update(summary)
         table = self.query_one("#compare-table", DataTable)
-        side = max(12, (self.app.size.width - 30) // 2)
+        diffs = [_diff_text(pair) for pair in comparison.pairs]
+        diff_width = min(DIFF_WIDTH, max([len("diff"), *map(len, diffs)]))
+        # What is left after the step and diff columns, their padding and the scrollbar.
+        side = max(12, (self.app.size.width - 4 - diff_width - 4 * 2 - 2) // 2)
         table.add_column("step", key="step", width=4)
         table.add_column(self.left_name, key="left", width=side)
         table.add_column(self.right_name, key="right", width=side)
-        table.add_column("diff", key="diff")
-        for pair in comparison.pairs:
+        table.add_column("diff", key="diff", width=diff_width)
+        for pair, diff in zip(comparison.pairs, diffs):
             style = "" if pair.agree else "red"
             table.add_row(Text(str(pair.index + 1), justify="right", style=style),
-                          Text(_batch_text(pair.left_fields), style=style),
-                          Text(_batch_text(pair.right_fields), style=style),
-                          Text(",".join(pair.differing) or "=", style="bold red" if style else "dim green"))
+                          Text(_batch_text(pair.left_fields), style=style, no_wrap=True, overflow="ellipsis"),
+                          Text(_batch_text(pair.right_fields), style=style, no_wrap=True, overflow="ellipsis"),
+                          Text(diff, style="bold red" if style else "dim green"),
+                          height=None)  # a diff wider than its column wraps: the row grows, nothing is cut
         table.focus()
         self.show_pair(0)
 
@@ -82,9 +109,11 @@ class CompareScreen(Screen):
             grid.add_row(Text(name, style=style), Text(_fmt(left), style=style), Text(_fmt(right), style=style))
         self.query_one("#compare-detail", Static).update(grid)
 
-    def _move_to(self, index: int | None) -> None:
+    def _move_to(self, index: int | None, where: str = "") -> None:
+        status = self.query_one("#compare-status", Static)
+        status.display = index is None
         if index is None:
-            self.notify("no further difference", timeout=2)
+            status.update(Text(f"no further difference {where}(g: the first)".replace("  ", " "), style="yellow"))
             return
         self.query_one("#compare-table", DataTable).move_cursor(row=index)
 
@@ -92,11 +121,16 @@ class CompareScreen(Screen):
         self._move_to(self.comparison.first_divergence)
 
     def action_next_divergence(self) -> None:
-        self._move_to(self.comparison.next_divergence(self.query_one("#compare-table", DataTable).cursor_row))
+        here = self.query_one("#compare-table", DataTable).cursor_row
+        self._move_to(self.comparison.next_divergence(here), f"after step {here + 1} ")
 
     def action_previous_divergence(self) -> None:
-        table = self.query_one("#compare-table", DataTable)
-        self._move_to(self.comparison.next_divergence(table.cursor_row, backwards=True))
+        here = self.query_one("#compare-table", DataTable).cursor_row
+        self._move_to(self.comparison.next_divergence(here, backwards=True), f"before step {here + 1} ")
+
+
+def _diff_text(pair: StepPair) -> str:
+    return ", ".join(pair.differing) or "="
 
 
 def _fmt(item: object) -> str:

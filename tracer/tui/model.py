@@ -51,12 +51,14 @@ class StepShape:
     roots: frozenset[str]  # role step_root: the step's own root (engine.step)
     entrypoints: frozenset[str] = frozenset()  # role entrypoint (http.request): a trace rooted at one is one request
     known: frozenset[str] = frozenset()  # every catalog hop: a span named otherwise is an engine's own
+    forward: frozenset[str] = frozenset()  # role forward (model.forward): a trace without one ran no model (replay)
 
     @classmethod
     def of(cls, catalog: Catalog) -> "StepShape":
         return cls(frozenset(h.name for h in catalog.hops if h.scope == "step"),
                    frozenset(catalog.with_role("step_opener")), frozenset(catalog.with_role("step_root")),
-                   frozenset(catalog.with_role("entrypoint")), frozenset(h.name for h in catalog.hops))
+                   frozenset(catalog.with_role("entrypoint")), frozenset(h.name for h in catalog.hops),
+                   frozenset(catalog.with_role("forward")))
 
 
 def step_shape() -> StepShape:
@@ -210,6 +212,9 @@ class TraceModel:
     # Traces of an engine's own tracing that name no request (vLLM's "Overall Loading" startup
     # spans): not requests, so not rows; the explorer says how many there are.
     foreign_traces: list[list[SpanRecord]] = field(default_factory=list)
+    # False when no span is a forward pass (a replay: forced outputs stood in for the model), so
+    # its times say how long the scheduler took, not what a user waits: latencies count steps.
+    ran_model: bool = True
 
     def _resource_value(self, key: str) -> str:
         """`key` of the first resource that has it: an engine's own tracing (vLLM's native spans,
@@ -306,7 +311,8 @@ def _build_model(trace: TraceFile, shape: StepShape) -> TraceModel:
             for rid in tokens:
                 if rid in steps_of:
                     steps_of[rid].append(step)
-    return TraceModel(trace.path, spans, trace.skipped, requests, steps, by_span_id, step_of_span, foreign)
+    ran_model = not shape.forward or any(map(shape.forward.__contains__, map(_name, spans)))
+    return TraceModel(trace.path, spans, trace.skipped, requests, steps, by_span_id, step_of_span, foreign, ran_model)
 
 
 def _segment_steps(

@@ -57,9 +57,12 @@ SourcePane ScrollableContainer {
     height: 1fr;
     overflow-x: hidden;  /* lines are cut to the pane with an ellipsis; left / right move both panes */
 }
-#compare-summary {
+#compare-summary, #compare-legend, #compare-status {
     height: auto;
     padding: 0 1;
+}
+#compare-status {
+    display: none;
 }
 #compare-table {
     height: 1fr;

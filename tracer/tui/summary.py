@@ -11,6 +11,7 @@ from tracer.tui.compare import compare_models
 from tracer.tui.format import count, ms
 from tracer.tui.loader import load_trace
 from tracer.tui.model import TraceModel, build_model
+from tracer.tui.step_time import StepClock, steps
 
 MAX_REQUESTS = 20
 
@@ -22,9 +23,12 @@ def requests_table(model: TraceModel, limit: int = MAX_REQUESTS) -> Table:
     for name, justify in (("request", "left"), ("prompt", "right"), ("output", "right"), ("cached", "right"),
                           ("TTFT", "right"), ("latency", "right"), ("steps", "right"), ("status", "left")):
         table.add_column(name, justify=justify)
+    clock = None if model.ran_model else StepClock(model)  # a replay: no model ran, times count steps
     for request in list(model.requests.values())[:limit]:
+        ttft, latency = ((steps(clock.ttft(request)), steps(clock.latency(request))) if clock
+                         else (ms(request.ttft_ns), ms(request.latency_ns)))
         table.add_row(request.request_id, count(request.prompt_tokens), count(request.output_tokens),
-                      count(request.cached_tokens), ms(request.ttft_ns), ms(request.latency_ns),
+                      count(request.cached_tokens), ttft, latency,
                       str(len(request.steps)), request.status)
     if len(model.requests) > limit:
         table.caption = f"first {limit} of {len(model.requests)} requests"

@@ -12,8 +12,9 @@ from typing import Sequence
 from rich.text import Text
 
 from tracer.tui.format import bar, count, ms
-from tracer.tui.model import Request
+from tracer.tui.model import Request, TraceModel
 from tracer.tui.rowtable import CELL_PADDING, Column, RowTable
+from tracer.tui.step_time import StepClock, steps
 from tracer.tui.timeline import HopRow, Waterfall
 
 STATUS_STYLES = {"error": "bold red", "unfinished": "yellow", "abort": "red", "stop": "green", "length": "green"}
@@ -25,28 +26,35 @@ class RequestsTable(RowTable):
 
     # Numbers get fixed widths (measuring them would summarise every request up front).
     NUMBER_COLUMNS = (("prompt", 6), ("out", 5), ("cached", 6), ("TTFT", 7), ("latency", 7))
+    STEP_TIME_WIDTH = 8  # TTFT and latency counted in steps (a replay): "38 steps"
     STATUS_WIDTH = 10
 
     def __init__(self, **kwargs) -> None:
         super().__init__(zebra_stripes=True, **kwargs)
         self.requests: list[Request] = []
         self._id_width = len("request")
+        self.clock: StepClock | None = None
 
-    def show(self, requests: list[Request], cursor: int = 0) -> None:
+    def show(self, requests: list[Request], cursor: int = 0, model: TraceModel | None = None) -> None:
+        """`model`: the requests' trace; where it ran no model (a replay) TTFT and latency count steps."""
         self.requests = requests
+        self.clock = StepClock(model) if model is not None and not model.ran_model else None
         self._id_width = max([len("request"), *map(len, (r.label for r in requests))])
         self.set_rows(len(requests), cursor)
 
     def columns(self, width: int) -> list[Column]:
-        fixed = sum(w + 2 * CELL_PADDING for _, w in self.NUMBER_COLUMNS) + self.STATUS_WIDTH + 4 * CELL_PADDING
+        numbers = [(label, max(w, self.STEP_TIME_WIDTH) if self.clock and label in ("TTFT", "latency") else w)
+                   for label, w in self.NUMBER_COLUMNS]
+        fixed = sum(w + 2 * CELL_PADDING for _, w in numbers) + self.STATUS_WIDTH + 4 * CELL_PADDING
         id_width = max(len("request"), min(self._id_width, width - fixed))
-        return ([Column("request", id_width)] + [Column(label, w, "right") for label, w in self.NUMBER_COLUMNS]
+        return ([Column("request", id_width)] + [Column(label, w, "right") for label, w in numbers]
                 + [Column("status", self.STATUS_WIDTH)])
 
     def row_cells(self, index: int) -> Sequence[Text]:
-        r = self.requests[index]
+        r, clock = self.requests[index], self.clock
+        ttft, latency = (steps(clock.ttft(r)), steps(clock.latency(r))) if clock else (ms(r.ttft_ns), ms(r.latency_ns))
         return (Text(r.label), Text(count(r.prompt_tokens)), Text(count(r.output_tokens)),
-                Text(count(r.cached_tokens)), Text(ms(r.ttft_ns)), Text(ms(r.latency_ns)),
+                Text(count(r.cached_tokens)), Text(ttft), Text(latency),
                 Text(r.status, style=STATUS_STYLES.get(r.status, "")))
 
     def current(self) -> Request | None:
