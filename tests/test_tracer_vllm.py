@@ -132,11 +132,13 @@ def test_scheduler_spans_follow_the_real_scheduler(traced_vllm, tmp_path):
     # linked to the trace of each request in it.
     schedules = trace.named("scheduler.schedule")
     assert len(schedules) == len(outputs)
+    assert any(so.scheduled_cached_reqs.resumed_req_ids for so in outputs), "the small pool must make vLLM resume a request"
     for span, so in zip(schedules, outputs):
         assert span.attributes["servetrace.batch.request_ids"] == list(so.num_scheduled_tokens)
         assert span.attributes["servetrace.batch.num_scheduled_tokens"] == list(so.num_scheduled_tokens.values())
         assert span.attributes["servetrace.batch.total_tokens"] == so.total_num_scheduled_tokens
         assert set(span.attributes["servetrace.batch.preempted_request_ids"]) == set(so.preempted_req_ids)
+        assert set(span.attributes["servetrace.batch.resumed_request_ids"]) == set(so.scheduled_cached_reqs.resumed_req_ids)
         def links_of(kind):
             return {(link.trace_id, link.span_id) for link in span.links if link.attributes["servetrace.link"] == kind}
 

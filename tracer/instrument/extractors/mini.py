@@ -5,6 +5,7 @@ from typing import Any
 
 from tracer.instrument import otel
 from tracer.instrument.extractors import (
+    BATCH_RESUMED,
     ALLOCATED, BATCH_DECODE, BATCH_FINISHED, BATCH_IDS, BATCH_NEW, BATCH_NEW_TOKENS, BATCH_PREEMPTED, BATCH_PREFILL,
     BATCH_SIZE, BATCH_TOKENS, BATCH_TOTAL, BLOCK_IDS, BLOCKS_ALLOCATED, BLOCKS_FREED, CACHED_BLOCKS,
     CACHED_TOKENS, EVICT_REQUESTED, EVICTABLE, EVICTED, FINISH_REASONS, FREE_BLOCKS, INPUT_TOKENS,
@@ -118,6 +119,7 @@ def schedule_after(args: dict, so: Any) -> dict:
         BATCH_DECODE: len(request_ids) - prefill,
         BATCH_NEW: len(so.scheduled_new_reqs),
         BATCH_PREEMPTED: ids(so.preempted_req_ids),
+        BATCH_RESUMED: ids(getattr(so.scheduled_cached_reqs, "resumed_req_ids", None) or ()),
         **queue_attributes(scheduler),
         **_kv(scheduler.kv_cache_manager),
         **_why_waiting(scheduler),

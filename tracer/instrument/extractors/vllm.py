@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from tracer.instrument.extractors import (
+    BATCH_RESUMED,
     BATCH_EXTERNAL_IDS, BATCH_FINISHED_SINCE, BATCH_QUEUE_LEN, HTTP_STREAM, MODEL_EXECUTED, NEW_TOKENS,
     ALLOCATED, BATCH_DECODE, BATCH_FINISHED, BATCH_IDS, BATCH_NEW, BATCH_PREEMPTED, BATCH_PREFILL,
     BATCH_SIZE, BATCH_TOKENS, BATCH_TOTAL, BLOCK_IDS, BLOCKS_ALLOCATED, BLOCKS_FREED, CACHED_BLOCKS,
@@ -197,6 +198,7 @@ def schedule_after(args: dict, so: Any) -> dict:
         BATCH_DECODE: len(request_ids) - prefill,
         BATCH_NEW: len(so.scheduled_new_reqs),
         BATCH_PREEMPTED: ids(so.preempted_req_ids or ()),
+        BATCH_RESUMED: ids(getattr(so.scheduled_cached_reqs, "resumed_req_ids", None) or ()),
         BATCH_FINISHED_SINCE: ids(so.finished_req_ids or ()),
         **queue_attributes(scheduler),
         **_kv(scheduler.kv_cache_manager),
