@@ -255,8 +255,6 @@ def test_the_decode_latency_lab_reports_milliseconds_machine_and_load(tmp_path):
     saying on what CPU and under what load it ran, and the page ends with a tuning conclusion."""
     page = next(w for w in load_walkthroughs(WALKTHROUGHS_DIR) if w.slug == "06-chunked-prefill-lab")
     assert "chunked-prefill-ms" in [d.positional[0] for d in page.directives("lab")]
-    headings = [line for line in page.path.read_text().splitlines() if line.startswith("## ")]
-    assert headings[-1] == "## Tuning conclusion"
     result = run_lab("chunked-prefill-ms", {"budgets": "64", "long_prompt": "96", "decode_tokens": "4", "repeats": "1"}, tmp_path)
     (table,) = result.tables
     assert [row[:2] for row in table.rows] == [["off", 1024], ["on", 64]]
@@ -281,3 +279,10 @@ def test_the_attention_walkthrough_reads_all_three_engines_and_the_interpreter(t
     (table,) = result.tables
     assert [row[1] for row in table.rows] == ["1 split", "2 splits", "-", "-"]
     assert all(float(row[3]) < 1e-5 for row in table.rows)  # Triton (interpreted) == torch to float32 rounding
+
+
+def test_every_lab_page_ends_with_a_tuning_conclusion():
+    for walkthrough in load_walkthroughs(WALKTHROUGHS_DIR):
+        if walkthrough.directives("lab"):
+            headings = [line for line in walkthrough.path.read_text().splitlines() if line.startswith("## ")]
+            assert headings[-1] == "## Tuning conclusion", walkthrough.name
