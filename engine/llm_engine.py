@@ -20,6 +20,7 @@ from engine.output_processor import OutputProcessor, RequestOutput
 from engine.request import Request, RequestStatus
 from engine.sampling_params import SamplingParams
 from engine.scheduler import Scheduler
+from engine.sglang_scheduler import SglangScheduler
 from engine.tokenizer import PromptError, Tokenizer, default_model_path
 
 
@@ -48,7 +49,9 @@ class LLMEngine:
             max_num_seqs=config.scheduler.max_num_seqs,
             max_model_len=self.max_model_len,
         )
-        self.scheduler = Scheduler(config.scheduler, config.cache, num_blocks)
+        # cache_mode "sglang" runs SGLang's own loop (prefill-or-decode steps, retraction), not vLLM's.
+        scheduler_class = SglangScheduler if config.scheduler.cache_mode == "sglang" else Scheduler
+        self.scheduler = scheduler_class(config.scheduler, config.cache, num_blocks)
         self.output_processor = OutputProcessor(self.tokenizer)
         self._ids = itertools.count()
         # The startup heap (model, tokenizer, imports) lives as long as the engine: mark it static so

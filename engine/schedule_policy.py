@@ -47,13 +47,13 @@ class AddReqResult(enum.Enum):
 class SglangRequest(Protocol):
     request: Request
     kv: ReqKV
+    max_new_tokens: int  # the request's max_tokens as admission clipped it (Scheduler.init_req_max_new_tokens)
 
     def fill_ids(self) -> list[int]: ...
 
 
 def remaining_max_new(entry: SglangRequest) -> int:
-    params = entry.request.sampling_params
-    return min(max(params.max_tokens - entry.request.num_output_tokens, 0), CLIP_MAX_NEW_TOKENS)
+    return min(max(entry.max_new_tokens - entry.request.num_output_tokens, 0), CLIP_MAX_NEW_TOKENS)
 
 
 def calc_priority(waiting: list, kv: SglangKV, clock: Callable[[], float]) -> None:
@@ -153,7 +153,7 @@ class PrefillAdder:
         new_len = min(cand, rem_tokens)
         entry.kv.extend_end = entry.kv.prefix_len + new_len
         self.can_run_list.append(entry)
-        max_new = min(entry.request.sampling_params.max_tokens, CLIP_MAX_NEW_TOKENS) if not truncated else 0
+        max_new = min(entry.max_new_tokens, CLIP_MAX_NEW_TOKENS) if not truncated else 0
         self._update_prefill_budget(new_len, max_new)
         return entry if truncated else None
 
@@ -182,7 +182,7 @@ class PrefillAdder:
         # Without chunking, the first request may exceed the input budget; later ones may not.
         if self.rem_chunk_tokens is None and self.can_run_list and input_tokens >= self.rem_input_tokens:
             return AddReqResult.OTHER
-        max_new_tokens = min(entry.request.sampling_params.max_tokens, CLIP_MAX_NEW_TOKENS)
+        max_new_tokens = min(entry.max_new_tokens, CLIP_MAX_NEW_TOKENS)
         is_chunked = False
         if self.rem_chunk_tokens is not None and input_tokens > self.rem_chunk_tokens:
             extend_len = self.rem_chunk_tokens // self.page_size * self.page_size

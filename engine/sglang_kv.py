@@ -62,12 +62,22 @@ class SglangKV:
     """The tree and the pool, and the request-level operations SGLang runs on them."""
 
     def __init__(self, num_pages: int, page_size: int, enable_caching: bool) -> None:
-        self.page_size = page_size
+        self.page_size = self.block_size = page_size
+        self.num_pages = num_pages
         self.pool = PagePool(num_pages, page_size)
         self.tree = RadixCache(None, page_size=page_size, disable=not enable_caching)
         self.tree.token_to_kv_pool_allocator = self.pool  # the tree frees evicted slots into the pool
 
     # -- capacity --------------------------------------------------------------------
+
+    # The two views the engine's tracing and tests read off any KV manager (engine.kv_manager.KVManager).
+    def get_num_free_blocks(self) -> int:
+        """Free pages plus what the tree could evict."""
+        return self.available_and_evictable() // self.page_size
+
+    @property
+    def usage(self) -> float:
+        return 1.0 - self.get_num_free_blocks() / max(self.num_pages - 1, 1)
 
     def available_and_evictable(self) -> int:
         # Mirrors: sglang.srt.mem_cache.prefill_budget:PrefillBudget._available_and_evictable (sglang 0.5.23)
@@ -132,11 +142,12 @@ class SglangKV:
         p = self.page_size
         self.evict_to_free_tokens(len(kvs) * p)
         for kv in kvs:
-            if kv.committed % p == 0:
+            pages: list[int] | None = []
+            if kv.committed % p == 0:  # the last page is full: the next token starts a new one
                 pages = self.pool.alloc_pages(1)
                 if pages is None:
                     raise RuntimeError("alloc_for_decode: out of KV slots after check_decode_mem")
-                kv.row = self._extend_row(kv.row, pages, kv.committed + 1)
+            kv.row = self._extend_row(kv.row, pages, kv.committed + 1)
             kv.committed += 1
 
     def _extend_row(self, row: list[int], pages: list[int], seq_len: int) -> list[int]:

@@ -39,6 +39,7 @@ class Entry:
     """A request with SGLang's per-request KV state beside it."""
 
     request: Request
+    max_new_tokens: int
     kv: ReqKV = field(default_factory=ReqKV)
     retracted: bool = False
     blocks_sent: int = 0  # blocks of its table the model runner has been sent
@@ -62,7 +63,7 @@ class NewTokenRatio:
     @staticmethod
     def after_retract(entries: list[Entry]) -> float:
         decoded = sum(e.request.num_output_tokens for e in entries)
-        max_new = sum(e.request.sampling_params.max_tokens for e in entries)
+        max_new = sum(e.max_new_tokens for e in entries)
         return min(1.0, (decoded + RETRACT_DECODE_STEPS * len(entries)) / (max_new + 1))
 
 
@@ -92,6 +93,7 @@ class SglangScheduler:
         self.finished_req_ids: set[str] = set()
         self.current_step = 0
         self._clock_ticks = 0
+        self._retract_remaining = 0
 
     # -- the views the engine and replay read (named as engine.scheduler.Scheduler's) ----------
 
@@ -121,8 +123,23 @@ class SglangScheduler:
         if request.request_id in self.requests:
             raise ValueError(f"request id {request.request_id!r} is already in the engine")
         self.requests[request.request_id] = request
-        entry = self.entries[request.request_id] = Entry(request)
+        entry = self.entries[request.request_id] = Entry(request, self._max_new_tokens(request))
         self.waiting_queue.append(entry)
+
+    def _max_new_tokens(self, request: Request) -> int:
+        """max_tokens clipped so the request fits the context and an empty pool (its SamplingParams,
+        perhaps shared with other requests, stay as they are).
+
+        Mirrors: sglang.srt.managers.scheduler:Scheduler.init_req_max_new_tokens (sglang 0.5.23)
+        (sglang/srt/managers/scheduler.py:2693, with BaseTokenToKVPoolAllocator.max_new_tokens_for_memory,
+        sglang/srt/mem_cache/allocator/base.py:88)
+        """
+        input_len, page = request.num_prompt_tokens, self.block_size
+        capacity = (self.kv.num_pages - 1) * page  # max_total_num_tokens
+        max_req_len = min(self.max_model_len - 1, capacity - 1)  # TpModelWorker.get_worker_info (tp_worker.py:568)
+        max_new = max(0, min(request.sampling_params.max_tokens, max_req_len - input_len - 1))
+        paged_input = -(-input_len // page) * page
+        return max(0, min(max_new, capacity - paged_input - page - 1))
 
     # -- the step ---------------------------------------------------------------------------
 
@@ -233,16 +250,30 @@ class SglangScheduler:
                 break
             first = False
             entry = batch[order.pop()]
-            self.kv.retract(entry.kv, len(order), RETRACT_DECODE_STEPS)
-            entry.retracted = True
-            entry.request.status = RequestStatus.PREEMPTED
-            entry.request.num_preemptions += 1
-            entry.request.num_computed_tokens = 0
+            self._retract_remaining = len(order)
+            self._preempt_request(entry.request, time.monotonic())
             retracted.append(entry)
-            self.retracted_this_step.append(entry.request.request_id)
         # filter_batch(keep_indices=sorted_indices) keeps the retraction order, not the batch's.
         self.running_batch = [batch[i] for i in order]
         return retracted
+
+    def _preempt_request(self, request: Request, timestamp: float) -> None:
+        """One retraction: free the request's KV (none of it published), back to waiting later.
+
+        Mirrors: sglang.srt.managers.schedule_batch:release_req (sglang 0.5.23)
+        Named as the vLLM-mode scheduler's preemption, which the engine's tests and traces watch.
+        """
+        entry = self.entries[request.request_id]
+        self.kv.retract(entry.kv, self._retract_remaining, RETRACT_DECODE_STEPS)
+        entry.retracted = True
+        request.status = RequestStatus.PREEMPTED
+        request.num_preemptions += 1
+        request.num_computed_tokens = 0
+        self.retracted_this_step.append(request.request_id)
+
+    @property
+    def kv_cache_manager(self) -> SglangKV:
+        return self.kv
 
     def _tick(self) -> float:
         self._clock_ticks += 1
@@ -328,7 +359,7 @@ class SglangScheduler:
         # Mirrors: sglang.srt.managers.schedule_batch:Req.update_finish_state (sglang 0.5.23)
         params = request.sampling_params
         last = request.output_token_ids[-1]
-        if request.num_output_tokens >= params.max_tokens:
+        if request.num_output_tokens >= self.entries[request.request_id].max_new_tokens:
             request.status = RequestStatus.FINISHED_LENGTH_CAPPED
             return True
         if not params.ignore_eos and last == request.eos_token_id or last in params.stop_token_ids:

@@ -105,7 +105,12 @@ def test_preemption_under_a_small_pool_recomputes_correctly(expected, cache_mode
 
     engine.scheduler._preempt_request = spy
     outputs = engine.generate(PROMPTS, GREEDY)
-    assert preempted, "the pool was meant to be too small to run everything at once"
+    if cache_mode == "vllm":
+        assert preempted, "the pool was meant to be too small to run everything at once"
+    # SGLang's admission reserves 0.7 (new_token_ratio) of each running request's remaining max_tokens,
+    # so on this pool it queues instead of over-admitting, at every size that leaves room for the
+    # 24 outputs (smaller pools clip max_tokens, Scheduler.init_req_max_new_tokens). Its retraction is
+    # checked against SGLang's own scheduler in tests/test_conformance_sglang_scheduler.py.
     assert [o.output_token_ids for o in outputs] == expected
     assert_pool_empty(engine)
 

@@ -138,6 +138,12 @@ def _sglang_scheduler_replay(workload: list[WorkloadRequest], config: ReplayConf
             result.files.append(log.write(claim(f"steps-{name}.json")))
         if log.stalled:
             result.notes.append(f"{name}: replay stopped early: {log.stalled}")
+    if claim is not None:
+        # Said, not silently skipped: the explorer's compare opens two traces, and neither side of this
+        # replay is traced yet (the catalog has no targets for engine.sglang_scheduler, and the hooks do
+        # not run inside the SGLang subprocess); the step logs and compare.json carry the comparison.
+        result.notes.append(f"{MINI_SGLANG} / sglang scheduler replay: no trace files (not traced yet); "
+                            "the comparison is in the steps-*.json logs and compare.json")
     if len(logs) < 2:
         result.notes.append(f"{MINI_SGLANG} alone: add sglang to --engines to compare it with SGLang's scheduler")
         return []

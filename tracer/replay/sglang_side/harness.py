@@ -144,6 +144,7 @@ def drive(scheduler: Scheduler, requests: list[dict], config: dict, pools: tuple
             index, request = pending.pop(0)
             req = make_req(request, config, index)
             by_id[req.rid] = req
+            scheduler.init_req_max_new_tokens(req)  # as _handle_generate_request (:2959) does: clip to fit
             scheduler._add_request_to_queue(req)  # the real queue entry (:3480)
             arrivals.append(req.rid)
         waiting_before = {r.rid for r in scheduler.waiting_queue}

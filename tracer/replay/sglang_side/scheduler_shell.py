@@ -12,8 +12,10 @@ import torch
 from typing import Any
 
 from sglang.srt.configs.model_config import ModelConfig
+from sglang.srt.environ import envs
 from sglang.srt.disaggregation.utils import DisaggregationMode
 from sglang.srt.managers.scheduler import Scheduler
+from sglang.srt.mem_cache.allocator.page_interleave import page_interleave_shard_size
 from sglang.srt.model_executor.model_runner_components.ngram_embedding_manager import NgramEmbeddingManager
 from sglang.srt.runtime_context import get_context, get_memory, get_parallel, get_schedule
 from sglang.srt.server_args import ServerArgs
@@ -84,11 +86,14 @@ def make_scheduler(server_args: ServerArgs, config: dict, req_to_token_pool: Any
     s.max_prefill_tokens = server_args.max_prefill_tokens
     s.max_running_requests = server_args.max_running_requests
     s.max_queued_requests = None
-    s.max_req_len = server_args.context_length
-    s.max_req_input_len = server_args.context_length - 1
+    # TpModelWorker.get_worker_info (sglang/srt/managers/tp_worker.py:568-572).
+    s.max_req_len = min(server_args.context_length - 1, server_args.max_total_tokens - 1)
+    s.max_req_input_len = s.max_req_len - 5
     s.device = "cpu"
     s.forward_stream = torch.get_device_module("cpu").Stream()
     s.min_free_slots_delayer = None
+    s.max_new_tokens_limit = envs.SGLANG_MAX_NEW_TOKENS_LIMIT.get()  # __init__ :525
+    s.kv_shard_widening = page_interleave_shard_size(allocator)  # __init__ :611 (1: no sharded pages)
     if not get_parallel().pp_max_micro_batch_size:  # as init_model_worker (:1240) sets it
         get_context().override("scheduler.pp_max_micro_batch_size_default",
                                pp_max_micro_batch_size=max(s.max_running_requests // get_parallel().pp_size, 1))
