@@ -142,3 +142,58 @@ def test_mixed_workload_under_pressure(driver):
     assert any(step.preempted for step in theirs.steps), "no retraction"
     assert any(a.cached_tokens for step in theirs.steps for a in step.admitted), "no prefix hit"
     assert any(n > 1 and n < 48 for step in theirs.steps for _, n in step.scheduled)
+
+
+def random_case(seed: int) -> tuple[dict, list[WorkloadRequest]]:
+    """A configuration and workload drawn from the space the scheduler runs in: page sizes 1-16,
+    pools from tight to roomy, chunked or not, caching on or off, shared prefixes, staggered arrivals."""
+    rng = random.Random(seed)
+    block_size = rng.choice([1, 1, 2, 4, 8, 16])
+    num_blocks = rng.randint(12, 60) if block_size > 2 else rng.randint(40, 260)
+    chunked = rng.random() < 0.8
+    config = dict(block_size=block_size, num_blocks=num_blocks, max_num_seqs=rng.choice([1, 2, 4, 8]),
+                  max_num_batched_tokens=rng.choice([16, 32, 64, 128]) if chunked else 256, max_model_len=256,
+                  enable_chunked_prefill=chunked, enable_prefix_caching=rng.random() < 0.85)
+    prefixes = [[rng.randrange(10, 5000) for _ in range(rng.randint(4, 48))] for _ in range(3)]
+    workload = []
+    for i in range(rng.randint(2, 24)):
+        shared = rng.choice(prefixes)[: rng.randint(1, 48)] if rng.random() < 0.7 else []
+        prompt = shared + [rng.randrange(10, 9000) for _ in range(rng.randint(1, 40))]
+        max_tokens = rng.randint(1, 40) if rng.random() < 0.5 else rng.randint(30, 120)
+        if -(-(len(prompt) + max_tokens) // block_size) <= num_blocks - 1:  # what validate_workload allows
+            workload.append(req(f"q{i}", rng.randint(0, 15), prompt, max_tokens))
+    return config, workload
+
+
+def test_random_configurations_agree(driver):
+    retracting = hitting = 0
+    for seed in range(1000, 1060):
+        config, workload = random_case(seed)
+        if not workload:
+            continue
+        replay_config = ReplayConfig(**config)
+        ours = drive(MiniSglangRunner(replay_config), workload)
+        theirs = replay_sglang_scheduler(workload, replay_config, driver)
+        comparison = compare_logs(ours, theirs)
+        # Both may stall the same way (a pool whose page overhead no request fits): that agrees too.
+        assert comparison.agree and bool(ours.stalled) == bool(theirs.stalled), (seed, comparison.divergence)
+        retracting += any(step.preempted for step in theirs.steps)
+        hitting += any(a.cached_tokens for step in theirs.steps for a in step.admitted)
+    assert retracting >= 3 and hitting >= 20, (retracting, hitting)  # the search reached both mechanisms
+
+
+def test_replay_session_writes_the_sglang_scheduler_comparison(driver, tmp_path, monkeypatch):
+    import json
+
+    from tracer.replay.session import run_replay
+
+    monkeypatch.setattr(SglangDriver, "_shared", driver)  # the module's subprocess, not a second one
+    workload = [req(f"r{i}", 0, [50 + i] * 10, 40) for i in range(6)]
+    config = ReplayConfig(block_size=1, num_blocks=97, max_num_batched_tokens=64)
+    result = run_replay(workload, config, ["mini-sglang", "sglang"], tmp_path / "out", trace=False)
+    compare = json.loads((tmp_path / "out" / "compare.json").read_text())
+    [scheduler] = compare["scheduler"]
+    assert (scheduler["left_engine"], scheduler["right_engine"], scheduler["agree"]) == ("mini-sglang", "sglang", True)
+    assert scheduler["agreeing_steps"] == scheduler["right_steps"] > 0
+    assert any("priority" in item for item in scheduler["known_differences"])  # engine/sglang_scheduler.py's list
+    assert result.agree and (tmp_path / "out" / "steps-sglang-scheduler.json").is_file()

@@ -79,7 +79,7 @@ def make_scheduler(server_args: ServerArgs, config: dict, req_to_token_pool: Any
     s.attn_dp_enabled = False
     s.enable_unified_memory = False
     s.model_config = ModelConfig.from_server_args(server_args)  # init_model_config :793 (reads config.json only)
-    s.dllm_config = None
+    s.init_diffusion_llm()  # :660 (dllm off: dllm_config None, an empty DllmManager)
     s.is_generation = True
     # What init_model_worker (:1128) reads off the model worker (get_worker_info) and build_kv_cache returns.
     s.max_total_num_tokens = server_args.max_total_tokens
