@@ -6,8 +6,8 @@ imports inside functions counted too:
   nor the engine, replay, labs or instrumentation: they read traces and the catalog (the site
   builder gets lab results from `servetrace site build`, tracer.commands.site);
 - a hop name is written only in the catalog (tracer/catalog/) and in the extractors' BEFORE /
-  AFTER tables (which join a hop to the function reading it), plus the explorer's one list of
-  hops it interprets (tracer/tui/hop_readings.py: no catalog role says "prefix lookup" yet);
+  AFTER tables (which join a hop to the function reading it); everything else reads hop names
+  from the catalog's roles;
 - a span attribute key ("servetrace.*", "gen_ai.*") is written only in tracer/traces/schema.py.
 Each rule is shown failing on a planted violation in a temporary tree.
 """
@@ -28,7 +28,7 @@ FORBIDDEN = [
     *[("tracer.sitebuilder", other) for other in ("tracer.tui", "engine", "tracer.replay", "tracer.labs", "tracer.instrument")],
 ]
 EXTRACTORS = "tracer/instrument/extractors/"  # their module-level tables (BEFORE, AFTER, INJECT) map hop -> function
-HOP_NAMES_ALLOWED_IN = ("tracer/catalog/", "tracer/tui/hop_readings.py")
+HOP_NAMES_ALLOWED_IN = ("tracer/catalog/",)
 ATTRIBUTE_KEY = re.compile(r"^(servetrace|gen_ai)\.[a-z_]")
 KEYS_ALLOWED_IN = ("tracer/traces/schema.py",)
 
