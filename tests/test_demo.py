@@ -23,3 +23,9 @@ def test_demo_serves_traces_replays_and_summarises(tmp_path):
     request_spans = [s for s in trace.spans if s.trace_id == roots[0].trace_id]
     assert {"http.request", "request.render", "engine.enqueue", "kv.allocate", "kv.free"} <= {s.name for s in request_spans}
     assert (out / "replay" / "trace-vllm.jsonl").is_file() and (out / "replay" / "trace-mini.jsonl").is_file()
+    # How to open the explorer on what was recorded: one command on one line (not wrapped at 80
+    # columns, which would break it when copied), naming every trace the explorer opens.
+    (command,) = [line for line in result.stderr.splitlines() if "servetrace tui " in line]
+    traces = command.split("servetrace tui ", 1)[1].split()
+    assert traces == [str(out / "trace-http.jsonl"), str(out / "replay" / "trace-mini.jsonl"),
+                      str(out / "replay" / "trace-vllm.jsonl")]

@@ -70,14 +70,14 @@ def run(args: argparse.Namespace) -> int:
         from tracer import tui
 
         status = tui.run_explorer([str(p) for p in traces])
-        console.print(f"reopen the explorer:  servetrace tui {' '.join(str(p) for p in traces)}")
+        # soft_wrap: the command stays one line (the terminal wraps it), so it copies and pastes whole.
+        console.print(f"reopen the explorer:  servetrace tui {' '.join(str(p) for p in traces)}", soft_wrap=True)
         return status if status else (0 if agree else 1)
     from tracer import tui
 
     tui.print_summary([str(p) for p in traces], console=console)
-    console.print(
-        f"\nanswer: {answer.strip()}\n\nexplore it yourself:  servetrace tui {' '.join(str(p) for p in traces)}"
-    )
+    console.print(f"\nanswer: {answer.strip()}")
+    console.print(f"\nexplore it yourself:  servetrace tui {' '.join(str(p) for p in traces)}", soft_wrap=True)
     return 0 if agree else 1
 
 

@@ -38,7 +38,6 @@ SOURCE_KEYS = [
     # Priority: a focused code pane would scroll only itself; both panes move together.
     Binding("right", "scroll_code(1)", "right", show=False, priority=True, tooltip="scroll both code panes right"),
     Binding("left", "scroll_code(-1)", "left", show=False, priority=True, tooltip="scroll both code panes left"),
-    Binding("home", "scroll_code(0)", "line start", show=False, priority=True, tooltip="both code panes back to the line start"),
 ]
 
 COMPARE_KEYS = [

@@ -192,11 +192,10 @@ class SourceScreen(Screen):
         self.refresh_panes()
 
     def action_scroll_code(self, direction: int) -> None:
-        """Both panes sideways by SCROLL_COLUMNS (0: back to the line start), as far as the wider
-        pane's longest line needs."""
+        """Both panes sideways by SCROLL_COLUMNS, as far as the wider pane's longest line needs."""
         panes = list(self.query(SourcePane))
         widest = max((pane.widest_line() - pane.content_width() + 8 for pane in panes), default=0)
-        self.column = 0 if direction == 0 else min(max(self.column + direction * SCROLL_COLUMNS, 0), max(widest, 0))
+        self.column = min(max(self.column + direction * SCROLL_COLUMNS, 0), max(widest, 0))
         for pane in panes:
             pane.column = self.column
             pane.draw_code()
