@@ -179,7 +179,11 @@ class SglangScheduler:
 
     def _num_allocatable_reqs(self, running_bs: int) -> int:
         # Mirrors: sglang.srt.managers.scheduler:Scheduler.get_num_allocatable_reqs (sglang 0.5.23)
-        return self.scheduler_config.max_num_seqs - running_bs
+        # SGLang sizes max_running_requests (and as many request rows) at most half the pool in tokens
+        # (sglang/srt/mem_cache/kv_cache_configurator.py:3119 resolve_max_num_reqs); with one row per
+        # running request the rows never bind before this does.
+        capacity = (self.kv.num_pages - 1) * self.block_size
+        return min(self.scheduler_config.max_num_seqs, capacity // 2) - running_bs
 
     def _get_new_batch_prefill(self) -> list[Entry] | None:
         # Mirrors: sglang.srt.managers.scheduler:Scheduler._get_new_batch_prefill_raw (sglang 0.5.23)

@@ -53,12 +53,20 @@ def server_args_for(config: dict, model_path: str) -> ServerArgs:
     )
 
 
+def max_running_requests(server_args: ServerArgs) -> int:
+    # Mirrors kv_cache_configurator.py:3126-3129 (one attention-DP worker).
+    return min(max(1, server_args.max_running_requests), server_args.max_total_tokens // 2)
+
+
 def build_pools(server_args: ServerArgs, config: dict) -> tuple[Any, Any, Any]:
     """The real token pools and RadixCache, sized from the config (kv_cache_builder.build_kv_cache,
     sglang/srt/mem_cache/kv_cache_builder.py:308, gets the same three objects from the model runner)."""
     size = server_args.max_total_tokens
     page_size = server_args.page_size
-    req_to_token_pool = ReqToTokenPool(size=config["max_num_seqs"] + 1, max_context_len=config["max_model_len"] + 4,
+    # One row per running request, as KVCacheConfigurator.resolve_max_num_reqs sizes it
+    # (sglang/srt/mem_cache/kv_cache_configurator.py:3119): max_running_requests, at most half the pool.
+    rows = max_running_requests(server_args)
+    req_to_token_pool = ReqToTokenPool(size=rows, max_context_len=config["max_model_len"] + 4,
                                        device="cpu", enable_memory_saver=False)
     if page_size == 1:
         allocator = TokenToKVPoolAllocator(size, dtype=torch.float32, device="cpu", kvcache=None, need_sort=False)

@@ -84,7 +84,7 @@ def make_scheduler(server_args: ServerArgs, config: dict, req_to_token_pool: Any
     # What init_model_worker (:1128) reads off the model worker (get_worker_info) and build_kv_cache returns.
     s.max_total_num_tokens = server_args.max_total_tokens
     s.max_prefill_tokens = server_args.max_prefill_tokens
-    s.max_running_requests = server_args.max_running_requests
+    s.max_running_requests = req_to_token_pool.size  # resolve_max_num_reqs sized the rows (harness.build_pools)
     s.max_queued_requests = None
     # TpModelWorker.get_worker_info (sglang/srt/managers/tp_worker.py:568-572).
     s.max_req_len = min(server_args.context_length - 1, server_args.max_total_tokens - 1)
