@@ -117,8 +117,9 @@ class SourcePane(Vertical):
         return max((len(line.expandtabs(4)) for line in self.view.source.splitlines()), default=0) if self.view else 0
 
     def on_resize(self) -> None:
-        if self.view is not None:  # the title's path and the code lines are laid out for the width
-            self.screen.refresh_panes()
+        refresh = getattr(self.screen, "refresh_panes", None)
+        if self.view is not None and refresh is not None:  # the title's path and code lines fit the width
+            refresh()
 
 
 class SourceScreen(Screen):
