@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 
 @contextmanager
@@ -45,3 +45,41 @@ def _shutdown_quietly() -> None:
         otel.shutdown()
     except Exception:
         pass
+
+
+class RequestTraces:
+    """One trace per replayed request for a replay that drives a cache directly (the radix-cache
+    replay): a root span of the catalog's enqueue hop, named by the request id, that the request's
+    cache calls (match, evict, insert) nest under while `within` it. Without tracing, all no-ops."""
+
+    def __init__(self) -> None:
+        from tracer.catalog.hops import load_catalog
+        from tracer.instrument import otel
+
+        self._tracer = otel.active_tracer()
+        (self._root_hop,) = load_catalog().with_role("enqueue")
+
+    def open(self, request_id: str, attributes: dict) -> Any:
+        if self._tracer is None:
+            return None
+        from opentelemetry import context as otel_context
+
+        from tracer.traces.schema import REQUEST_ID
+
+        return self._tracer.start_span(self._root_hop, context=otel_context.Context(),
+                                       attributes={REQUEST_ID: request_id, **attributes})
+
+    @contextmanager
+    def within(self, span: Any) -> Iterator[None]:
+        if span is None:
+            yield
+            return
+        from opentelemetry import trace
+
+        with trace.use_span(span, end_on_exit=False):
+            yield
+
+    def close(self, span: Any, attributes: dict | None = None) -> None:
+        if span is not None:
+            span.set_attributes(attributes or {})
+            span.end()

@@ -29,6 +29,8 @@ from typing import Any, Iterator
 from engine.radix_cache import RadixCache, TokenToKVPoolAllocator
 from tracer.replay.config import ReplayConfig
 from tracer.replay.runners import make_radix_runner
+from tracer.replay.tracing import RequestTraces
+from tracer.traces.schema import INPUT_TOKENS, MAX_TOKENS, OUTPUT_TOKENS, STATUS
 from tracer.replay.workload import WorkloadRequest
 
 
@@ -200,6 +202,8 @@ def replay_radix(engine: str, workload: list[WorkloadRequest], config: ReplayCon
     radix = make_radix_runner(engine, config, page_size)
     log = RadixLog(radix.name, {**config.to_json(), "page_size": page_size})
     in_flight: deque[_InFlight] = deque()
+    traces = RequestTraces()  # the request's match / evict / insert spans nest in its own trace
+    roots: dict[str, Any] = {}
 
     def record(request_id: str, event: str, **values: int) -> None:
         evictable, protected = radix.sizes()
@@ -210,12 +214,14 @@ def replay_radix(engine: str, workload: list[WorkloadRequest], config: ReplayCon
         done = in_flight.popleft()
         token_ids = done.request.prompt_token_ids + done.request.forced_output()
         key_len = len(token_ids) - len(token_ids) % page_size
-        prefix_len = radix.insert(token_ids[:key_len], done.slots[:key_len])
+        with traces.within(roots.get(done.request.id)):
+            prefix_len = radix.insert(token_ids[:key_len], done.slots[:key_len])
         # The tree already held [matched, prefix_len): this request's copies are duplicates.
         radix.free(done.slots[done.matched:prefix_len])
         radix.free(done.slots[key_len:])  # a partial last page is not cached
         radix.unlock(done.node)
         record(done.request.id, "finish", insert_prefix_len=prefix_len)
+        traces.close(roots.pop(done.request.id, None), {OUTPUT_TOKENS: done.request.max_tokens})
 
     with radix.session():
         for request in sorted(workload, key=lambda r: r.arrival_step):
@@ -223,12 +229,16 @@ def replay_radix(engine: str, workload: list[WorkloadRequest], config: ReplayCon
             if need_total > config.pool_tokens:
                 log.skipped.append(request.id)
                 continue
-            prefix_slots, node = radix.match(request.prompt_token_ids)
+            root = roots[request.id] = traces.open(request.id, {INPUT_TOKENS: len(request.prompt_token_ids),
+                                                                 MAX_TOKENS: request.max_tokens})
+            with traces.within(root):
+                prefix_slots, node = radix.match(request.prompt_token_ids)
             radix.lock(node)
             need = need_total - len(prefix_slots)
             evicted = 0
             while radix.available() < need:
-                freed = radix.evict(need - radix.available())
+                with traces.within(root):
+                    freed = radix.evict(need - radix.available())
                 evicted += freed
                 if radix.available() >= need:
                     break
@@ -241,6 +251,7 @@ def replay_radix(engine: str, workload: list[WorkloadRequest], config: ReplayCon
                 # Only the request's own locked prefix is left: it cannot run.
                 radix.unlock(node)
                 log.skipped.append(request.id)
+                traces.close(roots.pop(request.id, None), {STATUS: "skipped: no room beside its locked prefix"})
                 continue
             in_flight.append(_InFlight(request, node, prefix_slots + new_slots, len(prefix_slots)))
             record(request.id, "admit", matched=len(prefix_slots), evicted=evicted)
