@@ -7,10 +7,6 @@ import json
 import sys
 
 from tracer.cli import UserError
-from tracer.traces.schema import ENGINE
-
-# Engines whose traces lack what explain reads (block hashes, the scheduler's state per step).
-UNEXPLAINED_ENGINES = {"sglang"}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -26,7 +22,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from tracer.traces.explain_cache import explain_cache
     from tracer.traces.explain_time import split_time
-    from tracer.traces.request_steps import read_timeline
+    from tracer.traces.request_steps import NOT_EXPLAINED, read_timeline, unexplained_engines
     from tracer.traces.trace_file import TraceFileError, read_trace_file
 
     try:
@@ -35,10 +31,9 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(str(exc)) from None
     for skipped in trace.skipped:
         print(f"servetrace explain: skipped line {skipped.line_number}: {skipped.reason}", file=sys.stderr)
-    engines = {span.resource.get(ENGINE) for span in trace.spans} - {None}
-    if engines and engines <= UNEXPLAINED_ENGINES:
-        raise UserError(f"{args.trace} is a trace of {', '.join(sorted(engines))}: explain reads the hash prefix cache and the "
-                        "V1 scheduler state that ours and vLLM record; SGLang's radix cache and scheduler are not explained yet")
+    engines = unexplained_engines(trace.spans)
+    if engines:
+        raise UserError(f"{args.trace} is a trace of {', '.join(sorted(engines))}: {NOT_EXPLAINED}")
     timeline = read_timeline(trace.spans)
     lives = timeline.requests
     if args.request:

@@ -7,17 +7,38 @@ opens a step, enqueues, renders, looks a prefix up, evicts or preempts: no hop n
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterable
 
 from tracer.catalog.hops import Catalog, load_catalog
 from tracer.traces.schema import (
     BATCH_IDS, BATCH_PREEMPTED, BATCH_TOKENS, BATCH_TOTAL, BLOCK_HASHES, CACHED_BLOCKS, CACHED_TOKENS,
-    CACHING_ENABLED, CONFIG_BLOCK_SIZE, EVICTED_HASHES, EXTERNAL_ID, REQUEST_ID, FREE_BLOCKS, HASH_DOMAIN, INPUT_TOKENS, NUM_RUNNING,
+    CACHING_ENABLED, CONFIG_BLOCK_SIZE, ENGINE, EVICTED_HASHES, EXTERNAL_ID, REQUEST_ID, FREE_BLOCKS, HASH_DOMAIN, INPUT_TOKENS, NUM_RUNNING,
     PRIORITY, PROMPT_TOKEN_IDS, SCHED_CHUNKED, SCHED_MAX_SEQS, SCHED_TOKEN_BUDGET, WAITING_HEAD,
     WAITING_HEAD_BLOCKS, WAITING_HEAD_STATUS,
 )
 from tracer.traces.shape import RequestTrace, TraceShape, analyse
 from tracer.traces.trace_file import SpanRecord
+
+# Engines whose traces lack what explain reads (block hashes, the scheduler's state per step): the
+# CLI and the explorer's "why" view say so, in NOT_EXPLAINED's words, instead of explaining them.
+UNEXPLAINED_ENGINES = frozenset({"sglang"})
+NOT_EXPLAINED = ("explain reads the hash prefix cache and the V1 scheduler state that ours and vLLM record; "
+                 "SGLang's radix cache and scheduler are not explained yet")
+
+
+def unexplained_engines(spans: Iterable[SpanRecord]) -> set[str]:
+    """The engines the spans' resources name (servetrace.engine) when explain covers none of them,
+    else an empty set. Each resource is looked at once: a process's spans share one."""
+    engines: set[str] = set()
+    seen: set[int] = set()
+    for span in spans:
+        resource = span.resource or {}
+        if id(resource) not in seen:
+            seen.add(id(resource))
+            if resource.get(ENGINE) is not None:
+                engines.add(str(resource[ENGINE]))
+    return engines if engines and engines <= UNEXPLAINED_ENGINES else set()
+
 
 @dataclass
 class Step:

@@ -19,6 +19,7 @@ from tracer.tui.styles import CSS
 from tracer.tui.screens import CompareScreen, HelpScreen, SourceScreen
 from tracer.tui.timeline import Waterfall, build_waterfall
 from tracer.tui.widgets import RequestsTable, SidePanel, WaterfallTable, title_of
+from tracer.tui.why_screen import WhyScreen
 
 HOP_FILTER_PREFIX = "hop:"
 IDLE_CHECK_S = 0.5  # how often the app checks for a pause to collect garbage in
@@ -209,6 +210,20 @@ class ExplorerApp(App):
         waterfall = self.query_one("#waterfall", WaterfallTable).waterfall
         operation = waterfall.request.operation if waterfall is not None else ""
         self.push_screen(SourceScreen(row.span.name, self.model.engine, self.model.engine_version, operation))
+
+    def action_why(self) -> None:
+        """The "why" view of the selected request; n / p there move this view's cursor along."""
+        table = self.query_one("#requests", RequestsTable)
+        if not self.shown_requests:
+            self.notify("no request to explain", timeout=2)
+            return
+
+        def follow(request: Request) -> None:
+            rows = [r.request_id for r in self.shown_requests]
+            if request.request_id in rows:
+                table.move_cursor(row=rows.index(request.request_id))
+
+        self.push_screen(WhyScreen(self.model, self.shown_requests, table.cursor_row, follow))
 
     def comparison(self) -> Comparison | None:
         if len(self.models) < 2:

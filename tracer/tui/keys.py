@@ -22,6 +22,7 @@ MAIN_KEYS = [
     Binding("right_square_bracket", "next_step", "next step", show=False, tooltip="the request's next engine step"),
     Binding("left_square_bracket", "previous_step", "prev step", show=False, tooltip="the request's previous engine step"),
     Binding("s", "source", "source", tooltip="source pane for the focused hop"),
+    Binding("w", "why", "why", tooltip="why the request took its time; its prefix-cache miss"),
     Binding("c", "compare", "compare", tooltip="compare the two traces step by step (needs TRACE2)"),
     Binding("x", "switch_trace", "other trace", show=False, tooltip="show the other trace"),
     Binding("slash", "filter", "filter", tooltip="filter requests by id or status; 'hop:kv' filters hops"),
@@ -45,6 +46,13 @@ COMPARE_KEYS = [
     Binding("g", "first_divergence", "first divergence"),
     Binding("n", "next_divergence", "next diff", tooltip="the next step that differs"),
     Binding("p", "previous_divergence", "prev diff", tooltip="the previous step that differs"),
+]
+
+# The "why" view (tracer.tui.why_screen): n / p walk the requests the main view lists.
+WHY_KEYS = [
+    Binding("escape,q", "app.pop_screen", "back"),
+    Binding("n", "request(1)", "next request", tooltip="explain the next request of the requests table"),
+    Binding("p", "request(-1)", "prev request", tooltip="explain the previous request"),
 ]
 
 HELP_KEYS = [Binding("escape,q,question_mark", "app.pop_screen", "close")]

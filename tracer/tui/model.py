@@ -26,7 +26,7 @@ from functools import cached_property
 from itertools import compress, repeat
 from pathlib import Path
 from operator import attrgetter
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from tracer.catalog.hops import Catalog, load_catalog
 from tracer.traces.schema import (
@@ -37,6 +37,9 @@ from tracer.traces.trace_file import SkippedLine, SpanRecord, TraceFile
 from tracer.tui.grouping import aliases, group_requests
 from tracer.tui.memory import gc_paused
 from tracer.tui.summaries import RequestSummary, summarise
+
+if TYPE_CHECKING:
+    from tracer.tui.why import WhyIndex
 
 ID_KEYS = (REQUEST_ID, EXTERNAL_ID, HTTP_REQUEST_ID_HEADER, *NATIVE_REQUEST_ID_KEYS)  # what the filter matches
 
@@ -242,6 +245,14 @@ class TraceModel:
     @cached_property
     def service(self) -> str:
         return self._resource_value(SERVICE_NAME)
+
+    @cached_property
+    def why(self) -> "WhyIndex":
+        """The "why" view's timeline and recent explanations (tracer.tui.why): built on first use,
+        once per model, and gone with it (a live window's models are replaced)."""
+        from tracer.tui.why import WhyIndex  # the explain readers load only when asked
+
+        return WhyIndex(self)
 
     def warning(self) -> str:
         """One line for the user when part of the file could not be read, else ''."""

@@ -14,8 +14,9 @@ from textual.widgets import Static
 from tracer.tui.compare_screen import CompareScreen
 from tracer.tui.keys import HELP_KEYS, TABLE_KEYS, help_section
 from tracer.tui.source_screen import SYNTAX_THEME, SourcePane, SourceScreen
+from tracer.tui.why_screen import WhyScreen
 
-__all__ = ["CompareScreen", "HelpScreen", "SYNTAX_THEME", "SourcePane", "SourceScreen"]
+__all__ = ["CompareScreen", "HelpScreen", "SYNTAX_THEME", "SourcePane", "SourceScreen", "WhyScreen"]
 
 
 HELP_ABOUT = """\
@@ -41,6 +42,7 @@ class HelpScreen(ModalScreen):
             help_section("Main screen", self.main_bindings, display, TABLE_KEYS),
             help_section("Source pane", SourceScreen.BINDINGS, display),
             help_section("Compare", CompareScreen.BINDINGS, display),
+            help_section("Why (the request's time and prefix-cache miss)", WhyScreen.BINDINGS, display),
             Text(HELP_STATE),
         ]
         return Text("\n\n").join(sections)
