@@ -13,6 +13,7 @@ from tracer.traces.shape import analyse
 from tracer.traces.trace_file import read_trace_file
 from tracer.tui.loader import load_trace
 from tracer.tui.model import build_model
+from tracer.tui.timeline import build_waterfall
 
 SYSTEM = list(range(100, 164))
 WORKLOAD = [WorkloadRequest(f"r{i}", i, SYSTEM + list(range(1000 * (i + 1), 1000 * (i + 1) + 24)), 8) for i in range(6)]
@@ -52,3 +53,12 @@ def test_the_explorer_lists_them_as_requests_with_their_cached_tokens(radix_trac
     assert sorted(r.request_id for r in requests) == [r.id for r in WORKLOAD]
     assert {r.request_id: r.cached_tokens for r in requests}["r0"] == 0
     assert all(r.cached_tokens >= 64 for r in requests if r.request_id in ("r3", "r4", "r5"))
+
+
+def test_the_state_panel_reads_each_requests_own_hit_even_a_zero(radix_traces):
+    model = build_model(load_trace(radix_traces["sglang"]))
+    requests = {r.request_id: r for r in (model.requests.values() if isinstance(model.requests, dict) else model.requests)}
+    for rid, expected in (("r0", 0), ("r3", 64)):
+        waterfall = build_waterfall(model, requests[rid])
+        lookups = [i for i, row in enumerate(waterfall.rows) if row.span.name == "kv.match_prefix"]
+        assert waterfall.state_at(lookups[0]).matched_prefix == expected

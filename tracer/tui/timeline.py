@@ -169,6 +169,9 @@ def advance(state: HopState, span: SpanRecord, step: Step | None, request_id: st
         if isinstance(attrs.get(key), (int, float)):
             changes[name] = kind(attrs[key])
     mine = str(attrs.get(REQUEST_ID, "")) == request_id or attrs.get(EXTERNAL_ID) == request_id
+    # A replay that drives the cache directly (the radix replay) calls the lookup with a key, not a
+    # request: in the request's own waterfall, an anonymous lookup is the request's.
+    mine = mine or (span.name == PREFIX_LOOKUP and REQUEST_ID not in attrs and BATCH_IDS not in attrs)
     if mine:
         blocks = attrs.get(BLOCK_IDS)
         if span.name == PREFIX_LOOKUP:
