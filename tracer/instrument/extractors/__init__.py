@@ -91,3 +91,12 @@ def blocks_to_evict(pool: Any, num_blocks: int, hash_of: Callable[[Any], bytes])
             hashes.append(hash_of(block.block_hash).hex())
         block = block.next_free_block
     return {EVICTED_HASHES: hashes, DROP: not hashes}
+
+
+def allocate_before(args: dict) -> dict:
+    """KVCacheManager.allocate_slots (ours and vLLM's share the signature): the request and what it asks for."""
+    return {
+        **request_attributes(args["request"]),
+        NUM_NEW_TOKENS: args.get("num_new_tokens", 0),
+        NUM_NEW_COMPUTED: args.get("num_new_computed_tokens", 0),
+    }

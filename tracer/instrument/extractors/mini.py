@@ -5,12 +5,12 @@ from typing import Any
 
 from tracer.instrument import otel
 from tracer.instrument.extractors import (
+    allocate_before,
     BATCH_RESUMED,
     ALLOCATED, BATCH_DECODE, BATCH_FINISHED, BATCH_IDS, BATCH_NEW, BATCH_NEW_TOKENS, BATCH_PREEMPTED, BATCH_PREFILL,
     BATCH_SIZE, BATCH_TOKENS, BATCH_TOTAL, BLOCK_IDS, BLOCKS_ALLOCATED, BLOCKS_FREED, CACHED_BLOCKS,
     CACHED_TOKENS, EVICT_REQUESTED, EVICTABLE, EVICTED, FINISH_REASONS, FREE_BLOCKS, INPUT_TOKENS,
-    KEY_TOKENS, KV_USAGE, MAX_TOKENS, MODEL_TOKENS, NEW_TOKENS, NUM_COMPUTED, NUM_NEW_COMPUTED,
-    NUM_NEW_TOKENS, NUM_OUTPUTS, NUM_PREEMPTIONS, NUM_SAMPLED, OPERATION,
+    KEY_TOKENS, KV_USAGE, MAX_TOKENS, MODEL_TOKENS, NEW_TOKENS, NUM_COMPUTED, NUM_OUTPUTS, NUM_PREEMPTIONS, NUM_SAMPLED, OPERATION,
     OUTPUT_TOKENS, PRIORITY, PROTECTED, REQUEST_ID, STATUS, STEP, STOPPED_BY_STRING, TEMPERATURE, TEXT_CHARS,
     TOP_P, ids, queue_attributes, request_attributes, sampling_attributes, scheduler_limits, waiting_head_attributes,
     BLOCK_HASHES, CACHING_ENABLED, PROMPT_TOKEN_IDS, blocks_to_evict,
@@ -151,14 +151,6 @@ def match_after(args: dict, result: Any) -> dict:
         return {CACHED_TOKENS: num_tokens, CACHED_BLOCKS: len(blocks), BLOCK_IDS: [b.block_id for b in blocks],
                 CACHING_ENABLED: args["self"].enable_caching}
     return {CACHED_TOKENS: result.prefix_len}
-
-
-def allocate_before(args: dict) -> dict:
-    return {
-        **request_attributes(args["request"]),
-        NUM_NEW_TOKENS: args.get("num_new_tokens", 0),
-        NUM_NEW_COMPUTED: args.get("num_new_computed_tokens", 0),
-    }
 
 
 def allocate_after(args: dict, new_blocks: Any) -> dict:

@@ -16,12 +16,13 @@ from __future__ import annotations
 from typing import Any
 
 from tracer.instrument.extractors import (
+    allocate_before,
     BATCH_RESUMED,
     BATCH_EXTERNAL_IDS, BATCH_FINISHED_SINCE, BATCH_QUEUE_LEN, HTTP_STREAM, MODEL_EXECUTED, NEW_TOKENS,
     ALLOCATED, BATCH_DECODE, BATCH_FINISHED, BATCH_IDS, BATCH_NEW, BATCH_PREEMPTED, BATCH_PREFILL,
     BATCH_SIZE, BATCH_TOKENS, BATCH_TOTAL, BLOCK_IDS, BLOCKS_ALLOCATED, BLOCKS_FREED, CACHED_BLOCKS,
     CACHED_TOKENS, EXTERNAL_ID, FINISH_REASONS, FREE_BLOCKS, INPUT_TOKENS, KV_USAGE, MAX_TOKENS,
-    MODEL_TOKENS, NUM_NEW_COMPUTED, NUM_NEW_TOKENS, NUM_OUTPUTS, NUM_PREEMPTIONS,
+    MODEL_TOKENS, NUM_OUTPUTS, NUM_PREEMPTIONS,
     OPERATION, OUTPUT_TOKENS, PRIORITY, REQUEST_ID, STATUS, STEP, TEMPERATURE,
     ids, queue_attributes, request_attributes, sampling_attributes,
     CACHING_ENABLED, HASH_DOMAIN, blocks_to_evict, scheduler_limits, waiting_head_attributes,
@@ -220,14 +221,6 @@ def match_after(args: dict, result: Any) -> dict:
     block_ids = _block_ids(blocks)
     return {CACHED_TOKENS: num_tokens, CACHED_BLOCKS: len(block_ids), BLOCK_IDS: block_ids,
             CACHING_ENABLED: args["self"].enable_caching}
-
-
-def allocate_before(args: dict) -> dict:
-    return {
-        **request_attributes(args["request"]),
-        NUM_NEW_TOKENS: args.get("num_new_tokens", 0),
-        NUM_NEW_COMPUTED: args.get("num_new_computed_tokens", 0),
-    }
 
 
 def allocate_after(args: dict, blocks: Any) -> dict:
