@@ -22,10 +22,21 @@ from engine.request import Request
 from engine.request_queue import FCFSRequestQueue
 from engine.sglang_kv import ReqKV, SglangKV
 
-WAITING_QUEUE_PREFIX_MATCH_MAX = 128  # sglang/srt/managers/schedule_policy.py:137
-IN_BATCH_PREFIX_CACHING_CHECK_THRESHOLD = 32  # :110 (env default)
-IN_BATCH_PREFIX_CACHING_DEPRIORITIZE_THRESHOLD = 32  # :117 (env default)
-CLIP_MAX_NEW_TOKENS = 4096  # :89 (env default)
+# Upstream's defaults (their environment variables unset):
+# sglang/srt/managers/schedule_policy.py:137 WAITING_QUEUE_PREFIX_MATCH_MAX
+WAITING_QUEUE_PREFIX_MATCH_MAX = 128
+# sglang/srt/managers/schedule_policy.py:110-112 IN_BATCH_PREFIX_CACHING_CHECK_THRESHOLD
+IN_BATCH_PREFIX_CACHING_CHECK_THRESHOLD = 32
+# sglang/srt/managers/schedule_policy.py:117-119 IN_BATCH_PREFIX_CACHING_DEPRIORITIZE_THRESHOLD
+IN_BATCH_PREFIX_CACHING_DEPRIORITIZE_THRESHOLD = 32
+# sglang/srt/managers/schedule_policy.py:89-91 CLIP_MAX_NEW_TOKENS
+CLIP_MAX_NEW_TOKENS = 4096
+# sglang/srt/environ.py:251-2179 Envs (SGLANG_INIT_NEW_TOKEN_RATIO and the three after it, lines 646-649);
+# schedule_conservativeness 1.0.
+INIT_NEW_TOKEN_RATIO = 0.7
+MIN_NEW_TOKEN_RATIO_FACTOR = 0.14
+NEW_TOKEN_RATIO_DECAY_STEPS = 600
+RETRACT_DECODE_STEPS = 20
 
 
 def sort_by_longest_prefix(waiting: FCFSRequestQueue, prefix_len: Callable[[Request], int]) -> None:
@@ -90,7 +101,7 @@ class PrefillAdder:
     """One prefill pass's budgets; requests are added in waiting-queue order.
 
     Mirrors: sglang.srt.managers.schedule_policy:PrefillAdder (sglang 0.5.23), with its PrefillBudget
-    (sglang/srt/mem_cache/prefill_budget.py:62) for one token pool.
+    (sglang/srt/mem_cache/prefill_budget.py:62-168 PrefillBudget) for one token pool.
     """
 
     def __init__(self, kv: SglangKV, running: list, new_token_ratio: float, rem_input_tokens: int,
@@ -201,3 +212,22 @@ class PrefillAdder:
         if admission.is_chunked:
             self.new_chunked_req = entry
         self._update_prefill_budget(admission.extend_len, admission.max_new_tokens)
+
+
+class NewTokenRatio:
+    """Mirrors: sglang.srt.managers.scheduler_components.new_token_ratio_tracker:NewTokenRatioTracker (sglang 0.5.23)"""
+
+    def __init__(self) -> None:
+        self.init = min(INIT_NEW_TOKEN_RATIO, 1.0)
+        self.min = min(self.init * MIN_NEW_TOKEN_RATIO_FACTOR, 1.0)
+        self.decay = (self.init - self.min) / NEW_TOKEN_RATIO_DECAY_STEPS
+        self.current = self.init
+
+    def decay_step(self) -> None:
+        self.current = max(self.current - self.decay, self.min)
+
+    @staticmethod
+    def after_retract(entries: list) -> float:
+        decoded = sum(e.request.num_output_tokens for e in entries)
+        max_new = sum(e.max_new_tokens for e in entries)
+        return min(1.0, (decoded + RETRACT_DECODE_STEPS * len(entries)) / (max_new + 1))

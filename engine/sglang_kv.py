@@ -17,7 +17,7 @@ from engine.radix_cache import RadixCache, TreeNode
 
 class PagePool:
     """Mirrors: sglang.srt.mem_cache.allocator.paged:PagedTokenToKVPoolAllocator (sglang 0.5.23);
-    with page_size 1 it is TokenToKVPoolAllocator (sglang/srt/mem_cache/allocator/token.py:28)."""
+    with page_size 1 it is sglang/srt/mem_cache/allocator/token.py:28-96 TokenToKVPoolAllocator."""
 
     def __init__(self, num_pages: int, page_size: int) -> None:
         self.page_size = page_size
@@ -40,8 +40,9 @@ class PagePool:
 
 @dataclass
 class ReqKV:
-    """Mirrors: sglang.srt.managers.schedule_batch:Req's kv state (sglang 0.5.23): prefix_len, extend_end,
-    last_node / lock, and kv.{kv_committed_len, kv_allocated_len, cache_protected_len}."""
+    """Mirrors: sglang.srt.managers.schedule_batch:Req (sglang 0.5.23)
+    Its KV state only: prefix_len, extend_end, last_node / lock, and kv.{kv_committed_len,
+    kv_allocated_len, cache_protected_len}."""
 
     row: list[int] = field(default_factory=list)  # req_to_token[row, :allocated]
     prefix_len: int = 0
@@ -92,7 +93,7 @@ class SglangKV:
     def check_decode_capacity(self, kvs: list[ReqKV]) -> bool:
         # Mirrors: sglang.srt.managers.schedule_batch:ScheduleBatch.check_decode_mem (sglang 0.5.23)
         # A decode needs a new page for each request whose committed KV ends on a page boundary;
-        # checking evicts (sglang/srt/mem_cache/allocator/base.py:171 check_decode_capacity).
+        # checking evicts (sglang/srt/mem_cache/allocator/base.py:171-185 BaseTokenToKVPoolAllocator.check_decode_capacity).
         num_tokens = sum(1 for kv in kvs if kv.committed % self.page_size == 0) * self.page_size
         self.evict_to_free_tokens(num_tokens)
         return self.pool.available_size() >= num_tokens
@@ -165,7 +166,8 @@ class SglangKV:
 
     def checkpoint(self, kv: ReqKV, token_ids: list[int], num_prompt_tokens: int, up_to: int) -> None:
         # Mirrors: sglang.srt.mem_cache.radix_cache:RadixCache.checkpoint (sglang 0.5.23)
-        # (sglang/srt/mem_cache/radix_cache.py:510, with _insert_cache's split_prompt at :450)
+        # (sglang/srt/mem_cache/radix_cache.py:510-543 RadixCache.checkpoint, with RadixCache._insert_cache's
+        # split_prompt)
         if self.tree.disable:
             return
         p = self.page_size

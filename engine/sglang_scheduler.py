@@ -24,14 +24,9 @@ from dataclasses import dataclass, field
 from engine.config import CacheConfig, SchedulerConfig
 from engine.outputs import CachedRequestData, EngineCoreOutput, ModelRunnerOutput, NewRequestData, SchedulerOutput
 from engine.request import Request, RequestStatus
-from engine.schedule_policy import AddReqResult, PrefillAdder, calc_priority
+from engine.schedule_policy import RETRACT_DECODE_STEPS, AddReqResult, NewTokenRatio, PrefillAdder, calc_priority
 from engine.sglang_kv import ReqKV, SglangKV
 
-# sglang/srt/environ.py:646-649 defaults; schedule_conservativeness 1.0.
-INIT_NEW_TOKEN_RATIO = 0.7
-MIN_NEW_TOKEN_RATIO_FACTOR = 0.14
-NEW_TOKEN_RATIO_DECAY_STEPS = 600
-RETRACT_DECODE_STEPS = 20
 
 
 @dataclass(eq=False)
@@ -48,23 +43,11 @@ class Entry:
         return self.request.all_token_ids  # origin_input_ids + output_ids
 
 
-class NewTokenRatio:
-    """Mirrors: sglang.srt.managers.scheduler_components.new_token_ratio_tracker:NewTokenRatioTracker (sglang 0.5.23)"""
+class WaitingView(list):
+    """The waiting queue's requests, in order, read the way engine.request_queue's queues are."""
 
-    def __init__(self) -> None:
-        self.init = min(INIT_NEW_TOKEN_RATIO, 1.0)
-        self.min = min(self.init * MIN_NEW_TOKEN_RATIO_FACTOR, 1.0)
-        self.decay = (self.init - self.min) / NEW_TOKEN_RATIO_DECAY_STEPS
-        self.current = self.init
-
-    def decay_step(self) -> None:
-        self.current = max(self.current - self.decay, self.min)
-
-    @staticmethod
-    def after_retract(entries: list[Entry]) -> float:
-        decoded = sum(e.request.num_output_tokens for e in entries)
-        max_new = sum(e.max_new_tokens for e in entries)
-        return min(1.0, (decoded + RETRACT_DECODE_STEPS * len(entries)) / (max_new + 1))
+    def peek_request(self) -> Request:
+        return self[0]
 
 
 class SglangScheduler:
@@ -106,8 +89,8 @@ class SglangScheduler:
         return [e.request for e in entries if not e.request.is_finished]
 
     @property
-    def waiting(self) -> list[Request]:
-        return [e.request for e in self.waiting_queue]
+    def waiting(self) -> "WaitingView":
+        return WaitingView(e.request for e in self.waiting_queue)
 
     def get_request_counts(self) -> tuple[int, int]:
         return len(self.running), len(self.waiting_queue)
@@ -131,8 +114,8 @@ class SglangScheduler:
         perhaps shared with other requests, stay as they are).
 
         Mirrors: sglang.srt.managers.scheduler:Scheduler.init_req_max_new_tokens (sglang 0.5.23)
-        (sglang/srt/managers/scheduler.py:2693, with BaseTokenToKVPoolAllocator.max_new_tokens_for_memory,
-        sglang/srt/mem_cache/allocator/base.py:88)
+        (sglang/srt/managers/scheduler.py:2693-2740 Scheduler.init_req_max_new_tokens, with
+        sglang/srt/mem_cache/allocator/base.py:88-105 BaseTokenToKVPoolAllocator.max_new_tokens_for_memory)
         """
         input_len, page = request.num_prompt_tokens, self.block_size
         capacity = (self.kv.num_pages - 1) * page  # max_total_num_tokens
@@ -180,7 +163,7 @@ class SglangScheduler:
     def _num_allocatable_reqs(self, running_bs: int) -> int:
         # Mirrors: sglang.srt.managers.scheduler:Scheduler.get_num_allocatable_reqs (sglang 0.5.23)
         # SGLang sizes max_running_requests (and as many request rows) at most half the pool in tokens
-        # (sglang/srt/mem_cache/kv_cache_configurator.py:3119 resolve_max_num_reqs); with one row per
+        # (sglang/srt/mem_cache/kv_cache_configurator.py:3119-3172 KVCacheConfigurator.resolve_max_num_reqs); with one row per
         # running request the rows never bind before this does.
         capacity = (self.kv.num_pages - 1) * self.block_size
         return min(self.scheduler_config.max_num_seqs, capacity // 2) - running_bs

@@ -190,10 +190,13 @@ def test_replay_session_writes_the_sglang_scheduler_comparison(driver, tmp_path,
     monkeypatch.setattr(SglangDriver, "_shared", driver)  # the module's subprocess, not a second one
     workload = [req(f"r{i}", 0, [50 + i] * 10, 40) for i in range(6)]
     config = ReplayConfig(block_size=1, num_blocks=97, max_num_batched_tokens=64)
-    result = run_replay(workload, config, ["mini-sglang", "sglang"], tmp_path / "out", trace=False)
+    result = run_replay(workload, config, ["mini-sglang", "sglang"], tmp_path / "out", trace=True)
     compare = json.loads((tmp_path / "out" / "compare.json").read_text())
     [scheduler] = compare["scheduler"]
     assert (scheduler["left_engine"], scheduler["right_engine"], scheduler["agree"]) == ("mini-sglang", "sglang", True)
     assert scheduler["agreeing_steps"] == scheduler["right_steps"] > 0
     assert any("priority" in item for item in scheduler["known_differences"])  # engine/sglang_scheduler.py's list
     assert result.agree and (tmp_path / "out" / "steps-sglang-scheduler.json").is_file()
+    # Each side traced by the same hooks as live engines: ours in process, SGLang's inside its subprocess.
+    for name in ("trace-mini-sglang.jsonl", "trace-sglang-scheduler.jsonl"):
+        assert '"scheduler.schedule"' in (tmp_path / "out" / name).read_text(), name

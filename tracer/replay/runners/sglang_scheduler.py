@@ -161,10 +161,14 @@ def sglang_job(workload: list[WorkloadRequest], config: ReplayConfig) -> dict:
 
 
 def replay_sglang_scheduler(workload: list[WorkloadRequest], config: ReplayConfig,
-                            driver: SglangDriver | None = None) -> ReplayLog:
-    """SGLang's real Scheduler over the workload, one StepRecord per scheduler iteration."""
+                            driver: SglangDriver | None = None, trace_file: Path | None = None) -> ReplayLog:
+    """SGLang's real Scheduler over the workload, one StepRecord per scheduler iteration; with
+    trace_file, traced there by servetrace's SGLang hooks inside the subprocess."""
     validate_workload(workload, config)
-    result = (driver or SglangDriver.shared()).run(sglang_job(workload, config))
+    job = sglang_job(workload, config)
+    if trace_file is not None:
+        job["trace_file"] = str(trace_file)
+    result = (driver or SglangDriver.shared()).run(job)
     log = ReplayLog("sglang", config.to_json(), stalled=result.get("stalled"))
     for step in result["steps"]:
         step.pop("new_token_ratio", None)

@@ -1,7 +1,7 @@
 """SGLang 0.5.23's real Scheduler, driven step by step without a model: the SGLang side of a
 scheduler replay. Runs in .venv-sglang,
 run as a script (python tracer/replay/sglang_side/driver.py), one JSON job per stdin line, one JSON result per stdout line; it imports nothing of servetrace's
-so that SGLang's venv needs only SGLang.
+so that SGLang's venv needs only SGLang (a job with a trace_file imports servetrace's tracing).
 
 What runs is SGLang's own code: Scheduler.get_next_batch_to_run (sglang/srt/managers/scheduler.py:3894)
 with its _get_new_batch_prefill_raw (:4079: SchedulePolicy.calc_priority, PrefillAdder.add_one_req /
@@ -45,13 +45,28 @@ def main() -> int:
         if not line.strip():
             continue
         try:
-            result = run_job(json.loads(line))
+            job = json.loads(line)
+            result = run_traced(job) if job.get("trace_file") else run_job(job)
         except Exception as exc:  # one bad job must not kill the shared process
             import traceback
 
             result = {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
         print(json.dumps(result), flush=True)
     return 0
+
+
+def run_traced(job: dict) -> dict:
+    """The job with servetrace's SGLang hooks on (the editable install in .venv-sglang): the same hop
+    spans a live SGLang server's scheduler emits, from the same methods."""
+    from pathlib import Path
+
+    from harness import run_job
+    from tracer.replay.tracing import traced
+
+    with traced("sglang", Path(job["trace_file"])) as notes:
+        result = run_job(job)
+    result["notes"] = notes
+    return result
 
 
 if __name__ == "__main__":
