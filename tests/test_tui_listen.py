@@ -138,46 +138,6 @@ def test_the_window_keeps_the_newest_requests_and_says_how_many_it_dropped():
     assert len(again.spans) < len(everything.build().spans)
 
 
-@pytest.mark.parametrize("sample", [SAMPLE, Path(__file__).parent / "data" / "live-sglang.jsonl"], ids=["vllm", "sglang"])
-def test_the_trimmed_model_is_the_model_of_what_the_window_kept(sample: Path):
-    """The builder trims the model it built in place (no second build): it must be what a build
-    of the kept traces gives, and not frozen (a live window's garbage must stay collectable)."""
-    import gc
-
-    window = LiveWindow(limit=3)
-    for line in sample.read_bytes().splitlines():
-        window.add_line(line)
-    frozen = gc.get_freeze_count()
-    model = window.build()
-    assert gc.get_freeze_count() <= frozen
-    assert window.stats.requests_dropped > 0 and len(model.requests) == 3
-    fresh = LiveWindow(limit=100)
-    fresh.traces = {trace_id: list(spans) for trace_id, spans in window.traces.items()}
-    again = fresh.build()
-    assert list(model.requests) == list(again.requests)
-    for rid, request in model.requests.items():
-        assert [s.span_id for s in request.spans] == [s.span_id for s in again.requests[rid].spans]
-        assert [[s.span_id for s in step.spans] for step in request.steps] == \
-            [[s.span_id for s in step.spans] for step in again.requests[rid].steps]
-    assert [s.span_id for s in model.spans] == [s.span_id for s in again.spans]
-    assert model.by_span_id.keys() == again.by_span_id.keys() and model.step_of_span.keys() == again.step_of_span.keys()
-    assert [step.index for step in model.steps] == list(range(len(again.steps)))
-    assert len(model.foreign_traces) == len(again.foreign_traces)
-
-
-def test_release_gradually_empties_the_model():
-    from tracer.tui.live import release_gradually
-
-    window = LiveWindow(limit=100)
-    for line in SAMPLE.read_bytes().splitlines():
-        window.add_line(line)
-    model = window.build()
-    assert model.requests and model.spans
-    release_gradually(model)
-    assert not (model.requests or model.spans or model.steps or model.by_span_id or model.step_of_span)
-    assert window.build().requests  # the window itself keeps its spans
-
-
 def test_in_a_pause_full_collections_are_spaced_by_gap_s(monkeypatch):
     """Live, garbage keeps coming while the user pauses: one full collection per gap_s of pause,
     not one per tick (each scans the whole window, whenever the next key comes)."""

@@ -6,16 +6,11 @@ spans a trace file gives) into a LiveWindow; a builder thread rebuilds the model
 when something arrived, at most every REBUILD_S, and the app swaps it in on its own thread.
 
 The UI thread does as little as it can, since a key that arrives while it works waits for it:
-the builder hands over a finished model (built from scratch: tracer.tui.model is one pass over
-the spans; past the limit it is trimmed in place to what the window keeps, so it holds only
-what is shown; the rows of the app's filter picked), the swap is an assignment and a redraw of
-the rows on screen, and the old model goes to a thread of its own to be freed
-(release_gradually). Its models are not frozen (tracer.tui.memory.gc_paused): they are replaced
-every REBUILD_S, and frozen garbage would never be collected.
-
-The window is bounded: past `limit` requests the oldest are dropped (their traces, the step
-traces and the engine's own request-less traces that ended before the oldest kept request
-began), never the newest, and the app says so.
+the builder hands over a finished model (tracer.tui.live_window: trimmed to what the window
+keeps, so it holds only what is shown; the rows of the app's filter picked), the swap is an
+assignment and a redraw of the rows on screen, and the old model goes to a thread of its own
+to be freed (release_gradually). The window is bounded: the oldest requests dropped, never the
+newest, and the warning line says how many.
 """
 from __future__ import annotations
 
@@ -24,164 +19,25 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
-from operator import attrgetter
 from typing import Callable
 
 from rich.text import Text
 from textual.widgets import Static
 
 from tracer.traces.receiver import ReceiverProcess
-from tracer.traces.trace_file import SchemaVersionError, SkippedLine
 from tracer.tui.app import ExplorerApp, matches
-from tracer.tui.loader import LoadedTrace, _parse_line
+from tracer.tui.live_window import DEFAULT_WINDOW, LiveWindow, WindowStats, free_in_slices, release_gradually
+from tracer.tui.loader import LoadedTrace
 from tracer.tui.memory import IdleCollector
 from tracer.tui.model import Request, TraceModel, build_model
-from tracer.tui.records import Span
 from tracer.tui.timeline import Waterfall
 from tracer.tui.widgets import RequestsTable, WaterfallTable
 
-DEFAULT_WINDOW = 200  # requests kept; a vLLM request is ~150 spans with its steps
 REBUILD_S = 1.0  # newest data shown at most this late (plus one build)
 INPUT_QUIET_S = 0.15  # a new model waits until no key came for this long
 SWITCH_INTERVAL_S = 0.0005  # sys.setswitchinterval while live: see LiveExplorerApp.on_mount
 FULL_GC_GAP_S = 10.0  # see LiveExplorerApp.__init__
-_start, _end, _span_id = attrgetter("start_ns"), attrgetter("end_ns"), attrgetter("span_id")
-
-
-@dataclass
-class WindowStats:
-    spans_received: int = 0
-    exports_received: int = 0
-    requests_dropped: int = 0
-    lines_skipped: int = 0
-    last_error: str = ""
-
-
-class LiveWindow:
-    """The spans received, by trace, bounded to the newest `limit` requests. Thread-safe: the
-    reader adds while the builder builds."""
-
-    def __init__(self, limit: int = DEFAULT_WINDOW, label: str = "live") -> None:
-        if limit < 1:
-            raise ValueError(f"the window keeps at least one request, got {limit}")
-        self.limit = limit
-        self.label = label
-        self.traces: dict[str, list[Span]] = {}  # trace id -> spans, in arrival order
-        self.stats = WindowStats()
-        self.changed = threading.Event()
-        self._lock = threading.Lock()
-
-    def add_line(self, line: bytes) -> int:
-        """Parse one OTLP/JSON export into the window; the number of spans it held."""
-        try:
-            spans = _parse_line(line)
-        except SchemaVersionError as exc:
-            spans, error = [], str(exc)
-        except Exception as exc:  # a bad export must not stop the feed: counted and shown
-            spans, error = [], f"{type(exc).__name__}: {exc}"
-        else:
-            error = ""
-        with self._lock:
-            self.stats.exports_received += 1
-            if error:
-                self.stats.lines_skipped += 1
-                self.stats.last_error = error
-                return 0
-            traces = self.traces
-            for span in spans:
-                members = traces.get(span.trace_id)
-                if members is None:
-                    traces[span.trace_id] = [span]
-                else:
-                    members.append(span)
-            self.stats.spans_received += len(spans)
-        self.changed.set()
-        return len(spans)
-
-    def build(self) -> TraceModel:
-        """The model of the window as it is now, trimmed to the newest `limit` requests: the
-        dropped requests' traces leave the window (the next build does not see them) and the
-        model handed over holds none of their spans (so nothing of them is freed on the UI
-        thread, and the span count it shows is the window's)."""
-        with self._lock:
-            spans = [span for members in self.traces.values() for span in members]
-            skipped = ([SkippedLine(0, f"{self.stats.lines_skipped} export(s) unreadable: {self.stats.last_error}")]
-                       if self.stats.lines_skipped else [])
-        spans.sort(key=_end, reverse=True)  # by start, longest first on ties (as the loader sorts)
-        spans.sort(key=_start)
-        model = build_model(LoadedTrace(spans, skipped, self.label), freeze=False)
-        excess = len(model.requests) - self.limit
-        if excess > 0:
-            self._drop(model, excess)
-        return model
-
-    def _drop(self, model: TraceModel, excess: int) -> None:
-        # A request's start is its first span's (the spans are in start order): its summary,
-        # which also starts there, would read every span's attributes.
-        by_start = sorted(model.requests.values(), key=lambda request: request.spans[0].start_ns)
-        dropped, kept = by_start[:excess], by_start[excess:]
-        gone = {span.trace_id for request in dropped for span in request.spans}
-        horizon = kept[0].spans[0].start_ns
-        # Steps no kept request can have taken part in: ended before the oldest kept one began;
-        # so with the engine's own traces that name no request (else they would pile up).
-        old_steps = [step for step in model.steps if step.end_ns < horizon]
-        gone.update(span.trace_id for step in old_steps for span in step.spans)
-        foreign = [members for members in model.foreign_traces if members and max(map(_end, members)) < horizon]
-        gone.update(members[0].trace_id for members in foreign)
-        with self._lock:
-            for trace_id in gone:
-                self.traces.pop(trace_id, None)
-            self.stats.requests_dropped += len(dropped)
-        for request in dropped:
-            del model.requests[request.request_id]
-        # The rest of the model without what left: what a build of the window would now give,
-        # but for the kept steps' batches, which still name the requests that were dropped.
-        # What left is freed a slice at a time (free_in_slices), its spans last.
-        before = model.by_span_id, model.step_of_span, model.steps, model.foreign_traces, model.spans
-        old, old_foreign = set(map(id, old_steps)), set(map(id, foreign))
-        model.steps = [step for step in model.steps if id(step) not in old]
-        for index, step in enumerate(model.steps):
-            step.index = index
-        model.foreign_traces = [members for members in model.foreign_traces if id(members) not in old_foreign]
-        model.spans = [span for span in model.spans if span.trace_id not in gone]
-        model.by_span_id = dict(zip(map(_span_id, model.spans), model.spans))
-        model.step_of_span = {span.span_id: step for step in model.steps for span in step.spans}
-        del dropped, old_steps, foreign, by_start, kept
-        free_in_slices(*before)
-
-    def notice(self) -> str:
-        stats = self.stats
-        text = f"{stats.spans_received:,} spans received"
-        if stats.requests_dropped:
-            text += f" · showing the last {self.limit} requests; {stats.requests_dropped:,} dropped"
-        if stats.lines_skipped:
-            text += f" · {stats.lines_skipped} unreadable export(s): {stats.last_error[:80]}"
-        return text
-
-
-def release_gradually(model: TraceModel) -> None:
-    """Drop a model's references a slice at a time (call it off the UI thread): the indexes
-    first (the spans they point to are still in model.spans), then the requests and steps,
-    then the spans themselves, where most of the freeing happens."""
-    free_in_slices(model.by_span_id, model.step_of_span, model.requests, model.steps, model.foreign_traces,
-                   model.spans)
-
-
-def free_in_slices(*containers: dict | list, chunk: int = 256) -> None:
-    """Empty each container (in order) a slice at a time.
-
-    What it buys: a model's last reference dropped at once frees everything only it held (after
-    a second at 15,000 spans/s, some 15,000 spans of requests that were dropped) in one C call
-    that holds the GIL throughout: about 50 ms for 60,000 spans, the UI thread stalled with it.
-    Emptied a slice at a time, the GIL can pass to the UI thread between slices."""
-    for items in containers:
-        if isinstance(items, list):
-            while items:
-                del items[-chunk:]
-        else:
-            while items:
-                for _ in range(min(chunk // 16, len(items))):  # a request frees its list of spans with it
-                    items.popitem()
+__all__ = ["DEFAULT_WINDOW", "LiveExplorerApp", "LiveFeed", "LiveWindow", "Prepared", "WindowStats", "release_gradually"]
 
 
 @dataclass(frozen=True)

@@ -21,20 +21,17 @@ _FULL_COLLECTIONS_DEFERRED = 1_000_000
 
 
 @contextmanager
-def gc_paused(freeze: bool = True) -> Iterator[None]:
+def gc_paused() -> Iterator[None]:
     """Hold off the cyclic GC while many small acyclic objects are created: each collection
     would rescan all of them. What was made meanwhile is then frozen (gc.freeze): it is the
     trace, kept while the explorer runs, and the first collection after re-enabling would
-    otherwise scan all of it at once. Not with `freeze=False`: a live window's models are
-    replaced every second, and a freeze keeps whatever cyclic garbage exists at that moment
-    (old waterfalls and the spans they hold, drawn lines) for good."""
+    otherwise scan all of it at once."""
     was_enabled = gc.isenabled()
     gc.disable()
     try:
         yield
     finally:
-        if freeze:
-            gc.freeze()
+        gc.freeze()
         if was_enabled:
             gc.enable()
 

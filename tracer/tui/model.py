@@ -265,10 +265,16 @@ class TraceModel:
                 f"{first.reason}{more}; showing the {len(self.spans)} spans that could be read")
 
 
-def build_model(trace: TraceFile, shape: StepShape | None = None, freeze: bool = True) -> TraceModel:
-    """`freeze`: see tracer.tui.memory.gc_paused (a live window's models are not frozen)."""
-    with gc_paused(freeze):
-        return _build_model(trace, step_shape() if shape is None else shape)
+def build_model(trace: TraceFile, shape: StepShape | None = None, pause_gc: bool = True) -> TraceModel:
+    """`pause_gc`: built under tracer.tui.memory.gc_paused (a trace opened to be kept). A live
+    window's models (tracer.tui.live) are replaced every second: frozen, the garbage around them
+    would be kept for good, and held off, the young collection after the build would scan all
+    the build made at once (tens of ms, on whichever thread allocates next: the UI's too)."""
+    shape = step_shape() if shape is None else shape
+    if not pause_gc:
+        return _build_model(trace, shape)
+    with gc_paused():
+        return _build_model(trace, shape)
 
 
 def _build_model(trace: TraceFile, shape: StepShape) -> TraceModel:
