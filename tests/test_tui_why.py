@@ -191,3 +191,14 @@ def test_snapshot_why_on_a_live_vllm_request(snap_compare):
 async def _open_last_why(pilot) -> None:
     await pilot.press("end", "w")
     await settled(pilot)
+
+
+def test_snapshot_why_at_80x24_keeps_the_reason_in_view(snap_compare):
+    """At 80 columns the cache lines go under the split; a request of a few steps leaves them the
+    room its steps do not need, so the reason line is on screen without scrolling."""
+    app = ExplorerApp.from_paths([DATA / "live-vllm.jsonl"])
+    assert snap_compare(app, terminal_size=SIZE, run_before=_open_why_of_the_first_prefix_request)
+
+
+async def _open_why_of_the_first_prefix_request(pilot) -> None:
+    await open_why(pilot, "cmpl-sample-prefix-0-0")

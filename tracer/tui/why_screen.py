@@ -31,6 +31,7 @@ MAX_BLOCK_CELLS = 48  # one cell a block; longer prompts show their first blocks
 WHAT_WIDTH = 30  # the step table's "what" column at most ("not scheduled: max-num-seqs" fits)
 HIT, MISS = "green", "red"
 WIDE = 120  # columns from which the split table and the cache lines sit side by side
+NOTE_LINES = 3  # the highlighted step's note at most (#why-note's max-height)
 
 
 def _share(ms: float, wall_ms: float) -> str:
@@ -105,6 +106,10 @@ def cache_grid(why: Why) -> Table:
     return grid
 
 
+def note_text(note: StepNote) -> str:
+    return f"step {note.step} {note.what}: {note.detail}"
+
+
 class StepNotes(RowTable):
     """Every step the request ran in, waited through or sat out, with explain's note for it."""
 
@@ -135,17 +140,17 @@ class WhyScreen(Screen):
 
     BINDINGS = WHY_KEYS
     # The split and the cache side by side where both fit (WIDE columns), else one over the other;
-    # either way scrolled (tab reaches it) past half the screen, so the steps keep the rest.
+    # either way scrolled (tab reaches it) past the height fit() leaves it, so the steps keep the rest.
     DEFAULT_CSS = """
     WhyScreen #why-title { height: 1; padding: 0 1; background: $panel; text-style: bold; }
-    WhyScreen #why-top { height: auto; max-height: 50%; layout: vertical; overflow-x: hidden; }
+    WhyScreen #why-top { height: auto; max-height: 50%; layout: vertical; overflow-x: hidden; }  /* then fit() */
     WhyScreen #why-top.-wide { layout: horizontal; }
     WhyScreen #why-split, WhyScreen #why-cache, WhyScreen #why-message { height: auto; padding: 0 1; }
     WhyScreen #why-split { width: auto; }
     WhyScreen #why-cache { border-top: solid $primary-background; }
     WhyScreen #why-top.-wide #why-cache { width: 1fr; border-top: none; border-left: solid $primary-background; }
     WhyScreen #why-steps { height: 1fr; min-height: 4; border-top: solid $primary-background; }
-    WhyScreen #why-note { height: auto; max-height: 3; padding: 0 1; border-top: solid $primary-background; }
+    WhyScreen #why-note { height: auto; padding: 0 1; border-top: solid $primary-background; }
     """
 
     def __init__(self, model: TraceModel, requests: Sequence[Request], index: int,
@@ -177,10 +182,24 @@ class WhyScreen(Screen):
 
     def on_resize(self) -> None:
         self.query_one("#why-top").set_class(self.size.width >= WIDE, "-wide")
+        self.fit()
+
+    def fit(self) -> None:
+        """Give the split and cache lines what the steps do not need: a request of a few steps
+        leaves them more than half the screen (the rest of the time, half: the steps scroll)."""
+        steps = self.why.split.steps if self.why is not None and self.why.split is not None else []
+        # The note box as tall as the longest note needs (up to NOTE_LINES): the same height on
+        # every row, so the table does not jump as the cursor moves.
+        width = max(self.size.width - 2, 1)
+        lines = min(NOTE_LINES, max((-(-len(note_text(n)) // width) for n in steps), default=1))
+        self.query_one("#why-note").styles.height = lines + 1  # and its border
+        # what title, footer, note box and the steps' border and header leave
+        free = self.size.height - 2 - (lines + 1) - 2
+        self.query_one("#why-top").styles.max_height = max(free // 2, free - len(steps))
         self.call_after_refresh(self.say_what_scrolls)
 
     def title_text(self, why: Why | None) -> str:
-        place = f" · request {self.index + 1} of {len(self.requests)}" if len(self.requests) > 1 else ""
+        place = f" · {self.index + 1} of {len(self.requests)}" if len(self.requests) > 1 else ""
         wall = f" · {why.split.wall_ms:.1f} ms" if why is not None and why.split is not None else ""
         # The verdict on the first line: on a small terminal the cache lines may be scrolled away.
         verdict = f" · prefix cache: {why.cache.reason}" if why is not None and why.cache is not None else ""
@@ -222,14 +241,14 @@ class WhyScreen(Screen):
         steps.show(why.split.steps)
         steps.focus()
         self.show_note(0)
-        self.call_after_refresh(self.say_what_scrolls)
+        self.fit()
 
     def say_what_scrolls(self) -> None:
         """Where the split and the cache lines overflow their half of the screen, the steps' title
         says how to reach the rest (tab focuses them; up / down scroll)."""
         if not self.is_attached or self.why is None or self.why.split is None:
             return
-        more = " · more above: tab, then up / down" if self.query_one("#why-top").max_scroll_y > 0 else ""
+        more = " · the lines above scroll: tab, then up / down" if self.query_one("#why-top").max_scroll_y > 0 else ""
         self.query_one("#why-steps", StepNotes).border_title = f"{len(self.why.split.steps)} steps{more}"
 
     def show_note(self, row: int) -> None:
@@ -238,7 +257,9 @@ class WhyScreen(Screen):
         note.display = bool(notes)
         if 0 <= row < len(notes):
             step = notes[row]
-            note.update(Text.assemble((f"step {step.step} ", "bold"), (step.what, "bold"), f": {step.detail}"))
+            text = Text(note_text(step))
+            text.stylize("bold", 0, len(f"step {step.step} {step.what}"))
+            note.update(text)
 
     def action_request(self, delta: int) -> None:
         index = min(max(self.index + delta, 0), len(self.requests) - 1)
