@@ -113,8 +113,13 @@ def _defines(stmt: ast.stmt, name: str, assignments: bool) -> bool:
 def locate(spec: str) -> Located:
     """Find `module:Qualified.name` in the installed source: a class or function, or as the last
     name a module or class attribute (`SchedulerConfig.DEFAULT_MAX_NUM_SEQS`), which citations name."""
+    return locate_at(module_file(spec.partition(":")[0]), spec)
+
+
+def locate_at(path: Path, spec: str) -> Located:
+    """`module:Qualified.name` in the module file at `path` (the rules of `locate`): what the explorer
+    uses to read another installed version of a module."""
     module, _, qualname = spec.partition(":")
-    path = module_file(module)
     tree, lines = _parse(path, path.stat().st_mtime_ns)
     body: list[ast.stmt] = tree.body
     node: ast.AST | None = None
