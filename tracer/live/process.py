@@ -56,6 +56,26 @@ def converted_model() -> Path:
     return project_root() / ".models" / "smollm2-135m-instruct-hf"
 
 
+@dataclass(frozen=True)
+class LiveServerOptions:
+    """What every live-server launcher takes (tracer.live.vllm.VllmOptions, tracer.live.sglang.SglangOptions
+    add their engine's flags); each sets its own venv default."""
+
+    venv: Path
+    model: Path = field(default_factory=converted_model)
+    served_model_name: str = "smollm2-135m-instruct"
+    host: str = "127.0.0.1"
+    port: int | None = None  # None: a free port
+    trace_file: Path | None = None  # SERVETRACE_TRACE: servetrace's plugin writes OTLP/JSON lines
+    otlp_endpoint: str | None = None  # SERVETRACE_OTLP
+    # The converted weights are float32, as is the transformers oracle; both engines' "auto" would
+    # run them in a half type (vLLM's CPU build bfloat16, SGLang float16).
+    dtype: str = "float32"
+    log_path: Path | None = None  # None: the engine's cache folder, server-<port>.log
+    extra_args: tuple[str, ...] = ()
+    env: dict[str, str] = field(default_factory=dict)  # more environment, wins over the launcher's
+
+
 def venv_python(venv: Path, model: Path, engine: str) -> Path:
     """The live server's python, or a ServerError saying what to run."""
     python = venv / "bin" / "python"

@@ -35,7 +35,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tracer.live.process import ServerProcess, ServerSpec, converted_model, free_port, project_root, server_env, venv_python
+from tracer.live.process import LiveServerOptions, ServerProcess, ServerSpec, free_port, project_root, server_env, venv_python
 
 
 def default_venv() -> Path:
@@ -47,14 +47,8 @@ def default_log_dir() -> Path:
 
 
 @dataclass(frozen=True)
-class SglangOptions:
+class SglangOptions(LiveServerOptions):
     venv: Path = field(default_factory=default_venv)
-    model: Path = field(default_factory=converted_model)
-    served_model_name: str = "smollm2-135m-instruct"
-    host: str = "127.0.0.1"
-    port: int | None = None  # None: a free port
-    trace_file: Path | None = None  # SERVETRACE_TRACE: servetrace's plugin writes OTLP/JSON lines
-    otlp_endpoint: str | None = None  # SERVETRACE_OTLP
     max_total_tokens: int = 2048  # the KV pool, in tokens
     mem_fraction_static: float = 0.3  # only the startup check (see above); the pool is max_total_tokens
     max_running_requests: int = 8
@@ -67,12 +61,6 @@ class SglangOptions:
     # requests" (with 0.7 and the same pool the scheduler ran them 2 at a time, no retraction).
     # Requests with ignore_eos reserve their whole max_new_tokens and are never over-admitted.
     init_new_token_ratio: float | None = None
-    # The converted weights are float32, as is the transformers oracle; SGLang's "auto" would run
-    # a float32 checkpoint in float16.
-    dtype: str = "float32"
-    log_path: Path | None = None  # None: .cache/sglang/server-<port>.log
-    extra_args: tuple[str, ...] = ()
-    env: dict[str, str] = field(default_factory=dict)  # more environment, wins over the above
     startup_timeout_s: float = 180.0
     stop_grace_s: float = 20.0
 

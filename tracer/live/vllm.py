@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tracer.live.process import ServerProcess, ServerSpec, converted_model, free_port, project_root, server_env, venv_python
+from tracer.live.process import LiveServerOptions, ServerProcess, ServerSpec, free_port, project_root, server_env, venv_python
 
 
 def default_venv() -> Path:
@@ -30,21 +30,12 @@ def default_cache_dir() -> Path:
 
 
 @dataclass(frozen=True)
-class VllmOptions:
+class VllmOptions(LiveServerOptions):
     venv: Path = field(default_factory=default_venv)
-    model: Path = field(default_factory=converted_model)
-    served_model_name: str = "smollm2-135m-instruct"
-    host: str = "127.0.0.1"
-    port: int | None = None  # None: a free port
-    trace_file: Path | None = None  # SERVETRACE_TRACE: servetrace's plugin writes OTLP/JSON lines
-    otlp_endpoint: str | None = None  # SERVETRACE_OTLP
     kv_cache_space_gib: int = 1  # VLLM_CPU_KVCACHE_SPACE
     num_gpu_blocks_override: int | None = None
     max_model_len: int = 2048
     max_num_seqs: int = 8
-    # The converted weights are float32, as is the transformers oracle; vLLM's CPU default ("auto")
-    # would run bfloat16 (and log a warning per weight).
-    dtype: str = "float32"
     # --shutdown-timeout: with vLLM's default 0 the API server SIGKILLs EngineCore and the Worker at
     # once on SIGTERM, and the spans they still hold in memory are lost.
     shutdown_timeout_s: int = 5
@@ -54,9 +45,6 @@ class VllmOptions:
     # not make a restart faster.
     enforce_eager: bool = True
     cache_dir: Path = field(default_factory=default_cache_dir)  # VLLM_CACHE_ROOT (compile cache)
-    log_path: Path | None = None  # None: <cache_dir>/server-<port>.log
-    extra_args: tuple[str, ...] = ()
-    env: dict[str, str] = field(default_factory=dict)  # more environment, wins over the above
     startup_timeout_s: float = 400.0
     stop_grace_s: float = 30.0  # more than shutdown_timeout_s + VLLM_WORKER_SHUTDOWN_TIMEOUT_SECONDS (5)
 
