@@ -62,3 +62,19 @@ def test_the_state_panel_reads_each_requests_own_hit_even_a_zero(radix_traces):
         waterfall = build_waterfall(model, requests[rid])
         lookups = [i for i, row in enumerate(waterfall.rows) if row.span.name == "kv.match_prefix"]
         assert waterfall.state_at(lookups[0]).matched_prefix == expected
+
+
+def test_the_explorer_compare_of_the_sglang_scheduler_replays_agrees_step_by_step(tmp_path):
+    """mini-sglang vs SGLang's real Scheduler, opened side by side: SGLang's schedule spans carry
+    per-request tokens (extend_lens) and the running count with the new prefill batch in it, and
+    requests that were only looked up (the longest-prefix policy matches every waiting one) are not
+    part of the batch."""
+    from tracer.tui.compare import compare_models
+
+    prompts = [SYSTEM + list(range(1000 * (i + 1), 1000 * (i + 1) + 24)) for i in range(8)]
+    workload = [WorkloadRequest(f"s{i}", i // 3, p, 6) for i, p in enumerate(prompts)]
+    run_replay(workload, ReplayConfig(block_size=16, max_num_batched_tokens=64), ["mini-sglang", "sglang"], out_dir=tmp_path / "r")
+    left, right = (build_model(load_trace(tmp_path / "r" / f"trace-{n}.jsonl")) for n in ("mini-sglang", "sglang-scheduler"))
+    comparison = compare_models(left, right)
+    text, agree = comparison.verdict("mini-sglang", "sglang")
+    assert agree and comparison.compared_steps > 5, text

@@ -140,10 +140,6 @@ def _sglang_scheduler_replay(workload: list[WorkloadRequest], config: ReplayConf
         logs.append(replay_sglang_scheduler(workload, config, trace_file=sglang_trace))
         if sglang_trace is not None and sglang_trace.exists():
             result.files.append(sglang_trace)
-            # Said so that nobody reads the explorer's compare of the two traces as a verdict.
-            result.notes.append("trace-mini-sglang.jsonl vs trace-sglang-scheduler.jsonl in the explorer: SGLang's "
-                                "extractors record a batch's ids without per-request tokens and num_running before "
-                                "the prefill batch joins, so its compare flags every step; the verdict is compare.json's")
     for log in logs:
         name = log.engine if log.engine == MINI_SGLANG else "sglang-scheduler"
         result.logs[name] = log

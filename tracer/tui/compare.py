@@ -28,8 +28,11 @@ def step_fields(step: Step | None) -> dict[str, Any]:
     if step is None:
         return {}
     out: dict[str, Any] = {}
-    if step.scheduled_tokens:
-        out["batch"] = dict(step.scheduled_tokens)
+    # The batch itself: a request that only took part (SGLang's longest-prefix policy looks every
+    # waiting request up each step, linking its lookup to the step) scheduled no tokens in it.
+    batch = {rid: n for rid, n in step.scheduled_tokens.items() if n}
+    if batch:
+        out["batch"] = batch
     for key, name in ((BATCH_PREEMPTED, "preempted"), (BATCH_FINISHED, "finished")):
         value = step.attribute(key)
         if isinstance(value, list):

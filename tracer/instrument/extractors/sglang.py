@@ -15,6 +15,7 @@ import sys
 from typing import Any
 
 from tracer.instrument.extractors import (
+    BATCH_TOKENS, BATCH_TOTAL,
     BATCH_FINISHED, BATCH_IDS, BATCH_SIZE, CACHED_TOKENS, EVICT_REQUESTED, EVICTABLE,
     EVICTED, FINISH_REASONS, FORWARD_MODE, INPUT_TOKENS, KEY_TOKENS, MAX_TOKENS, NUM_RUNNING, NUM_WAITING,
     OPERATION, OUTPUT_TOKENS, PROTECTED, REQUEST_ID, STATUS, TEMPERATURE, TOP_K, TOP_P, ids,
@@ -54,7 +55,15 @@ def _batch(batch: Any) -> dict[str, Any]:
         return {BATCH_SIZE: 0}
     reqs = getattr(batch, "reqs", None) or []
     mode = getattr(batch, "forward_mode", None)
-    return {BATCH_IDS: ids(r.rid for r in reqs), BATCH_SIZE: len(reqs), FORWARD_MODE: getattr(mode, "name", None)}
+    out = {BATCH_IDS: ids(r.rid for r in reqs), BATCH_SIZE: len(reqs), FORWARD_MODE: getattr(mode, "name", None)}
+    # Tokens per request: an extend (prefill) batch's extend_lens (sglang/srt/managers/schedule_batch.py,
+    # ScheduleBatch.prepare_for_extend sets them), one each in a decode batch.
+    tokens = getattr(batch, "extend_lens", None) if mode is not None and mode.is_extend() else None
+    if tokens is None and mode is not None and mode.is_decode():
+        tokens = [1] * len(reqs)
+    if tokens is not None and len(tokens) == len(reqs):
+        out[BATCH_TOKENS], out[BATCH_TOTAL] = [int(n) for n in tokens], int(sum(tokens))
+    return out
 
 
 # -- radix cache ----------------------------------------------------------------------------------
@@ -131,8 +140,12 @@ def schedule_before(args: dict) -> dict:
 
 def schedule_after(args: dict, plan: Any) -> dict:
     out = _batch(plan.batch_to_run)
-    running = plan.running_batch
-    out[NUM_RUNNING] = len(getattr(running, "reqs", None) or [])
+    running, batch = plan.running_batch, plan.batch_to_run
+    # Running after the step, as a V1 scheduler counts it: a new prefill batch is merged into the
+    # running batch only at the next get_next_batch_to_run (sglang/srt/managers/scheduler.py:
+    # Scheduler.get_next_batch_to_run, running_batch.merge_batch(last_batch)), so count it here.
+    joining = len(batch.reqs) if batch is not None and batch is not running and batch.forward_mode.is_extend() else 0
+    out[NUM_RUNNING] = len(getattr(running, "reqs", None) or []) + joining
     out[NUM_WAITING] = len(args["self"].waiting_queue)
     # A loop turn with no batch to run (event_loop_normal goes on_idle): no span, unless something
     # inside it (a retraction, an eviction) needed one.
