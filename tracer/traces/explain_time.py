@@ -112,7 +112,7 @@ def split_time(timeline: EngineTimeline, life: RequestLife, catalog: Catalog | N
             known += 1  # the step sampled a token
         intervals.append((phase, step.start_ns, step.end_ns))
         size = step.attr(BATCH_SIZE) or len(step.batch)
-        note(step, phase, f"{tokens} tokens in a batch of {size} ({step.attr(BATCH_TOTAL)} tokens)")
+        note(step, phase, f"{tokens} token{'' if tokens == 1 else 's'} in a batch of {size} ({step.attr(BATCH_TOTAL)} tokens)")
         previous = step
     first = life.scheduled[0][0] if life.scheduled else None
     last = life.scheduled[-1][0] if life.scheduled else None
