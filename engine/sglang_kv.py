@@ -104,7 +104,11 @@ class SglangKV:
         # Mirrors: sglang.srt.mem_cache.common:match_kv_cache (sglang 0.5.23); adopts the hit as the prefix.
         result = self.tree.match_prefix(token_ids)
         kv.prefix_len, kv.prefix_slots, kv.last_node = result.prefix_len, result.device_indices, result.last_node
-        kv.num_matched_prefix_tokens = result.prefix_len
+        # What lpm sorts by: the hit capped one token short of the ids matched, not page-aligned
+        # (match_kv_cache, sglang/srt/mem_cache/common.py:260-261, with Req._compute_max_prefix_len,
+        # sglang/srt/managers/schedule_batch.py:1766-1768): a waiting request whose whole prompt is
+        # cached sorts below one that hits as many tokens and has more after them.
+        kv.num_matched_prefix_tokens = min(result.prefix_len, max(len(token_ids) - 1, 0))
         if next_round:
             # Req.init_next_round_input (schedule_batch.py:1692): the hit is the tree's, not the request's to free.
             kv.cache_protected_len = result.prefix_len

@@ -2,7 +2,7 @@
 
 Engine-neutral on purpose. A case is a ReplayConfig plus requests written as recipes (prompt
 segments named by seed text), so it can be replayed through any pair of scheduler runners
-(mini vs vllm here; mini-sglang vs sglang later, with a narrower SearchSpace) and so that a
+(mini vs vllm; mini-sglang vs sglang with a narrower SearchSpace) and so that a
 failing case prints as a short Python expression that rebuilds it, not as thousands of ids.
 
 What the space covers, and why each knob is drawn the way it is:
@@ -88,6 +88,18 @@ class SearchSpace:
     max_requests: int = 10
     max_prompt_blocks: int = 5
     max_output_tokens: int = 48
+    # Added for the SGLang pair (tests/test_conformance_search_sglang.py says why each is set
+    # there); their defaults draw exactly what the vLLM search drew before they existed.
+    min_requests: int = 1
+    min_output_tokens: int = 1
+    cap_max_model_len: bool = True  # False: never a max_model_len that cuts generation short
+    long_prefill_threshold: bool = True  # False: never drawn (always 0)
+    chunk_min_blocks: int = 0  # a chunked step budget of at least this many blocks
+    pool_slack_blocks: int = 0  # blocks added to every drawn pool
+    # "overcommit": a pool short of what all requests need together by part of their outputs: a
+    # scheduler that reserves only part of each running request's remaining output
+    # (SGLang's new_token_ratio, 0.7 at first) admits them all and must retract to finish.
+    pool_shapes: tuple[str, ...] = ("tiny", "tiny", "pressure", "pressure", "large")
 
 
 POW2_BLOCK_SIZES = (1, 2, 4, 8, 16, 32, 64)
@@ -141,7 +153,7 @@ def _prompts(draw: st.DrawFn, space: SearchSpace, block_size: int, num_requests:
             own = draw(_length(block_size, 1, is_exact()))
             segments = earlier + ((ids[j], answer),) + (((request_id, own),) if own else ())
         shapes.add(f"prompt:{kind}")
-        recipes.append((segments, draw(st.integers(1, space.max_output_tokens))))
+        recipes.append((segments, draw(st.integers(space.min_output_tokens, space.max_output_tokens))))
     if exact != "never":
         shapes.add("prompt:block-multiples")
     return recipes, shapes
@@ -169,7 +181,7 @@ def _arrivals(draw: st.DrawFn, num_requests: int) -> tuple[list[int], str]:
 @st.composite
 def search_cases(draw: st.DrawFn, space: SearchSpace = SearchSpace()) -> SearchCase:
     block_size = draw(_block_size(space))
-    num_requests = draw(st.integers(1, space.max_requests))
+    num_requests = draw(st.integers(space.min_requests, space.max_requests))
     prompts, shapes = draw(_prompts(space, block_size, num_requests))
     arrivals, arrival_shape = draw(_arrivals(num_requests))
     shapes.add(f"arrivals:{arrival_shape}")
@@ -181,32 +193,41 @@ def search_cases(draw: st.DrawFn, space: SearchSpace = SearchSpace()) -> SearchC
 
     longest_prompt = max(r.prompt_len for r in requests)
     max_model_len = 2048
-    if draw(st.integers(0, 4)) == 0:
+    if space.cap_max_model_len and draw(st.integers(0, 4)) == 0:
         # A context limit a little past the longest prompt: generation ends by length.
         max_model_len = longest_prompt + 1 + draw(st.integers(0, space.max_output_tokens // 2))
         shapes.add("max_model_len:caps")
     max_num_seqs = draw(st.sampled_from(space.max_num_seqs))
     chunked = draw(st.sampled_from(space.chunked_prefill))
     if chunked:
-        budget = max(max_num_seqs, draw(st.sampled_from(space.token_budgets)))
+        budget = max(max_num_seqs, draw(st.sampled_from(space.token_budgets)), space.chunk_min_blocks * block_size)
     else:
         budget = max(max_model_len, max_num_seqs)  # vLLM refuses an unchunked budget below max_model_len
         shapes.add("chunked_prefill:off")
     # The threshold caps a prefill's chunk even with chunked prefill off (both schedulers apply
     # it before the unchunked check), so it is drawn either way.
-    threshold = min(max_model_len, draw(st.sampled_from([0, 0, 1, 7, block_size, 2 * block_size + 1, 40])))
+    threshold = 0
+    if space.long_prefill_threshold:
+        threshold = min(max_model_len, draw(st.sampled_from([0, 0, 1, 7, block_size, 2 * block_size + 1, 40])))
     if threshold:
         shapes.add("long_prefill_threshold")
 
     # Pool size, from the requests' own needs: drive() refuses a request that can never fit.
     needs = [cdiv(r.prompt_len + r.max_tokens, block_size) for r in requests]
-    pool = draw(st.sampled_from(["tiny", "tiny", "pressure", "pressure", "large"]))
+    pool = draw(st.sampled_from(space.pool_shapes))
     if pool == "tiny":
         usable = max(needs) + draw(st.integers(0, 2))
     elif pool == "pressure":
         usable = max(needs) + draw(st.integers(0, max(1, sum(needs) // 2)))
+    elif pool == "overcommit":
+        # A new request is admitted against 0.7 of the others' remaining outputs, so the pool may
+        # fall short of the total by up to 0.3 of all outputs but one request's.
+        n = len(requests)
+        short = sum(r.max_tokens for r in requests) * 3 * (n - 1) // (10 * n * block_size)
+        usable = max(max(needs), sum(needs) - draw(st.integers(1, max(1, short))))
     else:
         usable = sum(needs) + draw(st.integers(0, 8))
+    usable += space.pool_slack_blocks
     shapes.add(f"pool:{pool}")
 
     config = ReplayConfig(
