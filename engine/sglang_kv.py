@@ -105,8 +105,8 @@ class SglangKV:
         result = self.tree.match_prefix(token_ids)
         kv.prefix_len, kv.prefix_slots, kv.last_node = result.prefix_len, result.device_indices, result.last_node
         # What lpm sorts by: the hit capped one token short of the ids matched, not page-aligned
-        # (match_kv_cache, sglang/srt/mem_cache/common.py:260-261, with Req._compute_max_prefix_len,
-        # sglang/srt/managers/schedule_batch.py:1766-1768): a waiting request whose whole prompt is
+        # (sglang/srt/mem_cache/common.py:260-261 match_kv_cache, with
+        # sglang/srt/managers/schedule_batch.py:1766-1768 Req._compute_max_prefix_len): a waiting request whose whole prompt is
         # cached sorts below one that hits as many tokens and has more after them.
         kv.num_matched_prefix_tokens = min(result.prefix_len, max(len(token_ids) - 1, 0))
         if next_round:
