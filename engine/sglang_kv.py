@@ -13,29 +13,7 @@ from dataclasses import dataclass, field
 
 from engine.math_utils import cdiv
 from engine.radix_cache import RadixCache, TreeNode
-
-
-class PagePool:
-    """Mirrors: sglang.srt.mem_cache.allocator.paged:PagedTokenToKVPoolAllocator (sglang 0.5.23);
-    with page_size 1 it is sglang/srt/mem_cache/allocator/token.py:28-96 TokenToKVPoolAllocator."""
-
-    def __init__(self, num_pages: int, page_size: int) -> None:
-        self.page_size = page_size
-        self.free_pages: list[int] = list(range(1, num_pages))  # page 0 reserved, like SGLang's slot 0
-
-    def available_size(self) -> int:
-        return len(self.free_pages) * self.page_size
-
-    def alloc_pages(self, n: int) -> list[int] | None:
-        if n > len(self.free_pages):
-            return None
-        pages, self.free_pages = self.free_pages[:n], self.free_pages[n:]
-        return pages
-
-    def free(self, slots: list[int]) -> None:
-        # Mirrors: sglang.srt.mem_cache.allocator.paged:PagedTokenToKVPoolAllocator.free (sglang 0.5.23)
-        # (the unique pages of the slots; a request's own slots past the tree's part fill whole pages)
-        self.free_pages.extend(sorted({s // self.page_size for s in slots}))
+from engine.radix_kv_manager import PagedTokenAllocator
 
 
 @dataclass
@@ -65,7 +43,7 @@ class SglangKV:
     def __init__(self, num_pages: int, page_size: int, enable_caching: bool) -> None:
         self.page_size = self.block_size = page_size
         self.num_pages = num_pages
-        self.pool = PagePool(num_pages, page_size)
+        self.pool = PagedTokenAllocator(num_pages, page_size)  # SGLang's paged allocator (token allocator at page size 1)
         self.tree = RadixCache(None, page_size=page_size, disable=not enable_caching)
         self.tree.token_to_kv_pool_allocator = self.pool  # the tree frees evicted slots into the pool
 
