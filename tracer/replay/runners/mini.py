@@ -16,20 +16,24 @@ class MiniRunner(V1SchedulerRunner):
     # engine/request_queue.py: FCFS deque or priority heap, reordered only by adds and pops.
     waiting_order_follows_membership = True
 
+    ignore_eos = True  # forced outputs end each request at exactly max_tokens
+
     def __init__(self, config: ReplayConfig) -> None:
         super().__init__(config)
-        scheduler_config = SchedulerConfig(**config.scheduler_kwargs())
         cache_config = CacheConfig(
             block_size=config.block_size, num_blocks=config.num_blocks, enable_prefix_caching=config.enable_prefix_caching
         )
-        self.scheduler = Scheduler(scheduler_config, cache_config, config.num_blocks)
+        self.scheduler = self.make_scheduler(config, cache_config)
         self._all: dict[str, Request] = {}
+
+    def make_scheduler(self, config: ReplayConfig, cache_config: CacheConfig) -> Scheduler:
+        return Scheduler(SchedulerConfig(**config.scheduler_kwargs()), cache_config, config.num_blocks)
 
     def add_request(self, request: WorkloadRequest, arrival_time: float) -> None:
         engine_request = Request(
             request_id=request.id,
             prompt_token_ids=list(request.prompt_token_ids),
-            sampling_params=SamplingParams(max_tokens=request.max_tokens, ignore_eos=True, temperature=0.0),
+            sampling_params=SamplingParams(max_tokens=request.max_tokens, ignore_eos=self.ignore_eos, temperature=0.0),
             arrival_time=arrival_time,
             priority=request.priority,
         )

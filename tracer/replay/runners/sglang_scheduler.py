@@ -21,12 +21,11 @@ import threading
 from pathlib import Path
 
 from engine.config import CacheConfig, SchedulerConfig
-from engine.outputs import ModelRunnerOutput, SchedulerOutput
-from engine.request import Request
-from engine.sampling_params import SamplingParams
+from engine.outputs import SchedulerOutput
 from engine.sglang_scheduler import SglangScheduler
 from tracer.replay.config import ReplayConfig
-from tracer.replay.runners.base import ReplayError, ReplayLog, StepRecord, V1SchedulerRunner, validate_workload
+from tracer.replay.runners.base import ReplayError, ReplayLog, StepRecord, validate_workload
+from tracer.replay.runners.mini import MiniRunner
 from tracer.replay.workload import WorkloadRequest
 
 REPO = Path(__file__).resolve().parents[3]
@@ -42,36 +41,16 @@ def sglang_model() -> Path:
     return REPO / ".models" / "smollm2-135m-instruct-hf"
 
 
-class MiniSglangRunner(V1SchedulerRunner):
+class MiniSglangRunner(MiniRunner):
+    """Our scheduler in cache_mode "sglang" (SGLang's own loop), driven as MiniRunner drives ours."""
+
     name = "mini-sglang"
+    waiting_order_follows_membership = False  # lpm re-sorts the waiting queue every step: read it whole
+    ignore_eos = False  # see the module docstring: only then do new_token_ratio and retraction play
 
-    def __init__(self, config: ReplayConfig) -> None:
-        super().__init__(config)
+    def make_scheduler(self, config: ReplayConfig, cache_config: CacheConfig) -> SglangScheduler:
         scheduler_config = SchedulerConfig(**{**config.scheduler_kwargs(), "cache_mode": "sglang"})
-        cache_config = CacheConfig(block_size=config.block_size, num_blocks=config.num_blocks,
-                                   enable_prefix_caching=config.enable_prefix_caching)
-        self.scheduler = SglangScheduler(scheduler_config, cache_config, config.num_blocks)
-        self._all: dict[str, Request] = {}
-
-    def add_request(self, request: WorkloadRequest, arrival_time: float) -> None:
-        engine_request = Request(
-            request_id=request.id,
-            prompt_token_ids=list(request.prompt_token_ids),
-            sampling_params=SamplingParams(max_tokens=request.max_tokens, ignore_eos=False, temperature=0.0),
-            arrival_time=arrival_time,
-            priority=request.priority,
-        )
-        self._all[request.id] = engine_request
-        self.scheduler.add_request(engine_request)
-
-    def schedule(self) -> SchedulerOutput:
-        return self.scheduler.schedule()
-
-    def update_from_output(self, scheduler_output: SchedulerOutput, sampled: dict[str, list[int]]) -> dict[str, str]:
-        req_ids = list(scheduler_output.num_scheduled_tokens)
-        output = ModelRunnerOutput(req_ids=req_ids, sampled_token_ids=[sampled[r] for r in req_ids])
-        outputs = self.scheduler.update_from_output(scheduler_output, output)
-        return {o.request_id: o.finish_reason for o in outputs if o.finish_reason is not None}
+        return SglangScheduler(scheduler_config, cache_config, config.num_blocks)
 
     def num_free_blocks(self) -> int:
         return self.scheduler.num_free_blocks()
