@@ -263,19 +263,23 @@ def end(open_span: OpenSpan, args: dict[str, Any], result: Any = None, error: Ba
     end_ns = time.time_ns()
     call = open_span.call
     deactivate(open_span)
+    went_idle = False
     try:
         after = _run_extractor(call, "after", call.after, args, result) if error is None else {}
         attributes = open_span.attributes
         attributes.update(after)
-        if open_span.enclosing is None and ("step_root" in call.roles or "step_opener" in call.roles) \
-                and attributes.get(NUM_RUNNING) == 0 and attributes.get(NUM_WAITING) == 0:
-            # The engine has gone idle: write out what it did now. A server stopped with Ctrl-C or
-            # SIGTERM kills its engine processes before a batch exporter's next round (vLLM's
-            # EngineCore gets a second SIGTERM from its API server while it shuts down).
-            otel.flush_idle()
+        # The engine has gone idle: write out what it did, this step included, once it has ended.
+        # A server stopped with Ctrl-C or SIGTERM kills its engine processes before a batch
+        # exporter's next round (vLLM's EngineCore gets a second SIGTERM from its API server while
+        # it shuts down); flushed before the step's own end, the last step's children were written
+        # without it, an orphan in the trace.
+        went_idle = open_span.enclosing is None and ("step_root" in call.roles or "step_opener" in call.roles) \
+            and attributes.get(NUM_RUNNING) == 0 and attributes.get(NUM_WAITING) == 0
         if error is None and attributes.get(DROP) and open_span.span is None:
             if _opened_step[0] is open_span:
                 _opened_step[0] = None
+            if went_idle:
+                otel.flush_idle()
             return  # uneventful (e.g. a decode step's allocate that needed no new block)
         batch = attributes.get(BATCH_IDS) or []
         reported = [rid for key in REPORTED_ID_KEYS for rid in (attributes.get(key) or ()) if rid not in batch]
@@ -328,6 +332,8 @@ def end(open_span: OpenSpan, args: dict[str, Any], result: Any = None, error: Ba
         span.end(end_time=end_ns)
     if call.scope == "step":
         gpu_timing.drain_pending(wait=False)
+    if went_idle:
+        otel.flush_idle()
 
 
 
