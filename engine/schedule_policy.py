@@ -19,7 +19,6 @@ from typing import Callable, Protocol
 
 from engine.radix_cache import RadixCache
 from engine.request import Request
-from engine.request_queue import FCFSRequestQueue
 from engine.sglang_kv import ReqKV, SglangKV
 
 # Upstream's defaults (their environment variables unset):
@@ -37,14 +36,6 @@ INIT_NEW_TOKEN_RATIO = 0.7
 MIN_NEW_TOKEN_RATIO_FACTOR = 0.14
 NEW_TOKEN_RATIO_DECAY_STEPS = 600
 RETRACT_DECODE_STEPS = 20
-
-
-def sort_by_longest_prefix(waiting: FCFSRequestQueue, prefix_len: Callable[[Request], int]) -> None:
-    # Mirrors: sglang.srt.managers.schedule_policy:SchedulePolicy._sort_by_longest_prefix (sglang 0.5.23)
-    # The vLLM-shaped scheduler's cache_mode "sglang" (engine/scheduler.py) still calls this.
-    if len(waiting) > WAITING_QUEUE_PREFIX_MATCH_MAX or len(waiting) < 2:
-        return
-    waiting.sort(key=lambda r: -prefix_len(r))  # stable: FCFS among equal matches
 
 
 class AddReqResult(enum.Enum):

@@ -21,8 +21,6 @@ from engine.block_pool import update_block_hashes
 from engine.config import CacheConfig, SchedulerConfig
 from engine.kv_cache_manager import KVCacheManager
 from engine.kv_manager import KVManager
-from engine.radix_kv_manager import RadixKVCacheManager
-from engine.schedule_policy import sort_by_longest_prefix
 from engine.outputs import CachedRequestData, EngineCoreOutput, ModelRunnerOutput, NewRequestData, SchedulerOutput
 from engine.request import Request, RequestStatus
 from engine.request_queue import create_request_queue
@@ -35,11 +33,11 @@ class Scheduler:
         self.block_size = cache_config.block_size
         self.max_model_len = scheduler_config.max_model_len
         self.policy = scheduler_config.policy
-        if scheduler_config.cache_mode == "sglang" and scheduler_config.policy != "fcfs":
-            raise ValueError("cache_mode 'sglang' orders the waiting queue by prefix match; use policy 'fcfs'")
-        manager_class = RadixKVCacheManager if scheduler_config.cache_mode == "sglang" else KVCacheManager
-        # The scheduler calls only the KVManager protocol, whichever cache shares the prefixes.
-        self.kv_cache_manager: KVManager = manager_class(
+        if scheduler_config.cache_mode != "vllm":
+            # SGLang's loop is a different scheduler, not a branch of this one: engine.sglang_scheduler.
+            raise ValueError(f"Scheduler is vLLM's loop; cache_mode {scheduler_config.cache_mode!r} runs SglangScheduler")
+        # The scheduler calls only the KVManager protocol.
+        self.kv_cache_manager: KVManager = KVCacheManager(
             num_blocks=num_blocks,
             block_size=cache_config.block_size,
             enable_caching=cache_config.enable_prefix_caching,
@@ -164,8 +162,6 @@ class Scheduler:
 
         # Then the WAITING requests, unless memory pressure forced a preemption this step.
         if not preempted_reqs:
-            if self.scheduler_config.cache_mode == "sglang":
-                sort_by_longest_prefix(self.waiting, lambda r: self.kv_cache_manager.get_computed_blocks(r)[1])
             while token_budget > 0 and len(self.waiting):
                 if len(self.running) >= self.scheduler_config.max_num_seqs:
                     break

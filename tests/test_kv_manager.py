@@ -69,10 +69,15 @@ def test_a_class_missing_a_method_is_not_a_kv_manager():
     assert not isinstance(Incomplete(num_blocks=16, block_size=BLOCK_SIZE), KVManager)
 
 
-@pytest.mark.parametrize("mode", ["vllm", "sglang"])
-def test_the_scheduler_holds_a_kv_manager_in_both_cache_modes(mode):
-    scheduler = Scheduler(SchedulerConfig(max_model_len=64, cache_mode=mode), CacheConfig(block_size=BLOCK_SIZE), 16)
+def test_the_vllm_scheduler_holds_a_kv_manager():
+    scheduler = Scheduler(SchedulerConfig(max_model_len=64), CacheConfig(block_size=BLOCK_SIZE), 16)
     assert isinstance(scheduler.kv_cache_manager, KVManager)
+
+
+def test_the_vllm_scheduler_refuses_sglang_mode():
+    """SGLang's loop is engine.sglang_scheduler, not a branch of vLLM's Scheduler."""
+    with pytest.raises(ValueError, match="SglangScheduler"):
+        Scheduler(SchedulerConfig(max_model_len=64, cache_mode="sglang"), CacheConfig(block_size=BLOCK_SIZE), 16)
 
 
 def test_a_radix_lookup_leaves_the_manager_unchanged():

@@ -16,10 +16,13 @@ from engine.outputs import ModelRunnerOutput
 from engine.request import Request, RequestStatus
 from engine.sampling_params import SamplingParams
 from engine.scheduler import Scheduler
+from engine.sglang_scheduler import SglangScheduler
 
 
-def make_scheduler(mode: str, num_blocks: int = 16, block_size: int = 4, budget: int = 32, max_seqs: int = 4) -> Scheduler:
-    return Scheduler(
+def make_scheduler(mode: str, num_blocks: int = 16, block_size: int = 4, budget: int = 32, max_seqs: int = 4) -> Scheduler | SglangScheduler:
+    # cache_mode picks the loop as LLMEngine does: vLLM's Scheduler or SGLang's.
+    scheduler_class = SglangScheduler if mode == "sglang" else Scheduler
+    return scheduler_class(
         SchedulerConfig(max_num_seqs=max_seqs, max_num_batched_tokens=budget, max_model_len=256, cache_mode=mode),
         CacheConfig(block_size=block_size, num_blocks=num_blocks),
         num_blocks,

@@ -2,7 +2,7 @@
 
 A runner that only applies the diffs (a new request's table, a running request's new blocks, a
 resumed request's replacement table) must hold exactly the block table the KV manager holds,
-every step, in both cache modes and under preemption. The shape against vLLM's own
+every step, under preemption. The shape against vLLM's own
 SchedulerOutput is checked in tests/test_conformance.py.
 """
 from __future__ import annotations
@@ -98,10 +98,9 @@ def test_a_resumed_request_is_cached_with_its_whole_new_table():
 
 @settings(max_examples=40, deadline=None)
 @given(
-    mode=st.sampled_from(["vllm", "sglang"]),
     num_blocks=st.integers(11, 24),  # the longest request (36 tokens) needs 9 of the usable blocks
     prompts=st.lists(st.lists(st.integers(1, 4), min_size=1, max_size=20), min_size=1, max_size=8),
     max_tokens=st.integers(1, 16),
 )
-def test_diffs_rebuild_the_managers_block_tables(mode, num_blocks, prompts, max_tokens):
-    run(make_scheduler(mode, num_blocks), prompts, max_tokens)
+def test_diffs_rebuild_the_managers_block_tables(num_blocks, prompts, max_tokens):
+    run(make_scheduler("vllm", num_blocks), prompts, max_tokens)
