@@ -100,6 +100,12 @@ class SearchSpace:
     # scheduler that reserves only part of each running request's remaining output
     # (SGLang's new_token_ratio, 0.7 at first) admits them all and must retract to finish.
     pool_shapes: tuple[str, ...] = ("tiny", "tiny", "pressure", "pressure", "large")
+    # Late waves twice as often: they are the one shape that puts arrivals next to preemptions.
+    arrival_shapes: tuple[str, ...] = ("burst", "staggered", "late-wave", "late-wave")
+    late_wave_steps: tuple[int, int] = (1, 16)  # early decode steps, when a tight pool first overflows
+    # Where in the "overcommit" window the pool falls: 0.0 draws all of it, 0.5 only its tighter
+    # half (closer to what the 0.7-weighted admissions leave, so retraction is likelier).
+    overcommit_tightness: float = 0.0
 
 
 POW2_BLOCK_SIZES = (1, 2, 4, 8, 16, 32, 64)
@@ -160,9 +166,8 @@ def _prompts(draw: st.DrawFn, space: SearchSpace, block_size: int, num_requests:
 
 
 @st.composite
-def _arrivals(draw: st.DrawFn, num_requests: int) -> tuple[list[int], str]:
-    # Late waves twice as often: they are the one shape that puts arrivals next to preemptions.
-    shape = draw(st.sampled_from(["burst", "staggered", "late-wave", "late-wave"]))
+def _arrivals(draw: st.DrawFn, num_requests: int, space: SearchSpace) -> tuple[list[int], str]:
+    shape = draw(st.sampled_from(space.arrival_shapes))
     if shape == "burst":
         return [0] * num_requests, shape
     if shape == "staggered":
@@ -174,7 +179,7 @@ def _arrivals(draw: st.DrawFn, num_requests: int) -> tuple[list[int], str]:
     # Late wave: the first requests fill the pool together; the rest arrive while those decode
     # (and, under a tight pool, while some of them sit preempted in the waiting queue).
     first = draw(st.integers(1, max(1, num_requests - 1)))
-    wave_at = draw(st.integers(1, 16))  # early decode steps, when a tight pool first overflows
+    wave_at = draw(st.integers(*space.late_wave_steps))
     return [0] * first + [wave_at + draw(st.integers(0, 3)) for _ in range(num_requests - first)], shape
 
 
@@ -183,7 +188,7 @@ def search_cases(draw: st.DrawFn, space: SearchSpace = SearchSpace()) -> SearchC
     block_size = draw(_block_size(space))
     num_requests = draw(st.integers(space.min_requests, space.max_requests))
     prompts, shapes = draw(_prompts(space, block_size, num_requests))
-    arrivals, arrival_shape = draw(_arrivals(num_requests))
+    arrivals, arrival_shape = draw(_arrivals(num_requests, space))
     shapes.add(f"arrivals:{arrival_shape}")
     policy = draw(st.sampled_from(space.policies))
     requests = tuple(
@@ -224,7 +229,8 @@ def search_cases(draw: st.DrawFn, space: SearchSpace = SearchSpace()) -> SearchC
         # fall short of the total by up to 0.3 of all outputs but one request's.
         n = len(requests)
         short = sum(r.max_tokens for r in requests) * 3 * (n - 1) // (10 * n * block_size)
-        usable = max(max(needs), sum(needs) - draw(st.integers(1, max(1, short))))
+        least = max(1, int(short * space.overcommit_tightness))
+        usable = max(max(needs), sum(needs) - draw(st.integers(least, max(least, short))))
     else:
         usable = sum(needs) + draw(st.integers(0, 8))
     usable += space.pool_slack_blocks
