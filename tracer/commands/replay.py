@@ -30,8 +30,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "Scheduler, run in .venv-sglang (`--engines mini-sglang,sglang`). Exit status 1 if the engines diverge."
         ),
     )
-    parser.add_argument("workload", help="workload JSONL (see `servetrace workload gen`)")
-    parser.add_argument("--engines", default="mini,vllm,sglang", help="comma-separated: mini, vllm, sglang, mini-sglang")
+    parser.add_argument("workload", nargs="?", help="workload JSONL (see `servetrace workload gen`)")
+    parser.add_argument("--from-trace", metavar="TRACE", default=None,
+                        help="replay the workload a trace recorded (arrivals on the step each request entered, prompt "
+                             "token ids or block hashes, output lengths, the server's config) through mini and vLLM (the "
+                             "version the trace names), each compared with the traced server's own steps")
+    parser.add_argument("--engines", default=None, help="comma-separated: mini, vllm, sglang, mini-sglang "
+                        "(default mini,vllm,sglang; with --from-trace mini,vllm)")
     parser.add_argument("--config", default=None, help="JSON file of replay config keys (flags override it; default: "
                         "the workload's sidecar W.config.json when `workload gen` wrote one)")
     parser.add_argument("--out", default="replay-out", help="directory for step logs, traces and compare.json "
@@ -64,11 +69,15 @@ def run(args: argparse.Namespace) -> int:
     from tracer.replay.session import parse_engines, run_replay
     from tracer.replay.workload import load_workload, sidecar_config_path
 
+    if args.from_trace is not None:
+        return run_from_trace(args)
+    if args.workload is None:
+        raise ValueError("give a workload JSONL, or --from-trace TRACE")
     if args.step_ms <= 0:
         raise ValueError("--step-ms must be > 0")
     if args.radix_page_size < 1:
         raise ValueError("--radix-page-size must be >= 1")
-    engines = parse_engines(args.engines)
+    engines = parse_engines(args.engines or "mini,vllm,sglang")
     # The config a generated workload's shape needs (memory-pressure: a pool it outgrows) rides
     # beside it; an explicit --config wins, and flags override either.
     sidecar = sidecar_config_path(args.workload)
@@ -91,6 +100,40 @@ def run(args: argparse.Namespace) -> int:
     if result.compared_nothing:
         console.print("[bold red]nothing was compared (no step or record on either side): "
                       "that is not agreement[/bold red]")
+    return 0 if result.agree else 1
+
+
+def run_from_trace(args: argparse.Namespace) -> int:
+    from tracer.commands._console import stdout_console
+    from tracer.replay.from_trace import load_replayable, parse_from_trace_engines, replay_from_trace
+
+    if args.workload is not None:
+        raise ValueError("give a workload or --from-trace, not both")
+    given = [name for name in list(CONFIG_FLAGS) + ["policy", "enable_chunked_prefill", "enable_prefix_caching", "config"]
+             if getattr(args, name) is not None]
+    if given:
+        raise ValueError(f"--from-trace replays the config the trace recorded; drop {', '.join(given)} "
+                         "(`servetrace whatif TRACE --set KEY=VALUE` replays it under another)")
+    engines = parse_from_trace_engines(args.engines or "mini,vllm")
+    console = stdout_console()
+    run = load_replayable(args.from_trace)
+    console.print(f"{args.from_trace}: {run.engine} {run.engine_version or ''}, {len(run.workload)} requests, "
+                  f"{len(run.steps)} steps; config " + ", ".join(f"{k}={v}" for k, v in run.config.to_json().items()
+                                                               if not k.startswith("radix_")))
+    result = replay_from_trace(args.from_trace, engines, args.out, force=args.force, run=run)
+    for c in result.comparisons:
+        if c.agree:
+            console.print(f"[green]{c.engine}: agrees with the trace on all {c.traced_steps} steps[/green]")
+        else:
+            d = c.divergence
+            where = f"step {d.step}: {', '.join(d.fields)} traced {d.traced} replayed {d.replayed}" if d else ""
+            console.print(f"[bold red]{c.engine}: {c.agreeing_steps} of {c.traced_steps} steps agree; {where}[/bold red]")
+        if c.stalled:
+            console.print(f"[dim]{c.engine}: replay stopped early: {c.stalled}[/dim]")
+    for note in run.notes:
+        console.print(f"[dim]{note}[/dim]")
+    if result.files:
+        console.print(f"wrote {', '.join(str(p) for p in result.files)}")
     return 0 if result.agree else 1
 
 

@@ -23,7 +23,7 @@ from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased, Sampler, Tr
 from tracer.catalog.hops import load_catalog
 from tracer.instrument import gpu_timing
 from tracer.instrument.registry import registry
-from tracer.traces.schema import ENGINE, ENGINE_VERSION, PROCESS_PID, PROCESS_ROLE, SCHEMA_VERSION, SCHEMA_VERSION_KEY, SERVICE_NAME
+from tracer.traces.schema import CLOCK, ENGINE, ENGINE_VERSION, PROCESS_PID, PROCESS_ROLE, SCHEMA_VERSION, SCHEMA_VERSION_KEY, SERVICE_NAME
 from tracer.instrument.exporters import GuardedExporter, OTLPJsonLinesFileExporter
 
 logger = logging.getLogger(__name__)
@@ -60,15 +60,19 @@ def configure(
     batch: bool = True,
     sample_ratio: float = 1.0,
     process_role: str | None = None,
+    clock: str | None = None,
 ) -> TracerProvider:
     """Start exporting servetrace spans; replaces a previous configuration (after flushing it).
-    sample_ratio < 1 keeps that share of requests, each whole (SERVETRACE_SAMPLE)."""
+    sample_ratio < 1 keeps that share of requests, each whole (SERVETRACE_SAMPLE). clock: what the
+    spans' times measure when it is not the wall clock of a serving run (replay: "steps")."""
     global _provider, _tracer, _atexit_registered, _configured_pid
     if not (trace_file or otlp_endpoint or console):
         raise ValueError("configure() needs a trace file, an OTLP endpoint or console=True")
     attributes = {SERVICE_NAME: service_name, PROCESS_PID: os.getpid(), SCHEMA_VERSION_KEY: SCHEMA_VERSION}
     if process_role:
         attributes[PROCESS_ROLE] = process_role
+    if clock:
+        attributes[CLOCK] = clock
     if engine:
         attributes[ENGINE] = engine
         version = _engine_version(engine)

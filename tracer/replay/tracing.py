@@ -21,7 +21,7 @@ def traced(engine: str, trace_path: Path | None) -> Iterator[list[str]]:
     try:
         from tracer.instrument import hooks, otel
 
-        otel.configure(trace_file=str(trace_path), engine=engine, service_name=f"servetrace-replay-{engine}")
+        otel.configure(trace_file=str(trace_path), engine=engine, service_name=f"servetrace-replay-{engine}", clock="steps")
         hooks.install(engine)
     except Exception as exc:  # tracing is optional: the replay itself must still run
         notes.append(f"{engine}: no trace file ({type(exc).__name__}: {exc})")

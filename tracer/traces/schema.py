@@ -37,6 +37,11 @@ PROCESS_PID = _key("process.pid", "int", "the process that emitted the span")
 ENGINE = _key("servetrace.engine", "str", "which catalog engine emitted the span (mini, vllm, sglang)")
 ENGINE_VERSION = _key("servetrace.engine.version", "str", "the installed version of that engine")
 PROCESS_ROLE = _key("servetrace.process.role", "str", "api_server, engine_core, worker, scheduler, detokenizer ...")
+# What the spans' times measure: "wall" (a serving run; also when absent), "steps" (a replay: the
+# order of the scheduler's steps, timed by the replay's own CPU work), "predicted" (whatif: steps
+# timed by a step-time model fitted on a trace).
+CLOCK = _key("servetrace.clock", "str", "what the trace's times measure: wall (absent), steps (a replay) or predicted (whatif)")
+CLOCKS = ("wall", "steps", "predicted")
 
 # -- GenAI semantic conventions --------------------------------------------------------------------
 REQUEST_ID = _key("gen_ai.request.id", "str", "the request's id in the process that emitted the span")

@@ -15,6 +15,7 @@ from tracer.instrument.extractors import (
     TOP_P, ids, queue_attributes, request_attributes, sampling_attributes, scheduler_limits, waiting_head_attributes,
     BLOCK_HASHES, CACHING_ENABLED, PROMPT_TOKEN_IDS, blocks_to_evict,
 )
+from tracer.traces.schema import CONFIG_LONG_PREFILL, CONFIG_MAX_MODEL_LEN, CONFIG_NUM_BLOCKS, CONFIG_PREFIX_CACHING
 from tracer.traces.schema import DROP, HTTP_METHOD, HTTP_ROUTE, HTTP_STATUS, HTTP_STREAM, REQUEST_MODEL, TRACEPARENT
 
 # OpenTelemetry HTTP semantic conventions (the GenAI ones are in tracer.instrument.extractors)
@@ -123,6 +124,19 @@ def schedule_after(args: dict, so: Any) -> dict:
         **queue_attributes(scheduler),
         **_kv(scheduler.kv_cache_manager),
         **_why_waiting(scheduler),
+        **_replay_config(scheduler),
+    }
+
+
+def _replay_config(scheduler: Any) -> dict:
+    """The rest of the config a replay of the trace needs (vLLM's is on its server.startup span;
+    ours has no startup hop): the pool's blocks, the longest sequence, the chunk cap, prefix caching."""
+    config = scheduler.scheduler_config
+    return {
+        CONFIG_NUM_BLOCKS: getattr(scheduler.kv_cache_manager, "num_blocks", None),
+        CONFIG_MAX_MODEL_LEN: config.max_model_len,
+        CONFIG_LONG_PREFILL: config.long_prefill_token_threshold,
+        CONFIG_PREFIX_CACHING: getattr(getattr(scheduler, "cache_config", None), "enable_prefix_caching", None),
     }
 
 

@@ -135,7 +135,9 @@ def _check_effective_config(scheduler, config: ReplayConfig) -> None:
         raise ReplayError(f"vLLM adjusted the replay config ({details})")
     if not scheduler.scheduler_reserve_full_isl:
         raise ReplayError("vLLM's full-sequence admission gate (scheduler_reserve_full_isl) is off; ours always applies it")
-    if scheduler.local_prefill_interval > 1 or scheduler.adaptive_long_prefill_threshold:
+    # vLLM 0.32 (the live CPU build, run by replay --from-trace in .venv-vllm) has no prefill cadence:
+    # getattr, so the same runner builds both versions' Scheduler.
+    if getattr(scheduler, "local_prefill_interval", 1) > 1 or scheduler.adaptive_long_prefill_threshold:
         raise ReplayError("vLLM's prefill cadence / adaptive threshold is on; replay mirrors neither")
 
 
