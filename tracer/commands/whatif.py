@@ -1,0 +1,76 @@
+"""`servetrace whatif TRACE --set KEY=VALUE`: a trace's workload under another scheduler config,
+replayed through the real schedulers with steps timed by a model fitted on the trace."""
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "whatif",
+        help="predict a traced workload's latencies under another scheduler config",
+        description=(
+            "Replay the workload TRACE recorded (arrival times, prompts or block hashes, output lengths) through "
+            "the real vLLM scheduler (the trace's version) and ours, under the trace's own config and under the "
+            "config --set changes, on a wall clock: requests arrive when they arrived, each step takes the time "
+            "a step-time model fitted on the trace's own steps predicts, and the schedulers decide. Reports "
+            "TTFT / TPOT / ITL / throughput side by side with the model's own error on the trace."
+        ),
+    )
+    parser.add_argument("trace", help="a servetrace trace (OTLP JSON lines) of our server or vLLM's")
+    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                        help="a scheduler config change, repeatable (max_num_batched_tokens=4096, max_num_seqs=32, "
+                             "enable_chunked_prefill=false, enable_prefix_caching=false, ...)")
+    parser.add_argument("--engines", default="vllm,mini", help="comma-separated: vllm, mini")
+    parser.add_argument("--out", default="whatif-out", help="folder for whatif.json, the step-time model and the "
+                        "predicted traces (a run replaces what the previous whatif wrote there)")
+    parser.add_argument("--force", action="store_true", help="write into a non-empty --out that whatif did not write")
+    parser.set_defaults(func=run)
+
+
+def _cell(value: float, unit: str = "") -> str:
+    return "-" if value != value else f"{value:.1f}{unit}"  # NaN: no such latency in the run
+
+
+def run(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from tracer.commands._console import stdout_console
+    from tracer.replay.from_trace import load_replayable
+    from tracer.replay.whatif.session import check_engines_available, parse_sets, parse_whatif_engines, run_whatif
+
+    sets = parse_sets(args.sets)
+    engines = parse_whatif_engines(args.engines)
+    check_engines_available(engines, load_replayable(args.trace))
+    console = stdout_console()
+    console.print(f"what if {args.trace} ran with {', '.join(f'{k}={v}' for k, v in sets.items()) or 'its own config'} ...")
+    result = run_whatif(args.trace, sets, engines, args.out, force=args.force)
+    error = result.model.fit_error
+    console.print(f"step-time model on the trace's {error['steps']} steps: mean |error| {error['mean_abs_ms']:.2f} ms "
+                  f"per step (median {100 * error['median_rel']:.1f}%), total time {100 * error['total_rel']:+.1f}%; "
+                  f"gap between steps {1e3 * result.model.gap_s:.2f} ms")
+    table = Table(title="latency (ms from entering the scheduler; predicted clock)")
+    table.add_column("metric")
+    table.add_column("trace (measured)", justify="right")
+    columns = [(f"{p.engine} {p.label}", p.summary) for p in result.predictions]
+    for name, _ in columns:
+        table.add_column(name, justify="right")
+    for metric in ("ttft_ms", "tpot_ms", "itl_ms"):
+        for stat in ("mean", "p50", "p90", "p99"):
+            table.add_row(f"{metric[:-3].upper()} {stat}", _cell(result.measured[metric][stat]),
+                          *[_cell(s[metric][stat]) for _, s in columns])
+    table.add_row("throughput tok/s", _cell(result.measured["throughput_tok_s"]),
+                  *[_cell(s["throughput_tok_s"]) for _, s in columns])
+    console.print(table)
+    for p in result.predictions:
+        if p.decisions is not None:
+            verdict = "the trace's own decisions on every step" if p.decisions.agree else (
+                f"{p.decisions.agreeing_steps} of {p.decisions.traced_steps} of the trace's steps (arrivals moved by "
+                "the model's error can change a decision)")
+            console.print(f"{p.engine} under the trace's config reproduces {verdict}")
+        if p.log.stalled:
+            console.print(f"[yellow]{p.engine} {p.label}: stopped early: {p.log.stalled}[/yellow]")
+    for note in result.notes:
+        console.print(f"[dim]{note}[/dim]")
+    console.print(f"wrote {', '.join(str(p) for p in result.files)}")
+    return 0
