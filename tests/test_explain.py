@@ -231,10 +231,15 @@ def test_the_command_prints_both_and_json_and_names_a_missing_request(tmp_path, 
     assert missing.returncode == 2 and "no request 'nope'" in missing.stderr
 
 
-def test_a_sglang_trace_is_refused_with_what_is_missing():
-    result = subprocess.run([str(Path(sys.executable).parent / "servetrace"), "explain", "tests/data/live-sglang.jsonl"],
-                            capture_output=True, text=True)
-    assert result.returncode == 2 and "SGLang's radix cache and scheduler are not explained yet" in result.stderr
+def test_an_sglang_trace_from_before_the_admission_state_says_what_it_lacks():
+    """tests/data/live-sglang.jsonl predates the PrefillAdder state and the radix prefix hashes."""
+    timeline = read_timeline(read_trace_file("tests/data/live-sglang.jsonl").spans)
+    assert timeline.engine == "sglang" and timeline.requests
+    for life in timeline.requests:
+        split = split_time(timeline, life)
+        assert split.residual_ms <= 0.01 * split.wall_ms
+        assert all(n.what.endswith("unrecorded") for n in split.steps if n.what.startswith(("waiting", "preempted")))
+        assert explain_cache(timeline, life).reason in ("no-block-hashes", "last-token-recompute", "caching-disabled")
 
 
 def test_a_live_vllm_trace_from_before_the_scheduler_state_says_its_causes_are_unrecorded():

@@ -10,10 +10,9 @@ blocks are hashed (vllm/v1/core/kv_cache_utils.py: hash_block_tokens runs per fu
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
+from tracer.traces.cache_miss import CacheMiss, prefill_ms_per_token
+from tracer.traces.explain_radix import PAGE_ALIGNMENT, explain_radix
 from tracer.traces.request_steps import EngineTimeline, RequestLife
-from tracer.traces.schema import BATCH_TOTAL
 
 # Every reason code, with what it means (the explorer's "why" view and --json readers use these).
 REASONS = {
@@ -29,24 +28,10 @@ REASONS = {
     "salt-or-adapter": "the tokens match an earlier request but the hash domain differs (cache salt or LoRA)",
     "unexplained": "the trace says the block was cached and not evicted, yet the lookup missed it (an eviction or hash the trace lacks)",
     "no-block-hashes": "the trace has no block hashes for this request (an engine or version that does not record them)",
+    PAGE_ALIGNMENT: "SGLang looks up whole pages only: the prompt's last, partial page is always computed (SGLang's partial-block)",
 }
 
-
-@dataclass
-class CacheMiss:
-    request: str
-    prompt_tokens: int
-    block_size: int | None
-    blocks: list[dict]  # per full block: index, hash (short), hit
-    cached_tokens: int
-    reason: str
-    evidence: str
-    uncached_tokens: int
-    est_prefill_ms: float | None  # the uncached tokens at this request's own measured prefill rate
-    details: dict = field(default_factory=dict)
-
-    def to_json(self) -> dict:
-        return dict(vars(self))
+__all__ = ["CacheMiss", "REASONS", "explain_cache"]
 
 
 def _cached_at(timeline: EngineTimeline, life: RequestLife) -> dict[str, int]:
@@ -69,26 +54,15 @@ def _cached_at(timeline: EngineTimeline, life: RequestLife) -> dict[str, int]:
     return out
 
 
-def _prefill_ms_per_token(life: RequestLife) -> float | None:
-    """This request's share of its prefill steps' time, per prefill token it computed."""
-    spent, tokens, computed = 0.0, 0, life.cached_tokens
-    for step, n in life.scheduled:
-        if computed >= life.prompt_tokens:
-            break
-        total = int(step.attr(BATCH_TOTAL) or n) or n
-        spent += (step.end_ns - step.start_ns) / 1e6 * n / total
-        tokens += n
-        computed += n
-    return spent / tokens if tokens else None
-
-
 def explain_cache(timeline: EngineTimeline, life: RequestLife) -> CacheMiss:
+    if timeline.engine == "sglang":
+        return explain_radix(timeline, life)  # a radix tree, not block hashes
     size = timeline.block_size
     hashes = life.block_hashes
     hit_blocks = life.cached_blocks
     blocks = [{"index": i, "hash": h[:12], "hit": i < hit_blocks} for i, h in enumerate(hashes)]
     uncached = max(life.prompt_tokens - life.cached_tokens, 0)
-    rate = _prefill_ms_per_token(life)
+    rate = prefill_ms_per_token(life)
     result = CacheMiss(life.name, life.prompt_tokens, size, blocks, life.cached_tokens, "", "", uncached,
                        rate * uncached if rate is not None else None)
 

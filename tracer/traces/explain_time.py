@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 
 from tracer.catalog.hops import Catalog, load_catalog
 from tracer.traces.request_steps import EngineTimeline, RequestLife, Step
-from tracer.traces.schema import BATCH_SIZE, BATCH_TOTAL, CACHED_TOKENS, CONFIG_POLICY, WAITING_HEAD
+from tracer.traces.schema import BATCH_SIZE, BATCH_TOTAL, CACHED_TOKENS, CONFIG_POLICY, FORWARD_MODE, WAITING_HEAD
+from tracer.traces.sglang_causes import PREFILL_FIRST
 
 # Highest first. "waiting: CODE" and "not scheduled: CODE" labels rank with their prefix.
 PRECEDENCE = ("prefill", "recompute", "decode", "preempted", "waiting", "not scheduled", "render",
@@ -61,9 +62,12 @@ def _exclusive(intervals: list[tuple[str, int, int]], start: int, end: int) -> t
     return totals, uncovered
 
 
-def _waiting_cause(timeline: EngineTimeline, life: RequestLife, step: Step) -> tuple[str, str]:
+def _waiting_cause(timeline: EngineTimeline, life: RequestLife, step: Step, running: bool = False) -> tuple[str, str]:
     """The step's cause, or `priority` where a request of higher priority (a lower number, as
-    vLLM's RequestQueue orders them) heads the priority queue in its place."""
+    vLLM's RequestQueue orders them) heads the priority queue in its place. A running SGLang
+    request sits out a step that runs a new prefill batch (SGLang runs prefill or decode)."""
+    if running and step.attr(FORWARD_MODE) == "EXTEND" and timeline.engine == "sglang":
+        return PREFILL_FIRST
     code, evidence = step.waiting_cause()
     head = step.attr(WAITING_HEAD)
     if step.attr(CONFIG_POLICY) == "priority" and head is not None and str(head) not in life.ids:
@@ -100,8 +104,8 @@ def split_time(timeline: EngineTimeline, life: RequestLife, catalog: Catalog | N
         if previous is None or resumed:
             if resumed:
                 admissions += 1
-                computed = int(life.matches[admissions].attributes.get(CACHED_TOKENS) or 0) \
-                    if admissions < len(life.matches) else 0
+                match = life.match_for(step)
+                computed = int(match.attributes.get(CACHED_TOKENS) or 0) if match is not None else 0
         before = computed
         if admissions == 0:
             phase = "prefill" if before < life.prompt_tokens else "decode"
@@ -143,7 +147,7 @@ def split_time(timeline: EngineTimeline, life: RequestLife, catalog: Catalog | N
         for step in timeline.steps:
             if first.index < step.index < last.index and step.index not in scheduled and \
                     not any(a <= step.start_ns <= b for a, b, label in waits if label == "preempted"):
-                code, evidence = _waiting_cause(timeline, life, step)
+                code, evidence = _waiting_cause(timeline, life, step, running=True)
                 intervals.append((f"not scheduled: {code}", step.start_ns, step.end_ns))
                 note(step, f"not scheduled: {code}", evidence)
         intervals.append(("detokenize / stream", last.end_ns, end))

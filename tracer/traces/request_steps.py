@@ -14,21 +14,27 @@ from tracer.traces.schema import (
     BATCH_IDS, BATCH_PREEMPTED, BATCH_TOKENS, BATCH_TOTAL, BLOCK_HASHES, CACHED_BLOCKS, CACHED_TOKENS,
     CACHING_ENABLED, CONFIG_BLOCK_SIZE, ENGINE, EVICTED_HASHES, EXTERNAL_ID, REQUEST_ID, FREE_BLOCKS, HASH_DOMAIN, INPUT_TOKENS, NUM_RUNNING,
     PRIORITY, PROMPT_TOKEN_IDS, SCHED_CHUNKED, SCHED_MAX_SEQS, SCHED_TOKEN_BUDGET, WAITING_HEAD,
-    WAITING_HEAD_BLOCKS, WAITING_HEAD_STATUS,
+    WAITING_HEAD_BLOCKS, WAITING_HEAD_STATUS, EVICTED, RADIX_PREFIX_HASHES, SCHED_NEW_TOKEN_RATIO, WAITING_HEAD_RESULT,
 )
+from tracer.traces.sglang_causes import sglang_waiting_cause
 from tracer.traces.shape import RequestTrace, TraceShape, analyse
 from tracer.traces.trace_file import SpanRecord
 
-# Engines whose traces lack what explain reads (block hashes, the scheduler's state per step): the
-# CLI and the explorer's "why" view say so, in NOT_EXPLAINED's words, instead of explaining them.
-UNEXPLAINED_ENGINES = frozenset({"sglang"})
-NOT_EXPLAINED = ("explain reads the hash prefix cache and the V1 scheduler state that ours and vLLM record; "
-                 "SGLang's radix cache and scheduler are not explained yet")
+# Engines whose traces lack what explain reads: the CLI and the explorer's "why" view say so, in
+# NOT_EXPLAINED's words, instead of explaining them. (SGLang is explained since its extractor records
+# the PrefillAdder's state and the radix prefix hashes; the set stays for an engine added later.)
+UNEXPLAINED_ENGINES: frozenset[str] = frozenset()
+NOT_EXPLAINED = "explain reads the prefix-cache lookups and the scheduler state per step, which this engine's extractor does not record"
 
 
 def unexplained_engines(spans: Iterable[SpanRecord]) -> set[str]:
     """The engines the spans' resources name (servetrace.engine) when explain covers none of them,
     else an empty set. Each resource is looked at once: a process's spans share one."""
+    engines = trace_engines(spans)
+    return engines if engines and engines <= UNEXPLAINED_ENGINES else set()
+
+
+def trace_engines(spans: Iterable[SpanRecord]) -> set[str]:
     engines: set[str] = set()
     seen: set[int] = set()
     for span in spans:
@@ -37,7 +43,7 @@ def unexplained_engines(spans: Iterable[SpanRecord]) -> set[str]:
             seen.add(id(resource))
             if resource.get(ENGINE) is not None:
                 engines.add(str(resource[ENGINE]))
-    return engines if engines and engines <= UNEXPLAINED_ENGINES else set()
+    return engines
 
 
 @dataclass
@@ -68,6 +74,8 @@ class Step:
         preempted admits nothing (line 1050), the loop runs while token_budget > 0 (1062), stops at
         max_num_active_reqs (1073), without chunked prefill stops at a prompt over the budget left
         (1339), and stops when allocate_slots finds no blocks (1459)."""
+        if self.attr(WAITING_HEAD_RESULT) is not None or self.attr(SCHED_NEW_TOKEN_RATIO) is not None:
+            return sglang_waiting_cause(self)  # SGLang's PrefillAdder, not V1's loop
         if self.attr(SCHED_TOKEN_BUDGET) is None:
             return "unrecorded", "this step's schedule span has no scheduler state (a trace from before schema 2 or an engine that does not record it)"
         head, status = self.attr(WAITING_HEAD), str(self.attr(WAITING_HEAD_STATUS) or "WAITING")
@@ -93,6 +101,7 @@ class Eviction:
     time_ns: int
     hashes: list[str]
     by_request: str | None  # the request whose allocation took the blocks
+    tokens: int = 0  # SGLang's radix evictions name a token count, not hashes
 
 
 @dataclass
@@ -121,17 +130,39 @@ class RequestLife:
                 return batch[rid]
         return None
 
+    def match_for(self, step: Step | None) -> SpanRecord | None:
+        """The lookup that admitted it in `step`: the last one before that step's schedule ended (a
+        request refused for blocks is looked up again each step; SGLang's lpm policy looks up every
+        waiting request each pass). Without a step, the first lookup."""
+        if not self.matches:
+            return None
+        if step is None:
+            return self.matches[0]
+        before = [m for m in self.matches if m.start_ns <= step.schedule.end_ns]
+        return before[-1] if before else self.matches[0]
+
+    @property
+    def admission_match(self) -> SpanRecord | None:
+        return self.match_for(self.scheduled[0][0] if self.scheduled else None)
+
     @property
     def cached_tokens(self) -> int:
-        return int(self.matches[0].attributes.get(CACHED_TOKENS) or 0) if self.matches else 0
+        match = self.admission_match
+        return int(match.attributes.get(CACHED_TOKENS) or 0) if match is not None else 0
 
     @property
     def cached_blocks(self) -> int:
-        return int(self.matches[0].attributes.get(CACHED_BLOCKS) or 0) if self.matches else 0
+        match = self.admission_match
+        return int(match.attributes.get(CACHED_BLOCKS) or 0) if match is not None else 0
 
     @property
     def caching_enabled(self) -> bool | None:
-        return self.matches[0].attributes.get(CACHING_ENABLED) if self.matches else None
+        match = self.admission_match
+        return match.attributes.get(CACHING_ENABLED) if match is not None else None
+
+    @property
+    def prefix_hashes(self) -> list[str]:
+        return list(_first(self.request.spans, RADIX_PREFIX_HASHES) or [])
 
 
 @dataclass
@@ -142,6 +173,7 @@ class EngineTimeline:
     block_size: int | None
     has_startup: bool  # the trace holds the server's startup: nothing ran before it began
     shape: TraceShape
+    engine: str | None = None  # servetrace.engine of the trace's processes (mini, vllm, sglang)
 
     def find(self, request_id: str) -> RequestLife | None:
         for life in self.requests:
@@ -205,15 +237,18 @@ def read_timeline(spans: list[SpanRecord], catalog: Catalog | None = None) -> En
                 life.end_ns = max(life.end_ns, step.end_ns)
     evictions = []
     for span in spans:
-        if span.name in evict_hops and span.attributes.get(EVICTED_HASHES):
-            evictions.append(Eviction(span.start_ns, list(span.attributes[EVICTED_HASHES]), span_request.get(span.span_id)))
+        if span.name in evict_hops and (span.attributes.get(EVICTED_HASHES) or span.attributes.get(EVICTED)):
+            evictions.append(Eviction(span.start_ns, list(span.attributes.get(EVICTED_HASHES) or []),
+                                      span_request.get(span.span_id), int(span.attributes.get(EVICTED) or 0)))
     evictions.sort(key=lambda e: e.time_ns)
     block_size = next((int(s.attr(CONFIG_BLOCK_SIZE)) for s in steps if s.attr(CONFIG_BLOCK_SIZE)), None)
     if block_size is None:
         block_size = next((int(s.attributes[CONFIG_BLOCK_SIZE]) for group in shape.startup for s in group
                            if s.attributes.get(CONFIG_BLOCK_SIZE)), None)
     lives.sort(key=lambda life: life.arrival_ns)
-    return EngineTimeline(steps, lives, evictions, block_size, bool(shape.startup), shape)
+    engines = trace_engines(spans)
+    engine = "sglang" if "sglang" in engines else (sorted(engines)[0] if engines else None)
+    return EngineTimeline(steps, lives, evictions, block_size, bool(shape.startup), shape, engine)
 
 
 def _external_name(request: RequestTrace, members: list[SpanRecord]) -> str:

@@ -11,7 +11,10 @@ time_stats value (tracer.instrument.carriers): TokenizerManager._send_one_reques
 """
 from __future__ import annotations
 
+import hashlib
 import sys
+import weakref
+from array import array
 from typing import Any
 
 from tracer.instrument.extractors import (
@@ -27,7 +30,11 @@ from tracer.traces.schema import (
     ADD_RESULT, CARRIER_KEY, CHECKPOINT, DROP, CHECKPOINT_UP_TO, CONFIG_BLOCK_SIZE, CONFIG_CHUNKED_PREFILL,
     CONFIG_MAX_BATCHED_TOKENS, CONFIG_MAX_NUM_SEQS, CONFIG_MAX_TOTAL_TOKENS, CONFIG_POLICY, CONFIG_PREFIX_CACHING,
     EXTEND_TOKENS, HTTP_REQUEST_ID_HEADER, NUM_PREEMPTIONS, RETRACT_REMAINING, HTTP_STREAM, RADIX_NODE_ID as NODE_ID, TRACEPARENT,
+    BATCH_PREEMPTED, CACHING_ENABLED, HASH_DOMAIN, PROMPT_TOKEN_IDS, RADIX_HASH_TOKENS, RADIX_PATH_IDS, RADIX_PATH_TOKENS,
+    RADIX_PREFIX_HASHES, SCHED_BATCH_FULL, SCHED_CHUNKED, SCHED_MAX_SEQS, SCHED_NEW_TOKEN_RATIO, SCHED_REM_CHUNK,
+    SCHED_REM_INPUT, SCHED_REM_TOTAL, SCHED_TOKEN_BUDGET, WAITING_HEAD, WAITING_HEAD_RESULT, WAITING_HEAD_TOKENS,
 )
+from tracer.instrument import otel
 
 
 
@@ -75,8 +82,61 @@ def match_before(args: dict) -> dict:
 
 
 def match_after(args: dict, result: Any) -> dict:
+    cache, params = args["self"], args["params"]
     node = result.last_device_node
-    return {CACHED_TOKENS: result.device_prefix_len, NODE_ID: getattr(node, "id", None), **_sizes(args["self"])}
+    page = int(getattr(cache, "page_size", 1) or 1)
+    out = {CACHED_TOKENS: result.device_prefix_len, NODE_ID: getattr(node, "id", None), **_sizes(cache),
+           CONFIG_BLOCK_SIZE: page, CACHING_ENABLED: not getattr(cache, "disable", False), **_radix_path(node)}
+    req = params.req
+    rid = _rid(req)
+    if rid is not None and _first_sight(req):  # the prompt's hashes once per request: lpm matches every waiting request each pass
+        tokens = getattr(req, "origin_input_ids", None) or []
+        key = params.key
+        domain = "salted" if getattr(key, "cache_salt", None) else ("extra-key" if getattr(key, "extra_key", None) else None)
+        seed = f"{getattr(key, 'extra_key', None)}|{getattr(key, 'cache_salt', None)}".encode() if domain else b""
+        unit = page * -(-16 // page)
+        out[RADIX_HASH_TOKENS], out[RADIX_PREFIX_HASHES], out[HASH_DOMAIN] = unit, prefix_hashes(tokens, unit, seed), domain
+        out[PROMPT_TOKEN_IDS] = list(tokens) if otel.capture_content() else None
+    return out
+
+
+_SEEN: "weakref.WeakSet[Any]" = weakref.WeakSet()  # the Req objects already hashed (a rid recurs across replays)
+
+
+def _first_sight(req: Any) -> bool:
+    try:
+        if req in _SEEN:
+            return False
+        _SEEN.add(req)
+    except TypeError:  # not weak-referenceable: hash every time
+        pass
+    return True
+
+
+def prefix_hashes(tokens: Any, unit: int, seed: bytes = b"") -> list[str]:
+    """Chained hashes of the prompt's full `unit`-token spans: hash i names tokens [0, (i+1)*unit),
+    so two requests share hash i exactly when they share that prefix (and the key's namespace:
+    SGLang keeps prefixes with another extra_key / cache_salt apart, radix_cache.py:364-379). The
+    salt is mixed in, never written. A unit is at least 16 tokens: with page size 1 a hash per token
+    would cost more than the lookup it explains."""
+    digest, out = seed, []
+    for start in range(0, len(tokens) - unit + 1, unit):
+        digest = hashlib.blake2b(digest + array("q", tokens[start:start + unit]).tobytes(), digest_size=8).digest()
+        out.append(digest.hex())
+    return out
+
+
+def _radix_path(node: Any) -> dict:
+    """Node ids and token counts from the root's child down to the match's last node (RadixCache's
+    TreeNode: .parent, .key; a node without them, e.g. the Rust core's, records no path)."""
+    ids, lengths = [], []
+    while node is not None and getattr(node, "parent", None) is not None and len(ids) < 256:
+        ids.append(getattr(node, "id", None))
+        lengths.append(len(node.key) if getattr(node, "key", None) is not None else None)
+        node = node.parent
+    if not ids or None in ids or None in lengths:
+        return {}
+    return {RADIX_PATH_IDS: ids[::-1], RADIX_PATH_TOKENS: lengths[::-1]}
 
 
 def insert_before(args: dict) -> dict:
@@ -134,8 +194,47 @@ def enqueue_after(args: dict, _: Any) -> dict:
     return {NUM_WAITING: len(scheduler.waiting_queue)} if hasattr(scheduler, "waiting_queue") else {}
 
 
+# What one get_next_batch_to_run pass decided, gathered from the calls inside it: its PrefillAdder is
+# a local of _get_new_batch_prefill_raw (scheduler.py:4157), seen only by add_one_req's extractor.
+_PASS: dict[str, Any] = {"last_add": None, "retracted": []}
+
+
 def schedule_before(args: dict) -> dict:
+    _PASS["last_add"], _PASS["retracted"] = None, []
     return {NUM_WAITING: len(args["self"].waiting_queue)}
+
+
+def _scheduler_state(scheduler: Any, running: Any) -> dict:
+    """The state the step's admission decisions were made under, read at the end of the pass.
+    The head of the waiting queue (calc_priority sorted it, scheduler.py:4129; admitted requests left
+    it, :4319) was not admitted: its add_one_req result says why (:4270-4280; schedule_policy.py:571
+    AddReqResult: NO_TOKEN, the KV pool; OTHER, a budget), or the loop never offered it to the adder
+    (batch_is_full, scheduler.py:4232-4238; get_num_allocatable_reqs <= 0, :4120-4126)."""
+    chunk = getattr(scheduler, "chunked_prefill_size", None)
+    tracker = getattr(scheduler, "new_token_ratio_tracker", None)
+    out = {
+        SCHED_MAX_SEQS: getattr(scheduler, "max_running_requests", None),
+        SCHED_TOKEN_BUDGET: getattr(scheduler, "max_prefill_tokens", None),
+        SCHED_CHUNKED: chunk is not None and chunk > 0,
+        CONFIG_BLOCK_SIZE: getattr(scheduler, "page_size", None),
+        SCHED_NEW_TOKEN_RATIO: getattr(tracker, "current", None),
+        SCHED_BATCH_FULL: bool(getattr(running, "batch_is_full", False)),
+    }
+    if _PASS["retracted"]:
+        out[BATCH_PREEMPTED] = list(_PASS["retracted"])
+    last = _PASS["last_add"]
+    if last is not None:
+        out.update({SCHED_REM_INPUT: last["rem_input"], SCHED_REM_CHUNK: last["rem_chunk"], SCHED_REM_TOTAL: last["rem_total"]})
+    queue = getattr(scheduler, "waiting_queue", None) or []
+    if queue:
+        head = queue[0]
+        out[WAITING_HEAD] = head.rid
+        if last is not None and last["rid"] == head.rid:
+            out[WAITING_HEAD_RESULT], out[WAITING_HEAD_TOKENS] = last["result"], last["tokens"]
+        else:
+            out[WAITING_HEAD_RESULT] = "BATCH_FULL" if out[SCHED_BATCH_FULL] else "NOT_TRIED"
+            out[WAITING_HEAD_TOKENS] = max(len(getattr(head, "origin_input_ids", None) or []) - int(getattr(head, "prefix_len", 0) or 0), 0)
+    return out
 
 
 def schedule_after(args: dict, plan: Any) -> dict:
@@ -150,6 +249,7 @@ def schedule_after(args: dict, plan: Any) -> dict:
     # A loop turn with no batch to run (event_loop_normal goes on_idle): no span, unless something
     # inside it (a retraction, an eviction) needed one.
     out[DROP] = plan.batch_to_run is None
+    out.update(_scheduler_state(args["self"], running))
     return out
 
 
@@ -166,7 +266,23 @@ def allocate_before(args: dict) -> dict:
 
 
 def allocate_after(args: dict, result: Any) -> dict:
-    return {ADD_RESULT: getattr(result, "name", None)} if "req" in args else {}
+    if "req" not in args:
+        return {}
+    adder, req = args["self"], args["req"]
+    _PASS["last_add"] = {
+        "rid": _rid(req), "result": getattr(result, "name", None),
+        "tokens": max(len(getattr(req, "full_untruncated_fill_ids", None) or []) - int(getattr(req, "prefix_len", 0) or 0), 0),
+        "rem_input": getattr(adder, "rem_input_tokens", None), "rem_chunk": getattr(adder, "rem_chunk_tokens", None),
+        "rem_total": _safe(lambda: int(adder.rem_total_tokens)),
+    }
+    return {ADD_RESULT: getattr(result, "name", None)}
+
+
+def _safe(read: Any) -> Any:
+    try:
+        return read()
+    except Exception:  # a budget this build computes differently: the span goes without it
+        return None
 
 
 def preempt_before(args: dict) -> dict:
@@ -176,6 +292,8 @@ def preempt_before(args: dict) -> dict:
 
 def preempt_after(args: dict, result: Any) -> dict:
     req = args.get("req")
+    if _rid(req) is not None:
+        _PASS["retracted"].append(_rid(req))
     return {STATUS: "RETRACTED", NUM_PREEMPTIONS: getattr(req, "retraction_count", None)}
 
 

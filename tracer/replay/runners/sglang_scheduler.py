@@ -23,6 +23,7 @@ from pathlib import Path
 from engine.config import CacheConfig, SchedulerConfig
 from engine.outputs import SchedulerOutput
 from engine.sglang_scheduler import SglangScheduler
+from tracer.instrument.otel import capture_content
 from tracer.replay.config import ReplayConfig
 from tracer.replay.runners.base import ReplayError, ReplayLog, StepRecord, validate_workload
 from tracer.replay.runners.mini import MiniRunner
@@ -147,6 +148,7 @@ def replay_sglang_scheduler(workload: list[WorkloadRequest], config: ReplayConfi
     job = sglang_job(workload, config)
     if trace_file is not None:
         job["trace_file"] = str(trace_file)
+        job["capture_content"] = capture_content()  # the driver's environment drops SERVETRACE_*
     result = (driver or SglangDriver.shared()).run(job)
     log = ReplayLog("sglang", config.to_json(), stalled=result.get("stalled"))
     for step in result["steps"]:

@@ -63,10 +63,39 @@ def run_traced(job: dict) -> dict:
     from harness import run_job
     from tracer.replay.tracing import traced
 
-    with traced("sglang", Path(job["trace_file"])) as notes:
-        result = run_job(job)
+    from tracer.instrument.otel import CAPTURE_CONTENT_ENV
+
+    saved = os.environ.pop(CAPTURE_CONTENT_ENV, None)
+    if job.get("capture_content"):  # the parent's SERVETRACE_* settings do not reach this process
+        os.environ[CAPTURE_CONTENT_ENV] = "1"
+    try:
+        with traced("sglang", Path(job["trace_file"])) as notes:
+            result = run_job(job, on_arrival=_request_root())
+    finally:
+        os.environ.pop(CAPTURE_CONTENT_ENV, None)
+        if saved is not None:
+            os.environ[CAPTURE_CONTENT_ENV] = saved
     result["notes"] = notes
     return result
+
+
+def _request_root():
+    """Each request's trace: an enqueue span at its arrival (the replay feeds the queue directly, not
+    through the hooked handle_generate_request), registered so its cache calls and retractions nest
+    under it, as in a live server."""
+    from tracer.instrument.registry import registry
+    from tracer.replay.tracing import RequestTraces
+    from tracer.traces.schema import INPUT_TOKENS, MAX_TOKENS
+
+    roots = RequestTraces()
+
+    def on_arrival(req) -> None:
+        span = roots.open(req.rid, {INPUT_TOKENS: len(req.origin_input_ids), MAX_TOKENS: req.sampling_params.max_new_tokens})
+        if span is not None:
+            registry.register(req.rid, span.get_span_context())
+            roots.close(span)
+
+    return on_arrival
 
 
 if __name__ == "__main__":

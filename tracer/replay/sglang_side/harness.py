@@ -109,7 +109,9 @@ def make_req(request: dict, config: dict, arrival_index: int) -> Req:
     return req
 
 
-def run_job(job: dict) -> dict:
+def run_job(job: dict, on_arrival: Any = None) -> dict:
+    """`on_arrival(req)`, where given, runs as each request enters the queue (a traced job opens the
+    request's trace there, as the live server's handle_generate_request would)."""
     config, requests, model_path = job["config"], job["requests"], job["model_path"]
     server_args = server_args_for(config, model_path)
     reset_context()
@@ -120,7 +122,7 @@ def run_job(job: dict) -> dict:
     try:
         pools = build_pools(server_args, config)
         scheduler = make_scheduler(server_args, config, *pools)
-        return drive(scheduler, requests, config, pools)
+        return drive(scheduler, requests, config, pools, on_arrival)
     finally:
         radix_module.time = saved_time
 
@@ -132,7 +134,7 @@ def _finish_reason(req: Req) -> str | None:
     return {"FINISH_LENGTH": "length", "FINISH_MATCHED_TOKEN": "stop", "FINISH_MATCHED_STR": "stop"}.get(kind, "abort")
 
 
-def drive(scheduler: Scheduler, requests: list[dict], config: dict, pools: tuple) -> dict:
+def drive(scheduler: Scheduler, requests: list[dict], config: dict, pools: tuple, on_arrival: Any = None) -> dict:
     """Scheduler.event_loop_normal (:2026), one iteration per replay step."""
     _, allocator, tree_cache = pools
     page_size = config["block_size"]
@@ -153,6 +155,8 @@ def drive(scheduler: Scheduler, requests: list[dict], config: dict, pools: tuple
             req = make_req(request, config, index)
             by_id[req.rid] = req
             scheduler.init_req_max_new_tokens(req)  # as _handle_generate_request (:2959) does: clip to fit
+            if on_arrival is not None:
+                on_arrival(req)
             scheduler._add_request_to_queue(req)  # the real queue entry (:3480)
             arrivals.append(req.rid)
         waiting_before = {r.rid for r in scheduler.waiting_queue}
