@@ -138,7 +138,8 @@ def _id(value: Any) -> str:
         raise ValueError(f"bad trace/span id {text!r}") from None
 
 
-def _any_value(value: dict[str, Any]) -> Any:
+def any_value(value: dict[str, Any]) -> Any:
+    """An OTLP AnyValue (a JSON object) as a Python value."""
     if "stringValue" in value:
         return value["stringValue"]
     if "boolValue" in value:
@@ -148,36 +149,41 @@ def _any_value(value: dict[str, Any]) -> Any:
     if "doubleValue" in value:
         return float(value["doubleValue"])
     if "arrayValue" in value:
-        return [_any_value(v) for v in value["arrayValue"].get("values", [])]
+        return [any_value(v) for v in value["arrayValue"].get("values", [])]
     if "kvlistValue" in value:
-        return _attributes(value["kvlistValue"].get("values", []))
+        return attributes_of(value["kvlistValue"].get("values", []))
     if "bytesValue" in value:
         return value["bytesValue"]
     return None
 
 
-def _attributes(items: list[dict[str, Any]] | None) -> dict[str, Any]:
-    return {item["key"]: _any_value(item.get("value", {})) for item in items or []}
+def attributes_of(items: list[dict[str, Any]] | None) -> dict[str, Any]:
+    """An OTLP attribute list (JSON objects with key and value) as a dict; a repeated key's last value wins."""
+    return {item["key"]: any_value(item.get("value", {})) for item in items or []}
 
 
-def _kind(value: Any) -> str:
+def kind_name(value: Any) -> str:
+    """A span kind (its number, or its enum name) as SpanRecord.kind names it: SERVER, INTERNAL ..."""
     if isinstance(value, str):
         return value.removeprefix("SPAN_KIND_")
     return SPAN_KINDS.get(int(value or 0), str(value))
 
 
+def status_name(code: int | str) -> str:
+    """A status code (its number, or its enum name) as SpanRecord.status names it: UNSET, OK, ERROR."""
+    return code.removeprefix("STATUS_CODE_") if isinstance(code, str) else STATUS_CODES.get(int(code), str(code))
+
+
 def _status(status: dict[str, Any] | None) -> tuple[str, str]:
     status = status or {}
-    code = status.get("code", 0)
-    name = code.removeprefix("STATUS_CODE_") if isinstance(code, str) else STATUS_CODES.get(int(code), str(code))
-    return name, status.get("message", "")
+    return status_name(status.get("code", 0)), status.get("message", "")
 
 
 def parse_request(message: dict[str, Any]) -> list[SpanRecord]:
     """The spans of one ExportTraceServiceRequest (as a JSON object)."""
     spans = []
     for resource_spans in message.get("resourceSpans", []):
-        resource = _attributes(resource_spans.get("resource", {}).get("attributes"))
+        resource = attributes_of(resource_spans.get("resource", {}).get("attributes"))
         check_schema_version(resource)
         for scope_spans in resource_spans.get("scopeSpans", []):
             scope = scope_spans.get("scope", {}).get("name", "")
@@ -189,16 +195,16 @@ def parse_request(message: dict[str, Any]) -> list[SpanRecord]:
                         span_id=_id(raw["spanId"]),
                         parent_span_id=_id(raw.get("parentSpanId")) or None,
                         name=raw["name"],
-                        kind=_kind(raw.get("kind", 0)),
+                        kind=kind_name(raw.get("kind", 0)),
                         start_ns=int(raw.get("startTimeUnixNano", 0)),
                         end_ns=int(raw.get("endTimeUnixNano", 0)),
-                        attributes=_attributes(raw.get("attributes")),
+                        attributes=attributes_of(raw.get("attributes")),
                         events=[
-                            Event(e.get("name", ""), int(e.get("timeUnixNano", 0)), _attributes(e.get("attributes")))
+                            Event(e.get("name", ""), int(e.get("timeUnixNano", 0)), attributes_of(e.get("attributes")))
                             for e in raw.get("events", [])
                         ],
                         links=[
-                            Link(_id(link["traceId"]), _id(link["spanId"]), _attributes(link.get("attributes")))
+                            Link(_id(link["traceId"]), _id(link["spanId"]), attributes_of(link.get("attributes")))
                             for link in raw.get("links", [])
                         ],
                         status=status,

@@ -15,7 +15,7 @@ from operator import attrgetter
 
 from tracer.traces.schema import EXTERNAL_ID, NATIVE_REQUEST_ID_KEYS, REQUEST_ID
 from tracer.traces.trace_file import SchemaVersionError, SkippedLine
-from tracer.tui.loader import LoadedTrace, _parse_line
+from tracer.tui.loader import LoadedTrace, parse_export
 from tracer.tui.model import TraceModel, build_model, step_shape
 from tracer.tui.records import Span
 
@@ -52,7 +52,7 @@ class LiveWindow:
     def add_line(self, line: bytes) -> int:
         """Parse one OTLP/JSON export into the window; the number of spans it held."""
         try:
-            spans = _parse_line(line)
+            spans = parse_export(line)
         except SchemaVersionError as exc:
             spans, error = [], str(exc)
         except Exception as exc:  # a bad export must not stop the feed: counted and shown

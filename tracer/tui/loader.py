@@ -2,10 +2,10 @@
 
 A servetrace step span carries its batch as arrays of OTLP AnyValues (one JSON object per
 request id), so a 100,000-span file holds millions of tiny objects. msgspec decodes each span
-straight into a tracer.tui.records.Span, leaving attribute lists raw until read. A line the
-typed schema does not fit (an id in base64 or upper case, an unexpected shape) goes through
-tracer.traces.trace_file.parse_request, so both readers accept the same lines. Unreadable lines are
-skipped and listed, never raised.
+straight into a tracer.tui.records.Span, leaving attribute lists raw until read (the tricks
+that make it fast are tracer.tui.reader's). A line the typed schema does not fit (an id in
+base64 or upper case, an unexpected shape) goes through tracer.traces.trace_file.parse_request,
+so both readers accept the same lines. Unreadable lines are skipped and listed, never raised.
 
 One difference, by design: attribute lists are checked when first read, not when the line is
 read, so a span whose attribute list is malformed is shown (with the reference reader's
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from itertools import chain
 from operator import attrgetter
 from pathlib import Path
-from typing import Iterator, Union
+from typing import Union
 
 import msgspec
 from msgspec import Struct, field
@@ -27,10 +27,10 @@ from tracer.traces.trace_file import (
     SchemaVersionError, SkippedLine, SpanRecord, TraceFile, TraceFileError, check_schema_version, parse_request,
 )
 from tracer.tui.memory import gc_paused
-from tracer.tui.records import Span, _KeyValue, attributes_of
+from tracer.tui.reader import KeyValue, canonical_hex, ints_of, keys_absent_from, lines_of, typed_attributes
+from tracer.tui.records import Span
 
-_HEX_DIGITS = b"0123456789abcdef"
-_ID_LENGTHS = frozenset({16, 32})
+__all__ = ["RARE_KEYS", "LoadedTrace", "ints_of", "load_trace", "parse_export"]
 _trace_id, _span_id, _parent_id = attrgetter("trace_id"), attrgetter("span_id"), attrgetter("parent_span_id")
 _start, _end, _links, _raw_events = attrgetter("start_ns"), attrgetter("end_ns"), attrgetter("links"), attrgetter("raw_events")
 
@@ -45,7 +45,7 @@ class _ScopeSpans(Struct):
 
 
 class _Resource(Struct):
-    attributes: list[_KeyValue] = []
+    attributes: list[KeyValue] = []
 
 
 class _ResourceSpans(Struct):
@@ -69,48 +69,11 @@ class LoadedTrace(TraceFile):
     absent_keys: frozenset[str] = frozenset()  # keys no span of the file carries (of RARE_KEYS)
 
 
-def _absent_keys(data: bytes) -> frozenset[str]:
-    # A key may be spelled with \u escapes: then assume nothing is absent. (One byte is found
-    # about 20x faster than two: most files have no backslash at all.)
-    if b"\\" in data and b"\\u" in data:
-        return frozenset()
-    return frozenset(key for key in RARE_KEYS if b'"' + key.encode() + b'"' not in data)
-
-
-def _canonical_hex(ids: list[str], width: int | None = None) -> bool:
-    """Whether every id is already what trace_file._id would make of it: lower-case hex of 16
-    or 32 digits. Checked over all ids of a line at once (one join, one translate). `width`:
-    the ids are known to be 16 to 32 characters long (records.Id), so when they total `width`
-    each, each is exactly `width` long and their lengths need no look one by one."""
-    if not ids:
-        return True
-    joined = "".join(ids)
-    if (width is None or len(joined) != width * len(ids)) and not set(map(len, ids)) <= _ID_LENGTHS:
-        return False
-    return joined.isascii() and not joined.encode().translate(None, _HEX_DIGITS)
-
-
-_int_list_decoder = msgspec.json.Decoder(list[int])
-
-
-def ints_of(values: list) -> list[int]:
-    """[int(v) for v in values], for times written as strings of digits (what OTLP/JSON does):
-    decoded as one JSON array in C. Anything else (a number, a sign, an exponent, a comma, a
-    digit JSON does not know) fails that decoding or its count and goes through int() itself."""
-    try:
-        numbers = _int_list_decoder.decode("[" + ",".join(values) + "]")
-        if len(numbers) == len(values):
-            return numbers
-    except (TypeError, msgspec.DecodeError):
-        pass
-    return list(map(int, values))
-
-
 def _spans(message: _Request) -> list[Span]:
     out: list[Span] = []
     groups: list[tuple[dict, str, list[Span]]] = []
     for resource_spans in message.resourceSpans:
-        resource = attributes_of(resource_spans.resource.attributes)
+        resource = typed_attributes(resource_spans.resource.attributes)
         check_schema_version(resource)  # once per resource (a process's batch of spans), not per span
         for scope_spans in resource_spans.scopeSpans:
             groups.append((resource, scope_spans.scope.name, scope_spans.spans))
@@ -131,14 +94,17 @@ def _spans(message: _Request) -> list[Span]:
             for event in span.raw_events:
                 int(event.timeUnixNano)
     links = list(chain.from_iterable(map(_links, out)))
-    if not (_canonical_hex(list(map(_trace_id, out)), 32) and _canonical_hex(list(map(_span_id, out)), 16)
-            and _canonical_hex([p for p in map(_parent_id, out) if p is not None])
-            and _canonical_hex(list(map(_trace_id, links)), 32) and _canonical_hex(list(map(_span_id, links)), 16)):
+    if not (canonical_hex(list(map(_trace_id, out)), 32) and canonical_hex(list(map(_span_id, out)), 16)
+            and canonical_hex([p for p in map(_parent_id, out) if p is not None])
+            and canonical_hex(list(map(_trace_id, links)), 32) and canonical_hex(list(map(_span_id, links)), 16)):
         raise ValueError("ids not in canonical hex")
     return out
 
 
-def _parse_line(line: bytes) -> list[Union[Span, SpanRecord]]:
+def parse_export(line: bytes | memoryview) -> list[Union[Span, SpanRecord]]:
+    """The spans of one OTLP/JSON ExportTraceServiceRequest (a line of a trace file, or one
+    export a live server posted); raises ValueError (or a msgspec error) on a line neither the
+    typed schema nor the reference reader can read, SchemaVersionError on a newer schema."""
     try:
         return _spans(_decoder.decode(line))
     except SchemaVersionError:
@@ -151,17 +117,7 @@ def _parse_line(line: bytes) -> list[Union[Span, SpanRecord]]:
         return parse_request(message)
 
 
-def _lines(data: bytes) -> Iterator[tuple[int, bytes, memoryview]]:
-    """(number, last byte, line as a view): lines are megabytes long, and a view
-    costs no copy. msgspec skips the whitespace around a JSON document itself."""
-    view = memoryview(data)
-    start, number = 0, 0
-    while start < len(data):
-        end = data.find(b"\n", start)
-        end = len(data) if end < 0 else end + 1
-        number += 1
-        yield number, data[end - 1:end], view[start:end]
-        start = end
+_parse_line = parse_export  # its earlier name (tests/test_tui_listen.py reads it)
 
 
 def load_trace(path: str | Path) -> LoadedTrace:
@@ -174,11 +130,11 @@ def load_trace(path: str | Path) -> LoadedTrace:
     spans: list[Union[Span, SpanRecord]] = []
     skipped: list[SkippedLine] = []
     data = path.read_bytes()
-    absent_keys = _absent_keys(data)
+    absent_keys = keys_absent_from(data, RARE_KEYS)
     with gc_paused():
-        for number, last_byte, line in _lines(data):
+        for number, last_byte, line in lines_of(data):
             try:
-                spans.extend(_parse_line(line))
+                spans.extend(parse_export(line))
             except SchemaVersionError:
                 raise
             except (ValueError, KeyError, TypeError, UnicodeDecodeError, msgspec.DecodeError) as exc:

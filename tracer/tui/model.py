@@ -20,10 +20,8 @@ How spans become requests and steps (the trace shape is tracer/instrument/spans.
 """
 from __future__ import annotations
 
-from collections import defaultdict, deque
 from dataclasses import dataclass, field
 from functools import cached_property
-from itertools import repeat
 from pathlib import Path
 from operator import attrgetter
 from typing import TYPE_CHECKING, Any, Callable, Iterable
@@ -35,6 +33,7 @@ from tracer.traces.schema import (
 from tracer.traces.trace_file import SkippedLine, SpanRecord, TraceFile
 from tracer.tui.grouping import aliases, group_requests
 from tracer.tui.memory import gc_paused
+from tracer.tui.reader import append_each, group_by
 from tracer.tui.summaries import RequestSummary, summarise
 from tracer.tui.steps import Step, StepShape, batch_of, chronological, segment_steps, step_shape  # noqa: F401 (Step, StepShape: the model's public names)
 
@@ -205,8 +204,7 @@ def build_model(trace: TraceFile, shape: StepShape | None = None, pause_gc: bool
 def _build_model(trace: TraceFile, shape: StepShape) -> TraceModel:
     spans = trace.spans
     by_span_id = dict(zip(map(_span_id, spans), spans))
-    by_trace: dict[str, list[SpanRecord]] = defaultdict(list)
-    deque(map(list.append, map(by_trace.__getitem__, map(_trace_id, spans)), spans), maxlen=0)  # grouped in C
+    by_trace: dict[str, list[SpanRecord]] = group_by(map(_trace_id, spans), spans)
 
     steps, step_of_span, step_traces = segment_steps(spans, by_trace, by_span_id, shape)
 
@@ -248,7 +246,7 @@ def _build_model(trace: TraceFile, shape: StepShape) -> TraceModel:
         step.request_ids = list(tokens)
         # Steps come in index order. Appended in C when every id names a request (as it does).
         if tokens.keys() <= steps_of.keys():
-            deque(map(list.append, map(steps_of.__getitem__, tokens), repeat(step)), maxlen=0)
+            append_each(map(steps_of.__getitem__, tokens), step)
         else:
             for rid in tokens:
                 if rid in steps_of:

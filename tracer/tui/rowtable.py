@@ -41,8 +41,22 @@ def set_virtual_size(view: ScrollView, size: Size) -> None:
         view.virtual_size = size
         return
     view.set_reactive(ScrollView.virtual_size, size)
-    view._scroll_update(size)  # Textual's own update of the scrollbars and scroll limits
+    _update_scrollbars(view, size)
     view.refresh()
+
+
+def _update_scrollbars(view: ScrollView, size: Size) -> None:
+    """Textual's own update of a view's scrollbars and scroll limits for a new virtual size,
+    without the screen layout that setting `virtual_size` asks for (Widget.virtual_size is
+    Reactive(layout=True), textual 8.2.8 widget.py:357). Textual 8.2.8 has no public call for
+    it: the private Widget._scroll_update (widget.py:4145) is what its own resize path runs
+    (widget.py:4140, scroll_view.py:111). The one place servetrace calls private Textual API; a
+    Textual without it gets the layout the public setter would have asked for (correct, slower)."""
+    update = getattr(view, "_scroll_update", None)
+    if update is None:
+        view.refresh(layout=True)
+    else:
+        update(size)
 
 
 @dataclass(frozen=True)

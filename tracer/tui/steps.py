@@ -12,6 +12,7 @@ from typing import Any, Callable
 from tracer.catalog.hops import Catalog, load_catalog
 from tracer.traces.schema import BATCH_IDS, BATCH_TOKENS, STEP
 from tracer.traces.trace_file import SpanRecord
+from tracer.tui.records import read_array
 
 _start, _end = attrgetter("start_ns"), attrgetter("end_ns")
 _span_id, _name = attrgetter("span_id"), attrgetter("name")
@@ -59,8 +60,8 @@ class Step:
         tokens = dict.fromkeys(self.request_ids, 0)
         span = self.batch_span
         if span is not None:
-            ids = _array(span, BATCH_IDS)
-            counts = _array(span, BATCH_TOKENS)
+            ids = read_array(span, BATCH_IDS)
+            counts = read_array(span, BATCH_TOKENS)
             if not isinstance(counts, list) or len(counts) != len(ids):
                 counts = [0] * len(ids)
             for rid, n in zip(ids, counts):
@@ -136,15 +137,10 @@ def chronological(spans: list[SpanRecord]) -> None:
     spans.sort(key=_start)
 
 
-def _array(span: SpanRecord, key: str) -> Any:
-    array = getattr(span, "array", None)  # records.Span: read straight from the JSON
-    return array(key) if array is not None else span.attributes.get(key)
-
-
 def batch_of(step: Step, canonical: Callable[[Any], str]) -> dict[str, None]:
     """The requests the step's batch names, in order (the batch's span noted on the step)."""
     for span in step.spans:
-        ids = _array(span, BATCH_IDS)
+        ids = read_array(span, BATCH_IDS)
         if isinstance(ids, list):
             step.batch_span = span
             return dict.fromkeys(map(canonical, ids))
