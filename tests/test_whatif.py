@@ -1,0 +1,154 @@
+"""`servetrace replay --from-trace` and `servetrace whatif` on a trace of our engine.
+
+The trace is made here: the bundled model served offline by our LLMEngine, traced by the catalog's
+hooks, with requests in bursts that reach an idle engine (a shared system prompt, a prompt longer
+than the token budget, more decode than the small KV pool holds: a preemption). Replaying it must
+give back the server's own decisions on every step, through our scheduler and vLLM 0.33's; whatif
+under the trace's own config must give them back too, on the predicted clock, and its latencies
+within the step-time model's own error.
+"""
+from __future__ import annotations
+
+import random
+import time
+
+import pytest
+
+from engine.config import CacheConfig, EngineConfig, SchedulerConfig
+from engine.llm_engine import LLMEngine
+from engine.sampling_params import SamplingParams
+from tracer.instrument import hooks, otel, spans
+from tracer.replay.from_trace import replay_from_trace
+from tracer.replay.traced_run import read_traced_run, synthetic_prompt
+from tracer.replay.whatif.session import WhatifError, parse_sets, run_whatif
+from tracer.replay.whatif.step_time import FEATURES, fit_step_time, step_features
+
+SYSTEM = list(range(1000, 1040))  # 40 tokens: two full 16-token blocks and 8 more
+# Bursts of (id, prompt, max_tokens); each reaches an idle engine after the one before has finished.
+BURSTS = [
+    [("a", SYSTEM + [5, 6, 7], 4), ("b", SYSTEM + [8, 9], 4)],  # b shares a's two full blocks
+    [("long", list(range(2000, 2090)), 3)],  # 90 tokens over a 48-token budget: chunked prefill
+    [("p0", list(range(3000, 3020)), 24), ("p1", list(range(3100, 3120)), 24), ("p2", SYSTEM + [1], 24)],
+]
+
+
+@pytest.fixture(scope="module")
+def engine_trace(tmp_path_factory):
+    engine = LLMEngine(EngineConfig(
+        # 8 usable blocks of 16: the last burst outgrows them and one request is preempted.
+        cache=CacheConfig(block_size=16, num_blocks=9, enable_prefix_caching=True),
+        scheduler=SchedulerConfig(max_num_seqs=4, max_num_batched_tokens=48, max_model_len=128),
+    ))
+    path = tmp_path_factory.mktemp("whatif") / "trace.jsonl"
+    otel.configure(trace_file=path, engine="mini")
+    hooks.install("mini", import_modules=True)
+    try:
+        for burst in BURSTS:
+            for rid, prompt, max_tokens in burst:
+                engine.add_request(rid, prompt, SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True))
+            while engine.has_unfinished_requests():
+                engine.step()
+            time.sleep(1.0)  # idle between bursts: longer than the model can be off over one burst
+        otel.flush()
+    finally:
+        hooks.uninstall()
+        otel.shutdown()
+        spans.registry.clear()
+    return path
+
+
+def test_the_trace_holds_the_workload_and_config_a_replay_needs(engine_trace):
+    run = read_traced_run(engine_trace)
+    assert run.engine == "mini"
+    assert (run.config.block_size, run.config.num_blocks, run.config.max_num_batched_tokens,
+            run.config.max_num_seqs, run.config.max_model_len) == (16, 9, 48, 4, 128)
+    by_id = {r.id: r for r in run.workload}
+    assert set(by_id) == {rid for burst in BURSTS for rid, _, _ in burst}
+    assert [by_id[rid].max_tokens for burst in BURSTS for rid, _, _ in burst] == [4, 4, 3, 24, 24, 24]
+    # Without content capture, the prompts are synthetic ids that share exactly the hashed blocks.
+    assert by_id["a"].prompt_token_ids[:32] == by_id["b"].prompt_token_ids[:32] == by_id["p2"].prompt_token_ids[:32]
+    assert by_id["a"].prompt_token_ids[32:] != by_id["b"].prompt_token_ids[32:]
+    assert len(by_id["long"].prompt_token_ids) == 90
+    assert any(step.preempted for step in run.steps), "the small pool must force a preemption"
+    assert any(sum(step.scheduled.values()) == 48 for step in run.steps), "the long prompt fills the budget"
+
+
+def test_from_trace_replay_agrees_with_the_server_on_every_step(engine_trace, tmp_path):
+    result = replay_from_trace(engine_trace, ["mini", "vllm"], tmp_path / "out")
+    for comparison in result.comparisons:
+        assert comparison.agree, comparison.to_json()
+    assert {c.engine for c in result.comparisons} == {"mini", "vllm-0.33.0"}
+    assert (tmp_path / "out" / "compare-trace.json").is_file()
+
+
+def test_from_trace_catches_a_workload_that_lost_its_shared_prefixes(engine_trace):
+    """The planted bug: prompts rebuilt without the block hashes (each its own tokens) miss the
+    prefix cache the server hit, and the replay says on which step it parts from the trace."""
+    run = read_traced_run(engine_trace)
+    for request in run.workload:
+        request.prompt_token_ids = synthetic_prompt([], 16, len(request.prompt_token_ids), request.id)
+    result = replay_from_trace(engine_trace, ["mini"], run=run)
+    (comparison,) = result.comparisons
+    assert not comparison.agree and comparison.divergence.fields == ["scheduled"]
+
+
+def test_the_step_time_model_recovers_known_coefficients():
+    truth = [0.004, 0.0002, 0.0011, 0.0003, 0.00001, 0.0005]
+    rng = random.Random(7)
+    rows, durations = [], []
+    for _ in range(200):
+        batch = []
+        for _ in range(rng.randint(1, 8)):
+            prompt = rng.randint(8, 400)
+            computed = rng.choice([0, rng.randint(0, prompt - 1), prompt + rng.randint(0, 100)])
+            tokens = 1 if computed >= prompt else min(prompt - computed, rng.randint(1, 128))
+            batch.append((tokens, computed, prompt))
+        features = step_features(batch)
+        rows.append(features)
+        durations.append(sum(c * x for c, x in zip(truth, features)) * (1 + rng.uniform(-0.01, 0.01)))
+    model = fit_step_time(rows, durations)
+    assert model.features == FEATURES
+    for name, fitted, expected in zip(FEATURES, model.coefficients, truth):
+        assert fitted == pytest.approx(expected, rel=0.1, abs=2e-6), name
+    assert model.fit_error["median_rel"] < 0.02
+
+
+def test_whatif_under_the_trace_config_reproduces_its_decisions_and_latencies(engine_trace, tmp_path):
+    result = run_whatif(engine_trace, {}, ["mini", "vllm"], tmp_path / "out")
+    error = result.model.fit_error
+    assert result.measured_decisions.agree, result.measured_decisions.to_json()
+    for prediction in result.predictions:
+        assert prediction.decisions is not None and prediction.decisions.agree, prediction.decisions.to_json()
+        for metric in ("ttft_ms", "itl_ms"):
+            predicted, measured = prediction.summary[metric]["mean"], result.measured[metric]["mean"]
+            # A mean over steps: within the model's own error on the trace's steps (twice its median
+            # per-step error, and 10% for the noise of one loaded CPU run).
+            assert abs(predicted - measured) <= max(0.1, 2 * error["median_rel"]) * measured, (metric, predicted, measured, error)
+    names = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert "whatif.json" in names and "trace-predicted-mini-trace-config.jsonl" in names
+
+
+def test_whatif_changes_the_schedule_with_the_config(engine_trace):
+    result = run_whatif(engine_trace, {"max_num_seqs": 1}, ["mini"])
+    base, changed = result.predictions
+    assert changed.config.max_num_seqs == 1
+    assert changed.summary["ttft_ms"]["mean"] > base.summary["ttft_ms"]["mean"]  # one at a time: the rest wait
+
+
+@pytest.mark.parametrize("sets, message", [
+    (["max_num_seq=4"], "unknown key 'max_num_seq'; valid keys: block_size, num_blocks, max_num_seqs"),
+    (["max_num_seqs=lots"], "max_num_seqs takes an integer, not 'lots'"),
+    (["enable_chunked_prefill=maybe"], "enable_chunked_prefill takes true or false"),
+    (["max_num_seqs"], "expected KEY=VALUE"),
+])
+def test_bad_set_keys_and_values_get_a_clear_error(sets, message):
+    with pytest.raises(WhatifError, match=message.replace("(", r"\(")):
+        parse_sets(sets)
+
+
+def test_whatif_cli_says_why_a_changed_config_cannot_run(engine_trace, capsys):
+    from tracer.cli import main
+
+    assert main(["whatif", str(engine_trace), "--engines", "mini", "--set", "max_num_batched_tokens=2"]) == 2
+    err = capsys.readouterr().err
+    assert "the changed config does not run" in err and "max_num_batched_tokens (2) must be >= max_num_seqs (4)" in err
