@@ -250,3 +250,58 @@ def test_a_live_vllm_trace_from_before_the_scheduler_state_says_its_causes_are_u
         assert all(n.what.endswith("unrecorded") for n in split.steps if n.what.startswith(("waiting", "preempted")))
     short = explain_cache(timeline, timeline.find("cmpl-sample-stream-0"))
     assert short.reason == "partial-block" and "fill no 128-token block" in short.evidence
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_hit_on_work_from_before_the_trace_began_is_not_in_trace(tmp_path, engine):
+    """The trace window opens after "early" ran (as a live trace joined late would): "late" hits
+    blocks that no request in the trace computed."""
+    out = tmp_path / "replay"
+    late_prompt = BASE[:32] + list(range(7000, 7024))  # early's first two blocks, then its own
+    run_replay([request("early", 0, BASE, max_tokens=2), request("late", 10, late_prompt, max_tokens=2)],
+               ReplayConfig(block_size=BLOCK), [engine], out_dir=out)
+    spans = read_trace_file(out / f"trace-{engine}.jsonl").spans
+    full = read_timeline(spans)
+    opens = full.find("late").start_ns
+    timeline = read_timeline([s for s in spans if s.start_ns >= opens])
+    assert [life.name for life in timeline.requests] == ["late"]
+    late = explain_cache(timeline, timeline.find("late"))
+    assert late.reason == "not-in-trace" and late.cached_tokens == 2 * BLOCK, late.evidence
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_step_that_preempted_admits_nobody_and_says_so(tmp_path, engine):
+    # Three 3-block requests decode past their third block in 7 usable blocks; "late" waits for
+    # blocks, and in the step that preempts one of the three it is not even tried (scheduler.py:1050).
+    prompts = [list(range(100 * i, 100 * i + 40)) for i in range(3)]
+    timelines = replay(tmp_path, [request(f"r{i}", 0, p, max_tokens=12) for i, p in enumerate(prompts)]
+                       + [request("late", 1, list(range(900, 940)), max_tokens=2)], num_blocks=8, max_num_batched_tokens=256)
+    timeline = timelines[engine]
+    notes = split_time(timeline, timeline.find("late")).steps
+    preempting = [n for n in notes if n.what == "waiting: preemption"]
+    assert preempting and {n.what for n in notes if n.what.startswith("waiting")} == {"waiting: kv-blocks", "waiting: preemption"}
+    step = timeline.steps[preempting[0].step]
+    assert step.attr("servetrace.batch.preempted_request_ids") and "no waiting request is admitted" in preempting[0].detail
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_victim_whose_blocks_were_evicted_while_it_waited_recomputes_them(tmp_path, engine):
+    # The workload of walkthrough 07's trace (the vllm-preemption recipe): four long decodes on 11
+    # usable blocks; one victim waits long enough for others' allocations to evict its freed blocks.
+    from tracer.replay.workload import memory_pressure
+
+    timelines = replay(tmp_path, memory_pressure(num_requests=4, prompt_len=(20, 40), max_tokens=(30, 50), seed=1),
+                       num_blocks=12, max_num_seqs=4, max_num_batched_tokens=256, max_model_len=512)
+    timeline = timelines[engine]
+    evicted_while_away = []
+    for life in timeline.requests:
+        for preempt in life.preemptions:
+            resume = next((step for step, _ in life.scheduled if step.start_ns >= preempt.start_ns), None)
+            if resume is not None and any(set(e.hashes) & set(life.block_hashes) for e in timeline.evictions
+                                          if preempt.start_ns <= e.time_ns <= resume.start_ns):
+                evicted_while_away.append((life, resume))
+    assert evicted_while_away, "an allocation must evict a victim's prompt block before it resumes"
+    life, resume = evicted_while_away[0]
+    split = split_time(timeline, life)
+    assert split.parts.get("recompute", 0) > 0
+    assert int(life.match_for(resume).attributes["servetrace.kv.cached_tokens"]) < life.prompt_tokens // BLOCK * BLOCK
