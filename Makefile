@@ -65,6 +65,7 @@ bench: setup
 	$(PY) bench/serve_bench.py
 	$(PY) bench/trace_overhead.py
 	$(PY) bench/live_trace_overhead.py
+	$(PY) bench/peers_bench.py
 
 docs: setup
 	$(VENV)/bin/servetrace site build

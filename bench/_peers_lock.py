@@ -1,0 +1,31 @@
+"""/tmp/servetrace-live.lock, the machine's one-live-server-at-a-time lock (helper rules; the live
+tests take it with flock(1)), taken from Python: fcntl.flock is the same flock(2) lock."""
+from __future__ import annotations
+
+import fcntl
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+LOCK = "/tmp/servetrace-live.lock"
+
+
+@contextmanager
+def live_lock(say: Callable[[str], None], path: str = LOCK) -> Iterator[float]:
+    """Hold the lock for the block; yields the seconds waited for it (progress every 30 s)."""
+    with open(path, "a") as handle:
+        start = time.monotonic()
+        next_note = start
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= next_note:
+                    say(f"    waiting for {path} (another live server runs), {time.monotonic() - start:.0f} s")
+                    next_note += 30
+                time.sleep(1)
+        try:
+            yield time.monotonic() - start
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
