@@ -63,7 +63,9 @@ def _value(value: Any) -> dict[str, Any]:
         return {"boolValue": value}
     if isinstance(value, int):
         return {"intValue": str(value)}
-    if isinstance(value, (tuple, list)):
+    if isinstance(value, tuple):
+        return _array(value)
+    if isinstance(value, list):
         values = [_value(v) for v in value]
         return {"arrayValue": {"values": values} if values else {}}
     if isinstance(value, float):
@@ -79,6 +81,28 @@ def _value(value: Any) -> dict[str, Any]:
         values = [_value(v) for v in value]
         return {"arrayValue": {"values": values} if values else {}}
     raise TypeError(f"cannot encode attribute value of type {type(value).__name__}")
+
+
+# A step's batch (its request ids, their token counts) is written on the step's span, its schedule
+# and its detokenize, and stays the same from step to step while the batch does: an array of
+# strings or of ints (the SDK keeps sequences as tuples) is encoded once while it repeats (the
+# encoded dict is only read, by msgspec). Only all-str or all-int arrays: 1 == True == 1.0.
+_ARRAYS_CACHED = 1024
+_encoded_arrays: dict[tuple, dict[str, Any]] = {}
+
+
+def _array(value: tuple) -> dict[str, Any]:
+    if not value:
+        return {"arrayValue": {}}
+    kinds = set(map(type, value))
+    if kinds != {str} and kinds != {int}:
+        return {"arrayValue": {"values": [_value(v) for v in value]}}
+    encoded = _encoded_arrays.get(value)
+    if encoded is None:
+        if len(_encoded_arrays) >= _ARRAYS_CACHED:  # bounded: batches change
+            _encoded_arrays.clear()
+        encoded = _encoded_arrays[value] = {"arrayValue": {"values": [_value(v) for v in value]}}
+    return encoded
 
 
 def _attributes(attributes: Mapping[str, Any] | None) -> list[dict[str, Any]]:
@@ -97,6 +121,38 @@ def _flags(context: Any) -> int:
 def _put(target: dict[str, Any], key: str, value: Any) -> None:
     if value:  # protobuf's JSON mapping leaves out fields at their default
         target[key] = value
+
+
+def _encode_link(link: Any) -> dict[str, Any]:
+    encoded = {"traceId": format(link.context.trace_id, "032x"), "spanId": format(link.context.span_id, "016x")}
+    _put(encoded, "attributes", _attributes(link.attributes))
+    _put(encoded, "droppedAttributesCount", link.dropped_attributes)
+    encoded["flags"] = _flags(link.context)
+    return encoded
+
+
+# A step's spans link to every request in its batch, and a request is in the batch of every step
+# it runs in: the same link (same target, same attributes: {servetrace.link: request, its id})
+# is encoded three times a step for each request, ~8 links per span, most of the encoder's time.
+# Encoded once and reused while it repeats (the encoded dict is only read, by msgspec). Only for
+# links whose attribute values are all strings: 1 == True, so a key of other values could hand
+# an int's encoding to a bool.
+_LINKS_CACHED = 4096
+_encoded_links: dict[tuple, dict[str, Any]] = {}
+
+
+def _link(link: Any) -> dict[str, Any]:
+    context, attributes = link.context, link.attributes
+    items = getattr(attributes, "_dict", attributes)  # see _attributes
+    if not items or not all(type(value) is str for value in items.values()):
+        return _encode_link(link)
+    key = (context.trace_id, context.span_id, context.is_remote, link.dropped_attributes, tuple(items.items()))
+    encoded = _encoded_links.get(key)
+    if encoded is None:
+        if len(_encoded_links) >= _LINKS_CACHED:  # bounded: requests come and go
+            _encoded_links.clear()
+        encoded = _encoded_links[key] = _encode_link(link)
+    return encoded
 
 
 def _span(span: ReadableSpan) -> dict[str, Any]:
@@ -122,14 +178,7 @@ def _span(span: ReadableSpan) -> dict[str, Any]:
         events.append(encoded)
     _put(out, "events", events)
     _put(out, "droppedEventsCount", span.dropped_events)
-    links = []
-    for link in span.links:
-        encoded = {"traceId": format(link.context.trace_id, "032x"), "spanId": format(link.context.span_id, "016x")}
-        _put(encoded, "attributes", _attributes(link.attributes))
-        _put(encoded, "droppedAttributesCount", link.dropped_attributes)
-        encoded["flags"] = _flags(link.context)
-        links.append(encoded)
-    _put(out, "links", links)
+    _put(out, "links", [_link(link) for link in span.links])
     _put(out, "droppedLinksCount", span.dropped_links)
     status: dict[str, Any] = {}
     _put(status, "message", span.status.description)
@@ -141,9 +190,16 @@ def _span(span: ReadableSpan) -> dict[str, Any]:
 
 def spans_to_otlp_dict(spans: Sequence[ReadableSpan]) -> dict[str, Any]:
     """One ExportTraceServiceRequest in OTLP/JSON form, grouped by resource then scope."""
+    # Resource.__hash__ JSON-encodes its attributes (opentelemetry/sdk/resources/__init__.py:263):
+    # called per span it was a tenth of the encoder's time. Grouped by value as before, but the
+    # group of each resource object is looked up by its id (a provider gives all its spans one).
     grouped: dict[Any, dict[Any, list]] = {}
+    group_of: dict[int, dict[Any, list]] = {}  # id(resource) -> its group; the spans keep them alive
     for span in spans:
-        grouped.setdefault(span.resource, {}).setdefault(span.instrumentation_scope, []).append(_span(span))
+        scopes = group_of.get(id(span.resource))
+        if scopes is None:
+            scopes = group_of[id(span.resource)] = grouped.setdefault(span.resource, {})
+        scopes.setdefault(span.instrumentation_scope, []).append(_span(span))
     resource_spans = []
     for resource, scopes in grouped.items():
         scope_spans = []

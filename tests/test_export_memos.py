@@ -1,0 +1,57 @@
+"""The file exporter's memos (tracer.instrument.exporters: a repeated batch array or request link
+is encoded once): what they hand back is what encoding afresh writes, for look-alike values that
+compare equal (1 == True == 1.0) and for many more distinct links than they keep."""
+from __future__ import annotations
+
+import json
+
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import Link
+
+from tracer.instrument import exporters
+from tracer.instrument.exporters import spans_to_otlp_json, spans_to_otlp_json_via_protobuf
+
+
+def _spans(step_attributes: list[dict], links_per_span: int = 3) -> list:
+    memory = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    tracer = provider.get_tracer("servetrace")
+    roots = [tracer.start_span(f"request {n}") for n in range(links_per_span)]
+    for attributes in step_attributes:
+        links = [Link(root.get_span_context(), {"servetrace.link": "request", "gen_ai.request.id": f"req-{n}"})
+                 for n, root in enumerate(roots)]
+        links.append(Link(roots[0].get_span_context(), {"flag": attributes.get("flag", 1)}))  # not all str: not memoized
+        tracer.start_span("engine.step", attributes=attributes, links=links).end()
+    for root in roots:
+        root.end()
+    return list(memory.get_finished_spans())
+
+
+def _same_as_reference(spans: list) -> None:
+    assert json.loads(spans_to_otlp_json(spans)) == json.loads(spans_to_otlp_json_via_protobuf(spans))
+
+
+def test_look_alike_values_are_never_handed_each_others_encoding():
+    steps = [{"ids": (1, 0), "flag": True}, {"ids": (True, False), "flag": 1}, {"ids": (1.0, 0.0), "flag": 1.0},
+             {"ids": ("1", "0")}, {"ids": (1, 0)}, {"ids": (1, "0")}, {"ids": ()}]
+    spans = _spans(steps)
+    _same_as_reference(spans)
+    _same_as_reference(spans)  # the second time from the memos
+
+
+def test_the_memos_stay_bounded_and_right_past_their_size():
+    spans = _spans([{"ids": (n, n + 1)} for n in range(300)], links_per_span=20)
+    for _ in range(2):
+        _same_as_reference(spans)
+    assert len(exporters._encoded_links) <= exporters._LINKS_CACHED
+    assert len(exporters._encoded_arrays) <= exporters._ARRAYS_CACHED
+    exporters._LINKS_CACHED, saved = 7, exporters._LINKS_CACHED  # emptied many times over
+    exporters._encoded_links.clear()
+    try:
+        _same_as_reference(spans)
+        assert len(exporters._encoded_links) <= 7
+    finally:
+        exporters._LINKS_CACHED = saved
