@@ -152,3 +152,22 @@ def test_whatif_cli_says_why_a_changed_config_cannot_run(engine_trace, capsys):
     assert main(["whatif", str(engine_trace), "--engines", "mini", "--set", "max_num_batched_tokens=2"]) == 2
     err = capsys.readouterr().err
     assert "the changed config does not run" in err and "max_num_batched_tokens (2) must be >= max_num_seqs (4)" in err
+
+
+def test_the_explorer_opens_a_whatif_result_and_labels_its_times_predicted(engine_trace, tmp_path):
+    from tracer.tui.loader import load_trace
+    from tracer.tui.model import build_model
+    from tracer.tui.step_time import trace_clock
+    from tracer.tui.summary import requests_table
+
+    result = run_whatif(engine_trace, {"max_num_seqs": 2}, ["mini"], tmp_path / "out")
+    model = build_model(load_trace(tmp_path / "out" / "trace-predicted-mini-changed.jsonl"))
+    assert trace_clock(model) == "predicted"
+    assert set(model.requests) == {r.id for r in result.run.workload}
+    assert len(model.steps) == len(result.predictions[1].log.steps)
+    headers = [column.header for column in requests_table(model).columns]
+    assert "pred TTFT" in headers and "TTFT" not in headers
+    assert trace_clock(build_model(load_trace(engine_trace))) == "wall"
+    # A rerun owns its folder: the files of the last run are replaced, not added to.
+    run_whatif(engine_trace, {}, ["mini"], tmp_path / "out")
+    assert not (tmp_path / "out" / "trace-predicted-mini-changed.jsonl").exists()

@@ -10,7 +10,28 @@ from __future__ import annotations
 from bisect import bisect_left, bisect_right
 from functools import cached_property
 
+from tracer.traces.schema import CLOCK
 from tracer.tui.model import Request, TraceModel
+
+# The time columns' labels under each clock a trace may carry (servetrace.clock on its resource).
+CLOCK_LABELS = {"wall": ("TTFT", "latency"), "steps": ("TTFT", "latency"), "predicted": ("pred TTFT", "pred lat")}
+
+
+def trace_clock(model: TraceModel) -> str:
+    """What the trace's times measure: its resource's servetrace.clock (a replay writes "steps",
+    whatif "predicted"); without one, "steps" where no model ran (a replay before the key), else "wall"."""
+    seen: set[int] = set()
+    for span in model.spans:
+        resource = span.resource
+        if resource is None or id(resource) in seen:
+            continue
+        seen.add(id(resource))
+        value = resource.get(CLOCK)
+        if value in CLOCK_LABELS:
+            return str(value)
+        if len(seen) > 16:  # a process's spans share one resource: a few looks settle it
+            break
+    return "wall" if model.ran_model else "steps"
 
 
 class StepClock:

@@ -11,7 +11,7 @@ from tracer.tui.compare import compare_models
 from tracer.tui.format import count, ms
 from tracer.tui.loader import load_trace
 from tracer.tui.model import TraceModel, build_model
-from tracer.tui.step_time import StepClock, steps
+from tracer.tui.step_time import CLOCK_LABELS, StepClock, steps, trace_clock
 
 MAX_REQUESTS = 20
 
@@ -20,10 +20,12 @@ def requests_table(model: TraceModel, limit: int = MAX_REQUESTS) -> Table:
     engine = f" ({model.engine})" if model.engine else ""
     table = Table(title=f"{Path(model.path).name}{engine}: {len(model.requests)} requests, "
                         f"{len(model.steps)} engine steps, {len(model.spans)} spans")
+    kind = trace_clock(model)  # a replay: no model ran, times count steps; whatif: predicted ms
+    ttft_label, latency_label = CLOCK_LABELS[kind]
     for name, justify in (("request", "left"), ("prompt", "right"), ("output", "right"), ("cached", "right"),
-                          ("TTFT", "right"), ("latency", "right"), ("steps", "right"), ("status", "left")):
+                          (ttft_label, "right"), (latency_label, "right"), ("steps", "right"), ("status", "left")):
         table.add_column(name, justify=justify)
-    clock = None if model.ran_model else StepClock(model)  # a replay: no model ran, times count steps
+    clock = StepClock(model) if kind == "steps" else None
     for request in list(model.requests.values())[:limit]:
         ttft, latency = ((steps(clock.ttft(request)), steps(clock.latency(request))) if clock
                          else (ms(request.ttft_ns), ms(request.latency_ns)))

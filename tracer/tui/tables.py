@@ -14,7 +14,7 @@ from rich.text import Text
 from tracer.tui.format import bar, count, ms
 from tracer.tui.model import Request, TraceModel
 from tracer.tui.rowtable import CELL_PADDING, Column, RowTable
-from tracer.tui.step_time import StepClock, steps
+from tracer.tui.step_time import CLOCK_LABELS, StepClock, steps, trace_clock
 from tracer.tui.timeline import HopRow, Waterfall
 
 STATUS_STYLES = {"error": "bold red", "unfinished": "yellow", "abort": "red", "stop": "green", "length": "green"}
@@ -34,17 +34,21 @@ class RequestsTable(RowTable):
         self.requests: list[Request] = []
         self._id_width = len("request")
         self.clock: StepClock | None = None
+        self.time_labels = CLOCK_LABELS["wall"]  # TTFT and latency, named by the trace's clock
 
     def show(self, requests: list[Request], cursor: int = 0, model: TraceModel | None = None) -> None:
         """`model`: the requests' trace; where it ran no model (a replay) TTFT and latency count steps."""
         self.requests = requests
-        self.clock = StepClock(model) if model is not None and not model.ran_model else None
+        kind = trace_clock(model) if model is not None else "wall"
+        self.clock = StepClock(model) if kind == "steps" else None
+        self.time_labels = CLOCK_LABELS[kind]
         self._id_width = max([len("request"), *map(len, (r.label for r in requests))])
         self.set_rows(len(requests), cursor)
 
     def columns(self, width: int) -> list[Column]:
-        numbers = [(label, max(w, self.STEP_TIME_WIDTH) if self.clock and label in ("TTFT", "latency") else w)
-                   for label, w in self.NUMBER_COLUMNS]
+        names = dict(zip(("TTFT", "latency"), self.time_labels))
+        numbers = [(names.get(label, label), max(w, self.STEP_TIME_WIDTH if self.clock else 0, len(names.get(label, label)))
+                    if label in names else w) for label, w in self.NUMBER_COLUMNS]
         fixed = sum(w + 2 * CELL_PADDING for _, w in numbers) + self.STATUS_WIDTH + 4 * CELL_PADDING
         id_width = max(len("request"), min(self._id_width, width - fixed))
         return ([Column("request", id_width)] + [Column(label, w, "right") for label, w in numbers]

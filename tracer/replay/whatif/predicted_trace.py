@@ -12,7 +12,8 @@ from typing import Any
 from tracer.catalog.hops import load_catalog
 from tracer.replay.whatif.clock import TimedLog
 from tracer.traces.schema import (
-    BATCH_IDS, BATCH_PREEMPTED, BATCH_SIZE, BATCH_TOKENS, BATCH_TOTAL, CLOCK, ENGINE, ENGINE_VERSION, INPUT_TOKENS,
+    BATCH_IDS, BATCH_PREEMPTED, BATCH_SIZE, BATCH_TOKENS, BATCH_TOTAL, CLOCK, ENGINE, ENGINE_VERSION, FINISH_REASONS,
+    INPUT_TOKENS,
     LINK_KIND, LINK_REQUEST, OUTPUT_TOKENS, REQUEST_ID, SCHEMA_VERSION, SCHEMA_VERSION_KEY, SERVICE_NAME, STEP,
 )
 
@@ -46,6 +47,7 @@ def write_predicted_trace(log: TimedLog, path: str | Path, prompt_lens: dict[str
     (schedule,) = [h for h in catalog.with_role("batch")]
     ns = lambda s: str(origin_ns + int(round(s * 1e9)))  # noqa: E731
     spans, roots = [], {}
+    finished = {rid for step in log.steps for rid in step.finished}  # forced outputs: each ends by length
     for rid, arrival in log.arrivals_s.items():
         times = log.token_times_s.get(rid) or [arrival]
         trace_id, span_id = _id(f"{label}:{rid}", 32), _id(f"{label}:{rid}:root", 16)
@@ -53,7 +55,8 @@ def write_predicted_trace(log: TimedLog, path: str | Path, prompt_lens: dict[str
         spans.append({"traceId": trace_id, "spanId": span_id, "name": enqueue, "kind": 1,
                       "startTimeUnixNano": ns(arrival), "endTimeUnixNano": ns(times[-1]),
                       "attributes": _attributes({REQUEST_ID: rid, INPUT_TOKENS: prompt_lens.get(rid),
-                                                 OUTPUT_TOKENS: len(log.token_times_s.get(rid) or [])})})
+                                                 OUTPUT_TOKENS: len(log.token_times_s.get(rid) or []),
+                                                 FINISH_REASONS: ["length"] if rid in finished else None})})
     for index, step in enumerate(log.steps):
         trace_id = _id(f"{label}:step:{index}", 32)
         root_id, child_id = _id(f"{label}:step:{index}:root", 16), _id(f"{label}:step:{index}:schedule", 16)
