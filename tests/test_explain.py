@@ -305,3 +305,17 @@ def test_a_victim_whose_blocks_were_evicted_while_it_waited_recomputes_them(tmp_
     split = split_time(timeline, life)
     assert split.parts.get("recompute", 0) > 0
     assert int(life.match_for(resume).attributes["servetrace.kv.cached_tokens"]) < life.prompt_tokens // BLOCK * BLOCK
+
+
+def test_the_walkthroughs_explain_lab_is_explain_run_on_its_recipes_trace(tmp_path):
+    from tracer.labs.index import run_lab
+
+    result = run_lab("explain", {"recipe": "vllm-prefix-reasons"}, tmp_path)  # walkthrough 04
+    cache, time = result.tables
+    reasons_by_request = {row[0]: row[3] for row in cache.rows}
+    assert reasons_by_request == {"first": "never-cached", "again": "partial-block", "exact": "last-token-recompute",
+                                  "differs": "token-differs", "twin-a": "never-cached", "twin-b": "partial-block"}
+    differs = next(row for row in cache.rows if row[0] == "differs")
+    assert differs[4].startswith("token 20 is 7 here")  # recorded with content capture on
+    assert all(float(row[4]) <= 0.01 * float(row[1]) for row in time.rows)  # residual column
+    assert result.notes[0].startswith("servetrace explain trace.jsonl")

@@ -11,6 +11,9 @@ import pytest
 
 from tests.live_workload import LiveRun, run_workload
 from tracer.catalog.hops import load_catalog
+from tracer.traces.explain_cache import explain_cache
+from tracer.traces.explain_time import split_time
+from tracer.traces.request_steps import read_timeline
 from tracer.live.sglang import SglangOptions, sglang_server
 from tracer.traces import schema
 
@@ -126,3 +129,21 @@ def test_the_startup_trace_records_what_a_replay_needs(live):
     assert attributes[schema.CONFIG_BLOCK_SIZE] == 1
     assert attributes[schema.CONFIG_MAX_NUM_SEQS] == 8
     assert attributes[schema.CONFIG_PREFIX_CACHING] is True
+
+
+def test_explain_reads_the_live_trace_its_misses_waits_and_retraction(live):
+    """`servetrace explain` on the live server's trace: the causes come from the PrefillAdder state the
+    scheduler process's schedule spans recorded, the cache reasons from the radix lookups' prefix hashes."""
+    timeline = read_timeline(live.trace().spans)
+    assert timeline.engine == "sglang"
+    first, second = (timeline.find(live.ids[label]) for label in ("prefix-first", "prefix-second"))
+    assert explain_cache(timeline, first).reason == "never-cached"  # the trace holds the startup: nothing ran before
+    again = explain_cache(timeline, second)
+    # Page size 1: the radix tree matches the shared prompt token by token, up to where the questions part.
+    assert again.reason == "token-differs" and again.cached_tokens >= 150 and again.details["other"] == first.name, again.evidence
+    splits = {life.name: split_time(timeline, life) for life in timeline.requests}
+    assert all(split.residual_ms <= 0.01 * split.wall_ms for split in splits.values())
+    retracted = [life for life in timeline.requests if life.preemptions]
+    assert retracted and all(splits[life.name].parts.get("preempted", 0) > 0 for life in retracted)
+    causes = {note.what for split in splits.values() for note in split.steps if note.what.startswith(("waiting:", "preempted:"))}
+    assert causes and not any(cause.endswith(("unrecorded", "not-offered")) for cause in causes), causes

@@ -75,6 +75,38 @@ def _replay_recipe(workload_fn: Callable[[], list], config_kwargs: dict, flags: 
     return record
 
 
+def _prefix_reasons_workload() -> list:
+    """A shared 40-token prompt asked again, cut to two blocks, changed at token 20, and twins
+    arriving together: one prefix-cache miss reason each (tests/test_explain.py plants the same)."""
+    from tracer.replay.workload import WorkloadRequest, pseudo_random_ids
+
+    base = pseudo_random_ids("prefix-reasons", 40)
+    changed = base[:20] + [7] + base[21:]
+    twin = pseudo_random_ids("prefix-reasons-twin", 40)
+    return [WorkloadRequest(rid, step, tokens, 4) for rid, step, tokens in (
+        ("first", 0, base), ("again", 10, base), ("exact", 12, base[:32]), ("differs", 14, changed),
+        ("twin-a", 20, twin), ("twin-b", 20, twin))]
+
+
+PREFIX_REASONS_CONFIG = dict(block_size=16, num_blocks=64, max_num_batched_tokens=256)
+
+
+def _sglang_prefix_reasons(out: Path) -> list[str]:
+    """SGLang 0.5.23's real Scheduler (in .venv-sglang) on the prefix-reasons workload, page size 16."""
+    from tracer.replay.config import ReplayConfig
+    from tracer.replay.runners.sglang_scheduler import replay_sglang_scheduler
+    from tracer.replay.workload import save_workload
+
+    workload = _prefix_reasons_workload()
+    save_workload(workload, out / "workload.jsonl")
+    log = replay_sglang_scheduler(workload, ReplayConfig(**PREFIX_REASONS_CONFIG), trace_file=out / "trace.jsonl")
+    if log.stalled or not (out / "trace.jsonl").exists():
+        raise RecipeError(f"the SGLang scheduler replay wrote no trace ({log.stalled or 'no reason given'})")
+    return ["servetrace replay workload.jsonl --engines mini-sglang,sglang --block-size 16 --num-blocks 64 "
+            "--max-num-batched-tokens 256 --out replay-out",
+            "# the trace is replay-out/trace-sglang-scheduler.jsonl; SGLang's Scheduler, PrefillAdder and RadixCache, no model"]
+
+
 def _preemption_workload() -> list:
     from tracer.replay.workload import memory_pressure
 
@@ -98,6 +130,11 @@ RECIPES = {
             _replay_recipe(_preemption_workload, dict(block_size=16, num_blocks=12, max_num_seqs=4, max_num_batched_tokens=256, max_model_len=512),
                            "--block-size 16 --num-blocks 12 --max-num-seqs 4 --max-num-batched-tokens 256 --max-model-len 512"),
         ),
+        Recipe("vllm-prefix-reasons", "vLLM's Scheduler replayed on the prefix-reasons workload (16-token blocks)",
+               _replay_recipe(_prefix_reasons_workload, PREFIX_REASONS_CONFIG,
+                              "--block-size 16 --num-blocks 64 --max-num-batched-tokens 256")),
+        Recipe("sglang-prefix-reasons", "SGLang's Scheduler replayed on the prefix-reasons workload (16-token pages)",
+               _sglang_prefix_reasons),
         Recipe(
             "vllm-chunked-prefill", "vLLM's Scheduler replayed: a 300-token prompt chunked under a 64-token budget while two requests decode",
             _replay_recipe(_chunked_workload, dict(block_size=16, num_blocks=64, max_num_seqs=4, max_num_batched_tokens=64, max_model_len=512),

@@ -127,7 +127,8 @@ def explain_radix(timeline: EngineTimeline, life: RequestLife) -> CacheMiss:
         return say("unexplained", f"{cached_by} put tokens {cached}-{needed - 1} in the tree and the trace shows no "
                    "eviction since, yet the lookup stopped short", position=cached, cached_by=cached_by)
     best = max(sharing, key=lambda item: item[1], default=None)
-    if best is not None and best[1] > 0 and best[1] >= cached - (page - 1):
+    # The one that shares up to where the match stopped (by hashes: all of the unit the match stopped in, but it).
+    if best is not None and best[1] > 0 and (best[1] >= cached - (page - 1) if best[2] else best[1] > cached - unit):
         other, shared, exact = best
         rounding = (f"; the match stops at the page boundary {cached}, {shared - cached} tokens before it (page size {page})"
                     if exact and shared > cached else "")
@@ -138,9 +139,14 @@ def explain_radix(timeline: EngineTimeline, life: RequestLife) -> CacheMiss:
                            f"no earlier request had token {shared} on{rounding}", position=shared, other=other.name)
             return say("token-differs", f"token {shared} is {mine} here and {theirs} in {other.name}{rounding}",
                        position=shared, token=mine, other_token=theirs, other=other.name, page=shared // page)
-        return say("token-differs", f"{other.name} shares the first {shared} tokens (whole {unit}-token hash units), then "
-                   f"the prompts part at or after token {cached}; token ids are in the trace only with content capture on",
+        where = f"token {cached}" if page == 1 else f"tokens {cached}-{cached + page - 1} (page {cached // page})"
+        return say("token-differs", f"{other.name} shares the first {shared} tokens by hash ({unit}-token units) and the tree "
+                   f"matched {cached}: the prompts part at {where}; token ids are in the trace only with content capture on",
                    position=cached, other=other.name)
+    if cached > 0 and earlier and life.prompt_token_ids is None and cached < unit:
+        return say("token-differs", f"the tree held the prompt's first {cached} tokens, less than one {unit}-token hash unit, "
+                   f"so which earlier request had them is not in the trace without content capture; the prompts part at "
+                   f"token {cached}", position=cached)
     if cached > 0 and not timeline.has_startup:
         return say("not-in-trace", f"{cached} tokens hit that no earlier request in the trace had: the tree holds work "
                    "from before the trace began", position=cached)

@@ -11,10 +11,7 @@ time_stats value (tracer.instrument.carriers): TokenizerManager._send_one_reques
 """
 from __future__ import annotations
 
-import hashlib
 import sys
-import weakref
-from array import array
 from typing import Any
 
 from tracer.instrument.extractors import (
@@ -30,11 +27,12 @@ from tracer.traces.schema import (
     ADD_RESULT, CARRIER_KEY, CHECKPOINT, DROP, CHECKPOINT_UP_TO, CONFIG_BLOCK_SIZE, CONFIG_CHUNKED_PREFILL,
     CONFIG_MAX_BATCHED_TOKENS, CONFIG_MAX_NUM_SEQS, CONFIG_MAX_TOTAL_TOKENS, CONFIG_POLICY, CONFIG_PREFIX_CACHING,
     EXTEND_TOKENS, HTTP_REQUEST_ID_HEADER, NUM_PREEMPTIONS, RETRACT_REMAINING, HTTP_STREAM, RADIX_NODE_ID as NODE_ID, TRACEPARENT,
-    BATCH_PREEMPTED, CACHING_ENABLED, HASH_DOMAIN, PROMPT_TOKEN_IDS, RADIX_HASH_TOKENS, RADIX_PATH_IDS, RADIX_PATH_TOKENS,
+    BATCH_PREEMPTED, CACHING_ENABLED, HASH_DOMAIN, PROMPT_TOKEN_IDS, RADIX_HASH_TOKENS,
     RADIX_PREFIX_HASHES, SCHED_BATCH_FULL, SCHED_CHUNKED, SCHED_MAX_SEQS, SCHED_NEW_TOKEN_RATIO, SCHED_REM_CHUNK,
     SCHED_REM_INPUT, SCHED_REM_TOTAL, SCHED_TOKEN_BUDGET, WAITING_HEAD, WAITING_HEAD_RESULT, WAITING_HEAD_TOKENS,
 )
 from tracer.instrument import otel
+from tracer.instrument.extractors.sglang_radix import first_sight, prefix_hashes, radix_path
 
 
 
@@ -86,10 +84,10 @@ def match_after(args: dict, result: Any) -> dict:
     node = result.last_device_node
     page = int(getattr(cache, "page_size", 1) or 1)
     out = {CACHED_TOKENS: result.device_prefix_len, NODE_ID: getattr(node, "id", None), **_sizes(cache),
-           CONFIG_BLOCK_SIZE: page, CACHING_ENABLED: not getattr(cache, "disable", False), **_radix_path(node)}
+           CONFIG_BLOCK_SIZE: page, CACHING_ENABLED: not getattr(cache, "disable", False), **radix_path(node)}
     req = params.req
     rid = _rid(req)
-    if rid is not None and _first_sight(req):  # the prompt's hashes once per request: lpm matches every waiting request each pass
+    if rid is not None and first_sight(req):  # the prompt's hashes once per request: lpm matches every waiting request each pass
         tokens = getattr(req, "origin_input_ids", None) or []
         key = params.key
         domain = "salted" if getattr(key, "cache_salt", None) else ("extra-key" if getattr(key, "extra_key", None) else None)
@@ -98,45 +96,6 @@ def match_after(args: dict, result: Any) -> dict:
         out[RADIX_HASH_TOKENS], out[RADIX_PREFIX_HASHES], out[HASH_DOMAIN] = unit, prefix_hashes(tokens, unit, seed), domain
         out[PROMPT_TOKEN_IDS] = list(tokens) if otel.capture_content() else None
     return out
-
-
-_SEEN: "weakref.WeakSet[Any]" = weakref.WeakSet()  # the Req objects already hashed (a rid recurs across replays)
-
-
-def _first_sight(req: Any) -> bool:
-    try:
-        if req in _SEEN:
-            return False
-        _SEEN.add(req)
-    except TypeError:  # not weak-referenceable: hash every time
-        pass
-    return True
-
-
-def prefix_hashes(tokens: Any, unit: int, seed: bytes = b"") -> list[str]:
-    """Chained hashes of the prompt's full `unit`-token spans: hash i names tokens [0, (i+1)*unit),
-    so two requests share hash i exactly when they share that prefix (and the key's namespace:
-    SGLang keeps prefixes with another extra_key / cache_salt apart, radix_cache.py:364-379). The
-    salt is mixed in, never written. A unit is at least 16 tokens: with page size 1 a hash per token
-    would cost more than the lookup it explains."""
-    digest, out = seed, []
-    for start in range(0, len(tokens) - unit + 1, unit):
-        digest = hashlib.blake2b(digest + array("q", tokens[start:start + unit]).tobytes(), digest_size=8).digest()
-        out.append(digest.hex())
-    return out
-
-
-def _radix_path(node: Any) -> dict:
-    """Node ids and token counts from the root's child down to the match's last node (RadixCache's
-    TreeNode: .parent, .key; a node without them, e.g. the Rust core's, records no path)."""
-    ids, lengths = [], []
-    while node is not None and getattr(node, "parent", None) is not None and len(ids) < 256:
-        ids.append(getattr(node, "id", None))
-        lengths.append(len(node.key) if getattr(node, "key", None) is not None else None)
-        node = node.parent
-    if not ids or None in ids or None in lengths:
-        return {}
-    return {RADIX_PATH_IDS: ids[::-1], RADIX_PATH_TOKENS: lengths[::-1]}
 
 
 def insert_before(args: dict) -> dict:
