@@ -12,7 +12,7 @@ from tracer.cli import UserError
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "explain", help="where each request's time went (by cause, step by step) and why its prefix-cache lookup missed")
-    parser.add_argument("trace", help="trace file (OTLP/JSON lines) of our engine, a replay, or a live vLLM server")
+    parser.add_argument("trace", help="trace file (OTLP/JSON lines) of our engine, a replay (vLLM or SGLang scheduler), or a live vLLM / SGLang server")
     parser.add_argument("--request", metavar="ID", help="only this request (its external or internal id)")
     parser.add_argument("--steps", action="store_true", help="list every step the request waited or ran in")
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
