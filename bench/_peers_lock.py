@@ -8,11 +8,15 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 LOCK = "/tmp/servetrace-live.lock"
+_held = [False]  # this process holds it: a nested live_lock() is a no-op (flock(2) would deadlock on a second open)
 
 
 @contextmanager
 def live_lock(say: Callable[[str], None], path: str = LOCK) -> Iterator[float]:
     """Hold the lock for the block; yields the seconds waited for it (progress every 30 s)."""
+    if _held[0]:
+        yield 0.0
+        return
     with open(path, "a") as handle:
         start = time.monotonic()
         next_note = start
@@ -25,7 +29,9 @@ def live_lock(say: Callable[[str], None], path: str = LOCK) -> Iterator[float]:
                     say(f"    waiting for {path} (another live server runs), {time.monotonic() - start:.0f} s")
                     next_note += 30
                 time.sleep(1)
+        _held[0] = True
         try:
             yield time.monotonic() - start
         finally:
+            _held[0] = False
             fcntl.flock(handle, fcntl.LOCK_UN)

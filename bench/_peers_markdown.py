@@ -37,6 +37,8 @@ def body(result: dict, args: argparse.Namespace) -> list[str]:
     for name, entry in result["pairings"].items():
         if "offline" in entry:
             lines += [f"## Offline throughput, {name}", "", *_offline(entry["offline"]), ""]
+        if "offline_error" in entry:
+            lines += [f"## Offline, {name}: FAILED", "", "```", *entry["offline_error"].splitlines()[-15:], "```", ""]
     lines += ["## Batch-1 decode ms/step", "", *_batch1(result), ""]
     for name, entry in result["pairings"].items():
         if "serving" in entry:
@@ -75,9 +77,9 @@ def _setup(result: dict, args: argparse.Namespace) -> list[str]:
         f"{m['avx512_bf16']}, AMX {m['amx']}; shared with other sessions' work",
         f"- load before: `{result['uptime_before']}`",
         f"- load after: `{result['uptime_after']}` ({result['wall_s']} s in all)",
-        f"- versions: ours git {v['ours']} (branch wt-perf at {v['wt_perf']!r}, {v['wt_perf_commits_not_in_head']} of its "
+        f"- versions: ours git {v['ours']} at the start, {v.get('ours_at_end', '?')} at the end (branch wt-perf at {v['wt_perf']!r}, {v['wt_perf_commits_not_in_head']} of its "
         "commits not in this checkout); " +
-        "; ".join(f"{k}: {val}" for k, val in v.items() if k not in ("ours", "wt_perf", "wt_perf_commits_not_in_head")),
+        "; ".join(f"{k}: {val}" for k, val in v.items() if k not in ("ours", "ours_at_end", "wt_perf", "wt_perf_commits_not_in_head")),
         f"- same token ids for every engine: seed {result['workload']['seed']}, random ids from the ordinary vocabulary "
         f"(bench/_peers_workload.py); greedy, ignore_eos; max_num_seqs {args.max_num_seqs} everywhere, max_model_len 2048;",
         "  KV: ours --kv-cache-mb 1024, vLLM VLLM_CPU_KVCACHE_SPACE=1 (GiB), SGLang --max-total-tokens 32768",

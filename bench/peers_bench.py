@@ -14,7 +14,7 @@ reference row.
 - the memory-bandwidth floor of a batch-1 step (bench/_peers_floor.py), and the issue's targets as
   ratios, met / NOT met (bench/_peers_report.py).
 Ours and vLLM take turns (ours, vLLM, ours, vLLM); the spread of the runs is printed beside each best.
-Every phase that runs a vLLM / SGLang process holds /tmp/servetrace-live.lock. Writes
+The whole run holds /tmp/servetrace-live.lock (the one-live-server lock). Writes
 bench/results/peers.{json,md} (--quick: a short smoke run, written under .cache/peers/ instead).
 
     .venv/bin/python bench/peers_bench.py [--quick] [--rounds 2] [--pairings 1 2] [--no-sglang] [--no-llamacpp]
@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _results  # noqa: E402
 from _peers_floor import floor  # noqa: E402
+from _peers_lock import live_lock  # noqa: E402
 from _peers_markdown import body  # noqa: E402
 from _peers_offline import offline_pairing  # noqa: E402
 from _peers_report import verdict_dicts, verdicts  # noqa: E402
@@ -187,26 +188,15 @@ def main(argv: list[str] | None = None) -> int:
                                             "prompt_tokens": [len(p) for p in i.prompts], "max_tokens": i.max_tokens} for i in work],
                                  "serving_prompts_per_level": per_level, "serving_output_len": args.serve_output_len},
                     "pairings": {}}
-    say("memory-bandwidth floor (2 threads)")
-    result["floor"] = floor(HF_MODEL / "model.safetensors", threads=2)
-    result["llamacpp"] = {"built": False, "why": "--no-llamacpp"} if args.no_llamacpp else \
-        llamacpp_rows(ids_path, args.pairings, ids["output_len"])
-    for threads in args.pairings:
-        reserved = None if threads == 1 else 0
-        name = f"{threads} thread" + ("s" if threads > 1 else "")
-        entry: dict = {"threads": threads, "vllm_reserved_cpus": "vLLM default" if reserved is None else reserved}
-        if not args.skip_offline:
-            say(f"offline, {name}")
-            entry["offline"] = offline_pairing(threads, reserved, work, args.vllm_dtypes, args.rounds, args.our_dtype,
-                                               common, not args.vllm_compile, say)
-        if not args.skip_serving:
-            say(f"serving, {name}")
-            warmup, levels = level_prompts(ids["serving"], args.serve_concurrency, per_level)
-            entry["serving"] = serving_pairing(threads, reserved, args, warmup, levels, serve_args,
-                                               sglang=not args.no_sglang and threads == max(args.pairings))
-        result["pairings"][name] = entry
+    # One hold of the live-server lock for the whole run: taken per server, it was lost to another
+    # session's live tests between phases, minutes at a time; held, no other live server shares the cores.
+    with live_lock(say) as waited:
+        result["lock_wait_s"] = round(waited, 1)
+        measure(args, result, ids, ids_path, work, common, serve_args, per_level)
     result["verdicts"] = verdict_dicts(verdicts(report_input(result)))
     result["uptime_after"] = shell(["uptime"])
+    # Workers and servers import the checkout when they start: a merge into it mid-run would mix engines.
+    result["versions"]["ours_at_end"] = shell(["git", "rev-parse", "--short", "HEAD"])
     result["wall_s"] = round(time.time() - started)
     say(f"load after: {result['uptime_after']}; {result['wall_s']} s")
     meta = _results.run_meta(uptime_before=uptime_before, uptime_after=result["uptime_after"])
@@ -219,6 +209,32 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(lines))
     say(f"wrote {_results.RESULTS / name}.json and .md")
     return 0
+
+
+def measure(args: argparse.Namespace, result: dict, ids: dict, ids_path: Path, work: list, common: list[str],
+            serve_args: list[str], per_level: dict[int, int]) -> None:
+    say("memory-bandwidth floor (2 threads)")
+    result["floor"] = floor(HF_MODEL / "model.safetensors", threads=2)
+    result["llamacpp"] = {"built": False, "why": "--no-llamacpp"} if args.no_llamacpp else \
+        llamacpp_rows(ids_path, args.pairings, ids["output_len"])
+    for threads in args.pairings:
+        reserved = None if threads == 1 else 0
+        name = f"{threads} thread" + ("s" if threads > 1 else "")
+        entry: dict = {"threads": threads, "vllm_reserved_cpus": "vLLM default" if reserved is None else reserved}
+        if not args.skip_offline:
+            say(f"offline, {name}")
+            try:
+                entry["offline"] = offline_pairing(threads, reserved, work, args.vllm_dtypes, args.rounds, args.our_dtype,
+                                                   common, not args.vllm_compile, say)
+            except RuntimeError as exc:  # a worker that died: the rest of the run still reports
+                say(f"  offline {name} failed: {exc}")
+                entry["offline_error"] = str(exc)[-3000:]
+        if not args.skip_serving:
+            say(f"serving, {name}")
+            warmup, levels = level_prompts(ids["serving"], args.serve_concurrency, per_level)
+            entry["serving"] = serving_pairing(threads, reserved, args, warmup, levels, serve_args,
+                                               sglang=not args.no_sglang and threads == max(args.pairings))
+        result["pairings"][name] = entry
 
 
 def report_input(result: dict) -> dict:
