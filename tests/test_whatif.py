@@ -171,3 +171,12 @@ def test_the_explorer_opens_a_whatif_result_and_labels_its_times_predicted(engin
     # A rerun owns its folder: the files of the last run are replaced, not added to.
     run_whatif(engine_trace, {}, ["mini"], tmp_path / "out")
     assert not (tmp_path / "out" / "trace-predicted-mini-changed.jsonl").exists()
+
+
+def test_replay_from_trace_cli_replays_the_trace_config_only(engine_trace, tmp_path, capsys):
+    from tracer.cli import main
+
+    assert main(["replay", "--from-trace", str(engine_trace), "--engines", "mini", "--out", str(tmp_path / "ft")]) == 0
+    assert "mini: agrees with the trace on all" in capsys.readouterr().out
+    assert main(["replay", "--from-trace", str(engine_trace), "--max-num-seqs", "2"]) == 2
+    assert "--from-trace replays the config the trace recorded; drop max_num_seqs" in capsys.readouterr().err
