@@ -86,8 +86,9 @@ def _setup(result: dict, args: argparse.Namespace) -> list[str]:
         f"- vLLM ran {'with torch.compile' if args.vllm_compile else 'with --enforce-eager (as tracer/live/vllm.py starts it)'}; "
         "offline with prefix caching off in both engines (items share prompts and run twice); the servers with their "
         "defaults (on), every serving level on prompts of its own",
-        f"- rounds: ours and vLLM {args.vllm_dtypes[0]} alternate item by item for {args.rounds} round(s); other vLLM "
-        "dtypes one round; serving: ours, vLLM, ours, vLLM (one server at a time), SGLang once",
+        f"- rounds: offline, round r pairs ours with vLLM in dtype r of {args.vllm_dtypes} (cycling), item by item "
+        "(ours, vLLM, ours, vLLM, ...), so ours has a run per round and vLLM one per dtype per round; serving the same "
+        "with one server at a time (ours, vLLM bf16, ours, vLLM fp32), then SGLang once",
     ]
 
 

@@ -123,8 +123,8 @@ def decode_ms(result: dict) -> float:
 
 def offline_pairing(threads: int, reserved_cpus: int | None, items: list[Item], vllm_dtypes: list[str], rounds: int,
                     our_dtype: str, common: list[str], enforce_eager: bool, say) -> dict:
-    """Ours with `threads` threads against vLLM with `reserved_cpus` (None: its default) in each dtype.
-    Ours and the first vLLM dtype alternate item by item for `rounds` rounds; each further dtype runs one round."""
+    """Ours with `threads` threads against vLLM with `reserved_cpus` (None: its default) in each dtype:
+    max(rounds, dtypes) rounds, round r pairing ours with vLLM in dtype r (cycling), item by item."""
     samples: dict[str, dict[str, list[float]]] = {item.key: {} for item in items}
     batch1: dict[str, list[float]] = {}
     runs: list[dict] = []
@@ -145,17 +145,16 @@ def offline_pairing(threads: int, reserved_cpus: int | None, items: list[Item], 
         ours = ours_worker(threads, our_dtype, common)
         infos["ours"] = ours.info
         try:
-            for index, dtype in enumerate(vllm_dtypes):
+            # Round r: ours and vLLM in dtype r (cycling), item by item: ours, vLLM, ours, vLLM, ...
+            for index, dtype in enumerate(vllm_dtypes[r % len(vllm_dtypes)] for r in range(max(rounds, len(vllm_dtypes)))):
                 setting = f"vllm-{dtype}"
                 vllm = vllm_worker(dtype, reserved_cpus, common, enforce_eager)
                 infos[setting] = vllm.info
-                say(f"  {setting}: worker cores {vllm.info['worker_core_ids']}, reserved {vllm.info['reserved_cpus']}")
+                say(f"  round {index + 1}, {setting}: worker cores {vllm.info['worker_core_ids']}, reserved {vllm.info['reserved_cpus']}")
                 try:
-                    for _ in range(rounds if index == 0 else 1):
-                        for item in items:
-                            if index == 0:
-                                record("ours", item, ours.run(item))
-                            record(setting, item, vllm.run(item))
+                    for item in items:
+                        record("ours", item, ours.run(item))
+                        record(setting, item, vllm.run(item))
                 finally:
                     vllm.close()
         finally:

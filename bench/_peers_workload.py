@@ -3,7 +3,7 @@ one JSON file, read by each worker, so ours, vLLM, SGLang and llama.cpp compute 
 
 - uniform: 128-token prompts, 128 output tokens each (ignore_eos); at concurrency c, c requests;
 - mixed: prompts of 16..256 tokens, outputs of 16..128 tokens; at concurrency c, the first
-  min(len, 2c) requests of the set, at most c in flight (a batch that fills and drains unevenly).
+  min(len, max(2, c)) requests of the set, at most c in flight (a batch that fills and drains unevenly).
 Ids are drawn from the ordinary vocabulary (SmolLM2's special tokens are ids < 17; ids above
 VOCAB_HIGH are left out too), so no prompt holds an end-of-text or a chat marker.
 """
@@ -61,7 +61,7 @@ def items(ids: dict, concurrencies: list[int], workloads: list[str]) -> list[Ite
             if workload == "uniform":
                 out.append(Item("uniform", c, ids["uniform"][:c], [ids["output_len"]] * c))
             else:
-                n = min(len(ids["mixed_prompts"]), 2 * c)
+                n = min(len(ids["mixed_prompts"]), max(2, c))
                 out.append(Item("mixed", c, ids["mixed_prompts"][:n], ids["mixed_max_tokens"][:n]))
     return out
 

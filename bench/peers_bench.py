@@ -105,11 +105,12 @@ def llamacpp_rows(ids_path: Path, threads: list[int], tokens: int) -> dict:
     return rows
 
 
-def serving_pairing(threads: int, reserved: int | None, args, warmup, levels, engine_args: list[str], sglang: bool) -> dict:
-    """ours, vLLM (first dtype), ours, vLLM (next dtype)...; then SGLang once where asked."""
+def serving_pairing(threads: int, reserved: int | None, args, warmup, levels, engine_args: list[str], sglang: bool,
+                    only_sglang: bool = False) -> dict:
+    """ours, vLLM (first dtype), ours, vLLM (next dtype)...; or SGLang once."""
     runs: dict[str, list[dict]] = {}
     order = []
-    for r in range(max(args.rounds, len(args.vllm_dtypes))):
+    for r in range(0 if only_sglang else max(args.rounds, len(args.vllm_dtypes))):
         order += [("ours", None), (f"vllm-{args.vllm_dtypes[r % len(args.vllm_dtypes)]}", args.vllm_dtypes[r % len(args.vllm_dtypes)])]
     if sglang:
         order.append(("sglang-bfloat16", "bfloat16"))
@@ -139,8 +140,8 @@ def serving_pairing(threads: int, reserved: int | None, args, warmup, levels, en
 def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a short smoke run (small items, 1 round, one dtype, no results file)")
-    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds of ours and vLLM's first dtype")
-    parser.add_argument("--pairings", type=int, nargs="+", default=[1, 2], choices=[1, 2],
+    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds of ours and vLLM (round r: vLLM's dtype r, cycling)")
+    parser.add_argument("--pairings", type=int, nargs="+", default=[2, 1], choices=[1, 2],
                         help="ours' threads: 1 (vs vLLM's default, one core reserved), 2 (vs VLLM_CPU_NUM_OF_RESERVED_CPU=0)")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--workloads", nargs="+", default=["uniform", "mixed"], choices=["uniform", "mixed"])
@@ -188,31 +189,36 @@ def main(argv: list[str] | None = None) -> int:
                                             "prompt_tokens": [len(p) for p in i.prompts], "max_tokens": i.max_tokens} for i in work],
                                  "serving_prompts_per_level": per_level, "serving_output_len": args.serve_output_len},
                     "pairings": {}}
+    name = "peers_quick" if args.quick else "peers"
+    if args.quick:
+        _results.RESULTS = SCRATCH  # a smoke run must not replace the committed results
+
+    def write_partial(state: str) -> list[str]:
+        """(Re)write the results with what is measured so far: a run stopped late still leaves its phases."""
+        result["state"] = state
+        result["verdicts"] = verdict_dicts(verdicts(report_input(result)))
+        result["uptime_after"] = shell(["uptime"])
+        # Workers and servers import the checkout when they start: a merge into it mid-run would mix engines.
+        result["versions"]["ours_at_end"] = shell(["git", "rev-parse", "--short", "HEAD"])
+        result["wall_s"] = round(time.time() - started)
+        meta = _results.run_meta(uptime_before=uptime_before, uptime_after=result["uptime_after"], state=state)
+        lines = body(result, args)
+        _results.write_results(name, "Peers: our engine vs vLLM's CPU build (and SGLang, llama.cpp) on this CPU",
+                               meta, result, lines)
+        say(f"wrote {_results.RESULTS / name}.json and .md ({state}); load {result['uptime_after']}; {result['wall_s']} s")
+        return lines
+
     # One hold of the live-server lock for the whole run: taken per server, it was lost to another
     # session's live tests between phases, minutes at a time; held, no other live server shares the cores.
     with live_lock(say) as waited:
         result["lock_wait_s"] = round(waited, 1)
-        measure(args, result, ids, ids_path, work, common, serve_args, per_level)
-    result["verdicts"] = verdict_dicts(verdicts(report_input(result)))
-    result["uptime_after"] = shell(["uptime"])
-    # Workers and servers import the checkout when they start: a merge into it mid-run would mix engines.
-    result["versions"]["ours_at_end"] = shell(["git", "rev-parse", "--short", "HEAD"])
-    result["wall_s"] = round(time.time() - started)
-    say(f"load after: {result['uptime_after']}; {result['wall_s']} s")
-    meta = _results.run_meta(uptime_before=uptime_before, uptime_after=result["uptime_after"])
-    if args.quick:
-        _results.RESULTS = SCRATCH  # a smoke run must not replace the committed results
-    name = "peers_quick" if args.quick else "peers"
-    lines = body(result, args)
-    _results.write_results(name, "Peers: our engine vs vLLM's CPU build (and SGLang, llama.cpp) on this CPU",
-                           meta, result, lines)
-    print("\n".join(lines))
-    say(f"wrote {_results.RESULTS / name}.json and .md")
+        measure(args, result, ids, ids_path, work, common, serve_args, per_level, write_partial)
+    print("\n".join(write_partial("complete")))
     return 0
 
 
 def measure(args: argparse.Namespace, result: dict, ids: dict, ids_path: Path, work: list, common: list[str],
-            serve_args: list[str], per_level: dict[int, int]) -> None:
+            serve_args: list[str], per_level: dict[int, int], write_partial) -> None:
     say("memory-bandwidth floor (2 threads)")
     result["floor"] = floor(HF_MODEL / "model.safetensors", threads=2)
     result["llamacpp"] = {"built": False, "why": "--no-llamacpp"} if args.no_llamacpp else \
@@ -232,9 +238,15 @@ def measure(args: argparse.Namespace, result: dict, ids: dict, ids_path: Path, w
         if not args.skip_serving:
             say(f"serving, {name}")
             warmup, levels = level_prompts(ids["serving"], args.serve_concurrency, per_level)
-            entry["serving"] = serving_pairing(threads, reserved, args, warmup, levels, serve_args,
-                                               sglang=not args.no_sglang and threads == max(args.pairings))
+            entry["serving"] = serving_pairing(threads, reserved, args, warmup, levels, serve_args, sglang=False)
         result["pairings"][name] = entry
+        write_partial(f"{name} done")
+    if not args.no_sglang and not args.skip_serving and 2 in args.pairings:
+        # SGLang's server uses every core of the NUMA node (sglang/srt/utils/numa_utils.py:459-482): the 2-thread row.
+        say("serving, SGLang")
+        warmup, levels = level_prompts(ids["serving"], args.serve_concurrency, per_level)
+        sglang = serving_pairing(2, 0, args, warmup, levels, serve_args, sglang=True, only_sglang=True)
+        result["pairings"]["2 threads"].setdefault("serving", {}).update(sglang)
 
 
 def report_input(result: dict) -> dict:
