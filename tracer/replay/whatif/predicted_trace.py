@@ -17,6 +17,8 @@ from tracer.traces.schema import (
     LINK_KIND, LINK_REQUEST, OUTPUT_TOKENS, REQUEST_ID, SCHEMA_VERSION, SCHEMA_VERSION_KEY, SERVICE_NAME, STEP,
 )
 
+WHATIF_SCOPE = "servetrace-whatif"  # the instrumentation scope its spans name (the tracer's is "servetrace")
+
 
 def _value(value: Any) -> dict:
     if isinstance(value, bool):
@@ -77,7 +79,7 @@ def write_predicted_trace(log: TimedLog, path: str | Path, prompt_lens: dict[str
     with path.open("w") as handle:
         for start in range(0, len(spans), 1000):
             message = {"resourceSpans": [{"resource": {"attributes": _attributes(resource)},
-                                          "scopeSpans": [{"scope": {"name": "servetrace.whatif"},
+                                          "scopeSpans": [{"scope": {"name": WHATIF_SCOPE},
                                                           "spans": spans[start:start + 1000]}]}]}
             handle.write(json.dumps(message, separators=(",", ":")) + "\n")
     return path
