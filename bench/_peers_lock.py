@@ -13,22 +13,19 @@ _held = [False]  # this process holds it: a nested live_lock() is a no-op (flock
 
 @contextmanager
 def live_lock(say: Callable[[str], None], path: str = LOCK) -> Iterator[float]:
-    """Hold the lock for the block; yields the seconds waited for it (progress every 30 s)."""
+    """Hold the lock for the block; yields the seconds waited for it."""
     if _held[0]:
         yield 0.0
         return
     with open(path, "a") as handle:
         start = time.monotonic()
-        next_note = start
-        while True:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= next_note:
-                    say(f"    waiting for {path} (another live server runs), {time.monotonic() - start:.0f} s")
-                    next_note += 30
-                time.sleep(1)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            say(f"    waiting for {path} (another live server runs)")
+            # Blocking, as flock(1) waits: a waiter that polls loses every hand-over to the blocked ones.
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            say(f"    got {path} after {time.monotonic() - start:.0f} s")
         _held[0] = True
         try:
             yield time.monotonic() - start
