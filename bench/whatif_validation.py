@@ -54,10 +54,13 @@ def workload(num_requests: int, seed: int = 0) -> list[tuple[float, str, int]]:
     return out
 
 
-def serve(folder: Path, label: str, flags: dict, requests: list[tuple[float, str, int]]) -> Path:
+def serve(folder: Path, label: str, flags: dict, requests: list[tuple[float, str, int]], reuse: bool = False) -> Path:
     import openai
 
     trace = folder / f"trace-{label}.jsonl"
+    if reuse and trace.is_file():
+        print(f"  {label}: reusing {trace}", flush=True)
+        return trace
     trace.unlink(missing_ok=True)
     options = VllmOptions(trace_file=trace, log_path=folder / f"server-{label}.log", max_num_seqs=flags["max_num_seqs"],
                           extra_args=tuple(flags["extra_args"]), **BASE)
@@ -98,6 +101,8 @@ def main() -> int:
     parser.add_argument("--pairs", default=",".join(PAIRS), help=f"comma-separated, of {', '.join(PAIRS)}")
     parser.add_argument("--requests", type=int, default=24)
     parser.add_argument("--folder", default=str(REPO / ".cache" / "whatif-validation"))
+    parser.add_argument("--reuse", action="store_true", help="predict again from the traces a previous run left in "
+                        "--folder (serves only the runs that are missing)")
     args = parser.parse_args()
     pairs = [p for p in args.pairs.split(",") if p]
     unknown = [p for p in pairs if p not in PAIRS]
@@ -107,12 +112,12 @@ def main() -> int:
     folder.mkdir(parents=True, exist_ok=True)
     requests = workload(args.requests)
     print(f"config A: {A}", flush=True)
-    trace_a = serve(folder, "A", A, requests)
+    trace_a = serve(folder, "A", A, requests, args.reuse)
     results, body = {"A": {"flags": A, "measured": measured(trace_a)}, "pairs": {}}, []
     for pair in pairs:
         flags, sets = PAIRS[pair]
         print(f"pair {pair}: B = {flags}", flush=True)
-        b1, b2 = (measured(serve(folder, f"B-{pair}-{n}", flags, requests)) for n in (1, 2))
+        b1, b2 = (measured(serve(folder, f"B-{pair}-{n}", flags, requests, args.reuse)) for n in (1, 2))
         prediction = run_whatif(trace_a, sets, ["vllm"], folder / f"whatif-{pair}", force=True)
         (changed,) = [p for p in prediction.predictions if p.label == "changed"]
         rows = {}

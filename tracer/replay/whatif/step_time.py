@@ -1,9 +1,13 @@
 """A step-time model: a step's duration from its batch, fitted by plain least squares on a trace's steps.
 
 Features of one step (what a forward pass's cost grows with): a constant (launch, sampling, the
-scheduler's own time), the prompt tokens it computes, the decode tokens, the requests in the batch,
-the tokens of context the batch's attention reads (every scheduled request's KV after the step),
-and the prefill attention term (each prefill chunk's tokens times the context they attend to).
+scheduler's own time), the prompt tokens it computes, the decode tokens (one per decoding request:
+the batch's requests are not a feature of their own, it would be collinear with these), the tokens
+of context the batch's attention reads (every scheduled request's KV after the step), and the
+prefill attention term (each prefill chunk's tokens times the context they attend to).
+No coefficient may be negative (more work never makes a step faster): a least-squares fit on a
+noisy trace otherwise trades a negative constant against a large per-token term, which fits the
+batch sizes the trace had and extrapolates to nonsense for the ones a changed config makes.
 The same function computes them when the model is fitted on a trace and when it predicts a replay,
 so a fitted coefficient means the same thing in both.
 """
@@ -12,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Sequence
 
-FEATURES = ("const", "prefill_tokens", "decode_tokens", "num_requests", "context_tokens", "prefill_attention")
+FEATURES = ("const", "prefill_tokens", "decode_tokens", "context_tokens", "prefill_attention")
 
 
 def step_features(batch: Sequence[tuple[int, int, int]]) -> list[float]:
@@ -25,7 +29,7 @@ def step_features(batch: Sequence[tuple[int, int, int]]) -> list[float]:
         else:
             decode += tokens
         context += computed + tokens
-    return [1.0, prefill, decode, float(len(batch)), context, attention]
+    return [1.0, prefill, decode, context, attention]
 
 
 @dataclass
@@ -67,11 +71,19 @@ def fit_step_time(rows: Sequence[Sequence[float]], durations_s: Sequence[float],
         raise StepTimeFitError(f"{len(rows)} steps: too few to fit a step-time model (at least 3)")
     x = np.asarray(rows, dtype=float)
     y = np.asarray(durations_s, dtype=float)
-    varying = [j for j in range(x.shape[1]) if j == 0 or np.ptp(x[:, j]) > 0]
-    solution, *_ = np.linalg.lstsq(x[:, varying], y, rcond=None)
+    active = [j for j in range(x.shape[1]) if j == 0 or np.ptp(x[:, j]) > 0]
     coefficients = [0.0] * x.shape[1]
-    for j, value in zip(varying, solution):
-        coefficients[j] = float(value)
+    while active:
+        solution, *_ = np.linalg.lstsq(x[:, active], y, rcond=None)
+        negative = [j for j, value in zip(active, solution) if value < 0]
+        if not negative:
+            for j, value in zip(active, solution):
+                coefficients[j] = float(value)
+            break
+        # Least squares with the most negative feature left out, until none is negative: a plain
+        # active-set descent towards the non-negative solution.
+        worst = min(negative, key=lambda j: solution[active.index(j)])
+        active.remove(worst)
     model = StepTimeModel(coefficients, gap_s, wake_s)
     model.fit_error = model_error(model, rows, durations_s)
     return model
