@@ -81,6 +81,21 @@ def test_the_evidence_names_the_position_the_tokens_the_page_and_the_radix_path(
     assert "twin-a" in explain_cache(timeline, timeline.find("twin-b")).evidence
 
 
+def test_the_explorers_cached_column_is_the_admitting_lookups_hit_as_explain_says(planted, tmp_path):
+    """SGLang looks a request up more than once (lpm's pass over the waiting queue without the
+    last-token cap, the admission, the insert at finish): the requests table shows the admission's."""
+    from tracer.tui.model import build_model
+
+    timeline = planted["sglang"]
+    path = tmp_path / "t.jsonl"
+    sglang(path, [request("first", 0, BASE), request("exact", 12, BASE[:32])], num_blocks=64)
+    model = build_model(read_trace_file(path))
+    explained = read_timeline(read_trace_file(path).spans)
+    assert {rid: r.cached_tokens for rid, r in model.requests.items()} == \
+        {life.name: life.cached_tokens for life in explained.requests} == {"first": 0, "exact": 16}
+    assert explain_cache(timeline, timeline.find("exact")).cached_tokens == 16
+
+
 def test_an_evicted_prefix_names_who_cached_it_and_whose_allocation_evicted_it(tmp_path):
     old = list(range(2000, 2048))
     fillers = [list(range(3000 + 100 * i, 3048 + 100 * i)) for i in range(3)]

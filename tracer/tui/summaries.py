@@ -74,8 +74,6 @@ def summarise(request: RequestLike) -> RequestSummary:
         attrs = span.attributes
         if summary.prompt_tokens is None and INPUT_TOKENS in attrs:
             summary.prompt_tokens = int(attrs[INPUT_TOKENS])
-        if summary.cached_tokens is None and span.name == PREFIX_LOOKUP and CACHED_TOKENS in attrs:
-            summary.cached_tokens = int(attrs[CACHED_TOKENS])
         if OUTPUT_TOKENS in attrs:
             summary.output_tokens = int(attrs[OUTPUT_TOKENS])
         if span.name == DETOKENIZE:
@@ -90,6 +88,7 @@ def summarise(request: RequestLike) -> RequestSummary:
             summary.status = str(attrs[STATUS]).removeprefix("FINISHED_").lower()
         if span.status == "ERROR" and not summary.error:
             summary.error = span.status_message or f"{span.name} failed"
+    summary.cached_tokens = _admission_hit(request)
     if not saw_detokenize:
         # Our engine detokenizes a whole batch in its step: the request's share is in the step's span.
         for span, new_tokens in _batch_detokenized(request):
@@ -131,3 +130,18 @@ def _batch_detokenized(request: RequestLike) -> Iterator[tuple[SpanRecord, int]]
                 counts = span.attributes.get(BATCH_NEW_TOKENS)
                 index = ids.index(rid)
                 yield span, int(counts[index]) if isinstance(counts, list) and index < len(counts) else 1
+
+
+def _admission_hit(request: RequestLike) -> int | None:
+    """The cached tokens of the lookup that admitted the request: the last one before its first
+    scheduled step ended (a request refused for blocks is looked up again each step; SGLang's lpm
+    policy looks up every waiting request each pass without its last-token cap, and looks up again
+    when it caches a finished request). Without a scheduled step, the first lookup."""
+    lookups = sorted((s for s in request.spans if s.name == PREFIX_LOOKUP and CACHED_TOKENS in s.attributes),
+                     key=lambda s: s.start_ns)
+    if not lookups:
+        return None
+    rid = request.request_id
+    first = next((step for step in request.steps if step.scheduled_tokens.get(rid, 0) > 0), None)
+    before = [s for s in lookups if first is not None and s.start_ns <= first.end_ns]
+    return int((before[-1] if before else lookups[0]).attributes[CACHED_TOKENS])
