@@ -44,7 +44,49 @@ class ModelConfig:
 
 
 @dataclass
+class SpeculativeConfig:
+    """Mirrors: vllm.config.speculative:SpeculativeConfig (vllm 0.33.0); only method "ngram" (prompt lookup).
+
+    prompt_lookup_min / max default as vLLM's __post_init__ sets them: both 5 when neither is
+    given, else the one given for both (vllm/config/speculative.py:1302-1326
+    SpeculativeConfig.__post_init__).
+    """
+
+    method: Literal["ngram"] = "ngram"
+    num_speculative_tokens: int = 3
+    prompt_lookup_max: int | None = None
+    prompt_lookup_min: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.method != "ngram":
+            raise ValueError(f"speculative method {self.method!r} is not supported; this engine has 'ngram' only")
+        if self.num_speculative_tokens < 1:
+            raise ValueError(f"num_speculative_tokens must be at least 1, got {self.num_speculative_tokens}")
+        if self.prompt_lookup_min is None and self.prompt_lookup_max is None:
+            self.prompt_lookup_min = self.prompt_lookup_max = 5
+        elif self.prompt_lookup_min is None:
+            self.prompt_lookup_min = self.prompt_lookup_max
+        elif self.prompt_lookup_max is None:
+            self.prompt_lookup_max = self.prompt_lookup_min
+        if self.prompt_lookup_min < 1:
+            raise ValueError(f"prompt_lookup_min must be at least 1, got {self.prompt_lookup_min}")
+        if self.prompt_lookup_min > self.prompt_lookup_max:
+            raise ValueError(
+                f"prompt_lookup_min={self.prompt_lookup_min} must be <= prompt_lookup_max={self.prompt_lookup_max}"
+            )
+
+    @property
+    def num_lookahead_tokens(self) -> int:
+        """KV slots past the scheduled tokens: 0 for n-gram, which runs no draft model
+        (vllm/config/vllm.py:625-652
+        VllmConfig.num_lookahead_tokens)."""
+        return 0
+
+
+@dataclass
 class EngineConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    # None: no speculative decoding.
+    speculative: SpeculativeConfig | None = None

@@ -48,10 +48,15 @@ class LLMEngine:
             use_cuda_graphs=False if config.model.enforce_eager else None,
             max_num_seqs=config.scheduler.max_num_seqs,
             max_model_len=self.max_model_len,
+            speculative_config=config.speculative,
         )
         # cache_mode "sglang" runs SGLang's own loop (prefill-or-decode steps, retraction), not vLLM's.
-        scheduler_class = SglangScheduler if config.scheduler.cache_mode == "sglang" else Scheduler
-        self.scheduler = scheduler_class(config.scheduler, config.cache, num_blocks)
+        if config.scheduler.cache_mode == "sglang":
+            if config.speculative is not None:
+                raise ValueError("speculative decoding runs with vLLM's scheduler only (cache_mode 'vllm')")
+            self.scheduler = SglangScheduler(config.scheduler, config.cache, num_blocks)
+        else:
+            self.scheduler = Scheduler(config.scheduler, config.cache, num_blocks, config.speculative)
         self.output_processor = OutputProcessor(self.tokenizer)
         self._ids = itertools.count()
         # The startup heap (model, tokenizer, imports) lives as long as the engine: mark it static so
@@ -135,6 +140,10 @@ class LLMEngine:
         scheduler_output = self.scheduler.schedule()
         model_runner_output = self.model_runner.execute_model(scheduler_output)
         core_outputs = self.scheduler.update_from_output(scheduler_output, model_runner_output)
+        # vLLM: EngineCore.post_step hands the drafts proposed in this step to the scheduler.
+        draft_token_ids = self.model_runner.take_draft_token_ids()
+        if draft_token_ids is not None:
+            self.scheduler.update_draft_token_ids(draft_token_ids)
         processed = self.output_processor.process_outputs(core_outputs)
         if processed.reqs_to_abort:
             # A stop string ends the request in the engine, as vLLM's output processor aborts it.

@@ -7,6 +7,11 @@ to one device and no persistent input batch: every step rebuilds its input tenso
 request states it keeps. Those states follow the SchedulerOutput the way V1's do
 (GPUModelRunner._update_states): a new request brings its block table, a running one appends
 its new blocks, a resumed one replaces its table.
+
+With speculation on (engine/spec_decode/), a request scheduled with drafts feeds its last known
+token and the drafts as one chunk over the paged KV cache; the logits of those 1 + n positions go
+to the rejection sampler, and after the step the drafter proposes the next drafts (V1's
+propose_draft_token_ids / take_draft_token_ids).
 """
 from __future__ import annotations
 
@@ -17,12 +22,15 @@ import torch
 from engine import cpu_gemm
 from engine.attention import resolve_attention_backend
 from engine.attention_metadata import AttentionMetadata
+from engine.config import SpeculativeConfig
 from engine.cuda_graphs import DecodeCudaGraphs
 from engine.math_utils import cdiv
 from engine.model import LlamaConfig, LlamaForCausalLM
-from engine.outputs import ModelRunnerOutput, SchedulerOutput
+from engine.outputs import DraftTokenIds, ModelRunnerOutput, SchedulerOutput
 from engine.request import Request
 from engine.sampler import Sampler
+from engine.spec_decode.ngram_proposer import NgramProposer
+from engine.spec_decode.rejection_sampler import RejectionSampler, SpecDecodeMetadata
 
 
 def kv_cache_bytes_per_block(model_config: LlamaConfig, block_size: int, dtype: torch.dtype) -> int:
@@ -68,6 +76,8 @@ class ModelInput:
     # Rows (into the flat batch) whose hidden state is sampled, and the requests they belong to.
     logits_indices: torch.Tensor
     sampled_req_indices: list[int]
+    # The drafts of each sampled request (empty without); any drafts: its rows are n + 1 per request.
+    spec_drafts: list[list[int]] | None = None
 
 
 class ModelRunner:
@@ -84,6 +94,7 @@ class ModelRunner:
         max_num_seqs: int = 256,
         max_model_len: int | None = None,
         prepack_cpu_weights: bool | None = None,
+        speculative_config: SpeculativeConfig | None = None,
     ) -> None:
         """attention_backend: "torch" | "triton" (None: triton on CUDA, torch elsewhere).
         use_cuda_graphs: replay decode-only steps from CUDA graphs (None: on CUDA with triton);
@@ -116,6 +127,13 @@ class ModelRunner:
         # Seeded requests keep one generator for their whole life (vLLM: CachedRequestState.generator).
         self.generators: dict[str, torch.Generator] = {}
         self.requests: dict[str, CachedRequestState] = {}
+        # Speculative decoding (V1: GPUModelRunner.drafter / rejection_sampler / _draft_token_ids).
+        self.speculative_config = speculative_config
+        self.drafter: NgramProposer | None = None
+        if speculative_config is not None:
+            self.drafter = NgramProposer(speculative_config, max_model_len or model_config.max_position_embeddings)
+        self.rejection_sampler = RejectionSampler(self.sampler)
+        self._draft_token_ids: DraftTokenIds | None = None
 
     def _allocate_kv_cache(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         cfg = self.model_config
@@ -145,7 +163,10 @@ class ModelRunner:
             hidden = self.model(model_input.input_ids, model_input.positions, model_input.attn_metadata, self.kv_caches)
             logits = self.model.compute_logits(hidden[model_input.logits_indices])
         sampled = self._sample(logits, model_input)
-        return self._build_output(model_input, sampled)
+        output = self._build_output(model_input, sampled)
+        if self.drafter is not None:
+            self._propose_draft_token_ids(model_input, output)
+        return output
 
     def _runs_from_cuda_graph(self, model_input: ModelInput) -> bool:
         """Decode-only batches (one token, hence one sampled row, per request) that fit a captured graph."""
@@ -195,22 +216,26 @@ class ModelRunner:
         req_ids += scheduler_output.scheduled_cached_reqs.req_ids
         states = [self.requests[req_id] for req_id in req_ids]
         requests = [state.request for state in states]
+        spec_drafts: list[list[int]] = []
         for index, state in enumerate(states):
             request, req_id = state.request, req_ids[index]
             num_new = scheduler_output.num_scheduled_tokens[req_id]
             num_computed = state.num_computed_tokens
             block_ids = state.block_ids
             end = num_computed + num_new
-            if num_new < 1 or end > request.num_tokens:
+            # Drafts follow the known tokens; the scheduler schedules them only to the end.
+            spec = scheduler_output.scheduled_spec_decode_tokens.get(req_id, [])
+            if num_new < 1 or end > request.num_tokens + len(spec):
                 raise ValueError(
                     f"request {req_id}: scheduled tokens [{num_computed}, {end}) but it has {request.num_tokens} tokens"
+                    + (f" and {len(spec)} drafts" if spec else "")
                 )
             if end > len(block_ids) * self.block_size:
                 raise ValueError(
                     f"request {req_id}: {end} tokens need {cdiv(end, self.block_size)} blocks, "
                     f"scheduler gave {len(block_ids)}"
                 )
-            input_ids.extend(request.all_token_ids[num_computed:end])
+            input_ids.extend(request.all_token_ids[num_computed:end] if not spec else request.all_token_ids[num_computed:] + spec)
             for pos in range(num_computed, end):
                 positions.append(pos)
                 slot_mapping.append(block_ids[pos // self.block_size] * self.block_size + pos % self.block_size)
@@ -219,8 +244,10 @@ class ModelRunner:
             block_tables.append(block_ids)
             # A chunk that stops short of the known tokens has nothing to sample yet.
             if end >= request.num_tokens:
-                logits_indices.append(len(input_ids) - 1)
+                # The last known token's row, then one per draft (all of them when there are none).
+                logits_indices.extend(range(len(input_ids) - 1 - len(spec), len(input_ids)))
                 sampled_req_indices.append(index)
+                spec_drafts.append(spec)
 
         width = max(len(b) for b in block_tables)
         padded_tables = [b + [0] * (width - len(b)) for b in block_tables]
@@ -244,15 +271,21 @@ class ModelRunner:
             attn_metadata=attn_metadata,
             logits_indices=as_tensor(logits_indices),
             sampled_req_indices=sampled_req_indices,
+            spec_drafts=spec_drafts if any(spec_drafts) else None,
         )
 
-    def _sample(self, logits: torch.Tensor, model_input: ModelInput) -> list[int]:
+    def _sample(self, logits: torch.Tensor, model_input: ModelInput) -> list[list[int]]:
         if not model_input.sampled_req_indices:
             return []
         requests = [model_input.requests[i] for i in model_input.sampled_req_indices]
         params = [r.sampling_params for r in requests]
         generators = [self._generator_for(r) for r in requests]
-        return self.sampler.sample(logits, params, generators).tolist()
+        if model_input.spec_drafts is not None:
+            # Mirrors: vllm.v1.worker.gpu_model_runner:GPUModelRunner._sample (vllm 0.33.0), its spec branch
+            metadata = SpecDecodeMetadata.from_drafts(model_input.spec_drafts, logits.device)
+            output_token_ids = self.rejection_sampler(metadata, None, logits, params, generators)
+            return RejectionSampler.parse_output(output_token_ids)
+        return [[token_id] for token_id in self.sampler.sample(logits, params, generators).tolist()]
 
     def _generator_for(self, request: Request) -> torch.Generator | None:
         seed = request.sampling_params.seed
@@ -265,8 +298,27 @@ class ModelRunner:
             self.generators[request.request_id] = generator
         return generator
 
-    def _build_output(self, model_input: ModelInput, sampled: list[int]) -> ModelRunnerOutput:
+    def _build_output(self, model_input: ModelInput, sampled: list[list[int]]) -> ModelRunnerOutput:
         sampled_token_ids: list[list[int]] = [[] for _ in model_input.req_ids]
-        for req_index, token_id in zip(model_input.sampled_req_indices, sampled, strict=True):
-            sampled_token_ids[req_index] = [token_id]
+        for req_index, token_ids in zip(model_input.sampled_req_indices, sampled, strict=True):
+            sampled_token_ids[req_index] = token_ids
         return ModelRunnerOutput(req_ids=model_input.req_ids, sampled_token_ids=sampled_token_ids)
+
+    def _propose_draft_token_ids(self, model_input: ModelInput, output: ModelRunnerOutput) -> None:
+        """Drafts for the next step, from each request's context including what it sampled now.
+
+        Mirrors: vllm.v1.worker.gpu_model_runner:GPUModelRunner.propose_draft_token_ids (vllm 0.33.0)
+        """
+        contexts = [r.all_token_ids + sampled for r, sampled in zip(model_input.requests, output.sampled_token_ids)]
+        drafts = self.drafter.propose(
+            self.speculative_config.num_speculative_tokens, output.sampled_token_ids, contexts
+        )
+        self._draft_token_ids = DraftTokenIds(req_ids=list(output.req_ids), draft_token_ids=drafts)
+
+    def take_draft_token_ids(self) -> DraftTokenIds | None:
+        """The drafts proposed in the last step, once (the engine hands them to the scheduler).
+
+        Mirrors: vllm.v1.worker.gpu_model_runner:GPUModelRunner.take_draft_token_ids (vllm 0.33.0)
+        """
+        draft_token_ids, self._draft_token_ids = self._draft_token_ids, None
+        return draft_token_ids

@@ -1,7 +1,7 @@
 """Data passed between scheduler, model runner and engine loop.
 
 Mirrors: vllm.v1.core.sched.output:SchedulerOutput, vllm.v1.core.sched.output:NewRequestData, vllm.v1.core.sched.output:CachedRequestData, vllm.v1.outputs:ModelRunnerOutput, vllm.v1.engine:EngineCoreOutput (vllm 0.33.0)
-Trimmed to what a single-process engine needs (one KV cache group, no speculative decoding,
+Trimmed to what a single-process engine needs (one KV cache group, n-gram speculation only, no
 encoders, LoRA, connectors or pipeline parallelism).
 
 The shape is vLLM's: a request the model runner has never seen travels as NewRequestData (its
@@ -90,6 +90,10 @@ class SchedulerOutput:
     # Finished between the previous step and this one: the runner drops their state.
     finished_req_ids: set[str] = field(default_factory=set)
     step: int = 0  # ours: the scheduler's step counter, for traces
+    # Speculative decoding: req_id -> the draft tokens scheduled after its last known token
+    # (counted in num_scheduled_tokens); requests without drafts are absent.
+    scheduled_spec_decode_tokens: dict[str, list[int]] = field(default_factory=dict)
+    num_spec_tokens_to_schedule: int = 0
 
     @cached_property
     def num_computed_tokens(self) -> dict[str, int]:
@@ -110,6 +114,14 @@ class ModelRunnerOutput:
     req_ids: list[str]
     # One list per request; empty for a prefill chunk that did not reach the end of the prompt.
     sampled_token_ids: list[list[int]]
+
+
+@dataclass
+class DraftTokenIds:
+    """Mirrors: vllm.v1.outputs:DraftTokenIds (vllm 0.33.0); what the drafter proposed after a step."""
+
+    req_ids: list[str]
+    draft_token_ids: list[list[int]]
 
 
 @dataclass

@@ -51,6 +51,12 @@ class Request:
     # Prefix-cache hit at first admission (vLLM keeps this in Request.prefill_stats).
     num_cached_tokens: int = -1
     stop_reason: int | str | None = None
+    # Draft tokens proposed for the next step (vLLM: Request.spec_token_ids); they count toward
+    # num_tokens_with_spec, which the scheduler catches num_computed_tokens up to.
+    spec_token_ids: list[int] = field(default_factory=list)
+    # Whether the last schedule left prompt (or recomputed) tokens uncomputed: such a request
+    # takes no drafts (vLLM: Request.is_prefill_chunk, set in Scheduler._update_after_schedule).
+    is_prefill_chunk: bool = False
 
     def __post_init__(self) -> None:
         self.all_token_ids: list[int] = list(self.prompt_token_ids)
@@ -62,6 +68,10 @@ class Request:
     @property
     def num_tokens(self) -> int:
         return len(self.all_token_ids)
+
+    @property
+    def num_tokens_with_spec(self) -> int:
+        return len(self.all_token_ids) + len(self.spec_token_ids)
 
     @property
     def num_output_tokens(self) -> int:

@@ -8,7 +8,8 @@ continuous batching, chunked prefill and prefix caching. Running requests go fir
 requests are admitted only if nothing was preempted this step.
 
 Deliberate differences from vLLM 0.33 (named so the replay report can name them too):
-- no speculative decoding, encoder inputs, LoRA, KV connectors or structured output;
+- speculative decoding with n-gram drafts only (no lookahead slots, no padding of new decodes
+  to 1 + k tokens for CUDA graphs); no encoder inputs, LoRA, KV connectors or structured output;
 - synchronous scheduling only (vLLM 0.33 defaults to AsyncScheduler: one step of lookahead
   with output placeholders); replay drives vLLM's synchronous Scheduler for that reason;
 - the KV-cache watermark is fixed at 0 (vLLM's default).
@@ -18,16 +19,30 @@ from __future__ import annotations
 import time
 
 from engine.block_pool import update_block_hashes
-from engine.config import CacheConfig, SchedulerConfig
+from engine.config import CacheConfig, SchedulerConfig, SpeculativeConfig
 from engine.kv_cache_manager import KVCacheManager
 from engine.kv_manager import KVManager
-from engine.outputs import CachedRequestData, EngineCoreOutput, ModelRunnerOutput, NewRequestData, SchedulerOutput
+from engine.outputs import (
+    CachedRequestData,
+    DraftTokenIds,
+    EngineCoreOutput,
+    ModelRunnerOutput,
+    NewRequestData,
+    SchedulerOutput,
+)
 from engine.request import Request, RequestStatus
 from engine.request_queue import create_request_queue
+from engine.spec_decode.metrics import SpecDecodingStats
 
 
 class Scheduler:
-    def __init__(self, scheduler_config: SchedulerConfig, cache_config: CacheConfig, num_blocks: int) -> None:
+    def __init__(
+        self,
+        scheduler_config: SchedulerConfig,
+        cache_config: CacheConfig,
+        num_blocks: int,
+        speculative_config: SpeculativeConfig | None = None,
+    ) -> None:
         self.scheduler_config = scheduler_config
         self.cache_config = cache_config
         self.block_size = cache_config.block_size
@@ -50,6 +65,10 @@ class Scheduler:
         self.finished_req_ids: set[str] = set()
         self.preempted_req_ids: set[str] = set()
         self.current_step = 0
+        # Speculative decoding (vLLM: VllmConfig.num_speculative_tokens / num_lookahead_tokens).
+        self.num_spec_tokens = speculative_config.num_speculative_tokens if speculative_config else 0
+        self.num_lookahead_tokens = speculative_config.num_lookahead_tokens if speculative_config else 0
+        self.spec_decoding_stats = SpecDecodingStats.new(self.num_spec_tokens)
 
     # -- queue management ---------------------------------------------------------------
 
@@ -103,6 +122,7 @@ class Scheduler:
         # The blocks each running request got this step (vLLM: req_to_new_blocks); the model
         # runner appends them to the table it holds.
         new_block_ids: dict[str, list[int] | None] = {}
+        scheduled_spec_decode_tokens: dict[str, list[int]] = {}
         token_budget = self.scheduler_config.max_num_batched_tokens
         scheduled_timestamp = time.monotonic()
 
@@ -116,7 +136,8 @@ class Scheduler:
         req_index = 0
         while req_index < len(self.running) and token_budget > 0:
             request = self.running[req_index]
-            num_new_tokens = request.num_tokens - request.num_computed_tokens
+            # num_tokens_with_spec: the drafts proposed after the last step are scheduled too.
+            num_new_tokens = request.num_tokens_with_spec - request.num_computed_tokens
             if 0 < long_prefill_threshold < num_new_tokens:
                 num_new_tokens = long_prefill_threshold
             num_new_tokens = min(num_new_tokens, token_budget)
@@ -127,7 +148,9 @@ class Scheduler:
                 continue
 
             while True:
-                new_blocks = self.kv_cache_manager.allocate_slots(request, num_new_tokens)
+                new_blocks = self.kv_cache_manager.allocate_slots(
+                    request, num_new_tokens, num_lookahead_tokens=self.num_lookahead_tokens
+                )
                 if new_blocks is not None:
                     break
                 # Out of blocks: preempt the lowest-priority running request and retry.
@@ -141,6 +164,7 @@ class Scheduler:
                         scheduled_running_reqs.remove(victim)
                         token_budget += num_scheduled_tokens.pop(victim.request_id)
                         new_block_ids.pop(victim.request_id)
+                        scheduled_spec_decode_tokens.pop(victim.request_id, None)
                 else:
                     victim = self.running.pop()
                 self._preempt_request(victim, scheduled_timestamp)
@@ -159,6 +183,8 @@ class Scheduler:
             new_block_ids[request.request_id] = self._new_block_ids(request, len(new_blocks))
             token_budget -= num_new_tokens
             req_index += 1
+            if request.spec_token_ids:
+                self._schedule_spec_tokens(request, num_new_tokens, scheduled_spec_decode_tokens)
 
         # Then the WAITING requests, unless memory pressure forced a preemption this step.
         if not preempted_reqs:
@@ -224,9 +250,22 @@ class Scheduler:
             preempted_req_ids={r.request_id for r in preempted_reqs},
             finished_req_ids=self.finished_req_ids,
             step=self.current_step,
+            scheduled_spec_decode_tokens=scheduled_spec_decode_tokens,
+            num_spec_tokens_to_schedule=self.num_spec_tokens,
         )
         self._update_after_schedule(output)
         return output
+
+    def _schedule_spec_tokens(
+        self, request: Request, num_new_tokens: int, scheduled_spec_decode_tokens: dict[str, list[int]]
+    ) -> None:
+        # Mirrors: vllm.v1.core.sched.scheduler:Scheduler.schedule (vllm 0.33.0), its "Speculative
+        # decode related" block: the drafts that fit in num_new_tokens are scheduled, the rest dropped;
+        # the drafter proposes afresh after the step.
+        num_scheduled_spec_tokens = num_new_tokens + request.num_computed_tokens - request.num_tokens
+        if num_scheduled_spec_tokens > 0:
+            scheduled_spec_decode_tokens[request.request_id] = request.spec_token_ids[:num_scheduled_spec_tokens]
+        request.spec_token_ids = []
 
     def _new_block_ids(self, request: Request, num_new_blocks: int) -> list[int] | None:
         # Both managers append a request's new blocks at the end of its table.
@@ -256,6 +295,7 @@ class Scheduler:
         self.kv_cache_manager.free(request)
         request.status = RequestStatus.PREEMPTED
         request.num_computed_tokens = 0
+        request.spec_token_ids = []
         request.num_preemptions += 1
         self.waiting.prepend_request(request)
         self.preempted_req_ids.add(request.request_id)
@@ -264,7 +304,9 @@ class Scheduler:
         # Mirrors: vllm.v1.core.sched.scheduler:Scheduler._update_after_schedule (vllm 0.33.0); advancing
         # num_computed_tokens now lets the next step schedule the next prefill chunk at once.
         for request_id, num_tokens in scheduler_output.num_scheduled_tokens.items():
-            self.requests[request_id].num_computed_tokens += num_tokens
+            request = self.requests[request_id]
+            request.num_computed_tokens += num_tokens
+            request.is_prefill_chunk = request.num_computed_tokens < request.num_tokens
         self.finished_req_ids = set()
         self.preempted_req_ids = set()
 
@@ -280,6 +322,13 @@ class Scheduler:
             if request is None or request.is_finished:
                 continue  # aborted while the step ran
             new_token_ids = list(model_runner_output.sampled_token_ids[index_of[request_id]])
+            scheduled_spec_token_ids = scheduler_output.scheduled_spec_decode_tokens.get(request_id)
+            if scheduled_spec_token_ids and new_token_ids:
+                # The rejected drafts' KV slots stay allocated and are overwritten next step;
+                # only the count of computed tokens goes back (vLLM: num_computed_tokens -= num_rejected).
+                num_accepted = len(new_token_ids) - 1
+                request.num_computed_tokens -= len(scheduled_spec_token_ids) - num_accepted
+                self.spec_decoding_stats.observe_draft(len(scheduled_spec_token_ids), num_accepted)
             stopped = False
             for num_new, token_id in enumerate(new_token_ids, 1):
                 request.append_output_token_ids([token_id])
@@ -289,6 +338,11 @@ class Scheduler:
                     break
             if new_token_ids and self.cache_config.enable_prefix_caching:
                 update_block_hashes(request, self.block_size)
+                if self.num_spec_tokens:
+                    # Accepted drafts may have filled blocks: cache them now (before a stopped
+                    # request is freed), as vLLM does when speculating; allocate_slots cached
+                    # only up to the tokens known at schedule time.
+                    self.kv_cache_manager.cache_blocks(request, request.num_computed_tokens)
             if stopped:
                 self._free_request(request)
                 stopped_running.add(request)
@@ -305,6 +359,15 @@ class Scheduler:
         if stopped_running:
             self.running = [r for r in self.running if r not in stopped_running]
         return outputs
+
+    def update_draft_token_ids(self, draft_token_ids: DraftTokenIds) -> None:
+        # Mirrors: vllm.v1.core.sched.scheduler:Scheduler.update_draft_token_ids (vllm 0.33.0)
+        for request_id, spec_token_ids in zip(draft_token_ids.req_ids, draft_token_ids.draft_token_ids):
+            request = self.requests.get(request_id)
+            if request is None or request.is_finished:
+                continue
+            # A prefill chunk's drafts were proposed from a partial prompt: dropped.
+            request.spec_token_ids = [] if request.is_prefill_chunk else list(spec_token_ids)
 
     def _check_stop(self, request: Request) -> bool:
         # Mirrors: vllm.v1.core.sched.utils:check_stop (vllm 0.33.0)

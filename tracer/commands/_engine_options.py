@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from engine.config import CacheConfig, EngineConfig, ModelConfig, SchedulerConfig
+from engine.config import CacheConfig, EngineConfig, ModelConfig, SchedulerConfig, SpeculativeConfig
 
 
 def add_engine_options(parser: argparse.ArgumentParser) -> None:
@@ -25,6 +25,12 @@ def add_engine_options(parser: argparse.ArgumentParser) -> None:
         "--cache-mode", choices=["vllm", "sglang"], default="vllm",
         help="prefix sharing: vLLM's hashed blocks, or SGLang's radix tree with longest-prefix-first admission",
     )
+    spec = parser.add_argument_group("speculative decoding (vLLM's speculative_config names)")
+    spec.add_argument("--speculative-method", choices=["ngram"], default=None,
+                      help="draft tokens by prompt lookup (n-gram), verified in one forward pass (default: off)")
+    spec.add_argument("--num-speculative-tokens", type=int, default=None, help="drafts per request per step (default: 3)")
+    spec.add_argument("--prompt-lookup-min", type=int, default=None, help="shortest n-gram to match (default: as vLLM, 5)")
+    spec.add_argument("--prompt-lookup-max", type=int, default=None, help="longest n-gram to match (default: as vLLM, 5)")
 
 
 def engine_config_from_args(args: argparse.Namespace) -> EngineConfig:
@@ -48,6 +54,22 @@ def engine_config_from_args(args: argparse.Namespace) -> EngineConfig:
             policy=args.policy,
             cache_mode=args.cache_mode,
         ),
+        speculative=_speculative_config(args),
+    )
+
+
+def _speculative_config(args: argparse.Namespace) -> SpeculativeConfig | None:
+    named = [flag for flag in ("num_speculative_tokens", "prompt_lookup_min", "prompt_lookup_max")
+             if getattr(args, flag, None) is not None]
+    if getattr(args, "speculative_method", None) is None:
+        if named:
+            raise ValueError(f"--{named[0].replace('_', '-')} needs --speculative-method ngram")
+        return None
+    return SpeculativeConfig(
+        method=args.speculative_method,
+        num_speculative_tokens=3 if args.num_speculative_tokens is None else args.num_speculative_tokens,
+        prompt_lookup_min=args.prompt_lookup_min,
+        prompt_lookup_max=args.prompt_lookup_max,
     )
 
 

@@ -1,0 +1,1 @@
+"""Speculative decoding: n-gram (prompt lookup) drafts, verified by the target model in one pass."""
