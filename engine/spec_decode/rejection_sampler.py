@@ -94,7 +94,9 @@ class RejectionSampler:
             sampling_params, generators,
         )
 
-    __call__ = forward
+    def __call__(self, *args, **kwargs) -> torch.Tensor:
+        # Through the attribute, so a wrapper put on forward (the tracer's hook) sees every call.
+        return self.forward(*args, **kwargs)
 
     @staticmethod
     def parse_output(output_token_ids: torch.Tensor) -> list[list[int]]:

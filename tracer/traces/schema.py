@@ -149,6 +149,12 @@ NEW_TOKENS = _key("servetrace.detokenize.num_new_tokens", "int", "tokens detoken
 TEXT_CHARS = _key("servetrace.detokenize.text_chars", "int", "characters of text produced")
 STOPPED_BY_STRING = _key("servetrace.detokenize.stopped_request_ids", "str[]", "requests stopped by a stop string")
 
+# Speculative decoding (spec.propose / spec.verify): counts over the step's batch.
+SPEC_NUM_DRAFT = _key("servetrace.spec.num_draft_tokens", "int", "draft tokens proposed (spec.propose) or verified (spec.verify) in the step")
+SPEC_NUM_ACCEPTED = _key("servetrace.spec.num_accepted_tokens", "int", "drafts the target model accepted (the bonus or recovered token not counted)")
+SPEC_NUM_REJECTED = _key("servetrace.spec.num_rejected_tokens", "int", "drafts rejected: their KV slots are overwritten, num_computed_tokens rolls back by this much")
+SPEC_NUM_REQUESTS = _key("servetrace.spec.num_requests", "int", "requests with at least one draft")
+
 # A batch span links to each request of the batch (LINK_REQUEST) and, with LINK_REPORTED, to those
 # whose finish or preemption the step reports without running them (such a step still belongs to them).
 REPORTED_ID_KEYS = (BATCH_FINISHED_SINCE, BATCH_PREEMPTED)

@@ -23,6 +23,7 @@ from tracer.traces.schema import (  # noqa: F401  (the keys the extractor module
     OPERATION, OUTPUT_TOKENS, PRIORITY, PROTECTED, REQUEST_ID, REQUEST_MODEL, STATUS, STEP, STOPPED_BY_STRING,
     TEMPERATURE, TEXT_CHARS, TOP_K, TOP_P,
     BATCH_RESUMED, CACHING_ENABLED, CONFIG_BLOCK_SIZE, CONFIG_POLICY, EVICTED_HASHES, PROMPT_TOKEN_IDS, HASH_DOMAIN, SCHED_CHUNKED, SCHED_MAX_SEQS, SCHED_TOKEN_BUDGET, WAITING_HEAD, WAITING_HEAD_BLOCKS, WAITING_HEAD_STATUS,
+    SPEC_NUM_ACCEPTED, SPEC_NUM_DRAFT, SPEC_NUM_REJECTED, SPEC_NUM_REQUESTS,
 )
 
 
@@ -41,6 +42,26 @@ def carrier_for(engine: str, spec: str) -> Callable | None:
     trace context of each request on the message the call sends."""
     module = importlib.import_module(f"tracer.instrument.extractors.{engine}")
     return getattr(module, "CARRY", {}).get(spec)
+
+
+def spec_propose_counts(drafts: Iterable[Any]) -> dict[str, Any]:
+    """spec.propose: one draft list per request (ours and vLLM's n-gram proposers return the same shape)."""
+    lengths = [len(d) for d in drafts]
+    return {SPEC_NUM_DRAFT: sum(lengths), SPEC_NUM_REQUESTS: sum(1 for n in lengths if n)}
+
+
+def spec_verify_counts(num_draft_tokens: list[int], output_token_ids: Any, placeholder: int = -1) -> dict[str, Any]:
+    """spec.verify: a rejection sampler's [batch, max_spec_len + 1] output, padded with placeholder;
+    each request outputs its accepted drafts plus one token."""
+    rows = output_token_ids.tolist() if hasattr(output_token_ids, "tolist") else output_token_ids
+    accepted = sum(max(sum(1 for t in row if t != placeholder) - 1, 0) for row in rows)
+    drafted = sum(num_draft_tokens)
+    return {
+        SPEC_NUM_DRAFT: drafted,
+        SPEC_NUM_ACCEPTED: accepted,
+        SPEC_NUM_REJECTED: drafted - accepted,
+        SPEC_NUM_REQUESTS: sum(1 for n in num_draft_tokens if n),
+    }
 
 
 def ids(values: Iterable[Any]) -> list[str]:

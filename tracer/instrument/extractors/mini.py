@@ -13,7 +13,7 @@ from tracer.instrument.extractors import (
     KEY_TOKENS, KV_USAGE, MAX_TOKENS, MODEL_TOKENS, NEW_TOKENS, NUM_COMPUTED, NUM_OUTPUTS, NUM_PREEMPTIONS, NUM_SAMPLED, OPERATION,
     OUTPUT_TOKENS, PRIORITY, PROTECTED, REQUEST_ID, STATUS, STEP, STOPPED_BY_STRING, TEMPERATURE, TEXT_CHARS,
     TOP_P, ids, queue_attributes, request_attributes, sampling_attributes, scheduler_limits, waiting_head_attributes,
-    BLOCK_HASHES, CACHING_ENABLED, PROMPT_TOKEN_IDS, blocks_to_evict,
+    BLOCK_HASHES, CACHING_ENABLED, PROMPT_TOKEN_IDS, blocks_to_evict, spec_propose_counts, spec_verify_counts,
 )
 from tracer.traces.schema import CONFIG_LONG_PREFILL, CONFIG_MAX_MODEL_LEN, CONFIG_NUM_BLOCKS, CONFIG_PREFIX_CACHING
 from tracer.traces.schema import DROP, HTTP_METHOD, HTTP_ROUTE, HTTP_STATUS, HTTP_STREAM, REQUEST_MODEL, TRACEPARENT
@@ -284,6 +284,14 @@ def detokenize_after(args: dict, result: Any) -> dict:
     }
 
 
+def spec_propose_after(args: dict, drafts: list[list[int]]) -> dict:
+    return spec_propose_counts(drafts)
+
+
+def spec_verify_after(args: dict, output_token_ids: Any) -> dict:
+    return spec_verify_counts(args["metadata"].num_draft_tokens, output_token_ids)
+
+
 BEFORE = {
     "http.request": http_before,
     "engine.enqueue": enqueue_before,
@@ -301,6 +309,8 @@ BEFORE = {
     "detokenize": detokenize_before,
 }
 AFTER = {
+    "spec.propose": spec_propose_after,
+    "spec.verify": spec_verify_after,
     "http.request": http_after,
     "request.render": render_after,
     "engine.enqueue": enqueue_after,

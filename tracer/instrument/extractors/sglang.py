@@ -19,6 +19,7 @@ from tracer.instrument.extractors import (
     BATCH_FINISHED, BATCH_IDS, BATCH_SIZE, CACHED_TOKENS, EVICT_REQUESTED, EVICTABLE,
     EVICTED, FINISH_REASONS, FORWARD_MODE, INPUT_TOKENS, KEY_TOKENS, MAX_TOKENS, NUM_RUNNING, NUM_WAITING,
     OPERATION, OUTPUT_TOKENS, PROTECTED, REQUEST_ID, STATUS, TEMPERATURE, TOP_K, TOP_P, ids,
+    SPEC_NUM_ACCEPTED, SPEC_NUM_DRAFT, SPEC_NUM_REJECTED, SPEC_NUM_REQUESTS,
 )
 from tracer.instrument import carriers
 from tracer.instrument.registry import registry
@@ -370,7 +371,26 @@ BEFORE = {
     "kv.free": free_before,
     "detokenize": detokenize_before,
 }
+def spec_propose_after(args: dict, result: Any) -> dict:
+    # NGRAMWorker._prepare_draft_tokens -> (req_drafts, mask): speculative_num_draft_tokens tree nodes
+    # per request, the first of which is the request's last verified token (the root).
+    bs = len(args["batch"].reqs)
+    return {SPEC_NUM_DRAFT: len(result[0]) - bs, SPEC_NUM_REQUESTS: bs}
+
+
+def spec_verify_after(args: dict, result: Any) -> dict:
+    # eagle_sample -> (predict, accept_lens, accept_index); accept_lens counts the bonus token. In a
+    # draft tree the "rejected" nodes include branches never on the accepted path.
+    accept_lens = result[1].tolist()
+    bs = len(accept_lens)
+    drafted = bs * (args["verify_input"].draft_token_num - 1)
+    accepted = sum(accept_lens) - bs
+    return {SPEC_NUM_DRAFT: drafted, SPEC_NUM_ACCEPTED: accepted, SPEC_NUM_REJECTED: drafted - accepted, SPEC_NUM_REQUESTS: bs}
+
+
 AFTER = {
+    "spec.propose": spec_propose_after,
+    "spec.verify": spec_verify_after,
     "server.startup": startup_after,
     "request.render": render_after,
     "engine.enqueue": enqueue_after,

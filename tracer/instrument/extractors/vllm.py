@@ -26,6 +26,7 @@ from tracer.instrument.extractors import (
     OPERATION, OUTPUT_TOKENS, PRIORITY, REQUEST_ID, STATUS, STEP, TEMPERATURE,
     ids, queue_attributes, request_attributes, sampling_attributes,
     CACHING_ENABLED, HASH_DOMAIN, blocks_to_evict, scheduler_limits, waiting_head_attributes,
+    spec_propose_counts, spec_verify_counts,
 )
 from tracer.traces.schema import (
     CONFIG_ASYNC, CONFIG_BLOCK_SIZE, CONFIG_CHUNKED_PREFILL, CONFIG_LONG_PREFILL, CONFIG_MAX_BATCHED_TOKENS,
@@ -357,6 +358,9 @@ BEFORE = {
     "detokenize": detokenize_before,
 }
 AFTER = {
+    "spec.propose": lambda args, drafts: spec_propose_counts(drafts),
+    # RejectionSampler.forward returns a SamplerOutput; rejected positions hold PLACEHOLDER_TOKEN_ID (-1).
+    "spec.verify": lambda args, out: spec_verify_counts(args["metadata"].num_draft_tokens, out.sampled_token_ids),
     "server.startup": startup_after,
     "request.render": render_after,
     "engine.enqueue": lambda args, result: (enqueue_after if "request" in args else async_enqueue_after)(args, result),
