@@ -235,7 +235,9 @@ class ModelRunner:
                     f"request {req_id}: {end} tokens need {cdiv(end, self.block_size)} blocks, "
                     f"scheduler gave {len(block_ids)}"
                 )
-            input_ids.extend(request.all_token_ids[num_computed:end] if not spec else request.all_token_ids[num_computed:] + spec)
+            # A placeholder draft (-1, vLLM's padding) feeds token 0; it is always rejected.
+            input_ids.extend(request.all_token_ids[num_computed:end] if not spec
+                             else request.all_token_ids[num_computed:] + [max(t, 0) for t in spec])
             for pos in range(num_computed, end):
                 positions.append(pos)
                 slot_mapping.append(block_ids[pos // self.block_size] * self.block_size + pos % self.block_size)

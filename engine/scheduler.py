@@ -8,8 +8,8 @@ continuous batching, chunked prefill and prefix caching. Running requests go fir
 requests are admitted only if nothing was preempted this step.
 
 Deliberate differences from vLLM 0.33 (named so the replay report can name them too):
-- speculative decoding with n-gram drafts only (no lookahead slots, no padding of new decodes
-  to 1 + k tokens for CUDA graphs); no encoder inputs, LoRA, KV connectors or structured output;
+- speculative decoding with n-gram drafts only (no lookahead slots, no dynamic k); no encoder
+  inputs, LoRA, KV connectors or structured output;
 - synchronous scheduling only (vLLM 0.33 defaults to AsyncScheduler: one step of lookahead
   with output placeholders); replay drives vLLM's synchronous Scheduler for that reason;
 - the KV-cache watermark is fixed at 0 (vLLM's default).
@@ -33,6 +33,7 @@ from engine.outputs import (
 from engine.request import Request, RequestStatus
 from engine.request_queue import create_request_queue
 from engine.spec_decode.metrics import SpecDecodingStats
+from engine.spec_decode.rejection_sampler import PLACEHOLDER_TOKEN_ID
 
 
 class Scheduler:
@@ -123,6 +124,7 @@ class Scheduler:
         # runner appends them to the table it holds.
         new_block_ids: dict[str, list[int] | None] = {}
         scheduled_spec_decode_tokens: dict[str, list[int]] = {}
+        prefill_scheduled = False  # a running request in the batch is still in its prompt
         token_budget = self.scheduler_config.max_num_batched_tokens
         scheduled_timestamp = time.monotonic()
 
@@ -179,6 +181,7 @@ class Scheduler:
                 break
 
             scheduled_running_reqs.append(request)
+            prefill_scheduled |= request.is_prefill_chunk
             num_scheduled_tokens[request.request_id] = num_new_tokens
             new_block_ids[request.request_id] = self._new_block_ids(request, len(new_blocks))
             token_budget -= num_new_tokens
@@ -204,6 +207,17 @@ class Scheduler:
 
                 # num_tokens, not num_prompt_tokens: a resumed request recomputes its outputs too.
                 num_new_tokens = request.num_tokens - num_computed_tokens
+                pad_spec_decode = (
+                    self.num_spec_tokens > 0 and num_new_tokens == 1 and not prefill_scheduled
+                    and bool(scheduled_running_reqs or num_computed_tokens > 0)
+                    and num_computed_tokens + 1 + self.num_spec_tokens + 1 <= self.max_model_len
+                )
+                if pad_spec_decode:
+                    # vLLM pads a decode-ready admission to 1 + k tokens (k placeholder drafts, always
+                    # rejected) to keep the step's decodes uniform for its CUDA graphs.
+                    if 1 + self.num_spec_tokens > token_budget:
+                        break
+                    num_new_tokens = 1 + self.num_spec_tokens
                 if 0 < long_prefill_threshold < num_new_tokens:
                     num_new_tokens = long_prefill_threshold
                 if not self.scheduler_config.enable_chunked_prefill and num_new_tokens > token_budget:
@@ -230,6 +244,8 @@ class Scheduler:
                 token_budget -= num_new_tokens
                 request.status = RequestStatus.RUNNING
                 request.num_computed_tokens = num_computed_tokens
+                if pad_spec_decode:
+                    scheduled_spec_decode_tokens[request.request_id] = [PLACEHOLDER_TOKEN_ID] * self.num_spec_tokens
                 if did_prefix_cache_lookup:  # counted at admission, so lookups that did not fit are not
                     self.kv_cache_manager.record_prefix_cache_stats(request, num_new_local_computed_tokens)
 

@@ -162,14 +162,16 @@ def rejection_sample(
     target_probs = target_logits.softmax(dim=-1, dtype=torch.float32)
     recovered = sample_recovered_tokens(num_draft_tokens, draft_token_ids, draft_probs, target_probs, generators)
     positions = torch.arange(cu[-1], device=device)
-    target_prob_of_draft = target_probs[positions, draft_token_ids].tolist()
-    draft_prob_of_draft = [1.0] * cu[-1] if draft_probs is None else draft_probs[positions, draft_token_ids].tolist()
+    draft_index = draft_token_ids.clamp_min(0)  # placeholders read token 0's (unused) probability
+    target_prob_of_draft = target_probs[positions, draft_index].tolist()
+    draft_prob_of_draft = [1.0] * cu[-1] if draft_probs is None else draft_probs[positions, draft_index].tolist()
     for req, start in enumerate(cu[:-1]):
         if is_greedy[req]:
             continue
         tokens = []
         for pos in range(start, cu[req + 1]):
-            if not accepts(target_prob_of_draft[pos], draft_prob_of_draft[pos], uniform_probs[pos]):
+            # A placeholder draft (vLLM's padding, -1) is rejected without a look at its probability.
+            if drafts[pos] < 0 or not accepts(target_prob_of_draft[pos], draft_prob_of_draft[pos], uniform_probs[pos]):
                 tokens.append(recovered[pos])
                 break
             tokens.append(drafts[pos])
@@ -241,8 +243,11 @@ def sample_recovered_tokens(
     inv_q = q.reciprocal()
     rows = torch.repeat_interleave(torch.arange(batch_size, device=q.device), torch.tensor(num_draft_tokens, device=q.device))
     if draft_probs is None:
+        # p_draft is a point mass on the draft: the residual is p_target without it (a placeholder
+        # draft removes nothing).
         residual = target_probs.clone()
-        residual[torch.arange(residual.shape[0], device=q.device), draft_token_ids] = 0.0
+        real = draft_token_ids >= 0
+        residual[torch.arange(residual.shape[0], device=q.device)[real], draft_token_ids[real]] = 0.0
     else:
         residual = (target_probs - draft_probs).clamp_min(0.0)
     return (residual * inv_q[rows]).argmax(dim=-1).tolist()

@@ -9,7 +9,7 @@ from tracer.replay.runners.records import ReplayLog, StepRecord, StepStates, ful
 
 # The decisions compared per step, in the order a reader checks them; "output" is the
 # SchedulerOutput's shape (new / cached / resumed, computed tokens, block ids per request).
-DECISION_FIELDS = ("arrivals", "scheduled", "admitted", "preempted", "finished", "output")
+DECISION_FIELDS = ("arrivals", "scheduled", "admitted", "preempted", "finished", "output", "spec")
 # The state after the step: if decisions agree but state does not, the block manager disagrees.
 # waiting and num_computed_tokens are compared whole, rebuilt from each log's deltas.
 STATE_FIELDS = ("running", "waiting", "num_computed_tokens", "num_free_blocks")

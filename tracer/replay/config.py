@@ -26,6 +26,9 @@ class ReplayConfig:
     # requests hold their radix-tree path locked at once.
     radix_pool_tokens: int = 0
     radix_concurrency: int = 4
+    # Speculative decoding: drafts per request per step (0: off); the drafts and their acceptance
+    # are forced (tracer/replay/speculation.py).
+    num_speculative_tokens: int = 0
 
     def __post_init__(self) -> None:
         positive = ("block_size", "num_blocks", "max_num_seqs", "max_num_batched_tokens", "max_model_len", "radix_concurrency")
@@ -35,7 +38,7 @@ class ReplayConfig:
                 raise ReplayConfigError(f"{name} must be an integer >= 1, got {value!r}")
         if self.num_blocks < 2:
             raise ReplayConfigError("num_blocks must be at least 2 (block 0 is the reserved null block)")
-        for name in ("long_prefill_token_threshold", "radix_pool_tokens"):
+        for name in ("long_prefill_token_threshold", "radix_pool_tokens", "num_speculative_tokens"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ReplayConfigError(f"{name} must be an integer >= 0, got {value!r}")

@@ -16,6 +16,7 @@ from typing import Any
 from engine.math_utils import cdiv
 from tracer.replay.config import ReplayConfig
 from tracer.replay.runners.records import CACHED, NEW, RESUMED, Admission, ReplayLog, StepRecord
+from tracer.replay.speculation import forced_drafts, verified_output
 from tracer.replay.workload import WorkloadRequest
 
 __all__ = ["Admission", "ReplayError", "ReplayLog", "SchedulerRunner", "StepRecord", "V1SchedulerRunner", "drive"]
@@ -77,16 +78,42 @@ class SchedulerRunner(ABC):
     def num_free_blocks(self) -> int: ...
 
     def sample(self, scheduler_output: Any) -> dict[str, list[int]]:
-        """The forced ids: a request samples once its computed tokens reach its known tokens."""
+        """The forced ids: a request samples once its computed tokens reach its known tokens;
+        one scheduled with drafts gets its agreeing drafts plus one (tracer/replay/speculation.py)."""
         sampled = {}
+        spec = self.scheduled_spec_decode_tokens(scheduler_output)
         for request_id in self.num_scheduled_tokens(scheduler_output):
             computed, num_tokens, num_outputs = self.request_counters(request_id)
             # num_computed_tokens was already advanced past this step's tokens at schedule time.
-            if computed >= num_tokens:
+            if request_id in spec:
+                sampled[request_id] = verified_output(self.forced_outputs[request_id], num_outputs, spec[request_id])
+            elif computed >= num_tokens:
                 sampled[request_id] = [self.forced_outputs[request_id][num_outputs]]
             else:
                 sampled[request_id] = []
         return sampled
+
+    def scheduled_spec_decode_tokens(self, scheduler_output: Any) -> dict[str, list[int]]:
+        """The drafts scheduled per request (vLLM's and our SchedulerOutput name the field alike)."""
+        return dict(getattr(scheduler_output, "scheduled_spec_decode_tokens", None) or {})
+
+    def update_draft_token_ids(self, req_ids: list[str], draft_token_ids: list[list[int]]) -> None:
+        """Hand the step's drafts to the scheduler (vLLM: EngineCore.post_step)."""
+        raise ReplayError(f"{self.name}: this runner does not replay speculative decoding")
+
+    def propose_forced_drafts(self, sampled_any: dict[str, bool]) -> None:
+        """After a step: the forced drafts of every request that sampled in it and is unfinished."""
+        req_ids, drafts = [], []
+        unfinished = set(self.unfinished_ids())
+        for request_id, sampled in sampled_any.items():
+            if not sampled or request_id not in unfinished:
+                continue
+            _, num_tokens, num_outputs = self.request_counters(request_id)
+            req_ids.append(request_id)
+            drafts.append(forced_drafts(request_id, self.forced_outputs[request_id], num_outputs, num_tokens,
+                                        self.config.num_speculative_tokens, self.config.max_model_len))
+        if req_ids:
+            self.update_draft_token_ids(req_ids, drafts)
 
 
 def validate_workload(workload: list[WorkloadRequest], config: ReplayConfig) -> None:
@@ -146,9 +173,16 @@ def drive(runner: SchedulerRunner, workload: list[WorkloadRequest], max_steps: i
         output = runner.output_shape(scheduler_output)
 
         sampled = runner.sample(scheduler_output)
+        # The spec record: [[request_id, drafts scheduled, drafts accepted], ...], read before the
+        # update (vLLM's trims a stopped request's sampled list in place).
+        spec = [[rid, len(tokens), len(sampled[rid]) - 1]
+                for rid, tokens in runner.scheduled_spec_decode_tokens(scheduler_output).items() if sampled.get(rid)]
+        sampled_any = {rid: bool(tokens) for rid, tokens in sampled.items()}
         started = time.perf_counter()
         finished = runner.update_from_output(scheduler_output, sampled)
         update_seconds = time.perf_counter() - started
+        if runner.config.num_speculative_tokens:
+            runner.propose_forced_drafts(sampled_any)
 
         # The waiting queue is read once per step at most, and kept only where it changed.
         if runner.waiting_order_follows_membership and previous_waiting is not None and not (
@@ -174,6 +208,7 @@ def drive(runner: SchedulerRunner, workload: list[WorkloadRequest], max_steps: i
                 num_computed_tokens={rid: runner.request_counters(rid)[0] for rid in changed if rid not in finished},
                 num_free_blocks=runner.num_free_blocks(),
                 output=output,
+                spec=spec,
                 schedule_seconds=schedule_seconds,
                 update_seconds=update_seconds,
             )

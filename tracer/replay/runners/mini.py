@@ -1,8 +1,8 @@
 """Replay runner for our scheduler (engine/scheduler.py) and block manager."""
 from __future__ import annotations
 
-from engine.config import CacheConfig, SchedulerConfig
-from engine.outputs import ModelRunnerOutput, SchedulerOutput
+from engine.config import CacheConfig, SchedulerConfig, SpeculativeConfig
+from engine.outputs import DraftTokenIds, ModelRunnerOutput, SchedulerOutput
 from engine.request import Request
 from engine.sampling_params import SamplingParams
 from engine.scheduler import Scheduler
@@ -27,7 +27,9 @@ class MiniRunner(V1SchedulerRunner):
         self._all: dict[str, Request] = {}
 
     def make_scheduler(self, config: ReplayConfig, cache_config: CacheConfig) -> Scheduler:
-        return Scheduler(SchedulerConfig(**config.scheduler_kwargs()), cache_config, config.num_blocks)
+        # The drafts are forced (tracer/replay/speculation.py): the n-gram sizes are never used.
+        spec = SpeculativeConfig(num_speculative_tokens=config.num_speculative_tokens) if config.num_speculative_tokens else None
+        return Scheduler(SchedulerConfig(**config.scheduler_kwargs()), cache_config, config.num_blocks, spec)
 
     def add_request(self, request: WorkloadRequest, arrival_time: float) -> None:
         engine_request = Request(
@@ -48,6 +50,11 @@ class MiniRunner(V1SchedulerRunner):
         output = ModelRunnerOutput(req_ids=req_ids, sampled_token_ids=[sampled[r] for r in req_ids])
         outputs = self.scheduler.update_from_output(scheduler_output, output)
         return {o.request_id: o.finish_reason for o in outputs if o.finish_reason is not None}
+
+    def update_draft_token_ids(self, req_ids: list[str], draft_token_ids: list[list[int]]) -> None:
+        if not hasattr(self.scheduler, "update_draft_token_ids"):
+            super().update_draft_token_ids(req_ids, draft_token_ids)
+        self.scheduler.update_draft_token_ids(DraftTokenIds(req_ids=req_ids, draft_token_ids=draft_token_ids))
 
     def num_free_blocks(self) -> int:
         return self.scheduler.kv_cache_manager.get_num_free_blocks()

@@ -5,7 +5,7 @@ SchedulerOutput's shape) are small and recorded whole. The state after the step 
 what changed: the running queue whole (at most max_num_seqs ids), the waiting queue only on steps
 where it changed (None: as the step before), and num_computed_tokens only of the requests whose
 count could have moved (those that arrived, ran or were preempted this step; nothing else touches
-it in a replay: no aborts, connectors or speculative rollbacks). Recording every unfinished
+it in a replay: no aborts or connectors; a speculative rollback happens in a step the request ran). Recording every unfinished
 request every step made a 1,000-request replay hold millions of counters (issue 15).
 `StepStates` rebuilds the full state of any step from the deltas; it reads a log whose records
 carry full maps and lists just as well (they are deltas that happen to name everything).
@@ -49,6 +49,8 @@ class StepRecord:
     # orders them. Block ids: a new or resumed request's whole table, a running one's new blocks
     # (None when it got none).
     output: list[list[Any]] = field(default_factory=list)
+    # Speculative decoding: [[request_id, drafts scheduled, drafts accepted], ...] ([]: none).
+    spec: list[list[Any]] = field(default_factory=list)
     schedule_seconds: float = 0.0
     update_seconds: float = 0.0
 
@@ -62,6 +64,7 @@ class StepRecord:
             "waiting": self.waiting, "num_computed_tokens": self.num_computed_tokens,
             "num_free_blocks": self.num_free_blocks, "output": self.output,
             "schedule_seconds": self.schedule_seconds, "update_seconds": self.update_seconds,
+            **({"spec": self.spec} if self.spec else {}),
         }
 
     @classmethod

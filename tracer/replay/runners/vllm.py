@@ -62,13 +62,13 @@ def _vllm():
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
         import torch
-        from vllm.config import CacheConfig, ModelConfig, SchedulerConfig, VllmConfig
+        from vllm.config import CacheConfig, ModelConfig, SchedulerConfig, SpeculativeConfig, VllmConfig
         from vllm.sampling_params import SamplingParams
         from vllm.utils.hashing import sha256
         from vllm.v1.core.kv_cache_utils import get_request_block_hasher, init_none_hash
         from vllm.v1.core.sched.scheduler import Scheduler
         from vllm.v1.kv_cache_interface import FullAttentionSpec, KVCacheConfig, KVCacheGroupSpec
-        from vllm.v1.outputs import ModelRunnerOutput
+        from vllm.v1.outputs import DraftTokenIds, ModelRunnerOutput
         from vllm.v1.request import Request
         from vllm.v1.structured_output import StructuredOutputManager
     except ImportError as exc:  # pragma: no cover - depends on the environment
@@ -79,6 +79,7 @@ def _vllm():
         VllmConfig=VllmConfig, SamplingParams=SamplingParams, sha256=sha256,
         get_request_block_hasher=get_request_block_hasher, Scheduler=Scheduler, FullAttentionSpec=FullAttentionSpec,
         KVCacheConfig=KVCacheConfig, KVCacheGroupSpec=KVCacheGroupSpec, ModelRunnerOutput=ModelRunnerOutput,
+        SpeculativeConfig=SpeculativeConfig, DraftTokenIds=DraftTokenIds,
         Request=Request, StructuredOutputManager=StructuredOutputManager,
     )
 
@@ -97,8 +98,13 @@ def _build_vllm_scheduler(config: ReplayConfig, model_dir: str):
         )
         scheduler_config = v["SchedulerConfig"](**config.scheduler_kwargs(), is_encoder_decoder=False)
         cache_config = v["CacheConfig"](block_size=config.block_size, enable_prefix_caching=config.enable_prefix_caching)
+        # n-gram speculation: no draft model, no lookahead slots; the drafts are forced by replay.
+        speculative_config = v["SpeculativeConfig"](
+            method="ngram", num_speculative_tokens=config.num_speculative_tokens
+        ) if config.num_speculative_tokens else None
         vllm_config = v["VllmConfig"](
-            scheduler_config=scheduler_config, model_config=model_config, cache_config=cache_config
+            scheduler_config=scheduler_config, model_config=model_config, cache_config=cache_config,
+            speculative_config=speculative_config,
         )
     except ValueError as exc:
         raise ReplayError(f"vLLM rejects this config: {exc}") from None
@@ -188,6 +194,10 @@ class VllmRunner(V1SchedulerRunner):
                 if o.finish_reason is not None:
                     finished[o.request_id] = str(o.finish_reason)
         return finished
+
+    def update_draft_token_ids(self, req_ids: list[str], draft_token_ids: list[list[int]]) -> None:
+        # Mirrors: vllm.v1.engine.core:EngineCore.post_step (vllm 0.33.0), with the drafts forced
+        self.scheduler.update_draft_token_ids(self.v["DraftTokenIds"](req_ids, draft_token_ids))
 
     def num_free_blocks(self) -> int:
         return self.scheduler.kv_cache_manager.block_pool.get_num_free_blocks()
