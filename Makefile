@@ -66,6 +66,7 @@ bench: setup
 	$(PY) bench/trace_overhead.py
 	$(PY) bench/live_trace_overhead.py
 	$(PY) bench/peers_bench.py
+	$(PY) bench/spec_decode.py
 
 docs: setup
 	$(VENV)/bin/servetrace site build

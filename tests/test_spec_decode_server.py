@@ -1,0 +1,51 @@
+"""Speculation behind the HTTP server: a streamed and a plain completion of a copy-heavy prompt give
+the same text, drafts are accepted, and the pool is free afterwards. The flags that turn it on."""
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from engine.config import CacheConfig, EngineConfig, SchedulerConfig, SpeculativeConfig
+from engine.llm_engine import LLMEngine
+from tests.test_server import NUM_BLOCKS, RunningServer
+from tracer.commands._engine_options import add_engine_options, engine_config_from_args
+
+QUOTE = "The committee approved the budget for the new library, which will open in the spring of next year."
+PROMPT = f"Repeat the sentence exactly.\nSentence: {QUOTE}\nRepeated: {QUOTE}\nSentence: {QUOTE}\nRepeated:"
+
+
+def test_streamed_and_plain_completions_agree_with_speculation():
+    engine = LLMEngine(EngineConfig(
+        cache=CacheConfig(block_size=16, num_blocks=NUM_BLOCKS),
+        scheduler=SchedulerConfig(max_num_seqs=8, max_num_batched_tokens=512, max_model_len=512),
+        speculative=SpeculativeConfig(num_speculative_tokens=4, prompt_lookup_min=2, prompt_lookup_max=4),
+    ))
+    server = RunningServer(engine).start()
+    try:
+        client = server.client()
+        model = client.models.list().data[0].id
+        plain = client.completions.create(model=model, prompt=PROMPT, max_tokens=24, temperature=0)
+        stream = client.completions.create(model=model, prompt=PROMPT, max_tokens=24, temperature=0, stream=True)
+        streamed = "".join(chunk.choices[0].text for chunk in stream if chunk.choices)
+        assert streamed == plain.choices[0].text and plain.usage.completion_tokens == 24
+        assert engine.scheduler.spec_decoding_stats.num_accepted_tokens > 0
+        server.assert_idle_and_pool_free()
+    finally:
+        server.stop()
+
+
+def parse(*flags: str) -> EngineConfig:
+    parser = argparse.ArgumentParser()
+    add_engine_options(parser)
+    return engine_config_from_args(parser.parse_args(list(flags)))
+
+
+def test_the_speculative_flags_build_vllms_config():
+    assert parse().speculative is None
+    spec = parse("--speculative-method", "ngram", "--num-speculative-tokens", "5", "--prompt-lookup-max", "3").speculative
+    assert (spec.num_speculative_tokens, spec.prompt_lookup_min, spec.prompt_lookup_max) == (5, 3, 3)
+    with pytest.raises(ValueError, match="--num-speculative-tokens needs --speculative-method ngram"):
+        parse("--num-speculative-tokens", "3")
+    with pytest.raises(ValueError, match="prompt_lookup_min=4 must be <= prompt_lookup_max=2"):
+        parse("--speculative-method", "ngram", "--prompt-lookup-min", "4", "--prompt-lookup-max", "2")
