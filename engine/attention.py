@@ -18,6 +18,10 @@ import torch.nn.functional as F
 from engine.attention_metadata import AttentionMetadata, TorchPlan
 
 ATTENTION_BACKENDS = ("torch", "triton")
+# Speed trick: a request with this few new tokens (a speculative verify of 1 + k) joins the batched
+# decode call, one row per token, instead of a causal SDPA call of its own per layer, whose fixed
+# cost times the batch made a verify step at batch 8 cost nearly twice a decode step.
+SHORT_QUERY = 8
 
 
 def resolve_attention_backend(name: str | None, device: torch.device) -> str:
@@ -55,20 +59,24 @@ def _plan(metadata: AttentionMetadata, block_size: int, query: torch.Tensor) -> 
     device = query.device
     starts, seq_lens = metadata.query_start_loc_cpu, metadata.seq_lens_cpu
     query_lens = metadata.query_lens()
-    decode_reqs = [r for r, n in enumerate(query_lens) if n == 1]
+    # Decode rows: one per query token of a request with at most SHORT_QUERY new tokens (a decode,
+    # a speculative verify of 1 + k tokens), each row seeing its own causal prefix of the context.
+    rows = [(starts[r] + j, r, seq_lens[r] - n + j + 1)
+            for r, n in enumerate(query_lens) if n <= SHORT_QUERY for j in range(n)]
     decode_rows = decode_slots = decode_mask = None
-    if decode_reqs:
-        max_len = max(seq_lens[r] for r in decode_reqs)
-        req_idx = torch.tensor(decode_reqs, device=device)
+    if rows:
+        max_len = max(row_len for _, _, row_len in rows)
+        req_idx = torch.tensor([r for _, r, _ in rows], device=device)
+        row_lens = torch.tensor([row_len for _, _, row_len in rows], device=device)
         decode_slots = context_slots(metadata.block_tables[req_idx], max_len, block_size)
-        beyond = torch.arange(max_len, device=device)[None, :] >= metadata.seq_lens[req_idx][:, None]
+        beyond = torch.arange(max_len, device=device)[None, :] >= row_lens[:, None]
         decode_mask = torch.zeros(beyond.shape, dtype=query.dtype, device=device).masked_fill_(beyond, float("-inf"))[:, None, None, :]
-        if len(decode_reqs) != starts[-1]:
-            decode_rows = torch.tensor([starts[r] for r in decode_reqs], device=device)
+        if len(rows) != starts[-1]:
+            decode_rows = torch.tensor([row for row, _, _ in rows], device=device)
     prefills = [
         (starts[r], starts[r + 1], context_slots(metadata.block_tables[r], seq_lens[r], block_size), seq_lens[r] - n)
         for r, n in enumerate(query_lens)
-        if n > 1
+        if n > SHORT_QUERY
     ]
     metadata.torch_plan = TorchPlan(decode_rows, decode_slots, decode_mask, prefills)
     return metadata.torch_plan
