@@ -56,6 +56,36 @@ def _mini_shared_prefix(out: Path) -> list[str]:
     ]
 
 
+def _mini_spec_decode(out: Path) -> list[str]:
+    from engine.config import CacheConfig, EngineConfig, SchedulerConfig, SpeculativeConfig
+    from engine.llm_engine import LLMEngine
+    from engine.sampling_params import SamplingParams
+    from tracer.instrument import hooks, otel, spans
+
+    quote = "The committee approved the budget for the new library, which will open in the spring of next year."
+    prompts = [f"Repeat the sentence exactly.\nSentence: {quote}\nRepeated: {quote}\nSentence: {quote}\nRepeated:",
+               "Write a short story about a lighthouse keeper."]
+    engine = LLMEngine(EngineConfig(
+        cache=CacheConfig(block_size=16, num_blocks=64, enable_prefix_caching=True),
+        scheduler=SchedulerConfig(max_num_seqs=4, max_num_batched_tokens=256, max_model_len=256),
+        speculative=SpeculativeConfig(num_speculative_tokens=4, prompt_lookup_min=2, prompt_lookup_max=4),
+    ))
+    otel.configure(trace_file=out / "trace.jsonl", engine="mini", service_name="servetrace-mini")
+    hooks.install("mini", import_modules=True)
+    try:
+        engine.generate(prompts, SamplingParams(temperature=0.0, max_tokens=16))
+        otel.flush()
+    finally:
+        hooks.uninstall()
+        otel.shutdown()
+        spans.registry.clear()
+    return [
+        "servetrace site trace mini-spec-decode --out trace.jsonl",
+        "# a copy-heavy prompt and a story, greedy, 16 tokens each, n-gram speculation",
+        "# (--speculative-method ngram --num-speculative-tokens 4 --prompt-lookup-min 2 --prompt-lookup-max 4)",
+    ]
+
+
 def _replay_recipe(workload_fn: Callable[[], list], config_kwargs: dict, flags: str) -> Callable[[Path], list[str]]:
     def record(out: Path) -> list[str]:
         from tracer.replay.config import ReplayConfig
@@ -125,6 +155,8 @@ RECIPES = {
     recipe.name: recipe
     for recipe in (
         Recipe("mini-shared-prefix", "our engine on the bundled model: two requests sharing a system prompt", _mini_shared_prefix),
+        Recipe("mini-spec-decode", "our engine on the bundled model with n-gram speculation: a copy-heavy prompt and a story",
+               _mini_spec_decode),
         Recipe(
             "vllm-preemption", "vLLM's Scheduler replayed on a KV pool too small for four long decodes",
             _replay_recipe(_preemption_workload, dict(block_size=16, num_blocks=12, max_num_seqs=4, max_num_batched_tokens=256, max_model_len=512),
