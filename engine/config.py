@@ -44,7 +44,18 @@ class ModelConfig:
 
 
 @dataclass
+class StructuredOutputsConfig:
+    """Mirrors: vllm.config.structured_outputs:StructuredOutputsConfig (vllm 0.33.0); xgrammar only."""
+
+    backend: Literal["xgrammar"] = "xgrammar"
+    # SGLang's earlier jump-forward decoding (engine/structured_output/jump_forward.py); off by
+    # default, as SGLang 0.5.23 has no scheduler path that calls it.
+    jump_forward: bool = False
+
+
+@dataclass
 class EngineConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    structured_outputs: StructuredOutputsConfig = field(default_factory=StructuredOutputsConfig)

@@ -21,6 +21,8 @@ from engine.request import Request, RequestStatus
 from engine.sampling_params import SamplingParams
 from engine.scheduler import Scheduler
 from engine.sglang_scheduler import SglangScheduler
+from engine.structured_output import StructuredOutputError, validate_structured_outputs
+from engine.structured_output.manager import StructuredOutputManager
 from engine.tokenizer import PromptError, Tokenizer, default_model_path
 
 
@@ -50,8 +52,17 @@ class LLMEngine:
             max_model_len=self.max_model_len,
         )
         # cache_mode "sglang" runs SGLang's own loop (prefill-or-decode steps, retraction), not vLLM's.
-        scheduler_class = SglangScheduler if config.scheduler.cache_mode == "sglang" else Scheduler
-        self.scheduler = scheduler_class(config.scheduler, config.cache, num_blocks)
+        if config.scheduler.cache_mode == "sglang":
+            self.structured_output_manager = None  # structured output is served on vLLM's loop only
+            self.scheduler = SglangScheduler(config.scheduler, config.cache, num_blocks)
+        else:
+            # Mirrors: vllm.v1.engine.core:EngineCore.__init__ (vllm 0.33.0): one manager, shared with the scheduler.
+            self.structured_output_manager = StructuredOutputManager(
+                self.tokenizer.hf, model_config.vocab_size, config.scheduler.max_num_seqs,
+                stop_token_ids=[self.eos_token_id] if self.eos_token_id is not None else None,
+                encode=self.tokenizer.encode, jump_forward=config.structured_outputs.jump_forward,
+            )
+            self.scheduler = Scheduler(config.scheduler, config.cache, num_blocks, self.structured_output_manager)
         self.output_processor = OutputProcessor(self.tokenizer)
         self._ids = itertools.count()
         # The startup heap (model, tokenizer, imports) lives as long as the engine: mark it static so
@@ -90,6 +101,9 @@ class LLMEngine:
             arrival_time=arrival_time if arrival_time is not None else time.time(),
             priority=priority,
         )
+        if request.use_structured_output:
+            # vLLM: EngineCore.add_request -> StructuredOutputManager.grammar_init (core.py:1141-1147).
+            self.structured_output_manager.grammar_init(request)
         self.scheduler.add_request(request)
         self.output_processor.add_request(request_id, request.prompt_token_ids, params)
         return request
@@ -100,6 +114,10 @@ class LLMEngine:
         size check, shared by the offline engine and the server's AsyncLLM."""
         if not prompt_token_ids:
             raise PromptError("the prompt is empty")
+        if params.structured_outputs is not None:
+            if self.structured_output_manager is None:
+                raise StructuredOutputError("structured outputs are served with cache_mode 'vllm' only")
+            validate_structured_outputs(params.structured_outputs)
         needed = len(prompt_token_ids) + params.max_tokens
         if needed > self.max_model_len:
             raise PromptError(
@@ -133,7 +151,13 @@ class LLMEngine:
         """One iteration: schedule, run the model, update requests, detokenize."""
         # Mirrors: vllm.v1.engine.core:EngineCore.step, vllm.v1.engine.output_processor:OutputProcessor.process_outputs (vllm 0.33.0), in that order
         scheduler_output = self.scheduler.schedule()
-        model_runner_output = self.model_runner.execute_model(scheduler_output)
+        grammar_output = None
+        if self.structured_output_manager is not None:
+            # vLLM 0.33 fills it while the forward pass runs (core.py:678-686); ours is one thread.
+            grammar_output = self.scheduler.get_grammar_bitmask(scheduler_output)
+            if scheduler_output.is_empty and self.structured_output_manager.has_pending_compiles():
+                self.structured_output_manager.wait_for_compiles(timeout=0.05)  # nothing runs until one is ready
+        model_runner_output = self.model_runner.execute_model(scheduler_output, grammar_output)
         core_outputs = self.scheduler.update_from_output(scheduler_output, model_runner_output)
         processed = self.output_processor.process_outputs(core_outputs)
         if processed.reqs_to_abort:

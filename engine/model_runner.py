@@ -23,6 +23,7 @@ from engine.model import LlamaConfig, LlamaForCausalLM
 from engine.outputs import ModelRunnerOutput, SchedulerOutput
 from engine.request import Request
 from engine.sampler import Sampler
+from engine.structured_output import apply as grammar_apply
 
 
 def kv_cache_bytes_per_block(model_config: LlamaConfig, block_size: int, dtype: torch.dtype) -> int:
@@ -129,11 +130,12 @@ class ModelRunner:
         ]
 
     @torch.inference_mode()
-    def execute_model(self, scheduler_output: SchedulerOutput) -> ModelRunnerOutput:
+    def execute_model(self, scheduler_output: SchedulerOutput, grammar_output=None) -> ModelRunnerOutput:
         """Run one step: build the flat batch, forward it, sample where a request reached its end.
 
         Mirrors: vllm.v1.worker.gpu_model_runner:GPUModelRunner.execute_model (vllm 0.33.0) (+ sample_tokens,
-        which vLLM 0.33 issues as a separate call).
+        which vLLM 0.33 issues as a separate call). grammar_output: the scheduler's bitmask for the
+        step's structured requests, applied to their logits before sampling (vLLM: sample_tokens).
         """
         self._update_states(scheduler_output)
         if scheduler_output.is_empty:
@@ -144,6 +146,9 @@ class ModelRunner:
         else:
             hidden = self.model(model_input.input_ids, model_input.positions, model_input.attn_metadata, self.kv_caches)
             logits = self.model.compute_logits(hidden[model_input.logits_indices])
+        if grammar_output is not None:
+            sampled_req_ids = [model_input.req_ids[i] for i in model_input.sampled_req_indices]
+            grammar_apply.apply_grammar_bitmask(logits, sampled_req_ids, grammar_output)
         sampled = self._sample(logits, model_input)
         return self._build_output(model_input, sampled)
 

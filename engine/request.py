@@ -9,17 +9,21 @@ import time
 from dataclasses import dataclass, field
 
 from engine.sampling_params import SamplingParams
+from engine.structured_output.request import StructuredOutputRequest
 
 
 class RequestStatus(enum.IntEnum):
     """Mirrors: vllm.v1.request:RequestStatus (vllm 0.33.0); anything after PREEMPTED is finished."""
 
     WAITING = enum.auto()
+    # Its grammar is still compiling (vllm/v1/request.py:374; set at vllm/v1/request.py:116-117).
+    WAITING_FOR_STRUCTURED_OUTPUT_GRAMMAR = enum.auto()
     RUNNING = enum.auto()
     PREEMPTED = enum.auto()
     FINISHED_STOPPED = enum.auto()
     FINISHED_LENGTH_CAPPED = enum.auto()
     FINISHED_ABORTED = enum.auto()
+    FINISHED_ERROR = enum.auto()  # its grammar failed to compile or rejected a token (vLLM: FINISHED_ERROR)
 
     @staticmethod
     def is_finished(status: "RequestStatus") -> bool:
@@ -31,6 +35,7 @@ class RequestStatus(enum.IntEnum):
             RequestStatus.FINISHED_STOPPED: "stop",
             RequestStatus.FINISHED_LENGTH_CAPPED: "length",
             RequestStatus.FINISHED_ABORTED: "abort",
+            RequestStatus.FINISHED_ERROR: "error",
         }.get(status)
 
 
@@ -54,6 +59,14 @@ class Request:
 
     def __post_init__(self) -> None:
         self.all_token_ids: list[int] = list(self.prompt_token_ids)
+        # A constrained request waits for its grammar before it is scheduled (vLLM: Request.__init__).
+        self.structured_output_request = StructuredOutputRequest.from_params(self.sampling_params.structured_outputs)
+        if self.structured_output_request is not None and self.status == RequestStatus.WAITING:
+            self.status = RequestStatus.WAITING_FOR_STRUCTURED_OUTPUT_GRAMMAR
+
+    @property
+    def use_structured_output(self) -> bool:
+        return self.structured_output_request is not None
 
     @property
     def num_prompt_tokens(self) -> int:

@@ -8,7 +8,7 @@ continuous batching, chunked prefill and prefix caching. Running requests go fir
 requests are admitted only if nothing was preempted this step.
 
 Deliberate differences from vLLM 0.33 (named so the replay report can name them too):
-- no speculative decoding, encoder inputs, LoRA, KV connectors or structured output;
+- no speculative decoding, encoder inputs, LoRA or KV connectors;
 - synchronous scheduling only (vLLM 0.33 defaults to AsyncScheduler: one step of lookahead
   with output placeholders); replay drives vLLM's synchronous Scheduler for that reason;
 - the KV-cache watermark is fixed at 0 (vLLM's default).
@@ -24,10 +24,17 @@ from engine.kv_manager import KVManager
 from engine.outputs import CachedRequestData, EngineCoreOutput, ModelRunnerOutput, NewRequestData, SchedulerOutput
 from engine.request import Request, RequestStatus
 from engine.request_queue import create_request_queue
+from engine.structured_output.manager import GrammarOutput, StructuredOutputManager
 
 
 class Scheduler:
-    def __init__(self, scheduler_config: SchedulerConfig, cache_config: CacheConfig, num_blocks: int) -> None:
+    def __init__(
+        self,
+        scheduler_config: SchedulerConfig,
+        cache_config: CacheConfig,
+        num_blocks: int,
+        structured_output_manager: StructuredOutputManager | None = None,
+    ) -> None:
         self.scheduler_config = scheduler_config
         self.cache_config = cache_config
         self.block_size = cache_config.block_size
@@ -50,6 +57,9 @@ class Scheduler:
         self.finished_req_ids: set[str] = set()
         self.preempted_req_ids: set[str] = set()
         self.current_step = 0
+        # Structured output (vLLM passes its StructuredOutputManager in the same way).
+        self.structured_output_manager = structured_output_manager
+        self.grammar_compile_error_reqs: dict[str, str] = {}
 
     # -- queue management ---------------------------------------------------------------
 
@@ -162,10 +172,15 @@ class Scheduler:
 
         # Then the WAITING requests, unless memory pressure forced a preemption this step.
         if not preempted_reqs:
+            # Requests still blocked (a grammar compiling) step aside this step (vLLM: skip_request).
+            step_skipped_waiting: list[Request] = []
             while token_budget > 0 and len(self.waiting):
                 if len(self.running) >= self.scheduler_config.max_num_seqs:
                     break
                 request = self.waiting.peek_request()
+                if not self._handle_blocked_waiting_request(request):
+                    step_skipped_waiting.append(self.waiting.pop_request())
+                    continue
 
                 did_prefix_cache_lookup = request.num_computed_tokens == 0
                 if did_prefix_cache_lookup:
@@ -206,6 +221,8 @@ class Scheduler:
                 request.num_computed_tokens = num_computed_tokens
                 if did_prefix_cache_lookup:  # counted at admission, so lookups that did not fit are not
                     self.kv_cache_manager.record_prefix_cache_stats(request, num_new_local_computed_tokens)
+            for request in reversed(step_skipped_waiting):
+                self.waiting.prepend_request(request)
 
         total = sum(num_scheduled_tokens.values())
         assert total <= self.scheduler_config.max_num_batched_tokens
@@ -227,6 +244,37 @@ class Scheduler:
         )
         self._update_after_schedule(output)
         return output
+
+    def _handle_blocked_waiting_request(self, request: Request) -> bool:
+        """True if the request may be scheduled now; a grammar still compiling keeps it waiting.
+
+        Mirrors: vllm.v1.core.sched.scheduler:Scheduler._handle_blocked_waiting_request (vllm 0.33.0)
+        """
+        if request.status != RequestStatus.WAITING_FOR_STRUCTURED_OUTPUT_GRAMMAR:
+            return True
+        so_request = request.structured_output_request
+        if so_request.grammar is None:
+            return False
+        if isinstance(so_request.grammar, Exception):
+            # Ended by update_from_output, with the others of the step (vLLM: grammar_compile_error_reqs).
+            self.grammar_compile_error_reqs[request.request_id] = f"Invalid structured outputs: {so_request.grammar}"
+            return False
+        request.status = RequestStatus.WAITING
+        return True
+
+    def get_grammar_bitmask(self, scheduler_output: SchedulerOutput) -> GrammarOutput | None:
+        """The token bitmask of the step's structured requests that sample (not mid-prompt).
+
+        Mirrors: vllm.v1.core.sched.scheduler:Scheduler.get_grammar_bitmask (vllm 0.33.0)
+        """
+        if self.structured_output_manager is None:
+            return None
+        ids = [
+            req_id for req_id in scheduler_output.num_scheduled_tokens
+            if (req := self.requests.get(req_id)) is not None
+            and req.use_structured_output and req.num_computed_tokens >= req.num_tokens
+        ]
+        return self.structured_output_manager.grammar_bitmask(self.requests, ids)
 
     def _new_block_ids(self, request: Request, num_new_blocks: int) -> list[int] | None:
         # Both managers append a request's new blocks at the end of its table.
@@ -287,6 +335,8 @@ class Scheduler:
                 if stopped:
                     del new_token_ids[num_new:]
                     break
+            if self.structured_output_manager is not None and request.use_structured_output and new_token_ids:
+                stopped = self._advance_grammar(request, new_token_ids, stopped)
             if new_token_ids and self.cache_config.enable_prefix_caching:
                 update_block_hashes(request, self.block_size)
             if stopped:
@@ -304,7 +354,32 @@ class Scheduler:
                 )
         if stopped_running:
             self.running = [r for r in self.running if r not in stopped_running]
+        if self.grammar_compile_error_reqs:
+            errors, self.grammar_compile_error_reqs = self.grammar_compile_error_reqs, {}
+            for request in self.finish_requests(list(errors), RequestStatus.FINISHED_ERROR):
+                request.stop_reason = errors[request.request_id]
+                outputs.append(EngineCoreOutput(request_id=request.request_id, new_token_ids=[],
+                                                finish_reason=request.get_finish_reason(), stop_reason=request.stop_reason))
         return outputs
+
+    def _advance_grammar(self, request: Request, new_token_ids: list[int], stopped: bool) -> bool:
+        """Advance the request's grammar on its kept tokens (the stop token ends it too; vLLM:
+        update_from_output -> StructuredOutputManager.accept_tokens, scheduler.py:2432-2443); with
+        jump-forward, append the grammar's forced continuation to new_token_ids. True if stopped."""
+        manager = self.structured_output_manager
+        if not manager.accept_tokens(request, new_token_ids):
+            request.status = RequestStatus.FINISHED_ERROR
+            return True
+        if stopped:
+            return True
+        room = min(request.sampling_params.max_tokens - request.num_output_tokens,
+                   self.max_model_len - request.num_tokens - 1)
+        for token_id in manager.jump_forward_tokens(request, room):
+            request.append_output_token_ids([token_id])
+            new_token_ids.append(token_id)
+            if self._check_stop(request):
+                return True
+        return False
 
     def _check_stop(self, request: Request) -> bool:
         # Mirrors: vllm.v1.core.sched.utils:check_stop (vllm 0.33.0)
