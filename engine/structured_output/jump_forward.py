@@ -1,8 +1,12 @@
 """Jump-forward decoding: where the grammar admits exactly one continuation, append it without
 a forward pass per token.
 
-SGLang's earlier design (its scheduler called ScheduleBatch.check_for_jump_forward on every decode
-batch, up to v0.4.3.post2; PR sgl-project/sglang#4032 removed the call, 2025-03-03). SGLang 0.5.23's
+SGLang's earlier design, read off the sglang 0.4.3.post2 wheel (pip download, not installed): its
+Scheduler.update_running_batch called ScheduleBatch.check_for_jump_forward on every decode batch
+(sglang/srt/managers/scheduler.py:1056-1062, schedule_batch.py:979-1030), which moved the jumped
+requests back to the waiting queue to be extended (prefilled) over the appended tokens; the overlap
+scheduler switched it off (scheduler.py:231-232). sgl-project/sglang#4032 (merged 2025-03-03)
+removed it: the 0.4.3.post4 wheel has no check_for_jump_forward. SGLang 0.5.23's
 grammar backends still carry the per-grammar half (XGrammarGrammar.try_jump_forward /
 jump_forward_str_state / jump_and_retokenize, sglang/srt/constrained/xgrammar_backend.py:168-200)
 but no scheduler path calls it. The jump string is the matcher's find_jump_forward_string, as in
