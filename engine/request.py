@@ -16,7 +16,7 @@ class RequestStatus(enum.IntEnum):
     """Mirrors: vllm.v1.request:RequestStatus (vllm 0.33.0); anything after PREEMPTED is finished."""
 
     WAITING = enum.auto()
-    # Its grammar is still compiling (vllm/v1/request.py:374; set at vllm/v1/request.py:116-117).
+    # Its grammar is still compiling (vllm/v1/request.py:374 RequestStatus; set in vllm/v1/request.py:116-117 Request.__init__).
     WAITING_FOR_STRUCTURED_OUTPUT_GRAMMAR = enum.auto()
     RUNNING = enum.auto()
     PREEMPTED = enum.auto()

@@ -149,6 +149,15 @@ NEW_TOKENS = _key("servetrace.detokenize.num_new_tokens", "int", "tokens detoken
 TEXT_CHARS = _key("servetrace.detokenize.text_chars", "int", "characters of text produced")
 STOPPED_BY_STRING = _key("servetrace.detokenize.stopped_request_ids", "str[]", "requests stopped by a stop string")
 
+# -- structured output (grammar.* hops) ---------------------------------------------------------------
+GRAMMAR_KIND = _key("servetrace.grammar.kind", "str", "the request's constraint: json, json_object, regex, choice, grammar")
+GRAMMAR_COMPILE_MS = _key("servetrace.grammar.compile_ms", "float", "time to the compiled grammar on the compile thread (a cache hit: the lookup, or the wait on a twin's compile)")
+GRAMMAR_CACHE_HIT = _key("servetrace.grammar.cache_hit", "bool", "the compiled grammar came from the compile cache (same kind and spec)")
+GRAMMAR_NUM_ROWS = _key("servetrace.grammar.num_rows", "int", "bitmask rows filled or applied in the step (one per structured request, more with drafts)")
+GRAMMAR_MASKED_FRACTION = _key("servetrace.grammar.masked_fraction", "float", "mean fraction of the vocabulary the step's bitmask rows forbid")
+GRAMMAR_COMPLETE = _key("servetrace.grammar.complete", "bool", "on a finished constrained request: its output is a whole sentence of the grammar (false: max_tokens cut it off)")
+GRAMMAR_JUMP_TOKENS = _key("servetrace.grammar.jump_forward_tokens", "int", "tokens jump-forward appended without a forward pass each")
+
 # A batch span links to each request of the batch (LINK_REQUEST) and, with LINK_REPORTED, to those
 # whose finish or preemption the step reports without running them (such a step still belongs to them).
 REPORTED_ID_KEYS = (BATCH_FINISHED_SINCE, BATCH_PREEMPTED)

@@ -16,7 +16,10 @@ from tracer.instrument.extractors import (
     BLOCK_HASHES, CACHING_ENABLED, PROMPT_TOKEN_IDS, blocks_to_evict,
 )
 from tracer.traces.schema import CONFIG_LONG_PREFILL, CONFIG_MAX_MODEL_LEN, CONFIG_NUM_BLOCKS, CONFIG_PREFIX_CACHING
-from tracer.traces.schema import DROP, HTTP_METHOD, HTTP_ROUTE, HTTP_STATUS, HTTP_STREAM, REQUEST_MODEL, TRACEPARENT
+from tracer.traces.schema import (
+    DROP, GRAMMAR_CACHE_HIT, GRAMMAR_COMPILE_MS, GRAMMAR_COMPLETE, GRAMMAR_JUMP_TOKENS, GRAMMAR_KIND,
+    GRAMMAR_MASKED_FRACTION, GRAMMAR_NUM_ROWS, HTTP_METHOD, HTTP_ROUTE, HTTP_STATUS, HTTP_STREAM, REQUEST_MODEL, TRACEPARENT,
+)
 
 # OpenTelemetry HTTP semantic conventions (the GenAI ones are in tracer.instrument.extractors)
 
@@ -255,6 +258,10 @@ def free_before(args: dict) -> dict:
     if request.is_finished:
         out[OUTPUT_TOKENS] = request.num_output_tokens
         out[FINISH_REASONS] = [request.get_finish_reason()]
+        so_request = getattr(request, "structured_output_request", None)
+        if so_request is not None:
+            out[GRAMMAR_KIND] = so_request.kind
+            out[GRAMMAR_COMPLETE] = so_request.is_complete
     return out
 
 
@@ -284,6 +291,44 @@ def detokenize_after(args: dict, result: Any) -> dict:
     }
 
 
+def grammar_compile_before(args: dict) -> dict:
+    """StructuredOutputManager._create_grammar (on a compile thread): the request and its constraint."""
+    request = args["request"]
+    return {REQUEST_ID: request.request_id, GRAMMAR_KIND: request.structured_output_request.kind}
+
+
+def grammar_compile_after(args: dict, _: Any) -> dict:
+    so_request = args["request"].structured_output_request
+    ms = None if so_request.compile_time_s is None else so_request.compile_time_s * 1000.0
+    return {GRAMMAR_COMPILE_MS: ms, GRAMMAR_CACHE_HIT: so_request.cache_hit}
+
+
+def grammar_fill_before(args: dict) -> dict:
+    ids = list(args["structured_output_request_ids"])
+    return {BATCH_IDS: ids, BATCH_SIZE: len(ids), DROP: not ids}
+
+
+def grammar_fill_after(args: dict, output: Any) -> dict:
+    if output is None:
+        return {}
+    fractions = output.masked_fractions
+    return {GRAMMAR_NUM_ROWS: int(output.grammar_bitmask.shape[0]),
+            GRAMMAR_MASKED_FRACTION: sum(fractions) / len(fractions) if fractions else None}
+
+
+def grammar_apply_before(args: dict) -> dict:
+    output = args["grammar_output"]
+    return {GRAMMAR_NUM_ROWS: len(output.structured_output_request_ids), BATCH_SIZE: int(args["logits"].shape[0])}
+
+
+def jump_forward_before(args: dict) -> dict:
+    return {REQUEST_ID: args["request"].request_id}
+
+
+def jump_forward_after(args: dict, tokens: list) -> dict:
+    return {GRAMMAR_JUMP_TOKENS: len(tokens), DROP: not tokens}  # a step with nothing forced is no event
+
+
 BEFORE = {
     "http.request": http_before,
     "engine.enqueue": enqueue_before,
@@ -299,6 +344,10 @@ BEFORE = {
     "scheduler.update": update_before,
     "kv.free": free_before,
     "detokenize": detokenize_before,
+    "grammar.compile": grammar_compile_before,
+    "grammar.bitmask_fill": grammar_fill_before,
+    "grammar.bitmask_apply": grammar_apply_before,
+    "grammar.jump_forward": jump_forward_before,
 }
 AFTER = {
     "http.request": http_after,
@@ -315,4 +364,7 @@ AFTER = {
     "scheduler.update": update_after,
     "kv.free": free_after,
     "detokenize": detokenize_after,
+    "grammar.compile": grammar_compile_after,
+    "grammar.bitmask_fill": grammar_fill_after,
+    "grammar.jump_forward": jump_forward_after,
 }
