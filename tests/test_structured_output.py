@@ -253,3 +253,26 @@ def test_traced_spans_carry_kind_compile_cache_hit_mask_and_completeness(tmp_pat
     frees = {s.request_id: s.attributes for s in trace.named("kv.free") if "servetrace.grammar.complete" in s.attributes}
     assert frees[first.request_id]["servetrace.grammar.complete"] is True and first.finish_reason == "stop"
     assert frees[second.request_id]["servetrace.grammar.complete"] is False and second.finish_reason == "length"
+
+
+# -- the CLI: servetrace generate --json-schema FILE | --regex R | --choice a,b,c ---------------
+
+def test_generate_flags_become_the_engine_constraint(tmp_path):
+    from tracer.cli import build_parser
+    from tracer.commands.generate import sampling_params_from_args
+
+    schema_file = tmp_path / "schema.json"
+    schema_file.write_text(json.dumps(SCHEMAS[0]["schema"]))
+    parse = build_parser().parse_args
+    assert sampling_params_from_args(parse(["generate", "p", "--json-schema", str(schema_file)])).structured_outputs.json == SCHEMAS[0]["schema"]
+    assert sampling_params_from_args(parse(["generate", "p", "--regex", REGEX])).structured_outputs.regex == REGEX
+    assert sampling_params_from_args(parse(["generate", "p", "--choice", "yes,no,maybe"])).structured_outputs.choice == CHOICES
+    assert sampling_params_from_args(parse(["generate", "p"])).structured_outputs is None
+    assert parse(["generate", "p", "--jump-forward"]).jump_forward is True
+    with pytest.raises(ValueError, match="Failed to transform regex"):
+        sampling_params_from_args(parse(["generate", "p", "--regex", "(unclosed"]))
+    with pytest.raises(ValueError, match="empty list"):
+        sampling_params_from_args(parse(["generate", "p", "--choice", ","]))
+    schema_file.write_text("{not json")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        sampling_params_from_args(parse(["generate", "p", "--json-schema", str(schema_file)]))

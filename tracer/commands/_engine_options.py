@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from engine.config import CacheConfig, EngineConfig, ModelConfig, SchedulerConfig
+from engine.config import CacheConfig, EngineConfig, ModelConfig, SchedulerConfig, StructuredOutputsConfig
 
 
 def add_engine_options(parser: argparse.ArgumentParser) -> None:
@@ -24,6 +24,10 @@ def add_engine_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--cache-mode", choices=["vllm", "sglang"], default="vllm",
         help="prefix sharing: vLLM's hashed blocks, or SGLang's radix tree with longest-prefix-first admission",
+    )
+    group.add_argument(
+        "--jump-forward", action="store_true",
+        help="structured output: append the tokens a grammar forces without a forward pass each (SGLang's earlier jump-forward; off by default)",
     )
 
 
@@ -48,6 +52,7 @@ def engine_config_from_args(args: argparse.Namespace) -> EngineConfig:
             policy=args.policy,
             cache_mode=args.cache_mode,
         ),
+        structured_outputs=StructuredOutputsConfig(jump_forward=getattr(args, "jump_forward", False)),
     )
 
 
