@@ -17,11 +17,13 @@ import openai
 import pytest
 import torch
 import xgrammar as xgr
+from hypothesis import given, settings, strategies as st
 from xgrammar.contrib.hf import LogitsProcessor
 
 from engine.request import Request, RequestStatus
 from engine.sampling_params import SamplingParams
 from engine.structured_output import StructuredOutputsParams
+from engine.structured_output.params import get_structured_output_key
 from tests.test_server import NUM_BLOCKS, RunningServer, post_raw, shared_engine
 
 SCHEMAS = json.loads((Path(__file__).parent / "data" / "structured_output_schemas.json").read_text())["schemas"]
@@ -276,3 +278,64 @@ def test_generate_flags_become_the_engine_constraint(tmp_path):
     schema_file.write_text("{not json")
     with pytest.raises(ValueError, match="not valid JSON"):
         sampling_params_from_args(parse(["generate", "p", "--json-schema", str(schema_file)]))
+
+
+# -- jump-forward and rollback ------------------------------------------------------------------
+
+def test_jump_forward_keeps_outputs_valid_and_saves_forward_passes():
+    engine = shared_engine()
+    items = [s for s in SCHEMAS if s["name"] in ("mixed_types", "nested_address", "const_version")]
+    passes: dict[str, int] = {}
+
+    def count(out) -> None:
+        if out.new_token_ids:  # one forward pass computed this request's tokens and sampled for it
+            passes[out.request_id] = passes.get(out.request_id, 0) + 1
+
+    engine.structured_output_manager.jump_forward = True  # --jump-forward on the shared engine, for this test only
+    try:
+        outputs = engine.generate(
+            [engine.render(messages=messages(s["prompt"])) for s in items],
+            [SamplingParams(temperature=0, max_tokens=MAX_TOKENS,
+                            structured_outputs=StructuredOutputsParams(json=s["schema"], disable_any_whitespace=True)) for s in items],
+            on_output=count,
+        )
+    finally:
+        engine.structured_output_manager.jump_forward = False
+    for item, out in zip(items, outputs):
+        assert out.finish_reason == "stop"
+        jsonschema.validate(json.loads(out.text), item["schema"])
+        # Key names, quotes and the const are forced: far fewer forward passes than tokens.
+        assert passes[out.request_id] < len(out.output_token_ids) / 1.5, (passes[out.request_id], len(out.output_token_ids))
+
+
+@pytest.fixture(scope="module")
+def points_grammar():
+    engine = shared_engine()
+    backend = engine.structured_output_manager.backend
+    schema = next(s["schema"] for s in SCHEMAS if s["name"] == "array_of_objects")
+    kind, spec = get_structured_output_key(StructuredOutputsParams(json=schema))
+    return backend, backend.compile(kind, spec, True), engine.tokenizer.encode
+
+
+def _bitmask(backend, grammar) -> torch.Tensor:
+    bitmask = backend.allocate_token_bitmask(1)
+    grammar.fill_bitmask(bitmask, 0)
+    return bitmask
+
+
+@settings(max_examples=25, deadline=None)
+@given(data=st.data())
+def test_rollback_returns_the_grammar_to_where_it_was(points_grammar, data):
+    """Speculative decoding's contract: accept k tokens, roll back j of them, and the grammar
+    allows exactly what it allowed after k - j (the bitmask is the state the sampler sees)."""
+    backend, ctx, encode = points_grammar
+    grammar = backend.new_grammar(ctx)
+    tokens = encode('{"points":[{"x":1,"y":2},{"x":3,"y":4}]}')
+    k = data.draw(st.integers(1, len(tokens)), label="accepted")
+    j = data.draw(st.integers(0, k), label="rolled back")
+    expected_grammar = backend.new_grammar(ctx)
+    assert expected_grammar.accept_tokens("r", tokens[: k - j])
+    assert grammar.accept_tokens("r", tokens[:k])
+    grammar.rollback(j)
+    assert torch.equal(_bitmask(backend, grammar), _bitmask(backend, expected_grammar))
+    assert grammar.num_processed_tokens == k - j and grammar.is_terminated() == expected_grammar.is_terminated()
