@@ -4,7 +4,7 @@ Mirrors: vllm.v1.structured_output.utils:apply_grammar_bitmask (vllm 0.33.0)
 The bitmask arrives in structured_output_request_ids order; the logits are in the runner's batch
 order. vLLM reorders into a full-batch mask of all-ones rows and calls xgrammar's
 apply_token_bitmask_inplace on the structured rows only (utils.py:101-175); Model Runner V2 does
-the same in a Triton kernel (vllm/v1/worker/gpu/structured_outputs.py:70-131).
+the same in a Triton kernel (vllm/v1/worker/gpu/structured_outputs.py:70-128 StructuredOutputsWorker.apply_grammar_bitmask).
 """
 from __future__ import annotations
 
