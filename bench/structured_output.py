@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench._results import run_meta, write_results  # noqa: E402
 from engine.config import CacheConfig, EngineConfig, SchedulerConfig  # noqa: E402
 from engine.llm_engine import LLMEngine  # noqa: E402
-from tracer.labs.structured_output_lab import MAX_TOKENS, compile_costs, load_schemas, run_workload, summarize, tables  # noqa: E402
+from tracer.labs.structured_output_lab import MAX_TOKENS, compile_costs, load_schemas, run_workload, summarize, tables, warm_up  # noqa: E402
 
 
 def main() -> int:
@@ -37,6 +37,7 @@ def main() -> int:
                                     scheduler=SchedulerConfig(max_num_seqs=64, max_num_batched_tokens=2048, max_model_len=512)))
     print("compile costs ...", file=sys.stderr, flush=True)
     costs = compile_costs(engine, schemas, disable_ws)
+    warm_up(engine, schemas, disable_ws)
     runs: dict[str, list[dict]] = {"off": [], "on": []}
     for repeat in range(args.repeats):
         for mode in ("off", "on"):
