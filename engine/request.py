@@ -60,7 +60,7 @@ class Request:
     def __post_init__(self) -> None:
         self.all_token_ids: list[int] = list(self.prompt_token_ids)
         # A constrained request waits for its grammar before it is scheduled (vLLM: Request.__init__).
-        self.structured_output_request = StructuredOutputRequest.from_params(self.sampling_params.structured_outputs)
+        self.structured_output_request = StructuredOutputRequest.from_params(getattr(self.sampling_params, "structured_outputs", None))
         if self.structured_output_request is not None and self.status == RequestStatus.WAITING:
             self.status = RequestStatus.WAITING_FOR_STRUCTURED_OUTPUT_GRAMMAR
 

@@ -28,13 +28,8 @@ from engine.structured_output.manager import GrammarOutput, StructuredOutputMana
 
 
 class Scheduler:
-    def __init__(
-        self,
-        scheduler_config: SchedulerConfig,
-        cache_config: CacheConfig,
-        num_blocks: int,
-        structured_output_manager: StructuredOutputManager | None = None,
-    ) -> None:
+    def __init__(self, scheduler_config: SchedulerConfig, cache_config: CacheConfig, num_blocks: int,
+                 structured_output_manager: StructuredOutputManager | None = None) -> None:
         self.scheduler_config = scheduler_config
         self.cache_config = cache_config
         self.block_size = cache_config.block_size

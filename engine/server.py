@@ -193,6 +193,8 @@ class OpenAIServing:
             return await self.async_llm.add_request(request_id, prompt_ids, params, priority=priority)
         except PromptError as exc:
             raise OpenAIError(400, str(exc), param="max_tokens") from None
+        except StructuredOutputError as exc:  # e.g. an engine whose loop serves no structured output (cache_mode sglang)
+            raise OpenAIError(400, str(exc), param="structured_outputs") from None
         except (EngineOverloadedError, EngineShutdownError) as exc:
             raise OpenAIError(503, str(exc)) from None
         except EngineDeadError as exc:
