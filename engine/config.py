@@ -37,7 +37,7 @@ class SchedulerConfig:
 class ModelConfig:
     model: str | None = None  # GGUF file or HF directory; None = the bundled SmolLM2-135M
     device: str = "cpu"
-    dtype: str | None = None  # None: float32 on CPU, bfloat16 on CUDA
+    dtype: str | None = None  # None: bfloat16 on CUDA and on CPUs with AVX-512 BF16 / AMX, else float32
     seed: int = 0
     attention_backend: str | None = None  # "torch" | "triton"; None: triton on CUDA, torch elsewhere
     enforce_eager: bool = False  # True: no CUDA graphs for decode

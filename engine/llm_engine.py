@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 import torch
 
+from engine import cpu_gemm
 from engine.config import EngineConfig
 from engine.loader import load_model
 from engine.model_runner import ModelRunner, num_blocks_for_memory
@@ -190,7 +191,7 @@ class LLMEngine:
 
 def _resolve_dtype(name: str | None, device: torch.device) -> torch.dtype:
     if name is None:
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
+        return cpu_gemm.default_dtype(device)
     try:
         dtype = getattr(torch, name)
     except AttributeError:

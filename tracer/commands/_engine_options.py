@@ -10,7 +10,7 @@ def add_engine_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("engine")
     group.add_argument("--model", default=None, help="GGUF file or HF directory (default: the bundled SmolLM2-135M-Instruct)")
     group.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
-    group.add_argument("--dtype", default=None, help="float32 / bfloat16 (default: float32 on CPU, bfloat16 on CUDA)")
+    group.add_argument("--dtype", default=None, help="float32 / bfloat16 (default: bfloat16 on CUDA and on CPUs with AVX-512 BF16 or AMX, else float32)")
     group.add_argument("--block-size", type=int, default=16)
     group.add_argument("--num-blocks", type=int, default=None, help="KV pool size in blocks (default: from --kv-cache-mb)")
     group.add_argument("--kv-cache-mb", type=int, default=256)
