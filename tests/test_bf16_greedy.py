@@ -37,9 +37,17 @@ PROMPTS = [
 
 @pytest.fixture(scope="module")
 def hf_bf16(hf_oracle):
-    """transformers in bfloat16: the float32 oracle's weights cast, as from_pretrained(dtype=bfloat16)
-    does after dequantizing the GGUF (a copy: a second GGUF load costs about a minute here)."""
-    return copy.deepcopy(hf_oracle).to(torch.bfloat16).eval()
+    """transformers in bfloat16 as from_pretrained(dtype=bfloat16) builds it: the float32 oracle's
+    weights cast (a copy: a second GGUF load costs about a minute here), the RoPE inverse
+    frequencies kept float32 as from_pretrained keeps them (.to() would round them to bf16, which
+    moves late positions' angles by tenths of a radian and makes a worse reference)."""
+    model = copy.deepcopy(hf_oracle).to(torch.bfloat16).eval()
+    for cast, original in zip(model.modules(), hf_oracle.modules(), strict=True):
+        if isinstance(getattr(original, "inv_freq", None), torch.Tensor):
+            cast.inv_freq = original.inv_freq.clone()
+            if hasattr(original, "original_inv_freq"):
+                cast.original_inv_freq = original.original_inv_freq.clone()
+    return model
 
 
 @pytest.fixture(scope="module")
