@@ -123,10 +123,11 @@ def paged_attention(
 def decode_compute_dtype(query: torch.Tensor) -> torch.dtype:
     """The dtype decode attention computes in: float32 for a bfloat16 / float16 model on the CPU.
 
-    Speed trick: torch's CPU flash-attention kernel is 3-6x slower in bfloat16 than in float32 at
-    decode shapes on a CPU without AMX (bench/cpu_kernels.py, "decode attention"), and a decode
-    step's gathered context is small, so upcasting it and running the float32 kernel is faster;
-    it also keeps float32 accumulation, as the bfloat16 kernel does internally. On CUDA: as is.
+    Speed trick: torch's CPU flash-attention kernel is several times slower in bfloat16 than in
+    float32 at decode shapes on this AVX-512 BF16 CPU without AMX (4.4x for 8 requests at 1 thread:
+    bench/results/cpu_kernels.md, "bf16 decode attention"), and a decode step's gathered context is
+    small, so upcasting it and running the float32 kernel is faster; it also keeps float32
+    accumulation, as the bfloat16 kernel does internally. On CUDA: as is.
     """
     if query.device.type == "cpu" and query.dtype in (torch.bfloat16, torch.float16):
         return torch.float32

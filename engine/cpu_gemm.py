@@ -24,7 +24,8 @@ def cpu_has_native_bf16() -> bool:
     """True on a CPU with AVX-512 BF16 or AMX-BF16: there bfloat16 is the faster default.
 
     Why it is the default there: half the weight bytes per decode step (the step is memory-bound)
-    and oneDNN's bf16 GEMMs (bench/cpu_kernels.py, "bf16 vs fp32"). Read from torch's own CPU
+    and oneDNN's bf16 GEMMs: a layer's projections 2.2x, the lm_head 1.6x faster than in float32 at
+    8 requests (bench/results/cpu_kernels.md, "bf16 vs fp32"). Read from torch's own CPU
     feature probe where this torch has it, else from /proc/cpuinfo (Linux); False when unknown.
     """
     probe = getattr(torch._C._cpu, "_get_cpu_capability", None)
