@@ -31,6 +31,9 @@ class SchedulerConfig:
     # "vllm": hash prefix caching in the paged BlockPool (vLLM V1).
     # "sglang": radix-tree prefix matching with longest-prefix-first admission (SGLang "lpm").
     cache_mode: Literal["vllm", "sglang"] = "vllm"
+    # vLLM 0.33's default: AsyncScheduler + EngineCore.step_with_batch_queue (engine/batch_queue.py).
+    # Off here: on a CPU it measured no faster (bench/results/async_scheduling.md).
+    async_scheduling: bool = False
 
 
 @dataclass

@@ -14,6 +14,8 @@ from typing import Any, Callable
 import torch
 
 from engine import cpu_gemm
+from engine.async_scheduler import AsyncScheduler
+from engine.batch_queue import BatchQueue
 from engine.config import EngineConfig
 from engine.loader import load_model
 from engine.model_runner import ModelRunner, num_blocks_for_memory
@@ -54,6 +56,8 @@ class LLMEngine:
         )
         # cache_mode "sglang" runs SGLang's own loop (prefill-or-decode steps, retraction), not vLLM's.
         if config.scheduler.cache_mode == "sglang":
+            if config.scheduler.async_scheduling:
+                raise ValueError("async scheduling is vLLM's AsyncScheduler; cache_mode 'sglang' runs synchronously")
             self.structured_output_manager = None  # structured output is served on vLLM's loop only
             self.scheduler = SglangScheduler(config.scheduler, config.cache, num_blocks)
         else:
@@ -63,7 +67,13 @@ class LLMEngine:
                 stop_token_ids=[self.eos_token_id] if self.eos_token_id is not None else None,
                 encode=self.tokenizer.encode, jump_forward=config.structured_outputs.jump_forward,
             )
-            self.scheduler = Scheduler(config.scheduler, config.cache, num_blocks, self.structured_output_manager)
+            scheduler_class = AsyncScheduler if config.scheduler.async_scheduling else Scheduler
+            self.scheduler = scheduler_class(config.scheduler, config.cache, num_blocks, self.structured_output_manager)
+        # Async scheduling steps through the batch queue (vLLM: EngineCore.step_fn).
+        self.batch_queue = (
+            BatchQueue(self.scheduler, self.model_runner, self.structured_output_manager)
+            if config.scheduler.async_scheduling else None
+        )
         self.output_processor = OutputProcessor(self.tokenizer)
         self._ids = itertools.count()
         # The startup heap (model, tokenizer, imports) lives as long as the engine: mark it static so
@@ -144,22 +154,28 @@ class LLMEngine:
         self.output_processor.abort_requests([request.request_id for request in finished])
 
     def has_unfinished_requests(self) -> bool:
-        return self.scheduler.has_unfinished_requests()
+        # A step still in the batch queue has output to deliver.
+        return self.scheduler.has_unfinished_requests() or bool(self.batch_queue)
 
     # -- the busy loop -------------------------------------------------------------------
 
     def step(self) -> list[RequestOutput]:
         """One iteration: schedule, run the model, update requests, detokenize."""
         # Mirrors: vllm.v1.engine.core:EngineCore.step, vllm.v1.engine.output_processor:OutputProcessor.process_outputs (vllm 0.33.0), in that order
-        scheduler_output = self.scheduler.schedule()
-        grammar_output = None
-        if self.structured_output_manager is not None:
-            # vLLM 0.33 fills it while the forward pass runs (core.py:678-686); ours is one thread.
-            grammar_output = self.scheduler.get_grammar_bitmask(scheduler_output)
-            if scheduler_output.is_empty and self.structured_output_manager.has_pending_compiles():
-                self.structured_output_manager.wait_for_compiles(timeout=0.05)  # nothing runs until one is ready
-        model_runner_output = self.model_runner.execute_model(scheduler_output, grammar_output)
-        core_outputs = self.scheduler.update_from_output(scheduler_output, model_runner_output)
+        if self.batch_queue is not None:
+            # Async scheduling (EngineCore.step_with_batch_queue): a call that only schedules
+            # returns no output.
+            core_outputs = self.batch_queue.step() or []
+        else:
+            scheduler_output = self.scheduler.schedule()
+            grammar_output = None
+            if self.structured_output_manager is not None:
+                # vLLM 0.33 fills it while the forward pass runs (core.py:678-686); ours is one thread.
+                grammar_output = self.scheduler.get_grammar_bitmask(scheduler_output)
+                if scheduler_output.is_empty and self.structured_output_manager.has_pending_compiles():
+                    self.structured_output_manager.wait_for_compiles(timeout=0.05)  # nothing runs until one is ready
+            model_runner_output = self.model_runner.execute_model(scheduler_output, grammar_output)
+            core_outputs = self.scheduler.update_from_output(scheduler_output, model_runner_output)
         processed = self.output_processor.process_outputs(core_outputs)
         if processed.reqs_to_abort:
             # A stop string ends the request in the engine, as vLLM's output processor aborts it.

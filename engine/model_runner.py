@@ -69,6 +69,12 @@ class ModelInput:
     # Rows (into the flat batch) whose hidden state is sampled, and the requests they belong to.
     logits_indices: torch.Tensor
     sampled_req_indices: list[int]
+    # Async scheduling: rows of input_ids whose token the previous step samples (the request's
+    # output placeholder), with their request ids; filled by execute_model_input.
+    placeholder_rows: list[tuple[int, str]]
+    # The generator of each sampled row's request (None: unseeded), looked up when the input is
+    # prepared so that the runner's dict is only touched on the scheduling thread.
+    generators: list[torch.Generator | None]
 
 
 class ModelRunner:
@@ -117,6 +123,10 @@ class ModelRunner:
         # Seeded requests keep one generator for their whole life (vLLM: CachedRequestState.generator).
         self.generators: dict[str, torch.Generator] = {}
         self.requests: dict[str, CachedRequestState] = {}
+        # Async scheduling (vLLM: the input batch's prev_sampled_token_ids): the requests the last
+        # prepared step samples, and the tokens the last executed step sampled, by request.
+        self._last_prepared_sampling: set[str] = set()
+        self._last_sampled: dict[str, int] = {}
 
     def _allocate_kv_cache(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         cfg = self.model_config
@@ -137,10 +147,31 @@ class ModelRunner:
         which vLLM 0.33 issues as a separate call). grammar_output: the scheduler's bitmask for the
         step's structured requests, applied to their logits before sampling (vLLM: sample_tokens).
         """
+        return self.execute_model_input(self.prepare_model_input(scheduler_output), grammar_output)
+
+    @torch.inference_mode()
+    def prepare_model_input(self, scheduler_output: SchedulerOutput) -> ModelInput | None:
+        """The host half of execute_model: the runner's request states and the batch's inputs
+        (None for an empty step). Reads the scheduler's requests, so the async engine calls it on
+        the scheduling thread, in step order."""
         self._update_states(scheduler_output)
         if scheduler_output.is_empty:
-            return ModelRunnerOutput(req_ids=[], sampled_token_ids=[])
+            self._last_prepared_sampling = set()
+            return None
         model_input = self._prepare_inputs(scheduler_output)
+        self._last_prepared_sampling = {model_input.req_ids[i] for i in model_input.sampled_req_indices}
+        return model_input
+
+    @torch.inference_mode()
+    def execute_model_input(self, model_input: ModelInput | None, grammar_output=None) -> ModelRunnerOutput:
+        """The device half of execute_model: placeholders filled, forward, grammar bitmask, sample.
+        Touches only the prepared input and the last step's sampled tokens, so it may run on a worker
+        thread while the next step is scheduled; steps must execute in the order they were prepared."""
+        if model_input is None:
+            self._last_sampled = {}
+            return ModelRunnerOutput(req_ids=[], sampled_token_ids=[])
+        for row, req_id in model_input.placeholder_rows:
+            model_input.input_ids[row] = self._last_sampled[req_id]
         if self._runs_from_cuda_graph(model_input):
             logits = self.cuda_graphs.run(model_input.input_ids, model_input.positions, model_input.attn_metadata)
         else:
@@ -196,6 +227,7 @@ class ModelRunner:
         block_tables: list[list[int]] = []
         logits_indices: list[int] = []
         sampled_req_indices: list[int] = []
+        placeholder_rows: list[tuple[int, str]] = []
         req_ids = [new.req_id for new in scheduler_output.scheduled_new_reqs]
         req_ids += scheduler_output.scheduled_cached_reqs.req_ids
         states = [self.requests[req_id] for req_id in req_ids]
@@ -206,7 +238,10 @@ class ModelRunner:
             num_computed = state.num_computed_tokens
             block_ids = state.block_ids
             end = num_computed + num_new
-            if num_new < 1 or end > request.num_tokens:
+            # Async scheduling: the last token may be the one the step before this samples.
+            num_known = request.num_tokens
+            num_placeholders = 1 if req_id in self._last_prepared_sampling and end == num_known + 1 else 0
+            if num_new < 1 or end > num_known + num_placeholders:
                 raise ValueError(
                     f"request {req_id}: scheduled tokens [{num_computed}, {end}) but it has {request.num_tokens} tokens"
                 )
@@ -215,7 +250,10 @@ class ModelRunner:
                     f"request {req_id}: {end} tokens need {cdiv(end, self.block_size)} blocks, "
                     f"scheduler gave {len(block_ids)}"
                 )
-            input_ids.extend(request.all_token_ids[num_computed:end])
+            input_ids.extend(request.all_token_ids[num_computed : end - num_placeholders])
+            if num_placeholders:
+                placeholder_rows.append((len(input_ids), req_id))
+                input_ids.append(-1)
             for pos in range(num_computed, end):
                 positions.append(pos)
                 slot_mapping.append(block_ids[pos // self.block_size] * self.block_size + pos % self.block_size)
@@ -223,7 +261,7 @@ class ModelRunner:
             seq_lens.append(end)
             block_tables.append(block_ids)
             # A chunk that stops short of the known tokens has nothing to sample yet.
-            if end >= request.num_tokens:
+            if end >= num_known:
                 logits_indices.append(len(input_ids) - 1)
                 sampled_req_indices.append(index)
 
@@ -249,6 +287,8 @@ class ModelRunner:
             attn_metadata=attn_metadata,
             logits_indices=as_tensor(logits_indices),
             sampled_req_indices=sampled_req_indices,
+            placeholder_rows=placeholder_rows,
+            generators=[self._generator_for(requests[i]) for i in sampled_req_indices],
         )
 
     def _sample(self, logits: torch.Tensor, model_input: ModelInput) -> list[int]:
@@ -256,7 +296,7 @@ class ModelRunner:
             return []
         requests = [model_input.requests[i] for i in model_input.sampled_req_indices]
         params = [r.sampling_params for r in requests]
-        generators = [self._generator_for(r) for r in requests]
+        generators = model_input.generators
         return self.sampler.sample(logits, params, generators).tolist()
 
     def _generator_for(self, request: Request) -> torch.Generator | None:
@@ -274,4 +314,5 @@ class ModelRunner:
         sampled_token_ids: list[list[int]] = [[] for _ in model_input.req_ids]
         for req_index, token_id in zip(model_input.sampled_req_indices, sampled, strict=True):
             sampled_token_ids[req_index] = [token_id]
+        self._last_sampled = {model_input.req_ids[i]: t for i, t in zip(model_input.sampled_req_indices, sampled)}
         return ModelRunnerOutput(req_ids=model_input.req_ids, sampled_token_ids=sampled_token_ids)

@@ -56,6 +56,13 @@ class Request:
     # Prefix-cache hit at first admission (vLLM keeps this in Request.prefill_stats).
     num_cached_tokens: int = -1
     stop_reason: int | str | None = None
+    # Async scheduling (engine.async_scheduler), all 0 under the synchronous Scheduler
+    # (vllm/v1/request.py:162-173 Request.__init__): tokens of steps in flight that are not sampled yet, the
+    # scheduled tokens of steps whose output is not processed yet, and the share of those that
+    # went stale when the request was preempted mid-flight.
+    num_output_placeholders: int = 0
+    num_in_flight_tokens: int = 0
+    num_stale_output_tokens: int = 0
 
     def __post_init__(self) -> None:
         self.all_token_ids: list[int] = list(self.prompt_token_ids)

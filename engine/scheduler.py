@@ -9,8 +9,9 @@ requests are admitted only if nothing was preempted this step.
 
 Deliberate differences from vLLM 0.33 (named so the replay report can name them too):
 - no speculative decoding, encoder inputs, LoRA or KV connectors;
-- synchronous scheduling only (vLLM 0.33 defaults to AsyncScheduler: one step of lookahead
-  with output placeholders); replay drives vLLM's synchronous Scheduler for that reason;
+- synchronous scheduling here; vLLM 0.33's default, AsyncScheduler (one step of lookahead with
+  output placeholders), is engine.async_scheduler.AsyncScheduler, a subclass of this one (replay
+  drives either pair: ReplayConfig.async_scheduling);
 - the KV-cache watermark is fixed at 0 (vLLM's default).
 """
 from __future__ import annotations
@@ -121,7 +122,17 @@ class Scheduler:
         req_index = 0
         while req_index < len(self.running) and token_budget > 0:
             request = self.running[req_index]
-            num_new_tokens = request.num_tokens - request.num_computed_tokens
+            if (
+                request.num_output_placeholders > 0
+                and request.num_computed_tokens + 2 - request.num_output_placeholders
+                >= request.num_prompt_tokens + request.sampling_params.max_tokens
+            ):
+                # Async scheduling: the step in flight samples the last token max_tokens allows;
+                # one more step would be wasted (vllm/v1/core/sched/scheduler.py:799-815 Scheduler.schedule).
+                req_index += 1
+                continue
+            # Placeholders (async scheduling; 0 otherwise) count the tokens in flight as known.
+            num_new_tokens = request.num_tokens + request.num_output_placeholders - request.num_computed_tokens
             if 0 < long_prefill_threshold < num_new_tokens:
                 num_new_tokens = long_prefill_threshold
             num_new_tokens = min(num_new_tokens, token_budget)
@@ -324,12 +335,8 @@ class Scheduler:
                 continue  # aborted while the step ran
             new_token_ids = list(model_runner_output.sampled_token_ids[index_of[request_id]])
             stopped = False
-            for num_new, token_id in enumerate(new_token_ids, 1):
-                request.append_output_token_ids([token_id])
-                stopped = self._check_stop(request)
-                if stopped:
-                    del new_token_ids[num_new:]
-                    break
+            if new_token_ids:
+                new_token_ids, stopped = self._update_request_with_output(request, new_token_ids)
             if self.structured_output_manager is not None and request.use_structured_output and new_token_ids:
                 stopped = self._advance_grammar(request, new_token_ids, stopped)
             if new_token_ids and self.cache_config.enable_prefix_caching:
@@ -375,6 +382,18 @@ class Scheduler:
             if self._check_stop(request):
                 return True
         return False
+
+    def _update_request_with_output(self, request: Request, new_token_ids: list[int]) -> tuple[list[int], bool]:
+        # Mirrors: vllm.v1.core.sched.scheduler:Scheduler._update_request_with_output (vllm 0.33.0)
+        # Append the sampled tokens up to the first that stops the request.
+        stopped = False
+        for num_new, token_id in enumerate(new_token_ids, 1):
+            request.append_output_token_ids([token_id])
+            stopped = self._check_stop(request)
+            if stopped:
+                del new_token_ids[num_new:]
+                break
+        return new_token_ids, stopped
 
     def _check_stop(self, request: Request) -> bool:
         # Mirrors: vllm.v1.core.sched.utils:check_stop (vllm 0.33.0)

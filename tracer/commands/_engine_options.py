@@ -29,12 +29,19 @@ def add_engine_options(parser: argparse.ArgumentParser) -> None:
         "--jump-forward", action="store_true",
         help="structured output: append the tokens a grammar forces without a forward pass each (SGLang's earlier jump-forward; off by default)",
     )
+    group.add_argument(
+        "--async-scheduling", action=argparse.BooleanOptionalAction, default=SchedulerConfig.async_scheduling,
+        help="schedule step N+1 while step N runs, as vLLM 0.33 does by default (AsyncScheduler and a batch "
+        "queue of 2; vLLM cache mode only). Default: %(default)s, chosen by bench/async_scheduling.py on a CPU",
+    )
 
 
 def engine_config_from_args(args: argparse.Namespace) -> EngineConfig:
     for name in ("block_size", "max_num_seqs", "max_num_batched_tokens", "max_model_len", "kv_cache_mb"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
+    if args.async_scheduling and args.cache_mode == "sglang":
+        raise ValueError("--async-scheduling is vLLM's AsyncScheduler; --cache-mode sglang runs synchronously")
     return EngineConfig(
         model=ModelConfig(model=args.model, device=args.device, dtype=args.dtype),
         cache=CacheConfig(
@@ -51,6 +58,7 @@ def engine_config_from_args(args: argparse.Namespace) -> EngineConfig:
             long_prefill_token_threshold=args.long_prefill_token_threshold,
             policy=args.policy,
             cache_mode=args.cache_mode,
+            async_scheduling=args.async_scheduling,
         ),
         structured_outputs=StructuredOutputsConfig(jump_forward=getattr(args, "jump_forward", False)),
     )
