@@ -17,6 +17,7 @@ Python between kernels still takes the GIL, so on a CPU the gain is at most the 
 """
 from __future__ import annotations
 
+import contextvars
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -73,7 +74,10 @@ class BatchQueue:
             # Inputs are prepared here, on the scheduling thread, before the previous step's
             # output is applied: the scheduler's requests are only ever read from this thread.
             model_input = self.model_runner.prepare_model_input(scheduler_output)
-            future = self._executor.submit(self.model_runner.execute_model_input, model_input, grammar_output)
+            # The model thread runs in a copy of this thread's context: context-local state (a tracer's
+            # open step, say) follows the step it was scheduled in.
+            context = contextvars.copy_context()
+            future = self._executor.submit(context.run, self.model_runner.execute_model_input, model_input, grammar_output)
             model_executed = scheduler_output.total_num_scheduled_tokens > 0
             self.queue.appendleft((future, scheduler_output))
             if len(self.queue) < self.size and (model_executed or self.has_requests()):

@@ -75,6 +75,7 @@ class ModelInput:
     # The generator of each sampled row's request (None: unseeded), looked up when the input is
     # prepared so that the runner's dict is only touched on the scheduling thread.
     generators: list[torch.Generator | None]
+    step: int = 0  # the scheduler's step counter (SchedulerOutput.step), for traces
 
 
 class ModelRunner:
@@ -289,6 +290,7 @@ class ModelRunner:
             sampled_req_indices=sampled_req_indices,
             placeholder_rows=placeholder_rows,
             generators=[self._generator_for(requests[i]) for i in sampled_req_indices],
+            step=scheduler_output.step,
         )
 
     def _sample(self, logits: torch.Tensor, model_input: ModelInput) -> list[int]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -34,7 +35,7 @@ logger = logging.getLogger(__name__)
 
 from tracer.traces.schema import (  # noqa: F401  (ALIASES, DROP, TRACEPARENT: re-exported for the extractors)
     ALIASES, ARRIVAL_STEP, BATCH_IDS, BATCH_PREFIX, EXTRACTOR_ERROR, LINK_REPORTED, REPORTED_ID_KEYS, CARRIER_KEY, DROP, EXTERNAL_ID, HTTP_REQUEST_ID_HEADER, HTTP_STATUS, LINK_KIND,
-    LINK_REQUEST, LINK_STEP, NUM_RUNNING, NUM_WAITING, REQUEST_ID, TRACEPARENT,
+    LINK_OVERLAP, LINK_REQUEST, LINK_STEP, NUM_RUNNING, NUM_WAITING, OVERLAPS_STEP, REQUEST_ID, STEP, TRACEPARENT,
 )
 
 
@@ -84,6 +85,10 @@ _steps_emitted = [0]
 # A request.render span that started a trace before its request had an id (the offline path:
 # render, then add_request): the next engine.enqueue in this thread / task joins its trace.
 _unclaimed_render: contextvars.ContextVar[SpanContext | None] = contextvars.ContextVar("servetrace_unclaimed_render", default=None)
+# Spans of in_flight hops open now, in any thread (async scheduling: a step's model execution on the
+# model thread while the engine thread schedules the next step), with the lock that guards the list.
+_in_flight: list["OpenSpan"] = []
+_in_flight_lock = threading.Lock()
 
 _warned: set[tuple[str, str, str]] = set()
 
@@ -213,7 +218,14 @@ def begin(call: HopCall, args: dict[str, Any]) -> OpenSpan | None:
             root = enclosing.root  # nested in another span of the same request (enqueue inside http.request)
         if parent is not None and current.is_valid and (root is None or root.trace_id != current.trace_id):
             links.append(Link(current, {LINK_KIND: LINK_STEP}))
+    if "step_opener" in roles:
+        _link_overlapped(links, attributes)
     open_span = OpenSpan(call, tracer, attributes, start_ns, parent, enclosing, links, root if call.scope == "request" else None)
+    if "in_flight" in roles and not attributes.get(DROP):
+        # Created at once, in its own thread: another thread's step opener links to it while it runs.
+        open_span.materialize()
+        with _in_flight_lock:
+            _in_flight.append(open_span)
     if "entrypoint" in roles:
         # Always the request's root, even before it knows its request id (a server assigns the
         # id inside the handler): the spans nested in it hang under it from the start.
@@ -229,6 +241,17 @@ def begin(call: HopCall, args: dict[str, Any]) -> OpenSpan | None:
     if call.cuda_timed:
         open_span.gpu_events = gpu_timing.start_events()
     return open_span
+
+
+def _link_overlapped(links: list[Link], attributes: dict[str, Any]) -> None:
+    """A step opener that begins while another step's model execution runs (async scheduling):
+    link to that execution and name its step."""
+    with _in_flight_lock:
+        running = list(_in_flight)
+    for other in running:
+        links.append(Link(other.span.get_span_context(), {LINK_KIND: LINK_OVERLAP}))
+        if other.attributes.get(STEP) is not None:
+            attributes[OVERLAPS_STEP] = other.attributes[STEP]
 
 
 def activate(open_span: OpenSpan) -> None:
@@ -263,6 +286,10 @@ def end(open_span: OpenSpan, args: dict[str, Any], result: Any = None, error: Ba
     end_ns = time.time_ns()
     call = open_span.call
     deactivate(open_span)
+    if "in_flight" in call.roles:
+        with _in_flight_lock:
+            if open_span in _in_flight:
+                _in_flight.remove(open_span)
     went_idle = False
     try:
         after = _run_extractor(call, "after", call.after, args, result) if error is None else {}

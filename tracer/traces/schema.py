@@ -142,6 +142,7 @@ NUM_WAITING = _key("servetrace.queue.num_waiting", "int", "waiting requests")
 NUM_OUTPUTS = _key("servetrace.step.num_outputs", "int", "outputs the step produced")
 MODEL_EXECUTED = _key("servetrace.step.model_executed", "bool", "the step ran the model")
 BATCH_QUEUE_LEN = _key("servetrace.step.batch_queue_len", "int", "batches in flight (async scheduling)")
+OVERLAPS_STEP = _key("servetrace.step.overlaps_step", "int", "async scheduling: the step whose model execution was running when this schedule began (the schedule links to it)")
 NUM_SAMPLED = _key("servetrace.sampler.num_sampled", "int", "tokens sampled")
 MODEL_TOKENS = _key("servetrace.model.num_tokens", "int", "tokens in the forward pass")
 GPU_FORWARD_MS = _key("servetrace.gpu.forward_ms", "float", "GPU time of the forward pass from CUDA events")
@@ -178,10 +179,11 @@ CONFIG_MAX_TOTAL_TOKENS = _key("servetrace.config.max_total_tokens", "int", "KV 
 EXTRACTOR_ERROR = _key("servetrace.extractor.error", "str", "an extractor of this span raised: phase, type and message (the call went on)")
 
 # -- links -------------------------------------------------------------------------------------------
-LINK_KIND = _key("servetrace.link", "str", "on a link: 'request' (a request in the batch), 'reported' (a request the step reports finished or preempted) or 'step' (the running step)")
+LINK_KIND = _key("servetrace.link", "str", "on a link: 'request' (a request in the batch), 'reported' (a request the step reports finished or preempted), 'step' (the running step) or 'overlap' (async scheduling: the model execution still running when a schedule began)")
 LINK_REQUEST = "request"
 LINK_REPORTED = "reported"
 LINK_STEP = "step"
+LINK_OVERLAP = "overlap"
 
 # Older names upstream engines still emit, and ours for the same thing.
 DEPRECATED: dict[str, str] = {

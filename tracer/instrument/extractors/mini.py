@@ -15,9 +15,9 @@ from tracer.instrument.extractors import (
     TOP_P, ids, queue_attributes, request_attributes, sampling_attributes, scheduler_limits, waiting_head_attributes,
     BLOCK_HASHES, CACHING_ENABLED, PROMPT_TOKEN_IDS, blocks_to_evict,
 )
-from tracer.traces.schema import CONFIG_LONG_PREFILL, CONFIG_MAX_MODEL_LEN, CONFIG_NUM_BLOCKS, CONFIG_PREFIX_CACHING
+from tracer.traces.schema import CONFIG_ASYNC, CONFIG_LONG_PREFILL, CONFIG_MAX_MODEL_LEN, CONFIG_NUM_BLOCKS, CONFIG_PREFIX_CACHING
 from tracer.traces.schema import (
-    DROP, GRAMMAR_CACHE_HIT, GRAMMAR_COMPILE_MS, GRAMMAR_COMPLETE, GRAMMAR_JUMP_TOKENS, GRAMMAR_KIND,
+    BATCH_QUEUE_LEN, DROP, GRAMMAR_CACHE_HIT, GRAMMAR_COMPILE_MS, GRAMMAR_COMPLETE, GRAMMAR_JUMP_TOKENS, GRAMMAR_KIND,
     GRAMMAR_MASKED_FRACTION, GRAMMAR_NUM_ROWS, HTTP_METHOD, HTTP_ROUTE, HTTP_STATUS, HTTP_STREAM, REQUEST_MODEL, TRACEPARENT,
 )
 
@@ -99,8 +99,10 @@ def step_before(args: dict) -> dict:
 def step_after(args: dict, outputs: list) -> dict:
     engine = args["self"]
     finished = [o for o in outputs if o.finished]
+    batch_queue = getattr(engine, "batch_queue", None)
     return {
         STEP: engine.scheduler.current_step,
+        BATCH_QUEUE_LEN: len(batch_queue) if batch_queue is not None else None,
         NUM_OUTPUTS: len(outputs),
         BATCH_FINISHED: ids(o.request_id for o in finished),
         **queue_attributes(engine.scheduler),
@@ -140,6 +142,7 @@ def _replay_config(scheduler: Any) -> dict:
         CONFIG_MAX_MODEL_LEN: config.max_model_len,
         CONFIG_LONG_PREFILL: config.long_prefill_token_threshold,
         CONFIG_PREFIX_CACHING: getattr(getattr(scheduler, "cache_config", None), "enable_prefix_caching", None),
+        CONFIG_ASYNC: getattr(config, "async_scheduling", None),
     }
 
 
@@ -215,6 +218,11 @@ def preempt_after(args: dict, _: Any) -> dict:
 
 
 def execute_before(args: dict) -> dict:
+    if "model_input" in args:  # ModelRunner.execute_model_input (async scheduling's model thread)
+        model_input = args["model_input"]
+        if model_input is None:
+            return {DROP: True}  # an empty step: nothing ran
+        return {STEP: model_input.step, MODEL_TOKENS: int(model_input.input_ids.shape[0]), BATCH_SIZE: len(model_input.req_ids)}
     so = args["scheduler_output"]
     return {STEP: so.step, MODEL_TOKENS: so.total_num_scheduled_tokens, BATCH_SIZE: len(so.num_scheduled_tokens)}
 
