@@ -49,8 +49,8 @@ class AsyncScheduler(Scheduler):
             # vllm/v1/core/sched/scheduler.py:1084-1089 Scheduler.schedule); with a queue of depth 2 it always has.
             assert request.num_stale_output_tokens == 0, f"{req_id} scheduled with stale output in flight"
             request.num_in_flight_tokens += num_scheduled
-            is_prefill_chunk = request.num_computed_tokens < request.num_tokens + request.num_output_placeholders
-            if is_prefill_chunk:
+            request.is_prefill_chunk = request.num_computed_tokens < request.num_tokens + request.num_output_placeholders
+            if request.is_prefill_chunk:
                 continue  # a chunk that stops short of the known tokens samples nothing
             # The step samples one token (no drafts here), not known until its output arrives.
             request.num_output_placeholders += 1

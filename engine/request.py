@@ -63,6 +63,9 @@ class Request:
     num_output_placeholders: int = 0
     num_in_flight_tokens: int = 0
     num_stale_output_tokens: int = 0
+    # The last schedule gave it a chunk that stops short of its known tokens (samples nothing);
+    # vllm/v1/request.py:200-201 Request.__init__.
+    is_prefill_chunk: bool = False
 
     def __post_init__(self) -> None:
         self.all_token_ids: list[int] = list(self.prompt_token_ids)

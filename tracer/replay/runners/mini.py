@@ -1,6 +1,7 @@
 """Replay runner for our scheduler (engine/scheduler.py) and block manager."""
 from __future__ import annotations
 
+from engine.async_scheduler import AsyncScheduler
 from engine.config import CacheConfig, SchedulerConfig
 from engine.outputs import ModelRunnerOutput, SchedulerOutput
 from engine.request import Request
@@ -27,7 +28,8 @@ class MiniRunner(V1SchedulerRunner):
         self._all: dict[str, Request] = {}
 
     def make_scheduler(self, config: ReplayConfig, cache_config: CacheConfig) -> Scheduler:
-        return Scheduler(SchedulerConfig(**config.scheduler_kwargs()), cache_config, config.num_blocks)
+        scheduler_class = AsyncScheduler if config.async_scheduling else Scheduler
+        return scheduler_class(SchedulerConfig(**config.scheduler_kwargs()), cache_config, config.num_blocks)
 
     def add_request(self, request: WorkloadRequest, arrival_time: float) -> None:
         engine_request = Request(

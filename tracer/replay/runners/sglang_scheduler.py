@@ -50,6 +50,8 @@ class MiniSglangRunner(MiniRunner):
     ignore_eos = False  # see the module docstring: only then do new_token_ratio and retraction play
 
     def make_scheduler(self, config: ReplayConfig, cache_config: CacheConfig) -> SglangScheduler:
+        if config.async_scheduling:
+            raise ReplayError("async scheduling replays vLLM's AsyncScheduler; SGLang's overlap loop is not replayed")
         scheduler_config = SchedulerConfig(**{**config.scheduler_kwargs(), "cache_mode": "sglang"})
         return SglangScheduler(scheduler_config, cache_config, config.num_blocks)
 
