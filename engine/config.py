@@ -31,8 +31,9 @@ class SchedulerConfig:
     # "vllm": hash prefix caching in the paged BlockPool (vLLM V1).
     # "sglang": radix-tree prefix matching with longest-prefix-first admission (SGLang "lpm").
     cache_mode: Literal["vllm", "sglang"] = "vllm"
-    # vLLM 0.33's default: AsyncScheduler + EngineCore.step_with_batch_queue (engine/batch_queue.py).
-    # Off here: on a CPU it measured no faster (bench/results/async_scheduling.md).
+    # AsyncScheduler + EngineCore.step_with_batch_queue (engine/batch_queue.py), vLLM 0.33's default.
+    # Off here: on a CPU the host work it hides is under 1% of a step and on vs off measured within
+    # the machine's noise (bench/results/async_scheduling.md); --async-scheduling turns it on.
     async_scheduling: bool = False
 
 

@@ -32,7 +32,9 @@ def add_engine_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--async-scheduling", action=argparse.BooleanOptionalAction, default=SchedulerConfig.async_scheduling,
         help="schedule step N+1 while step N runs, as vLLM 0.33 does by default (AsyncScheduler and a batch "
-        "queue of 2; vLLM cache mode only). Default: %(default)s, chosen by bench/async_scheduling.py on a CPU",
+        "queue of 2, the model on a worker thread; --cache-mode vllm only). Default: off: on a CPU the host "
+        "work it can hide is under 1%% of a step, and on vs off measured within noise "
+        "(bench/results/async_scheduling.md)",
     )
 
 
