@@ -23,7 +23,7 @@ from tracer.replay.config import ReplayConfig
 from tracer.replay.runners import drive, make_scheduler_runner
 from tracer.replay.workload import WorkloadRequest
 
-SEARCH_EXAMPLES = 200
+SEARCH_EXAMPLES = 100
 
 
 @pytest.fixture(scope="module", autouse=True)
