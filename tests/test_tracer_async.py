@@ -80,3 +80,21 @@ def test_the_explorer_reads_the_async_trace_and_keeps_batches_to_requests(traced
     assert set(model.requests) >= {o.request_id for o in outputs}
     for step in model.steps:
         assert set(step.request_ids) <= set(model.requests), "an overlap link was taken for a request"
+
+
+def test_the_waterfall_names_the_step_a_schedule_overlaps(traced_run):
+    from tracer.tui.tables import hop_text
+    from tracer.tui.timeline import build_waterfall
+
+    _, trace, outputs = traced_run
+    model = build_model(trace)
+    waterfall = build_waterfall(model, model.requests[outputs[0].request_id])
+    marked = [row for row in waterfall.rows if OVERLAPS_STEP in row.span.attributes]
+    assert marked, "no schedule row of the request's steps overlaps a forward"
+    for row in marked:
+        assert hop_text(row.span) == f"scheduler.schedule \u2225 step {row.span.attributes[OVERLAPS_STEP]}"
+    # Drawn in time: the execution it overlaps starts before the schedule and ends after it began.
+    rows = waterfall.rows
+    for row in marked:
+        earlier = [r for r in rows[: rows.index(row)] if r.span.name == "model.execute"]
+        assert earlier and earlier[-1].span.end_ns >= row.span.start_ns

@@ -218,7 +218,7 @@ def begin(call: HopCall, args: dict[str, Any]) -> OpenSpan | None:
             root = enclosing.root  # nested in another span of the same request (enqueue inside http.request)
         if parent is not None and current.is_valid and (root is None or root.trace_id != current.trace_id):
             links.append(Link(current, {LINK_KIND: LINK_STEP}))
-    if "step_opener" in roles:
+    if "step_opener" in roles and "step_root" not in roles:  # the schedule, not the step around it
         _link_overlapped(links, attributes)
     open_span = OpenSpan(call, tracer, attributes, start_ns, parent, enclosing, links, root if call.scope == "request" else None)
     if "in_flight" in roles and not attributes.get(DROP):
