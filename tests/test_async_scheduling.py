@@ -182,3 +182,19 @@ def test_abort_with_a_step_in_flight_drops_its_output_and_frees_blocks(async_eng
                 finished[out.request_id] = out
     assert list(finished) == ["stays"] and len(finished["stays"].output_token_ids) == 8
     assert_pool_empty(engine)
+
+
+def test_structured_requests_beside_free_ones_give_the_synchronous_output(sync_engine, async_engine):
+    # A structured request's bitmask (and jump-forward) needs its tokens: the batch queue applies the
+    # step in flight before scheduling one with such a request running (vLLM defers its sampling).
+    from engine.structured_output import StructuredOutputsParams
+
+    schema = {"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
+              "required": ["name", "age"]}
+    params = [SamplingParams(temperature=0, max_tokens=24, structured_outputs=StructuredOutputsParams(json=schema)),
+              SamplingParams(temperature=0, max_tokens=24, structured_outputs=StructuredOutputsParams(choice=["yes", "no"])),
+              GREEDY]
+    prompts = ["A person as JSON:", "Is the sky blue? Answer yes or no:", PROMPTS[1]]
+    expected = [(o.output_token_ids, o.finish_reason) for o in sync_engine.generate(prompts, params)]
+    assert [(o.output_token_ids, o.finish_reason) for o in async_engine.generate(prompts, params)] == expected
+    assert_pool_empty(async_engine)
