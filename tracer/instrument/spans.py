@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextvars
 import logging
-import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -28,14 +27,14 @@ from opentelemetry import trace
 from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from tracer.instrument import gpu_timing, otel
+from tracer.instrument import gpu_timing, otel, overlap
 from tracer.instrument.registry import registry
 
 logger = logging.getLogger(__name__)
 
 from tracer.traces.schema import (  # noqa: F401  (ALIASES, DROP, TRACEPARENT: re-exported for the extractors)
     ALIASES, ARRIVAL_STEP, BATCH_IDS, BATCH_PREFIX, EXTRACTOR_ERROR, LINK_REPORTED, REPORTED_ID_KEYS, CARRIER_KEY, DROP, EXTERNAL_ID, HTTP_REQUEST_ID_HEADER, HTTP_STATUS, LINK_KIND,
-    LINK_OVERLAP, LINK_REQUEST, LINK_STEP, NUM_RUNNING, NUM_WAITING, OVERLAPS_STEP, REQUEST_ID, STEP, TRACEPARENT,
+    LINK_REQUEST, LINK_STEP, NUM_RUNNING, NUM_WAITING, REQUEST_ID, TRACEPARENT,
 )
 
 
@@ -85,10 +84,6 @@ _steps_emitted = [0]
 # A request.render span that started a trace before its request had an id (the offline path:
 # render, then add_request): the next engine.enqueue in this thread / task joins its trace.
 _unclaimed_render: contextvars.ContextVar[SpanContext | None] = contextvars.ContextVar("servetrace_unclaimed_render", default=None)
-# Spans of in_flight hops open now, in any thread (async scheduling: a step's model execution on the
-# model thread while the engine thread schedules the next step), with the lock that guards the list.
-_in_flight: list["OpenSpan"] = []
-_in_flight_lock = threading.Lock()
 
 _warned: set[tuple[str, str, str]] = set()
 
@@ -219,13 +214,12 @@ def begin(call: HopCall, args: dict[str, Any]) -> OpenSpan | None:
         if parent is not None and current.is_valid and (root is None or root.trace_id != current.trace_id):
             links.append(Link(current, {LINK_KIND: LINK_STEP}))
     if "step_opener" in roles and "step_root" not in roles:  # the schedule, not the step around it
-        _link_overlapped(links, attributes)
+        overlap.link_overlapped(links, attributes)
     open_span = OpenSpan(call, tracer, attributes, start_ns, parent, enclosing, links, root if call.scope == "request" else None)
     if "in_flight" in roles and not attributes.get(DROP):
         # Created at once, in its own thread: another thread's step opener links to it while it runs.
         open_span.materialize()
-        with _in_flight_lock:
-            _in_flight.append(open_span)
+        overlap.started(open_span)
     if "entrypoint" in roles:
         # Always the request's root, even before it knows its request id (a server assigns the
         # id inside the handler): the spans nested in it hang under it from the start.
@@ -241,17 +235,6 @@ def begin(call: HopCall, args: dict[str, Any]) -> OpenSpan | None:
     if call.cuda_timed:
         open_span.gpu_events = gpu_timing.start_events()
     return open_span
-
-
-def _link_overlapped(links: list[Link], attributes: dict[str, Any]) -> None:
-    """A step opener that begins while another step's model execution runs (async scheduling):
-    link to that execution and name its step."""
-    with _in_flight_lock:
-        running = list(_in_flight)
-    for other in running:
-        links.append(Link(other.span.get_span_context(), {LINK_KIND: LINK_OVERLAP}))
-        if other.attributes.get(STEP) is not None:
-            attributes[OVERLAPS_STEP] = other.attributes[STEP]
 
 
 def activate(open_span: OpenSpan) -> None:
@@ -287,9 +270,7 @@ def end(open_span: OpenSpan, args: dict[str, Any], result: Any = None, error: Ba
     call = open_span.call
     deactivate(open_span)
     if "in_flight" in call.roles:
-        with _in_flight_lock:
-            if open_span in _in_flight:
-                _in_flight.remove(open_span)
+        overlap.ended(open_span)
     went_idle = False
     try:
         after = _run_extractor(call, "after", call.after, args, result) if error is None else {}
