@@ -28,7 +28,7 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from _results import run_meta, write_results  # noqa: E402
-from engine.config import CacheConfig, EngineConfig, SchedulerConfig  # noqa: E402
+from engine.config import CacheConfig, EngineConfig, ModelConfig, SchedulerConfig  # noqa: E402
 from engine.llm_engine import LLMEngine  # noqa: E402
 from engine.sampling_params import SamplingParams  # noqa: E402
 
@@ -38,6 +38,7 @@ TOPICS = ["a lighthouse", "the moon", "bread", "rivers", "a violin", "winter", "
 def make_engine(async_scheduling: bool, batch: int) -> LLMEngine:
     return LLMEngine(
         EngineConfig(
+            model=ModelConfig(dtype="float32"),  # as the recorded results ran (the CPU default may be bfloat16)
             cache=CacheConfig(num_blocks=512),
             scheduler=SchedulerConfig(max_num_seqs=batch, max_model_len=1024, async_scheduling=async_scheduling),
         )

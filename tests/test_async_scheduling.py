@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 from engine.async_scheduler import AsyncScheduler
-from engine.config import CacheConfig, EngineConfig, SchedulerConfig
+from engine.config import CacheConfig, EngineConfig, ModelConfig, SchedulerConfig
 from engine.llm_engine import LLMEngine
 from engine.request import RequestStatus
 from engine.sampling_params import SamplingParams
@@ -25,6 +25,7 @@ GREEDY = SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS)
 def make_engine(async_scheduling: bool, num_blocks: int = 10, max_batched: int = 32) -> LLMEngine:
     return LLMEngine(
         EngineConfig(
+            model=ModelConfig(dtype="float32"),  # the promise: identical greedy output in fp32
             cache=CacheConfig(block_size=16, num_blocks=num_blocks),
             scheduler=SchedulerConfig(
                 max_num_seqs=8, max_num_batched_tokens=max_batched, max_model_len=512, async_scheduling=async_scheduling
