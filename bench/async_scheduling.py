@@ -51,10 +51,10 @@ def time_forwards(engine: LLMEngine) -> list[float]:
     forwards: list[float] = []
     execute = engine.model_runner.execute_model_input
 
-    def timed(model_input):
+    def timed(model_input, grammar_output=None):
         start = time.perf_counter()
         try:
-            return execute(model_input)
+            return execute(model_input, grammar_output)
         finally:
             if model_input is not None:
                 forwards.append((time.perf_counter() - start) * 1e3)
