@@ -60,6 +60,7 @@ test: setup
 
 bench: setup
 	$(PY) bench/offline_throughput.py
+	$(PY) bench/async_scheduling.py
 	$(PY) bench/cpu_kernels.py
 	$(PY) bench/replay_bench.py
 	$(PY) bench/serve_bench.py

@@ -80,6 +80,11 @@ def _setup(result: dict, args: argparse.Namespace) -> list[str]:
         f"- versions: ours git {v['ours']} at the start, {v.get('ours_at_end', '?')} at the end (branch wt-perf at {v['wt_perf']!r}, {v['wt_perf_commits_not_in_head']} of its "
         "commits not in this checkout); " +
         "; ".join(f"{k}: {val}" for k, val in v.items() if k not in ("ours", "ours_at_end", "wt_perf", "wt_perf_commits_not_in_head")),
+        *([f"- the first run: `{result['first_run_command'].strip()}`; the parts below were re-measured into it"]
+          if result.get("updates") else []),
+        *[f"- re-measured later by `{u['command'].strip()}` (pairings {u['pairings']}, offline {u['offline']}, serving "
+          f"{u['serving']}): ours git {u['ours']} at its start, {u.get('ours_at_end', '?')} at its end; load before "
+          f"`{u['uptime_before']}`, after `{u.get('uptime_after', '?')}`" for u in result.get("updates", [])],
         f"- same token ids for every engine: seed {result['workload']['seed']}, random ids from the ordinary vocabulary "
         f"(bench/_peers_workload.py); greedy, ignore_eos; max_num_seqs {args.max_num_seqs} everywhere, max_model_len 2048;",
         "  KV: ours --kv-cache-mb 1024, vLLM VLLM_CPU_KVCACHE_SPACE=1 (GiB), SGLang --max-total-tokens 32768",

@@ -6,11 +6,17 @@ of --batch requests, the chosen form and the alternative alternating in one proc
 ratio holds on a noisy shared machine:
 - every projection through oneDNN with a prepacked weight vs F.linear (MKL sgemm), with q/k/v
   and gate/up stacked into one GEMM each vs separate GEMMs; one prefill-sized row to show
-  packing does not cost long inputs;
-- KV gather for decode attention: index_select on flat slots vs advanced indexing by [B, L] slots.
+  packing does not cost long inputs (float32, the default on CPUs without native bf16);
+- bfloat16 (the default on CPUs with AVX-512 BF16 / AMX): one layer's projections and the
+  lm_head in bf16 vs float32, both packed; packed bf16 vs F.linear in bf16;
+- decode attention over the paged cache (engine/attention.py as the engine calls it): bf16
+  computed in float32 vs torch's bf16 CPU kernel, KV gathered as whole blocks vs token slots;
+- RMSNorm as F.rms_norm vs the four ops it replaces;
+- with --compile, a torch.compile'd decode attention (gather fused into the reductions) vs the
+  engine's, with its compile time: measured, not adopted (see the row's note).
 Prints a table and writes bench/results/cpu_kernels.{json,md}.
 
-    .venv/bin/python bench/cpu_kernels.py [--batch 8] [--context 96] [--repeats 5]
+    .venv/bin/python bench/cpu_kernels.py [--batch 8] [--context 96] [--repeats 5] [--threads N] [--compile]
 """
 from __future__ import annotations
 
@@ -31,7 +37,8 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from _results import run_meta, write_results  # noqa: E402
-from engine.attention import context_slots  # noqa: E402
+from engine.attention import context_slots, paged_attention  # noqa: E402
+from engine.attention_metadata import AttentionMetadata  # noqa: E402
 from engine.cpu_gemm import PrepackedLinear  # noqa: E402
 from engine.math_utils import cdiv  # noqa: E402
 
@@ -76,10 +83,111 @@ def cases(batch: int, context: int) -> list[tuple[str, Callable, Callable, int]]
         ("down_proj (packed vs F.linear)", lambda: packed["down"](h_mlp), lambda: F.linear(h_mlp, down_w), 300),
         ("gate/up at 128 rows, prefill", lambda: packed["gate_up"](h_long),
          lambda: (F.linear(h_long, gate_w), F.linear(h_long, up_w)), 50),
-        ("KV gather (K and V)",
+        ("KV gather (K and V): index_select on flat slots vs advanced indexing",
          lambda: (keys.index_select(0, slots.view(-1)), values.index_select(0, slots.view(-1))),
          lambda: (keys[slots], values[slots]), 1000),
     ]
+
+
+def bf16_cases(batch: int) -> list[tuple[str, Callable, Callable, int]]:
+    """The bf16 default: one decoder layer's four projections and the lm_head, bf16 vs fp32."""
+    torch.manual_seed(0)
+    shapes = {"qkv": (HEADS * HEAD_DIM + 2 * KV_HEADS * HEAD_DIM, HIDDEN), "o": (HIDDEN, HEADS * HEAD_DIM),
+              "gate_up": (2 * INTERMEDIATE, HIDDEN), "down": (HIDDEN, INTERMEDIATE)}
+    weights = {name: torch.randn(*shape) * 0.02 for name, shape in shapes.items()}
+    vocab = torch.randn(VOCAB, HIDDEN) * 0.02
+    packed = {dt: {name: PrepackedLinear(w.to(dt)) for name, w in weights.items()} for dt in (torch.float32, torch.bfloat16)}
+    lm_head = {dt: PrepackedLinear(vocab.to(dt)) for dt in (torch.float32, torch.bfloat16)}
+    inputs = {dt: {name: torch.randn(batch, shape[1]).to(dt) for name, shape in shapes.items()} for dt in packed}
+    h = {dt: torch.randn(batch, HIDDEN).to(dt) for dt in packed}
+    layer = lambda dt: [packed[dt][n](inputs[dt][n]) for n in shapes]  # noqa: E731
+    gate_up_bf16 = weights["gate_up"].bfloat16()
+    return [
+        ("one layer's 4 projections: bf16 vs fp32 (both packed)", lambda: layer(torch.bfloat16), lambda: layer(torch.float32), 200),
+        ("lm_head: bf16 vs fp32 (both packed)", lambda: lm_head[torch.bfloat16](h[torch.bfloat16]),
+         lambda: lm_head[torch.float32](h[torch.float32]), 20),
+        ("gate/up in bf16: oneDNN packed vs F.linear", lambda: packed[torch.bfloat16]["gate_up"](inputs[torch.bfloat16]["gate_up"]),
+         lambda: F.linear(inputs[torch.bfloat16]["gate_up"], gate_up_bf16), 200),
+    ]
+
+
+def decode_batch(batch: int, context: int, dtype: torch.dtype, num_blocks: int = 512):
+    """A decode-only step's query, paged K/V pool and metadata (contexts context/2..context, scattered blocks)."""
+    gen = torch.Generator().manual_seed(1)
+    k_cache = torch.randn(num_blocks, BLOCK, KV_HEADS, HEAD_DIM, generator=gen).to(dtype)
+    v_cache = torch.randn(num_blocks, BLOCK, KV_HEADS, HEAD_DIM, generator=gen).to(dtype)
+    seq_lens = torch.randint(context // 2, context + 1, (batch,), generator=gen)
+    seq_lens[0] = context
+    tables = torch.stack([torch.randperm(num_blocks - 1, generator=gen)[: cdiv(context, BLOCK)] + 1 for _ in range(batch)])
+    metadata = AttentionMetadata(
+        slot_mapping=torch.zeros(batch, dtype=torch.long), query_start_loc=torch.arange(batch + 1), seq_lens=seq_lens,
+        block_tables=tables, positions=seq_lens - 1,
+    )
+    return torch.randn(batch, HEADS, HEAD_DIM, generator=gen).to(dtype), k_cache, v_cache, metadata
+
+
+def slot_gather_attention(query, k_cache, v_cache, metadata, compute_dtype):
+    """The plain form: gather token slots [B, L], SDPA in compute_dtype with an additive mask."""
+    batch, length = query.shape[0], int(metadata.seq_lens.max())
+    slots = context_slots(metadata.block_tables, length, BLOCK).view(-1)
+    flat = (BLOCK * k_cache.shape[0], KV_HEADS, HEAD_DIM)
+    key = k_cache.view(flat).index_select(0, slots).view(batch, length, KV_HEADS, HEAD_DIM).transpose(1, 2)
+    value = v_cache.view(flat).index_select(0, slots).view(batch, length, KV_HEADS, HEAD_DIM).transpose(1, 2)
+    beyond = torch.arange(length)[None, :] >= metadata.seq_lens[:, None]
+    mask = torch.zeros(beyond.shape, dtype=compute_dtype).masked_fill_(beyond, float("-inf"))[:, None, None, :]
+    out = F.scaled_dot_product_attention(query.unsqueeze(2).to(compute_dtype), key.to(compute_dtype), value.to(compute_dtype),
+                                         attn_mask=mask, scale=HEAD_DIM**-0.5, enable_gqa=True)
+    return out.squeeze(2).to(query.dtype)
+
+
+def attention_cases(batch: int, context: int) -> list[tuple[str, Callable, Callable, int]]:
+    rows = []
+    for dtype, alternative, what in (
+        (torch.bfloat16, torch.bfloat16, "bf16 decode attention: computed in fp32 vs torch's bf16 kernel"),
+        (torch.float32, torch.float32, "fp32 decode attention: whole-block gather vs token-slot gather"),
+    ):
+        query, k_cache, v_cache, metadata = decode_batch(batch, context, dtype)
+        paged_attention(query, k_cache, v_cache, metadata, HEAD_DIM**-0.5)  # the plan, once per step as in the engine
+        rows.append((what, lambda q=query, k=k_cache, v=v_cache, m=metadata: paged_attention(q, k, v, m, HEAD_DIM**-0.5),
+                     lambda q=query, k=k_cache, v=v_cache, m=metadata, a=alternative: slot_gather_attention(q, k, v, m, a), 200))
+    return rows
+
+
+def rms_norm_case(batch: int) -> tuple[str, Callable, Callable, int]:
+    x, weight = torch.randn(batch, HIDDEN).bfloat16(), torch.randn(HIDDEN).bfloat16()
+
+    def four_ops():
+        x32 = x.float()
+        return weight * (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + 1e-5)).to(x.dtype)
+
+    return ("RMSNorm (bf16): F.rms_norm vs 4 ops", lambda: weight * F.rms_norm(x.float(), (HIDDEN,), eps=1e-5).to(x.dtype),
+            four_ops, 1000)
+
+
+def compiled_attention_case(batch: int, context: int) -> tuple[str, Callable, Callable, int]:
+    """Not adopted: inductor fuses the block gather into the two reductions (no gathered copy), but
+    compiles for tens of seconds on the first call of every process (every engine start)."""
+    query, k_cache, v_cache, metadata = decode_batch(batch, context, torch.bfloat16)
+    width = cdiv(context, BLOCK)
+    beyond = torch.arange(width * BLOCK)[None, :] >= metadata.seq_lens[:, None]
+    mask = torch.zeros(beyond.shape).masked_fill_(beyond, float("-inf"))
+    blocks = metadata.block_tables[:, :width]
+
+    def fused(q, kc, vc, blocks, mask):
+        b, length, group = q.shape[0], blocks.shape[1] * BLOCK, HEADS // KV_HEADS
+        k = kc[blocks].view(b, length, KV_HEADS, 1, HEAD_DIM).float()
+        v = vc[blocks].view(b, length, KV_HEADS, 1, HEAD_DIM).float()
+        scores = (q.view(b, 1, KV_HEADS, group, HEAD_DIM).float() * k).sum(-1) * HEAD_DIM**-0.5 + mask.view(b, length, 1, 1)
+        return (scores.softmax(dim=1)[..., None] * v).sum(1).reshape(b, HEADS, HEAD_DIM).to(q.dtype)
+
+    compiled = torch.compile(fused, dynamic=True)
+    start = time.perf_counter()
+    compiled(query, k_cache, v_cache, blocks, mask)
+    seconds = time.perf_counter() - start
+    paged_attention(query, k_cache, v_cache, metadata, HEAD_DIM**-0.5)
+    return (f"bf16 decode attention: torch.compile'd fused gather vs the engine's (NOT adopted: {seconds:.0f} s first compile)",
+            lambda: compiled(query, k_cache, v_cache, blocks, mask),
+            lambda: paged_attention(query, k_cache, v_cache, metadata, HEAD_DIM**-0.5), 200)
 
 
 def main() -> int:
@@ -87,10 +195,18 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=8, help="decode requests in the step")
     parser.add_argument("--context", type=int, default=96, help="longest context in tokens")
     parser.add_argument("--repeats", type=int, default=5, help="alternating rounds; the median is reported")
+    parser.add_argument("--threads", type=int, default=None, help="torch compute threads (default: torch's)")
+    parser.add_argument("--compile", action="store_true", help="also time a torch.compile'd decode attention (compiles ~1 min)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
+    all_cases = cases(args.batch, args.context) + bf16_cases(args.batch) + attention_cases(args.batch, args.context)
+    all_cases.append(rms_norm_case(args.batch))
+    if args.compile:
+        all_cases.append(compiled_attention_case(args.batch, args.context))
     rows = []
-    for name, chosen, alternative, calls in cases(args.batch, args.context):
+    for name, chosen, alternative, calls in all_cases:
         ours, theirs = [], []
         for _ in range(args.repeats):
             ours.append(time_us(chosen, calls))

@@ -29,7 +29,7 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from _results import run_meta, write_results  # noqa: E402
-from engine.config import CacheConfig, EngineConfig, SchedulerConfig  # noqa: E402
+from engine.config import CacheConfig, EngineConfig, ModelConfig, SchedulerConfig  # noqa: E402
 from engine.llm_engine import LLMEngine  # noqa: E402
 from engine.sampling_params import SamplingParams  # noqa: E402
 
@@ -90,7 +90,9 @@ def main() -> int:
     hf_logging.set_verbosity_error()
     rows = []
     for n in args.concurrency:
-        engine = LLMEngine(EngineConfig(cache=CacheConfig(num_blocks=512), scheduler=SchedulerConfig(max_num_seqs=n)))
+        # float32 whatever this CPU's default, as the transformers side runs (bench/decode_speed.py has bf16).
+        engine = LLMEngine(EngineConfig(model=ModelConfig(dtype="float32"), cache=CacheConfig(num_blocks=512),
+                                        scheduler=SchedulerConfig(max_num_seqs=n)))
         if n == args.concurrency[0]:
             directory, name = os.path.split(engine.model_path)
             hf_model = transformers.AutoModelForCausalLM.from_pretrained(directory, gguf_file=name, dtype=torch.float32).eval()

@@ -157,6 +157,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--skip-offline", action="store_true")
     parser.add_argument("--skip-serving", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--update", action="store_true",
+                        help="re-measure only the parts asked for (--pairings, --skip-*) into the existing results, keeping the rest")
     args = parser.parse_args(argv)
     if args.quick:
         args.rounds, args.pairings, args.concurrency = 1, [2], [1, 4]
@@ -183,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     work = items(ids, args.concurrency, args.workloads)
     common = ["--max-num-seqs", str(args.max_num_seqs), "--max-model-len", "2048", "--kv-cache-mb", "1024"]
     serve_args = common + (["--dtype", args.our_dtype] if args.our_dtype != "default" else [])
-    result: dict = {"machine": machine(), "versions": versions(), "uptime_before": uptime_before,
+    result = {"machine": machine(), "versions": versions(), "uptime_before": uptime_before,
                     "workload": {"seed": args.seed, "prompt_len": ids["prompt_len"], "output_len": ids["output_len"],
                                  "items": [{"item": i.key, "requests": len(i.prompts), "output_tokens": i.output_tokens,
                                             "prompt_tokens": [len(p) for p in i.prompts], "max_tokens": i.max_tokens} for i in work],
@@ -192,6 +194,15 @@ def main(argv: list[str] | None = None) -> int:
     name = "peers_quick" if args.quick else "peers"
     if args.quick:
         _results.RESULTS = SCRATCH  # a smoke run must not replace the committed results
+    if args.update:
+        # Same seed and sizes, so the same ids: the kept parts and the re-measured ones are comparable.
+        previous = json.loads((_results.RESULTS / f"{name}.json").read_text())
+        previous.setdefault("updates", []).append({"command": _results.run_meta()["command"], "uptime_before": uptime_before,
+                                                   "ours": result["versions"]["ours"], "pairings": args.pairings,
+                                                   "offline": not args.skip_offline, "serving": not args.skip_serving})
+        previous.setdefault("first_run_command", previous.get("meta", {}).get("command", "?"))
+        previous.pop("meta", None)
+        result = previous
 
     def write_partial(state: str) -> list[str]:
         """(Re)write the results with what is measured so far: a run stopped late still leaves its phases."""
@@ -200,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
         result["uptime_after"] = shell(["uptime"])
         # Workers and servers import the checkout when they start: a merge into it mid-run would mix engines.
         result["versions"]["ours_at_end"] = shell(["git", "rev-parse", "--short", "HEAD"])
+        if args.update:
+            result["updates"][-1].update(uptime_after=result["uptime_after"], ours_at_end=result["versions"]["ours_at_end"])
         result["wall_s"] = round(time.time() - started)
         meta = _results.run_meta(uptime_before=uptime_before, uptime_after=result["uptime_after"], state=state)
         lines = body(result, args)
@@ -219,14 +232,16 @@ def main(argv: list[str] | None = None) -> int:
 
 def measure(args: argparse.Namespace, result: dict, ids: dict, ids_path: Path, work: list, common: list[str],
             serve_args: list[str], per_level: dict[int, int], write_partial) -> None:
-    say("memory-bandwidth floor (2 threads)")
-    result["floor"] = floor(HF_MODEL / "model.safetensors", threads=2)
-    result["llamacpp"] = {"built": False, "why": "--no-llamacpp"} if args.no_llamacpp else \
-        llamacpp_rows(ids_path, args.pairings, ids["output_len"])
+    if not (args.update and "floor" in result):
+        say("memory-bandwidth floor (2 threads)")
+        result["floor"] = floor(HF_MODEL / "model.safetensors", threads=2)
+        result["llamacpp"] = {"built": False, "why": "--no-llamacpp"} if args.no_llamacpp else \
+            llamacpp_rows(ids_path, args.pairings, ids["output_len"])
     for threads in args.pairings:
         reserved = None if threads == 1 else 0
         name = f"{threads} thread" + ("s" if threads > 1 else "")
-        entry: dict = {"threads": threads, "vllm_reserved_cpus": "vLLM default" if reserved is None else reserved}
+        entry: dict = result["pairings"].setdefault(name, {})  # --update: what is not re-measured stays
+        entry.update(threads=threads, vllm_reserved_cpus="vLLM default" if reserved is None else reserved)
         if not args.skip_offline:
             say(f"offline, {name}")
             try:
@@ -235,7 +250,10 @@ def measure(args: argparse.Namespace, result: dict, ids: dict, ids_path: Path, w
             except RuntimeError as exc:  # a worker that died: the rest of the run still reports
                 say(f"  offline {name} failed: {exc}")
                 entry["offline_error"] = str(exc)[-3000:]
+            else:
+                entry.pop("offline_error", None)
         if not args.skip_serving:
+            entry.pop("serving", None)
             say(f"serving, {name}")
             warmup, levels = level_prompts(ids["serving"], args.serve_concurrency, per_level)
             entry["serving"] = serving_pairing(threads, reserved, args, warmup, levels, serve_args, sglang=False)

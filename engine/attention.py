@@ -54,31 +54,44 @@ def context_slots(block_table: torch.Tensor, context_len: int, block_size: int) 
 
 
 def _plan(metadata: AttentionMetadata, block_size: int, query: torch.Tensor) -> TorchPlan:
+    """Worked out once per step, on the first layer, from the metadata's tensors: no Python loop
+    over decode requests (a decode-only batch, the common step, does a fixed handful of ops)."""
     if metadata.torch_plan is not None:
         return metadata.torch_plan
     device = query.device
     starts, seq_lens = metadata.query_start_loc_cpu, metadata.seq_lens_cpu
-    query_lens = metadata.query_lens()
-    # Decode rows: one per query token of a request with at most SHORT_QUERY new tokens (a decode,
-    # a speculative verify of 1 + k tokens), each row seeing its own causal prefix of the context.
-    rows = [(starts[r] + j, r, seq_lens[r] - n + j + 1)
-            for r, n in enumerate(query_lens) if n <= SHORT_QUERY for j in range(n)]
-    decode_rows = decode_slots = decode_mask = None
-    if rows:
-        max_len = max(row_len for _, _, row_len in rows)
-        req_idx = torch.tensor([r for _, r, _ in rows], device=device)
-        row_lens = torch.tensor([row_len for _, _, row_len in rows], device=device)
-        decode_slots = context_slots(metadata.block_tables[req_idx], max_len, block_size)
-        beyond = torch.arange(max_len, device=device)[None, :] >= row_lens[:, None]
-        decode_mask = torch.zeros(beyond.shape, dtype=query.dtype, device=device).masked_fill_(beyond, float("-inf"))[:, None, None, :]
-        if len(rows) != starts[-1]:
-            decode_rows = torch.tensor([row for row, _, _ in rows], device=device)
-    prefills = [
-        (starts[r], starts[r + 1], context_slots(metadata.block_tables[r], seq_lens[r], block_size), seq_lens[r] - n)
-        for r, n in enumerate(query_lens)
-        if n > SHORT_QUERY
-    ]
-    metadata.torch_plan = TorchPlan(decode_rows, decode_slots, decode_mask, prefills)
+    num_reqs, num_tokens = len(seq_lens), starts[-1]
+    decode_rows = decode_blocks = decode_mask = None
+    prefills: list[tuple[int, int, torch.Tensor, int]] = []
+    if num_tokens == num_reqs:  # every request has one new token: all decode, rows in order
+        tables, decode_seq_lens, max_len = metadata.block_tables, metadata.seq_lens, max(seq_lens)
+    else:
+        query_lens = metadata.query_lens()
+        prefills = [
+            (starts[r], starts[r + 1], context_slots(metadata.block_tables[r], seq_lens[r], block_size), seq_lens[r] - n)
+            for r, n in enumerate(query_lens)
+            if n > SHORT_QUERY
+        ]
+        # Decode rows: one per query token of a request with at most SHORT_QUERY new tokens (a
+        # decode, a speculative verify of 1 + k tokens), each row seeing its own causal prefix.
+        rows = [(starts[r] + j, r, seq_lens[r] - n + j + 1)
+                for r, n in enumerate(query_lens) if n <= SHORT_QUERY for j in range(n)]
+        tables = None
+        if rows:
+            req_idx = torch.tensor([r for _, r, _ in rows], device=device)
+            if len(rows) != num_tokens:
+                decode_rows = torch.tensor([row for row, _, _ in rows], device=device)
+            tables = metadata.block_tables[req_idx]
+            decode_seq_lens = torch.tensor([row_len for _, _, row_len in rows], device=device)
+            max_len = max(row_len for _, _, row_len in rows)
+    if tables is not None:
+        # Whole blocks, not token slots: one index per block_size tokens; the tail is masked.
+        width = -(-max_len // block_size)
+        decode_blocks = tables[:, :width].contiguous()
+        beyond = torch.arange(width * block_size, device=device)[None, :] >= decode_seq_lens[:, None]
+        decode_mask = torch.zeros(beyond.shape, dtype=decode_compute_dtype(query), device=device)
+        decode_mask = decode_mask.masked_fill_(beyond, float("-inf"))[:, None, None, :]
+    metadata.torch_plan = TorchPlan(decode_rows, decode_blocks, decode_mask, prefills)
     return metadata.torch_plan
 
 
@@ -103,37 +116,53 @@ def paged_attention(
         return triton_attention.paged_attention(query, k_cache, v_cache, metadata, scale)
     num_blocks, block_size, num_kv_heads, head_dim = k_cache.shape
     plan = _plan(metadata, block_size, query)
+    if not plan.prefills and plan.decode_rows is None:
+        return _decode_attention(query, k_cache, v_cache, plan, scale)
+    output = torch.empty_like(query)
+    if plan.decode_blocks is not None:
+        output[plan.decode_rows] = _decode_attention(query[plan.decode_rows], k_cache, v_cache, plan, scale)
     keys = k_cache.view(num_blocks * block_size, num_kv_heads, head_dim)
     values = v_cache.view(num_blocks * block_size, num_kv_heads, head_dim)
-    if not plan.prefills and plan.decode_rows is None:
-        return _decode_attention(query, keys, values, plan, scale)
-    output = torch.empty_like(query)
-    if plan.decode_slots is not None:
-        output[plan.decode_rows] = _decode_attention(query[plan.decode_rows], keys, values, plan, scale)
     for start, end, slots, context_start in plan.prefills:
         key, value = keys.index_select(0, slots), values.index_select(0, slots)
         output[start:end] = _sdpa(query[start:end], key, value, scale, context_start)
     return output
 
 
+def decode_compute_dtype(query: torch.Tensor) -> torch.dtype:
+    """The dtype decode attention computes in: float32 for a bfloat16 / float16 model on the CPU.
+
+    Speed trick: torch's CPU flash-attention kernel is several times slower in bfloat16 than in
+    float32 at decode shapes on this AVX-512 BF16 CPU without AMX (4.4x for 8 requests at 1 thread:
+    bench/results/cpu_kernels.md, "bf16 decode attention"), and a decode step's gathered context is
+    small, so upcasting it and running the float32 kernel is faster; it also keeps float32
+    accumulation, as the bfloat16 kernel does internally. On CUDA: as is.
+    """
+    if query.device.type == "cpu" and query.dtype in (torch.bfloat16, torch.float16):
+        return torch.float32
+    return query.dtype
+
+
 def _decode_attention(
-    query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, plan: TorchPlan, scale: float
+    query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, plan: TorchPlan, scale: float
 ) -> torch.Tensor:
-    """One new token per request [B, heads, head_dim]: contexts padded to the longest, the tail masked."""
-    batch, max_len = plan.decode_slots.shape
-    num_kv_heads, head_dim = keys.shape[1], keys.shape[2]
-    # index_select on the flat slot list: about twice as fast as advanced indexing (bench/cpu_kernels.py).
-    key = keys.index_select(0, plan.decode_slots.view(-1)).view(batch, max_len, num_kv_heads, head_dim)
-    value = values.index_select(0, plan.decode_slots.view(-1)).view(batch, max_len, num_kv_heads, head_dim)
+    """One row per decode token [B, heads, head_dim], each over its own causal prefix; padded, tail masked."""
+    batch, width = plan.decode_blocks.shape
+    _, block_size, num_kv_heads, head_dim = k_cache.shape
+    # The batch's context as whole blocks in one index_select each (vectorized over the batch).
+    blocks = plan.decode_blocks.view(-1)
+    key = k_cache.index_select(0, blocks).view(batch, width * block_size, num_kv_heads, head_dim).transpose(1, 2)
+    value = v_cache.index_select(0, blocks).view(batch, width * block_size, num_kv_heads, head_dim).transpose(1, 2)
+    compute_dtype = plan.decode_mask.dtype
     out = F.scaled_dot_product_attention(
-        query.unsqueeze(2),  # [B, heads, 1, head_dim]
-        key.transpose(1, 2),
-        value.transpose(1, 2),
+        query.unsqueeze(2).to(compute_dtype),  # [B, heads, 1, head_dim]
+        key.to(compute_dtype),
+        value.to(compute_dtype),
         attn_mask=plan.decode_mask,
         scale=scale,
         enable_gqa=query.shape[1] != num_kv_heads,
     )
-    return out.squeeze(2)
+    return out.squeeze(2).to(query.dtype)
 
 
 def _sdpa(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float, context_start: int) -> torch.Tensor:

@@ -14,10 +14,11 @@ import torch
 class TorchPlan:
     """Where each request's context lives, worked out once per step and reused by every layer."""
 
-    # Decode requests (one new token each), batched: their rows in the flat batch (None when the
-    # batch is exactly those rows in order), context slots [B, max_len] and additive padding mask [B, 1, 1, max_len] (0 or -inf).
+    # Decode rows (each new token of a request with at most SHORT_QUERY), batched: their rows in the flat batch (None when the
+    # batch is exactly those rows in order), the blocks holding their context [B, max_blocks] and an
+    # additive padding mask [B, 1, 1, max_blocks * block_size] (0 or -inf) in the dtype attention computes in.
     decode_rows: torch.Tensor | None
-    decode_slots: torch.Tensor | None
+    decode_blocks: torch.Tensor | None
     decode_mask: torch.Tensor | None
     # Each prefill (or chunk) on its own: (query start, query end, context slots [L], context start).
     prefills: list[tuple[int, int, torch.Tensor, int]]

@@ -13,7 +13,10 @@ from typing import Any, Callable
 
 import torch
 
-from engine.config import EngineConfig
+from engine import cpu_gemm
+from engine.async_scheduler import AsyncScheduler
+from engine.batch_queue import BatchQueue
+from engine.config import EngineConfig, check_speculative_config
 from engine.loader import load_model
 from engine.model_runner import ModelRunner, num_blocks_for_memory
 from engine.output_processor import OutputProcessor, RequestOutput
@@ -21,12 +24,15 @@ from engine.request import Request, RequestStatus
 from engine.sampling_params import SamplingParams
 from engine.scheduler import Scheduler
 from engine.sglang_scheduler import SglangScheduler
+from engine.structured_output import StructuredOutputError, validate_structured_outputs
+from engine.structured_output.manager import StructuredOutputManager
 from engine.tokenizer import PromptError, Tokenizer, default_model_path
 
 
 class LLMEngine:
     def __init__(self, config: EngineConfig | None = None) -> None:
         self.config = config = config or EngineConfig()
+        check_speculative_config(config)
         self.model_path = config.model.model or default_model_path()
         device = torch.device(config.model.device)
         dtype = _resolve_dtype(config.model.dtype, device)
@@ -52,11 +58,29 @@ class LLMEngine:
         )
         # cache_mode "sglang" runs SGLang's own loop (prefill-or-decode steps, retraction), not vLLM's.
         if config.scheduler.cache_mode == "sglang":
+            if config.scheduler.async_scheduling:
+                raise ValueError("async scheduling is vLLM's AsyncScheduler; cache_mode 'sglang' runs synchronously")
             if config.speculative is not None:
                 raise ValueError("speculative decoding runs with vLLM's scheduler only (cache_mode 'vllm')")
+            self.structured_output_manager = None  # structured output is served on vLLM's loop only
             self.scheduler = SglangScheduler(config.scheduler, config.cache, num_blocks)
         else:
-            self.scheduler = Scheduler(config.scheduler, config.cache, num_blocks, config.speculative)
+            # Mirrors: vllm.v1.engine.core:EngineCore.__init__ (vllm 0.33.0): one manager, shared with the scheduler.
+            self.structured_output_manager = StructuredOutputManager(
+                self.tokenizer.hf, model_config.vocab_size, config.scheduler.max_num_seqs,
+                stop_token_ids=[self.eos_token_id] if self.eos_token_id is not None else None,
+                encode=self.tokenizer.encode, jump_forward=config.structured_outputs.jump_forward,
+            )
+            scheduler_class = AsyncScheduler if config.scheduler.async_scheduling else Scheduler
+            self.scheduler = scheduler_class(
+                config.scheduler, config.cache, num_blocks, self.structured_output_manager,
+                speculative_config=config.speculative,
+            )
+        # Async scheduling steps through the batch queue (vLLM: EngineCore.step_fn).
+        self.batch_queue = (
+            BatchQueue(self.scheduler, self.model_runner, self.structured_output_manager)
+            if config.scheduler.async_scheduling else None
+        )
         self.output_processor = OutputProcessor(self.tokenizer)
         self._ids = itertools.count()
         # The startup heap (model, tokenizer, imports) lives as long as the engine: mark it static so
@@ -95,6 +119,9 @@ class LLMEngine:
             arrival_time=arrival_time if arrival_time is not None else time.time(),
             priority=priority,
         )
+        if request.use_structured_output:
+            # vLLM: EngineCore.add_request -> StructuredOutputManager.grammar_init (core.py:1141-1147).
+            self.structured_output_manager.grammar_init(request)
         self.scheduler.add_request(request)
         self.output_processor.add_request(request_id, request.prompt_token_ids, params)
         return request
@@ -105,6 +132,15 @@ class LLMEngine:
         size check, shared by the offline engine and the server's AsyncLLM."""
         if not prompt_token_ids:
             raise PromptError("the prompt is empty")
+        if params.structured_outputs is not None:
+            if self.structured_output_manager is None:
+                raise StructuredOutputError("structured outputs are served with cache_mode 'vllm' only")
+            if self.config.speculative is not None:
+                # vLLM 0.33 masks every draft position and rolls the grammar back over rejected
+                # drafts; this engine's grammar advances one sampled token a step, so it refuses
+                # the combination rather than verify drafts the grammar never checked.
+                raise StructuredOutputError("structured outputs are not served with speculative decoding (--speculative-method)")
+            validate_structured_outputs(params.structured_outputs)
         needed = len(prompt_token_ids) + params.max_tokens
         if needed > self.max_model_len:
             raise PromptError(
@@ -130,20 +166,32 @@ class LLMEngine:
         self.output_processor.abort_requests([request.request_id for request in finished])
 
     def has_unfinished_requests(self) -> bool:
-        return self.scheduler.has_unfinished_requests()
+        # A step still in the batch queue has output to deliver.
+        return self.scheduler.has_unfinished_requests() or bool(self.batch_queue)
 
     # -- the busy loop -------------------------------------------------------------------
 
     def step(self) -> list[RequestOutput]:
         """One iteration: schedule, run the model, update requests, detokenize."""
         # Mirrors: vllm.v1.engine.core:EngineCore.step, vllm.v1.engine.output_processor:OutputProcessor.process_outputs (vllm 0.33.0), in that order
-        scheduler_output = self.scheduler.schedule()
-        model_runner_output = self.model_runner.execute_model(scheduler_output)
-        core_outputs = self.scheduler.update_from_output(scheduler_output, model_runner_output)
-        # vLLM: EngineCore.post_step hands the drafts proposed in this step to the scheduler.
-        draft_token_ids = self.model_runner.take_draft_token_ids()
-        if draft_token_ids is not None:
-            self.scheduler.update_draft_token_ids(draft_token_ids)
+        if self.batch_queue is not None:
+            # Async scheduling (EngineCore.step_with_batch_queue): a call that only schedules
+            # returns no output. Never with speculation (check_speculative_config refuses it).
+            core_outputs = self.batch_queue.step() or []
+        else:
+            scheduler_output = self.scheduler.schedule()
+            grammar_output = None
+            if self.structured_output_manager is not None:
+                # vLLM 0.33 fills it while the forward pass runs (core.py:678-686); ours is one thread.
+                grammar_output = self.scheduler.get_grammar_bitmask(scheduler_output)
+                if scheduler_output.is_empty and self.structured_output_manager.has_pending_compiles():
+                    self.structured_output_manager.wait_for_compiles(timeout=0.05)  # nothing runs until one is ready
+            model_runner_output = self.model_runner.execute_model(scheduler_output, grammar_output)
+            core_outputs = self.scheduler.update_from_output(scheduler_output, model_runner_output)
+            # vLLM: EngineCore.post_step hands the drafts proposed in this step to the scheduler.
+            draft_token_ids = self.model_runner.take_draft_token_ids()
+            if draft_token_ids is not None:
+                self.scheduler.update_draft_token_ids(draft_token_ids)
         processed = self.output_processor.process_outputs(core_outputs)
         if processed.reqs_to_abort:
             # A stop string ends the request in the engine, as vLLM's output processor aborts it.
@@ -175,7 +223,7 @@ class LLMEngine:
 
 def _resolve_dtype(name: str | None, device: torch.device) -> torch.dtype:
     if name is None:
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
+        return cpu_gemm.default_dtype(device)
     try:
         dtype = getattr(torch, name)
     except AttributeError:

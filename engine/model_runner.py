@@ -31,6 +31,7 @@ from engine.request import Request
 from engine.sampler import Sampler
 from engine.spec_decode.ngram_proposer import NgramProposer
 from engine.spec_decode.rejection_sampler import RejectionSampler, SpecDecodeMetadata
+from engine.structured_output import apply as grammar_apply
 
 
 def kv_cache_bytes_per_block(model_config: LlamaConfig, block_size: int, dtype: torch.dtype) -> int:
@@ -76,6 +77,13 @@ class ModelInput:
     # Rows (into the flat batch) whose hidden state is sampled, and the requests they belong to.
     logits_indices: torch.Tensor
     sampled_req_indices: list[int]
+    # Async scheduling: rows of input_ids whose token the previous step samples (the request's
+    # output placeholder), with their request ids; filled by execute_model_input.
+    placeholder_rows: list[tuple[int, str]]
+    # The generator of each sampled row's request (None: unseeded), looked up when the input is
+    # prepared so that the runner's dict is only touched on the scheduling thread.
+    generators: list[torch.Generator | None]
+    step: int = 0  # the scheduler's step counter (SchedulerOutput.step), for traces
     # The drafts of each sampled request (empty without); any drafts: its rows are n + 1 per request.
     spec_drafts: list[list[int]] | None = None
 
@@ -134,6 +142,10 @@ class ModelRunner:
             self.drafter = NgramProposer(speculative_config, max_model_len or model_config.max_position_embeddings)
         self.rejection_sampler = RejectionSampler(self.sampler)
         self._draft_token_ids: DraftTokenIds | None = None
+        # Async scheduling (vLLM: the input batch's prev_sampled_token_ids): the requests the last
+        # prepared step samples, and the tokens the last executed step sampled, by request.
+        self._last_prepared_sampling: set[str] = set()
+        self._last_sampled: dict[str, int] = {}
 
     def _allocate_kv_cache(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         cfg = self.model_config
@@ -147,21 +159,46 @@ class ModelRunner:
         ]
 
     @torch.inference_mode()
-    def execute_model(self, scheduler_output: SchedulerOutput) -> ModelRunnerOutput:
+    def execute_model(self, scheduler_output: SchedulerOutput, grammar_output=None) -> ModelRunnerOutput:
         """Run one step: build the flat batch, forward it, sample where a request reached its end.
 
         Mirrors: vllm.v1.worker.gpu_model_runner:GPUModelRunner.execute_model (vllm 0.33.0) (+ sample_tokens,
-        which vLLM 0.33 issues as a separate call).
+        which vLLM 0.33 issues as a separate call). grammar_output: the scheduler's bitmask for the
+        step's structured requests, applied to their logits before sampling (vLLM: sample_tokens).
         """
+        return self.execute_model_input(self.prepare_model_input(scheduler_output), grammar_output)
+
+    @torch.inference_mode()
+    def prepare_model_input(self, scheduler_output: SchedulerOutput) -> ModelInput | None:
+        """The host half of execute_model: the runner's request states and the batch's inputs
+        (None for an empty step). Reads the scheduler's requests, so the async engine calls it on
+        the scheduling thread, in step order."""
         self._update_states(scheduler_output)
         if scheduler_output.is_empty:
-            return ModelRunnerOutput(req_ids=[], sampled_token_ids=[])
+            self._last_prepared_sampling = set()
+            return None
         model_input = self._prepare_inputs(scheduler_output)
+        self._last_prepared_sampling = {model_input.req_ids[i] for i in model_input.sampled_req_indices}
+        return model_input
+
+    @torch.inference_mode()
+    def execute_model_input(self, model_input: ModelInput | None, grammar_output=None) -> ModelRunnerOutput:
+        """The device half of execute_model: placeholders filled, forward, grammar bitmask, sample.
+        Touches only the prepared input and the last step's sampled tokens, so it may run on a worker
+        thread while the next step is scheduled; steps must execute in the order they were prepared."""
+        if model_input is None:
+            self._last_sampled = {}
+            return ModelRunnerOutput(req_ids=[], sampled_token_ids=[])
+        for row, req_id in model_input.placeholder_rows:
+            model_input.input_ids[row] = self._last_sampled[req_id]
         if self._runs_from_cuda_graph(model_input):
             logits = self.cuda_graphs.run(model_input.input_ids, model_input.positions, model_input.attn_metadata)
         else:
             hidden = self.model(model_input.input_ids, model_input.positions, model_input.attn_metadata, self.kv_caches)
             logits = self.model.compute_logits(hidden[model_input.logits_indices])
+        if grammar_output is not None:
+            sampled_req_ids = [model_input.req_ids[i] for i in model_input.sampled_req_indices]
+            grammar_apply.apply_grammar_bitmask(logits, sampled_req_ids, grammar_output)
         sampled = self._sample(logits, model_input)
         output = self._build_output(model_input, sampled)
         if self.drafter is not None:
@@ -212,6 +249,7 @@ class ModelRunner:
         block_tables: list[list[int]] = []
         logits_indices: list[int] = []
         sampled_req_indices: list[int] = []
+        placeholder_rows: list[tuple[int, str]] = []
         req_ids = [new.req_id for new in scheduler_output.scheduled_new_reqs]
         req_ids += scheduler_output.scheduled_cached_reqs.req_ids
         states = [self.requests[req_id] for req_id in req_ids]
@@ -225,7 +263,13 @@ class ModelRunner:
             end = num_computed + num_new
             # Drafts follow the known tokens; the scheduler schedules them only to the end.
             spec = scheduler_output.scheduled_spec_decode_tokens.get(req_id, [])
-            if num_new < 1 or end > request.num_tokens + len(spec):
+            # Async scheduling: the last token may be the one the step before this samples (never
+            # with drafts: speculation refuses async scheduling, engine.config.check_speculative_config).
+            num_known = request.num_tokens
+            num_placeholders = (
+                1 if not spec and req_id in self._last_prepared_sampling and end == num_known + 1 else 0
+            )
+            if num_new < 1 or end > num_known + num_placeholders + len(spec):
                 raise ValueError(
                     f"request {req_id}: scheduled tokens [{num_computed}, {end}) but it has {request.num_tokens} tokens"
                     + (f" and {len(spec)} drafts" if spec else "")
@@ -235,9 +279,14 @@ class ModelRunner:
                     f"request {req_id}: {end} tokens need {cdiv(end, self.block_size)} blocks, "
                     f"scheduler gave {len(block_ids)}"
                 )
-            # A placeholder draft (-1, vLLM's padding) feeds token 0; it is always rejected.
-            input_ids.extend(request.all_token_ids[num_computed:end] if not spec
-                             else request.all_token_ids[num_computed:] + [max(t, 0) for t in spec])
+            if spec:
+                # A placeholder draft (-1, vLLM's padding) feeds token 0; it is always rejected.
+                input_ids.extend(request.all_token_ids[num_computed:] + [max(t, 0) for t in spec])
+            else:
+                input_ids.extend(request.all_token_ids[num_computed : end - num_placeholders])
+            if num_placeholders:
+                placeholder_rows.append((len(input_ids), req_id))
+                input_ids.append(-1)
             for pos in range(num_computed, end):
                 positions.append(pos)
                 slot_mapping.append(block_ids[pos // self.block_size] * self.block_size + pos % self.block_size)
@@ -245,7 +294,7 @@ class ModelRunner:
             seq_lens.append(end)
             block_tables.append(block_ids)
             # A chunk that stops short of the known tokens has nothing to sample yet.
-            if end >= request.num_tokens:
+            if end >= num_known:
                 # The last known token's row, then one per draft (all of them when there are none).
                 logits_indices.extend(range(len(input_ids) - 1 - len(spec), len(input_ids)))
                 sampled_req_indices.append(index)
@@ -273,6 +322,9 @@ class ModelRunner:
             attn_metadata=attn_metadata,
             logits_indices=as_tensor(logits_indices),
             sampled_req_indices=sampled_req_indices,
+            placeholder_rows=placeholder_rows,
+            generators=[self._generator_for(requests[i]) for i in sampled_req_indices],
+            step=scheduler_output.step,
             spec_drafts=spec_drafts if any(spec_drafts) else None,
         )
 
@@ -281,7 +333,7 @@ class ModelRunner:
             return []
         requests = [model_input.requests[i] for i in model_input.sampled_req_indices]
         params = [r.sampling_params for r in requests]
-        generators = [self._generator_for(r) for r in requests]
+        generators = model_input.generators
         if model_input.spec_drafts is not None:
             # Mirrors: vllm.v1.worker.gpu_model_runner:GPUModelRunner._sample (vllm 0.33.0), its spec branch
             metadata = SpecDecodeMetadata.from_drafts(model_input.spec_drafts, logits.device)
@@ -304,6 +356,8 @@ class ModelRunner:
         sampled_token_ids: list[list[int]] = [[] for _ in model_input.req_ids]
         for req_index, token_ids in zip(model_input.sampled_req_indices, sampled, strict=True):
             sampled_token_ids[req_index] = token_ids
+        # Async scheduling fills a placeholder with the last token sampled (one per step there).
+        self._last_sampled = {model_input.req_ids[i]: t[-1] for i, t in zip(model_input.sampled_req_indices, sampled)}
         return ModelRunnerOutput(req_ids=model_input.req_ids, sampled_token_ids=sampled_token_ids)
 
     def _propose_draft_token_ids(self, model_input: ModelInput, output: ModelRunnerOutput) -> None:

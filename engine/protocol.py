@@ -1,15 +1,18 @@
 """OpenAI API bodies we accept and return (the subset we serve).
 
-Mirrors: vllm.entrypoints.openai.completion.protocol, vllm.entrypoints.openai.chat_completion.protocol, vllm.entrypoints.serve.engine.protocol:ErrorResponse, vllm.entrypoints.serve.engine.protocol:UsageInfo, vllm.entrypoints.serve.engine.protocol:ModelCard (vllm 0.33.0)
+Mirrors: vllm.entrypoints.openai.completion.protocol, vllm.entrypoints.openai.chat_completion.protocol, vllm.entrypoints.generate.base.protocol:ResponseFormat, vllm.entrypoints.generate.base.protocol:JsonSchemaResponseFormat, vllm.entrypoints.serve.engine.protocol:ErrorResponse, vllm.entrypoints.serve.engine.protocol:UsageInfo, vllm.entrypoints.serve.engine.protocol:ModelCard (vllm 0.33.0)
 Unknown fields are ignored, as OpenAI's SDK may send ones we do not use; fields
 that would change the answer in a way we cannot honour are rejected by the server instead.
 """
 from __future__ import annotations
 
 import time
-from typing import Literal
+from dataclasses import replace
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from engine.structured_output.params import StructuredOutputError, StructuredOutputsParams
 
 
 class OpenAIBaseModel(BaseModel):
@@ -59,6 +62,19 @@ class StreamOptions(OpenAIBaseModel):
     include_usage: bool = False
 
 
+class JsonSchemaResponseFormat(OpenAIBaseModel):
+    name: str
+    description: str | None = None
+    # OpenAI's field is `schema`, which pydantic reserves (vLLM aliases it the same way).
+    json_schema: dict[str, Any] | None = Field(default=None, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(OpenAIBaseModel):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaResponseFormat | None = None
+
+
 class SamplingRequest(OpenAIBaseModel):
     """Fields both routes share. Defaults are OpenAI's; top_k, ignore_eos and priority are vLLM extensions."""
 
@@ -74,6 +90,14 @@ class SamplingRequest(OpenAIBaseModel):
     ignore_eos: bool = False
     priority: int = 0
     user: str | None = None
+    # Structured output, in vLLM 0.33's fields: OpenAI's response_format, or vLLM's structured_outputs
+    # {json, regex, choice, grammar, json_object} (both routes; the first overrides the second).
+    response_format: ResponseFormat | None = None
+    structured_outputs: StructuredOutputsParams | None = None
+
+    def extract_structured_outputs(self) -> StructuredOutputsParams | None:
+        # Mirrors: vllm.entrypoints.openai.chat_completion.protocol:ChatCompletionRequest.extract_structured_outputs (vllm 0.33.0)
+        return structured_outputs_from_response_format(self.structured_outputs, self.response_format)
 
 
 class CompletionRequest(SamplingRequest):
@@ -190,3 +214,23 @@ class ModelCard(OpenAIBaseModel):
 class ModelList(OpenAIBaseModel):
     object: Literal["list"] = "list"
     data: list[ModelCard]
+
+
+def structured_outputs_from_response_format(
+    structured_outputs: StructuredOutputsParams | None, response_format: ResponseFormat | None
+) -> StructuredOutputsParams | None:
+    """Mirrors: vllm.entrypoints.generate.base.protocol:structured_outputs_from_response_format (vllm 0.33.0)"""
+    if response_format is None or response_format.type == "text":
+        return structured_outputs
+    if response_format.type == "json_object":
+        overrides: dict[str, Any] = {"json_object": True}
+    else:
+        # vLLM rejects a json_schema type without its schema (ChatCompletionRequest.validate_response_format).
+        if response_format.json_schema is None or response_format.json_schema.json_schema is None:
+            raise StructuredOutputError("When response_format type is 'json_schema', the 'json_schema' field with its 'schema' must be provided")
+        overrides = {"json": response_format.json_schema.json_schema}
+    if structured_outputs is None:
+        return StructuredOutputsParams(**overrides)
+    # One constraint only: the response_format's replaces what structured_outputs had.
+    base = {"json": None, "regex": None, "choice": None, "grammar": None, "json_object": None}
+    return replace(structured_outputs, **{**base, **overrides})

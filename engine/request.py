@@ -9,17 +9,21 @@ import time
 from dataclasses import dataclass, field
 
 from engine.sampling_params import SamplingParams
+from engine.structured_output.request import StructuredOutputRequest
 
 
 class RequestStatus(enum.IntEnum):
     """Mirrors: vllm.v1.request:RequestStatus (vllm 0.33.0); anything after PREEMPTED is finished."""
 
     WAITING = enum.auto()
+    # Its grammar is still compiling (vllm/v1/request.py:374 RequestStatus; set in vllm/v1/request.py:116-117 Request.__init__).
+    WAITING_FOR_STRUCTURED_OUTPUT_GRAMMAR = enum.auto()
     RUNNING = enum.auto()
     PREEMPTED = enum.auto()
     FINISHED_STOPPED = enum.auto()
     FINISHED_LENGTH_CAPPED = enum.auto()
     FINISHED_ABORTED = enum.auto()
+    FINISHED_ERROR = enum.auto()  # its grammar failed to compile or rejected a token (vLLM: FINISHED_ERROR)
 
     @staticmethod
     def is_finished(status: "RequestStatus") -> bool:
@@ -31,6 +35,7 @@ class RequestStatus(enum.IntEnum):
             RequestStatus.FINISHED_STOPPED: "stop",
             RequestStatus.FINISHED_LENGTH_CAPPED: "length",
             RequestStatus.FINISHED_ABORTED: "abort",
+            RequestStatus.FINISHED_ERROR: "error",
         }.get(status)
 
 
@@ -54,12 +59,28 @@ class Request:
     # Draft tokens proposed for the next step (vLLM: Request.spec_token_ids); they count toward
     # num_tokens_with_spec, which the scheduler catches num_computed_tokens up to.
     spec_token_ids: list[int] = field(default_factory=list)
-    # Whether the last schedule left prompt (or recomputed) tokens uncomputed: such a request
-    # takes no drafts (vLLM: Request.is_prefill_chunk, set in Scheduler._update_after_schedule).
+    # Async scheduling (engine.async_scheduler), all 0 under the synchronous Scheduler
+    # (vllm/v1/request.py:162-173 Request.__init__): tokens of steps in flight that are not sampled yet, the
+    # scheduled tokens of steps whose output is not processed yet, and the share of those that
+    # went stale when the request was preempted mid-flight.
+    num_output_placeholders: int = 0
+    num_in_flight_tokens: int = 0
+    num_stale_output_tokens: int = 0
+    # The last schedule gave it a chunk that stops short of its known tokens (samples nothing), so
+    # it takes no drafts; vllm/v1/request.py:200-201 Request.__init__, set in
+    # Scheduler._update_after_schedule.
     is_prefill_chunk: bool = False
 
     def __post_init__(self) -> None:
         self.all_token_ids: list[int] = list(self.prompt_token_ids)
+        # A constrained request waits for its grammar before it is scheduled (vLLM: Request.__init__).
+        self.structured_output_request = StructuredOutputRequest.from_params(getattr(self.sampling_params, "structured_outputs", None))
+        if self.structured_output_request is not None and self.status == RequestStatus.WAITING:
+            self.status = RequestStatus.WAITING_FOR_STRUCTURED_OUTPUT_GRAMMAR
+
+    @property
+    def use_structured_output(self) -> bool:
+        return self.structured_output_request is not None
 
     @property
     def num_prompt_tokens(self) -> int:

@@ -6,8 +6,11 @@ waiting requests that share an uncached prefix, all but the first wait), FCFS be
 WAITING_QUEUE_PREFIX_MATCH_MAX waiting requests, and PrefillAdder's token budgets: the pool's
 free + evictable tokens minus what running requests may still decode (new_token_ratio of their
 remaining max_new_tokens), the per-step input budget (max_prefill_tokens) and the chunk budget
-(chunked_prefill_size), which truncates one request into a chunk. Left out (off in the
-configurations replay drives): priority preemption, the ignore_eos path of a disabled tree
+(chunked_prefill_size), which truncates one request into a chunk. With priority scheduling
+(SGLang's "fcfs" with --enable-priority-scheduling) the order is priority then queue entry, and a
+request that finds the batch full may preempt running requests of a lower priority
+(PrefillAdder.preempt_to_schedule). Left out (off in the configurations replay drives): the
+ignore_eos path of a disabled tree
 (add_one_req_ignore_eos), hybrid SWA / Mamba budgets, HiCache load-back, LoRA, dLLM, the
 AMD-only tile budget and the prefill delayer.
 """
@@ -24,6 +27,8 @@ from engine.sglang_kv import ReqKV, SglangKV
 # Upstream's defaults (their environment variables unset):
 # sglang/srt/managers/schedule_policy.py:137 WAITING_QUEUE_PREFIX_MATCH_MAX
 WAITING_QUEUE_PREFIX_MATCH_MAX = 128
+# sglang/srt/managers/schedule_policy.py:139 WAITING_PREFIX_REFRESH_INTERVAL
+WAITING_PREFIX_REFRESH_INTERVAL = 32
 # sglang/srt/managers/schedule_policy.py:110-112 IN_BATCH_PREFIX_CACHING_CHECK_THRESHOLD
 IN_BATCH_PREFIX_CACHING_CHECK_THRESHOLD = 32
 # sglang/srt/managers/schedule_policy.py:117-119 IN_BATCH_PREFIX_CACHING_DEPRIORITIZE_THRESHOLD
@@ -36,6 +41,8 @@ INIT_NEW_TOKEN_RATIO = 0.7
 MIN_NEW_TOKEN_RATIO_FACTOR = 0.14
 NEW_TOKEN_RATIO_DECAY_STEPS = 600
 RETRACT_DECODE_STEPS = 20
+# sglang/srt/arg_groups/fields/schedule.py:122-125 Schedule.priority_scheduling_preemption_threshold (the default)
+PRIORITY_SCHEDULING_PREEMPTION_THRESHOLD = 10
 
 
 class AddReqResult(enum.Enum):
@@ -50,6 +57,8 @@ class SglangRequest(Protocol):
     request: Request
     kv: ReqKV
     max_new_tokens: int  # the request's max_tokens as admission clipped it (Scheduler.init_req_max_new_tokens)
+    wait_queue_entry_time: int  # when it last entered the waiting queue (a counter: only the order counts)
+    untruncated_fill_len: int  # len(Req.full_untruncated_fill_ids) as last refreshed (init_next_round_input)
 
     def fill_ids(self) -> list[int]: ...
 
@@ -58,12 +67,44 @@ def remaining_max_new(entry: SglangRequest) -> int:
     return min(max(entry.max_new_tokens - entry.request.num_output_tokens, 0), CLIP_MAX_NEW_TOKENS)
 
 
-def calc_priority(waiting: list, kv: SglangKV, clock: Callable[[], float]) -> None:
-    """Order the waiting queue in place.
+class WaitingPrefixRefresh:
+    """Under a cache-agnostic policy (fcfs), every 32nd ordering pass touches the waiting requests'
+    cached prefixes, the head last, so that LRU evicts in reverse admission order.
+
+    Mirrors: sglang.srt.managers.schedule_policy:SchedulePolicy._touch_waiting_prefixes (sglang 0.5.23)
+    On by default (SGLANG_ENABLE_WAITING_PREFIX_REFRESH, line 645 of sglang/srt/environ.py:251-2179 Envs, with the default
+    lru eviction); skipped for a disabled tree (RadixCache.supports_prefix_sharing, radix_cache.py:618).
+    """
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, waiting: list, kv: SglangKV) -> None:
+        if not waiting or kv.tree.disable:
+            return
+        refresh = self.calls % WAITING_PREFIX_REFRESH_INTERVAL == 0
+        self.calls += 1
+        if refresh:
+            for entry in reversed(waiting[:WAITING_QUEUE_PREFIX_MATCH_MAX]):
+                # RadixCache.touch_prefix (radix_cache.py:419-426): the match's access stamps (and
+                # splits), nothing adopted by the request.
+                kv.tree.match_prefix(entry.fill_ids())
+
+
+def calc_priority(waiting: list, kv: SglangKV, clock: Callable[[], float],
+                  refresh: WaitingPrefixRefresh | None = None) -> None:
+    """Order the waiting queue in place: policy "lpm", or given `refresh`, policy "fcfs" with
+    --enable-priority-scheduling.
 
     Mirrors: sglang.srt.managers.schedule_policy:SchedulePolicy.calc_priority (sglang 0.5.23)
     With the tree disabled the policy is FCFS (_validate_and_adjust_policy, :324).
     """
+    if refresh is not None:
+        # Policy fcfs (schedule_policy.py:231-235): no prefix matching first, since RadixCache has no
+        # fast match (BasePrefixCache.supports_fast_match_prefix, mem_cache/base_prefix_cache.py:449).
+        sort_by_priority_and_fcfs(waiting)
+        refresh(waiting, kv)
+        return
     if kv.tree.disable or len(waiting) > WAITING_QUEUE_PREFIX_MATCH_MAX:
         return
     # Mirrors: sglang.srt.managers.schedule_policy:SchedulePolicy._compute_prefix_matches (sglang 0.5.23)
@@ -78,6 +119,13 @@ def calc_priority(waiting: list, kv: SglangKV, clock: Callable[[], float]) -> No
             else:
                 in_batch.insert(prefix_ids)
     waiting.sort(key=lambda e: float("inf") if e.request.request_id in deprioritized else -e.kv.num_matched_prefix_tokens)
+
+
+def sort_by_priority_and_fcfs(waiting: list) -> None:
+    """Mirrors: sglang.srt.managers.schedule_policy:SchedulePolicy._sort_by_priority_and_fcfs (sglang 0.5.23)
+    priority_sign is 1: the replay runs SGLang with --schedule-low-priority-values-first, vLLM's
+    order (schedule_policy.py:206), so a smaller value goes first; then the earlier queue entry."""
+    waiting.sort(key=lambda e: (e.request.priority, e.wait_queue_entry_time))
 
 
 @dataclass
@@ -103,11 +151,15 @@ class PrefillAdder:
         self.rem_chunk_tokens = rem_chunk_tokens
         self.can_run_list: list = []
         self.new_chunked_req = None
+        self.preempt_list: list = []
+        self.new_token_ratio = new_token_ratio
         # What running requests may still decode (_get_running_request_total_token_offset, :785).
-        self.total_offset: float = sum(
-            remaining_max_new(r) * (1.0 if r.request.sampling_params.ignore_eos else new_token_ratio) for r in running
-        )
+        self.total_offset: float = sum(self.running_offset(r) for r in running)
         self.current_offset = 0
+
+    def running_offset(self, entry: SglangRequest) -> float:
+        # Mirrors: sglang.srt.managers.schedule_policy:PrefillAdder._get_running_request_total_token_offset (sglang 0.5.23)
+        return remaining_max_new(entry) * (1.0 if entry.request.sampling_params.ignore_eos else self.new_token_ratio)
 
     @property
     def rem_total_tokens(self) -> float:
@@ -203,6 +255,49 @@ class PrefillAdder:
         if admission.is_chunked:
             self.new_chunked_req = entry
         self._update_prefill_budget(admission.extend_len, admission.max_new_tokens)
+
+
+    def preempt_to_schedule(self, entry: SglangRequest, running: list, threshold: int,
+                            release: Callable[[SglangRequest, int], None]) -> bool:
+        """Preempt running requests of a lower priority (by more than threshold) until the new
+        request's prompt and output fit; True if that was committed. `running` loses them in place;
+        `release(request, remaining)` frees each (ScheduleBatch.release_req).
+
+        Mirrors: sglang.srt.managers.schedule_policy:PrefillAdder.preempt_to_schedule (sglang 0.5.23)
+        """
+        # Lowest priority first (the largest value: priority_sign 1), then the latest queue entry.
+        candidates = sorted((r for r in running if r not in self.preempt_list and not r.request.is_finished),
+                            key=lambda r: (-r.request.priority, -r.wait_queue_entry_time))
+        # full_untruncated_fill_ids and prefix_len as the request's last init_next_round_input left
+        # them (the loop calls it only after this: 0 and 0 for a request never matched), plus its
+        # clipped output; no request-slot reserve on this allocator (allocator/base.py:79-86).
+        min_tokens_to_remove = (entry.untruncated_fill_len - entry.kv.prefix_len
+                                + min(entry.max_new_tokens, CLIP_MAX_NEW_TOKENS) - self.rem_total_tokens)
+        preemptible = []
+        for running_entry in candidates:
+            if running_entry.request.priority - entry.request.priority > threshold:
+                preemptible.append(running_entry)
+                min_tokens_to_remove -= self.running_offset(running_entry)
+                if min_tokens_to_remove <= 0:
+                    break
+            else:
+                break
+        if not preemptible or min_tokens_to_remove > 0:
+            return False
+        # Released in running-batch order, each told how many requests remain (:1763-1775).
+        chosen, keep, released = set(preemptible), [], 0
+        for running_entry in running:
+            if running_entry in chosen:
+                self.total_offset -= self.running_offset(running_entry)
+                released += 1
+                release(running_entry, len(running) - released)
+            else:
+                keep.append(running_entry)
+        running[:] = keep
+        # SGLang extends preempt_list with the set itself (:1776-1777), an order by object address;
+        # ours keeps the candidates' order. Only two preempted at once of equal priority can tell.
+        self.preempt_list.extend(preemptible)
+        return True
 
 
 class NewTokenRatio:

@@ -8,10 +8,11 @@ continuous batching, chunked prefill and prefix caching. Running requests go fir
 requests are admitted only if nothing was preempted this step.
 
 Deliberate differences from vLLM 0.33 (named so the replay report can name them too):
-- speculative decoding with n-gram drafts only (no lookahead slots, no dynamic k); no encoder
-  inputs, LoRA, KV connectors or structured output;
-- synchronous scheduling only (vLLM 0.33 defaults to AsyncScheduler: one step of lookahead
-  with output placeholders); replay drives vLLM's synchronous Scheduler for that reason;
+- speculative decoding with n-gram drafts only (no lookahead slots, no dynamic k), and not with
+  async scheduling or structured output; no encoder inputs, LoRA or KV connectors;
+- synchronous scheduling here; vLLM 0.33's default, AsyncScheduler (one step of lookahead with
+  output placeholders), is engine.async_scheduler.AsyncScheduler, a subclass of this one (replay
+  drives either pair: ReplayConfig.async_scheduling);
 - the KV-cache watermark is fixed at 0 (vLLM's default).
 """
 from __future__ import annotations
@@ -22,28 +23,19 @@ from engine.block_pool import update_block_hashes
 from engine.config import CacheConfig, SchedulerConfig, SpeculativeConfig
 from engine.kv_cache_manager import KVCacheManager
 from engine.kv_manager import KVManager
-from engine.outputs import (
-    CachedRequestData,
-    DraftTokenIds,
-    EngineCoreOutput,
-    ModelRunnerOutput,
-    NewRequestData,
-    SchedulerOutput,
-)
+from engine.outputs import (CachedRequestData, DraftTokenIds, EngineCoreOutput, ModelRunnerOutput, NewRequestData,
+                            SchedulerOutput)
 from engine.request import Request, RequestStatus
 from engine.request_queue import create_request_queue
-from engine.spec_decode.metrics import SpecDecodingStats
-from engine.spec_decode.rejection_sampler import PLACEHOLDER_TOKEN_ID
+from engine.spec_decode import scheduling as spec
+from engine.structured_output import scheduling as so
+from engine.structured_output.manager import GrammarOutput, StructuredOutputManager
 
 
 class Scheduler:
-    def __init__(
-        self,
-        scheduler_config: SchedulerConfig,
-        cache_config: CacheConfig,
-        num_blocks: int,
-        speculative_config: SpeculativeConfig | None = None,
-    ) -> None:
+    def __init__(self, scheduler_config: SchedulerConfig, cache_config: CacheConfig, num_blocks: int,
+                 structured_output_manager: StructuredOutputManager | None = None, *,
+                 speculative_config: SpeculativeConfig | None = None) -> None:
         self.scheduler_config = scheduler_config
         self.cache_config = cache_config
         self.block_size = cache_config.block_size
@@ -67,9 +59,10 @@ class Scheduler:
         self.preempted_req_ids: set[str] = set()
         self.current_step = 0
         # Speculative decoding (vLLM: VllmConfig.num_speculative_tokens / num_lookahead_tokens).
-        self.num_spec_tokens = speculative_config.num_speculative_tokens if speculative_config else 0
-        self.num_lookahead_tokens = speculative_config.num_lookahead_tokens if speculative_config else 0
-        self.spec_decoding_stats = SpecDecodingStats.new(self.num_spec_tokens)
+        self.num_spec_tokens, self.num_lookahead_tokens, self.spec_decoding_stats = spec.scheduler_state(speculative_config)
+        # Structured output (vLLM passes its StructuredOutputManager in the same way).
+        self.structured_output_manager = structured_output_manager
+        self.grammar_compile_error_reqs: dict[str, str] = {}
 
     # -- queue management ---------------------------------------------------------------
 
@@ -138,8 +131,18 @@ class Scheduler:
         req_index = 0
         while req_index < len(self.running) and token_budget > 0:
             request = self.running[req_index]
+            if (
+                request.num_output_placeholders > 0
+                and request.num_computed_tokens + 2 - request.num_output_placeholders
+                >= request.num_prompt_tokens + request.sampling_params.max_tokens
+            ):
+                # Async scheduling: the step in flight samples the last token max_tokens allows;
+                # one more step would be wasted (vllm/v1/core/sched/scheduler.py:799-815 Scheduler.schedule).
+                req_index += 1
+                continue
+            # Placeholders (async scheduling; 0 otherwise) count the tokens in flight as known;
             # num_tokens_with_spec: the drafts proposed after the last step are scheduled too.
-            num_new_tokens = request.num_tokens_with_spec - request.num_computed_tokens
+            num_new_tokens = request.num_tokens_with_spec + request.num_output_placeholders - request.num_computed_tokens
             if 0 < long_prefill_threshold < num_new_tokens:
                 num_new_tokens = long_prefill_threshold
             num_new_tokens = min(num_new_tokens, token_budget)
@@ -187,14 +190,19 @@ class Scheduler:
             token_budget -= num_new_tokens
             req_index += 1
             if request.spec_token_ids:
-                self._schedule_spec_tokens(request, num_new_tokens, scheduled_spec_decode_tokens)
+                spec.schedule_drafts(request, num_new_tokens, scheduled_spec_decode_tokens)
 
         # Then the WAITING requests, unless memory pressure forced a preemption this step.
         if not preempted_reqs:
+            # Requests still blocked (a grammar compiling) step aside this step (vLLM: skip_request).
+            step_skipped_waiting: list[Request] = []
             while token_budget > 0 and len(self.waiting):
                 if len(self.running) >= self.scheduler_config.max_num_seqs:
                     break
                 request = self.waiting.peek_request()
+                if not so.handle_blocked_waiting_request(request, self.grammar_compile_error_reqs):
+                    step_skipped_waiting.append(self.waiting.pop_request())
+                    continue
 
                 did_prefix_cache_lookup = request.num_computed_tokens == 0
                 if did_prefix_cache_lookup:
@@ -207,14 +215,11 @@ class Scheduler:
 
                 # num_tokens, not num_prompt_tokens: a resumed request recomputes its outputs too.
                 num_new_tokens = request.num_tokens - num_computed_tokens
-                pad_spec_decode = (
-                    self.num_spec_tokens > 0 and num_new_tokens == 1 and not prefill_scheduled
-                    and bool(scheduled_running_reqs or num_computed_tokens > 0)
-                    and num_computed_tokens + 1 + self.num_spec_tokens + 1 <= self.max_model_len
+                pad_spec_decode = spec.pads_admission(
+                    self.num_spec_tokens, num_new_tokens, num_computed_tokens, prefill_scheduled,
+                    bool(scheduled_running_reqs or num_computed_tokens > 0), self.max_model_len,
                 )
                 if pad_spec_decode:
-                    # vLLM pads a decode-ready admission to 1 + k tokens (k placeholder drafts, always
-                    # rejected) to keep the step's decodes uniform for its CUDA graphs.
                     if 1 + self.num_spec_tokens > token_budget:
                         break
                     num_new_tokens = 1 + self.num_spec_tokens
@@ -245,9 +250,11 @@ class Scheduler:
                 request.status = RequestStatus.RUNNING
                 request.num_computed_tokens = num_computed_tokens
                 if pad_spec_decode:
-                    scheduled_spec_decode_tokens[request.request_id] = [PLACEHOLDER_TOKEN_ID] * self.num_spec_tokens
+                    scheduled_spec_decode_tokens[request.request_id] = spec.placeholder_drafts(self.num_spec_tokens)
                 if did_prefix_cache_lookup:  # counted at admission, so lookups that did not fit are not
                     self.kv_cache_manager.record_prefix_cache_stats(request, num_new_local_computed_tokens)
+            for request in reversed(step_skipped_waiting):
+                self.waiting.prepend_request(request)
 
         total = sum(num_scheduled_tokens.values())
         assert total <= self.scheduler_config.max_num_batched_tokens
@@ -272,16 +279,14 @@ class Scheduler:
         self._update_after_schedule(output)
         return output
 
-    def _schedule_spec_tokens(
-        self, request: Request, num_new_tokens: int, scheduled_spec_decode_tokens: dict[str, list[int]]
-    ) -> None:
-        # Mirrors: vllm.v1.core.sched.scheduler:Scheduler.schedule (vllm 0.33.0), its "Speculative
-        # decode related" block: the drafts that fit in num_new_tokens are scheduled, the rest dropped;
-        # the drafter proposes afresh after the step.
-        num_scheduled_spec_tokens = num_new_tokens + request.num_computed_tokens - request.num_tokens
-        if num_scheduled_spec_tokens > 0:
-            scheduled_spec_decode_tokens[request.request_id] = request.spec_token_ids[:num_scheduled_spec_tokens]
-        request.spec_token_ids = []
+    def get_grammar_bitmask(self, scheduler_output: SchedulerOutput) -> GrammarOutput | None:
+        """The token bitmask of the step's structured requests that sample (not mid-prompt).
+
+        Mirrors: vllm.v1.core.sched.scheduler:Scheduler.get_grammar_bitmask (vllm 0.33.0)
+        """
+        if self.structured_output_manager is None:
+            return None
+        return self.structured_output_manager.grammar_bitmask(self.requests, so.sampling_ids(self.requests, scheduler_output))
 
     def _new_block_ids(self, request: Request, num_new_blocks: int) -> list[int] | None:
         # Both managers append a request's new blocks at the end of its table.
@@ -340,25 +345,17 @@ class Scheduler:
             new_token_ids = list(model_runner_output.sampled_token_ids[index_of[request_id]])
             scheduled_spec_token_ids = scheduler_output.scheduled_spec_decode_tokens.get(request_id)
             if scheduled_spec_token_ids and new_token_ids:
-                # The rejected drafts' KV slots stay allocated and are overwritten next step;
-                # only the count of computed tokens goes back (vLLM: num_computed_tokens -= num_rejected).
-                num_accepted = len(new_token_ids) - 1
-                request.num_computed_tokens -= len(scheduled_spec_token_ids) - num_accepted
-                self.spec_decoding_stats.observe_draft(len(scheduled_spec_token_ids), num_accepted)
+                spec.roll_back_rejected(request, scheduled_spec_token_ids, new_token_ids, self.spec_decoding_stats)
             stopped = False
-            for num_new, token_id in enumerate(new_token_ids, 1):
-                request.append_output_token_ids([token_id])
-                stopped = self._check_stop(request)
-                if stopped:
-                    del new_token_ids[num_new:]
-                    break
+            if new_token_ids:
+                new_token_ids, stopped = self._update_request_with_output(request, new_token_ids)
+            if self.structured_output_manager is not None and request.use_structured_output and new_token_ids:
+                stopped = so.advance_grammar(self.structured_output_manager, request, new_token_ids, stopped,
+                                             self.max_model_len, self._check_stop)
             if new_token_ids and self.cache_config.enable_prefix_caching:
                 update_block_hashes(request, self.block_size)
                 if self.num_spec_tokens:
-                    # Accepted drafts may have filled blocks: cache them now (before a stopped
-                    # request is freed), as vLLM does when speculating; allocate_slots cached
-                    # only up to the tokens known at schedule time.
-                    self.kv_cache_manager.cache_blocks(request, request.num_computed_tokens)
+                    spec.cache_accepted_blocks(self.kv_cache_manager, request)
             if stopped:
                 self._free_request(request)
                 stopped_running.add(request)
@@ -374,16 +371,29 @@ class Scheduler:
                 )
         if stopped_running:
             self.running = [r for r in self.running if r not in stopped_running]
+        if self.grammar_compile_error_reqs:
+            errors, self.grammar_compile_error_reqs = self.grammar_compile_error_reqs, {}
+            for request in self.finish_requests(list(errors), RequestStatus.FINISHED_ERROR):
+                request.stop_reason = errors[request.request_id]
+                outputs.append(EngineCoreOutput(request_id=request.request_id, new_token_ids=[],
+                                                finish_reason=request.get_finish_reason(), stop_reason=request.stop_reason))
         return outputs
 
     def update_draft_token_ids(self, draft_token_ids: DraftTokenIds) -> None:
-        # Mirrors: vllm.v1.core.sched.scheduler:Scheduler.update_draft_token_ids (vllm 0.33.0)
-        for request_id, spec_token_ids in zip(draft_token_ids.req_ids, draft_token_ids.draft_token_ids):
-            request = self.requests.get(request_id)
-            if request is None or request.is_finished:
-                continue
-            # A prefill chunk's drafts were proposed from a partial prompt: dropped.
-            request.spec_token_ids = [] if request.is_prefill_chunk else list(spec_token_ids)
+        """The drafts proposed after a step, for the next schedule (engine.spec_decode.scheduling)."""
+        spec.update_draft_token_ids(self.requests, draft_token_ids)
+
+    def _update_request_with_output(self, request: Request, new_token_ids: list[int]) -> tuple[list[int], bool]:
+        # Mirrors: vllm.v1.core.sched.scheduler:Scheduler._update_request_with_output (vllm 0.33.0)
+        # Append the sampled tokens up to the first that stops the request.
+        stopped = False
+        for num_new, token_id in enumerate(new_token_ids, 1):
+            request.append_output_token_ids([token_id])
+            stopped = self._check_stop(request)
+            if stopped:
+                del new_token_ids[num_new:]
+                break
+        return new_token_ids, stopped
 
     def _check_stop(self, request: Request) -> bool:
         # Mirrors: vllm.v1.core.sched.utils:check_stop (vllm 0.33.0)

@@ -54,6 +54,7 @@ from engine.protocol import (
     UsageInfo,
 )
 from engine.sampling_params import SamplingParams
+from engine.structured_output import StructuredOutputError, validate_structured_outputs
 from engine.tokenizer import PromptError
 
 logger = logging.getLogger(__name__)
@@ -171,6 +172,7 @@ class OpenAIServing:
         elif max_tokens < 1:
             raise OpenAIError(400, f"max_tokens must be at least 1, got {max_tokens}", param="max_tokens")
         stop = [request.stop] if isinstance(request.stop, str) else list(request.stop or [])
+        structured_outputs = _structured_outputs(request)
         try:
             return SamplingParams(
                 temperature=1.0 if request.temperature is None else request.temperature,
@@ -180,6 +182,7 @@ class OpenAIServing:
                 max_tokens=max_tokens,
                 stop=stop,
                 ignore_eos=request.ignore_eos,
+                structured_outputs=structured_outputs,
             )
         except ValueError as exc:
             param = next((name for name in ("temperature", "top_p", "top_k", "max_tokens") if name in str(exc)), None)
@@ -190,6 +193,8 @@ class OpenAIServing:
             return await self.async_llm.add_request(request_id, prompt_ids, params, priority=priority)
         except PromptError as exc:
             raise OpenAIError(400, str(exc), param="max_tokens") from None
+        except StructuredOutputError as exc:  # e.g. an engine whose loop serves no structured output (cache_mode sglang)
+            raise OpenAIError(400, str(exc), param="structured_outputs") from None
         except (EngineOverloadedError, EngineShutdownError) as exc:
             raise OpenAIError(503, str(exc)) from None
         except EngineDeadError as exc:
@@ -252,6 +257,19 @@ class OpenAIServing:
         finally:
             stream.close()
         yield SSE_DONE
+
+
+def _structured_outputs(request: SamplingRequest):
+    """The request's constraint, validated here so bad input is a 400 before anything is queued
+    (vLLM validates in its InputProcessor, in the API server, the same way)."""
+    param = "response_format" if request.response_format is not None and request.response_format.type != "text" else "structured_outputs"
+    try:
+        structured_outputs = request.extract_structured_outputs()
+        if structured_outputs is not None:
+            validate_structured_outputs(structured_outputs)
+    except StructuredOutputError as exc:
+        raise OpenAIError(400, str(exc), param=param) from None
+    return structured_outputs
 
 
 def _usage(num_prompt_tokens: int, final: RequestOutput) -> UsageInfo:

@@ -9,10 +9,18 @@ token. Finished prefills publish their prompt to the radix tree at once (checkpo
 request admitted one step later already hits it. The step's SchedulerOutput has the same shape
 as the vLLM-mode scheduler's, so the model runner and engine loop are shared.
 
+Policy "fcfs" runs SGLang's default order, "lpm" (longest cached prefix first); policy "priority"
+runs SGLang's "fcfs" with --enable-priority-scheduling and --schedule-low-priority-values-first
+(vLLM's order: smaller value first): the waiting queue sorted by priority then queue entry, and
+priority preemption, on by default with it (scheduler.py:1468-1472): a request that finds the
+batch full preempts running requests whose priority is lower by more than 10
+(priority_scheduling_preemption_threshold), which go back to the waiting queue.
+
 Deliberate differences from SGLang 0.5.23 (named so the replay report can name them too):
 - no overlap scheduling (the live CPU server runs with --disable-overlap-schedule too);
-- policy "lpm" only: no priority scheduling, hence no priority preemption (PrefillAdder.preempt_to_schedule);
 - no mixed chunked prefill (SGLang's --enable-mixed-chunk, off by default);
+- a priority preemption that takes several requests requeues them in victim order; SGLang's in a
+  set's order (by object address, managers/schedule_policy.py:1762-1777), so their waiting order may differ;
 - no abort of the last request when even it cannot decode (a replay's workload is validated to fit the pool);
 - request rows (ReqToTokenPool) are never the binding limit; max_num_seqs (max_running_requests) is.
 """
@@ -24,7 +32,15 @@ from dataclasses import dataclass, field
 from engine.config import CacheConfig, SchedulerConfig
 from engine.outputs import CachedRequestData, EngineCoreOutput, ModelRunnerOutput, NewRequestData, SchedulerOutput
 from engine.request import Request, RequestStatus
-from engine.schedule_policy import RETRACT_DECODE_STEPS, AddReqResult, NewTokenRatio, PrefillAdder, calc_priority
+from engine.schedule_policy import (
+    PRIORITY_SCHEDULING_PREEMPTION_THRESHOLD,
+    RETRACT_DECODE_STEPS,
+    AddReqResult,
+    NewTokenRatio,
+    PrefillAdder,
+    WaitingPrefixRefresh,
+    calc_priority,
+)
 from engine.sglang_kv import ReqKV, SglangKV
 
 
@@ -38,6 +54,10 @@ class Entry:
     kv: ReqKV = field(default_factory=ReqKV)
     retracted: bool = False
     blocks_sent: int = 0  # blocks of its table the model runner has been sent
+    wait_queue_entry_time: int = 0  # ReqTimeStats.wait_queue_entry_time as an order: set at each queue entry
+    # len(Req.full_untruncated_fill_ids): refreshed only by init_next_round_input (and the final
+    # release), so 0 until first matched and stale after a retraction (schedule_batch.py:1104, :1673-1700).
+    untruncated_fill_len: int = 0
 
     def fill_ids(self) -> list[int]:
         return self.request.all_token_ids  # origin_input_ids + output_ids
@@ -54,8 +74,12 @@ class SglangScheduler:
     """Same public surface as engine.scheduler.Scheduler (add_request / schedule / update_from_output)."""
 
     def __init__(self, scheduler_config: SchedulerConfig, cache_config: CacheConfig, num_blocks: int) -> None:
-        if scheduler_config.policy != "fcfs":
-            raise ValueError("cache_mode 'sglang' orders the waiting queue by prefix match (lpm); use policy 'fcfs'")
+        if scheduler_config.policy not in ("fcfs", "priority"):
+            raise ValueError(f"cache_mode 'sglang' runs policy 'fcfs' (SGLang's lpm) or 'priority', got {scheduler_config.policy!r}")
+        # Scheduler.__init__ (scheduler.py:487) and init_schedule_policy (:1468-1472): preemption
+        # comes with priority scheduling unless --disable-priority-preemption.
+        self.enable_priority_scheduling = self.enable_priority_preemption = scheduler_config.policy == "priority"
+        self.prefix_refresh = WaitingPrefixRefresh() if self.enable_priority_scheduling else None
         self.scheduler_config = scheduler_config
         self.cache_config = cache_config
         self.block_size = cache_config.block_size
@@ -77,6 +101,7 @@ class SglangScheduler:
         self.current_step = 0
         self._clock_ticks = 0
         self._retract_remaining = 0
+        self._queue_entries = 0
 
     # -- the views the engine and replay read (named as engine.scheduler.Scheduler's) ----------
 
@@ -107,7 +132,16 @@ class SglangScheduler:
             raise ValueError(f"request id {request.request_id!r} is already in the engine")
         self.requests[request.request_id] = request
         entry = self.entries[request.request_id] = Entry(request, self._max_new_tokens(request))
+        self._add_to_queue(entry)
+
+    def _add_to_queue(self, entry: Entry) -> None:
+        # Mirrors: sglang.srt.managers.scheduler:Scheduler._add_request_to_queue (sglang 0.5.23)
+        # An arrival, a retraction and a priority preemption all enter here and restamp the entry
+        # time (ReqTimeStats.set_wait_queue_entry_time, observability/req_time_stats.py:776), the
+        # tie-break of priority order.
         self.waiting_queue.append(entry)
+        self._queue_entries += 1
+        entry.wait_queue_entry_time = self._queue_entries
 
     def _max_new_tokens(self, request: Request) -> int:
         """max_tokens clipped so the request fits the context and an empty pool (its SamplingParams,
@@ -170,15 +204,16 @@ class SglangScheduler:
 
     def _get_new_batch_prefill(self) -> list[Entry] | None:
         # Mirrors: sglang.srt.managers.scheduler:Scheduler._get_new_batch_prefill_raw (sglang 0.5.23)
-        if not self.running_batch:
-            self.batch_is_full = False
+        if self.enable_priority_preemption or not self.running_batch:
+            self.batch_is_full = False  # reset to try preemption with a prefill adder (:4090-4096)
         if (self.batch_is_full or not self.waiting_queue) and self.chunked_req is None:
             return None
         running_bs = len(self.running_batch)
-        if self._num_allocatable_reqs(running_bs) <= 0 and self.chunked_req is None:
+        if (self._num_allocatable_reqs(running_bs) <= 0 and self.chunked_req is None
+                and not self.enable_priority_preemption):
             self.batch_is_full = True
             return None
-        calc_priority(self.waiting_queue, self.kv, self._tick)
+        calc_priority(self.waiting_queue, self.kv, self._tick, self.prefix_refresh)
         adder = PrefillAdder(self.kv, self.running_batch, self.new_token_ratio.current,
                              self.scheduler_config.max_num_batched_tokens, self.chunked_prefill_size)
         if self.chunked_req is not None:
@@ -188,10 +223,12 @@ class SglangScheduler:
                 break
             if len(adder.can_run_list) >= self._num_allocatable_reqs(len(self.running_batch)):
                 self.batch_is_full = True
-            if self.batch_is_full:
+            if self.batch_is_full and not (self.enable_priority_preemption and adder.preempt_to_schedule(
+                    entry, self.running_batch, PRIORITY_SCHEDULING_PREEMPTION_THRESHOLD, self._release_preempted)):
                 break
             # Req.init_next_round_input (schedule_batch.py:1692): match all tokens but the last.
             self.kv.match(entry.kv, entry.fill_ids()[:-1], next_round=True)
+            entry.untruncated_fill_len = len(entry.fill_ids())
             result = adder.add_one_req(entry)
             if result != AddReqResult.CONTINUE:
                 if result == AddReqResult.NO_TOKEN:
@@ -199,8 +236,12 @@ class SglangScheduler:
                 break
         can_run = adder.can_run_list
         if not can_run:
+            for entry in adder.preempt_list:  # released already: requeued though nothing was admitted
+                self._add_to_queue(entry)
             return None
         self.waiting_queue = [e for e in self.waiting_queue if e not in can_run]
+        for entry in adder.preempt_list:
+            self._add_to_queue(entry)
         if adder.new_chunked_req is not None:
             self.chunked_req = adder.new_chunked_req
         # ScheduleBatch.prepare_for_extend -> alloc_for_extend (schedule_batch.py:2847).
@@ -215,7 +256,7 @@ class SglangScheduler:
             retracted = self._retract_decode()
             self.new_token_ratio.current = NewTokenRatio.after_retract(self.running_batch)
             for entry in retracted:
-                self.waiting_queue.append(entry)  # _add_request_to_queue(is_retracted=True)
+                self._add_to_queue(entry)  # _add_request_to_queue(is_retracted=True)
         else:
             self.new_token_ratio.decay_step()
         if len(self.running_batch) < initial_bs:
@@ -243,6 +284,12 @@ class SglangScheduler:
         # filter_batch(keep_indices=sorted_indices) keeps the retraction order, not the batch's.
         self.running_batch = [batch[i] for i in order]
         return retracted
+
+    def _release_preempted(self, entry: Entry, remaining: int) -> None:
+        # Mirrors: sglang.srt.managers.schedule_batch:ScheduleBatch.release_req (sglang 0.5.23)
+        # (called by PrefillAdder.preempt_to_schedule for each running request it preempts)
+        self._retract_remaining = remaining
+        self._preempt_request(entry.request, time.monotonic())
 
     def _preempt_request(self, request: Request, timestamp: float) -> None:
         """One retraction: free the request's KV (none of it published), back to waiting later.

@@ -60,3 +60,29 @@ def test_paged_attention_equals_dense_causal_attention(block_size, shapes, seed)
     write_kv_cache(torch.cat(new_keys), torch.cat(new_values), k_cache, v_cache, metadata.slot_mapping)
     out = paged_attention(torch.cat(queries), k_cache, v_cache, metadata, scale=dim**-0.5)
     torch.testing.assert_close(out, torch.cat(expected), atol=1e-5, rtol=1e-5)
+
+
+def test_bfloat16_decode_batch_over_scattered_blocks_matches_float32_attention():
+    """A bf16 decode-only batch (the path engine/attention.py upcasts on the CPU): same answer as
+    float32 on the same bf16-rounded K/V, to bf16 precision, in bf16."""
+    gen = torch.Generator().manual_seed(0)
+    heads, kv_heads, dim, block_size = 9, 3, 64, 16
+    lengths = [1, 17, 40, 95]
+    num_blocks = sum(cdiv(n, block_size) for n in lengths) + 1
+    free = (torch.randperm(num_blocks - 1, generator=gen) + 1).tolist()
+    tables = [[free.pop() for _ in range(cdiv(n, block_size))] for n in lengths]
+    width = max(map(len, tables))
+    k_cache = torch.randn(num_blocks, block_size, kv_heads, dim, generator=gen).bfloat16()
+    v_cache = torch.randn(num_blocks, block_size, kv_heads, dim, generator=gen).bfloat16()
+    query = torch.randn(len(lengths), heads, dim, generator=gen).bfloat16()
+    metadata = lambda: AttentionMetadata(  # noqa: E731
+        slot_mapping=torch.tensor([t[(n - 1) // block_size] * block_size + (n - 1) % block_size for t, n in zip(tables, lengths)]),
+        query_start_loc=torch.arange(len(lengths) + 1),
+        seq_lens=torch.tensor(lengths),
+        block_tables=torch.tensor([t + [0] * (width - len(t)) for t in tables]),
+        positions=torch.tensor([n - 1 for n in lengths]),
+    )
+    out = paged_attention(query, k_cache, v_cache, metadata(), scale=dim**-0.5)
+    expected = paged_attention(query.float(), k_cache.float(), v_cache.float(), metadata(), scale=dim**-0.5)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), expected, atol=2e-2, rtol=2e-2)

@@ -8,9 +8,11 @@ run's fixed cost); every generated case is one more job on its stdin.
 
 The space is tests/search_strategies.py's, narrowed (SGLang paths under
 .venv-sglang/lib/python3.11/site-packages/sglang/srt/):
-- policy fcfs only: our SGLang mode runs SGLang's "lpm" order and has no priority scheduling (a
-  deliberate difference engine/sglang_scheduler.py names: no PrefillAdder.preempt_to_schedule,
-  managers/schedule_policy.py:1707), and the runner refuses a priority replay;
+- policies as our SGLang mode maps them: fcfs runs SGLang's "lpm", priority its "fcfs" with
+  --enable-priority-scheduling (managers/schedule_policy.py:526 _sort_by_priority_and_fcfs) and
+  priority preemption on; the strategies draw priorities 0..2, under SGLang's preemption threshold
+  (10), so the search checks the order and tests/test_conformance_sglang_scheduler.py's
+  priority scenarios the preemption (PrefillAdder.preempt_to_schedule, :1707);
 - no long_prefill_token_threshold: SGLang has no such knob (ServerArgs, server_args.py, has no
   field for it), so it is never drawn;
 - a chunked step budget of at least one page: SGLang cuts a chunk to whole pages
@@ -66,7 +68,7 @@ BROAD_EXAMPLES = int(os.environ.get("SERVETRACE_SEARCH_EXAMPLES", "2000" if LONG
 PRESSURE_EXAMPLES = BROAD_EXAMPLES
 STATS_PATH = os.environ.get("SERVETRACE_SEARCH_STATS")
 
-NARROWED = dict(policies=("fcfs",), long_prefill_threshold=False, chunk_min_blocks=1, pool_slack_blocks=1)
+NARROWED = dict(policies=("fcfs", "priority"), long_prefill_threshold=False, chunk_min_blocks=1, pool_slack_blocks=1)
 BROAD = SearchSpace(**NARROWED, pool_shapes=("tiny", "pressure", "pressure", "overcommit", "large"), max_output_tokens=96)
 PRESSURE = SearchSpace(**NARROWED, pool_shapes=("overcommit",), cap_max_model_len=False,
                        block_sizes=tuple(range(1, 17)),
@@ -81,7 +83,7 @@ MIN_SHARE = {"broad": {"prefix-hit": 0.25}, "pressure": {"preempted": 0.25, "pre
 MUST_REACH = {
     "broad": ("prefix-hit", "full-prefix-hit", "chunked-prefill", "max_num_seqs=1", "block_size=1",
               "block_size=64", "finished-by-max_model_len"),
-    "pressure": ("preempted", "resumed", "fcfs+caching+preempted", "block_size=16"),
+    "pressure": ("preempted", "resumed", "fcfs+caching+preempted", "priority+caching+preempted", "block_size=16"),
 }
 
 

@@ -62,3 +62,36 @@ def test_runner_on_the_cpu_can_keep_the_plain_linears():
     model = LlamaForCausalLM(TINY).eval()
     ModelRunner(model, TINY, 4, 8, "cpu", torch.float32, prepack_cpu_weights=False)
     assert not any(isinstance(m, cpu_gemm.PrepackedLinear) for m in model.modules())
+
+
+@pytest.mark.parametrize(
+    ("features", "expected"),
+    [
+        ({"avx512_bf16": True, "amx_bf16": False}, torch.bfloat16),
+        ({"avx512_bf16": False, "amx_bf16": True}, torch.bfloat16),
+        ({"avx512_bf16": False, "amx_bf16": False, "avx512_f": True}, torch.float32),
+    ],
+)
+def test_default_dtype_is_bfloat16_only_on_cpus_with_native_bf16(monkeypatch, features, expected):
+    monkeypatch.setattr(torch._C._cpu, "_get_cpu_capability", lambda: features, raising=False)
+    cpu_gemm.cpu_has_native_bf16.cache_clear()
+    try:
+        assert cpu_gemm.default_dtype(torch.device("cpu")) == expected
+        assert cpu_gemm.default_dtype(torch.device("cuda")) == torch.bfloat16
+    finally:
+        cpu_gemm.cpu_has_native_bf16.cache_clear()
+
+
+def test_without_torchs_probe_the_flags_come_from_proc_cpuinfo(monkeypatch, tmp_path):
+    monkeypatch.delattr(torch._C._cpu, "_get_cpu_capability", raising=False)
+    cpuinfo = tmp_path / "cpuinfo"
+    monkeypatch.setattr(cpu_gemm, "Path", lambda _: cpuinfo)
+    cpu_gemm.cpu_has_native_bf16.cache_clear()
+    try:
+        cpuinfo.write_text("flags\t\t: fpu sse avx2 avx512f\n")
+        assert not cpu_gemm.cpu_has_native_bf16()
+        cpu_gemm.cpu_has_native_bf16.cache_clear()
+        cpuinfo.write_text("flags\t\t: fpu sse avx2 avx512f avx512_bf16\n")
+        assert cpu_gemm.cpu_has_native_bf16()
+    finally:
+        cpu_gemm.cpu_has_native_bf16.cache_clear()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from engine.config import CacheConfig, EngineConfig, SchedulerConfig
+from engine.config import CacheConfig, EngineConfig, ModelConfig, SchedulerConfig
 from engine.llm_engine import LLMEngine
 from engine.sampling_params import SamplingParams
 from tests.conftest import oracle_greedy
@@ -32,6 +32,8 @@ def make_engine(
 ) -> LLMEngine:
     return LLMEngine(
         EngineConfig(
+            # float32 whatever this CPU's default: the oracle is transformers in float32, token for token.
+            model=ModelConfig(dtype="float32"),
             cache=CacheConfig(block_size=16, num_blocks=num_blocks, enable_prefix_caching=prefix_caching),
             scheduler=SchedulerConfig(
                 max_num_seqs=max_seqs, max_num_batched_tokens=max_batched, max_model_len=512, cache_mode=cache_mode

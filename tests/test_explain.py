@@ -319,3 +319,43 @@ def test_the_walkthroughs_explain_lab_is_explain_run_on_its_recipes_trace(tmp_pa
     assert differs[4].startswith("token 20 is 7 here")  # recorded with content capture on
     assert all(float(row[4]) <= 0.01 * float(row[1]) for row in time.rows)  # residual column
     assert result.notes[0].startswith("servetrace explain trace.jsonl")
+
+
+def test_a_request_waiting_on_a_slow_grammar_compile_is_named(tmp_path, monkeypatch):
+    """Structured output (issue 22): a request waits in WAITING_FOR_STRUCTURED_OUTPUT_GRAMMAR while its
+    grammar compiles on a compile thread. The compile is planted to last three engine steps of
+    another request; in each of them the constrained request heads the queue, waiting on it."""
+    import time
+
+    from engine.sampling_params import SamplingParams
+    from engine.structured_output import StructuredOutputsParams
+    from tests.test_server import shared_engine
+    from tracer.instrument import hooks, otel, spans
+
+    engine = shared_engine()
+    backend = engine.structured_output_manager.backend
+    compile_now, first_step = backend.compile, engine.scheduler.current_step
+
+    def slow_compile(*key):
+        while engine.scheduler.current_step < first_step + 3:
+            time.sleep(0.005)
+        return compile_now(*key)
+
+    monkeypatch.setattr(backend, "compile", slow_compile)
+    path = tmp_path / "grammar.jsonl"
+    otel.configure(trace_file=path, engine="mini")
+    hooks.install("mini", import_modules=True)
+    try:
+        params = [SamplingParams(temperature=0, max_tokens=8, ignore_eos=True),
+                  SamplingParams(temperature=0, max_tokens=2, structured_outputs=StructuredOutputsParams(regex=r"[x-z]{2}-slow"))]
+        _, constrained = engine.generate(["Tell me a story.", "A code:"], params)
+        otel.flush()
+    finally:
+        hooks.uninstall()
+        otel.shutdown()
+        spans.registry.clear()
+    timeline = read_timeline(read_trace_file(path).spans)
+    split = split_time(timeline, timeline.find(constrained.request_id))
+    waits = [n for n in split.steps if n.what == "waiting: grammar-compile"]
+    assert len(waits) >= 2 and "WAITING_FOR_STRUCTURED_OUTPUT_GRAMMAR" in waits[0].detail, [vars(n) for n in split.steps]
+    assert split.parts.get("waiting: grammar-compile", 0) > 0 and split.residual_ms <= 0.01 * split.wall_ms

@@ -19,7 +19,7 @@ import openai
 import pytest
 import uvicorn
 
-from engine.config import CacheConfig, EngineConfig, SchedulerConfig
+from engine.config import CacheConfig, EngineConfig, ModelConfig, SchedulerConfig
 from engine.llm_engine import LLMEngine
 from engine.request import Request, RequestStatus
 from engine.server import build_app, default_served_model_name
@@ -34,6 +34,9 @@ def shared_engine() -> LLMEngine:
     """One engine for every server in the test session (servers over it never run at the same time)."""
     return LLMEngine(
         EngineConfig(
+            # float32 whatever this CPU's default: the load test asserts greedy text does not depend on
+            # the batch, which bfloat16 does not promise (its rounding changes with the batch's shape).
+            model=ModelConfig(dtype="float32"),
             cache=CacheConfig(block_size=16, num_blocks=NUM_BLOCKS),
             scheduler=SchedulerConfig(max_num_seqs=64, max_num_batched_tokens=512, max_model_len=MAX_MODEL_LEN),
         )

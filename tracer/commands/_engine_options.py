@@ -3,14 +3,14 @@ from __future__ import annotations
 
 import argparse
 
-from engine.config import CacheConfig, EngineConfig, ModelConfig, SchedulerConfig, SpeculativeConfig
+from engine.config import CacheConfig, EngineConfig, ModelConfig, SchedulerConfig, SpeculativeConfig, StructuredOutputsConfig
 
 
 def add_engine_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("engine")
     group.add_argument("--model", default=None, help="GGUF file or HF directory (default: the bundled SmolLM2-135M-Instruct)")
     group.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
-    group.add_argument("--dtype", default=None, help="float32 / bfloat16 (default: float32 on CPU, bfloat16 on CUDA)")
+    group.add_argument("--dtype", default=None, help="float32 / bfloat16 (default: bfloat16 on CUDA and on CPUs with AVX-512 BF16 or AMX, else float32)")
     group.add_argument("--block-size", type=int, default=16)
     group.add_argument("--num-blocks", type=int, default=None, help="KV pool size in blocks (default: from --kv-cache-mb)")
     group.add_argument("--kv-cache-mb", type=int, default=256)
@@ -25,6 +25,17 @@ def add_engine_options(parser: argparse.ArgumentParser) -> None:
         "--cache-mode", choices=["vllm", "sglang"], default="vllm",
         help="prefix sharing: vLLM's hashed blocks, or SGLang's radix tree with longest-prefix-first admission",
     )
+    group.add_argument(
+        "--jump-forward", action="store_true",
+        help="structured output: append the tokens a grammar forces without a forward pass each (SGLang's earlier jump-forward; off by default)",
+    )
+    group.add_argument(
+        "--async-scheduling", action=argparse.BooleanOptionalAction, default=SchedulerConfig.async_scheduling,
+        help="schedule step N+1 while step N runs, as vLLM 0.33 does by default (AsyncScheduler and a batch "
+        "queue of 2, the model on a worker thread; --cache-mode vllm only). Default: off: on a CPU the host "
+        "work it can hide is under 1%% of a step, and on vs off measured within noise "
+        "(bench/results/async_scheduling.md)",
+    )
     spec = parser.add_argument_group("speculative decoding (vLLM's speculative_config names)")
     spec.add_argument("--speculative-method", choices=["ngram"], default=None,
                       help="draft tokens by prompt lookup (n-gram), verified in one forward pass (default: off)")
@@ -37,6 +48,8 @@ def engine_config_from_args(args: argparse.Namespace) -> EngineConfig:
     for name in ("block_size", "max_num_seqs", "max_num_batched_tokens", "max_model_len", "kv_cache_mb"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
+    if args.async_scheduling and args.cache_mode == "sglang":
+        raise ValueError("--async-scheduling is vLLM's AsyncScheduler; --cache-mode sglang runs synchronously")
     return EngineConfig(
         model=ModelConfig(model=args.model, device=args.device, dtype=args.dtype),
         cache=CacheConfig(
@@ -53,7 +66,9 @@ def engine_config_from_args(args: argparse.Namespace) -> EngineConfig:
             long_prefill_token_threshold=args.long_prefill_token_threshold,
             policy=args.policy,
             cache_mode=args.cache_mode,
+            async_scheduling=args.async_scheduling,
         ),
+        structured_outputs=StructuredOutputsConfig(jump_forward=getattr(args, "jump_forward", False)),
         speculative=_speculative_config(args),
     )
 
@@ -71,7 +86,6 @@ def _speculative_config(args: argparse.Namespace) -> SpeculativeConfig | None:
         prompt_lookup_min=args.prompt_lookup_min,
         prompt_lookup_max=args.prompt_lookup_max,
     )
-
 
 
 def add_trace_options(parser: argparse.ArgumentParser) -> None:

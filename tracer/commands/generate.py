@@ -28,6 +28,10 @@ def add_sampling_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--seed", type=int, default=None)
     group.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
     group.add_argument("--ignore-eos", action="store_true")
+    constraint = parser.add_argument_group("structured output (one of)").add_mutually_exclusive_group()
+    constraint.add_argument("--json-schema", metavar="FILE", default=None, help="constrain the output to this JSON schema (a .json file)")
+    constraint.add_argument("--regex", metavar="R", default=None, help="constrain the output to this regular expression")
+    constraint.add_argument("--choice", metavar="A,B,C", default=None, help="constrain the output to one of these comma-separated strings")
 
 
 def sampling_params_from_args(args: argparse.Namespace):
@@ -41,7 +45,35 @@ def sampling_params_from_args(args: argparse.Namespace):
         max_tokens=args.max_tokens,
         stop=args.stop,
         ignore_eos=args.ignore_eos,
+        structured_outputs=structured_outputs_from_args(args),
     )
+
+
+def structured_outputs_from_args(args: argparse.Namespace):
+    """--json-schema / --regex / --choice as the engine's StructuredOutputsParams (None: unconstrained)."""
+    import json
+    from pathlib import Path
+
+    from engine.structured_output import StructuredOutputsParams, validate_structured_outputs
+
+    if getattr(args, "json_schema", None):
+        path = Path(args.json_schema)
+        if not path.is_file():
+            raise FileNotFoundError(f"--json-schema: no such file: {path}")
+        try:
+            schema = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"--json-schema: {path} is not valid JSON: {exc}") from None
+        params = StructuredOutputsParams(json=schema)
+    elif getattr(args, "regex", None) is not None:
+        params = StructuredOutputsParams(regex=args.regex)
+    elif getattr(args, "choice", None) is not None:
+        choices = [c for c in args.choice.split(",") if c]
+        params = StructuredOutputsParams(choice=choices)
+    else:
+        return None
+    validate_structured_outputs(params)  # a clear error before the model loads
+    return params
 
 
 def run(args: argparse.Namespace) -> int:

@@ -47,6 +47,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--policy", choices=["fcfs", "priority"], default=None)
     parser.add_argument("--chunked-prefill", dest="enable_chunked_prefill", action=argparse.BooleanOptionalAction, default=None)
     parser.add_argument("--prefix-caching", dest="enable_prefix_caching", action=argparse.BooleanOptionalAction, default=None)
+    parser.add_argument("--async-scheduling", dest="async_scheduling", action=argparse.BooleanOptionalAction, default=None,
+                        help="drive vLLM 0.33's AsyncScheduler and ours in EngineCore.step_with_batch_queue's order "
+                        "(vLLM's serving default); mini and vllm only")
     parser.add_argument("--radix-page-size", type=int, default=1, help="page size of the radix-cache replay (SGLang default 1)")
     parser.add_argument("--step-ms", type=float, default=20.0, help="nominal step duration that maps arrival_time to a step")
     parser.add_argument("--no-trace", action="store_true", help="do not write trace files")
@@ -58,7 +61,7 @@ def config_from_args(args: argparse.Namespace, config_file: str | None = None):
 
     config_file = config_file or args.config
     base = ReplayConfig.from_file(config_file).to_json() if config_file else {}
-    names = list(CONFIG_FLAGS) + ["policy", "enable_chunked_prefill", "enable_prefix_caching"]
+    names = list(CONFIG_FLAGS) + ["policy", "enable_chunked_prefill", "enable_prefix_caching", "async_scheduling"]
     overrides = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
     return ReplayConfig.from_dict({**base, **overrides})
 
@@ -83,6 +86,9 @@ def run(args: argparse.Namespace) -> int:
     sidecar = sidecar_config_path(args.workload)
     config_file = args.config or (str(sidecar) if sidecar.is_file() else None)
     config = config_from_args(args, config_file)
+    if config.async_scheduling and set(engines) - {"mini", "vllm"}:
+        raise ValueError("--async-scheduling replays vLLM's AsyncScheduler: use --engines mini,vllm "
+                         "(SGLang's overlap loop is not replayed)")
     workload = load_workload(args.workload, step_seconds=args.step_ms / 1000, tokenize=_lazy_tokenizer())
     console = stdout_console()
     if config_file and not args.config:

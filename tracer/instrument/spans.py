@@ -27,7 +27,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from tracer.instrument import gpu_timing, otel
+from tracer.instrument import gpu_timing, otel, overlap
 from tracer.instrument.registry import registry
 
 logger = logging.getLogger(__name__)
@@ -213,7 +213,13 @@ def begin(call: HopCall, args: dict[str, Any]) -> OpenSpan | None:
             root = enclosing.root  # nested in another span of the same request (enqueue inside http.request)
         if parent is not None and current.is_valid and (root is None or root.trace_id != current.trace_id):
             links.append(Link(current, {LINK_KIND: LINK_STEP}))
+    if "step_opener" in roles and "step_root" not in roles:  # the schedule, not the step around it
+        overlap.link_overlapped(links, attributes)
     open_span = OpenSpan(call, tracer, attributes, start_ns, parent, enclosing, links, root if call.scope == "request" else None)
+    if "in_flight" in roles and not attributes.get(DROP):
+        # Created at once, in its own thread: another thread's step opener links to it while it runs.
+        open_span.materialize()
+        overlap.started(open_span)
     if "entrypoint" in roles:
         # Always the request's root, even before it knows its request id (a server assigns the
         # id inside the handler): the spans nested in it hang under it from the start.
@@ -263,6 +269,8 @@ def end(open_span: OpenSpan, args: dict[str, Any], result: Any = None, error: Ba
     end_ns = time.time_ns()
     call = open_span.call
     deactivate(open_span)
+    if "in_flight" in call.roles:
+        overlap.ended(open_span)
     went_idle = False
     try:
         after = _run_extractor(call, "after", call.after, args, result) if error is None else {}

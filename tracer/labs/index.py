@@ -5,14 +5,16 @@ import json
 import time
 from pathlib import Path
 
-from tracer.labs import attention_lab, chunked_latency, engine_labs, explain_lab, prefix_labs, scheduler_labs, spec_lab
+from tracer.labs import (
+    attention_lab, chunked_latency, engine_labs, explain_lab, prefix_labs, scheduler_labs, spec_lab, structured_output_lab,
+)
 from tracer.labs.cache import cache_path
 from tracer.labs.registry import Lab, LabError, LabResult, environment, parse_params
 
 
 def registry() -> dict[str, Lab]:
     return {lab.name: lab for lab in scheduler_labs.LABS + prefix_labs.LABS + engine_labs.LABS + chunked_latency.LABS + attention_lab.LABS
-                                 + explain_lab.LABS + spec_lab.LABS}
+                                 + explain_lab.LABS + spec_lab.LABS + structured_output_lab.LABS}
 
 
 def run_lab(name: str, given: dict[str, str] | None = None, cache_dir: Path | None = None) -> LabResult:

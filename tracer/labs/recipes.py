@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from tracer.labs import structured_output_lab
 from tracer.labs.cache import cache_path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -157,6 +158,8 @@ RECIPES = {
         Recipe("mini-shared-prefix", "our engine on the bundled model: two requests sharing a system prompt", _mini_shared_prefix),
         Recipe("mini-spec-decode", "our engine on the bundled model with n-gram speculation: a copy-heavy prompt and a story",
                _mini_spec_decode),
+        Recipe("mini-structured-output", "our engine on the bundled model: JSON-schema and regex requests (grammar.* hops)",
+               lambda out: structured_output_lab.record_structured_trace(out)),
         Recipe(
             "vllm-preemption", "vLLM's Scheduler replayed on a KV pool too small for four long decodes",
             _replay_recipe(_preemption_workload, dict(block_size=16, num_blocks=12, max_num_seqs=4, max_num_batched_tokens=256, max_model_len=512),

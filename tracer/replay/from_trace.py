@@ -43,7 +43,7 @@ def parse_from_trace_engines(text: str) -> list[str]:
 def load_replayable(trace_path: str | Path) -> TracedRun:
     run = read_traced_run(trace_path)
     if run.engine not in REPLAYABLE_TRACE_ENGINES:
-        raise ReplayError(f"{trace_path}: a trace of {run.engine}; --from-trace replays traces of "
+        raise ReplayError(f"{trace_path}: a trace of {run.engine}; replay --from-trace and whatif read traces of "
                           f"{', '.join(REPLAYABLE_TRACE_ENGINES)} (their V1 scheduler steps)")
     return run
 

@@ -27,7 +27,7 @@ from typing import Any
 from tracer.catalog.hops import load_catalog
 from tracer.replay.config import ReplayConfig, ReplayConfigError
 from tracer.replay.workload import TOKEN_ID_HIGH, TOKEN_ID_LOW, WorkloadRequest
-from tracer.traces.request_steps import EngineTimeline, RequestLife, Step, read_timeline
+from tracer.traces.request_steps import EngineTimeline, RequestLife, read_timeline
 from tracer.traces.schema import (
     BATCH_FINISHED, BATCH_PREEMPTED, CACHED_TOKENS, CONFIG_BLOCK_SIZE, CONFIG_CHUNKED_PREFILL, CONFIG_LONG_PREFILL,
     CONFIG_MAX_BATCHED_TOKENS, CONFIG_MAX_MODEL_LEN, CONFIG_MAX_NUM_SEQS, CONFIG_NUM_BLOCKS, CONFIG_POLICY,

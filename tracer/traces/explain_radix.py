@@ -92,7 +92,8 @@ def explain_radix(timeline: EngineTimeline, life: RequestLife) -> CacheMiss:
     if life.caching_enabled is False:
         return say("caching-disabled", "the radix cache is disabled (--disable-radix-cache): every lookup matches nothing")
     if not hashes and size >= unit:
-        return say("no-block-hashes", "the trace has no prefix hashes for this request (a trace from before they were recorded)")
+        return say("no-block-hashes", ("the trace has no prefix hashes for this request (a trace from before SGLang's lookups "
+                                       "recorded them, or lookups made without the request, as the radix-cache replay makes them)"))
     aligned = key // page * page
     if cached >= aligned:
         if page > 1 and size % page:

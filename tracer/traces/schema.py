@@ -142,6 +142,7 @@ NUM_WAITING = _key("servetrace.queue.num_waiting", "int", "waiting requests")
 NUM_OUTPUTS = _key("servetrace.step.num_outputs", "int", "outputs the step produced")
 MODEL_EXECUTED = _key("servetrace.step.model_executed", "bool", "the step ran the model")
 BATCH_QUEUE_LEN = _key("servetrace.step.batch_queue_len", "int", "batches in flight (async scheduling)")
+OVERLAPS_STEP = _key("servetrace.step.overlaps_step", "int", "async scheduling: the step whose model execution was running when this schedule began (the schedule links to it)")
 NUM_SAMPLED = _key("servetrace.sampler.num_sampled", "int", "tokens sampled")
 MODEL_TOKENS = _key("servetrace.model.num_tokens", "int", "tokens in the forward pass")
 GPU_FORWARD_MS = _key("servetrace.gpu.forward_ms", "float", "GPU time of the forward pass from CUDA events")
@@ -154,6 +155,15 @@ SPEC_NUM_DRAFT = _key("servetrace.spec.num_draft_tokens", "int", "draft tokens p
 SPEC_NUM_ACCEPTED = _key("servetrace.spec.num_accepted_tokens", "int", "drafts the target model accepted (the bonus or recovered token not counted)")
 SPEC_NUM_REJECTED = _key("servetrace.spec.num_rejected_tokens", "int", "drafts rejected: their KV slots are overwritten, num_computed_tokens rolls back by this much")
 SPEC_NUM_REQUESTS = _key("servetrace.spec.num_requests", "int", "requests with at least one draft")
+
+# -- structured output (grammar.* hops) ---------------------------------------------------------------
+GRAMMAR_KIND = _key("servetrace.grammar.kind", "str", "the request's constraint: json, json_object, regex, choice, grammar")
+GRAMMAR_COMPILE_MS = _key("servetrace.grammar.compile_ms", "float", "time to the compiled grammar on the compile thread (a cache hit: the lookup, or the wait on a twin's compile)")
+GRAMMAR_CACHE_HIT = _key("servetrace.grammar.cache_hit", "bool", "the compiled grammar came from the compile cache (same kind and spec)")
+GRAMMAR_NUM_ROWS = _key("servetrace.grammar.num_rows", "int", "bitmask rows filled or applied in the step (one per structured request, more with drafts)")
+GRAMMAR_MASKED_FRACTION = _key("servetrace.grammar.masked_fraction", "float", "mean fraction of the vocabulary the step's bitmask rows forbid")
+GRAMMAR_COMPLETE = _key("servetrace.grammar.complete", "bool", "on a finished constrained request: its output is a whole sentence of the grammar (false: max_tokens cut it off)")
+GRAMMAR_JUMP_TOKENS = _key("servetrace.grammar.jump_forward_tokens", "int", "tokens jump-forward appended without a forward pass each")
 
 # A batch span links to each request of the batch (LINK_REQUEST) and, with LINK_REPORTED, to those
 # whose finish or preemption the step reports without running them (such a step still belongs to them).
@@ -175,10 +185,11 @@ CONFIG_MAX_TOTAL_TOKENS = _key("servetrace.config.max_total_tokens", "int", "KV 
 EXTRACTOR_ERROR = _key("servetrace.extractor.error", "str", "an extractor of this span raised: phase, type and message (the call went on)")
 
 # -- links -------------------------------------------------------------------------------------------
-LINK_KIND = _key("servetrace.link", "str", "on a link: 'request' (a request in the batch), 'reported' (a request the step reports finished or preempted) or 'step' (the running step)")
+LINK_KIND = _key("servetrace.link", "str", "on a link: 'request' (a request in the batch), 'reported' (a request the step reports finished or preempted), 'step' (the running step) or 'overlap' (async scheduling: the model execution still running when a schedule began)")
 LINK_REQUEST = "request"
 LINK_REPORTED = "reported"
 LINK_STEP = "step"
+LINK_OVERLAP = "overlap"
 
 # Older names upstream engines still emit, and ours for the same thing.
 DEPRECATED: dict[str, str] = {

@@ -27,7 +27,7 @@ from operator import attrgetter
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from tracer.traces.schema import (
-    ENGINE, ENGINE_VERSION, EXTERNAL_ID, LINK_KIND, LINK_REPORTED, LINK_STEP,
+    ENGINE, ENGINE_VERSION, EXTERNAL_ID, LINK_KIND, LINK_OVERLAP, LINK_REPORTED, LINK_STEP,
     HTTP_REQUEST_ID_HEADER, NATIVE_REQUEST_ID_KEYS, OPERATION, REQUEST_ID, SERVICE_NAME,
 )
 from tracer.traces.trace_file import SkippedLine, SpanRecord, TraceFile
@@ -238,7 +238,8 @@ def _build_model(trace: TraceFile, shape: StepShape) -> TraceModel:
         step.canonical = canonical
         # Requests linked to or from the step: most are in its batch already (checked in C).
         # A "reported" link (a finish the step reports for a request it did not run) is not taking part.
-        batch_links = [[link for link in span.links if link.attributes.get(LINK_KIND) != LINK_REPORTED]
+        # An "overlap" link (async scheduling) points at another step's model execution, not a request.
+        batch_links = [[link for link in span.links if link.attributes.get(LINK_KIND) not in (LINK_REPORTED, LINK_OVERLAP)]
                        for span in step.spans if span.links]
         for linked in batch_links + [step.linked]:
             if not tokens.keys() >= set(map(owner_of, map(_trace_id, linked))):

@@ -11,6 +11,8 @@ from typing import Sequence
 
 from rich.text import Text
 
+from tracer.traces.schema import OVERLAPS_STEP
+from tracer.traces.trace_file import SpanRecord
 from tracer.tui.format import bar, count, ms
 from tracer.tui.model import Request, TraceModel
 from tracer.tui.rowtable import CELL_PADDING, Column, RowTable
@@ -116,7 +118,7 @@ class WaterfallTable(RowTable):
 
     @staticmethod
     def _hop_width(rows: list[HopRow], indent: int) -> int:
-        return max([len("hop"), *(indent * min(r.depth, MAX_INDENT) + len(r.span.name) for r in rows)])
+        return max([len("hop"), *(indent * min(r.depth, MAX_INDENT) + len(hop_text(r.span)) for r in rows)])
 
     def bar_width(self) -> int:
         last = self._layout_columns()[-1]
@@ -128,7 +130,7 @@ class WaterfallTable(RowTable):
         span, failed = row.span, row.span.status == "ERROR"
         cells = [
             Text(str(row.step.number) if row.step is not None else "", style="dim"),
-            Text(_indent(row.depth, self.indent) + span.name, style="bold red" if failed else ("cyan" if row.step is None else "")),
+            Text(_indent(row.depth, self.indent) + hop_text(span), style="bold red" if failed else ("cyan" if row.step is None else "")),
             Text(ms(span.duration_ns)),
         ]
         if self.processes:
@@ -143,6 +145,16 @@ class WaterfallTable(RowTable):
         if not self.rows_shown or self.cursor_row < 0 or self.cursor_row >= len(self.rows_shown):
             return None
         return self.rows_shown[self.cursor_row]
+
+
+def hop_text(span: SpanRecord) -> str:
+    """A hop's name in the waterfall; a schedule that began while another step's model execution
+    ran (async scheduling: servetrace.step.overlaps_step) says which step it overlaps, as its bar
+    overlaps that execution's."""
+    if not span.links:  # the overlap is also a link: most rows are decided without their attributes
+        return span.name
+    overlapped = span.attributes.get(OVERLAPS_STEP)
+    return f"{span.name} \u2225 step {overlapped}" if isinstance(overlapped, int) else span.name
 
 
 @lru_cache(maxsize=2 * (MAX_INDENT + 1))

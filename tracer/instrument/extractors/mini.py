@@ -15,8 +15,11 @@ from tracer.instrument.extractors import (
     TOP_P, ids, queue_attributes, request_attributes, sampling_attributes, scheduler_limits, waiting_head_attributes,
     BLOCK_HASHES, CACHING_ENABLED, PROMPT_TOKEN_IDS, blocks_to_evict, spec_propose_counts, spec_verify_counts,
 )
-from tracer.traces.schema import CONFIG_LONG_PREFILL, CONFIG_MAX_MODEL_LEN, CONFIG_NUM_BLOCKS, CONFIG_PREFIX_CACHING
-from tracer.traces.schema import DROP, HTTP_METHOD, HTTP_ROUTE, HTTP_STATUS, HTTP_STREAM, REQUEST_MODEL, TRACEPARENT
+from tracer.traces.schema import CONFIG_ASYNC, CONFIG_LONG_PREFILL, CONFIG_MAX_MODEL_LEN, CONFIG_NUM_BLOCKS, CONFIG_PREFIX_CACHING
+from tracer.traces.schema import (
+    BATCH_QUEUE_LEN, DROP, GRAMMAR_CACHE_HIT, GRAMMAR_COMPILE_MS, GRAMMAR_COMPLETE, GRAMMAR_JUMP_TOKENS, GRAMMAR_KIND,
+    GRAMMAR_MASKED_FRACTION, GRAMMAR_NUM_ROWS, HTTP_METHOD, HTTP_ROUTE, HTTP_STATUS, HTTP_STREAM, REQUEST_MODEL, TRACEPARENT,
+)
 
 # OpenTelemetry HTTP semantic conventions (the GenAI ones are in tracer.instrument.extractors)
 
@@ -96,8 +99,10 @@ def step_before(args: dict) -> dict:
 def step_after(args: dict, outputs: list) -> dict:
     engine = args["self"]
     finished = [o for o in outputs if o.finished]
+    batch_queue = getattr(engine, "batch_queue", None)
     return {
         STEP: engine.scheduler.current_step,
+        BATCH_QUEUE_LEN: len(batch_queue) if batch_queue is not None else None,
         NUM_OUTPUTS: len(outputs),
         BATCH_FINISHED: ids(o.request_id for o in finished),
         **queue_attributes(engine.scheduler),
@@ -137,6 +142,7 @@ def _replay_config(scheduler: Any) -> dict:
         CONFIG_MAX_MODEL_LEN: config.max_model_len,
         CONFIG_LONG_PREFILL: config.long_prefill_token_threshold,
         CONFIG_PREFIX_CACHING: getattr(getattr(scheduler, "cache_config", None), "enable_prefix_caching", None),
+        CONFIG_ASYNC: getattr(config, "async_scheduling", None),
     }
 
 
@@ -212,6 +218,11 @@ def preempt_after(args: dict, _: Any) -> dict:
 
 
 def execute_before(args: dict) -> dict:
+    if "model_input" in args:  # ModelRunner.execute_model_input (async scheduling's model thread)
+        model_input = args["model_input"]
+        if model_input is None:
+            return {DROP: True}  # an empty step: nothing ran
+        return {STEP: model_input.step, MODEL_TOKENS: int(model_input.input_ids.shape[0]), BATCH_SIZE: len(model_input.req_ids)}
     so = args["scheduler_output"]
     return {STEP: so.step, MODEL_TOKENS: so.total_num_scheduled_tokens, BATCH_SIZE: len(so.num_scheduled_tokens)}
 
@@ -255,6 +266,10 @@ def free_before(args: dict) -> dict:
     if request.is_finished:
         out[OUTPUT_TOKENS] = request.num_output_tokens
         out[FINISH_REASONS] = [request.get_finish_reason()]
+        so_request = getattr(request, "structured_output_request", None)
+        if so_request is not None:
+            out[GRAMMAR_KIND] = so_request.kind
+            out[GRAMMAR_COMPLETE] = so_request.is_complete
     return out
 
 
@@ -292,6 +307,44 @@ def spec_verify_after(args: dict, output_token_ids: Any) -> dict:
     return spec_verify_counts(args["metadata"].num_draft_tokens, output_token_ids)
 
 
+def grammar_compile_before(args: dict) -> dict:
+    """StructuredOutputManager._create_grammar (on a compile thread): the request and its constraint."""
+    request = args["request"]
+    return {REQUEST_ID: request.request_id, GRAMMAR_KIND: request.structured_output_request.kind}
+
+
+def grammar_compile_after(args: dict, _: Any) -> dict:
+    so_request = args["request"].structured_output_request
+    ms = None if so_request.compile_time_s is None else so_request.compile_time_s * 1000.0
+    return {GRAMMAR_COMPILE_MS: ms, GRAMMAR_CACHE_HIT: so_request.cache_hit}
+
+
+def grammar_fill_before(args: dict) -> dict:
+    ids = list(args["structured_output_request_ids"])
+    return {BATCH_IDS: ids, BATCH_SIZE: len(ids), DROP: not ids}
+
+
+def grammar_fill_after(args: dict, output: Any) -> dict:
+    if output is None:
+        return {}
+    fractions = output.masked_fractions
+    return {GRAMMAR_NUM_ROWS: int(output.grammar_bitmask.shape[0]),
+            GRAMMAR_MASKED_FRACTION: sum(fractions) / len(fractions) if fractions else None}
+
+
+def grammar_apply_before(args: dict) -> dict:
+    output = args["grammar_output"]
+    return {GRAMMAR_NUM_ROWS: len(output.structured_output_request_ids), BATCH_SIZE: int(args["logits"].shape[0])}
+
+
+def jump_forward_before(args: dict) -> dict:
+    return {REQUEST_ID: args["request"].request_id}
+
+
+def jump_forward_after(args: dict, tokens: list) -> dict:
+    return {GRAMMAR_JUMP_TOKENS: len(tokens), DROP: not tokens}  # a step with nothing forced is no event
+
+
 BEFORE = {
     "http.request": http_before,
     "engine.enqueue": enqueue_before,
@@ -307,6 +360,10 @@ BEFORE = {
     "scheduler.update": update_before,
     "kv.free": free_before,
     "detokenize": detokenize_before,
+    "grammar.compile": grammar_compile_before,
+    "grammar.bitmask_fill": grammar_fill_before,
+    "grammar.bitmask_apply": grammar_apply_before,
+    "grammar.jump_forward": jump_forward_before,
 }
 AFTER = {
     "spec.propose": spec_propose_after,
@@ -325,4 +382,7 @@ AFTER = {
     "scheduler.update": update_after,
     "kv.free": free_after,
     "detokenize": detokenize_after,
+    "grammar.compile": grammar_compile_after,
+    "grammar.bitmask_fill": grammar_fill_after,
+    "grammar.jump_forward": jump_forward_after,
 }

@@ -17,7 +17,9 @@ from typing import Any
 
 from tracer.catalog.hops import Catalog, load_catalog
 from tracer.replay.config import ReplayConfig
-from tracer.replay.runners.base import ReplayError, ReplayLog, SchedulerRunner, StepRecord, drive
+from tracer.replay.runners.base import ReplayError, ReplayLog, SchedulerRunner, StepRecord
+from tracer.replay.runners.base import drive as drive_synchronous
+from tracer.replay.runners.batch_queue import drive_batch_queue
 
 SCHEDULER_RUNNERS: dict[str, str] = {
     "mini": "tracer.replay.runners.mini:MiniRunner",
@@ -27,6 +29,14 @@ RADIX_RUNNERS: dict[str, str] = {
     "mini": "tracer.replay.runners.sglang:MiniRadix",
     "sglang": "tracer.replay.runners.sglang:SglangRadix",
 }
+
+
+def drive(runner: SchedulerRunner, workload: list, **limits: int) -> ReplayLog:
+    """Replay a workload through one scheduler, in the order its config serves in: EngineCore.step
+    (schedule, update), or with async_scheduling EngineCore.step_with_batch_queue."""
+    if runner.config.async_scheduling:
+        return drive_batch_queue(runner, workload, **limits)
+    return drive_synchronous(runner, workload, **limits)
 
 
 class NoReplayRunner(ReplayError):

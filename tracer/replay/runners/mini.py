@@ -1,6 +1,7 @@
 """Replay runner for our scheduler (engine/scheduler.py) and block manager."""
 from __future__ import annotations
 
+from engine.async_scheduler import AsyncScheduler
 from engine.config import CacheConfig, SchedulerConfig, SpeculativeConfig
 from engine.outputs import DraftTokenIds, ModelRunnerOutput, SchedulerOutput
 from engine.request import Request
@@ -29,7 +30,9 @@ class MiniRunner(V1SchedulerRunner):
     def make_scheduler(self, config: ReplayConfig, cache_config: CacheConfig) -> Scheduler:
         # The drafts are forced (tracer/replay/speculation.py): the n-gram sizes are never used.
         spec = SpeculativeConfig(num_speculative_tokens=config.num_speculative_tokens) if config.num_speculative_tokens else None
-        return Scheduler(SchedulerConfig(**config.scheduler_kwargs()), cache_config, config.num_blocks, spec)
+        scheduler_class = AsyncScheduler if config.async_scheduling else Scheduler
+        return scheduler_class(SchedulerConfig(**config.scheduler_kwargs()), cache_config, config.num_blocks,
+                               speculative_config=spec)
 
     def add_request(self, request: WorkloadRequest, arrival_time: float) -> None:
         engine_request = Request(

@@ -50,6 +50,8 @@ class MiniSglangRunner(MiniRunner):
     ignore_eos = False  # see the module docstring: only then do new_token_ratio and retraction play
 
     def make_scheduler(self, config: ReplayConfig, cache_config: CacheConfig) -> SglangScheduler:
+        if config.async_scheduling:
+            raise ReplayError("async scheduling replays vLLM's AsyncScheduler; SGLang's overlap loop is not replayed")
         scheduler_config = SchedulerConfig(**{**config.scheduler_kwargs(), "cache_mode": "sglang"})
         return SglangScheduler(scheduler_config, cache_config, config.num_blocks)
 
@@ -127,10 +129,12 @@ def sglang_known_differences() -> list[str]:
 
 
 def sglang_job(workload: list[WorkloadRequest], config: ReplayConfig) -> dict:
-    if config.policy != "fcfs":
-        raise ReplayError("the SGLang scheduler replay compares the lpm policy (our cache_mode 'sglang'); use policy fcfs")
+    # Policy fcfs replays SGLang's default order, lpm; policy priority its fcfs with priority
+    # scheduling (harness.server_args_for sets --enable-priority-scheduling, low values first, and
+    # leaves priority preemption on, its default), as our cache_mode "sglang" maps them.
+    schedule_policy = "fcfs" if config.policy == "priority" else "lpm"
     return {
-        "config": {**config.to_json(), "schedule_policy": "lpm", "ignore_eos": False},
+        "config": {**config.to_json(), "schedule_policy": schedule_policy, "ignore_eos": False},
         "model_path": str(sglang_model()),
         "requests": [
             {"id": r.id, "arrival_step": r.arrival_step, "prompt_token_ids": list(r.prompt_token_ids),

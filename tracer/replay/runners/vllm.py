@@ -3,8 +3,9 @@
 Built the way vLLM's own scheduler unit tests build it: a VllmConfig over a model directory that
 holds only a llama config.json (SmolLM2-135M's shape), a KVCacheConfig with one
 FullAttentionSpec group, Requests carrying a block hasher, and a hand-built ModelRunnerOutput fed
-to update_from_output. This is the synchronous Scheduler: vLLM 0.33 serves with AsyncScheduler
-by default (one step of lookahead), which replay does not drive.
+to update_from_output. The synchronous Scheduler, or with ReplayConfig.async_scheduling vLLM 0.33's
+default, AsyncScheduler, driven in EngineCore.step_with_batch_queue's order
+(tracer/replay/runners/batch_queue.py).
 """
 from __future__ import annotations
 
@@ -66,6 +67,7 @@ def _vllm():
         from vllm.sampling_params import SamplingParams
         from vllm.utils.hashing import sha256
         from vllm.v1.core.kv_cache_utils import get_request_block_hasher, init_none_hash
+        from vllm.v1.core.sched.async_scheduler import AsyncScheduler
         from vllm.v1.core.sched.scheduler import Scheduler
         from vllm.v1.kv_cache_interface import FullAttentionSpec, KVCacheConfig, KVCacheGroupSpec
         from vllm.v1.outputs import DraftTokenIds, ModelRunnerOutput
@@ -77,7 +79,7 @@ def _vllm():
     return dict(
         torch=torch, CacheConfig=CacheConfig, ModelConfig=ModelConfig, SchedulerConfig=SchedulerConfig,
         VllmConfig=VllmConfig, SamplingParams=SamplingParams, sha256=sha256,
-        get_request_block_hasher=get_request_block_hasher, Scheduler=Scheduler, FullAttentionSpec=FullAttentionSpec,
+        get_request_block_hasher=get_request_block_hasher, Scheduler=Scheduler, AsyncScheduler=AsyncScheduler, FullAttentionSpec=FullAttentionSpec,
         KVCacheConfig=KVCacheConfig, KVCacheGroupSpec=KVCacheGroupSpec, ModelRunnerOutput=ModelRunnerOutput,
         SpeculativeConfig=SpeculativeConfig, DraftTokenIds=DraftTokenIds,
         Request=Request, StructuredOutputManager=StructuredOutputManager,
@@ -113,7 +115,10 @@ def _build_vllm_scheduler(config: ReplayConfig, model_dir: str):
         num_blocks=config.num_blocks, kv_cache_tensors=[], kv_cache_groups=[v["KVCacheGroupSpec"](["layer"], spec)]
     )
     cache_config.num_gpu_blocks = config.num_blocks
-    scheduler = v["Scheduler"](
+    # vLLM picks the class from scheduler_config.async_scheduling
+    # (vllm/config/scheduler.py:231-239 SchedulerConfig.get_scheduler_cls); replay from its own config.
+    scheduler_class = v["AsyncScheduler"] if config.async_scheduling else v["Scheduler"]
+    scheduler = scheduler_class(
         vllm_config=vllm_config,
         kv_cache_config=kv_cache_config,
         structured_output_manager=v["StructuredOutputManager"](vllm_config),

@@ -5,7 +5,8 @@ so that SGLang's venv needs only SGLang (a job with a trace_file imports servetr
 
 What runs is SGLang's own code: Scheduler.get_next_batch_to_run (sglang/srt/managers/scheduler.py:3894)
 with its _get_new_batch_prefill_raw (:4079: SchedulePolicy.calc_priority, PrefillAdder.add_one_req /
-add_chunked_req, ScheduleBatch.init_new + prepare_for_extend) and update_running_batch (:4459:
+add_chunked_req, with policy priority PrefillAdder.preempt_to_schedule, ScheduleBatch.init_new +
+prepare_for_extend) and update_running_batch (:4459:
 check_decode_mem, ScheduleBatch.retract_decode, prepare_for_decode), then process_batch_result
 (:5074: BatchResultProcessor.process_batch_result_prefill / _decode, finish checks,
 release_kv_cache / checkpoint_kv_cache) over a real RadixCache (sglang/srt/mem_cache/radix_cache.py),

@@ -45,6 +45,9 @@ def server_args_for(config: dict, model_path: str) -> ServerArgs:
         enable_priority_scheduling=config["policy"] == "priority",
         # SGLang's priority default: larger value first; ours (vLLM's) is smaller value first.
         schedule_low_priority_values_first=True,
+        # disable_priority_preemption and priority_scheduling_preemption_threshold keep their
+        # defaults (False, 10: sglang/srt/arg_groups/fields/schedule.py:107-125 Schedule): priority
+        # preemption is on, as engine/sglang_scheduler.py runs it.
         disable_radix_cache=not config["enable_prefix_caching"],
         disable_overlap_schedule=True,
         grammar_backend="none",
@@ -163,6 +166,10 @@ def drive(scheduler: Scheduler, requests: list[dict], config: dict, pools: tuple
         running_before = {r.rid for r in scheduler.running_batch.reqs}
         if scheduler.chunked_req is not None:
             running_before.add(scheduler.chunked_req.rid)
+        # The last prefill batch, merged into the running batch inside get_next_batch_to_run: a
+        # request it admitted can be preempted by priority before it ever decodes.
+        if scheduler.last_batch is not None and scheduler.last_batch.forward_mode.is_extend():
+            running_before.update(r.rid for r in scheduler.last_batch.reqs if not r.finished())
 
         started = time.perf_counter()
         plan = scheduler.get_next_batch_to_run(running_batch=scheduler.running_batch, last_batch=scheduler.last_batch)

@@ -1,0 +1,190 @@
+"""Async scheduling on vs off: inter-token latency and throughput of our engine on this CPU.
+
+The same workload (greedy, the bundled SmolLM2-135M in float32, every request producing exactly its
+max_tokens) runs through two engines in one process, one synchronous and one with async
+scheduling (AsyncScheduler + the batch queue, engine/batch_queue.py), in alternating pairs so that
+a noisy shared machine loads both alike. Per run: output tokens per second, and ITL (the gap
+between a request's consecutive tokens as the engine hands them out) p50 / p90 over all requests.
+Also the time per synchronous step by phase, of which async scheduling can hide the host phases
+(schedule, input preparation, update + detokenize), and each run's forward p50 (the model's own
+cost, which async scheduling leaves alone: a check that a tok/s difference is not the machine's
+noise). Prints a table and writes bench/results/async_scheduling.{json,md}.
+
+    .venv/bin/python bench/async_scheduling.py [--pairs 5] [--batch 8] [--max-tokens 32]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+from _results import run_meta, write_results  # noqa: E402
+from engine.config import CacheConfig, EngineConfig, ModelConfig, SchedulerConfig  # noqa: E402
+from engine.llm_engine import LLMEngine  # noqa: E402
+from engine.sampling_params import SamplingParams  # noqa: E402
+
+TOPICS = ["a lighthouse", "the moon", "bread", "rivers", "a violin", "winter", "trains", "bees", "glass", "maps"]
+
+
+def make_engine(async_scheduling: bool, batch: int) -> LLMEngine:
+    return LLMEngine(
+        EngineConfig(
+            model=ModelConfig(dtype="float32"),  # as the recorded results ran (the CPU default may be bfloat16)
+            cache=CacheConfig(num_blocks=512),
+            scheduler=SchedulerConfig(max_num_seqs=batch, max_model_len=1024, async_scheduling=async_scheduling),
+        )
+    )
+
+
+def time_forwards(engine: LLMEngine) -> list[float]:
+    """Wall ms of each model execution (forward + sample), on whichever thread runs it: the cost
+    async scheduling does not change, as a check that a difference in tok/s is not machine noise."""
+    forwards: list[float] = []
+    execute = engine.model_runner.execute_model_input
+
+    def timed(model_input, grammar_output=None):
+        start = time.perf_counter()
+        try:
+            return execute(model_input, grammar_output)
+        finally:
+            if model_input is not None:
+                forwards.append((time.perf_counter() - start) * 1e3)
+
+    engine.model_runner.execute_model_input = timed
+    return forwards
+
+
+def run(engine: LLMEngine, token_ids: list[list[int]], max_tokens: int, forwards: list[float] | None = None) -> dict:
+    """All requests at once; every token's hand-out time recorded per request."""
+    if forwards is not None:
+        forwards.clear()
+    params = SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True)
+    arrivals: dict[str, list[float]] = {}
+    start = time.perf_counter()
+    for ids in token_ids:
+        arrivals[engine.add_request(None, ids, params).request_id] = []
+    while engine.has_unfinished_requests():
+        outputs = engine.step()
+        now = time.perf_counter()
+        for out in outputs:
+            arrivals[out.request_id].extend([now] * len(out.new_token_ids))
+    elapsed = time.perf_counter() - start
+    gaps = [b - a for times in arrivals.values() for a, b in zip(times, times[1:])]
+    produced = sum(len(times) for times in arrivals.values())
+    assert produced == max_tokens * len(token_ids)
+    quantiles = statistics.quantiles(gaps, n=10)
+    return {
+        "seconds": elapsed,
+        "tok_per_s": produced / elapsed,
+        "itl_p50_ms": statistics.median(gaps) * 1e3,
+        "itl_p90_ms": quantiles[8] * 1e3,
+        "forward_p50_ms": statistics.median(forwards) if forwards else None,
+    }
+
+
+def host_time_per_step(engine: LLMEngine, token_ids: list[list[int]], max_tokens: int) -> dict:
+    """What async scheduling can overlap with the forward: the synchronous step's host phases."""
+    params = SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True)
+    for ids in token_ids:
+        engine.add_request(None, ids, params)
+    phases = {"schedule": 0.0, "prepare inputs": 0.0, "forward + sample": 0.0, "update + detokenize": 0.0}
+    steps = 0
+    while engine.has_unfinished_requests():
+        t0 = time.perf_counter()
+        scheduler_output = engine.scheduler.schedule()
+        t1 = time.perf_counter()
+        model_input = engine.model_runner.prepare_model_input(scheduler_output)
+        t2 = time.perf_counter()
+        runner_output = engine.model_runner.execute_model_input(model_input)
+        t3 = time.perf_counter()
+        core_outputs = engine.scheduler.update_from_output(scheduler_output, runner_output)
+        engine.output_processor.process_outputs(core_outputs)
+        t4 = time.perf_counter()
+        for name, seconds in zip(phases, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
+            phases[name] += seconds
+        steps += 1
+    return {name: seconds / steps * 1e3 for name, seconds in phases.items()}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pairs", type=int, default=5, help="alternating off/on pairs (default 5)")
+    parser.add_argument("--batch", type=int, default=8, help="requests at once, max_num_seqs (default 8)")
+    parser.add_argument("--max-tokens", type=int, default=32, help="output tokens per request (default 32)")
+    args = parser.parse_args()
+    load_at_start = tuple(round(x, 2) for x in os.getloadavg())
+    if args.pairs < 1 or args.batch < 1 or args.max_tokens < 2:
+        parser.error("--pairs and --batch must be at least 1, --max-tokens at least 2")
+    console = Console(stderr=True)
+    console.print(f"loading two engines (batch {args.batch}, {args.max_tokens} tokens each, {args.pairs} pairs)...")
+    engines = {False: make_engine(False, args.batch), True: make_engine(True, args.batch)}
+    forwards = {on: time_forwards(engine) for on, engine in engines.items()}
+    token_ids = [
+        engines[False].render(f"Write a short story about {TOPICS[i % len(TOPICS)]}." + " Make it vivid." * (i % 4))
+        for i in range(args.batch)
+    ]
+    for on in (False, True):  # warm both (oneDNN primitives, allocator)
+        run(engines[on], token_ids, 4)
+    runs: dict[str, list[dict]] = {"off": [], "on": []}
+    for pair in range(args.pairs):
+        # Alternate which goes first, so neither always runs on the warmer machine.
+        for on in ((False, True) if pair % 2 == 0 else (True, False)):
+            result = run(engines[on], token_ids, args.max_tokens, forwards[on])
+            runs["on" if on else "off"].append(result)
+            console.print(f"pair {pair + 1}/{args.pairs} async {'on ' if on else 'off'}: {result['tok_per_s']:.1f} tok/s, "
+                          f"ITL p50 {result['itl_p50_ms']:.1f} ms")
+    host = host_time_per_step(engines[False], token_ids, args.max_tokens)
+    hideable = sum(ms for name, ms in host.items() if name != "forward + sample")
+
+    def median(mode: str, key: str) -> float:
+        return statistics.median(r[key] for r in runs[mode])
+
+    ratios = [on["tok_per_s"] / off["tok_per_s"] for off, on in zip(runs["off"], runs["on"])]
+    summary = {
+        mode: {key: median(mode, key) for key in ("tok_per_s", "itl_p50_ms", "itl_p90_ms", "forward_p50_ms")} for mode in ("off", "on")
+    }
+    summary["throughput_ratio_on_over_off_per_pair"] = ratios
+    summary["throughput_ratio_median"] = statistics.median(ratios)
+    meta = run_meta(pairs=args.pairs, batch=args.batch, max_tokens=args.max_tokens, load_average_at_start=load_at_start)
+
+    table = Table(title=f"async scheduling, batch {args.batch}, {args.max_tokens} tokens each (median of {args.pairs} pairs)")
+    for column in ("async scheduling", "tok/s", "ITL p50 ms", "ITL p90 ms", "forward p50 ms"):
+        table.add_column(column, justify="right")
+    for mode in ("off", "on"):
+        s = summary[mode]
+        table.add_row(mode, f"{s['tok_per_s']:.1f}", f"{s['itl_p50_ms']:.1f}", f"{s['itl_p90_ms']:.1f}", f"{s['forward_p50_ms']:.1f}")
+    Console().print(table)
+    body = [
+        f"Batch {args.batch} (all requests at once), {args.max_tokens} output tokens each, greedy, float32, "
+        f"{args.pairs} alternating pairs in one process; medians. Load average at start {load_at_start}.",
+        "",
+        "| async scheduling | tok/s | ITL p50 ms | ITL p90 ms | forward p50 ms |",
+        "|---|---|---|---|---|",
+    ]
+    for mode in ("off", "on"):
+        s = summary[mode]
+        body.append(f"| {mode} | {s['tok_per_s']:.1f} | {s['itl_p50_ms']:.1f} | {s['itl_p90_ms']:.1f} | {s['forward_p50_ms']:.1f} |")
+    body += [
+        "",
+        "Throughput on / off per pair (each pair's two runs back to back; the spread is the shared machine's): " + ", ".join(f"{r:.3f}" for r in ratios) + f" (median {statistics.median(ratios):.3f}).",
+        "",
+        "Time per synchronous step by phase, ms: " + ", ".join(f"{name} {ms:.2f}" for name, ms in host.items())
+        + f". Async scheduling can hide at most the host phases (all but forward + sample): "
+        f"{hideable:.2f} ms, {hideable / sum(host.values()):.1%} of the step.",
+    ]
+    write_results("async_scheduling", "Async scheduling on vs off (our engine, CPU)", meta,
+                  {"runs": runs, "summary": summary, "host_ms_per_step": host, "hideable_ms_per_step": hideable}, body)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

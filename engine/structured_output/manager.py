@@ -1,0 +1,216 @@
+"""Engine-level structured output: async compile cached by key, the batch bitmask, grammar state.
+
+Mirrors: vllm.v1.structured_output:StructuredOutputManager (vllm 0.33.0)
+- grammar_init submits the compile to a thread pool (vllm/v1/structured_output/__init__.py:195-204)
+  and the request waits in WAITING_FOR_STRUCTURED_OUTPUT_GRAMMAR until the Future is done;
+- grammar_bitmask fills one row per structured request on the scheduler side (__init__.py:382-531),
+  in the order of structured_output_request_ids; the model runner reorders and applies it (apply.py);
+- accept_tokens advances a grammar on the tokens the scheduler kept (__init__.py:533-553);
+  rollback undoes accepted tokens (speculative decoding's rejected drafts).
+The compile cache by key is explicit here (SGLang keeps one too: BaseGrammarBackend.cache,
+sglang/srt/constrained/base_grammar_backend.py:304-316; vLLM relies on xgrammar's compiler cache,
+backend_xgrammar.py:219-224), so a span can say whether a request's compile hit it.
+"""
+from __future__ import annotations
+
+import multiprocessing
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable
+
+import numpy as np
+import torch
+
+from engine.structured_output.backend_xgrammar import XgrammarBackend, XgrammarGrammar
+from engine.structured_output.jump_forward import jump_forward_tokens
+
+if TYPE_CHECKING:
+    import xgrammar as xgr
+
+    from engine.request import Request
+
+# (kind, spec, disable_any_whitespace): the compiled grammar depends on all three.
+CacheKey = tuple[Any, str, bool]
+
+
+@dataclass
+class GrammarOutput:
+    """Mirrors: vllm.v1.core.sched.output:GrammarOutput (vllm 0.33.0)"""
+
+    structured_output_request_ids: list[str]
+    # [rows, ceil(vocab / 32)] int32, one row per request (1 + its drafts with speculation).
+    grammar_bitmask: torch.Tensor
+    # Ours, for spans: the fraction of the vocabulary each request's (last) row masks.
+    masked_fractions: list[float] = field(default_factory=list)
+
+
+class StructuredOutputManager:
+    def __init__(
+        self,
+        hf_tokenizer: Any,
+        vocab_size: int,
+        max_num_seqs: int,
+        stop_token_ids: list[int] | None = None,
+        encode: Callable[[str], list[int]] | None = None,
+        jump_forward: bool = False,
+        max_num_spec_tokens: int = 0,
+    ) -> None:
+        self._hf_tokenizer = hf_tokenizer
+        self.vocab_size = vocab_size
+        self.max_num_seqs = max_num_seqs
+        self._stop_token_ids = stop_token_ids
+        self.encode = encode
+        self.jump_forward = jump_forward
+        self.max_num_spec_tokens = max_num_spec_tokens
+        self._backend: XgrammarBackend | None = None
+        self._backend_lock = threading.Lock()
+        # vLLM: half the CPUs; compiles are CPU-bound (__init__.py:89-96).
+        self.executor = ThreadPoolExecutor(max_workers=max(1, (multiprocessing.cpu_count() + 1) // 2),
+                                           thread_name_prefix="grammar-compile")
+        self._cache: dict[CacheKey, Future] = {}
+        self._cache_lock = threading.Lock()
+        self._pending: set[Future] = set()
+        self._grammar_bitmask: torch.Tensor | None = None
+
+    @property
+    def backend(self) -> XgrammarBackend:
+        # Built on first use, as vLLM's is (grammar_init, __init__.py:157-193): the tokenizer info costs 0.4-1.2 s here.
+        with self._backend_lock:
+            if self._backend is None:
+                self._backend = XgrammarBackend(self._hf_tokenizer, self.vocab_size, self._stop_token_ids,
+                                                max_rollback_tokens=self.max_num_spec_tokens)
+            return self._backend
+
+    # -- compile -------------------------------------------------------------------------
+
+    def grammar_init(self, request: "Request") -> None:
+        """Mirrors: vllm.v1.structured_output:StructuredOutputManager.grammar_init (vllm 0.33.0)"""
+        so_request = request.structured_output_request
+        if so_request is None:
+            return
+        # The backend (its TokenizerInfo) is built here, on the caller's thread, as vLLM's is on
+        # the first structured request (__init__.py:157-193); the compile itself goes to the pool.
+        _ = self.backend
+        future = self.executor.submit(self._create_grammar, request)
+        self._pending.add(future)
+        future.add_done_callback(self._pending.discard)
+        so_request.grammar = future
+
+    def _create_grammar(self, request: "Request") -> XgrammarGrammar:
+        """Mirrors: vllm.v1.structured_output:StructuredOutputManager._create_grammar (vllm 0.33.0)
+        Runs on a compile thread: the compiled grammar from the cache (or compiled now), then the
+        request's own matcher over it."""
+        so_request = request.structured_output_request
+        kind, spec = so_request.structured_output_key
+        key = (kind, spec, so_request.params.disable_any_whitespace)
+        start = time.perf_counter()
+        compiled, hit = self._compiled(key)
+        ctx = compiled.result()  # a twin's compile in flight: wait for it; a failed one raises here
+        so_request.compile_time_s = time.perf_counter() - start
+        so_request.cache_hit = hit
+        return self.backend.new_grammar(ctx)
+
+    def _compiled(self, key: CacheKey) -> tuple["Future[xgr.CompiledGrammar]", bool]:
+        """The compile cache: one Future per key, filled by the first request that needs it."""
+        with self._cache_lock:
+            cached = self._cache.get(key)
+            if cached is not None:
+                return cached, True
+            future: Future = Future()
+            self._cache[key] = future
+        try:
+            future.set_result(self.backend.compile(*key))
+        except Exception as exc:
+            future.set_exception(exc)
+        return future, False
+
+    def has_pending_compiles(self) -> bool:
+        return bool(self._pending)
+
+    def wait_for_compiles(self, timeout: float) -> None:
+        """Block up to timeout for any compile to finish (an idle engine step need not spin)."""
+        pending = list(self._pending)
+        if pending:
+            wait(pending, timeout=timeout, return_when="FIRST_COMPLETED")
+
+    # -- the batch bitmask (scheduler side) ----------------------------------------------
+
+    def grammar_bitmask(
+        self,
+        requests: dict[str, "Request"],
+        structured_output_request_ids: list[str],
+        scheduled_spec_decode_tokens: dict[str, list[int]] | None = None,
+    ) -> GrammarOutput | None:
+        """Mirrors: vllm.v1.structured_output:StructuredOutputManager.grammar_bitmask (vllm 0.33.0)
+        One row per request, plus one per draft token with speculation: a draft row is filled, the
+        draft accepted to fill the next, and the grammar rolled back after (__init__.py:449-521)."""
+        if not structured_output_request_ids:
+            return None
+        spec_tokens = scheduled_spec_decode_tokens or {}
+        stride = 1 + self.max_num_spec_tokens
+        if self._grammar_bitmask is None:
+            self._grammar_bitmask = self.backend.allocate_token_bitmask(self.max_num_seqs * stride)
+        bitmask = self._grammar_bitmask
+        index = 0
+        fractions: list[float] = []
+        for req_id in structured_output_request_ids:
+            request = requests[req_id]
+            so_request = request.structured_output_request
+            grammar = so_request.grammar
+            advanced = 0
+            for token in spec_tokens.get(req_id, ()):
+                self._fill_row(grammar, bitmask, index)
+                index += 1
+                if token != -1 and not grammar.is_terminated() and grammar.accept_tokens(req_id, [token]):
+                    advanced += 1
+            self._fill_row(grammar, bitmask, index)
+            so_request.masked_fraction = masked_fraction(bitmask[index], self.vocab_size)
+            fractions.append(so_request.masked_fraction)
+            index += 1
+            if advanced:
+                grammar.rollback(advanced)
+        return GrammarOutput(list(structured_output_request_ids), bitmask[:index], fractions)
+
+    @staticmethod
+    def _fill_row(grammar: XgrammarGrammar, bitmask: torch.Tensor, index: int) -> None:
+        # A terminated grammar leaves its row all-allowed (vLLM _fill_bitmasks, __init__.py:240-247).
+        if grammar.is_terminated():
+            bitmask[index].fill_(-1)
+        else:
+            grammar.fill_bitmask(bitmask, index)
+
+    # -- grammar state ---------------------------------------------------------------------
+
+    def accept_tokens(self, request: "Request", new_token_ids: list[int]) -> bool:
+        """Mirrors: vllm.v1.structured_output:StructuredOutputManager.accept_tokens (vllm 0.33.0)
+        Advance the grammar on accepted tokens; False on a rejection (the request is ended)."""
+        if request.structured_output_request is None or not new_token_ids:
+            return True
+        return request.structured_output_request.grammar.accept_tokens(request.request_id, new_token_ids)
+
+    def rollback(self, request: "Request", num_tokens: int) -> None:
+        """Undo the last num_tokens a request's grammar accepted (drafts the verifier rejected).
+        vLLM rolls back inside grammar_bitmask only; its accepted tokens are final
+        (XgrammarGrammar.rollback, backend_xgrammar.py:310-313)."""
+        if request.structured_output_request is not None and num_tokens > 0:
+            request.structured_output_request.grammar.rollback(num_tokens)
+
+    def jump_forward_tokens(self, request: "Request", max_new_tokens: int) -> list[int]:
+        """With --jump-forward: the tokens the grammar forces next, already accepted into it."""
+        so_request = request.structured_output_request
+        if not self.jump_forward or so_request is None or self.encode is None or max_new_tokens <= 0:
+            return []
+        tokens = jump_forward_tokens(so_request.grammar, self.encode, max_new_tokens)
+        so_request.num_jump_forward_tokens += len(tokens)
+        return tokens
+
+    def shutdown(self) -> None:
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+
+def masked_fraction(row: torch.Tensor, vocab_size: int) -> float:
+    """The fraction of the vocabulary a bitmask row forbids (a 0 bit is a masked token)."""
+    bits = np.unpackbits(row.numpy().view(np.uint8), bitorder="little")[:vocab_size]
+    return 1.0 - float(bits.sum()) / vocab_size

@@ -1,0 +1,100 @@
+"""Our engine with async scheduling, traced: the schedule of step N+1 overlaps the forward of step N.
+
+Each LLMEngine.step call is one step trace. Under async scheduling a call schedules step N+1 and
+hands its model execution to the batch queue's model thread, then applies step N's output; the
+model.execute span of N+1 nests in the trace of the call that scheduled it and outlives it. The
+schedule span of N+1 links (servetrace.link overlap) to the model.execute of N running as it
+began, and names that step (servetrace.step.overlaps_step).
+"""
+from __future__ import annotations
+
+import pytest
+
+from engine.config import CacheConfig, EngineConfig, SchedulerConfig
+from engine.llm_engine import LLMEngine
+from engine.sampling_params import SamplingParams
+from tracer.instrument import hooks, otel, spans
+from tracer.traces.schema import LINK_KIND, LINK_OVERLAP, OVERLAPS_STEP, STEP
+from tracer.traces.trace_file import read_trace_file
+from tracer.tui.model import build_model
+
+PROMPTS = ["The capital of France is", "Write a short story about bees."]
+MAX_TOKENS = 6
+
+
+@pytest.fixture(scope="module")
+def traced_run(tmp_path_factory):
+    engine = LLMEngine(EngineConfig(
+        cache=CacheConfig(block_size=16, num_blocks=64),
+        scheduler=SchedulerConfig(max_num_seqs=4, max_num_batched_tokens=64, max_model_len=256, async_scheduling=True),
+    ))
+    path = tmp_path_factory.mktemp("mini-async") / "trace.jsonl"
+    otel.configure(trace_file=path, engine="mini")
+    hooks.install("mini", import_modules=True)
+    try:
+        outputs = engine.generate(PROMPTS, SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS, ignore_eos=True))
+        otel.flush()
+    finally:
+        hooks.uninstall()
+        otel.shutdown()
+        spans.registry.clear()
+    return path, read_trace_file(path), outputs
+
+
+def test_every_scheduled_step_has_one_model_execution_in_the_trace_that_scheduled_it(traced_run):
+    _, trace, _ = traced_run
+    schedules = {s.attributes[STEP]: s for s in trace.named("scheduler.schedule") if s.attributes.get("servetrace.batch.total_tokens")}
+    executes = {s.attributes[STEP]: s for s in trace.named("model.execute")}
+    assert set(executes) == set(schedules) and len(executes) == MAX_TOKENS  # one prefill step, then decodes
+    for step, execute in executes.items():
+        assert execute.trace_id == schedules[step].trace_id
+        assert execute.start_ns >= schedules[step].end_ns
+
+
+def test_the_schedule_of_step_n_plus_1_overlaps_and_links_the_forward_of_step_n(traced_run):
+    _, trace, _ = traced_run
+    by_span_id = {s.span_id: s for s in trace.spans}
+    executes = {s.attributes[STEP]: s for s in trace.named("model.execute")}
+    overlapped = 0
+    for schedule in trace.named("scheduler.schedule"):
+        links = [link for link in schedule.links if link.attributes.get(LINK_KIND) == LINK_OVERLAP]
+        if not links:
+            assert OVERLAPS_STEP not in schedule.attributes
+            continue
+        (link,) = links
+        execute = by_span_id[link.span_id]
+        assert execute.name == "model.execute"
+        assert schedule.attributes[OVERLAPS_STEP] == execute.attributes[STEP] == schedule.attributes[STEP] - 1
+        # In time: the schedule began while that execution ran.
+        assert execute.start_ns <= schedule.start_ns <= execute.end_ns
+        overlapped += 1
+    # Every schedule after the first (the empty ones at the end included) may begin while the step
+    # before it runs; the first has nothing to overlap.
+    assert 1 <= overlapped <= len(trace.named("scheduler.schedule")) - 1
+    assert len(executes) == MAX_TOKENS
+
+
+def test_the_explorer_reads_the_async_trace_and_keeps_batches_to_requests(traced_run):
+    _, trace, outputs = traced_run
+    model = build_model(trace)
+    assert set(model.requests) >= {o.request_id for o in outputs}
+    for step in model.steps:
+        assert set(step.request_ids) <= set(model.requests), "an overlap link was taken for a request"
+
+
+def test_the_waterfall_names_the_step_a_schedule_overlaps(traced_run):
+    from tracer.tui.tables import hop_text
+    from tracer.tui.timeline import build_waterfall
+
+    _, trace, outputs = traced_run
+    model = build_model(trace)
+    waterfall = build_waterfall(model, model.requests[outputs[0].request_id])
+    marked = [row for row in waterfall.rows if OVERLAPS_STEP in row.span.attributes]
+    assert marked, "no schedule row of the request's steps overlaps a forward"
+    for row in marked:
+        assert hop_text(row.span) == f"scheduler.schedule \u2225 step {row.span.attributes[OVERLAPS_STEP]}"
+    # Drawn in time: the execution it overlaps starts before the schedule and ends after it began.
+    rows = waterfall.rows
+    for row in marked:
+        earlier = [r for r in rows[: rows.index(row)] if r.span.name == "model.execute"]
+        assert earlier and earlier[-1].span.end_ns >= row.span.start_ns
