@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from engine.config import CacheConfig, EngineConfig, SchedulerConfig, SpeculativeConfig
+from engine.config import CacheConfig, EngineConfig, ModelConfig, SchedulerConfig, SpeculativeConfig
 from engine.llm_engine import LLMEngine
 from engine.sampling_params import SamplingParams
 from tests.conftest import oracle_greedy
@@ -27,6 +27,7 @@ GREEDY = SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS)
 def make_engine(num_blocks: int = 200, max_batched: int = 64, spec: SpeculativeConfig | None = SPEC) -> LLMEngine:
     return LLMEngine(
         EngineConfig(
+            model=ModelConfig(dtype="float32"),  # token for token: bf16 is this CPU's default
             cache=CacheConfig(block_size=16, num_blocks=num_blocks),
             scheduler=SchedulerConfig(max_num_seqs=8, max_num_batched_tokens=max_batched, max_model_len=512),
             speculative=spec,

@@ -6,7 +6,7 @@ import argparse
 
 import pytest
 
-from engine.config import CacheConfig, EngineConfig, SchedulerConfig, SpeculativeConfig
+from engine.config import CacheConfig, EngineConfig, ModelConfig, SchedulerConfig, SpeculativeConfig
 from engine.llm_engine import LLMEngine
 from tests.test_server import NUM_BLOCKS, RunningServer
 from tracer.commands._engine_options import add_engine_options, engine_config_from_args
@@ -17,6 +17,7 @@ PROMPT = f"Repeat the sentence exactly.\nSentence: {QUOTE}\nRepeated: {QUOTE}\nS
 
 def test_streamed_and_plain_completions_agree_with_speculation():
     engine = LLMEngine(EngineConfig(
+        model=ModelConfig(dtype="float32"),  # token for token: bf16 is this CPU's default
         cache=CacheConfig(block_size=16, num_blocks=NUM_BLOCKS),
         scheduler=SchedulerConfig(max_num_seqs=8, max_num_batched_tokens=512, max_model_len=512),
         speculative=SpeculativeConfig(num_speculative_tokens=4, prompt_lookup_min=2, prompt_lookup_max=4),
@@ -49,3 +50,35 @@ def test_the_speculative_flags_build_vllms_config():
         parse("--num-speculative-tokens", "3")
     with pytest.raises(ValueError, match="prompt_lookup_min=4 must be <= prompt_lookup_max=2"):
         parse("--speculative-method", "ngram", "--prompt-lookup-min", "4", "--prompt-lookup-max", "2")
+
+
+def test_speculation_refuses_async_scheduling_as_vllms_v1_runner():
+    from engine.config import check_speculative_config
+
+    check_speculative_config(parse("--async-scheduling"))  # each alone is fine
+    check_speculative_config(parse("--speculative-method", "ngram"))
+    with pytest.raises(ValueError, match="async scheduling is not supported with ngram-based speculative decoding"):
+        check_speculative_config(parse("--async-scheduling", "--speculative-method", "ngram"))
+    with pytest.raises(ValueError, match="async scheduling is not supported"):
+        LLMEngine(parse("--async-scheduling", "--speculative-method", "ngram"))  # before the model loads
+
+
+def test_a_constrained_request_on_a_speculating_server_is_a_400():
+    engine = LLMEngine(EngineConfig(
+        model=ModelConfig(dtype="float32"),
+        cache=CacheConfig(block_size=16, num_blocks=NUM_BLOCKS),
+        scheduler=SchedulerConfig(max_num_seqs=8, max_num_batched_tokens=512, max_model_len=512),
+        speculative=SpeculativeConfig(num_speculative_tokens=4, prompt_lookup_min=2, prompt_lookup_max=4),
+    ))
+    server = RunningServer(engine).start()
+    try:
+        client = server.client()
+        model = client.models.list().data[0].id
+        import openai
+
+        with pytest.raises(openai.BadRequestError, match="not served with speculative decoding"):
+            client.completions.create(model=model, prompt=PROMPT, max_tokens=8, temperature=0,
+                                      extra_body={"structured_outputs": {"regex": "[0-9]+"}})
+        server.assert_idle_and_pool_free()
+    finally:
+        server.stop()

@@ -2,7 +2,7 @@
 the draft, accepted and rejected counts the scheduler itself counted."""
 from __future__ import annotations
 
-from engine.config import CacheConfig, EngineConfig, SchedulerConfig, SpeculativeConfig
+from engine.config import CacheConfig, EngineConfig, ModelConfig, SchedulerConfig, SpeculativeConfig
 from engine.llm_engine import LLMEngine
 from engine.sampling_params import SamplingParams
 from tracer.instrument import hooks, otel, spans
@@ -15,6 +15,7 @@ PROMPT = f"Repeat the sentence exactly.\nSentence: {QUOTE}\nRepeated: {QUOTE}\nS
 
 def test_spec_spans_carry_the_schedulers_counts(tmp_path):
     engine = LLMEngine(EngineConfig(
+        model=ModelConfig(dtype="float32"),  # token for token: bf16 is this CPU's default
         cache=CacheConfig(block_size=16, num_blocks=64),
         scheduler=SchedulerConfig(max_num_seqs=4, max_num_batched_tokens=256, max_model_len=256),
         speculative=SpeculativeConfig(num_speculative_tokens=4, prompt_lookup_min=2, prompt_lookup_max=4),
