@@ -27,10 +27,9 @@ Deliberate differences from SGLang 0.5.23 (named so the replay report can name t
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 
 from engine.config import CacheConfig, SchedulerConfig
-from engine.outputs import CachedRequestData, EngineCoreOutput, ModelRunnerOutput, NewRequestData, SchedulerOutput
+from engine.outputs import EngineCoreOutput, ModelRunnerOutput, SchedulerOutput
 from engine.request import Request, RequestStatus
 from engine.schedule_policy import (
     PRIORITY_SCHEDULING_PREEMPTION_THRESHOLD,
@@ -41,33 +40,8 @@ from engine.schedule_policy import (
     WaitingPrefixRefresh,
     calc_priority,
 )
-from engine.sglang_kv import ReqKV, SglangKV
-
-
-
-@dataclass(eq=False)
-class Entry:
-    """A request with SGLang's per-request KV state beside it."""
-
-    request: Request
-    max_new_tokens: int
-    kv: ReqKV = field(default_factory=ReqKV)
-    retracted: bool = False
-    blocks_sent: int = 0  # blocks of its table the model runner has been sent
-    wait_queue_entry_time: int = 0  # ReqTimeStats.wait_queue_entry_time as an order: set at each queue entry
-    # len(Req.full_untruncated_fill_ids): refreshed only by init_next_round_input (and the final
-    # release), so 0 until first matched and stale after a retraction (schedule_batch.py:1104, :1673-1700).
-    untruncated_fill_len: int = 0
-
-    def fill_ids(self) -> list[int]:
-        return self.request.all_token_ids  # origin_input_ids + output_ids
-
-
-class WaitingView(list):
-    """The waiting queue's requests, in order, read the way engine.request_queue's queues are."""
-
-    def peek_request(self) -> Request:
-        return self[0]
+from engine.sglang_batch import Entry, WaitingView, batch_output
+from engine.sglang_kv import SglangKV
 
 
 class SglangScheduler:
@@ -314,49 +288,10 @@ class SglangScheduler:
         return float(self._clock_ticks)
 
     def _output(self, batch: list[Entry], extend: bool) -> SchedulerOutput:
-        # The same shape as the vLLM-mode scheduler's (engine/outputs.py): a request the model runner
-        # has not seen is new (whole block table); a retracted one comes back as a resumed cached
-        # request (whole new table); a running one sends only the blocks added this step.
-        num_scheduled: dict[str, int] = {}
-        new_reqs: list[NewRequestData] = []
-        cached = CachedRequestData.make_empty()
-        for entry in batch:
-            request, rid = entry.request, entry.request.request_id
-            start = entry.kv.prefix_len if extend else entry.kv.committed - 1
-            end = entry.kv.extend_end if extend else entry.kv.committed
-            num_scheduled[rid] = end - start
-            if extend and request.num_cached_tokens < 0:
-                request.num_cached_tokens = start  # the prefix hit at first admission
-            blocks = self._block_ids(entry.kv)
-            request.num_computed_tokens = start
-            if request.status == RequestStatus.WAITING:
-                new_reqs.append(NewRequestData.from_request(request, blocks))
-            else:
-                resumed = request.status == RequestStatus.PREEMPTED
-                cached.req_ids.append(rid)
-                if resumed:
-                    cached.resumed_req_ids.add(rid)
-                added = blocks if resumed else blocks[entry.blocks_sent:]
-                cached.new_block_ids.append(added or None)
-                cached.num_computed_tokens.append(start)
-                cached.num_output_tokens.append(request.num_output_tokens)
-            entry.blocks_sent = len(blocks)
-            request.status = RequestStatus.RUNNING
-            request.num_computed_tokens = end  # advanced at schedule time, as the vLLM-mode scheduler does
-        output = SchedulerOutput(
-            scheduled_new_reqs=new_reqs,
-            scheduled_cached_reqs=cached,
-            num_scheduled_tokens=num_scheduled,
-            total_num_scheduled_tokens=sum(num_scheduled.values()),
-            preempted_req_ids=set(self.retracted_this_step),
-            finished_req_ids=self.finished_req_ids,
-            step=self.current_step,
-        )
+        output = batch_output(batch, extend, self.block_size, self.current_step,
+                              set(self.retracted_this_step), self.finished_req_ids)
         self.finished_req_ids = set()
         return output
-
-    def _block_ids(self, kv: ReqKV) -> list[int]:
-        return [slot // self.block_size for slot in kv.row[:: self.block_size]]
 
     def update_from_output(self, scheduler_output: SchedulerOutput,
                            model_runner_output: ModelRunnerOutput) -> list[EngineCoreOutput]:

@@ -131,6 +131,34 @@ def validate_workload(workload: list[WorkloadRequest], config: ReplayConfig) -> 
             )
 
 
+def take_arrivals(runner: SchedulerRunner, pending: deque, step: int, num_requests: int) -> list[str]:
+    """Add the workload's requests due by `step` (pending: (index, request) in arrival order)."""
+    arrivals = []
+    while pending and pending[0][1].arrival_step <= step:
+        index, request = pending.popleft()
+        # Arrival order is also the tie-break order for equal priorities, identical in every engine.
+        runner.add_request(request, arrival_time=request.arrival_step + index / (num_requests + 1))
+        runner.forced_outputs[request.id] = request.forced_output()
+        arrivals.append(request.id)
+    return arrivals
+
+
+def schedule_effects(runner: SchedulerRunner, running_before: list[str], scheduled: dict[str, int],
+                     ever_preempted: set[str]) -> tuple[list[Admission], set[str]]:
+    """What one schedule() did to the queues: the requests it admitted (scheduled but not running
+    before the step: taken off the waiting queue, with their prefix hit) and those it preempted
+    (running before, not after)."""
+    running_after = runner.running_ids()
+    was_running = set(running_before)
+    admitted = [
+        Admission(rid, runner.request_counters(rid)[0] - scheduled[rid], rid in ever_preempted)
+        for rid in running_after
+        if rid in scheduled and rid not in was_running
+    ]
+    still_running = set(running_after)
+    return admitted, {rid for rid in running_before if rid not in still_running}
+
+
 def drive(runner: SchedulerRunner, workload: list[WorkloadRequest], max_steps: int = 100_000, max_idle_steps: int = 8) -> ReplayLog:
     """Replay a workload through one scheduler; one StepRecord per engine step."""
     validate_workload(workload, runner.config)
@@ -144,13 +172,7 @@ def drive(runner: SchedulerRunner, workload: list[WorkloadRequest], max_steps: i
     while pending or runner.num_unfinished():
         if not runner.num_unfinished() and pending[0][1].arrival_step > step:
             step = pending[0][1].arrival_step  # nothing to do until the next arrival
-        arrivals = []
-        while pending and pending[0][1].arrival_step <= step:
-            index, request = pending.popleft()
-            # Arrival order is also the tie-break order for equal priorities, identical in every engine.
-            runner.add_request(request, arrival_time=request.arrival_step + index / (num_requests + 1))
-            runner.forced_outputs[request.id] = request.forced_output()
-            arrivals.append(request.id)
+        arrivals = take_arrivals(runner, pending, step, num_requests)
 
         # Only the running queue is read before the step: it is small, the waiting queue is not.
         running_before = runner.running_ids()
@@ -160,16 +182,7 @@ def drive(runner: SchedulerRunner, workload: list[WorkloadRequest], max_steps: i
         schedule_seconds = time.perf_counter() - started
 
         scheduled = runner.num_scheduled_tokens(scheduler_output)
-        running_after_schedule = runner.running_ids()
-        was_running = set(running_before)
-        # Scheduled but not running before the step: taken off the waiting queue this step.
-        admitted = [
-            Admission(rid, runner.request_counters(rid)[0] - scheduled[rid], rid in ever_preempted)
-            for rid in running_after_schedule
-            if rid in scheduled and rid not in was_running
-        ]
-        still_running = set(running_after_schedule)
-        preempted_ids = {rid for rid in running_before if rid not in still_running}
+        admitted, preempted_ids = schedule_effects(runner, running_before, scheduled, ever_preempted)
         output = runner.output_shape(scheduler_output)
 
         sampled = runner.sample(scheduler_output)

@@ -19,7 +19,7 @@ import time
 from collections import deque
 from typing import Any
 
-from tracer.replay.runners.base import SchedulerRunner, validate_workload
+from tracer.replay.runners.base import SchedulerRunner, schedule_effects, take_arrivals, validate_workload
 from tracer.replay.runners.records import Admission, ReplayLog, StepRecord
 from tracer.replay.workload import WorkloadRequest
 
@@ -63,12 +63,7 @@ def drive_batch_queue(runner: SchedulerRunner, workload: list[WorkloadRequest], 
     while pending or runner.num_unfinished() or queue:
         if not runner.num_unfinished() and not queue and pending[0][1].arrival_step > step:
             step = pending[0][1].arrival_step  # nothing to do until the next arrival
-        arrivals = []
-        while pending and pending[0][1].arrival_step <= step:
-            index, request = pending.popleft()
-            runner.add_request(request, arrival_time=request.arrival_step + index / (num_requests + 1))
-            runner.forced_outputs[request.id] = request.forced_output()
-            arrivals.append(request.id)
+        arrivals = take_arrivals(runner, pending, step, num_requests)
 
         running_before = runner.running_ids()
         scheduled: dict[str, int] = {}
@@ -82,14 +77,7 @@ def drive_batch_queue(runner: SchedulerRunner, workload: list[WorkloadRequest], 
             scheduler_output = runner.schedule()
             schedule_seconds = time.perf_counter() - started
             scheduled = runner.num_scheduled_tokens(scheduler_output)
-            running_after_schedule = runner.running_ids()
-            was_running = set(running_before)
-            admitted = [
-                Admission(rid, runner.request_counters(rid)[0] - scheduled[rid], rid in ever_preempted)
-                for rid in running_after_schedule
-                if rid in scheduled and rid not in was_running
-            ]
-            preempted_ids = set(running_before) - set(running_after_schedule)
+            admitted, preempted_ids = schedule_effects(runner, running_before, scheduled, ever_preempted)
             output = runner.output_shape(scheduler_output)
             queue.appendleft((scheduler_output, sample_when_scheduled(runner, scheduler_output)))
             # Don't block on the oldest step unless the queue is full or nothing more can be scheduled.

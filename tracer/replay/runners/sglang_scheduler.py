@@ -12,12 +12,8 @@ and only with it off does new_token_ratio, and so retraction, come into play.
 """
 from __future__ import annotations
 
-import atexit
-import json
 import os
 import re
-import subprocess
-import threading
 from pathlib import Path
 
 from engine.config import CacheConfig, SchedulerConfig
@@ -27,9 +23,9 @@ from tracer.instrument.otel import capture_content
 from tracer.replay.config import ReplayConfig
 from tracer.replay.runners.base import ReplayError, ReplayLog, StepRecord, validate_workload
 from tracer.replay.runners.mini import MiniRunner
+from tracer.replay.runners.venv_driver import REPO, VenvJobDriver
 from tracer.replay.workload import WorkloadRequest
 
-REPO = Path(__file__).resolve().parents[3]
 DRIVER = REPO / "tracer" / "replay" / "sglang_side" / "driver.py"
 
 
@@ -64,58 +60,14 @@ class MiniSglangRunner(MiniRunner):
         return []
 
 
-class SglangDriver:
+class SglangDriver(VenvJobDriver):
     """The SGLang-side subprocess: started once (importing SGLang's scheduler takes ~15 s here)
     and reused for every replay in this process."""
 
-    _shared: "SglangDriver | None" = None
-    _lock = threading.Lock()
+    what = "the SGLang scheduler replay (.venv-sglang)"
 
     def __init__(self) -> None:
-        python = sglang_venv() / "bin" / "python"
-        if not python.is_file():
-            raise ReplayError(f"SGLang scheduler replay needs {python} (make setup builds .venv-sglang)")
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SERVETRACE_")}
-        env["PYTHONWARNINGS"] = "ignore"
-        self.process = subprocess.Popen([str(python), str(DRIVER)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                        stderr=subprocess.PIPE, text=True, env=env, cwd=str(REPO))
-        ready = self._read()
-        if not ready.get("ready"):
-            raise ReplayError(f"the SGLang driver did not start: {ready}")
-
-    @classmethod
-    def shared(cls) -> "SglangDriver":
-        with cls._lock:
-            if cls._shared is None or cls._shared.process.poll() is not None:
-                cls._shared = cls()
-                atexit.register(cls._shared.close)
-            return cls._shared
-
-    def _read(self) -> dict:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            if line.startswith("{"):
-                return json.loads(line)
-        stderr = self.process.stderr.read() if self.process.stderr else ""
-        raise ReplayError(f"the SGLang driver exited ({self.process.wait()}): {stderr[-2000:]}")
-
-    def run(self, job: dict) -> dict:
-        with self._lock:
-            assert self.process.stdin is not None
-            self.process.stdin.write(json.dumps(job) + "\n")
-            self.process.stdin.flush()
-            result = self._read()
-        if "error" in result:
-            raise ReplayError(f"SGLang scheduler replay failed: {result['error']}\n{result.get('traceback', '')}")
-        return result
-
-    def close(self) -> None:
-        if self.process.poll() is None:
-            self.process.stdin.close()  # type: ignore[union-attr]
-            try:
-                self.process.wait(timeout=2)  # it exits at end of input; torch's teardown can linger
-            except subprocess.TimeoutExpired:
-                self.process.kill()
+        super().__init__(sglang_venv() / "bin" / "python", [str(DRIVER)], {}, keep_stderr=True)
 
 
 def sglang_known_differences() -> list[str]:

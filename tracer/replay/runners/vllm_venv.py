@@ -4,20 +4,16 @@ in a subprocess running tracer/replay/vllm_side/driver.py, the pattern of tracer
 """
 from __future__ import annotations
 
-import atexit
-import json
 import os
 import re
-import subprocess
-import threading
 from importlib import metadata
 from pathlib import Path
 
 from tracer.replay.config import ReplayConfig
 from tracer.replay.runners.base import ReplayError, ReplayLog, StepRecord
+from tracer.replay.runners.venv_driver import REPO, VenvJobDriver
 from tracer.replay.workload import WorkloadRequest
 
-REPO = Path(__file__).resolve().parents[3]
 VENVS = {"vllm": (".venv-vllm", "SERVETRACE_VLLM_VENV")}
 
 
@@ -64,56 +60,18 @@ def where_to_run(version: str | None) -> str:
                       f"{venv_vllm_version(vllm_venv()) or 'none'} in {vllm_venv()}: no Scheduler of that version to replay with")
 
 
-class VllmVenvDriver:
-    """The subprocess, started once (importing vLLM takes seconds) and reused for every job."""
+class VllmVenvDriver(VenvJobDriver):
+    """vLLM 0.32's Scheduler in .venv-vllm: tracer/replay/vllm_side/driver.py."""
 
-    _shared: "VllmVenvDriver | None" = None
-    _lock = threading.Lock()
+    what = "the vLLM venv replay"
+    close_timeout_s = 5.0
 
-    def __init__(self, venv: Path) -> None:
-        python = venv / "bin" / "python"
-        if not python.is_file():
-            raise ReplayError(f"replaying a vLLM {venv_vllm_version(venv)} trace needs {python} (make setup builds it)")
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SERVETRACE_")}
-        env.update(PYTHONWARNINGS="ignore", PYTHONPATH=str(REPO), VLLM_TARGET_DEVICE="cpu", HF_HUB_OFFLINE="1")
-        self.process = subprocess.Popen([str(python), "-m", "tracer.replay.vllm_side.driver"], stdin=subprocess.PIPE,
-                                        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
-                                        cwd=str(REPO))
-        if not self._read().get("ready"):
-            raise ReplayError("the vLLM venv driver did not start")
-
-    @classmethod
-    def shared(cls) -> "VllmVenvDriver":
-        with cls._lock:
-            if cls._shared is None or cls._shared.process.poll() is not None:
-                cls._shared = cls(vllm_venv())
-                atexit.register(cls._shared.close)
-            return cls._shared
-
-    def _read(self) -> dict:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            if line.startswith("{"):
-                return json.loads(line)
-        raise ReplayError(f"the vLLM venv driver exited ({self.process.wait()})")
-
-    def run(self, job: dict) -> dict:
-        with self._lock:
-            assert self.process.stdin is not None
-            self.process.stdin.write(json.dumps(job) + "\n")
-            self.process.stdin.flush()
-            result = self._read()
-        if "error" in result:
-            raise ReplayError(f"vLLM replay in {vllm_venv()} failed: {result['error']}\n{result.get('traceback', '')}")
-        return result
-
-    def close(self) -> None:
-        if self.process.poll() is None:
-            self.process.stdin.close()  # type: ignore[union-attr]
-            try:
-                self.process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
+    def __init__(self, venv: Path | None = None) -> None:
+        venv = venv or vllm_venv()
+        if not (venv / "bin" / "python").is_file():
+            raise ReplayError(f"replaying a vLLM {venv_vllm_version(venv)} trace needs {venv / 'bin' / 'python'} (make setup builds it)")
+        super().__init__(venv / "bin" / "python", ["-m", "tracer.replay.vllm_side.driver"],
+                         {"PYTHONPATH": str(REPO), "VLLM_TARGET_DEVICE": "cpu", "HF_HUB_OFFLINE": "1"})
 
 
 def vllm_job(function: str, workload: list[WorkloadRequest], config: ReplayConfig, **extra) -> dict:
