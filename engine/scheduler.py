@@ -27,6 +27,7 @@ from engine.outputs import (CachedRequestData, DraftTokenIds, EngineCoreOutput, 
                             SchedulerOutput)
 from engine.request import Request, RequestStatus
 from engine.request_queue import create_request_queue
+from engine.sched_utils import check_stop
 from engine.spec_decode import scheduling as spec
 from engine.structured_output import scheduling as so
 from engine.structured_output.manager import GrammarOutput, StructuredOutputManager
@@ -351,7 +352,7 @@ class Scheduler:
                 new_token_ids, stopped = self._update_request_with_output(request, new_token_ids)
             if self.structured_output_manager is not None and request.use_structured_output and new_token_ids:
                 stopped = so.advance_grammar(self.structured_output_manager, request, new_token_ids, stopped,
-                                             self.max_model_len, self._check_stop)
+                                             self.max_model_len)
             if new_token_ids and self.cache_config.enable_prefix_caching:
                 update_block_hashes(request, self.block_size)
                 if self.num_spec_tokens:
@@ -389,27 +390,11 @@ class Scheduler:
         stopped = False
         for num_new, token_id in enumerate(new_token_ids, 1):
             request.append_output_token_ids([token_id])
-            stopped = self._check_stop(request)
+            stopped = check_stop(request, self.max_model_len)
             if stopped:
                 del new_token_ids[num_new:]
                 break
         return new_token_ids, stopped
-
-    def _check_stop(self, request: Request) -> bool:
-        # Mirrors: vllm.v1.core.sched.utils:check_stop (vllm 0.33.0)
-        params = request.sampling_params
-        last_token_id = request.output_token_ids[-1]
-        if not params.ignore_eos and last_token_id == request.eos_token_id:
-            request.status = RequestStatus.FINISHED_STOPPED
-            return True
-        if last_token_id in params.stop_token_ids:
-            request.status = RequestStatus.FINISHED_STOPPED
-            request.stop_reason = last_token_id
-            return True
-        if request.num_tokens >= self.max_model_len or request.num_output_tokens >= params.max_tokens:
-            request.status = RequestStatus.FINISHED_LENGTH_CAPPED
-            return True
-        return False
 
     def _free_request(self, request: Request) -> None:
         # Mirrors: vllm.v1.core.sched.scheduler:Scheduler._free_request (vllm 0.33.0)

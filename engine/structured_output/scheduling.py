@@ -2,10 +2,10 @@
 engine.scheduler unchanged so that file stays one idea (continuous batching) and under ~420 lines."""
 from __future__ import annotations
 
-from typing import Callable
 
 from engine.outputs import SchedulerOutput
 from engine.request import Request, RequestStatus
+from engine.sched_utils import check_stop
 from engine.structured_output.manager import StructuredOutputManager
 
 
@@ -38,7 +38,7 @@ def sampling_ids(requests: dict[str, Request], scheduler_output: SchedulerOutput
 
 def advance_grammar(
     manager: StructuredOutputManager, request: Request, new_token_ids: list[int], stopped: bool,
-    max_model_len: int, check_stop: Callable[[Request], bool],
+    max_model_len: int,
 ) -> bool:
     """Advance the request's grammar on its kept tokens (the stop token ends it too; vLLM:
     update_from_output -> StructuredOutputManager.accept_tokens, scheduler.py:2432-2443); with
@@ -53,6 +53,6 @@ def advance_grammar(
     for token_id in manager.jump_forward_tokens(request, room):
         request.append_output_token_ids([token_id])
         new_token_ids.append(token_id)
-        if check_stop(request):
+        if check_stop(request, max_model_len):
             return True
     return False
