@@ -54,9 +54,19 @@ def run(args: argparse.Namespace) -> int:
                     api_key=api_key)
     name = app.state.serving.served_model_name
     auth = "; requests need Authorization: Bearer <key>" if api_key else ""
-    print(f"serving {name!r} on http://{host}:{port}/v1 (KV pool: {config.cache.num_blocks} blocks{auth})",
-          file=sys.stderr, flush=True)
-    server = uvicorn.Server(
+    ready_line = f"serving {name!r} on http://{host}:{port}/v1 (KV pool: {config.cache.num_blocks} blocks{auth})"
+
+    class AnnouncingServer(uvicorn.Server):
+        """Says where it serves once uvicorn listens and has taken SIGINT / SIGTERM over: a Ctrl-C
+        after the line always shuts it down (one that came before uvicorn's capture_signals, in
+        asyncio.run's own SIGINT handling, could cancel the startup and leave the server running)."""
+
+        async def startup(self, sockets=None) -> None:
+            await super().startup(sockets=sockets)
+            if not self.should_exit:
+                print(ready_line, file=sys.stderr, flush=True)
+
+    server = AnnouncingServer(
         uvicorn.Config(
             app,
             log_level=args.log_level,
