@@ -28,7 +28,7 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from _results import run_meta, write_results  # noqa: E402
-from engine.config import CacheConfig, EngineConfig, SchedulerConfig, SpeculativeConfig  # noqa: E402
+from engine.config import CacheConfig, EngineConfig, ModelConfig, SchedulerConfig, SpeculativeConfig  # noqa: E402
 from engine.llm_engine import LLMEngine  # noqa: E402
 from engine.sampling_params import SamplingParams  # noqa: E402
 
@@ -84,7 +84,9 @@ def load_workload(path: Path = WORKLOAD) -> list[dict]:
 
 
 def make_engine(spec: SpeculativeConfig | None) -> LLMEngine:
+    # float32: outputs are checked equal with and without speculation (bf16 may flip a near-tie).
     return LLMEngine(EngineConfig(
+        model=ModelConfig(dtype="float32"),
         cache=CacheConfig(block_size=16, kv_cache_memory_bytes=256 * 1024 * 1024),
         scheduler=SchedulerConfig(max_num_seqs=8, max_num_batched_tokens=2048, max_model_len=2048),
         speculative=spec,
