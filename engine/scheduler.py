@@ -23,11 +23,11 @@ from engine.block_pool import update_block_hashes
 from engine.config import CacheConfig, SchedulerConfig, SpeculativeConfig
 from engine.kv_cache_manager import KVCacheManager
 from engine.kv_manager import KVManager
-from engine.outputs import (CachedRequestData, DraftTokenIds, EngineCoreOutput, ModelRunnerOutput, NewRequestData,
+from engine.outputs import (DraftTokenIds, EngineCoreOutput, ModelRunnerOutput, NewRequestData,
                             SchedulerOutput)
 from engine.request import Request, RequestStatus
 from engine.request_queue import create_request_queue
-from engine.sched_utils import check_stop
+from engine.sched_utils import check_stop, make_cached_request_data, new_block_ids_of
 from engine.spec_decode import scheduling as spec
 from engine.structured_output import scheduling as so
 from engine.structured_output.manager import GrammarOutput, StructuredOutputManager
@@ -187,7 +187,7 @@ class Scheduler:
             scheduled_running_reqs.append(request)
             prefill_scheduled |= request.is_prefill_chunk
             num_scheduled_tokens[request.request_id] = num_new_tokens
-            new_block_ids[request.request_id] = self._new_block_ids(request, len(new_blocks))
+            new_block_ids[request.request_id] = new_block_ids_of(self.kv_cache_manager, request, len(new_blocks))
             token_budget -= num_new_tokens
             req_index += 1
             if request.spec_token_ids:
@@ -266,8 +266,8 @@ class Scheduler:
         get_block_ids = self.kv_cache_manager.get_block_ids
         output = SchedulerOutput(
             scheduled_new_reqs=[NewRequestData.from_request(r, get_block_ids(r.request_id)) for r in scheduled_new_reqs],
-            scheduled_cached_reqs=self._make_cached_request_data(
-                scheduled_running_reqs, scheduled_resumed_reqs, new_block_ids
+            scheduled_cached_reqs=make_cached_request_data(
+                self.kv_cache_manager, scheduled_running_reqs, scheduled_resumed_reqs, new_block_ids
             ),
             num_scheduled_tokens=num_scheduled_tokens,
             total_num_scheduled_tokens=total,
@@ -288,28 +288,6 @@ class Scheduler:
         if self.structured_output_manager is None:
             return None
         return self.structured_output_manager.grammar_bitmask(self.requests, so.sampling_ids(self.requests, scheduler_output))
-
-    def _new_block_ids(self, request: Request, num_new_blocks: int) -> list[int] | None:
-        # Both managers append a request's new blocks at the end of its table.
-        if num_new_blocks == 0:
-            return None
-        return self.kv_cache_manager.get_block_ids(request.request_id)[-num_new_blocks:]
-
-    def _make_cached_request_data(
-        self, running_reqs: list[Request], resumed_reqs: list[Request], new_block_ids: dict[str, list[int] | None]
-    ) -> CachedRequestData:
-        # Mirrors: vllm.v1.core.sched.scheduler:Scheduler._make_cached_request_data (vllm 0.33.0)
-        # (the V1 model runner's shape): running requests first, then resumed ones, whose
-        # new_block_ids is the whole table they were given on readmission.
-        requests = running_reqs + resumed_reqs
-        return CachedRequestData(
-            req_ids=[r.request_id for r in requests],
-            resumed_req_ids={r.request_id for r in resumed_reqs},
-            new_block_ids=[new_block_ids[r.request_id] for r in running_reqs]
-            + [self.kv_cache_manager.get_block_ids(r.request_id) for r in resumed_reqs],
-            num_computed_tokens=[r.num_computed_tokens for r in requests],
-            num_output_tokens=[r.num_output_tokens for r in requests],
-        )
 
     def _preempt_request(self, request: Request, timestamp: float) -> None:
         # Mirrors: vllm.v1.core.sched.scheduler:Scheduler._preempt_request (vllm 0.33.0)
