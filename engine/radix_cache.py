@@ -61,7 +61,11 @@ class TokenToKVPoolAllocator:
 class TreeNode:
     """Mirrors: sglang.srt.mem_cache.radix_cache:TreeNode (sglang 0.5.23)."""
 
+    counter = 0  # upstream's ids: one class-wide counter, so a node keeps its id for its whole life
+
     def __init__(self, now: float) -> None:
+        self.id = TreeNode.counter
+        TreeNode.counter += 1
         self.children: dict[int | tuple[int, ...], TreeNode] = {}
         self.parent: TreeNode | None = None
         self.key: list[int] = []
@@ -125,8 +129,10 @@ class RadixCache:
         self.protected_size_ = 0
         self.evictable_leaves.clear()
 
-    def match_prefix(self, key: Sequence[int]) -> MatchResult:
-        """Longest cached prefix of key (cut to whole pages). May split a node."""
+    def match_prefix(self, key: Sequence[int], req: object | None = None) -> MatchResult:
+        """Longest cached prefix of key (cut to whole pages). May split a node. `req`: the request
+        the lookup is for, as SGLang's MatchPrefixParams.req (base_prefix_cache.py:72); the tree
+        never reads it (a lookup on the tree's own behalf, as checkpoint's, passes none)."""
         # Mirrors: sglang.srt.mem_cache.radix_cache:RadixCache.match_prefix (sglang 0.5.23)
         key = self._page_aligned(list(key))
         if self.disable or not key:

@@ -30,6 +30,9 @@ class Entry:
     # release), so 0 until first matched and stale after a retraction (schedule_batch.py:1104, :1673-1700).
     untruncated_fill_len: int = 0
 
+    def __post_init__(self) -> None:
+        self.kv.req = self.request
+
     def fill_ids(self) -> list[int]:
         return self.request.all_token_ids  # origin_input_ids + output_ids
 

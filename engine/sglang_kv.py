@@ -10,6 +10,7 @@ allocators (need_sort=False) put it, and nothing more about the order is kept.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from engine.math_utils import cdiv
 from engine.radix_cache import RadixCache, TreeNode
@@ -31,6 +32,7 @@ class ReqKV:
     committed: int = 0
     cache_protected_len: int = 0
     num_matched_prefix_tokens: int = 0
+    req: Any = None  # the request this state is for: handed to the tree's lookups, as match_kv_cache hands its Req
 
     @property
     def holds_kv(self) -> bool:
@@ -80,7 +82,7 @@ class SglangKV:
 
     def match(self, kv: ReqKV, token_ids: list[int], next_round: bool = False) -> int:
         # Mirrors: sglang.srt.mem_cache.common:match_kv_cache (sglang 0.5.23); adopts the hit as the prefix.
-        result = self.tree.match_prefix(token_ids)
+        result = self.tree.match_prefix(token_ids, req=kv.req)
         kv.prefix_len, kv.prefix_slots, kv.last_node = result.prefix_len, result.device_indices, result.last_node
         # What lpm sorts by: the hit capped one token short of the ids matched, not page-aligned
         # (sglang/srt/mem_cache/common.py:260-261 match_kv_cache, with
