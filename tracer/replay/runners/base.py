@@ -159,6 +159,30 @@ def schedule_effects(runner: SchedulerRunner, running_before: list[str], schedul
     return admitted, {rid for rid in running_before if rid not in still_running}
 
 
+def step_record(runner: SchedulerRunner, step: int, arrivals: list[str], scheduled: dict[str, int],
+                admitted: list[Admission], preempted: list[str], finished: dict[str, str], waiting: list[str],
+                previous_waiting: list[str] | None, *, counted: list[str], output: Any, spec: Any = None,
+                schedule_seconds: float, update_seconds: float) -> StepRecord:
+    """One step as both replay loops record it: the waiting queue only where it changed, computed
+    tokens only for the requests in `counted` (those the step touched and that still exist)."""
+    return StepRecord(
+        step=step,
+        arrivals=arrivals,
+        scheduled=[[rid, n] for rid, n in scheduled.items()],
+        admitted=admitted,
+        preempted=preempted,
+        finished=[[rid, reason] for rid, reason in finished.items()],
+        running=runner.running_ids(),
+        waiting=None if waiting == previous_waiting else waiting,
+        num_computed_tokens={rid: runner.request_counters(rid)[0] for rid in counted},
+        num_free_blocks=runner.num_free_blocks(),
+        output=output,
+        spec=spec,
+        schedule_seconds=schedule_seconds,
+        update_seconds=update_seconds,
+    )
+
+
 def drive(runner: SchedulerRunner, workload: list[WorkloadRequest], max_steps: int = 100_000, max_idle_steps: int = 8) -> ReplayLog:
     """Replay a workload through one scheduler; one StepRecord per engine step."""
     validate_workload(workload, runner.config)
@@ -208,24 +232,11 @@ def drive(runner: SchedulerRunner, workload: list[WorkloadRequest], max_steps: i
         preempted = [rid for rid in waiting if rid in preempted_ids] if preempted_ids else []
         ever_preempted.update(preempted)
         changed = {*arrivals, *scheduled, *preempted}
-        log.steps.append(
-            StepRecord(
-                step=step,
-                arrivals=arrivals,
-                scheduled=[[rid, n] for rid, n in scheduled.items()],
-                admitted=admitted,
-                preempted=preempted,
-                finished=[[rid, reason] for rid, reason in finished.items()],
-                running=runner.running_ids(),
-                waiting=None if waiting == previous_waiting else waiting,
-                num_computed_tokens={rid: runner.request_counters(rid)[0] for rid in changed if rid not in finished},
-                num_free_blocks=runner.num_free_blocks(),
-                output=output,
-                spec=spec,
-                schedule_seconds=schedule_seconds,
-                update_seconds=update_seconds,
-            )
-        )
+        log.steps.append(step_record(
+            runner, step, arrivals, scheduled, admitted, preempted, finished, waiting, previous_waiting,
+            counted=[rid for rid in changed if rid not in finished], output=output, spec=spec,
+            schedule_seconds=schedule_seconds, update_seconds=update_seconds,
+        ))
         previous_waiting = waiting
         idle_steps = 0 if scheduled or arrivals else idle_steps + 1
         if idle_steps >= max_idle_steps and not (pending and pending[0][1].arrival_step > step):

@@ -19,8 +19,8 @@ import time
 from collections import deque
 from typing import Any
 
-from tracer.replay.runners.base import SchedulerRunner, schedule_effects, take_arrivals, validate_workload
-from tracer.replay.runners.records import Admission, ReplayLog, StepRecord
+from tracer.replay.runners.base import SchedulerRunner, schedule_effects, step_record, take_arrivals, validate_workload
+from tracer.replay.runners.records import Admission, ReplayLog
 from tracer.replay.workload import WorkloadRequest
 
 BATCH_QUEUE_SIZE = 2  # vllm/config/vllm.py:588-598 VllmConfig.max_concurrent_batches, async, one PP stage
@@ -94,23 +94,11 @@ def drive_batch_queue(runner: SchedulerRunner, workload: list[WorkloadRequest], 
         ever_preempted.update(preempted)
         changed = {*arrivals, *scheduled, *preempted}
         unfinished = set(runner.unfinished_ids())
-        log.steps.append(
-            StepRecord(
-                step=step,
-                arrivals=arrivals,
-                scheduled=[[rid, n] for rid, n in scheduled.items()],
-                admitted=admitted,
-                preempted=preempted,
-                finished=[[rid, reason] for rid, reason in finished.items()],
-                running=runner.running_ids(),
-                waiting=None if waiting == previous_waiting else waiting,
-                num_computed_tokens={rid: runner.request_counters(rid)[0] for rid in changed if rid in unfinished},
-                num_free_blocks=runner.num_free_blocks(),
-                output=output,
-                schedule_seconds=schedule_seconds,
-                update_seconds=update_seconds,
-            )
-        )
+        log.steps.append(step_record(
+            runner, step, arrivals, scheduled, admitted, preempted, finished, waiting, previous_waiting,
+            counted=[rid for rid in changed if rid in unfinished], output=output,
+            schedule_seconds=schedule_seconds, update_seconds=update_seconds,
+        ))
         previous_waiting = waiting
         idle_steps = 0 if scheduled or arrivals or finished else idle_steps + 1
         if idle_steps >= max_idle_steps and not (pending and pending[0][1].arrival_step > step):
