@@ -10,7 +10,7 @@ from tests.test_tui_traces import engine_run, replay_run
 from tracer.cli import main as cli_main
 from tracer.catalog.source import locate
 from tracer.tui.app import ExplorerApp
-from tracer.tui.screens import CompareScreen, HelpScreen, SourcePane, SourceScreen
+from tracer.tui.screens import CompareScreen, HelpScreen, SourceScreen
 from tracer.tui.widgets import RequestsTable, SidePanel, WaterfallTable
 
 SIZE = (80, 24)

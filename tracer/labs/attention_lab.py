@@ -55,7 +55,6 @@ def _batch(query_lens: list[int], seq_lens: list[int], seed: int):
 
 def _rows(decode_context: list[int], splits: list[int]) -> list[list]:
     """The table's rows; runs in the child process, where TRITON_INTERPRET=1 came before Triton."""
-    import torch
 
     from engine import triton_attention as kernels
     from engine.attention import paged_attention as torch_paged_attention
