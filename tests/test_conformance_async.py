@@ -128,3 +128,40 @@ def test_a_planted_placeholder_bug_is_caught(monkeypatch):
     monkeypatch.setattr(AsyncScheduler, "_update_request_with_output", unresolved)
     with pytest.raises(AssertionError, match="first divergence"):
         replay_both(*SCENARIOS["memory-pressure"])
+
+
+def test_a_traced_async_replay_emits_placeholder_spans_from_vllms_async_scheduler(tmp_path):
+    # The overlap.placeholders hop wraps AsyncScheduler._update_after_schedule, vLLM 0.33's and
+    # ours (tracer/catalog/hops.yaml). A traced replay with async scheduling runs vLLM's real one,
+    # so its trace holds one span per schedule, nested in that scheduler.schedule, and the two
+    # engines' spans agree on what each schedule reserved: prefill chunks reserve nothing, a
+    # decode one placeholder, and a request scheduled while its previous step is in flight holds two.
+    from tracer.catalog.hops import load_catalog
+    from tracer.replay.session import run_replay
+    from tracer.traces.schema import (
+        ENGINE, PLACEHOLDER_REQUESTS_IN_FLIGHT, PLACEHOLDERS_ADDED, PLACEHOLDERS_OUTSTANDING, STEP,
+    )
+    from tracer.traces.trace_file import read_trace_file
+
+    assert load_catalog().hop("overlap.placeholders").targets["vllm"][0].spec == \
+        "vllm.v1.core.sched.async_scheduler:AsyncScheduler._update_after_schedule"
+    workload = W.long_prompts(num_requests=3, prompt_len=(70, 130), max_tokens=(6, 10))
+    config = ReplayConfig(num_blocks=64, max_num_batched_tokens=64, async_scheduling=True)
+    result = run_replay(workload, config, ["mini", "vllm"], tmp_path / "out")
+    assert result.agree, result.notes
+    seen = {}
+    for engine in ("mini", "vllm"):
+        trace = read_trace_file(tmp_path / "out" / f"trace-{engine}.jsonl")
+        schedules = {s.span_id: s for s in trace.named("scheduler.schedule")}
+        placeholders = trace.named("overlap.placeholders")
+        assert placeholders and len(placeholders) == len(schedules), engine
+        for span in placeholders:
+            assert span.resource[ENGINE] == engine
+            assert span.parent_span_id in schedules and span.trace_id == schedules[span.parent_span_id].trace_id
+        seen[engine] = [(s.attributes[PLACEHOLDERS_ADDED], s.attributes[PLACEHOLDERS_OUTSTANDING],
+                         s.attributes[PLACEHOLDER_REQUESTS_IN_FLIGHT]) for s in sorted(placeholders, key=lambda s: s.attributes[STEP])]
+    assert seen["vllm"] == seen["mini"]
+    added = [a for a, _, _ in seen["vllm"]]
+    batch_sizes = [len(s.scheduled) for s in result.logs["vllm"].steps if s.scheduled]
+    assert any(a < n for a, n in zip(added, batch_sizes)), "a prefill chunk reserves no placeholder"
+    assert max(in_flight for _, _, in_flight in seen["vllm"]) >= 2, "decodes scheduled with their previous step in flight"

@@ -14,7 +14,9 @@ from engine.config import CacheConfig, EngineConfig, SchedulerConfig
 from engine.llm_engine import LLMEngine
 from engine.sampling_params import SamplingParams
 from tracer.instrument import hooks, otel, spans
-from tracer.traces.schema import LINK_KIND, LINK_OVERLAP, OVERLAPS_STEP, STEP
+from tracer.traces.schema import (
+    LINK_KIND, LINK_OVERLAP, OVERLAPS_STEP, PLACEHOLDER_REQUESTS_IN_FLIGHT, PLACEHOLDERS_ADDED, STEP, WAITED_STEP,
+)
 from tracer.traces.trace_file import read_trace_file
 from tracer.tui.model import build_model
 
@@ -23,11 +25,16 @@ MAX_TOKENS = 6
 
 
 @pytest.fixture(scope="module")
-def traced_run(tmp_path_factory):
-    engine = LLMEngine(EngineConfig(
+def async_engine():
+    return LLMEngine(EngineConfig(
         cache=CacheConfig(block_size=16, num_blocks=64),
         scheduler=SchedulerConfig(max_num_seqs=4, max_num_batched_tokens=64, max_model_len=256, async_scheduling=True),
     ))
+
+
+@pytest.fixture(scope="module")
+def traced_run(tmp_path_factory, async_engine):
+    engine = async_engine
     path = tmp_path_factory.mktemp("mini-async") / "trace.jsonl"
     otel.configure(trace_file=path, engine="mini")
     hooks.install("mini", import_modules=True)
@@ -98,3 +105,72 @@ def test_the_waterfall_names_the_step_a_schedule_overlaps(traced_run):
     for row in marked:
         earlier = [r for r in rows[: rows.index(row)] if r.span.name == "model.execute"]
         assert earlier and earlier[-1].span.end_ns >= row.span.start_ns
+
+
+def test_each_schedule_reserves_placeholders_and_each_applied_step_was_waited_on(traced_run):
+    # overlap.placeholders (AsyncScheduler._update_after_schedule) nests in every schedule; the
+    # prefill reserves one placeholder per request, each decode one more while the step before it
+    # is still in flight. overlap.wait (BatchQueue._apply_oldest) nests in the engine step that
+    # applied a step, holds that step's scheduler.update, and names the step it waited on: the one
+    # scheduled by the call before (the queue holds two).
+    _, trace, _ = traced_run
+    by_id = {s.span_id: s for s in trace.spans}
+    schedules = {s.attributes[STEP]: s for s in trace.named("scheduler.schedule")}
+    placeholders = {s.attributes[STEP]: s for s in trace.named("overlap.placeholders")}
+    assert set(placeholders) == set(schedules)
+    for step, span in placeholders.items():
+        assert by_id[span.parent_span_id] is schedules[step]
+    decoding = [s for s in placeholders.values() if s.attributes[PLACEHOLDERS_ADDED]]
+    assert len(decoding) == MAX_TOKENS and all(s.attributes[PLACEHOLDERS_ADDED] == len(PROMPTS) for s in decoding)
+    assert [s.attributes[PLACEHOLDER_REQUESTS_IN_FLIGHT] for s in decoding] == [0] + [len(PROMPTS)] * (MAX_TOKENS - 1)
+    waits = trace.named("overlap.wait")
+    assert sorted(w.attributes[WAITED_STEP] for w in waits) == sorted(schedules)
+    for wait in waits:
+        assert by_id[wait.parent_span_id].name == "engine.step"
+        updates = [s for s in trace.spans if s.parent_span_id == wait.span_id and s.name == "scheduler.update"]
+        assert len(updates) == 1
+        scheduled_beside = [s for s in trace.spans if s.trace_id == wait.trace_id and s.name == "scheduler.schedule"]
+        if scheduled_beside:  # a call that scheduled before it waited: the step it waited on came one call earlier
+            assert scheduled_beside[0].attributes[STEP] == wait.attributes[WAITED_STEP] + 1
+
+
+@pytest.fixture(scope="module")
+def staggered_trace(tmp_path_factory, async_engine):
+    """Two requests that finish at different steps, through the async engine, traced."""
+    path = tmp_path_factory.mktemp("mini-async-staggered") / "trace.jsonl"
+    otel.configure(trace_file=path, engine="mini")
+    hooks.install("mini", import_modules=True)
+    try:
+        for rid, prompt, max_tokens in (("short", "Name a colour.", 2), ("long", "Count to ten, slowly.", 5)):
+            async_engine.add_request(rid, async_engine.render(prompt), SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True))
+        while async_engine.has_unfinished_requests():
+            async_engine.step()
+        otel.flush()
+    finally:
+        hooks.uninstall()
+        otel.shutdown()
+        spans.registry.clear()
+    return path
+
+
+def test_replay_from_trace_of_an_async_run_drives_the_async_scheduler_pair(staggered_trace, tmp_path):
+    # The trace records the setting (servetrace.config.async_scheduling): replay --from-trace drives
+    # vLLM 0.33's AsyncScheduler and ours in step_with_batch_queue's order, and both agree with the
+    # engine's own steps: a finish is applied one call after its step was scheduled.
+    import json
+
+    from tracer.replay.from_trace import load_replayable, replay_config, replay_from_trace
+    from tracer.replay.runners.base import drive
+    from tracer.replay.runners.mini import MiniRunner
+    from tracer.replay.trace_compare import compare_with_trace
+
+    run = load_replayable(staggered_trace)
+    assert run.async_scheduling and replay_config(run).async_scheduling
+    result = replay_from_trace(staggered_trace, ["mini", "vllm"], tmp_path / "out", run=run)
+    assert [c.engine for c in result.comparisons] == ["mini", "vllm-0.33.0"]
+    assert result.agree, [c.to_json() for c in result.comparisons]
+    assert json.loads((tmp_path / "out" / "compare-trace.json").read_text())["config"]["async_scheduling"] is True
+    # The synchronous order (what --from-trace drove before) reports the short request's finish a
+    # step early: the comparison catches it.
+    synchronous = compare_with_trace("mini", drive(MiniRunner(run.config), run.workload), run.steps)
+    assert not synchronous.agree and synchronous.divergence.fields == ["finished"]

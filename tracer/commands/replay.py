@@ -111,11 +111,11 @@ def run(args: argparse.Namespace) -> int:
 
 def run_from_trace(args: argparse.Namespace) -> int:
     from tracer.commands._console import stdout_console
-    from tracer.replay.from_trace import load_replayable, parse_from_trace_engines, replay_from_trace
+    from tracer.replay.from_trace import load_replayable, parse_from_trace_engines, replay_config, replay_from_trace
 
     if args.workload is not None:
         raise ValueError("give a workload or --from-trace, not both")
-    given = [name for name in list(CONFIG_FLAGS) + ["policy", "enable_chunked_prefill", "enable_prefix_caching", "config"]
+    given = [name for name in list(CONFIG_FLAGS) + ["policy", "enable_chunked_prefill", "enable_prefix_caching", "async_scheduling", "config"]
              if getattr(args, name) is not None]
     if given:
         raise ValueError(f"--from-trace replays the config the trace recorded; drop {', '.join(given)} "
@@ -124,7 +124,7 @@ def run_from_trace(args: argparse.Namespace) -> int:
     console = stdout_console()
     run = load_replayable(args.from_trace)
     console.print(f"{args.from_trace}: {run.engine} {run.engine_version or ''}, {len(run.workload)} requests, "
-                  f"{len(run.steps)} steps; config " + ", ".join(f"{k}={v}" for k, v in run.config.to_json().items()
+                  f"{len(run.steps)} steps; config " + ", ".join(f"{k}={v}" for k, v in replay_config(run).to_json().items()
                                                                if not k.startswith("radix_")))
     result = replay_from_trace(args.from_trace, engines, args.out, force=args.force, run=run)
     for c in result.comparisons:

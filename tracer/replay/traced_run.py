@@ -122,14 +122,19 @@ def traced_run_from(timeline: EngineTimeline, path: str = "") -> TracedRun:
     enqueue_hops = set(catalog.with_role("enqueue"))
     engine_pid = resource.get("process.pid")
 
-    steps = []
-    for index, step in enumerate(decision_steps):
-        members = timeline.shape.spans_by_trace.get(step.schedule.trace_id, [])
-        finished = [str(rid) for span in members if span.name in update_hops
-                    for rid in (span.attributes.get(BATCH_FINISHED) or ())]
-        steps.append(TracedStep(index, step.start_ns, step.end_ns, step.batch,
-                                [str(r) for r in step.attr(BATCH_PREEMPTED) or ()], finished))
+    steps = [TracedStep(index, step.start_ns, step.end_ns, step.batch, [str(r) for r in step.attr(BATCH_PREEMPTED) or ()], [])
+             for index, step in enumerate(decision_steps)]
     schedule_starts = [s.schedule.start_ns for s in decision_steps]
+    # A finish belongs to the last decision step scheduled before the update that reported it: the
+    # step's own (EngineCore.step), or under async scheduling the step scheduled beside it, and a
+    # trailing update after a schedule of nothing (whose step trace is no decision step) the last
+    # one, as tracer.replay.trace_compare.decision_steps counts a replay's finishes.
+    updates = sorted((span for members in timeline.shape.spans_by_trace.values() for span in members
+                      if span.name in update_hops and span.attributes.get(BATCH_FINISHED)), key=lambda span: span.start_ns)
+    for span in updates:
+        index = bisect.bisect_right(schedule_starts, span.start_ns) - 1
+        if index >= 0:
+            steps[index].finished += [str(rid) for rid in span.attributes[BATCH_FINISHED] if str(rid) not in steps[index].finished]
 
     notes: list[str] = []
     requests, workload = [], []
@@ -169,8 +174,9 @@ def traced_run_from(timeline: EngineTimeline, path: str = "") -> TracedRun:
     if not workload:
         raise TracedRunError(f"{path}: no request of the trace reached the engine's scheduler")
     if async_scheduling:
-        notes.append("the server ran with async scheduling (one step ahead of the model); replay drives the "
-                     "synchronous Scheduler, so steps may differ by that lookahead")
+        notes.append("the server ran with async scheduling (one step ahead of the model): replay --from-trace drives "
+                     "the AsyncScheduler pair in EngineCore.step_with_batch_queue's order; whatif's timed replay "
+                     "drives the synchronous Scheduler, so its steps may differ by that lookahead")
     order = sorted(range(len(workload)), key=lambda i: (requests[i].arrival_step, requests[i].arrival_ns))
     return TracedRun(path, engine, _version(resource), config, [requests[i] for i in order],
                      [workload[i] for i in order], steps, notes, async_scheduling)

@@ -143,6 +143,13 @@ NUM_OUTPUTS = _key("servetrace.step.num_outputs", "int", "outputs the step produ
 MODEL_EXECUTED = _key("servetrace.step.model_executed", "bool", "the step ran the model")
 BATCH_QUEUE_LEN = _key("servetrace.step.batch_queue_len", "int", "batches in flight (async scheduling)")
 OVERLAPS_STEP = _key("servetrace.step.overlaps_step", "int", "async scheduling: the step whose model execution was running when this schedule began (the schedule links to it)")
+# Async scheduling's placeholders (the overlap.placeholders hop) and the wait on a step in flight (overlap.wait).
+PLACEHOLDERS_ADDED = _key("servetrace.overlap.placeholders_added", "int", "output placeholders this schedule added: one per scheduled request that samples (not a prefill chunk short of its prompt), plus its drafts")
+PLACEHOLDERS_OUTSTANDING = _key("servetrace.overlap.num_output_placeholders", "int", "placeholders outstanding over the step's requests after it was scheduled: tokens scheduled, not yet sampled (2 for a request whose previous step is still in flight)")
+PLACEHOLDER_REQUESTS_IN_FLIGHT = _key("servetrace.overlap.num_requests_in_flight", "int", "requests of the step scheduled while their previous step's token was still a placeholder")
+PENDING_STRUCTURED = _key("servetrace.overlap.pending_structured_output_tokens", "bool", "vLLM: a structured request of the step waits on a placeholder, so its sampling is deferred until the step before is applied")
+WAITED_STEP = _key("servetrace.overlap.waited_step", "int", "the step whose output the engine waited on (and, in ours, applied)")
+FROM_FUTURE = _key("servetrace.overlap.inputs_from_future", "bool", "SGLang: the batch's input ids were gathered from the FutureMap (the previous batch's sampled tokens), not copied from a prefill's staging")
 NUM_SAMPLED = _key("servetrace.sampler.num_sampled", "int", "tokens sampled")
 MODEL_TOKENS = _key("servetrace.model.num_tokens", "int", "tokens in the forward pass")
 GPU_FORWARD_MS = _key("servetrace.gpu.forward_ms", "float", "GPU time of the forward pass from CUDA events")

@@ -24,6 +24,7 @@ from tracer.traces.schema import (  # noqa: F401  (the keys the extractor module
     TEMPERATURE, TEXT_CHARS, TOP_K, TOP_P,
     BATCH_RESUMED, CACHING_ENABLED, CONFIG_BLOCK_SIZE, CONFIG_POLICY, EVICTED_HASHES, PROMPT_TOKEN_IDS, HASH_DOMAIN, SCHED_CHUNKED, SCHED_MAX_SEQS, SCHED_TOKEN_BUDGET, WAITING_HEAD, WAITING_HEAD_BLOCKS, WAITING_HEAD_STATUS,
     SPEC_NUM_ACCEPTED, SPEC_NUM_DRAFT, SPEC_NUM_REJECTED, SPEC_NUM_REQUESTS,
+    PENDING_STRUCTURED, PLACEHOLDER_REQUESTS_IN_FLIGHT, PLACEHOLDERS_ADDED, PLACEHOLDERS_OUTSTANDING,
 )
 
 
@@ -120,4 +121,28 @@ def allocate_before(args: dict) -> dict:
         **request_attributes(args["request"]),
         NUM_NEW_TOKENS: args.get("num_new_tokens", 0),
         NUM_NEW_COMPUTED: args.get("num_new_computed_tokens", 0),
+    }
+
+
+def placeholder_attributes(args: dict, _: Any = None) -> dict[str, Any]:
+    """overlap.placeholders, after AsyncScheduler._update_after_schedule(scheduler_output) (ours and
+    vLLM's share the names): what the schedule added as output placeholders and what is outstanding."""
+    scheduler, so = args["self"], args["scheduler_output"]
+    per_step = getattr(scheduler, "num_sampled_tokens_per_step", 1)  # vLLM: 0 for diffusion, else 1
+    spec = getattr(so, "scheduled_spec_decode_tokens", None) or {}
+    added = outstanding = in_flight = 0
+    for rid in so.num_scheduled_tokens:
+        request = scheduler.requests.get(rid)
+        if request is None:
+            continue
+        mine = 0 if request.is_prefill_chunk else per_step + len(spec.get(rid, ()))
+        added += mine
+        outstanding += request.num_output_placeholders
+        in_flight += request.num_output_placeholders > mine
+    return {
+        STEP: getattr(scheduler, "current_step", None),
+        PLACEHOLDERS_ADDED: added,
+        PLACEHOLDERS_OUTSTANDING: outstanding,
+        PLACEHOLDER_REQUESTS_IN_FLIGHT: in_flight,
+        PENDING_STRUCTURED: bool(getattr(so, "pending_structured_output_tokens", False)),
     }

@@ -14,7 +14,9 @@ from tracer.instrument.extractors import (
     OUTPUT_TOKENS, PRIORITY, PROTECTED, REQUEST_ID, STATUS, STEP, STOPPED_BY_STRING, TEMPERATURE, TEXT_CHARS,
     TOP_P, ids, queue_attributes, request_attributes, sampling_attributes, scheduler_limits, waiting_head_attributes,
     BLOCK_HASHES, CACHING_ENABLED, PROMPT_TOKEN_IDS, blocks_to_evict, spec_propose_counts, spec_verify_counts,
+    placeholder_attributes,
 )
+from tracer.traces.schema import WAITED_STEP
 from tracer.traces.schema import CONFIG_ASYNC, CONFIG_LONG_PREFILL, CONFIG_MAX_MODEL_LEN, CONFIG_NUM_BLOCKS, CONFIG_PREFIX_CACHING
 from tracer.traces.schema import (
     BATCH_QUEUE_LEN, DROP, GRAMMAR_CACHE_HIT, GRAMMAR_COMPILE_MS, GRAMMAR_COMPLETE, GRAMMAR_JUMP_TOKENS, GRAMMAR_KIND,
@@ -345,7 +347,18 @@ def jump_forward_after(args: dict, tokens: list) -> dict:
     return {GRAMMAR_JUMP_TOKENS: len(tokens), DROP: not tokens}  # a step with nothing forced is no event
 
 
+def wait_before(args: dict) -> dict:
+    """BatchQueue._apply_oldest: the oldest step in flight sits on the right of the queue."""
+    queue = args["self"].queue
+    return {WAITED_STEP: getattr(queue[-1][1], "step", None)} if queue else {}
+
+
+def wait_after(args: dict, outputs: list) -> dict:
+    return {BATCH_QUEUE_LEN: len(args["self"].queue), NUM_OUTPUTS: len(outputs)}
+
+
 BEFORE = {
+    "overlap.wait": wait_before,
     "http.request": http_before,
     "engine.enqueue": enqueue_before,
     "engine.step": step_before,
@@ -366,6 +379,8 @@ BEFORE = {
     "grammar.jump_forward": jump_forward_before,
 }
 AFTER = {
+    "overlap.placeholders": placeholder_attributes,
+    "overlap.wait": wait_after,
     "spec.propose": spec_propose_after,
     "spec.verify": spec_verify_after,
     "http.request": http_after,

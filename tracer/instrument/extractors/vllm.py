@@ -33,6 +33,7 @@ from tracer.traces.schema import (
     CONFIG_MAX_MODEL_LEN, CONFIG_MAX_NUM_SEQS, CONFIG_NUM_BLOCKS, CONFIG_POLICY, CONFIG_PREFIX_CACHING,
 )
 from tracer.instrument import otel
+from tracer.instrument.extractors import placeholder_attributes
 from tracer.traces.schema import BLOCK_HASHES, PROMPT_TOKEN_IDS
 from tracer.traces.schema import ALIASES, CARRIER_EXTERNAL_ID, CARRIER_KEY, DROP, TRACEPARENT
 
@@ -358,6 +359,9 @@ BEFORE = {
     "detokenize": detokenize_before,
 }
 AFTER = {
+    "overlap.placeholders": placeholder_attributes,
+    # AsyncOutputFuture.result: the step's ModelRunnerOutput (single_value, the engine core's calls).
+    "overlap.wait": lambda args, output: {BATCH_SIZE: len(getattr(output, "req_ids", None) or ())},
     "spec.propose": lambda args, drafts: spec_propose_counts(drafts),
     # RejectionSampler.forward returns a SamplerOutput; rejected positions hold PLACEHOLDER_TOKEN_ID (-1).
     "spec.verify": lambda args, out: spec_verify_counts(args["metadata"].num_draft_tokens, out.sampled_token_ids),

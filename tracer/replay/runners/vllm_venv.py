@@ -80,12 +80,15 @@ def vllm_job(function: str, workload: list[WorkloadRequest], config: ReplayConfi
 
 
 def drive_vllm_version(workload: list[WorkloadRequest], config: ReplayConfig, version: str | None) -> tuple[ReplayLog, str]:
-    """drive() through vLLM `version`'s Scheduler; the log and the version that ran."""
+    """drive() (drive_batch_queue() with config.async_scheduling) through vLLM `version`'s Scheduler; the log and the version that ran."""
     if where_to_run(version) == "in-process":
         from tracer.replay.runners.base import drive
+        from tracer.replay.runners.batch_queue import drive_batch_queue
         from tracer.replay.runners.vllm import VllmRunner
 
-        return drive(VllmRunner(config), workload), bare_version(installed_vllm_version()) or "?"
+        # The order the config serves in: EngineCore.step, or step_with_batch_queue under async scheduling.
+        drive_in_order = drive_batch_queue if config.async_scheduling else drive
+        return drive_in_order(VllmRunner(config), workload), bare_version(installed_vllm_version()) or "?"
     result = VllmVenvDriver.shared().run(vllm_job("drive", workload, config))
     data = result["log"]
     log = ReplayLog(data["engine"], data["config"], [StepRecord.from_json(s) for s in data["steps"]], data.get("stalled"))

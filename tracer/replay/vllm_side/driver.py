@@ -18,6 +18,7 @@ import sys
 def run_job(job: dict) -> dict:
     from tracer.replay.config import ReplayConfig
     from tracer.replay.runners.base import drive
+    from tracer.replay.runners.batch_queue import drive_batch_queue
     from tracer.replay.runners.vllm import VllmRunner
     from tracer.replay.whatif.clock import drive_timed
     from tracer.replay.whatif.step_time import StepTimeModel
@@ -29,7 +30,9 @@ def run_job(job: dict) -> dict:
     workload = [parse_request(r, f"request {i}") for i, r in enumerate(job["workload"])]
     runner = VllmRunner(config)
     if job["function"] == "drive":
-        return {"vllm_version": vllm.__version__, "log": drive(runner, workload).to_json()}
+        # With async_scheduling: AsyncScheduler in EngineCore.step_with_batch_queue's order.
+        drive_in_order = drive_batch_queue if config.async_scheduling else drive
+        return {"vllm_version": vllm.__version__, "log": drive_in_order(runner, workload).to_json()}
     model = StepTimeModel.from_json(job["model"]) if job.get("model") else None
     steps = [tuple(s) for s in job["trace_steps"]] if job.get("trace_steps") is not None else None
     log = drive_timed(runner, workload, job["arrivals_s"], model=model, trace_steps=steps)
