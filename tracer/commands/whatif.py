@@ -22,6 +22,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="a scheduler config change, repeatable (max_num_batched_tokens=4096, max_num_seqs=32, "
                              "enable_chunked_prefill=false, enable_prefix_caching=false, ...)")
     parser.add_argument("--engines", default="vllm,mini", help="comma-separated: vllm, mini")
+    parser.add_argument("--closed-loop-gap-ms", type=float, default=None, metavar="MS",
+                        help="a request whose HTTP request began at most MS after another's response ended is that "
+                             "client's next turn: released that long after the other's predicted finish, not at its "
+                             "traced wall time (default 50; 0: every arrival on the wall clock)")
     parser.add_argument("--out", default="whatif-out", help="folder for whatif.json, the step-time model and the "
                         "predicted traces (a run replaces what the previous whatif wrote there)")
     parser.add_argument("--force", action="store_true", help="write into a non-empty --out that whatif did not write")
@@ -37,14 +41,21 @@ def run(args: argparse.Namespace) -> int:
 
     from tracer.commands._console import stdout_console
     from tracer.replay.from_trace import load_replayable
-    from tracer.replay.whatif.session import check_engines_available, parse_sets, parse_whatif_engines, run_whatif
+    from tracer.replay.whatif.closed_loop import DEFAULT_GAP_S, chance, describe
+    from tracer.replay.whatif.session import (
+        WhatifError, check_engines_available, parse_sets, parse_whatif_engines, run_whatif,
+    )
 
+    gap_s = DEFAULT_GAP_S if args.closed_loop_gap_ms is None else args.closed_loop_gap_ms / 1e3
+    if gap_s < 0:
+        raise WhatifError(f"--closed-loop-gap-ms {args.closed_loop_gap_ms:g}: must be >= 0 (0 turns the inference off)")
     sets = parse_sets(args.sets)
     engines = parse_whatif_engines(args.engines)
     check_engines_available(engines, load_replayable(args.trace))
     console = stdout_console()
     console.print(f"what if {args.trace} ran with {', '.join(f'{k}={v}' for k, v in sets.items()) or 'its own config'} ...")
-    result = run_whatif(args.trace, sets, engines, args.out, force=args.force)
+    result = run_whatif(args.trace, sets, engines, args.out, force=args.force, closed_loop_gap_s=gap_s)
+    console.print(describe(result.dependencies, len(result.run.requests), gap_s, chance(result.run, gap_s)))
     error = result.model.fit_error
     console.print(f"step-time model on the trace's {error['steps']} steps: mean |error| {error['mean_abs_ms']:.2f} ms "
                   f"per step (median {100 * error['median_rel']:.1f}%), total time {100 * error['total_rel']:+.1f}%; "

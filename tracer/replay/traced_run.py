@@ -78,6 +78,10 @@ class TracedRequest:
     num_output_tokens: int
     finish_reason: str | None
     prompt_source: str  # "token_ids" | "block_hashes" | "none"
+    # The client's side of it where the trace has its entrypoint (http.request): when the API
+    # server began handling it and when its response ended (what a closed-loop client waits for).
+    client_start_ns: int | None = None
+    client_end_ns: int | None = None
 
 
 @dataclass
@@ -120,6 +124,7 @@ def traced_run_from(timeline: EngineTimeline, path: str = "") -> TracedRun:
     update_hops = set(catalog.with_role("update"))
     release_hops = set(catalog.with_role("release"))
     enqueue_hops = set(catalog.with_role("enqueue"))
+    entry_hops = set(catalog.with_role("entrypoint"))
     engine_pid = resource.get("process.pid")
 
     steps = [TracedStep(index, step.start_ns, step.end_ns, step.batch, [str(r) for r in step.attr(BATCH_PREEMPTED) or ()], [])
@@ -167,8 +172,10 @@ def traced_run_from(timeline: EngineTimeline, path: str = "") -> TracedRun:
         if source == "none" and config.enable_prefix_caching:
             notes.append(f"{life.name}: the trace holds neither its prompt's token ids nor block hashes; "
                          f"replayed with unique token ids (no prefix sharing)")
+        entries = sorted((s for s in life.request.spans if s.name in entry_hops), key=lambda s: s.start_ns)
         requests.append(TracedRequest(engine_id, life.name, entered, arrival_step, life.prompt_tokens,
-                                      max(1, outputs), reason, source))
+                                      max(1, outputs), reason, source,
+                                      entries[0].start_ns if entries else None, entries[0].end_ns if entries else None))
         workload.append(WorkloadRequest(engine_id, arrival_step, prompt_ids, max(1, outputs),
                                         int(life.priority or 0)))
     if not workload:

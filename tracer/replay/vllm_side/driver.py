@@ -5,7 +5,8 @@ the vLLM installed where this runs. `replay --from-trace` of a trace of the live
 .venv-sglang: one JSON job per stdin line, one JSON result per stdout line.
 
 Jobs: {"function": "drive" | "drive_timed", "config": ReplayConfig fields, "workload": [request
-JSON], "arrivals_s": {id: s}, "model": StepTimeModel JSON | null, "trace_steps": [[start, end]] | null}.
+JSON], "arrivals_s": {id: s}, "model": StepTimeModel JSON | null, "trace_steps": [[start, end]] | null,
+"after": {id: [predecessor id, lag s]} | null (closed-loop requests on the predicted clock)}.
 """
 from __future__ import annotations
 
@@ -35,7 +36,8 @@ def run_job(job: dict) -> dict:
         return {"vllm_version": vllm.__version__, "log": drive_in_order(runner, workload).to_json()}
     model = StepTimeModel.from_json(job["model"]) if job.get("model") else None
     steps = [tuple(s) for s in job["trace_steps"]] if job.get("trace_steps") is not None else None
-    log = drive_timed(runner, workload, job["arrivals_s"], model=model, trace_steps=steps)
+    after = {rid: (str(p), float(lag)) for rid, (p, lag) in (job.get("after") or {}).items()}
+    log = drive_timed(runner, workload, job["arrivals_s"], model=model, trace_steps=steps, after=after)
     return {"vllm_version": vllm.__version__, "log": log.to_json()}
 
 

@@ -59,20 +59,39 @@ class TimedLog:
 
 def drive_timed(runner: SchedulerRunner, workload: list[WorkloadRequest], arrivals_s: dict[str, float],
                 model: StepTimeModel | None = None, trace_steps: list[tuple[float, float]] | None = None,
-                max_steps: int = 200_000) -> TimedLog:
+                max_steps: int = 200_000, after: dict[str, tuple[str, float]] | None = None) -> TimedLog:
     """One of model (the predicted clock) or trace_steps ((start, end) seconds of each traced decision
-    step: the trace clock) sets how long steps take; arrivals_s: request id -> arrival seconds."""
+    step: the trace clock) sets how long steps take; arrivals_s: request id -> arrival seconds.
+    after (predicted clock only): request id -> (predecessor id, lag s) for a closed-loop request,
+    released lag after the end of the step that finished its predecessor instead of at arrivals_s."""
     if (model is None) == (trace_steps is None):
         raise ValueError("give a step-time model (predicted clock) or the trace's step times (trace clock), not both")
     validate_workload(workload, runner.config)
     by_trace = trace_steps is not None
+    after = {} if by_trace or not after else after
     log = TimedLog(runner.name, "trace" if by_trace else "predicted")
-    key = (lambda r: (r.arrival_step, arrivals_s[r.id])) if by_trace else (lambda r: (arrivals_s[r.id], r.arrival_step))
-    pending = deque(sorted(workload, key=key))
+    release = dict(arrivals_s)  # the predicted clock's arrivals: a closed-loop one's set when its predecessor ends
+    key = (lambda r: (r.arrival_step, release[r.id])) if by_trace else (lambda r: (release[r.id], r.arrival_step))
+    held: dict[str, list[WorkloadRequest]] = {}  # predecessor id -> the requests waiting on its finish
+    for request in workload:
+        if request.id in after:
+            held.setdefault(after[request.id][0], []).append(request)
+    pending = deque(sorted((r for r in workload if r.id not in after), key=key))
+
+    def released(finished_ids: list[str], end_s: float) -> None:
+        nonlocal pending
+        woken = [r for rid in finished_ids for r in held.pop(rid, [])]
+        for request in woken:
+            release[request.id] = end_s + after[request.id][1]
+        if woken:
+            pending = deque(sorted([*pending, *woken], key=key))
     prompt_len = {r.id: len(r.prompt_token_ids) for r in workload}
     clock, index, idle = 0.0, 0, 0
     floor_step = 0  # trace clock: a request on a later step is let in early when nothing else can run
-    while pending or runner.num_unfinished():
+    while pending or runner.num_unfinished() or held:
+        if not pending and not runner.num_unfinished():
+            log.stalled = f"{sum(map(len, held.values()))} request(s) wait on a predecessor that never finished"
+            break
         if by_trace:
             if index >= len(trace_steps):
                 log.stalled = f"the replay needs more steps than the trace's {len(trace_steps)}"
@@ -81,14 +100,14 @@ def drive_timed(runner: SchedulerRunner, workload: list[WorkloadRequest], arriva
             due = lambda r: r.arrival_step <= max(index, floor_step)  # noqa: E731
         else:
             if not runner.num_unfinished():  # idle: the next arrival wakes the engine
-                clock = max(clock, arrivals_s[pending[0].id] + model.wake_s)
-            due = lambda r: arrivals_s[r.id] <= clock + 1e-9  # noqa: E731  (float rounding of ns -> s)
+                clock = max(clock, release[pending[0].id] + model.wake_s)
+            due = lambda r: release[r.id] <= clock + 1e-9  # noqa: E731  (float rounding of ns -> s)
         while pending and due(pending[0]):
             request = pending.popleft()
             # The arrival order breaks ties between equal priorities, as drive() does.
-            runner.add_request(request, arrival_time=arrivals_s[request.id])
+            runner.add_request(request, arrival_time=release[request.id])
             runner.forced_outputs[request.id] = request.forced_output()
-            log.arrivals_s[request.id] = arrivals_s[request.id]
+            log.arrivals_s[request.id] = release[request.id]
             log.token_times_s.setdefault(request.id, [])
         running_before = runner.running_ids()
         scheduler_output = runner.schedule()
@@ -108,12 +127,13 @@ def drive_timed(runner: SchedulerRunner, workload: list[WorkloadRequest], arriva
                 if by_trace:
                     floor_step = pending[0].arrival_step
                 else:
-                    clock = max(clock, arrivals_s[pending[0].id] + model.wake_s)
+                    clock = max(clock, release[pending[0].id] + model.wake_s)
             if idle >= 8 and (not pending or idle >= 1000):
                 log.stalled = f"no request could be scheduled for {idle} steps"
                 break
             if finished and log.steps:
                 log.steps[-1].finished += list(finished)
+                released(list(finished), log.steps[-1].end_s)
             continue
         idle = 0
         if by_trace:
@@ -124,6 +144,7 @@ def drive_timed(runner: SchedulerRunner, workload: list[WorkloadRequest], arriva
             if ids:
                 log.token_times_s[rid].append(end)
         log.steps.append(TimedStep(start, end, scheduled, preempted, list(finished), features))
+        released(list(finished), end)
         index += 1
         clock = end + (0.0 if by_trace else model.gap_s)
         if len(log.steps) >= max_steps:

@@ -8,8 +8,9 @@ step-time model fitted on the trace's own steps.
    duration (what the model is fitted on), and the trace's own latencies.
 2. The step-time model (tracer.replay.whatif.step_time) is fitted by least squares; its error on
    those steps is reported beside every prediction.
-3. Each engine replays the workload on the predicted clock (requests arrive when they arrived;
-   each step takes the model's time) under the trace's config and under the changed one.
+3. Each engine replays the workload on the predicted clock (open-loop requests arrive when they
+   arrived, closed-loop ones (tracer.replay.whatif.closed_loop) that long after their predecessor's
+   predicted finish; each step takes the model's time) under the trace's config and the changed one.
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from tracer.replay.runners.vllm_venv import VllmVenvDriver, bare_version, instal
 from tracer.replay.trace_compare import TraceComparison, compare_decisions
 from tracer.replay.traced_run import TracedRun
 from tracer.replay.whatif.clock import TimedLog, drive_timed
+from tracer.replay.whatif.closed_loop import DEFAULT_GAP_S, Dependency, infer_closed_loop
 from tracer.replay.whatif.latency import latencies
 from tracer.replay.whatif.predicted_trace import write_predicted_trace
 from tracer.replay.whatif.step_time import StepTimeModel, fit_step_time
@@ -103,6 +105,8 @@ class WhatifResult:
     predictions: list[Prediction] = field(default_factory=list)
     files: list[Path] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    closed_loop_gap_s: float = DEFAULT_GAP_S
+    dependencies: dict[str, Dependency] = field(default_factory=dict)  # the closed-loop requests
 
     def to_json(self) -> dict:
         return {
@@ -110,6 +114,8 @@ class WhatifResult:
             "clock": "predicted", "config": self.run.config.to_json(), "set": self.sets,
             "changed_config": self.changed.to_json(), "step_time_model": self.model.to_json(),
             "measured": self.measured, "measured_replay_agrees": self.measured_decisions.agree,
+            "closed_loop": {"gap_s": self.closed_loop_gap_s,
+                            "dependencies": {rid: d.to_json() for rid, d in self.dependencies.items()}},
             "predictions": [{"engine": p.engine, "label": p.label, "summary": p.summary,
                              "stalled": p.log.stalled, "num_steps": len(p.log.steps),
                              "decisions": None if p.decisions is None else p.decisions.to_json()}
@@ -143,7 +149,8 @@ def timed(engine: str, run: TracedRun, config: ReplayConfig, arrivals_s: dict[st
     else:
         model = clock.get("model")
         job = vllm_job("drive_timed", workload, config, arrivals_s=arrivals_s,
-                       model=None if model is None else model.to_json(), trace_steps=clock.get("trace_steps"))
+                       model=None if model is None else model.to_json(), trace_steps=clock.get("trace_steps"),
+                       after=clock.get("after"))
         log = TimedLog.from_json(VllmVenvDriver.shared().run(job)["log"])
     log.engine = name
     return log
@@ -182,12 +189,18 @@ def _wake(run: TracedRun, trace_steps: list[tuple[float, float]], arrivals: dict
 
 
 def run_whatif(trace: str | Path, sets: dict[str, Any], engines: list[str], out_dir: str | Path | None = None,
-               force: bool = False, write_traces: bool = True) -> WhatifResult:
+               force: bool = False, write_traces: bool = True, closed_loop_gap_s: float = DEFAULT_GAP_S,
+               model: StepTimeModel | None = None) -> WhatifResult:
+    """closed_loop_gap_s: the rule's gap (0: every arrival on the wall clock); model: predict with
+    this step-time model instead of the one fitted on the trace (the fit is still reported)."""
     run = load_replayable(trace)
     changed = changed_config(run.config, sets)
-    model, measured_log, measured_decisions, arrivals = fit_on_trace(run)
+    fitted, measured_log, measured_decisions, arrivals = fit_on_trace(run)
+    model = model or fitted
+    dependencies = infer_closed_loop(run, closed_loop_gap_s)
+    after = {rid: (d.after, d.lag_s) for rid, d in dependencies.items()}
     result = WhatifResult(run, model, latencies(measured_log).summary(), measured_decisions, changed, sets,
-                          notes=list(run.notes))
+                          notes=list(run.notes), closed_loop_gap_s=closed_loop_gap_s, dependencies=dependencies)
     if not measured_decisions.agree:
         result.notes.append(f"the trace-clock replay ({measured_log.engine}) does not agree with the trace "
                             f"({measured_decisions.agreeing_steps} of {measured_decisions.traced_steps} steps): the "
@@ -198,7 +211,7 @@ def run_whatif(trace: str | Path, sets: dict[str, Any], engines: list[str], out_
         for label, config in (("trace config", run.config), ("changed", changed)):
             if label == "changed" and not sets:
                 continue
-            log = timed(engine, run, config, arrivals, model=model)
+            log = timed(engine, run, config, arrivals, model=model, after=after)
             prediction = Prediction(log.engine, label, config, log, latencies(log).summary())
             if label == "trace config":
                 prediction.decisions = compare_decisions(log.engine, [s.decisions() for s in log.steps], run.steps,
