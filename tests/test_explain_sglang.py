@@ -159,3 +159,47 @@ def test_the_command_explains_an_sglang_trace(tmp_path):
     text = subprocess.run([str(Path(sys.executable).parent / "servetrace"), "explain", str(path)],
                           capture_output=True, text=True, check=True).stdout
     assert "page-alignment" in text and "where the time went" in text
+
+
+def test_a_salted_request_misses_the_same_prompt_in_another_namespace_of_the_tree(tmp_path, monkeypatch):
+    """SGLang 0.5.23 keys a radix node by its first page and the request's extra_key / cache_salt
+    (RadixKey.child_key_at, radix_cache.py:226-247; handle_generate_request copies both off the
+    client's request, scheduler.py:3025-3026): the same prompt with another salt shares nothing."""
+    from tracer.instrument.otel import capture_content
+    from tracer.replay.runners.sglang_scheduler import SglangDriver, sglang_job
+
+    monkeypatch.setenv("SERVETRACE_CAPTURE_CONTENT", "1")
+    path = tmp_path / "t.jsonl"
+    job = sglang_job([request("plain", 0, BASE), request("salted", 10, BASE), request("plain-again", 20, BASE)],
+                     ReplayConfig(block_size=BLOCK, num_blocks=64))
+    job["requests"][1]["cache_salt"] = "tenant-7"
+    job.update(trace_file=str(path), capture_content=capture_content())
+    assert not SglangDriver.shared().run(job).get("stalled")
+    timeline = read_timeline(read_trace_file(path).spans)
+    salted = explain_cache(timeline, timeline.find("salted"))
+    assert (salted.reason, salted.cached_tokens, salted.details["other"]) == ("salt-or-adapter", 0, "plain"), salted.evidence
+    assert "hash domain salted here, tokens only there" in salted.evidence and "tenant-7" not in str(salted.to_json())
+    assert reasons(timeline) == {"plain": "never-cached", "salted": "salt-or-adapter", "plain-again": "page-alignment"}
+
+
+def test_an_eviction_names_the_same_lost_node_in_sglang_and_in_our_sglang_mode(tmp_path):
+    """The node an eviction took, joined to the miss by its parent and first page: SGLang's tree and ours
+    in cache_mode sglang (tests/test_explain_mini_sglang.py) name the same page and position."""
+    from tests.test_explain_mini_sglang import mini_sglang
+
+    old = list(range(2000, 2048))
+    fillers = [list(range(3000 + 100 * i, 3048 + 100 * i)) for i in range(3)]
+    workload = ([request("old", 0, old, max_tokens=2)]
+                + [request(f"fill{i}", 6 + 6 * i, tokens, max_tokens=2) for i, tokens in enumerate(fillers)]
+                + [request("back", 40, old, max_tokens=2)])
+    config = dict(num_blocks=9, max_num_batched_tokens=64)
+    theirs = sglang(tmp_path / "t.jsonl", workload, **config)
+    _, ours = mini_sglang(tmp_path / "mini", workload, **config)
+    lost = []
+    for timeline in (theirs, ours):
+        back = explain_cache(timeline, timeline.find("back"))
+        assert back.reason == "evicted" and "radix node" in back.evidence, back.evidence
+        node = back.details["evicted_node"]
+        lost.append((node["start"], node["tokens"], back.details["cached_by"],
+                     next(n["key"] for e in timeline.evictions for n in e.nodes if n["id"] == node["node"])))
+    assert lost[0] == lost[1] and lost[0][:3] == (0, 48, "old")

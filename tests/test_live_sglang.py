@@ -22,6 +22,9 @@ LIVE_SGLANG_HOPS = {
     "server.startup", "http.request", "request.render", "engine.enqueue", "engine.step", "scheduler.schedule",
     "kv.match_prefix", "kv.allocate", "kv.insert", "scheduler.preempt", "model.execute", "model.forward",
     "sampler.sample", "scheduler.update", "kv.free", "detokenize",
+    # resolve_forward_inputs: the FutureMap is always on in 0.5.23, so the normal loop (overlap is off on
+    # the CPU) gathers a decode batch's inputs from it too.
+    "overlap.placeholders",
 }
 
 
@@ -120,6 +123,23 @@ def test_every_catalog_hop_a_live_cpu_server_runs_is_in_the_trace(live):
     catalog = load_catalog()
     assert LIVE_SGLANG_HOPS <= {hop.name for hop in catalog.hops if any(t.live for t in hop.targets["sglang"])}
     assert LIVE_SGLANG_HOPS <= {span.name for span in live.trace().spans}
+
+
+def test_a_decode_batch_takes_its_input_ids_from_the_future_map_inside_its_step(live):
+    # overlap.placeholders (resolve_forward_inputs) runs in run_batch before the forward: a prefill
+    # copies its staged prompt ids, a decode gathers the tokens the batch before sampled. The
+    # overlap loop would run the same call while that batch is still on the device; here it has ended.
+    trace = live.trace()
+    by_id = {span.span_id: span for span in trace.spans}
+    resolves = trace.named("overlap.placeholders")
+    assert resolves
+    modes = set()
+    for span in resolves:
+        assert by_id[span.parent_span_id].name == "engine.step"  # Scheduler.run_batch
+        mode = span.attributes[schema.FORWARD_MODE]
+        modes.add(mode)
+        assert span.attributes[schema.FROM_FUTURE] == (mode == "DECODE"), (mode, span.attributes)
+    assert {"EXTEND", "DECODE"} <= modes, modes
 
 
 def test_the_startup_trace_records_what_a_replay_needs(live):

@@ -19,7 +19,7 @@ CATALOG_PATH = Path(__file__).with_name("hops.yaml")
 LOCK_PATH = Path(__file__).with_name("hops.lock.json")
 SCOPES = ("request", "step")
 ROLES = ("request_root", "entrypoint", "enqueue", "render", "step_root", "step_opener", "batch", "forward", "startup",
-         "prefix_lookup", "evict", "preempt", "allocate", "release", "output_text", "update", "in_flight")
+         "prefix_lookup", "evict", "insert", "preempt", "allocate", "release", "output_text", "update", "in_flight")
 
 
 class CatalogError(ValueError):
@@ -39,6 +39,9 @@ class Target:
     # The request operation this target serves (gen_ai.operation.name: chat, text_completion), where
     # a hop has one target per operation: the explorer opens a chat request on the chat handler.
     operation: str = ""
+    # The engine mode (Engine.modes) this target runs in, '' in every mode: its spans say so
+    # (servetrace.engine.mode), and the explorer opens a hop on the target of the trace's mode.
+    mode: str = ""
 
     @property
     def module(self) -> str:
@@ -50,6 +53,17 @@ class Target:
 
 
 @dataclass(frozen=True)
+class EngineMode:
+    """A mode of an engine that runs another engine's mechanisms (ours with cache_mode sglang runs
+    SGLang's loop and radix tree): what a trace of it is called and whose explanation and code it gets."""
+
+    name: str
+    label: str  # what the explorer and explain call a trace of this mode (mini-sglang)
+    mirrors: str  # the catalog engine whose mechanisms it runs
+    description: str = ""
+
+
+@dataclass(frozen=True)
 class Engine:
     name: str
     package: str
@@ -58,6 +72,8 @@ class Engine:
     description: str = ""
     distributions: tuple[str, ...] = ()  # names the package may be installed under (default: the package)
     uses: dict[str, str] = field(default_factory=dict)  # version -> what it is pinned for
+    mirrors: str = ""  # an unpinned engine's default: the pinned engine whose mechanisms it runs (ours: vLLM's)
+    modes: dict[str, EngineMode] = field(default_factory=dict)
 
     @property
     def version(self) -> str | None:
@@ -117,6 +133,17 @@ class Catalog:
                 return hop
         raise KeyError(f"no hop named {name!r}; hops: {', '.join(h.name for h in self.hops)}")
 
+    def flavor(self, engine: str | None, mode: str | None = None) -> tuple[str, str]:
+        """(label, mirrors) of a trace recorded by `engine` in `mode`: what to call it and whose
+        mechanisms explain it (a pinned engine mirrors itself; ('', '') for an unknown engine)."""
+        spec = self.engines.get(engine or "")
+        if spec is None:
+            return (engine or "", "")
+        found = spec.modes.get(mode or "")
+        if found is not None:
+            return found.label, found.mirrors
+        return spec.name, spec.name if spec.pinned else (spec.mirrors or spec.name)
+
     def with_role(self, role: str) -> tuple[str, ...]:
         """Names of the hops that have `role` (see ROLES and hops.yaml's header)."""
         if role not in ROLES:
@@ -145,7 +172,8 @@ def _parse_target(hop: str, engine: str, entry: object) -> Target:
     if not sep or not module or not qualname:
         raise CatalogError(f"hop {hop}, engine {engine}: target {spec!r} is not 'module:Qualified.name'")
     return Target(hop=hop, engine=engine, spec=spec, note=str(entry.get("note", "")), live=bool(entry.get("live", True)),
-                  part_of_step=bool(entry.get("part_of_step", False)), operation=str(entry.get("operation", "")))
+                  part_of_step=bool(entry.get("part_of_step", False)), operation=str(entry.get("operation", "")),
+                  mode=str(entry.get("mode", "")))
 
 
 def _parse_engine(name: str, spec: object) -> Engine:
@@ -157,10 +185,15 @@ def _parse_engine(name: str, spec: object) -> Engine:
     pinned = bool(spec.get("pinned", False))
     if pinned and not versions:
         raise CatalogError(f"engine {name}: a pinned engine names its versions")
+    modes = {}
+    for mode, raw in (spec.get("modes") or {}).items():
+        if not isinstance(raw, dict) or not raw.get("label") or not raw.get("mirrors"):
+            raise CatalogError(f"engine {name}, mode {mode}: needs 'label' and 'mirrors'")
+        modes[mode] = EngineMode(mode, str(raw["label"]), str(raw["mirrors"]), str(raw.get("description", "")))
     return Engine(
         name=name, package=spec["package"], versions=tuple(versions), pinned=pinned,
         description=spec.get("description", ""), distributions=tuple(spec.get("distributions") or ()),
-        uses=dict(spec.get("uses") or {}),
+        uses=dict(spec.get("uses") or {}), mirrors=str(spec.get("mirrors", "")), modes=modes,
     )
 
 
@@ -168,6 +201,10 @@ def parse_catalog(data: dict) -> Catalog:
     if not isinstance(data, dict) or "engines" not in data or "hops" not in data:
         raise CatalogError("the catalog needs top-level 'engines' and 'hops'")
     engines = {name: _parse_engine(name, spec) for name, spec in data["engines"].items()}
+    for engine in engines.values():
+        for target in [engine.mirrors, *(m.mirrors for m in engine.modes.values())]:
+            if target and target not in engines:
+                raise CatalogError(f"engine {engine.name}: mirrors unknown engine {target!r}")
     hops = []
     seen = set()
     for raw in data["hops"]:
@@ -185,6 +222,10 @@ def parse_catalog(data: dict) -> Catalog:
             engine: tuple(_parse_target(name, engine, entry) for entry in (targets_raw.get(engine) or []))
             for engine in engines
         }
+        for engine, parsed in targets.items():
+            for target in parsed:
+                if target.mode and target.mode not in engines[engine].modes:
+                    raise CatalogError(f"hop {name}, engine {engine}: target {target.spec} names unknown mode {target.mode!r}")
         roles = frozenset(raw.get("roles") or ())
         if roles - set(ROLES):
             raise CatalogError(f"hop {name}: unknown role(s) {sorted(roles - set(ROLES))}; roles: {', '.join(ROLES)}")

@@ -70,9 +70,8 @@ def _print_tables(results: list, steps: bool) -> None:
         if steps:
             for note in split.steps:
                 console.print(f"  step {note.step:>4} +{note.start_ms:8.1f} ms  {note.what:<28} {note.detail}")
-        hits = sum(1 for block in cache.blocks if block["hit"])
         line = (f"  prefix cache: {cache.cached_tokens} of {cache.prompt_tokens} prompt tokens cached "
-                f"({hits}/{len(cache.blocks)} full blocks) -> [bold]{cache.reason}[/bold]: {cache.evidence}")
+                f"({cache.units_hit()}; {cache.granularity() or 'no block size recorded'}) -> [bold]{cache.reason}[/bold]: {cache.evidence}")
         if cache.uncached_tokens and cache.est_prefill_ms is not None and cache.reason not in ("full-hit",):
             line += f"; {cache.uncached_tokens} tokens computed, about {cache.est_prefill_ms:.1f} ms of prefill"
         console.print(line)

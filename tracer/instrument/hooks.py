@@ -115,7 +115,7 @@ def _hop_call(catalog: Catalog, target: Target, extractors: dict | None) -> HopC
     if inject is not None and not isinstance(inject, Inject):
         inject = Inject(inject)
     return HopCall(target.hop, target.engine, hop.scope, target.spec, before, after, hop.cuda_timed, hop.roles, inject,
-                   target.part_of_step)
+                   target.part_of_step, target.mode)
 
 
 def install(

@@ -33,7 +33,7 @@ from tracer.instrument.registry import registry
 logger = logging.getLogger(__name__)
 
 from tracer.traces.schema import (  # noqa: F401  (ALIASES, DROP, TRACEPARENT: re-exported for the extractors)
-    ALIASES, ARRIVAL_STEP, BATCH_IDS, BATCH_PREFIX, EXTRACTOR_ERROR, LINK_REPORTED, REPORTED_ID_KEYS, CARRIER_KEY, DROP, EXTERNAL_ID, HTTP_REQUEST_ID_HEADER, HTTP_STATUS, LINK_KIND,
+    ENGINE_MODE, ALIASES, ARRIVAL_STEP, BATCH_IDS, BATCH_PREFIX, EXTRACTOR_ERROR, LINK_REPORTED, REPORTED_ID_KEYS, CARRIER_KEY, DROP, EXTERNAL_ID, HTTP_REQUEST_ID_HEADER, HTTP_STATUS, LINK_KIND,
     LINK_REQUEST, LINK_STEP, NUM_RUNNING, NUM_WAITING, REQUEST_ID, TRACEPARENT,
 )
 
@@ -67,6 +67,7 @@ class HopCall:
     roles: frozenset[str] = frozenset()  # the hop's roles in the catalog (hops.yaml's header says each)
     inject: Inject | None = None
     part_of_step: bool = False  # the target runs as one part of a step an opener began (catalog)
+    mode: str = ""  # the engine mode the target runs in (catalog): stamped on its spans
 
 
 
@@ -166,6 +167,8 @@ def begin(call: HopCall, args: dict[str, Any]) -> OpenSpan | None:
         return None
     start_ns = time.time_ns()
     attributes = _run_extractor(call, "before", call.before, args)
+    if call.mode:
+        attributes[ENGINE_MODE] = call.mode
     parent: otel_context.Context | None = None
     links: list[Link] = []
     root: SpanContext | None = None

@@ -20,9 +20,29 @@ class CacheMiss:
     uncached_tokens: int
     est_prefill_ms: float | None  # the uncached tokens at this request's own measured prefill rate
     details: dict = field(default_factory=dict)
+    # What each entry of `blocks` is: a hash cache's full block (block_size tokens), or in a radix
+    # trace one prefix-hash unit (unit_tokens: whole pages, at least 16 tokens; block_size is the page).
+    unit: str = "block"
+    unit_tokens: int | None = None
 
     def to_json(self) -> dict:
         return dict(vars(self))
+
+    def units_hit(self) -> str:
+        """'2 of 3 full blocks hit', or in a radix trace '1 of 2 16-token prefix units hit'."""
+        hits = sum(1 for block in self.blocks if block["hit"])
+        noun = "full blocks" if self.unit == "block" else f"{self.unit_tokens}-token {self.unit}s"
+        return f"{hits} of {len(self.blocks)} {noun} hit"
+
+    def granularity(self) -> str:
+        """What the cache keeps by: '16-token blocks', or a radix tree's page size and matched path."""
+        if self.unit == "block":
+            return f"{self.block_size}-token blocks" if self.block_size else ""
+        page = f"page size {self.block_size}" if self.block_size else ""
+        path = self.details.get("radix_path") or []
+        steps = " > ".join(f"node {n['node']} ({n['tokens']})" for n in path)
+        nodes = f"radix path {steps}" if path else "no radix node matched"
+        return " · ".join(part for part in (page, nodes) if part)
 
 
 def prefill_ms_per_token(life: Any) -> float | None:

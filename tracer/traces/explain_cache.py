@@ -55,8 +55,8 @@ def _cached_at(timeline: EngineTimeline, life: RequestLife) -> dict[str, int]:
 
 
 def explain_cache(timeline: EngineTimeline, life: RequestLife) -> CacheMiss:
-    if timeline.engine == "sglang":
-        return explain_radix(timeline, life)  # a radix tree, not block hashes
+    if timeline.mirrors == "sglang":
+        return explain_radix(timeline, life)  # a radix tree, not block hashes (SGLang's, or ours in its mode)
     size = timeline.block_size
     hashes = life.block_hashes
     hit_blocks = life.cached_blocks

@@ -9,7 +9,9 @@ SGLang facts it rests on (SGLang 0.5.23):
   first page that differs (RadixKey.match rounds down to page_size, radix_cache.py:178-220);
 - a request's computed prompt enters the tree after its prefill forward (process_batch_result ->
   cache_unfinished_req / checkpoint), so at the end of the step that computed it;
-- what the tree held leaves it only by RadixCache.evict (radix_cache.py:552), which names a token count.
+- what the tree held leaves it only by RadixCache.evict (radix_cache.py:552), which returns a token
+  count; the extractors name the nodes it removed (id, parent, first page), so a miss is joined to the
+  evicted node that continued its prompt past the match's last node.
 Codes shared with the hash caches (explain_cache.REASONS) mean the same; page-alignment is SGLang's
 partial-block (a prompt's last partial page is never looked up).
 """
@@ -17,7 +19,10 @@ from __future__ import annotations
 
 from tracer.traces.cache_miss import CacheMiss, prefill_ms_per_token
 from tracer.traces.request_steps import EngineTimeline, RequestLife
-from tracer.traces.schema import CONFIG_BLOCK_SIZE, KEY_TOKENS, RADIX_HASH_TOKENS, RADIX_PATH_IDS, RADIX_PATH_TOKENS
+from tracer.traces.schema import (
+    CHECKPOINT_UP_TO, CONFIG_BLOCK_SIZE, KEY_TOKENS, RADIX_HASH_TOKENS, RADIX_NEXT_PAGE, RADIX_NODE_ID, RADIX_PATH_IDS,
+    RADIX_PATH_TOKENS,
+)
 
 PAGE_ALIGNMENT = "page-alignment"
 
@@ -31,7 +36,8 @@ def _unit(life: RequestLife) -> int | None:
 
 def _computed_by(timeline: EngineTimeline, life: RequestLife, tokens: int) -> int | None:
     """When `life`'s first `tokens` prompt tokens were in the tree: the end of the step whose
-    prefill reached them (its own hit counts from its admission)."""
+    prefill reached them (its own hit counts from its admission); in a trace without steps (the
+    radix-cache replay drives the tree alone) the end of its first insert whose key covers them."""
     if life.cached_tokens >= tokens:
         return life.admission_match.start_ns if life.admission_match is not None else life.arrival_ns
     computed = life.cached_tokens
@@ -39,6 +45,23 @@ def _computed_by(timeline: EngineTimeline, life: RequestLife, tokens: int) -> in
         computed += n
         if computed >= tokens:
             return step.end_ns
+    if not life.scheduled:
+        covering = [span.end_ns for span in life.inserts
+                    if int(span.attributes.get(KEY_TOKENS) or span.attributes.get(CHECKPOINT_UP_TO) or 0) >= tokens]
+        return min(covering, default=None)
+    return None
+
+
+def _lost_node(evictions: list, attrs: dict) -> tuple[object, dict] | None:
+    """The eviction (latest first) that removed the node continuing this prompt past where the lookup
+    stopped: a child of the match's last node whose first page is the lookup's next page."""
+    last, wanted = attrs.get(RADIX_NODE_ID), attrs.get(RADIX_NEXT_PAGE)
+    if last is None or not wanted:
+        return None
+    for eviction in reversed(evictions):
+        for node in eviction.nodes:
+            if node.get("parent") == last and node.get("key") == wanted:
+                return eviction, node
     return None
 
 
@@ -56,6 +79,20 @@ def _shared_tokens(life: RequestLife, other: RequestLife, unit: int) -> tuple[in
     while n < min(len(a), len(b)) and a[n] == b[n]:
         n += 1
     return n * unit, False
+
+
+def _same_namespace(life: RequestLife, other: RequestLife, unit: int) -> bool | None:
+    """Whether the tree can share nodes between the two: SGLang keys a node by its first page and the
+    request's extra_key / cache_salt (RadixKey.child_key_at, radix_cache.py:226-247), and the prefix
+    hashes are seeded by that namespace. Same first tokens (content capture on) and another first hash:
+    another namespace. Else the recorded hash domains say (None: nothing tells them apart)."""
+    mine, theirs = life.prompt_token_ids, other.prompt_token_ids
+    a, b = life.prefix_hashes, other.prefix_hashes
+    if a and b and mine is not None and theirs is not None and list(mine[:unit]) == list(theirs[:unit]):
+        return a[0] == b[0]
+    if life.hash_domain != other.hash_domain:
+        return False
+    return None
 
 
 def _evictor(timeline: EngineTimeline, eviction) -> str:
@@ -78,7 +115,8 @@ def explain_radix(timeline: EngineTimeline, life: RequestLife) -> CacheMiss:
     blocks = [{"index": i, "hash": h[:12], "hit": (i + 1) * unit <= cached} for i, h in enumerate(hashes)]
     uncached = max(size - cached, 0)
     rate = prefill_ms_per_token(life)
-    result = CacheMiss(life.name, size, page, blocks, cached, "", "", uncached, rate * uncached if rate is not None else None)
+    result = CacheMiss(life.name, size, page, blocks, cached, "", "", uncached, rate * uncached if rate is not None else None,
+                       unit="prefix unit", unit_tokens=unit)
     path = list(zip(attrs.get(RADIX_PATH_IDS) or [], attrs.get(RADIX_PATH_TOKENS) or []))
 
     def say(reason: str, evidence: str, **details) -> CacheMiss:
@@ -106,17 +144,40 @@ def explain_radix(timeline: EngineTimeline, life: RequestLife) -> CacheMiss:
     lookup = match.start_ns
     earlier = [other for other in timeline.requests if other.arrival_ns < life.arrival_ns and other is not life]
     needed = cached + (page if page > 1 else 1)  # the next page would have hit
+    namespaces = {other.name: _same_namespace(life, other, unit) for other in earlier}
     sharing = [(other, *_shared_tokens(life, other, unit)) for other in earlier]
+    apart = [(o, n, exact) for o, n, exact in sharing if namespaces[o.name] is False]
+    sharing = [item for item in sharing if namespaces[item[0].name] is not False]
     holders = [(o, n) for o, n, _ in sharing if n >= needed]
+    if not holders and apart and max(n for _, n, _ in apart) >= needed:
+        other, shared, exact = max(apart, key=lambda item: item[1])
+        tokens = f"its first {shared} tokens" if exact else f"at least its first {shared} tokens (by hash)"
+        return say("salt-or-adapter", f"{other.name} had {tokens}, but in another namespace of the tree: hash domain "
+                   f"{life.hash_domain or 'tokens only'} here, {other.hash_domain or 'tokens only'} there (SGLang keys a "
+                   "radix node by its first page and the request's extra_key / cache_salt, radix_cache.py:226-247)",
+                   position=cached, other=other.name, hash_domain=life.hash_domain, other_hash_domain=other.hash_domain)
     if holders:
         times = [(t, o.name) for o, _ in holders if (t := _computed_by(timeline, o, needed)) is not None]
         before = sorted((t, who) for t, who in times if t <= lookup)
         if not before:
-            who = holders[0][0].name
-            return say("still-computing", f"{who} shares the next page but had not put it in the tree at this lookup "
-                       "(SGLang inserts a prefill after its forward pass: the same batch, or a chunk still ahead)", computing=who, position=cached)
+            holder = holders[0][0]
+            when = ("the radix-cache replay inserts a request's tokens when it finishes" if not holder.scheduled else
+                    "SGLang inserts a prefill after its forward pass: the same batch, or a chunk still ahead")
+            return say("still-computing", f"{holder.name} shares the next page but had not put it in the tree at this lookup "
+                       f"({when})", computing=holder.name, position=cached)
         when, cached_by = before[-1]
         evictions = [e for e in timeline.evictions if when <= e.time_ns <= lookup and (e.tokens or e.hashes)]
+        lost = _lost_node(evictions, attrs)
+        if lost is not None:
+            eviction, node = lost
+            by, start, end = _evictor(timeline, eviction), int(node["start"]), int(node["start"]) + int(node["tokens"]) - 1
+            return say("evicted", f"{cached_by} put tokens {cached}-{needed - 1} in the tree; radix node {node['id']} "
+                       f"(tokens {start}-{end}), the child of node {attrs.get(RADIX_NODE_ID)} where this lookup stopped, "
+                       f"was evicted {(lookup - eviction.time_ns) / 1e6:.1f} ms before this lookup by the allocation of {by}"
+                       f"{f' with {len(eviction.nodes) - 1} other nodes ({eviction.tokens} tokens in all)' if len(eviction.nodes) > 1 else ''}",
+                       position=cached, cached_by=cached_by, evicted_by=by, evicted_ms_before=(lookup - eviction.time_ns) / 1e6,
+                       evicted_node={"node": node["id"], "tokens": node["tokens"], "start": start, "parent": node["parent"]},
+                       evicted_path=[n for n, _ in path] + [node["id"]])
         if evictions:
             last = evictions[-1]
             by = _evictor(timeline, last)

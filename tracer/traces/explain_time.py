@@ -66,7 +66,7 @@ def _waiting_cause(timeline: EngineTimeline, life: RequestLife, step: Step, runn
     """The step's cause, or `priority` where a request of higher priority (a lower number, as
     vLLM's RequestQueue orders them) heads the priority queue in its place. A running SGLang
     request sits out a step that runs a new prefill batch (SGLang runs prefill or decode)."""
-    if running and step.attr(FORWARD_MODE) == "EXTEND" and timeline.engine == "sglang":
+    if running and step.attr(FORWARD_MODE) == "EXTEND" and timeline.mirrors == "sglang":
         return PREFILL_FIRST
     code, evidence = step.waiting_cause()
     head = step.attr(WAITING_HEAD)

@@ -12,9 +12,10 @@ from typing import Any, Iterable
 from tracer.catalog.hops import Catalog, load_catalog
 from tracer.traces.schema import (
     BATCH_IDS, BATCH_PREEMPTED, BATCH_TOKENS, BATCH_TOTAL, BLOCK_HASHES, CACHED_BLOCKS, CACHED_TOKENS,
-    CACHING_ENABLED, CONFIG_BLOCK_SIZE, ENGINE, EVICTED_HASHES, EXTERNAL_ID, REQUEST_ID, FREE_BLOCKS, HASH_DOMAIN, INPUT_TOKENS, NUM_RUNNING,
+    CACHING_ENABLED, CONFIG_BLOCK_SIZE, ENGINE, ENGINE_MODE, EVICTED_HASHES, EXTERNAL_ID, REQUEST_ID, FREE_BLOCKS, HASH_DOMAIN, INPUT_TOKENS, NUM_RUNNING,
     PRIORITY, PROMPT_TOKEN_IDS, SCHED_CHUNKED, SCHED_MAX_SEQS, SCHED_TOKEN_BUDGET, WAITING_HEAD,
-    WAITING_HEAD_BLOCKS, WAITING_HEAD_STATUS, EVICTED, RADIX_PREFIX_HASHES, SCHED_NEW_TOKEN_RATIO, WAITING_HEAD_RESULT,
+    WAITING_HEAD_BLOCKS, WAITING_HEAD_STATUS, EVICTED, EVICTED_NODE_IDS, EVICTED_NODE_KEYS, EVICTED_NODE_PARENTS,
+    EVICTED_NODE_STARTS, EVICTED_NODE_TOKENS, RADIX_PREFIX_HASHES, SCHED_NEW_TOKEN_RATIO, WAITING_HEAD_RESULT,
 )
 from tracer.traces.sglang_causes import sglang_waiting_cause
 from tracer.traces.shape import RequestTrace, TraceShape, analyse
@@ -102,6 +103,7 @@ class Eviction:
     hashes: list[str]
     by_request: str | None  # the request whose allocation took the blocks
     tokens: int = 0  # SGLang's radix evictions name a token count, not hashes
+    nodes: list[dict] = field(default_factory=list)  # radix nodes removed: id, tokens, parent, start, key
 
 
 @dataclass
@@ -121,6 +123,7 @@ class RequestLife:
     priority: int | None
     matches: list[SpanRecord]  # kv.match_prefix, in time order (a resumed request looks up again)
     preemptions: list[SpanRecord]
+    inserts: list[SpanRecord] = field(default_factory=list)  # its tokens entering a radix tree (kv.insert)
     scheduled: list[tuple[Step, int]] = field(default_factory=list)  # (step, tokens) in step order
 
     def my_tokens(self, step: Step) -> int | None:
@@ -174,6 +177,9 @@ class EngineTimeline:
     has_startup: bool  # the trace holds the server's startup: nothing ran before it began
     shape: TraceShape
     engine: str | None = None  # servetrace.engine of the trace's processes (mini, vllm, sglang)
+    mode: str = ""  # the engine mode its spans name (servetrace.engine.mode: ours in cache_mode sglang)
+    label: str = ""  # what the catalog calls a trace of this engine in this mode (mini-sglang)
+    mirrors: str = ""  # the catalog engine whose mechanisms explain it (sglang for mini-sglang)
 
     def find(self, request_id: str) -> RequestLife | None:
         for life in self.requests:
@@ -194,7 +200,7 @@ def read_timeline(spans: list[SpanRecord], catalog: Catalog | None = None) -> En
     shape = analyse(spans, catalog)
     batch_hops, enqueue_hops = set(catalog.with_role("batch")), set(catalog.with_role("enqueue"))
     render_hops = set(catalog.with_role("render")) | set(catalog.with_role("entrypoint"))
-    lookup_hops, evict_hops, preempt_hops = (set(catalog.with_role(r)) for r in ("prefix_lookup", "evict", "preempt"))
+    lookup_hops, evict_hops, preempt_hops, insert_hops = (set(catalog.with_role(r)) for r in ("prefix_lookup", "evict", "preempt", "insert"))
     schedules = []
     for members in shape.step_traces.values():
         root = min(members, key=lambda s: s.start_ns)
@@ -224,6 +230,7 @@ def read_timeline(spans: list[SpanRecord], catalog: Catalog | None = None) -> En
             priority=_first(enqueues, PRIORITY),
             matches=[s for s in members if s.name in lookup_hops],
             preemptions=[s for s in members if s.name in preempt_hops],
+            inserts=[s for s in members if s.name in insert_hops],
         )
         for span in members:
             span_request[span.span_id] = life.name
@@ -239,7 +246,8 @@ def read_timeline(spans: list[SpanRecord], catalog: Catalog | None = None) -> En
     for span in spans:
         if span.name in evict_hops and (span.attributes.get(EVICTED_HASHES) or span.attributes.get(EVICTED)):
             evictions.append(Eviction(span.start_ns, list(span.attributes.get(EVICTED_HASHES) or []),
-                                      span_request.get(span.span_id), int(span.attributes.get(EVICTED) or 0)))
+                                      span_request.get(span.span_id), int(span.attributes.get(EVICTED) or 0),
+                                      _evicted_nodes(span.attributes)))
     evictions.sort(key=lambda e: e.time_ns)
     block_size = next((int(s.attr(CONFIG_BLOCK_SIZE)) for s in steps if s.attr(CONFIG_BLOCK_SIZE)), None)
     if block_size is None:
@@ -248,7 +256,24 @@ def read_timeline(spans: list[SpanRecord], catalog: Catalog | None = None) -> En
     lives.sort(key=lambda life: life.arrival_ns)
     engines = trace_engines(spans)
     engine = "sglang" if "sglang" in engines else (sorted(engines)[0] if engines else None)
-    return EngineTimeline(steps, lives, evictions, block_size, bool(shape.startup), shape, engine)
+    mode = trace_mode(spans)
+    label, mirrors = catalog.flavor(engine, mode)
+    return EngineTimeline(steps, lives, evictions, block_size, bool(shape.startup), shape, engine, mode, label, mirrors)
+
+
+def trace_mode(spans: Iterable[SpanRecord]) -> str:
+    """The engine mode the trace's spans name ('' for none): the catalog's targets say which run in one."""
+    for span in spans:
+        mode = span.attributes.get(ENGINE_MODE)
+        if mode:
+            return str(mode)
+    return ""
+
+
+def _evicted_nodes(attributes: dict) -> list[dict]:
+    columns = [attributes.get(k) or [] for k in (EVICTED_NODE_IDS, EVICTED_NODE_TOKENS, EVICTED_NODE_PARENTS,
+                                                  EVICTED_NODE_STARTS, EVICTED_NODE_KEYS)]
+    return [dict(zip(("id", "tokens", "parent", "start", "key"), row)) for row in zip(*columns)]
 
 
 def _external_name(request: RequestTrace, members: list[SpanRecord]) -> str:

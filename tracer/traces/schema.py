@@ -36,6 +36,8 @@ SERVICE_NAME = _key("service.name", "str", "the process's service (servetrace-mi
 PROCESS_PID = _key("process.pid", "int", "the process that emitted the span")
 ENGINE = _key("servetrace.engine", "str", "which catalog engine emitted the span (mini, vllm, sglang)")
 ENGINE_VERSION = _key("servetrace.engine.version", "str", "the installed version of that engine")
+# A span attribute, not a resource one: a process's engine may run in a mode (catalog engines' `modes`).
+ENGINE_MODE = _key("servetrace.engine.mode", "str", "the catalog engine mode the span's target runs in (ours: sglang, for cache_mode sglang)")
 PROCESS_ROLE = _key("servetrace.process.role", "str", "api_server, engine_core, worker, scheduler, detokenizer ...")
 # What the spans' times measure: "wall" (a serving run; also when absent), "steps" (a replay: the
 # order of the scheduler's steps, timed by the replay's own CPU work), "predicted" (whatif: steps
@@ -94,6 +96,12 @@ RADIX_PATH_IDS = _key("servetrace.radix.path_node_ids", "int[]", "the matched ra
 RADIX_PATH_TOKENS = _key("servetrace.radix.path_node_tokens", "int[]", "tokens per node of that path (they add up to the match)")
 RADIX_PREFIX_HASHES = _key("servetrace.radix.prefix_hashes", "str[]", "chained hashes of the prompt's full hash units (RADIX_HASH_TOKENS each): which requests shared a prefix, without the tokens")
 RADIX_HASH_TOKENS = _key("servetrace.radix.hash_tokens", "int", "tokens per prefix hash (a whole number of pages, at least 16)")
+RADIX_NEXT_PAGE = _key("servetrace.radix.next_page_key", "str", "short hash of the lookup key's first page past the match (the child key the tree did not hold): joins a miss to the evicted node that continued it")
+EVICTED_NODE_IDS = _key("servetrace.radix.evicted_node_ids", "int[]", "the radix nodes an eviction removed (at most 256 named)")
+EVICTED_NODE_TOKENS = _key("servetrace.radix.evicted_node_tokens", "int[]", "tokens per evicted node")
+EVICTED_NODE_PARENTS = _key("servetrace.radix.evicted_node_parents", "int[]", "each evicted node's parent node id (the path it hung from)")
+EVICTED_NODE_STARTS = _key("servetrace.radix.evicted_node_starts", "int[]", "each evicted node's first token's position on its path (the prompt position it covered from)")
+EVICTED_NODE_KEYS = _key("servetrace.radix.evicted_node_keys", "str[]", "short hash of each evicted node's first page (its child key, as RADIX_NEXT_PAGE)")
 CHECKPOINT = _key("servetrace.kv.checkpoint", "bool", "SGLang's release_kv_cache(checkpoint=): insert into the tree first")
 EXTEND_TOKENS = _key("servetrace.kv.extend_tokens", "int", "tokens a prefill batch extends by")
 CHECKPOINT_UP_TO = _key("servetrace.kv.up_to", "int", "the token a radix checkpoint caches up to")

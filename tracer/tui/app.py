@@ -206,10 +206,14 @@ class ExplorerApp(App):
         if row is None:
             self.notify("select a hop first", timeout=2)
             return
-        # The trace's own engine when it is an upstream one, else the catalog's first upstream.
+        # The trace's own engine when it is an upstream one, else the one ours mirrors in the trace's
+        # mode (catalog: mini-sglang mirrors sglang), else the catalog's first upstream.
         waterfall = self.query_one("#waterfall", WaterfallTable).waterfall
         operation = waterfall.request.operation if waterfall is not None else ""
-        self.push_screen(SourceScreen(row.span.name, self.model.engine, self.model.engine_version, operation))
+        model = self.model
+        upstream = model.engine if model.mirrors in ("", model.engine) else model.mirrors
+        version = model.engine_version if upstream == model.engine else ""
+        self.push_screen(SourceScreen(row.span.name, upstream, version, operation, model.engine_mode))
 
     def action_why(self) -> None:
         """The "why" view of the selected request; n / p there move this view's cursor along."""

@@ -24,14 +24,14 @@ DIFF_WIDTH = 22  # the diff column's most; longer lists wrap onto a second line 
 def trace_labels(left: TraceModel, right: TraceModel) -> tuple[str, str]:
     """The two traces' names: their engines; where those are alike, the files, with as many of
     their folders as it takes to tell two files of one name apart (replay/ vs replay-uncached/)."""
-    names = left.engine or title_of(left), right.engine or title_of(right)
+    names = left.engine_label or title_of(left), right.engine_label or title_of(right)
     if names[0] != names[1]:
         return names
     a, b = Path(left.path).resolve().parts, Path(right.path).resolve().parts
     depth = 1
     while depth < min(len(a), len(b)) and a[-depth:] == b[-depth:]:
         depth += 1
-    engine = f" ({left.engine})" if left.engine and left.engine == right.engine else ""
+    engine = f" ({left.engine_label})" if left.engine_label and left.engine_label == right.engine_label else ""
     return "/".join(a[-depth:]) + engine, "/".join(b[-depth:]) + engine
 
 

@@ -155,7 +155,7 @@ class LiveExplorerApp(ExplorerApp):
         to the rows drawn: a few on screen cost less than 200 here competing for the GIL.)"""
         for request in model.requests.values():
             request.label  # noqa: B018 -- read for every row when the table is shown
-        model.engine, model.engine_version, model.service  # noqa: B018 -- the title and the source pane's
+        model.engine, model.engine_label, model.engine_version, model.service  # noqa: B018 -- the title and the source pane's
         text = self.request_filter.lower()
         return Prepared(model, text, [r for r in model.requests.values() if matches(r, text)])
 

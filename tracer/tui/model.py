@@ -27,6 +27,7 @@ from operator import attrgetter
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from tracer.traces.schema import (
+    ENGINE_MODE,
     ENGINE, ENGINE_VERSION, EXTERNAL_ID, LINK_KIND, LINK_OVERLAP, LINK_REPORTED, LINK_STEP,
     HTTP_REQUEST_ID_HEADER, NATIVE_REQUEST_ID_KEYS, OPERATION, REQUEST_ID, SERVICE_NAME,
 )
@@ -160,6 +161,31 @@ class TraceModel:
     def engine(self) -> str:
         """Which engine recorded the trace (the resource's servetrace.engine), '' if unknown."""
         return self._resource_value(ENGINE)
+
+    @cached_property
+    def engine_mode(self) -> str:
+        """The engine mode the trace's spans name (servetrace.engine.mode: ours in cache_mode sglang), '' if none."""
+        return next((str(span.attributes[ENGINE_MODE]) for span in self.spans if span.attributes.get(ENGINE_MODE)), "")
+
+    @cached_property
+    def engine_label(self) -> str:
+        """What the catalog calls the trace's engine in its mode (mini-sglang), '' if unknown."""
+        return self._flavor[0] if self.engine else ""
+
+    @cached_property
+    def mirrors(self) -> str:
+        """The catalog engine whose mechanisms the trace's engine runs (sglang for mini-sglang): the
+        source pane shows that engine's code beside ours."""
+        return self._flavor[1]
+
+    @cached_property
+    def _flavor(self) -> tuple[str, str]:
+        from tracer.catalog.hops import CatalogError, load_catalog
+
+        try:
+            return load_catalog().flavor(self.engine, self.engine_mode)
+        except (CatalogError, OSError):
+            return self.engine, ""
 
     @cached_property
     def engine_version(self) -> str:

@@ -125,14 +125,17 @@ class SourcePane(Vertical):
 class SourceScreen(Screen):
     """Our engine's code for the hop beside vLLM's or SGLang's, with the walkthrough note.
     `operation`: the request's (chat, text_completion): a hop with one target per operation
-    opens on that one (a chat request on the chat handler)."""
+    opens on that one (a chat request on the chat handler). `mode`: the trace's engine mode (ours in
+    cache_mode sglang): our pane opens on the target of that mode (SglangScheduler.schedule, not
+    Scheduler.schedule), and one of another mode is never the first shown."""
 
     BINDINGS = SOURCE_KEYS
 
-    def __init__(self, hop: str, upstream: str | None = None, version: str = "", operation: str = "") -> None:
+    def __init__(self, hop: str, upstream: str | None = None, version: str = "", operation: str = "", mode: str = "") -> None:
         super().__init__()
         self.hop = hop
         self.operation = operation
+        self.mode = mode
         # The trace's engine and version (its resource's): that engine's pane shows that version's code.
         self.recorded = (upstream, version) if upstream and version else None
         # Ours on the left, an upstream engine on the right: both lists are the catalog's.
@@ -172,8 +175,13 @@ class SourceScreen(Screen):
         self.refresh_panes()
 
     def first_target(self, views: tuple[SourceView, ...]) -> int:
-        """The target serving the request's operation, else the first."""
-        return next((i for i, v in enumerate(views) if self.operation and v.operation == self.operation), 0)
+        """The target serving the request's operation, else the first of the trace's mode (a target
+        of no mode where the hop has none of it)."""
+        found = next((i for i, v in enumerate(views) if self.operation and v.operation == self.operation), None)
+        if found is not None:
+            return found
+        fits = [i for i, v in enumerate(views) if v.mode == self.mode] or [i for i, v in enumerate(views) if not v.mode]
+        return fits[0] if fits else 0
 
     def refresh_panes(self) -> None:
         sources = hop_sources(self.hop, self.recorded)

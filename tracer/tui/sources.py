@@ -31,6 +31,7 @@ class SourceView:
     origin: str = ""  # the environment read, when not this one (the trace's version lives there)
     recorded: str = ""  # the version the trace recorded, when the code shown is another one
     operation: str = ""  # the request operation the target serves (catalog), '' when it serves all
+    mode: str = ""  # the engine mode the target runs in (catalog), '' in every mode
 
     @property
     def where(self) -> str:
@@ -92,7 +93,8 @@ def hop_sources(hop: str, recorded: tuple[str, str] | None = None) -> dict[str, 
         views = []
         for target in targets:
             base = dict(engine=engine, spec=target.spec, note=target.note, live=target.live,
-                        pinned_versions=spec.versions if spec.pinned else (), operation=target.operation)
+                        pinned_versions=spec.versions if spec.pinned else (), operation=target.operation,
+                        mode=target.mode)
             if site is not None:  # the recorded version, from the environment that has it
                 try:
                     located = locate_in(site, target.spec)

@@ -17,7 +17,7 @@ MAX_REQUESTS = 20
 
 
 def requests_table(model: TraceModel, limit: int = MAX_REQUESTS) -> Table:
-    engine = f" ({model.engine})" if model.engine else ""
+    engine = f" ({model.engine_label})" if model.engine_label else ""
     table = Table(title=f"{Path(model.path).name}{engine}: {len(model.requests)} requests, "
                         f"{len(model.steps)} engine steps, {len(model.spans)} spans")
     kind = trace_clock(model)  # a replay: no model ran, times count steps; whatif: predicted ms

@@ -82,11 +82,11 @@ def cache_grid(why: Why) -> Table:
     grid.add_column(overflow="fold")
     blocks = cache.blocks
     hits = sum(1 for block in blocks if block["hit"])
-    size = f" · {cache.block_size}-token blocks" if cache.block_size else ""
+    size = f" · {cache.granularity()}" if cache.granularity() else ""
     grid.add_row("prefix cache", f"{cache.cached_tokens} of {cache.prompt_tokens} prompt tokens cached · "
-                 f"{hits} of {len(blocks)} full blocks hit{size}")
+                 f"{cache.units_hit()}{size}")
     if blocks:
-        grid.add_row("blocks", block_cells(cache))
+        grid.add_row("blocks" if cache.unit == "block" else "units", block_cells(cache))
         named = []
         if hits:
             named.append(Text(f"last hit #{hits - 1} {blocks[hits - 1]['hash'][:HASH_CHARS]}", style=HIT))

@@ -282,5 +282,5 @@ class SidePanel(ScrollView, can_focus=True):
 def title_of(model: TraceModel) -> str:
     from pathlib import Path
 
-    engine = f" ({model.engine})" if model.engine else ""
+    engine = f" ({model.engine_label})" if model.engine_label else ""
     return f"{Path(model.path).name}{engine}"

@@ -17,6 +17,10 @@ from tracer.instrument.extractors import (
     placeholder_attributes,
 )
 from tracer.traces.schema import WAITED_STEP
+from tracer.instrument.extractors.sglang_radix import (
+    evicted_nodes, first_sight, hash_unit, next_page, prefix_hashes, radix_path, stash_evict_candidates,
+)
+from tracer.traces.schema import CONFIG_BLOCK_SIZE, RADIX_HASH_TOKENS, RADIX_NODE_ID, RADIX_PREFIX_HASHES
 from tracer.traces.schema import CONFIG_ASYNC, CONFIG_LONG_PREFILL, CONFIG_MAX_MODEL_LEN, CONFIG_NUM_BLOCKS, CONFIG_PREFIX_CACHING
 from tracer.traces.schema import (
     BATCH_QUEUE_LEN, DROP, GRAMMAR_CACHE_HIT, GRAMMAR_COMPILE_MS, GRAMMAR_COMPLETE, GRAMMAR_JUMP_TOKENS, GRAMMAR_KIND,
@@ -164,7 +168,10 @@ def _num_prompt_tokens(scheduler: Any, so: Any, request_id: str) -> int:
 def match_before(args: dict) -> dict:
     if "request" in args:
         return request_attributes(args["request"])
-    return {KEY_TOKENS: len(args["key"])}
+    # RadixCache.match_prefix(key, req): cache_mode sglang hands the request over, as SGLang's
+    # MatchPrefixParams.req; a lookup on the tree's own behalf (checkpoint) has none.
+    req = args.get("req")
+    return {REQUEST_ID: getattr(req, "request_id", None), KEY_TOKENS: len(args["key"])}
 
 
 def match_after(args: dict, result: Any) -> dict:
@@ -172,7 +179,17 @@ def match_after(args: dict, result: Any) -> dict:
         blocks, num_tokens = result
         return {CACHED_TOKENS: num_tokens, CACHED_BLOCKS: len(blocks), BLOCK_IDS: [b.block_id for b in blocks],
                 CACHING_ENABLED: args["self"].enable_caching}
-    return {CACHED_TOKENS: result.prefix_len}
+    # What SGLang's extractor records of its tree (tracer/instrument/extractors/sglang.py: match_after).
+    cache, node, req = args["self"], result.last_node, args.get("req")
+    page = int(cache.page_size)
+    out = {CACHED_TOKENS: result.prefix_len, RADIX_NODE_ID: node.id, CONFIG_BLOCK_SIZE: page,
+           CACHING_ENABLED: not cache.disable, EVICTABLE: cache.evictable_size(), PROTECTED: cache.protected_size(),
+           **radix_path(node), **next_page(args["key"], result.prefix_len, page)}
+    if req is not None and first_sight(req):  # once per request: the lpm pass looks every waiting request up
+        tokens = list(req.prompt_token_ids)
+        out[RADIX_HASH_TOKENS], out[RADIX_PREFIX_HASHES] = hash_unit(page), prefix_hashes(tokens, hash_unit(page))
+        out[PROMPT_TOKEN_IDS] = tokens if otel.capture_content() else None
+    return out
 
 
 def allocate_after(args: dict, new_blocks: Any) -> dict:
@@ -200,6 +217,7 @@ def insert_after(args: dict, result: Any) -> dict:
 def evict_before(args: dict) -> dict:
     if "num_blocks" in args:  # BlockPool.get_new_blocks: the hash cache evicts the blocks it reuses
         return blocks_to_evict(args["self"], args["num_blocks"], bytes)
+    stash_evict_candidates(args, args["self"])
     return {EVICT_REQUESTED: args.get("num_tokens")}
 
 
@@ -207,7 +225,8 @@ def evict_after(args: dict, num_evicted: Any) -> dict:
     cache = args["self"]
     if "num_blocks" in args:
         return {FREE_BLOCKS: cache.get_num_free_blocks()}
-    return {EVICTED: num_evicted, EVICTABLE: cache.evictable_size(), PROTECTED: cache.protected_size()}
+    return {EVICTED: num_evicted, EVICTABLE: cache.evictable_size(), PROTECTED: cache.protected_size(),
+            **evicted_nodes(args, cache)}
 
 
 def preempt_before(args: dict) -> dict:

@@ -32,7 +32,9 @@ from tracer.traces.schema import (
     RADIX_PREFIX_HASHES,
 )
 from tracer.instrument import otel
-from tracer.instrument.extractors.sglang_radix import first_sight, prefix_hashes, radix_path
+from tracer.instrument.extractors.sglang_radix import (
+    evicted_nodes, first_sight, next_page, prefix_hashes, radix_path, stash_evict_candidates,
+)
 from tracer.instrument.extractors.sglang_scheduler import (
     allocate_after, allocate_before, batch_attrs, preempt_after, preempt_before, rid_of, schedule_after, schedule_before,
     step_before,
@@ -68,7 +70,8 @@ def match_after(args: dict, result: Any) -> dict:
     node = result.last_device_node
     page = int(getattr(cache, "page_size", 1) or 1)
     out = {CACHED_TOKENS: result.device_prefix_len, NODE_ID: getattr(node, "id", None), **_sizes(cache),
-           CONFIG_BLOCK_SIZE: page, CACHING_ENABLED: not getattr(cache, "disable", False), **radix_path(node)}
+           CONFIG_BLOCK_SIZE: page, CACHING_ENABLED: not getattr(cache, "disable", False), **radix_path(node),
+           **next_page(params.key, result.device_prefix_len, page)}
     req = params.req
     rid = rid_of(req)
     if rid is not None and first_sight(req):  # the prompt's hashes once per request: lpm matches every waiting request each pass
@@ -97,11 +100,12 @@ def insert_after(args: dict, result: Any) -> dict:
 
 
 def evict_before(args: dict) -> dict:
+    stash_evict_candidates(args, args["self"])
     return {EVICT_REQUESTED: args["params"].num_tokens}
 
 
 def evict_after(args: dict, result: Any) -> dict:
-    return {EVICTED: result.num_tokens_evicted, **_sizes(args["self"])}
+    return {EVICTED: result.num_tokens_evicted, **_sizes(args["self"]), **evicted_nodes(args, args["self"])}
 
 
 def free_before(args: dict) -> dict:

@@ -64,6 +64,27 @@ class RadixLog:
         }
 
 
+@dataclass(frozen=True, eq=False)
+class LookupRequest:
+    """The request a replayed lookup is for, under the names each tree's caller hands it over by
+    (SGLang's MatchPrefixParams.req is a Req: rid, origin_input_ids; ours an engine Request:
+    request_id, prompt_token_ids). Neither tree reads it; the tracing hooks put the lookup in that
+    request's trace and hash its prompt, as they do in a scheduler's run."""
+
+    rid: str
+    origin_input_ids: list[int]
+    extra_key: str | None = None
+    cache_salt: str | None = None
+
+    @property
+    def request_id(self) -> str:
+        return self.rid
+
+    @property
+    def prompt_token_ids(self) -> list[int]:
+        return self.origin_input_ids
+
+
 class _Counter:
     """A clock that ticks once per reading: strictly increasing, deterministic."""
 
@@ -115,8 +136,8 @@ class MiniRadix(_RadixOps):
     def session(self) -> Iterator[None]:
         yield
 
-    def match(self, key: list[int]) -> tuple[list[int], Any]:
-        result = self.cache.match_prefix(key)
+    def match(self, key: list[int], req: LookupRequest | None = None) -> tuple[list[int], Any]:
+        result = self.cache.match_prefix(key, req=req)
         return list(result.device_indices), result.last_node
 
     def insert(self, key: list[int], slots: list[int]) -> int:
@@ -173,8 +194,8 @@ class SglangRadix(_RadixOps):
     def _key(self, key: list[int]):
         return self.module.RadixKey(token_ids=list(key), extra_key=None)
 
-    def match(self, key: list[int]) -> tuple[list[int], Any]:
-        result = self.cache.match_prefix(self.MatchPrefixParams(key=self._key(key)))
+    def match(self, key: list[int], req: LookupRequest | None = None) -> tuple[list[int], Any]:
+        result = self.cache.match_prefix(self.MatchPrefixParams(key=self._key(key), req=req))
         node = result.last_device_node
         indices = self.cache.path_device_indices(node).tolist() if result.device_prefix_len else []
         return indices, node
@@ -232,7 +253,7 @@ def replay_radix(engine: str, workload: list[WorkloadRequest], config: ReplayCon
             root = roots[request.id] = traces.open(request.id, {INPUT_TOKENS: len(request.prompt_token_ids),
                                                                  MAX_TOKENS: request.max_tokens})
             with traces.within(root):
-                prefix_slots, node = radix.match(request.prompt_token_ids)
+                prefix_slots, node = radix.match(request.prompt_token_ids, LookupRequest(request.id, list(request.prompt_token_ids)))
             radix.lock(node)
             need = need_total - len(prefix_slots)
             evicted = 0

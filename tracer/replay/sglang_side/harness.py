@@ -106,9 +106,12 @@ def make_req(request: dict, config: dict, arrival_index: int) -> Req:
     params = SamplingParams(max_new_tokens=request["max_tokens"], temperature=0.0,
                             ignore_eos=config.get("ignore_eos", False))
     params.normalize(None)
+    # A request's cache_salt / extra_key, where the job gives one, go where handle_generate_request puts
+    # a client's (sglang/srt/managers/scheduler.py:3025-3026; a LoRA id is appended to extra_key,
+    # schedule_batch.py:1165-1168): the radix tree keeps their prefixes apart.
     req = Req(request["id"], "", array("q", request["prompt_token_ids"]), params, vocab_size=VOCAB,
               priority=request.get("priority", 0) if config["policy"] == "priority" else None,
-              eos_token_ids=set())
+              eos_token_ids=set(), extra_key=request.get("extra_key"), cache_salt=request.get("cache_salt"))
     return req
 
 
