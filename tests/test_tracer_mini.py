@@ -127,3 +127,17 @@ def test_request_spans_inside_a_step_link_back_to_it(traced_run):
     for span in trace.named("kv.allocate") + trace.named("kv.free"):
         step_links = [link for link in span.links if link.attributes.get("servetrace.link") == "step"]
         assert len(step_links) == 1 and step_links[0].span_id in step_ids
+
+
+def test_the_parts_of_a_step_keep_their_own_times(traced_run):
+    """The step's parts are created with the step's end (tracer.instrument.step_parts), yet each
+    span has the times of its own call: nested in its parent's, in the order the engine ran them."""
+    trace, _, _ = traced_run
+    by_id = {s.span_id: s for s in trace.spans}
+    for step in trace.named("engine.step"):
+        parts = {s.name: s for s in trace.spans if s.trace_id == step.trace_id and s.span_id != step.span_id}
+        for part in parts.values():
+            parent = by_id[part.parent_span_id]
+            assert parent.start_ns <= part.start_ns < part.end_ns <= parent.end_ns
+        order = [parts[name] for name in ("scheduler.schedule", "model.forward", "sampler.sample", "scheduler.update")]
+        assert all(a.end_ns <= b.start_ns for a, b in zip(order, order[1:]))

@@ -8,6 +8,7 @@ from typing import Any
 
 from opentelemetry.trace import Link
 
+from tracer.instrument.lean_span import frozen_attributes
 from tracer.traces.schema import LINK_KIND, LINK_OVERLAP, OVERLAPS_STEP, STEP
 
 # The in_flight spans open now, in any thread, and the lock that guards the list. Each is an
@@ -33,6 +34,6 @@ def link_overlapped(links: list[Link], attributes: dict[str, Any]) -> None:
     with _lock:
         running = list(_running)
     for other in running:
-        links.append(Link(other.span.get_span_context(), {LINK_KIND: LINK_OVERLAP}))
+        links.append(Link(other.span.get_span_context(), frozen_attributes(((LINK_KIND, LINK_OVERLAP),))))
         if other.attributes.get(STEP) is not None:
             attributes[OVERLAPS_STEP] = other.attributes[STEP]

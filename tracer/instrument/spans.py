@@ -27,7 +27,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from tracer.instrument import gpu_timing, otel, overlap
+from tracer.instrument import gpu_timing, lean_span, otel, overlap, step_parts
 from tracer.instrument.registry import registry
 
 logger = logging.getLogger(__name__)
@@ -87,6 +87,7 @@ _steps_emitted = [0]
 _unclaimed_render: contextvars.ContextVar[SpanContext | None] = contextvars.ContextVar("servetrace_unclaimed_render", default=None)
 
 _warned: set[tuple[str, str, str]] = set()
+_STEP_LINK = lean_span.frozen_attributes(((LINK_KIND, LINK_STEP),))
 
 
 def warn_once(call: HopCall, phase: str, message: str, *args: Any) -> None:
@@ -113,10 +114,8 @@ def _clean(attributes: Mapping[str, Any]) -> dict[str, Any]:
     for key, value in attributes.items():
         if value is None or key.startswith("_"):
             continue
-        if isinstance(value, (set, frozenset, tuple)):
-            value = list(value)
-        if isinstance(value, list):
-            value = [v if isinstance(v, (str, bool, int, float)) else str(v) for v in value]
+        if isinstance(value, (list, tuple, set, frozenset)):  # a tuple: what the SDK stores (lean_span takes it as is)
+            value = tuple(v if isinstance(v, (str, bool, int, float)) else str(v) for v in value)
         elif not isinstance(value, (str, bool, int, float)):
             value = str(value)
         clean[key] = value
@@ -132,7 +131,7 @@ class OpenSpan:
     tracer: Any
     attributes: dict[str, Any]
     start_ns: int
-    parent: otel_context.Context | None  # None: under `enclosing`, else the current OTel context
+    parent: otel_context.Context | SpanContext | None  # None: under `enclosing`; a SpanContext: under that (remote) root
     enclosing: "OpenSpan | None"
     links: list[Link]
     root: SpanContext | None = None  # the request root this span hangs under (itself if it is one)
@@ -140,17 +139,18 @@ class OpenSpan:
     tokens: tuple | None = None
     gpu_events: tuple | None = None
     started_trace: bool = False
+    deferred: list | None = None  # on an engine.step: (span, end ns) of its parts ended, created at its end
 
     def materialize(self) -> Any:
         if self.span is None:
             parent = self.parent
-            if parent is None and self.enclosing is not None:
+            if isinstance(parent, SpanContext):
+                parent = trace.set_span_in_context(NonRecordingSpan(parent))
+            elif parent is None and self.enclosing is not None:
                 parent = trace.set_span_in_context(self.enclosing.materialize())
             kind = SpanKind.SERVER if "entrypoint" in self.call.roles else SpanKind.INTERNAL
-            self.span = self.tracer.start_span(
-                self.call.hop, context=parent, kind=kind, links=self.links,
-                attributes=_clean(self.attributes), start_time=self.start_ns,
-            )
+            self.span = lean_span.start_span(self.tracer, self.call.hop, parent, kind, _clean(self.attributes),
+                                             self.links, self.start_ns)
             if self.root is None:
                 self.root = self.span.get_span_context()
             self.started_trace = self.span.parent is None
@@ -205,7 +205,7 @@ def begin(call: HopCall, args: dict[str, Any]) -> OpenSpan | None:
             if root is not None:
                 _unclaimed_render.set(None)
         if root is not None:
-            parent = trace.set_span_in_context(NonRecordingSpan(root))
+            parent = root  # its Context is made by materialize, if the span is written at all
         elif traceparent:
             parent = _propagator.extract({"traceparent": traceparent})
         elif enclosing is not None and enclosing.call.scope == "step" and request_id is not None:
@@ -215,7 +215,7 @@ def begin(call: HopCall, args: dict[str, Any]) -> OpenSpan | None:
         elif enclosing is not None:
             root = enclosing.root  # nested in another span of the same request (enqueue inside http.request)
         if parent is not None and current.is_valid and (root is None or root.trace_id != current.trace_id):
-            links.append(Link(current, {LINK_KIND: LINK_STEP}))
+            links.append(Link(current, _STEP_LINK))
     if "step_opener" in roles and "step_root" not in roles:  # the schedule, not the step around it
         overlap.link_overlapped(links, attributes)
     open_span = OpenSpan(call, tracer, attributes, start_ns, parent, enclosing, links, root if call.scope == "request" else None)
@@ -263,7 +263,7 @@ def _batch_links(request_ids: list, kind: str = LINK_REQUEST) -> list[Link]:
     for request_id in request_ids:
         root = registry.get(str(request_id))
         if root is not None and root.trace_flags.sampled:  # a request sampled out is not in the file
-            links.append(Link(root, {LINK_KIND: kind, REQUEST_ID: str(request_id)}))
+            links.append(Link(root, lean_span.frozen_attributes(((LINK_KIND, kind), (REQUEST_ID, str(request_id))))))
     return links
 
 
@@ -275,6 +275,8 @@ def end(open_span: OpenSpan, args: dict[str, Any], result: Any = None, error: Ba
     if "in_flight" in call.roles:
         overlap.ended(open_span)
     went_idle = False
+    if open_span.deferred:
+        step_parts.end_deferred(open_span)
     try:
         after = _run_extractor(call, "after", call.after, args, result) if error is None else {}
         attributes = open_span.attributes
@@ -299,11 +301,11 @@ def end(open_span: OpenSpan, args: dict[str, Any], result: Any = None, error: Ba
             _steps_emitted[0] += 1
         if open_span.span is None:
             open_span.links.extend(batch_links)
-            span = open_span.materialize()
+            span = None if step_parts.defer(open_span, _open_step.get(), error, end_ns) else open_span.materialize()
         else:
             span = open_span.span
             if after:
-                span.set_attributes(_clean(after))
+                lean_span.set_attributes(span, _clean(after))
             for link in batch_links:
                 span.add_link(link.context, link.attributes)
         if error is not None:
@@ -317,7 +319,7 @@ def end(open_span: OpenSpan, args: dict[str, Any], result: Any = None, error: Ba
             step_span = step.materialize()
             for link in batch_links:
                 step_span.add_link(link.context, link.attributes)
-            step_span.set_attributes(_clean({k: v for k, v in attributes.items() if k.startswith(BATCH_PREFIX)}))
+            lean_span.set_attributes(step_span, _clean({k: v for k, v in attributes.items() if k.startswith(BATCH_PREFIX)}))
         if "request_root" in call.roles and attributes.get(REQUEST_ID) is not None:
             request_id = str(attributes[REQUEST_ID])
             registry.register(request_id, open_span.root)
@@ -336,7 +338,9 @@ def end(open_span: OpenSpan, args: dict[str, Any], result: Any = None, error: Ba
     except Exception:  # pragma: no cover - bookkeeping must not break the engine either
         logger.warning("servetrace: closing a %s span failed", call.hop, exc_info=True)
         span = open_span.materialize()
-    if open_span.gpu_events is not None and error is None:
+    if span is None:
+        pass  # deferred: created and ended with the step
+    elif open_span.gpu_events is not None and error is None:
         start, stop = open_span.gpu_events
         gpu_timing.end_when_done(span, start, stop, end_ns)
     else:

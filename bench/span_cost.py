@@ -1,0 +1,200 @@
+"""What one written span costs the engine thread, in CPU microseconds: this tree vs another revision.
+
+The trace_overhead workload (16 requests x 64 output tokens through LLMEngine.step, traced to an
+OTLP/JSON-lines file) run in subprocesses, alternating: one with the tracer of --baseline (a
+`git archive` of that revision's engine/ and tracer/), one with this working tree's. Each times,
+with time.thread_time (CPU time of the calling thread, so the machine's other load barely moves
+it), everything spans.begin / spans.end do on the engine thread (extractors, SDK span creation,
+links, the deferred step parts), and the exporter thread's CPU; divided by the spans written.
+
+    .venv/bin/python bench/span_cost.py [--baseline REV] [--rounds 3] [--runs 3]
+
+Prints a table and writes bench/results/span_cost.{json,md}.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SUBJECTS = ["tea", "rain", "salt", "iron", "moss", "wool", "clay", "snow", "ink", "oak", "silk", "sand", "wax", "jade", "fog", "ash"]
+
+
+def worker(tree: str, runs: int, requests: int, max_tokens: int) -> dict:
+    """One process: warm-up untraced, then `runs` traced runs with the timers in place."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    sys.path.insert(0, tree)
+    from engine.config import CacheConfig, EngineConfig, SchedulerConfig
+    from engine.llm_engine import LLMEngine
+    from engine.sampling_params import SamplingParams
+    from tracer.instrument import exporters, otel, spans, tracing
+
+    assert Path(spans.__file__).resolve().is_relative_to(Path(tree).resolve()), spans.__file__
+    engine = LLMEngine(EngineConfig(cache=CacheConfig(num_blocks=512), scheduler=SchedulerConfig(max_num_seqs=64)))
+    prompts = [f"Describe {SUBJECTS[i % len(SUBJECTS)]}." + " Briefly." * (i // len(SUBJECTS)) for i in range(requests)]
+    token_ids = [engine.render(p) for p in prompts]
+    params = SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True)
+    spent = {"hooks_s": 0.0, "export_s": 0.0, "calls": 0, "written": 0}
+    begin, end, export = spans.begin, spans.end, exporters.OTLPJsonLinesFileExporter.export
+
+    def timed_begin(*args):
+        start = time.thread_time()
+        try:
+            return begin(*args)
+        finally:
+            spent["hooks_s"] += time.thread_time() - start
+            spent["calls"] += 1
+
+    def timed_end(*args):
+        start = time.thread_time()
+        try:
+            return end(*args)
+        finally:
+            spent["hooks_s"] += time.thread_time() - start
+
+    def timed_export(self, batch):
+        start = time.thread_time()
+        try:
+            return export(self, batch)
+        finally:
+            spent["export_s"] += time.thread_time() - start
+            spent["written"] += len(batch)
+
+    def one_run(trace_file: Path | None) -> float:
+        if trace_file is not None:
+            tracing.enable("mini", trace_file=trace_file)
+        try:
+            start = time.perf_counter()
+            for ids in token_ids:
+                engine.add_request(None, ids, params)
+            while engine.has_unfinished_requests():
+                engine.step()
+            if trace_file is not None:
+                otel.flush()
+            return time.perf_counter() - start
+        finally:
+            if trace_file is not None:
+                tracing.disable()
+                spans.registry.clear()
+
+    one_run(None)
+    spans.begin, spans.end, exporters.OTLPJsonLinesFileExporter.export = timed_begin, timed_end, timed_export
+    results = []
+    with tempfile.TemporaryDirectory(prefix="servetrace-span-cost-") as tmp:
+        for run in range(runs):
+            spent.update(hooks_s=0.0, export_s=0.0, calls=0, written=0)
+            seconds = one_run(Path(tmp) / f"trace-{run}.jsonl")
+            results.append({**spent, "run_s": seconds})
+    return {"runs": results}
+
+
+def _baseline_tree(rev: str, into: Path) -> str:
+    """engine/ and tracer/ of `rev`, unpacked (git archive: no worktree, nothing in .git changes)."""
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", "--format=tar", rev, "engine", "tracer"],
+                             check=True, capture_output=True).stdout
+    tar_path = into / "base.tar"
+    tar_path.write_bytes(archive)
+    with tarfile.open(tar_path) as tar:
+        tar.extractall(into, filter="data")
+    return str(into)
+
+
+def _run_worker(tree: str, args: argparse.Namespace) -> dict:
+    command = [sys.executable, str(Path(__file__).resolve()), "--worker", tree, "--runs", str(args.runs),
+               "--requests", str(args.requests), "--max-tokens", str(args.max_tokens)]
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run(command, check=True, capture_output=True, text=True, cwd=tree, env=env)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--baseline", default="13519ae", help="the revision to compare with (default: before the lean spans)")
+    parser.add_argument("--rounds", type=int, default=3, help="baseline / current pairs, order alternating")
+    parser.add_argument("--runs", type=int, default=3, help="traced runs per process")
+    parser.add_argument("--requests", type=int, default=16)
+    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--worker", metavar="TREE", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(worker(args.worker, args.runs, args.requests, args.max_tokens)))
+        return 0
+    if min(args.rounds, args.runs, args.requests, args.max_tokens) < 1:
+        parser.error("--rounds, --runs, --requests and --max-tokens must be at least 1")
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    from _results import run_meta, write_results
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(stderr=True)
+    rev = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", args.baseline], check=True,
+                         capture_output=True, text=True).stdout.strip()
+    per: dict[str, list[dict]] = {"baseline": [], "current": []}
+    loads = []
+    with tempfile.TemporaryDirectory(prefix="servetrace-span-cost-base-") as tmp:
+        trees = {"baseline": _baseline_tree(rev, Path(tmp)), "current": str(ROOT)}
+        for round_ in range(args.rounds):
+            for variant in ("baseline", "current") if round_ % 2 == 0 else ("current", "baseline"):
+                for run in _run_worker(trees[variant], args)["runs"]:
+                    per[variant].append(run)
+                    console.print(f"  round {round_ + 1} {variant:8s}: {1e6 * run['hooks_s'] / run['written']:6.1f} us hooks "
+                                  f"+ {1e6 * run['export_s'] / run['written']:5.1f} us export per written span "
+                                  f"({run['written']} spans, {run['calls']} hooked calls, {run['run_s']:.2f} s)")
+                loads.append(round(os.getloadavg()[0], 2))
+
+    def figures(runs: list[dict]) -> dict:
+        hooks = [1e6 * r["hooks_s"] / r["written"] for r in runs]
+        export = [1e6 * r["export_s"] / r["written"] for r in runs]
+        return {
+            "hooks_us_per_span_median": round(statistics.median(hooks), 1), "hooks_us_per_span_min": round(min(hooks), 1),
+            "hooks_us_per_span_max": round(max(hooks), 1), "export_us_per_span_median": round(statistics.median(export), 1),
+            "hooks_ms_per_run_median": round(1e3 * statistics.median(r["hooks_s"] for r in runs), 1),
+            "spans_per_run": runs[0]["written"], "hooked_calls_per_run": runs[0]["calls"],
+            "run_s_median": round(statistics.median(r["run_s"] for r in runs), 3),
+        }
+
+    summary = {variant: figures(runs) for variant, runs in per.items()}
+    cut = 1 - summary["current"]["hooks_us_per_span_median"] / summary["baseline"]["hooks_us_per_span_median"]
+    summary["hooks_cut"] = round(cut, 3)
+    table = Table(title=f"Engine-thread CPU per written span (thread_time), {args.rounds} alternating rounds x {args.runs} runs")
+    for column in ("tracer", "hooks us/span median", "min-max", "export us/span", "hooks ms/run", "spans/run", "hooked calls/run"):
+        table.add_column(column, justify="right")
+    rows = []
+    for variant, label in (("baseline", f"{rev} (before)"), ("current", "this tree")):
+        f = summary[variant]
+        row = [label, f"{f['hooks_us_per_span_median']}", f"{f['hooks_us_per_span_min']}-{f['hooks_us_per_span_max']}",
+               f"{f['export_us_per_span_median']}", f"{f['hooks_ms_per_run_median']}", str(f["spans_per_run"]),
+               str(f["hooked_calls_per_run"])]
+        table.add_row(*row)
+        rows.append("| " + " | ".join(row) + " |")
+    Console().print(table)
+    Console().print(f"hooks CPU per written span cut by {100 * cut:.1f}%; 1-minute load after each process: {loads}")
+    meta = run_meta(baseline=rev, loads=loads, workload={"requests": args.requests, "max_tokens": args.max_tokens})
+    body = [
+        "| tracer | hooks µs/span median | min-max | export µs/span | hooks ms/run | spans/run | hooked calls/run |",
+        "|---|---:|---:|---:|---:|---:|---:|", *rows, "",
+        f"Engine-thread CPU in spans.begin / spans.end per written span cut by **{100 * cut:.1f}%** "
+        f"({summary['baseline']['hooks_us_per_span_median']} -> {summary['current']['hooks_us_per_span_median']} µs, "
+        f"medians of {args.rounds * args.runs} runs each). Time.thread_time, so other load on the machine barely "
+        f"moves it (1-minute load after each process: {', '.join(map(str, loads))}).",
+        "",
+        f"Workload: {args.requests} requests x {args.max_tokens} output tokens through LLMEngine.step, greedy, "
+        "traced to an OTLP/JSON-lines file; each process runs one untraced warm-up, then the timed traced runs; "
+        "processes alternate baseline / current.",
+    ]
+    write_results("span_cost", f"Tracing cost per span on the engine thread: this tree vs {rev}", meta,
+                  {"summary": summary, "runs": per}, body)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

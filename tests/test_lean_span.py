@@ -1,0 +1,126 @@
+"""The lean span path (tracer.instrument.lean_span) gives span processors and exporters exactly
+what the SDK's own Tracer.start_span gives them: same name, parent, kind, times, attributes and
+links, for any attributes servetrace's cleaning lets through."""
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.id_generator import IdGenerator
+from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, SpanKind, TraceFlags
+
+from tracer.instrument import lean_span
+from tracer.instrument.spans import _clean
+
+ROOT = SpanContext(0x1234, 0x5678, is_remote=True, trace_flags=TraceFlags(TraceFlags.SAMPLED))
+OTHER = SpanContext(0x9999, 0x4242, is_remote=True, trace_flags=TraceFlags(TraceFlags.SAMPLED))
+
+
+class _SameIds(IdGenerator):
+    """Both providers hand out the same ids, so their spans can be compared whole."""
+
+    def __init__(self) -> None:
+        self.next = 0x100
+
+    def generate_span_id(self) -> int:
+        self.next += 1
+        return self.next
+
+    def generate_trace_id(self) -> int:
+        return 0xABCDEF
+
+    def is_trace_id_random(self) -> bool:  # as the SDK's RandomIdGenerator: the W3C random flag is set
+        return True
+
+
+class _Seen(SimpleSpanProcessor):
+    """A user's span processor: what it is handed at start and at end."""
+
+    def __init__(self, exporter):
+        super().__init__(exporter)
+        self.started: list[str] = []
+
+    def on_start(self, span, parent_context=None):
+        self.started.append(span.name)
+
+
+def _provider():
+    exporter = InMemorySpanExporter()
+    processor = _Seen(exporter)
+    provider = TracerProvider(id_generator=_SameIds())
+    provider.add_span_processor(processor)
+    return provider.get_tracer("servetrace"), exporter, processor
+
+
+def _exported(span) -> dict:
+    return {
+        "name": span.name, "kind": span.kind, "trace": span.context.trace_id, "id": span.context.span_id,
+        "flags": span.context.trace_flags, "state": span.context.trace_state,
+        "parent": span.parent.span_id if span.parent else None, "start": span.start_time, "end": span.end_time,
+        "attributes": dict(span.attributes), "dropped": span.dropped_attributes, "status": span.status.status_code,
+        "links": [(link.context.span_id, dict(link.attributes)) for link in span.links],
+        "resource": dict(span.resource.attributes),
+    }
+
+
+def _one_span(start, tracer, attributes, later):
+    links = [Link(ROOT, lean_span.frozen_attributes((("servetrace.link", "request"), ("gen_ai.request.id", "r1")))),
+             Link(OTHER, {"servetrace.link": "step"})]  # a plain mapping too (overlap links of another kind)
+    parent = trace.set_span_in_context(NonRecordingSpan(ROOT))
+    span = start(tracer, "scheduler.schedule", parent, SpanKind.INTERNAL, _clean(attributes), links, 1_000)
+    lean_span.set_attributes(span, _clean(later))
+    span.add_link(OTHER, lean_span.frozen_attributes((("servetrace.link", "reported"), ("gen_ai.request.id", "r2"))))
+    span.add_link(ROOT, {"servetrace.link": "request"})
+    span.end(end_time=2_000)
+    root = start(tracer, "engine.step", None, SpanKind.INTERNAL, {}, [], 500)  # a new trace: its flags come from the ids
+    root.end(end_time=2_500)
+
+
+def _sdk_start(tracer, name, context, kind, attributes, links, start_time):
+    return tracer.start_span(name, context=context, kind=kind, attributes=attributes, links=links, start_time=start_time)
+
+
+values = st.one_of(st.text(max_size=8), st.integers(-2**62, 2**62), st.booleans(), st.floats(allow_nan=False),
+                   st.none(), st.lists(st.one_of(st.text(max_size=4), st.integers(0, 99)), max_size=20),
+                   st.tuples(st.integers(), st.integers()), st.frozensets(st.integers(0, 9), max_size=3))
+attribute_maps = st.dictionaries(st.text(min_size=1, max_size=12), values, max_size=30)
+
+
+@settings(max_examples=60, deadline=None)
+@given(attributes=attribute_maps, later=attribute_maps)
+def test_a_lean_span_exports_what_the_sdk_span_exports(attributes, later):
+    lean_tracer, lean_out, lean_seen = _provider()
+    sdk_tracer, sdk_out, sdk_seen = _provider()
+    assert lean_span.lean_supported(lean_tracer)  # the pinned SDK: the lean path is the one under test
+    _one_span(lean_span.start_span, lean_tracer, attributes, later)
+    _one_span(_sdk_start, sdk_tracer, attributes, later)
+    lean, sdk = lean_out.get_finished_spans(), sdk_out.get_finished_spans()
+    assert [_exported(span) for span in lean] == [_exported(span) for span in sdk]
+    assert lean_seen.started == sdk_seen.started == ["scheduler.schedule", "engine.step"]  # on_start called as the SDK does
+
+
+def test_link_attributes_are_frozen_and_shared():
+    """One mapping per (kind, request) for every step's link to that request: immutable, so no
+    span can change what another span's link says."""
+    first = lean_span.frozen_attributes((("servetrace.link", "request"), ("gen_ai.request.id", "r7")))
+    assert lean_span.frozen_attributes((("servetrace.link", "request"), ("gen_ai.request.id", "r7"))) is first
+    try:
+        first["gen_ai.request.id"] = "other"
+    except TypeError:
+        pass
+    else:  # pragma: no cover - the planted failure: a mutable shared mapping
+        raise AssertionError("a shared link mapping could be changed")
+    assert dict(first) == {"servetrace.link": "request", "gen_ai.request.id": "r7"}
+
+
+def test_span_limits_that_cut_values_fall_back_to_the_sdk(monkeypatch):
+    """OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT set: the SDK's own start_span, which truncates."""
+    monkeypatch.setenv("OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT", "3")
+    tracer, exporter, _ = _provider()
+    assert not lean_span.lean_supported(tracer)
+    span = lean_span.start_span(tracer, "detokenize", None, SpanKind.INTERNAL, {"text": "abcdef"}, [], 5)
+    span.end(end_time=6)
+    assert dict(exporter.get_finished_spans()[0].attributes) == {"text": "abc"}

@@ -1,0 +1,171 @@
+"""Starting an OpenTelemetry SDK span without the SDK re-cleaning what servetrace has cleaned already.
+
+Why (profiled on bench/trace_overhead.py, bench/results/span_cost.md): Tracer.start_span,
+Span.add_link and BoundedAttributes were about half of the hooks' CPU on the engine thread. Every
+span's attributes went through the SDK's recursive per-value cleaning (a tuple per list, element by
+element) after spans._clean had made them valid OTel values, and every link got a BoundedAttributes
+of its own (a lock, a copy, cleaning) although servetrace's link attributes repeat: the same
+{link kind, request id} on the links of every step the request runs in (48 links a step at 16
+requests).
+
+What stays the SDK's: the span is the SDK's own _Span (so span processors' on_start / on_end, the
+OTLP exporter, the provider's sampler, id generator, span limits and tracer metrics all see what
+Tracer.start_span would give them); only its constructor takes the attributes and the links' frozen
+attribute mappings as they are. That constructor mirrors the pinned SDK's _Span.__init__
+(opentelemetry-sdk 1.45.2, opentelemetry/sdk/trace/__init__.py:771-830) and Tracer.start_span
+(:1138-1218); tests/test_lean_span.py checks that the two export the same spans. On any other SDK
+version, or with span limits that cut values, start_span is the SDK's own.
+"""
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from opentelemetry import trace as trace_api
+from opentelemetry.attributes import BoundedAttributes
+from opentelemetry.sdk import trace as sdk_trace
+from opentelemetry.sdk.trace import ReadableSpan, SpanLimits
+from opentelemetry.sdk.util import BoundedList
+from opentelemetry.sdk.version import __version__ as SDK_VERSION
+from opentelemetry.trace import Link, SpanContext, TraceFlags
+
+LEAN_SDK_VERSIONS = frozenset({"1.45.2"})  # the versions whose _Span / Tracer.start_span this mirrors
+
+_MAX_FROZEN = 8192  # distinct link attribute mappings kept (a few per request in flight)
+_frozen: dict[tuple, BoundedAttributes] = {}
+_frozen_lock = threading.Lock()
+
+
+def frozen_attributes(items: tuple[tuple[str, Any], ...]) -> BoundedAttributes:
+    """The one immutable attribute mapping for these (key, value) pairs (str values), shared by every
+    link that carries them. Made with the SDK's limits as configured by the environment (what our
+    TracerProvider uses); a lean span whose limits differ re-wraps them."""
+    frozen = _frozen.get(items)
+    if frozen is None:
+        limits = _default_limits()
+        frozen = BoundedAttributes(limits.max_link_attributes, dict(items), immutable=True,
+                                   max_value_len=limits.max_attribute_length)
+        with _frozen_lock:
+            if len(_frozen) >= _MAX_FROZEN:
+                _frozen.clear()  # finished requests' mappings go; live ones are made again once
+            _frozen[items] = frozen
+    return frozen
+
+
+_limits: list[SpanLimits | None] = [None]
+
+
+def _default_limits() -> SpanLimits:
+    if _limits[0] is None:
+        _limits[0] = SpanLimits()
+    return _limits[0]
+
+
+def lean_supported(tracer: Any) -> bool:
+    """The lean path applies: the pinned SDK's Tracer, no limit that would cut a value or drop an
+    attribute of ours, and the same link limits the frozen mappings were made with."""
+    if SDK_VERSION not in LEAN_SDK_VERSIONS or type(tracer) is not sdk_trace.Tracer:
+        return False
+    limits = getattr(tracer, "_span_limits", None)
+    default = _default_limits()
+    return (limits is not None and limits.max_span_attribute_length is None and limits.max_attribute_length is None
+            and limits.max_link_attributes == default.max_link_attributes)
+
+
+class LeanSpan(sdk_trace._Span):
+    """The SDK's span, built from attributes that are valid OTel values already (spans._clean) and
+    links whose attributes are frozen BoundedAttributes (frozen_attributes)."""
+
+    def __init__(self, name: str, context: SpanContext, parent: SpanContext | None, tracer: Any,
+                 attributes: Mapping[str, Any], links: Sequence[Link], kind: trace_api.SpanKind,
+                 record_end_metrics: Any) -> None:
+        # The fields of the SDK's _Span.__init__ (1.45.2), set without re-cleaning.
+        ReadableSpan.__init__(self, name=name, context=context, parent=parent, kind=kind, resource=tracer.resource,
+                              instrumentation_info=tracer.instrumentation_info,
+                              instrumentation_scope=tracer._instrumentation_scope)
+        limits = tracer._span_limits
+        self._sampler = tracer.sampler
+        self._trace_config = None
+        self._record_exception = True
+        self._set_status_on_exception = True
+        self._span_processor = tracer.span_processor
+        self._limits = limits
+        self._lock = threading.Lock()
+        bounded = BoundedAttributes(limits.max_span_attributes, None, immutable=False, max_value_len=None)
+        if limits.max_span_attributes is None or len(attributes) <= limits.max_span_attributes:
+            bounded._dict.update(attributes)
+        elif attributes:
+            bounded._set_items(attributes)  # over the limit: the SDK's own dropping
+        self._attributes = bounded
+        self._events = self._new_events()
+        self._links = BoundedList.from_seq(limits.max_links, [link for link in links if _keep(link)])
+        self._record_end_metrics = record_end_metrics
+
+    def set_clean_attributes(self, attributes: Mapping[str, Any]) -> None:
+        """set_attributes for values spans._clean made (no re-cleaning while there is room)."""
+        bounded = self._attributes
+        with self._lock:
+            if self._end_time is not None or bounded._immutable:
+                pass  # ended: the SDK's set_attributes below warns as it always does
+            elif self._limits.max_span_attributes is None or len(bounded) + len(attributes) <= self._limits.max_span_attributes:
+                bounded._dict.update(attributes)
+                return
+        self.set_attributes(attributes)
+
+    def add_link(self, context: SpanContext, attributes: Any = None) -> None:
+        if not isinstance(attributes, BoundedAttributes) or attributes._immutable is not True:
+            super().add_link(context, attributes)
+            return
+        if sdk_trace._is_valid_link(context, attributes):
+            self._add_link(Link(context=context, attributes=attributes))
+
+
+def _keep(link: Link) -> bool:
+    if not link or not sdk_trace._is_valid_link(link.context, link.attributes):
+        return False
+    if not isinstance(link.attributes, BoundedAttributes):
+        limits = _default_limits()
+        link._attributes = BoundedAttributes(limits.max_link_attributes, link.attributes,
+                                             max_value_len=limits.max_attribute_length, immutable=True)
+    return True
+
+
+def start_span(tracer: Any, name: str, context: Any, kind: trace_api.SpanKind, attributes: dict[str, Any],
+               links: Sequence[Link], start_time: int) -> Any:
+    """tracer.start_span(name, context, kind, attributes, links, start_time) for attributes made by
+    spans._clean; lean where lean_supported(tracer)."""
+    if not lean_supported(tracer):
+        return tracer.start_span(name, context=context, kind=kind, attributes=attributes, links=links, start_time=start_time)
+    # The steps of the SDK's Tracer.start_span (1.45.2), with LeanSpan for _Span.
+    parent = trace_api.get_current_span(context).get_span_context()
+    if not tracer._is_enabled():
+        return trace_api.NonRecordingSpan(context=parent)
+    if parent is None or not parent.is_valid:
+        parent = None
+        trace_id = tracer.id_generator.generate_trace_id()
+    else:
+        trace_id = parent.trace_id
+    result = tracer.sampler.should_sample(context, trace_id, name, kind, attributes, links)
+    flags = TraceFlags.SAMPLED if result.decision.is_sampled() else TraceFlags.DEFAULT
+    if tracer.id_generator.is_trace_id_random() if parent is None else parent.trace_flags.random_trace_id:
+        flags |= TraceFlags.RANDOM_TRACE_ID
+    span_context = SpanContext(trace_id, tracer.id_generator.generate_span_id(), is_remote=False,
+                               trace_flags=TraceFlags(flags), trace_state=result.trace_state)
+    record_end_metrics = tracer._tracer_metrics.start_span(parent, result.decision)
+    if not result.decision.is_recording():
+        return trace_api.NonRecordingSpan(context=span_context)
+    sampled_attributes = result.attributes
+    if len(sampled_attributes) != len(attributes):  # a sampler added its own: those get the SDK's cleaning
+        attributes = dict(BoundedAttributes(None, sampled_attributes))
+    span = LeanSpan(name, span_context, parent, tracer, attributes, links, kind, record_end_metrics)
+    span.start(start_time=start_time, parent_context=context)
+    return span
+
+
+def set_attributes(span: Any, attributes: Mapping[str, Any]) -> None:
+    """span.set_attributes(attributes) for attributes made by spans._clean."""
+    if isinstance(span, LeanSpan):
+        span.set_clean_attributes(attributes)
+    else:
+        span.set_attributes(attributes)
