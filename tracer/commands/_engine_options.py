@@ -99,8 +99,10 @@ def start_tracing(args: argparse.Namespace) -> bool:
     """Install the catalog's hooks on our engine when a trace destination was given."""
     if not (args.trace or args.otlp or args.console_trace):
         return False
-    from tracer.instrument import tracing
+    from tracer.instrument import otel, tracing
 
+    if args.trace:
+        otel.claim_trace_file(args.trace)  # the command owns --trace FILE: a rerun replaces it (the exporter appends)
     tracing.enable("mini", trace_file=args.trace, otlp_endpoint=args.otlp, console=args.console_trace)
     return True
 

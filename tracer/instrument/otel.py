@@ -35,6 +35,8 @@ OTEL_CAPTURE_CONTENT_ENV = "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"
 OTLP_ENV = "SERVETRACE_OTLP"
 CONSOLE_ENV = "SERVETRACE_CONSOLE"
 INSTRUMENTATION_SCOPE = "servetrace"
+# "PID:PATH": process PID owns the trace file PATH for this run (see claim_trace_file).
+TRACE_OWNER_ENV = "SERVETRACE_TRACE_OWNER"
 
 _lock = threading.Lock()
 _provider: TracerProvider | None = None
@@ -125,8 +127,45 @@ def configure_from_env(engine: str, service_name: str | None = None, process_rol
     console = os.environ.get(CONSOLE_ENV, "") not in ("", "0", "false")
     if not (trace_file or otlp or console):
         return None
+    if trace_file:
+        claim_trace_file(trace_file)
     return configure(trace_file, otlp, console, service_name=service_name or f"servetrace-{engine}", engine=engine,
                      sample_ratio=sample_ratio_from_env(), process_role=process_role)
+
+
+def claim_trace_file(trace_file: str | os.PathLike[str]) -> bool:
+    """Every run owns its trace file: the first process of a traced server (no owner named in its
+    environment) empties SERVETRACE_TRACE and names itself in os.environ; the processes it starts
+    (vLLM's EngineCore and Workers, SGLang's scheduler and detokenizer) inherit that and append to
+    the same file. True: this process emptied the file. A stale owner (another path, or a pid that
+    is not an ancestor of this process: a shell that kept the variable) does not count."""
+    path = os.path.abspath(os.fspath(trace_file))
+    owner_pid, _, owner_path = os.environ.get(TRACE_OWNER_ENV, "").partition(":")
+    if owner_path == path and owner_pid.isdigit() and (int(owner_pid) == os.getpid() or _is_ancestor(int(owner_pid))):
+        return False
+    try:
+        with open(path, "w"):
+            pass
+    except OSError:  # the exporter reports an unwritable file once, where it writes
+        pass
+    os.environ[TRACE_OWNER_ENV] = f"{os.getpid()}:{path}"
+    return True
+
+
+def _is_ancestor(pid: int) -> bool:
+    """pid is this process's parent, grandparent ... (read from /proc; without /proc, trust it)."""
+    current = os.getppid()
+    for _ in range(64):
+        if current == pid:
+            return True
+        if current <= 1:
+            return False
+        try:
+            with open(f"/proc/{current}/stat") as fh:
+                current = int(fh.read().rsplit(")", 1)[1].split()[1])  # the field after the state: ppid
+        except (OSError, ValueError, IndexError):
+            return not os.path.isdir("/proc")
+    return False
 
 
 def sample_ratio_from_env() -> float:
@@ -240,6 +279,8 @@ def shutdown() -> None:
     global _provider, _tracer
     with _lock:
         previous, _provider, _tracer = _provider, None, None
+    if os.environ.get(TRACE_OWNER_ENV, "").startswith(f"{os.getpid()}:"):
+        del os.environ[TRACE_OWNER_ENV]  # this process stopped tracing: a server it starts later owns its own run
     # The requests' root contexts belong to the traces just closed: a later configuration (a replay
     # of another engine in the same process) must not hang its requests of the same id under them.
     registry.clear()

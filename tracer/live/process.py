@@ -108,8 +108,9 @@ def server_env(base: dict[str, str], trace_file: Path | None, otlp_endpoint: str
         env[TRACING_ENV[0]] = str(trace_file)
     if otlp_endpoint is not None:
         env[TRACING_ENV[1]] = otlp_endpoint
+    env.pop("SERVETRACE_TRACE_OWNER", None)  # the server's first process owns its trace file (otel.claim_trace_file)
     env.update(extra)
-    return env, [name for name in TRACING_ENV if name not in env]
+    return env, [name for name in (*TRACING_ENV, "SERVETRACE_TRACE_OWNER") if name not in env]
 
 
 def free_port(host: str = "127.0.0.1") -> int:
