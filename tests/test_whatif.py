@@ -193,3 +193,17 @@ def test_replay_from_trace_cli_replays_the_trace_config_only(engine_trace, tmp_p
     assert "mini: agrees with the trace on all" in capsys.readouterr().out
     assert main(["replay", "--from-trace", str(engine_trace), "--max-num-seqs", "2"]) == 2
     assert "--from-trace replays the config the trace recorded; drop max_num_seqs" in capsys.readouterr().err
+
+
+def test_whatif_runs_our_sglang_mode_on_the_predicted_clock(engine_trace):
+    """--engines mini-sglang: our scheduler in SGLang's mode (its own loop: prefill batches apart from
+    decode ones, retraction) on the trace's workload and clock. Every request still gets the output
+    length the trace recorded, and one running request at a time makes the rest wait."""
+    result = run_whatif(engine_trace, {"max_num_seqs": 1}, ["mini-sglang"])
+    base, changed = result.predictions
+    assert (base.engine, base.label, changed.label) == ("mini-sglang", "trace config", "changed")
+    assert not base.log.stalled and not changed.log.stalled
+    for prediction in (base, changed):
+        outputs = {rid: len(times) for rid, times in prediction.log.token_times_s.items()}
+        assert outputs == {r.id: r.max_tokens for r in result.run.workload}
+    assert changed.summary["ttft_ms"]["mean"] > base.summary["ttft_ms"]["mean"]

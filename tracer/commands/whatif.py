@@ -21,7 +21,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                         help="a scheduler config change, repeatable (max_num_batched_tokens=4096, max_num_seqs=32, "
                              "enable_chunked_prefill=false, enable_prefix_caching=false, ...)")
-    parser.add_argument("--engines", default="vllm,mini", help="comma-separated: vllm, mini")
+    parser.add_argument("--engines", default="vllm,mini", help="comma-separated: vllm, mini, mini-sglang (our scheduler in SGLang's mode)")
     parser.add_argument("--closed-loop-gap-ms", type=float, default=None, metavar="MS",
                         help="a request whose HTTP request began at most MS after another's response ended is that "
                              "client's next turn: released that long after the other's predicted finish, not at its "
@@ -75,9 +75,11 @@ def run(args: argparse.Namespace) -> int:
     console.print(table)
     for p in result.predictions:
         if p.decisions is not None:
+            other = "sglang" in p.engine and "sglang" not in (result.run.engine or "")
             verdict = "the trace's own decisions on every step" if p.decisions.agree else (
-                f"{p.decisions.agreeing_steps} of {p.decisions.traced_steps} of the trace's steps (arrivals moved by "
-                "the model's error can change a decision)")
+                f"{p.decisions.agreeing_steps} of {p.decisions.traced_steps} of the trace's steps " + (
+                    f"(SGLang's scheduler, not the traced {result.run.engine}'s: its own decisions)" if other else
+                    "(arrivals moved by the model's error can change a decision)"))
             console.print(f"{p.engine} under the trace's config reproduces {verdict}")
         if p.log.stalled:
             console.print(f"[yellow]{p.engine} {p.label}: stopped early: {p.log.stalled}[/yellow]")

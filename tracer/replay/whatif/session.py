@@ -33,7 +33,7 @@ from tracer.replay.whatif.predicted_trace import write_predicted_trace
 from tracer.replay.whatif.step_time import StepTimeModel, fit_step_time
 from tracer.replay.workload import WorkloadRequest
 
-WHATIF_ENGINES = ("mini", "vllm")
+WHATIF_ENGINES = ("mini", "vllm", "mini-sglang")
 # The replay config keys --set may change (the radix-replay keys do not apply to a scheduler replay).
 SETTABLE = {f.name: f.type for f in fields(ReplayConfig) if not f.name.startswith("radix_")}
 TRUE, FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
@@ -126,8 +126,8 @@ class WhatifResult:
 
 def _engine_name(engine: str, run: TracedRun) -> tuple[str, str | None]:
     """The engine's name in the report and, for vLLM, the version whose Scheduler runs."""
-    if engine == "mini":
-        return "mini", None
+    if engine in ("mini", "mini-sglang"):
+        return engine, None
     wanted = run.engine_version if run.engine == "vllm" else None
     if where_to_run(wanted) == "in-process":
         return f"vllm-{bare_version(installed_vllm_version())}", None
@@ -142,6 +142,10 @@ def timed(engine: str, run: TracedRun, config: ReplayConfig, arrivals_s: dict[st
         from tracer.replay.runners.mini import MiniRunner
 
         log = drive_timed(MiniRunner(config), workload, arrivals_s, **clock)
+    elif engine == "mini-sglang":
+        from tracer.replay.runners.sglang_scheduler import MiniSglangRunner
+
+        log = drive_timed(MiniSglangRunner(config), workload, arrivals_s, **clock)
     elif venv_version is None:
         from tracer.replay.runners.vllm import VllmRunner
 
