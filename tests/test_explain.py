@@ -359,3 +359,44 @@ def test_a_request_waiting_on_a_slow_grammar_compile_is_named(tmp_path, monkeypa
     waits = [n for n in split.steps if n.what == "waiting: grammar-compile"]
     assert len(waits) >= 2 and "WAITING_FOR_STRUCTURED_OUTPUT_GRAMMAR" in waits[0].detail, [vars(n) for n in split.steps]
     assert split.parts.get("waiting: grammar-compile", 0) > 0 and split.residual_ms <= 0.01 * split.wall_ms
+
+
+def test_a_request_waiting_for_its_grammar_alone_waits_in_the_empty_steps_the_loop_runs(tmp_path, monkeypatch):
+    """With nobody else to run, the engine still steps while the grammar compiles (vLLM 0.33's busy loop
+    steps while scheduler.has_requests(), core.py:1608-1614, and each step schedules, core.py:675-677):
+    those steps schedule nobody, so their traces link to no request, and explain reads them as the
+    constrained request's waiting, for grammar-compile, instead of one uncaused gap."""
+    import time
+
+    from engine.sampling_params import SamplingParams
+    from engine.structured_output import StructuredOutputsParams
+    from tests.test_server import shared_engine
+    from tracer.instrument import hooks, otel, spans
+
+    engine = shared_engine()
+    backend = engine.structured_output_manager.backend
+    compile_now, first_step = backend.compile, engine.scheduler.current_step
+
+    def slow_compile(*key):
+        while engine.scheduler.current_step < first_step + 3:  # three empty steps at least
+            time.sleep(0.005)
+        return compile_now(*key)
+
+    monkeypatch.setattr(backend, "compile", slow_compile)
+    path = tmp_path / "grammar-alone.jsonl"
+    otel.configure(trace_file=path, engine="mini")
+    hooks.install("mini", import_modules=True)
+    try:
+        params = SamplingParams(temperature=0, max_tokens=2, structured_outputs=StructuredOutputsParams(regex=r"[x-z]{2}-alone"))
+        (constrained,) = engine.generate(["A code:"], [params])
+        otel.flush()
+    finally:
+        hooks.uninstall()
+        otel.shutdown()
+        spans.registry.clear()
+    timeline = read_timeline(read_trace_file(path).spans)
+    split = split_time(timeline, timeline.find(constrained.request_id))
+    waits = [n for n in split.steps if n.what == "waiting: grammar-compile"]
+    assert len(waits) >= 2 and "WAITING_FOR_STRUCTURED_OUTPUT_GRAMMAR" in waits[0].detail, [vars(n) for n in split.steps]
+    assert split.parts["waiting: grammar-compile"] > split.parts.get("waiting: for the next step", 0)
+    assert split.residual_ms <= 0.01 * split.wall_ms

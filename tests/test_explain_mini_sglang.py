@@ -16,6 +16,7 @@ from tracer.replay.config import ReplayConfig
 from tracer.replay.session import run_replay
 from tracer.traces import schema
 from tracer.traces.explain_cache import explain_cache
+from tracer.traces.explain_time import split_time
 from tracer.traces.request_steps import read_timeline
 from tracer.traces.trace_file import read_trace_file
 
@@ -115,3 +116,21 @@ def test_the_explorer_labels_the_trace_by_its_mode_and_opens_sglangs_code_beside
     assert ours[screen.first_target(ours)].spec == "engine.sglang_scheduler:SglangScheduler.schedule"
     plain = SourceScreen("scheduler.schedule", "mini")
     assert ours[plain.first_target(ours)].spec == "engine.scheduler:Scheduler.schedule"
+
+
+@pytest.mark.parametrize("config, cause", [
+    ({"max_num_seqs": 1}, "max-num-seqs"),
+    ({"max_num_batched_tokens": 40}, "token-budget"),
+    ({"max_num_batched_tokens": 64, "enable_chunked_prefill": False, "max_model_len": 64}, "token-budget"),
+    ({"num_blocks": 5}, "kv-blocks"),
+])
+def test_its_waiting_causes_are_read_off_its_prefill_adder_as_sglangs_are(tmp_path, config, cause):
+    """The workloads and causes of tests/test_explain_sglang.py's SGLang Scheduler test, through our mode."""
+    other = BASE[::-1] if "max_num_seqs" in config else list(range(7000, 7040))
+    _, timeline = mini_sglang(tmp_path, [request("a", 0, BASE, max_tokens=6), request("b", 0, other, max_tokens=2)], **config)
+    split = split_time(timeline, timeline.find("b"))
+    waits = {n.what for n in split.steps if n.what.startswith("waiting")}
+    assert waits == {f"waiting: {cause}"}, [vars(n) for n in split.steps]
+    running = split_time(timeline, timeline.find("a"))
+    assert not [n for n in running.steps if n.what.startswith("not scheduled") and "prefill-first" not in n.what], \
+        [vars(n) for n in running.steps]

@@ -202,7 +202,7 @@ def read_timeline(spans: list[SpanRecord], catalog: Catalog | None = None) -> En
     render_hops = set(catalog.with_role("render")) | set(catalog.with_role("entrypoint"))
     lookup_hops, evict_hops, preempt_hops, insert_hops = (set(catalog.with_role(r)) for r in ("prefix_lookup", "evict", "preempt", "insert"))
     schedules = []
-    for members in shape.step_traces.values():
+    for members in [*shape.step_traces.values(), *_idle_steps(shape, catalog)]:
         root = min(members, key=lambda s: s.start_ns)
         for span in members:
             if span.name in batch_hops and span.attributes.get(BATCH_IDS) is not None:
@@ -259,6 +259,25 @@ def read_timeline(spans: list[SpanRecord], catalog: Catalog | None = None) -> En
     mode = trace_mode(spans)
     label, mirrors = catalog.flavor(engine, mode)
     return EngineTimeline(steps, lives, evictions, block_size, bool(shape.startup), shape, engine, mode, label, mirrors)
+
+
+def _idle_steps(shape: TraceShape, catalog: Catalog) -> list[list[SpanRecord]]:
+    """Step traces that scheduled nobody yet decided about a waiting head: no request to link to, so
+    tracer.traces.shape files them under orphans. An engine steps while a request waits for its grammar
+    alone (vLLM 0.33's busy loop steps while scheduler.has_requests(), and step() schedules, core.py:
+    1608-1614 and 675-677; ours waits up to 50 ms on the compile each such step): those steps are
+    that request's waiting, with its head status as the cause."""
+    openers = set(catalog.with_role("step_root")) | set(catalog.with_role("step_opener"))
+    batch_hops = set(catalog.with_role("batch"))
+    out = []
+    for members in shape.orphans.values():
+        ids = {s.span_id for s in members}
+        tops = [s for s in members if s.parent_span_id is None or s.parent_span_id not in ids]
+        if len(tops) == 1 and tops[0].name in openers and any(
+                s.name in batch_hops and s.attributes.get(BATCH_IDS) == [] and s.attributes.get(WAITING_HEAD) is not None
+                for s in members):
+            out.append(members)
+    return out
 
 
 def trace_mode(spans: Iterable[SpanRecord]) -> str:

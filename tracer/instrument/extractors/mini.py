@@ -17,6 +17,7 @@ from tracer.instrument.extractors import (
     placeholder_attributes,
 )
 from tracer.traces.schema import WAITED_STEP
+from tracer.instrument.extractors import mini_sglang
 from tracer.instrument.extractors.sglang_radix import (
     evicted_nodes, first_sight, hash_unit, next_page, prefix_hashes, radix_path, stash_evict_candidates,
 )
@@ -136,6 +137,7 @@ def schedule_after(args: dict, so: Any) -> dict:
         **_kv(scheduler.kv_cache_manager),
         **_why_waiting(scheduler),
         **_replay_config(scheduler),
+        **(mini_sglang.schedule_state(scheduler) if mini_sglang.is_sglang_mode(scheduler) else {}),
     }
 
 
@@ -192,7 +194,13 @@ def match_after(args: dict, result: Any) -> dict:
     return out
 
 
+def allocate_before_any(args: dict) -> dict:
+    return mini_sglang.add_before(args) if "entry" in args else allocate_before(args)
+
+
 def allocate_after(args: dict, new_blocks: Any) -> dict:
+    if "entry" in args:  # PrefillAdder.add_one_req in cache_mode sglang: an AddReqResult
+        return mini_sglang.add_after(args, new_blocks)
     out = {ALLOCATED: new_blocks is not None, **_kv(args["self"])}
     if new_blocks is not None:
         out[BLOCKS_ALLOCATED] = len(new_blocks)
@@ -382,7 +390,8 @@ BEFORE = {
     "engine.enqueue": enqueue_before,
     "engine.step": step_before,
     "kv.match_prefix": match_before,
-    "kv.allocate": allocate_before,
+    "kv.allocate": allocate_before_any,
+    "scheduler.schedule": mini_sglang.schedule_before,
     "kv.insert": insert_before,
     "kv.evict": evict_before,
     "scheduler.preempt": preempt_before,
