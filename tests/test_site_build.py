@@ -268,6 +268,27 @@ def test_the_decode_latency_lab_reports_milliseconds_machine_and_load(tmp_path):
     assert result.environment.split(" (")[0]  # the CPU model from /proc/cpuinfo leads
 
 
+def test_the_async_scheduling_lab_times_the_host_work_and_counts_the_late_endings(tmp_path):
+    """10 says what async scheduling hides (the host phases of a step, in ms, machine and load
+    stated) and what it makes late: a request ended by a stop token, a stop string or an abort is
+    scheduled one step more than synchronously, with the same output; max_tokens costs nothing."""
+    page = next(w for w in load_walkthroughs(WALKTHROUGHS_DIR) if w.slug == "10-async-scheduling")
+    assert [d.positional[0] for d in page.directives("lab")] == ["async-scheduling"]
+    assert {d.arg("recipe") for d in page.directives("trace")} == {"mini-async-scheduling", "vllm-async-scheduling"}
+    result = run_lab("async-scheduling", {"batch": "2", "max_tokens": "6", "pairs": "1", "ending_at": "3"}, tmp_path)
+    phases, effect, endings = result.tables
+    shares = {row[0]: row for row in phases.rows}
+    assert set(shares) == {"schedule", "prepare inputs", "forward + sample", "update + detokenize", "step"}
+    assert float(shares["forward + sample"][1]) > float(shares["step"][1]) - float(shares["forward + sample"][1])
+    assert [row[0] for row in effect.rows] == ["off", "on", "on / off"] and "ITL p50 ms" in effect.columns
+    (tokens,) = {row[1] for row in endings.rows}  # each ending at the same token (the lab's 3rd or the first new one after)
+    assert tokens >= 3
+    assert {row[0]: (row[2], row[3], row[4]) for row in endings.rows} == {
+        "max_tokens": (tokens, tokens, 0), "stop token": (tokens, tokens + 1, 1),
+        "stop string": (tokens, tokens + 1, 1), "abort": (tokens, tokens + 1, 1)}
+    assert "load average (1 min)" in result.environment and "at the start" in result.environment
+
+
 def test_the_attention_walkthrough_reads_all_three_engines_and_the_interpreter(tmp_path):
     page = next(w for w in load_walkthroughs(WALKTHROUGHS_DIR) if w.slug == "09-paged-attention")
     engines = {d.arg("target").split(":", 1)[0] for d in page.directives("code") if d.arg("target")}

@@ -87,7 +87,42 @@ def _mini_spec_decode(out: Path) -> list[str]:
     ]
 
 
-def _replay_recipe(workload_fn: Callable[[], list], config_kwargs: dict, flags: str) -> Callable[[Path], list[str]]:
+def _mini_async_scheduling(out: Path) -> list[str]:
+    from engine.config import CacheConfig, EngineConfig, ModelConfig, SchedulerConfig
+    from engine.llm_engine import LLMEngine
+    from engine.sampling_params import SamplingParams
+    from tracer.instrument import hooks, otel, spans
+
+    prompts = ["Write a short story about a lighthouse keeper.", "Name three rivers in Europe."]
+    engine = LLMEngine(EngineConfig(
+        model=ModelConfig(dtype="float32"),
+        cache=CacheConfig(block_size=16, num_blocks=64),
+        scheduler=SchedulerConfig(max_num_seqs=4, max_num_batched_tokens=256, max_model_len=256, async_scheduling=True),
+    ))
+    otel.configure(trace_file=out / "trace.jsonl", engine="mini", service_name="servetrace-mini")
+    hooks.install("mini", import_modules=True)
+    try:
+        engine.generate(prompts, [SamplingParams(temperature=0.0, max_tokens=n, ignore_eos=True) for n in (6, 3)])
+        otel.flush()
+    finally:
+        hooks.uninstall()
+        otel.shutdown()
+        spans.registry.clear()
+    return [
+        "servetrace site trace mini-async-scheduling --out trace.jsonl",
+        "# two prompts, greedy, 6 and 3 tokens, async scheduling on (--async-scheduling): each step's",
+        "# model.execute runs on the batch queue's thread while the next step is scheduled",
+    ]
+
+
+def _async_workload() -> list:
+    from tracer.replay.workload import WorkloadRequest, pseudo_random_ids
+
+    return [WorkloadRequest("a", 0, pseudo_random_ids("async-a", 40), 5), WorkloadRequest("b", 1, pseudo_random_ids("async-b", 90), 3)]
+
+
+def _replay_recipe(workload_fn: Callable[[], list], config_kwargs: dict, flags: str,
+                   what: str = "vLLM's synchronous Scheduler") -> Callable[[Path], list[str]]:
     def record(out: Path) -> list[str]:
         from tracer.replay.config import ReplayConfig
         from tracer.replay.session import run_replay
@@ -102,7 +137,7 @@ def _replay_recipe(workload_fn: Callable[[], list], config_kwargs: dict, flags: 
                 raise RecipeError(f"the vLLM replay wrote no trace: {'; '.join(result.notes) or 'no reason given'}")
             shutil.copy(trace, out / "trace.jsonl")
         return [f"servetrace replay workload.jsonl --engines vllm {flags} --out replay-out",
-                "# the trace is replay-out/trace-vllm.jsonl; vLLM's synchronous Scheduler, driven without a model"]
+                f"# the trace is replay-out/trace-vllm.jsonl; {what}, driven without a model"]
     return record
 
 
@@ -170,6 +205,14 @@ RECIPES = {
                               "--block-size 16 --num-blocks 64 --max-num-batched-tokens 256")),
         Recipe("sglang-prefix-reasons", "SGLang's Scheduler replayed on the prefix-reasons workload (16-token pages)",
                _sglang_prefix_reasons),
+        Recipe("mini-async-scheduling", "our engine on the bundled model with async scheduling: two requests, the batch queue's overlap",
+               _mini_async_scheduling),
+        Recipe(
+            "vllm-async-scheduling", "vLLM's AsyncScheduler replayed in step_with_batch_queue's order: a chunked prompt beside a decode",
+            _replay_recipe(_async_workload, dict(block_size=16, num_blocks=64, max_num_batched_tokens=64, async_scheduling=True),
+                           "--block-size 16 --num-blocks 64 --max-num-batched-tokens 64 --async-scheduling",
+                           "vLLM 0.33's AsyncScheduler in EngineCore.step_with_batch_queue's order"),
+        ),
         Recipe(
             "vllm-chunked-prefill", "vLLM's Scheduler replayed: a 300-token prompt chunked under a 64-token budget while two requests decode",
             _replay_recipe(_chunked_workload, dict(block_size=16, num_blocks=64, max_num_seqs=4, max_num_batched_tokens=64, max_model_len=512),
