@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import gc
 import http.client
 import json
 import os
@@ -24,6 +25,7 @@ import re
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -162,6 +164,54 @@ class LivePaintProbe:
         return 1000 * (self.painted_at - self.key_at)
 
 
+class GcLog:
+    """Every cyclic-GC collection in this process while installed (gc.callbacks): when it began, how
+    long it took, its generation and the thread that ran it. A collection holds the GIL: whichever
+    thread runs it, the UI thread waits."""
+
+    def __init__(self) -> None:
+        # (start s, wall ms, generation, thread, CPU ms: thread_time, what the collection itself cost)
+        self.collections: list[tuple[float, float, int, str, float]] = []
+        self._started: float | None = None
+        self._cpu = 0.0
+
+    def __call__(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._started, self._cpu = time.perf_counter(), time.thread_time()
+        elif self._started is not None:
+            now, cpu = time.perf_counter(), time.thread_time()
+            self.collections.append((self._started, 1000 * (now - self._started), info["generation"],
+                                     threading.current_thread().name, 1000 * (cpu - self._cpu)))
+            self._started = None
+
+    def __enter__(self) -> "GcLog":
+        gc.callbacks.append(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        gc.callbacks.remove(self)
+
+    def summary(self, keys: list[tuple[float, float]], slow_ms: float) -> dict:
+        """Pauses by generation, and for each key slower than slow_ms the collections inside it."""
+        by_generation = {}
+        for generation in (0, 1, 2):
+            ms = [c[1] for c in self.collections if c[2] == generation]
+            cpu = [c[4] for c in self.collections if c[2] == generation]
+            by_generation[generation] = {"count": len(ms), "max_ms": round(max(ms), 1) if ms else 0.0,
+                                         "total_ms": round(sum(ms), 1), "over_10ms": sum(1 for m in ms if m > 10),
+                                         "cpu_max_ms": round(max(cpu), 1) if cpu else 0.0, "cpu_total_ms": round(sum(cpu), 1)}
+        slow = []
+        for key_at, painted_at in keys:
+            if 1000 * (painted_at - key_at) <= slow_ms:
+                continue
+            inside = [c for c in self.collections if c[0] < painted_at and c[0] + c[1] / 1000 > key_at]
+            slow.append({"key_ms": round(1000 * (painted_at - key_at), 1),
+                         "gc_ms_inside": round(sum(c[1] for c in inside), 1),
+                         "collections": [(c[2], round(c[1], 1), c[3], round(c[4], 1)) for c in inside if c[1] >= 1.0]})
+        return {"by_generation": by_generation, "slow_keys": slow,
+                "slow_keys_with_a_10ms_collection": sum(1 for k in slow if any(c[1] >= 10 for c in k["collections"]))}
+
+
 async def explorer_under_load(sample: Path, rate: float, seconds: float, window_size: int) -> dict:
     from tui_bench import percentile
 
@@ -178,7 +228,10 @@ async def explorer_under_load(sample: Path, rate: float, seconds: float, window_
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     ready = json.loads(proc.stdout.readline())
     result: dict = {"offered_spans_per_s": rate, "seconds": seconds, "window": window_size, **ready}
+    gc_log = GcLog()
+    key_times: list[tuple[float, float]] = []
     async with app.run_test(size=(80, 24)) as pilot:
+        gc_log.__enter__()
         await pilot.pause()
         probe = LivePaintProbe(app)
         proc.stdin.write("go\n")
@@ -198,6 +251,7 @@ async def explorer_under_load(sample: Path, rate: float, seconds: float, window_
             paint = probe.last_ms()
             if paint == paint:  # not NaN: the key changed the screen
                 paint_ms.append(paint)
+                key_times.append((probe.key_at, probe.painted_at))
             index += 1
             samples.append((time.perf_counter() - start, window.stats.spans_received))
             await asyncio.sleep(0.1)
@@ -210,6 +264,7 @@ async def explorer_under_load(sample: Path, rate: float, seconds: float, window_
         received = window.stats.spans_received
         await asyncio.sleep(app.feed.rebuild_s * 2 + (max(app.feed.build_s) if app.feed.build_s else 0))
         await pilot.pause()
+        gc_log.__exit__()
         shown = [r.request_id for r in app.model.requests.values()]
         result.update(
             sent, received_spans=received, ingest_s=ingested_at, ingested_spans_per_s=received / ingested_at,
@@ -223,6 +278,7 @@ async def explorer_under_load(sample: Path, rate: float, seconds: float, window_
             requests_shown=len(shown), requests_dropped=window.stats.requests_dropped, notice=window.notice(),
             newest_kept=_newest_kept(shown, ready["bodies"] * BATCH_SPANS // max(ready["spans_per_copy"], 1)),
             received_over_time=samples[:: max(1, len(samples) // 40)],
+            gc=gc_log.summary(key_times, KEY_TARGET_MS),
         )
     receiver.stop()
     return result
@@ -285,11 +341,22 @@ def main(argv: list[str] | None = None) -> int:
                   f"{result['build_p50_s'] * 1000:.0f} / {result['build_max_s'] * 1000:.0f} ms", "")
     table.add_row("model swap on the UI thread, p50 / max (all runs)",
                   f"{statistics.median([r['swap_p50_ms'] for r in runs]):.0f} / {max(r['swap_max_ms'] for r in runs):.0f} ms", "")
+    for generation in (0, 1, 2):
+        stats = [r["gc"]["by_generation"][generation] for r in runs]
+        table.add_row(f"GC generation {generation}: collections / over 10 ms / max wall / max CPU (all runs)",
+                      f"{sum(g['count'] for g in stats)} / {sum(g['over_10ms'] for g in stats)} / "
+                      f"{max(g['max_ms'] for g in stats):.1f} / {max(g['cpu_max_ms'] for g in stats):.1f} ms", "")
+    slow = [k for r in runs for k in r["gc"]["slow_keys"]]
+    table.add_row(f"keys over {KEY_TARGET_MS:.0f} ms / with a collection of 10+ ms inside",
+                  f"{len(slow)} / {sum(r['gc']['slow_keys_with_a_10ms_collection'] for r in runs)}", "0")
     table.add_row("requests shown / dropped", f"{result['requests_shown']} / {result['requests_dropped']:,}", "")
     table.add_row("newest requests kept", "yes" if all(r["newest_kept"] for r in runs) else "NO", "yes")
     console = Console()
     console.print(table)
     console.print(f"explorer says: {result['notice']}")
+    for key in slow[:12]:
+        console.print(f"  slow key {key['key_ms']:.1f} ms: GC inside {key['gc_ms_inside']:.1f} ms "
+                      f"(generation, wall ms, thread, CPU ms of each of 1+ ms: {key['collections']})")
     if args.no_write:
         return 0
     from _results import run_meta, write_results
