@@ -140,6 +140,15 @@ class RadixCache:
         values, last_node = self._match_prefix_helper(self.root_node, key)
         return MatchResult([slot for value in values for slot in value], last_node)
 
+    def touch_prefix(self, key: Sequence[int]) -> None:
+        """Refresh the access stamps of key's cached prefix (and split, as a match does); no result,
+        no request: the waiting-prefix refresh keeps LRU's order, it looks nothing up for anyone."""
+        # Mirrors: sglang.srt.mem_cache.radix_cache:RadixCache.touch_prefix (sglang 0.5.23)
+        key = self._page_aligned(list(key))
+        if self.disable or not key:
+            return
+        self._match_prefix_helper(self.root_node, key)
+
     def insert(self, key: Sequence[int], value: Sequence[int] | None = None) -> InsertResult:
         """Add key -> value (KV slots, one per token); only the part past the longest
         existing prefix is stored. The caller owns the duplicate slots of that prefix."""

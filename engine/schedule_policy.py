@@ -86,9 +86,9 @@ class WaitingPrefixRefresh:
         self.calls += 1
         if refresh:
             for entry in reversed(waiting[:WAITING_QUEUE_PREFIX_MATCH_MAX]):
-                # RadixCache.touch_prefix (radix_cache.py:419-426): the match's access stamps (and
-                # splits), nothing adopted by the request.
-                kv.tree.match_prefix(entry.fill_ids())
+                # touch_waiting_prefix (mem_cache/common.py:215-218) -> RadixCache.touch_prefix
+                # (radix_cache.py:419-426): the match's access stamps (and splits), no lookup result.
+                kv.tree.touch_prefix(entry.fill_ids())
 
 
 def calc_priority(waiting: list, kv: SglangKV, clock: Callable[[], float],

@@ -134,3 +134,38 @@ def test_its_waiting_causes_are_read_off_its_prefill_adder_as_sglangs_are(tmp_pa
     running = split_time(timeline, timeline.find("a"))
     assert not [n for n in running.steps if n.what.startswith("not scheduled") and "prefill-first" not in n.what], \
         [vars(n) for n in running.steps]
+
+
+def test_priority_schedulings_prefix_refresh_touches_the_tree_without_a_lookup_of_its_own(tmp_path):
+    """SGLang's fcfs-with-priority pass touches the waiting requests' prefixes every 32nd call
+    (SchedulePolicy._touch_waiting_prefixes, schedule_policy.py:282-302) through
+    RadixCache.touch_prefix, which no hop hooks: our mode's trace has no lookup without a request,
+    and the refresh still stamps the waiting requests' cached prefixes."""
+    from engine.radix_cache import RadixCache
+    from engine.schedule_policy import WaitingPrefixRefresh
+
+    workload = [request(f"r{i}", 0, BASE[: 32 + i], max_tokens=3, priority=i % 3) for i in range(6)]
+    _, timeline = mini_sglang(tmp_path, workload, num_blocks=64, max_num_batched_tokens=64, max_num_seqs=2,
+                              policy="priority")
+    spans = sorted(read_trace_file(tmp_path / "trace-mini-sglang.jsonl").spans, key=lambda s: s.start_ns)
+    lookups = [s for s in spans if s.name == "kv.match_prefix"]
+    assert len({s.attributes.get(schema.REQUEST_ID) for s in lookups} - {None}) == len(workload)
+    for lookup in lookups:
+        if lookup.attributes.get(schema.REQUEST_ID) is None:
+            # Only a checkpoint's re-match (sglang_kv.checkpoint, as RadixCache.checkpoint matches its
+            # own key without the request, radix_cache.py:524): right after the insert of that key.
+            siblings = [s for s in spans if s.parent_span_id == lookup.parent_span_id and s.end_ns <= lookup.start_ns]
+            assert siblings and siblings[-1].name == "kv.insert", "a request-less lookup that is no checkpoint's"
+            assert siblings[-1].attributes[schema.KEY_TOKENS] == lookup.attributes[schema.KEY_TOKENS]
+    # The touch is still made: a waiting request's cached prefix gets a fresh access stamp.
+    ticks = iter(range(100))
+    tree = RadixCache(None, page_size=1, clock=lambda: next(ticks))
+    tree.insert(BASE[:16])
+    before = tree.match_prefix(BASE[:16]).last_node.last_access_time
+
+    class Waiting:
+        def fill_ids(self):
+            return BASE[:16]
+
+    WaitingPrefixRefresh()([Waiting()], type("KV", (), {"tree": tree})())
+    assert tree.root_node.children[BASE[0]].last_access_time > before
