@@ -13,8 +13,8 @@ Policy "fcfs" runs SGLang's default order, "lpm" (longest cached prefix first); 
 runs SGLang's "fcfs" with --enable-priority-scheduling and --schedule-low-priority-values-first
 (vLLM's order: smaller value first): the waiting queue sorted by priority then queue entry, and
 priority preemption, on by default with it (scheduler.py:1468-1472): a request that finds the
-batch full preempts running requests whose priority is lower by more than 10
-(priority_scheduling_preemption_threshold), which go back to the waiting queue.
+batch full preempts running requests whose priority is lower by more than
+priority_scheduling_preemption_threshold (10 unless given), which go back to the waiting queue.
 
 Deliberate differences from SGLang 0.5.23 (named so the replay report can name them too):
 - no overlap scheduling (the live CPU server runs with --disable-overlap-schedule too);
@@ -47,13 +47,16 @@ from engine.sglang_kv import SglangKV
 class SglangScheduler:
     """Same public surface as engine.scheduler.Scheduler (add_request / schedule / update_from_output)."""
 
-    def __init__(self, scheduler_config: SchedulerConfig, cache_config: CacheConfig, num_blocks: int) -> None:
+    def __init__(self, scheduler_config: SchedulerConfig, cache_config: CacheConfig, num_blocks: int,
+                 priority_scheduling_preemption_threshold: int = PRIORITY_SCHEDULING_PREEMPTION_THRESHOLD) -> None:
         if scheduler_config.policy not in ("fcfs", "priority"):
             raise ValueError(f"cache_mode 'sglang' runs policy 'fcfs' (SGLang's lpm) or 'priority', got {scheduler_config.policy!r}")
         # Scheduler.__init__ (scheduler.py:487) and init_schedule_policy (:1468-1472): preemption
         # comes with priority scheduling unless --disable-priority-preemption.
         self.enable_priority_scheduling = self.enable_priority_preemption = scheduler_config.policy == "priority"
         self.prefix_refresh = WaitingPrefixRefresh() if self.enable_priority_scheduling else None
+        # --priority-scheduling-preemption-threshold (Scheduler.__init__, scheduler.py:494-496), 10 by default.
+        self.priority_scheduling_preemption_threshold = priority_scheduling_preemption_threshold
         self.scheduler_config = scheduler_config
         self.cache_config = cache_config
         self.block_size = cache_config.block_size
@@ -198,7 +201,7 @@ class SglangScheduler:
             if len(adder.can_run_list) >= self._num_allocatable_reqs(len(self.running_batch)):
                 self.batch_is_full = True
             if self.batch_is_full and not (self.enable_priority_preemption and adder.preempt_to_schedule(
-                    entry, self.running_batch, PRIORITY_SCHEDULING_PREEMPTION_THRESHOLD, self._release_preempted)):
+                    entry, self.running_batch, self.priority_scheduling_preemption_threshold, self._release_preempted)):
                 break
             # Req.init_next_round_input (schedule_batch.py:1692): match all tokens but the last.
             self.kv.match(entry.kv, entry.fill_ids()[:-1], next_round=True)

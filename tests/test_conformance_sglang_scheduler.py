@@ -173,6 +173,18 @@ def test_priority_preemption_makes_room_for_an_urgent_request(driver):
     assert max(len(s.running) for s in theirs.steps) == 2  # never over max_running_requests
 
 
+def test_priority_preemption_threshold_is_the_replay_configs(driver):
+    # ReplayConfig.priority_scheduling_preemption_threshold reaches both sides (SGLang's
+    # --priority-scheduling-preemption-threshold): `urgent` is 5 values ahead, and a running request
+    # is preempted only when the difference is over the threshold (schedule_policy.py:1745-1747).
+    workload = [WorkloadRequest("low0", 0, [21] * 10, 30, priority=5), WorkloadRequest("low1", 0, [22] * 10, 30, priority=5),
+                WorkloadRequest("urgent", 3, [23] * 10, 5, priority=0)]
+    for threshold, preempts in ((10, False), (5, False), (4, True)):
+        ours, theirs = both(driver, workload, block_size=1, num_blocks=257, max_num_seqs=2, max_num_batched_tokens=64,
+                            policy="priority", priority_scheduling_preemption_threshold=threshold)
+        assert [s.preempted for s in theirs.steps if s.preempted] == ([["low1"]] if preempts else []), threshold
+
+
 def random_case(seed: int) -> tuple[dict, list[WorkloadRequest]]:
     """A configuration and workload drawn from the space the scheduler runs in: page sizes 1-16,
     pools from tight to roomy, chunked or not, caching on or off, shared prefixes, staggered arrivals."""

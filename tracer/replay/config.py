@@ -22,6 +22,11 @@ class ReplayConfig:
     enable_prefix_caching: bool = True
     policy: str = "fcfs"
     long_prefill_token_threshold: int = 0
+    # SGLang only (its --priority-scheduling-preemption-threshold, default 10:
+    # sglang/srt/arg_groups/fields/schedule.py:122-125): with policy priority, a request preempts a
+    # running one whose priority is lower by more than this (PrefillAdder.preempt_to_schedule,
+    # sglang/srt/managers/schedule_policy.py:1745-1747). vLLM has no such knob; its runners ignore it.
+    priority_scheduling_preemption_threshold: int = 10
     # SGLang prefix-cache replay: the token pool size (0: num_blocks * block_size) and how many
     # requests hold their radix-tree path locked at once.
     radix_pool_tokens: int = 0
@@ -41,7 +46,8 @@ class ReplayConfig:
                 raise ReplayConfigError(f"{name} must be an integer >= 1, got {value!r}")
         if self.num_blocks < 2:
             raise ReplayConfigError("num_blocks must be at least 2 (block 0 is the reserved null block)")
-        for name in ("long_prefill_token_threshold", "radix_pool_tokens", "num_speculative_tokens"):
+        for name in ("long_prefill_token_threshold", "radix_pool_tokens", "num_speculative_tokens",
+                     "priority_scheduling_preemption_threshold"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ReplayConfigError(f"{name} must be an integer >= 0, got {value!r}")

@@ -49,7 +49,8 @@ class MiniSglangRunner(MiniRunner):
         if config.async_scheduling:
             raise ReplayError("async scheduling replays vLLM's AsyncScheduler; SGLang's overlap loop is not replayed")
         scheduler_config = SchedulerConfig(**{**config.scheduler_kwargs(), "cache_mode": "sglang"})
-        return SglangScheduler(scheduler_config, cache_config, config.num_blocks)
+        return SglangScheduler(scheduler_config, cache_config, config.num_blocks,
+                               config.priority_scheduling_preemption_threshold)
 
     def num_free_blocks(self) -> int:
         return self.scheduler.num_free_blocks()

@@ -45,9 +45,10 @@ def server_args_for(config: dict, model_path: str) -> ServerArgs:
         enable_priority_scheduling=config["policy"] == "priority",
         # SGLang's priority default: larger value first; ours (vLLM's) is smaller value first.
         schedule_low_priority_values_first=True,
-        # disable_priority_preemption and priority_scheduling_preemption_threshold keep their
-        # defaults (False, 10: sglang/srt/arg_groups/fields/schedule.py:107-125 Schedule): priority
-        # preemption is on, as engine/sglang_scheduler.py runs it.
+        # disable_priority_preemption keeps its default (False: sglang/srt/arg_groups/fields/schedule.py:107-110):
+        # priority preemption is on, as engine/sglang_scheduler.py runs it; its threshold is the config's
+        # (SGLang's default 10, schedule.py:122-125, where the job does not say).
+        priority_scheduling_preemption_threshold=config.get("priority_scheduling_preemption_threshold", 10),
         disable_radix_cache=not config["enable_prefix_caching"],
         disable_overlap_schedule=True,
         grammar_backend="none",
