@@ -15,13 +15,17 @@ What the space covers, and why each knob is drawn the way it is:
   continuations of an earlier request's prompt plus its forced output (hits on blocks that were
   filled while decoding), and fresh prompts;
 - arrivals in one burst, staggered, or a late wave that lands while early requests are being
-  preempted under a tight pool;
-- fcfs and priority policy, chunked prefill on (with or without long_prefill_token_threshold)
+  preempted under a tight pool; and (SearchSpace.max_after_preemption) requests placed 1-4 steps
+  after the first preemption itself, for schedulers whose preemptions come too late for any drawn
+  arrival step (SGLang's retraction: tests/test_conformance_search_sglang.py says why);
+- fcfs and priority policy (priorities 0..2, or SearchSpace.priorities: values further apart than
+  a preemption threshold), chunked prefill on (with or without long_prefill_token_threshold)
   or off, max_num_seqs from 1 up, and sometimes a max_model_len that caps generation.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Callable
 
 from hypothesis import strategies as st
 
@@ -59,8 +63,13 @@ class SearchCase:
     requests: tuple[RequestRecipe, ...]
     # The shapes drawn ("pool:tiny", "arrivals:late-wave", ...): reported as hypothesis events.
     shapes: tuple[str, ...] = field(default=(), compare=False)
+    # Requests whose arrival_step counts from the first step that preempted a request, not from 0:
+    # place_after_preemption() turns them into ordinary requests once a replay has found that step.
+    after_preemption: tuple[RequestRecipe, ...] = ()
 
     def workload(self) -> list[WorkloadRequest]:
+        if self.after_preemption:
+            raise ValueError("place_after_preemption() first: these requests have no arrival step yet")
         return [r.build() for r in self.requests]
 
     def __repr__(self) -> str:
@@ -69,7 +78,28 @@ class SearchCase:
         changed = {k: v for k, v in self.config.to_json().items() if getattr(defaults, k) != v}
         config = "ReplayConfig(" + ", ".join(f"{k}={v!r}" for k, v in changed.items()) + ")"
         requests = ",\n    ".join(repr(r) for r in self.requests)
-        return f"SearchCase(config={config}, requests=(\n    {requests},\n), shapes={self.shapes!r})"
+        later = f", after_preemption={self.after_preemption!r}" if self.after_preemption else ""
+        return f"SearchCase(config={config}, requests=(\n    {requests},\n), shapes={self.shapes!r}{later})"
+
+
+def place_after_preemption(case: SearchCase, replay: Callable[[SearchCase], ReplayLog]) -> SearchCase:
+    """The case with its after_preemption requests arriving where they are meant to: `offset` steps
+    after the first step at which `replay` (one scheduler over the rest of the case) preempted.
+
+    Two phases because no draw can know that step: it comes out of the schedule (under SGLang's
+    overcommit, 90-120 steps in, long after every drawn arrival). Arrivals after it leave every step
+    up to it as it was, so the preemption still happens there, and the requests arrive while the
+    preempted ones wait (a retracted request waits 1-23 steps before it is readmitted). Without a
+    preemption they are left out: the case is the rest alone. The result is a plain case whose repr
+    rebuilds it."""
+    if not case.after_preemption:
+        return case
+    base = replace(case, after_preemption=())
+    first = next((step.step for step in replay(base).steps if step.preempted), None)
+    if first is None:
+        return base
+    placed = tuple(replace(r, arrival_step=first + r.arrival_step) for r in case.after_preemption)
+    return replace(base, requests=base.requests + placed, shapes=tuple(sorted(base.shapes + ("arrivals:after-preemption",))))
 
 
 @dataclass(frozen=True)
@@ -106,6 +136,14 @@ class SearchSpace:
     # Where in the "overcommit" window the pool falls: 0.0 draws all of it, 0.5 only its tighter
     # half (closer to what the 0.7-weighted admissions leave, so retraction is likelier).
     overcommit_tightness: float = 0.0
+    # Priority values (policy priority); None: 0..2, the old draw. Drawing values further apart than
+    # a scheduler's preemption threshold (SGLang's 10) is what makes it preempt by priority.
+    priorities: tuple[int, ...] | None = None
+    # ReplayConfig.priority_scheduling_preemption_threshold, drawn only when more than one is given.
+    preemption_thresholds: tuple[int, ...] = (10,)
+    # Up to this many requests that arrive 1..4 steps after the first preemption
+    # (SearchCase.after_preemption): arrivals while others are preempted, on purpose.
+    max_after_preemption: int = 0
 
 
 POW2_BLOCK_SIZES = (1, 2, 4, 8, 16, 32, 64)
@@ -191,8 +229,9 @@ def search_cases(draw: st.DrawFn, space: SearchSpace = SearchSpace()) -> SearchC
     arrivals, arrival_shape = draw(_arrivals(num_requests, space))
     shapes.add(f"arrivals:{arrival_shape}")
     policy = draw(st.sampled_from(space.policies))
+    priorities = st.integers(0, 2) if space.priorities is None else st.sampled_from(space.priorities)
     requests = tuple(
-        RequestRecipe(f"q{i}", arrivals[i], segments, max_tokens, draw(st.integers(0, 2)) if policy == "priority" else 0)
+        RequestRecipe(f"q{i}", arrivals[i], segments, max_tokens, draw(priorities) if policy == "priority" else 0)
         for i, (segments, max_tokens) in enumerate(prompts)
     )
 
@@ -219,6 +258,9 @@ def search_cases(draw: st.DrawFn, space: SearchSpace = SearchSpace()) -> SearchC
 
     # Pool size, from the requests' own needs: drive() refuses a request that can never fit.
     needs = [cdiv(r.prompt_len + r.max_tokens, block_size) for r in requests]
+    later = ()
+    if space.max_after_preemption:  # drawn only then, so spaces without it draw as they always did
+        later = draw(_after_preemption(space, requests, max(needs) * block_size, priorities if policy == "priority" else None))
     pool = draw(st.sampled_from(space.pool_shapes))
     if pool == "tiny":
         usable = max(needs) + draw(st.integers(0, 2))
@@ -236,6 +278,9 @@ def search_cases(draw: st.DrawFn, space: SearchSpace = SearchSpace()) -> SearchC
     usable += space.pool_slack_blocks
     shapes.add(f"pool:{pool}")
 
+    threshold_kwargs = {}
+    if len(space.preemption_thresholds) > 1 and policy == "priority":
+        threshold_kwargs["priority_scheduling_preemption_threshold"] = draw(st.sampled_from(space.preemption_thresholds))
     config = ReplayConfig(
         block_size=block_size,
         num_blocks=usable + 1,  # + the null block
@@ -246,8 +291,32 @@ def search_cases(draw: st.DrawFn, space: SearchSpace = SearchSpace()) -> SearchC
         enable_prefix_caching=draw(st.sampled_from(space.prefix_caching)),
         policy=policy,
         long_prefill_token_threshold=threshold,
+        **threshold_kwargs,
     )
-    return SearchCase(config, requests, tuple(sorted(shapes)))
+    return SearchCase(config, requests, tuple(sorted(shapes)), after_preemption=later)
+
+
+@st.composite
+def _after_preemption(draw: st.DrawFn, space: SearchSpace, requests: tuple[RequestRecipe, ...], fits: int,
+                      priorities: st.SearchStrategy[int] | None) -> tuple[RequestRecipe, ...]:
+    """Requests to arrive 1..4 steps after the first preemption: a repeat of an earlier prompt (whose
+    blocks a retracted request may have left in the cache) or a fresh short one, each no larger than
+    the largest drawn request (`fits` tokens), so every pool that fits the rest fits them."""
+    later = []
+    for i in range(draw(st.integers(1, space.max_after_preemption))):
+        request_id = f"q{len(requests) + i}"
+        if draw(st.booleans()):
+            earlier = draw(st.sampled_from(requests))
+            segments, room = earlier.segments, earlier.max_tokens
+        else:
+            # No longer than the longest drawn prompt either: a max_model_len cap sits just past it.
+            length = draw(st.integers(1, max(1, min(16, fits - 1, max(r.prompt_len for r in requests)))))
+            segments, room = ((request_id, length),), fits - length
+        # Short outputs: they need to arrive and be scheduled, not to run the case 100 steps longer.
+        max_tokens = draw(st.integers(1, max(1, min(room, 16))))
+        later.append(RequestRecipe(request_id, draw(st.integers(1, 4)), segments, max_tokens,
+                                   draw(priorities) if priorities is not None else 0))
+    return tuple(later)
 
 
 # -- what a replay exercised --------------------------------------------------------------
@@ -265,6 +334,13 @@ def observe(case: SearchCase, log: ReplayLog) -> set[str]:
     for step in log.steps:
         if step.arrivals and out:
             seen.add("arrival-while-preempted")
+        if step.preempted and step.admitted:
+            # A preemption in a step that admits: SGLang's priority preemption (PrefillAdder.
+            # preempt_to_schedule), since retract_decode runs only on a step that admits nothing
+            # (get_next_batch_to_run decodes only without a prefill batch, sglang/srt/managers/
+            # scheduler.py:3992-3998); vLLM admits nothing in a step that preempted (vllm/v1/core/
+            # sched/scheduler.py:1050), so its pair never reaches this.
+            seen.add("priority-preempted")
         for admission in step.admitted:
             computed[admission.request_id] = admission.cached_tokens
             out.discard(admission.request_id)
