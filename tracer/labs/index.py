@@ -7,6 +7,7 @@ from pathlib import Path
 
 from tracer.labs import (
     async_lab, attention_lab, chunked_latency, engine_labs, explain_lab, prefix_labs, scheduler_labs, spec_lab, structured_output_lab,
+    whatif_lab,
 )
 from tracer.labs.cache import cache_path
 from tracer.labs.registry import Lab, LabError, LabResult, environment, parse_params
@@ -14,7 +15,7 @@ from tracer.labs.registry import Lab, LabError, LabResult, environment, parse_pa
 
 def registry() -> dict[str, Lab]:
     return {lab.name: lab for lab in scheduler_labs.LABS + prefix_labs.LABS + engine_labs.LABS + chunked_latency.LABS + attention_lab.LABS
-                                 + explain_lab.LABS + spec_lab.LABS + structured_output_lab.LABS + async_lab.LABS}
+                                 + explain_lab.LABS + spec_lab.LABS + structured_output_lab.LABS + async_lab.LABS + whatif_lab.LABS}
 
 
 def run_lab(name: str, given: dict[str, str] | None = None, cache_dir: Path | None = None) -> LabResult:
