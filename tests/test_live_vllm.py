@@ -146,3 +146,23 @@ def test_replay_from_the_live_trace_agrees_with_the_server_on_every_step(live):
     assert any(step.preempted for step in result.run.steps)
     for comparison in result.comparisons:
         assert comparison.agree, comparison.to_json()
+
+
+def test_an_aborted_stream_replays_every_step_it_ran_and_counts_only_the_tokens_it_kept(live):
+    """The client left after two chunks. vLLM applies an abort that comes during a forward pass before
+    that step's update, which drops the step's token: kv.free then counts one token fewer than the
+    request's sampling steps. The replay schedules it on each of those steps (a finish by length on
+    the last) and whatif's latencies count only the tokens kv.free says it kept."""
+    from tracer.replay.traced_run import read_traced_run
+    from tracer.replay.whatif.session import run_whatif
+
+    run = read_traced_run(live.trace_path)
+    (aborted,) = [r for r in run.requests if live.ids["aborted"] in r.name]
+    (request,) = live.shape().request_with_id(live.ids["aborted"])
+    kept = max(s.attributes[schema.OUTPUT_TOKENS] for s in request.spans if s.name == "kv.free")
+    assert aborted.finish_reason == "abort" and aborted.num_output_tokens >= kept
+    assert aborted.kept_output_tokens == (kept if kept < aborted.num_output_tokens else None)
+    result = run_whatif(live.trace_path, {}, ["mini"])
+    (prediction,) = result.predictions
+    assert prediction.decisions.agree
+    assert len(prediction.log.token_times_s[aborted.id]) == kept

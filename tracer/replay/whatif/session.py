@@ -157,6 +157,11 @@ def timed(engine: str, run: TracedRun, config: ReplayConfig, arrivals_s: dict[st
                        after=clock.get("after"))
         log = TimedLog.from_json(VllmVenvDriver.shared().run(job)["log"])
     log.engine = name
+    # A request the server aborted mid-step ran its last step without keeping its token
+    # (tracer.replay.traced_run): the latencies count only the tokens it kept.
+    for request in run.requests:
+        if request.kept_output_tokens is not None and request.id in log.token_times_s:
+            del log.token_times_s[request.id][request.kept_output_tokens:]
     return log
 
 
