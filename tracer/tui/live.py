@@ -28,7 +28,7 @@ from tracer.traces.receiver import ReceiverProcess
 from tracer.tui.app import ExplorerApp, matches
 from tracer.tui.live_window import DEFAULT_WINDOW, LiveWindow, WindowStats, free_in_slices, release_gradually
 from tracer.tui.loader import LoadedTrace
-from tracer.tui.memory import IdleCollector, freeze_ingested
+from tracer.tui.memory import IdleCollector
 from tracer.tui.model import Request, TraceModel, build_model
 from tracer.tui.timeline import Waterfall
 from tracer.tui.widgets import RequestsTable, WaterfallTable
@@ -89,7 +89,6 @@ class LiveFeed:
             except (EOFError, OSError):
                 return  # the receiver is gone (stopped, or killed)
             self.window.add_line(line)
-            freeze_ingested()
 
     def _build(self) -> None:
         while not self._stop.is_set():
@@ -129,8 +128,7 @@ class LiveExplorerApp(ExplorerApp):
         self.feed = LiveFeed(receiver, window, self._model_built, rebuild_s)
         # Garbage keeps coming while the user pauses (models replaced every REBUILD_S): one full
         # collection (the whole window, 50-200 ms) per FULL_GC_GAP_S of pause, not per tick.
-        # The window is frozen after each export (freeze_ingested): a pause's full collection thaws it first.
-        self.collector = IdleCollector(gap_s=FULL_GC_GAP_S, thaw=True)
+        self.collector = IdleCollector(gap_s=FULL_GC_GAP_S)
         self.models_shown = 0
         self._pending: Prepared | None = None
         self._prepared: Prepared | None = None

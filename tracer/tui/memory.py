@@ -36,30 +36,13 @@ def gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-def freeze_ingested() -> None:
-    """After the live explorer's reader has added an export to its window: freeze what exists
-    (gc.freeze), the window's spans included, so that no later young or full collection scans it.
-
-    What it buys: the live window holds tens of thousands of long-lived span objects, and at 10,000
-    spans/s every export promotes thousands more; a collection of the generation they reached scans
-    them all while holding the GIL, and the UI thread waits (a full one took 69 ms of CPU, 270 ms
-    of wall time at load 10, inside keystrokes: bench/results/tui_listen.md). Frozen, they cost a
-    collection nothing; acyclic, they are still freed by their reference counts when the window
-    drops them. What it costs: cyclic garbage frozen before its collection waits for the live
-    IdleCollector's next full collection in a pause, which thaws everything first (thaw=True)."""
-    gc.freeze()
-
-
 class IdleCollector:
     """Defers full collections to moments without input: `start()` when the app starts,
     `input_seen()` on every key or mouse event, `tick()` from a timer, `stop()` on exit
     (the thresholds are the process's, and tests run many apps in one process)."""
 
-    def __init__(self, idle_s: float = 1.0, max_deferred: int = 500, gap_s: float = 0.0, thaw: bool = False) -> None:
+    def __init__(self, idle_s: float = 1.0, max_deferred: int = 500, gap_s: float = 0.0) -> None:
         self.idle_s = idle_s
-        # A full collection in a pause first unfreezes what freeze_ingested froze, so that cyclic
-        # garbage frozen meanwhile is found (the live explorer); a forced one mid-input does not.
-        self.thaw = thaw
         # Generation-1 passes without a full one, after which a full one runs even mid-input
         # (a key held down for minutes must not grow memory without bound).
         self.max_deferred = max_deferred
@@ -94,10 +77,5 @@ class IdleCollector:
         now = time.monotonic()
         paused = now - self.last_input >= self.idle_s and now - self._last_full >= self.gap_s
         if paused or pending >= self.max_deferred:
-            if self.thaw and paused:
-                gc.unfreeze()
-                gc.collect()
-                gc.freeze()
-            else:
-                gc.collect()
+            gc.collect()
             self._last_full = time.monotonic()
