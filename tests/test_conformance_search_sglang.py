@@ -36,13 +36,13 @@ The space is tests/search_strategies.py's, narrowed (SGLang paths under
   (PrefillAdder.add_one_req, managers/schedule_policy.py:1407-1412); only one admitted while others
   run counts theirs at the ratio, so a burst never overcommits (19% of examples retracted with
   bursts and the whole window, 40% now).
-
 - arrivals while others are retracted, on purpose: the drawn arrivals never land there by chance
   (0 of 600 examples before), because retraction comes late: the overcommitted pool runs short
   only once the running outputs outgrow new_token_ratio's share of them, 89-118 steps into the
   pressure search's cases, long after its last arrival (step 0-14); the retracted request then
   waits in the waiting queue (update_running_batch requeues it, managers/scheduler.py:4539-4540)
-  1 to 23 steps (median 9.5, 62 retracting cases) before a prefill readmits it. So each case of the
+  1 to 23 steps (median 9.5; the 62 retracting cases of 150 pressure examples, drawn before
+  the change) before a prefill readmits it. So each case of the
   PRESSURE and PRIORITY searches carries 1-2 short requests that arrive 1-4 steps after the first
   preemption (SearchCase.after_preemption): ours replays the rest first to find that step
   (search_strategies.place_after_preemption); a case that never preempts runs without them.
