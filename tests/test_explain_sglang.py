@@ -178,8 +178,34 @@ def test_a_salted_request_misses_the_same_prompt_in_another_namespace_of_the_tre
     timeline = read_timeline(read_trace_file(path).spans)
     salted = explain_cache(timeline, timeline.find("salted"))
     assert (salted.reason, salted.cached_tokens, salted.details["other"]) == ("salt-or-adapter", 0, "plain"), salted.evidence
-    assert "hash domain salted here, tokens only there" in salted.evidence and "tenant-7" not in str(salted.to_json())
+    assert "hash domain salted:" in salted.evidence and "here, tokens only there" in salted.evidence
+    assert "tenant-7" not in str(salted.to_json())
     assert reasons(timeline) == {"plain": "never-cached", "salted": "salt-or-adapter", "plain-again": "page-alignment"}
+
+
+def test_two_salts_keep_the_same_prompt_apart_and_the_hashes_alone_say_so(tmp_path, monkeypatch):
+    """Without content capture the trace has the prompts' prefix hashes (of the tokens) and each lookup's
+    hash domain (a digest of its extra_key / cache_salt namespace, never the salt): another salt is
+    salt-or-adapter, the same salt again shares the tree's nodes."""
+    from tracer.replay.runners.sglang_scheduler import SglangDriver, sglang_job
+
+    monkeypatch.delenv("SERVETRACE_CAPTURE_CONTENT", raising=False)
+    path = tmp_path / "t.jsonl"
+    names = ["plain", "salt-a", "salt-b", "salt-a-again"]
+    job = sglang_job([request(name, 10 * i, BASE) for i, name in enumerate(names)], ReplayConfig(block_size=BLOCK, num_blocks=64))
+    for i, salt in ((1, "tenant-7"), (2, "tenant-8"), (3, "tenant-7")):
+        job["requests"][i]["cache_salt"] = salt
+    job.update(trace_file=str(path), capture_content=False)
+    assert not SglangDriver.shared().run(job).get("stalled")
+    timeline = read_timeline(read_trace_file(path).spans)
+    assert all(life.prompt_token_ids is None for life in timeline.requests)
+    domains = {life.name: life.hash_domain for life in timeline.requests}
+    assert domains["plain"] is None and domains["salt-a"] == domains["salt-a-again"] != domains["salt-b"]
+    assert "tenant" not in path.read_text()
+    assert reasons(timeline) == {"plain": "never-cached", "salt-a": "salt-or-adapter", "salt-b": "salt-or-adapter",
+                                 "salt-a-again": "page-alignment"}
+    other = explain_cache(timeline, timeline.find("salt-b"))
+    assert other.details["other"] == "plain" and "at least its first 32 tokens (by hash)" in other.evidence, other.evidence
 
 
 def test_an_eviction_names_the_same_lost_node_in_sglang_and_in_our_sglang_mode(tmp_path):

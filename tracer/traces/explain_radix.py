@@ -83,15 +83,17 @@ def _shared_tokens(life: RequestLife, other: RequestLife, unit: int) -> tuple[in
 
 def _same_namespace(life: RequestLife, other: RequestLife, unit: int) -> bool | None:
     """Whether the tree can share nodes between the two: SGLang keys a node by its first page and the
-    request's extra_key / cache_salt (RadixKey.child_key_at, radix_cache.py:226-247), and the prefix
-    hashes are seeded by that namespace. Same first tokens (content capture on) and another first hash:
-    another namespace. Else the recorded hash domains say (None: nothing tells them apart)."""
+    request's extra_key / cache_salt (RadixKey.child_key_at, radix_cache.py:226-247); the lookup records
+    that namespace's digest as the hash domain, beside prefix hashes of the tokens alone. Another domain:
+    another namespace. Same first tokens (content capture on) and another first hash: another namespace
+    too (a trace from before the domain was a digest seeded the hashes with it). Else None: nothing
+    tells them apart."""
+    if life.hash_domain != other.hash_domain:
+        return False
     mine, theirs = life.prompt_token_ids, other.prompt_token_ids
     a, b = life.prefix_hashes, other.prefix_hashes
     if a and b and mine is not None and theirs is not None and list(mine[:unit]) == list(theirs[:unit]):
         return a[0] == b[0]
-    if life.hash_domain != other.hash_domain:
-        return False
     return None
 
 

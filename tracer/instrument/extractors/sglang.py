@@ -33,7 +33,7 @@ from tracer.traces.schema import (
 )
 from tracer.instrument import otel
 from tracer.instrument.extractors.sglang_radix import (
-    evicted_nodes, first_sight, next_page, prefix_hashes, radix_path, stash_evict_candidates,
+    evicted_nodes, first_sight, hash_domain, hash_unit, next_page, prefix_hashes, radix_path, stash_evict_candidates,
 )
 from tracer.instrument.extractors.sglang_scheduler import (
     allocate_after, allocate_before, batch_attrs, preempt_after, preempt_before, rid_of, schedule_after, schedule_before,
@@ -77,10 +77,9 @@ def match_after(args: dict, result: Any) -> dict:
     if rid is not None and first_sight(req):  # the prompt's hashes once per request: lpm matches every waiting request each pass
         tokens = getattr(req, "origin_input_ids", None) or []
         key = params.key
-        domain = "salted" if getattr(key, "cache_salt", None) else ("extra-key" if getattr(key, "extra_key", None) else None)
-        seed = f"{getattr(key, 'extra_key', None)}|{getattr(key, 'cache_salt', None)}".encode() if domain else b""
-        unit = page * -(-16 // page)
-        out[RADIX_HASH_TOKENS], out[RADIX_PREFIX_HASHES], out[HASH_DOMAIN] = unit, prefix_hashes(tokens, unit, seed), domain
+        unit = hash_unit(page)
+        out[RADIX_HASH_TOKENS], out[RADIX_PREFIX_HASHES] = unit, prefix_hashes(tokens, unit)
+        out[HASH_DOMAIN] = hash_domain(getattr(key, "extra_key", None), getattr(key, "cache_salt", None))
         out[PROMPT_TOKEN_IDS] = list(tokens) if otel.capture_content() else None
     return out
 

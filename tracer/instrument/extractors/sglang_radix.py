@@ -32,18 +32,31 @@ def hash_unit(page: int) -> int:
     return page * -(-16 // page)
 
 
-def prefix_hashes(tokens: Any, unit: int, seed: bytes = b"") -> list[str]:
+def hash_domain(extra_key: Any, cache_salt: Any) -> str | None:
+    """The lookup key's namespace, as a reader may compare it: SGLang keeps prefixes with another
+    extra_key / cache_salt apart (RadixKey.child_key_at, radix_cache.py:226-247; a LoRA adapter's id is
+    appended to extra_key, schedule_batch.py:1164-1168). What kind of namespace and a digest of it,
+    never the salt or key itself; None: the tokens alone, SGLang's default."""
+    kinds = [kind for kind, value in (("extra-key", extra_key), ("salted", cache_salt)) if value]
+    if not kinds:
+        return None
+    digest = hashlib.blake2b(repr((extra_key or None, cache_salt or None)).encode(), digest_size=6,
+                             person=b"servetrace-ns").hexdigest()
+    return f"{','.join(kinds)}:{digest}"
+
+
+def prefix_hashes(tokens: Any, unit: int) -> list[str]:
     """Hashes of the prompt's prefixes at each full `unit`-token span: hash i names tokens [0, (i+1)*unit),
-    so two requests share hash i exactly when they share that prefix (and the key's namespace:
-    SGLang keeps prefixes with another extra_key / cache_salt apart, radix_cache.py:364-379). The
-    salt is mixed in, never written. A unit is at least 16 tokens: with page size 1 a hash per token
-    would cost more than the lookup it explains."""
+    so two requests share hash i exactly when they share that prefix. The tokens alone: the key's
+    namespace goes beside them (hash_domain), so a reader sees that two requests had the same tokens in
+    two namespaces (salt-or-adapter) without content capture. A unit is at least 16 tokens: with page
+    size 1 a hash per token would cost more than the lookup it explains."""
     # One running hash over the prompt's bytes, read out at each unit's end: digest i covers the whole
     # prefix, as a chain of per-unit hashes would, at a third of the cost (hashlib's digest() does not
     # end the hash).
     data = array("q", tokens).tobytes()
     step = unit * 8  # int64 tokens
-    running = hashlib.blake2b(seed, digest_size=8)
+    running = hashlib.blake2b(digest_size=8)
     out = []
     for end in range(step, len(data) + 1, step):
         running.update(data[end - step:end])
