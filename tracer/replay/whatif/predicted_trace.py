@@ -12,7 +12,7 @@ from typing import Any
 from tracer.catalog.hops import load_catalog
 from tracer.replay.whatif.clock import TimedLog
 from tracer.traces.schema import (
-    BATCH_IDS, BATCH_PREEMPTED, BATCH_SIZE, BATCH_TOKENS, BATCH_TOTAL, CLOCK, ENGINE, ENGINE_VERSION, FINISH_REASONS,
+    BATCH_IDS, BATCH_PREEMPTED, BATCH_SIZE, BATCH_TOKENS, BATCH_TOTAL, CLOCK, ENGINE, ENGINE_MODE, ENGINE_VERSION, FINISH_REASONS,
     INPUT_TOKENS,
     LINK_KIND, LINK_REQUEST, OUTPUT_TOKENS, REQUEST_ID, SCHEMA_VERSION, SCHEMA_VERSION_KEY, SERVICE_NAME, STEP,
 )
@@ -40,6 +40,17 @@ def _id(text: str, hex_len: int) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:hex_len]
 
 
+def engine_and_mode(label: str) -> tuple[str, str | None]:
+    """The catalog engine and mode a replay's engine label names: 'mini-sglang' is our engine in mode
+    sglang (engines.mini.modes.sglang), so the trace is explained with SGLang's logic, as our mode's own."""
+    catalog = load_catalog()
+    for name, spec in catalog.engines.items():
+        for mode, found in spec.modes.items():
+            if found.label == label:
+                return name, mode
+    return label.split("-")[0], None
+
+
 def write_predicted_trace(log: TimedLog, path: str | Path, prompt_lens: dict[str, int], origin_ns: int,
                           label: str, engine_version: str | None = None) -> Path:
     """origin_ns: the wall time the run's second 0 maps to (the trace's first arrival)."""
@@ -48,6 +59,9 @@ def write_predicted_trace(log: TimedLog, path: str | Path, prompt_lens: dict[str
     (step_root,) = [h for h in catalog.with_role("step_root")]
     (schedule,) = [h for h in catalog.with_role("batch")]
     ns = lambda s: str(origin_ns + int(round(s * 1e9)))  # noqa: E731
+    engine, mode = engine_and_mode(log.engine)
+    # The mode rides on the spans, as the tracer stamps a mode target's (tracer/instrument/spans.py).
+    stamp = {ENGINE_MODE: mode}
     spans, roots = [], {}
     finished = {rid for step in log.steps for rid in step.finished}  # forced outputs: each ends by length
     for rid, arrival in log.arrivals_s.items():
@@ -58,7 +72,7 @@ def write_predicted_trace(log: TimedLog, path: str | Path, prompt_lens: dict[str
                       "startTimeUnixNano": ns(arrival), "endTimeUnixNano": ns(times[-1]),
                       "attributes": _attributes({REQUEST_ID: rid, INPUT_TOKENS: prompt_lens.get(rid),
                                                  OUTPUT_TOKENS: len(log.token_times_s.get(rid) or []),
-                                                 FINISH_REASONS: ["length"] if rid in finished else None})})
+                                                 FINISH_REASONS: ["length"] if rid in finished else None, **stamp})})
     for index, step in enumerate(log.steps):
         trace_id = _id(f"{label}:step:{index}", 32)
         root_id, child_id = _id(f"{label}:step:{index}:root", 16), _id(f"{label}:step:{index}:schedule", 16)
@@ -69,11 +83,11 @@ def write_predicted_trace(log: TimedLog, path: str | Path, prompt_lens: dict[str
                  BATCH_TOTAL: sum(step.scheduled.values()), BATCH_SIZE: len(ids), BATCH_PREEMPTED: step.preempted}
         spans.append({"traceId": trace_id, "spanId": root_id, "name": step_root, "kind": 1, "links": links,
                       "startTimeUnixNano": ns(step.start_s), "endTimeUnixNano": ns(step.end_s),
-                      "attributes": _attributes({STEP: index})})
+                      "attributes": _attributes({STEP: index, **stamp})})
         spans.append({"traceId": trace_id, "spanId": child_id, "parentSpanId": root_id, "name": schedule, "kind": 1,
                       "startTimeUnixNano": ns(step.start_s), "endTimeUnixNano": ns(step.start_s),
-                      "attributes": _attributes(batch)})
-    resource = {SERVICE_NAME: f"servetrace-whatif-{label}", ENGINE: log.engine.split("-")[0],
+                      "attributes": _attributes({**batch, **stamp})})
+    resource = {SERVICE_NAME: f"servetrace-whatif-{label}", ENGINE: engine,
                 ENGINE_VERSION: engine_version, SCHEMA_VERSION_KEY: SCHEMA_VERSION, CLOCK: "predicted", "process.pid": 0}
     path = Path(path)
     with path.open("w") as handle:
