@@ -195,15 +195,19 @@ def test_replay_from_trace_cli_replays_the_trace_config_only(engine_trace, tmp_p
     assert "--from-trace replays the config the trace recorded; drop max_num_seqs" in capsys.readouterr().err
 
 
-def test_whatif_runs_our_sglang_mode_on_the_predicted_clock(engine_trace):
-    """--engines mini-sglang: our scheduler in SGLang's mode (its own loop: prefill batches apart from
-    decode ones, retraction) on the trace's workload and clock. Every request still gets the output
-    length the trace recorded, and one running request at a time makes the rest wait."""
-    result = run_whatif(engine_trace, {"max_num_seqs": 1}, ["mini-sglang"])
-    base, changed = result.predictions
-    assert (base.engine, base.label, changed.label) == ("mini-sglang", "trace config", "changed")
-    assert not base.log.stalled and not changed.log.stalled
-    for prediction in (base, changed):
-        outputs = {rid: len(times) for rid, times in prediction.log.token_times_s.items()}
+def test_whatif_runs_sglangs_scheduler_and_our_sglang_mode_on_the_predicted_clock(engine_trace):
+    """--engines mini-sglang,sglang: SGLang 0.5.23's real Scheduler (in .venv-sglang) and ours in its
+    mode, on the trace's workload and one clock. They decide every step alike, so their predicted
+    timelines are the same, under the trace's config and a changed one; every request keeps the
+    output length the trace recorded, and one running request at a time makes the rest wait."""
+    result = run_whatif(engine_trace, {"max_num_seqs": 1}, ["mini-sglang", "sglang"])
+    by = {(p.engine, p.label): p for p in result.predictions}
+    assert set(by) == {(e, label) for e in ("mini-sglang", "sglang-0.5.23") for label in ("trace config", "changed")}
+    for label in ("trace config", "changed"):
+        ours, sglang = by[("mini-sglang", label)], by[("sglang-0.5.23", label)]
+        assert not ours.log.stalled and not sglang.log.stalled
+        assert [s.to_json() for s in sglang.log.steps] == [s.to_json() for s in ours.log.steps], label
+        assert sglang.log.token_times_s == ours.log.token_times_s
+        outputs = {rid: len(times) for rid, times in sglang.log.token_times_s.items()}
         assert outputs == {r.id: r.max_tokens for r in result.run.workload}
-    assert changed.summary["ttft_ms"]["mean"] > base.summary["ttft_ms"]["mean"]
+    assert by[("sglang-0.5.23", "changed")].summary["ttft_ms"]["mean"] > by[("sglang-0.5.23", "trace config")].summary["ttft_ms"]["mean"]

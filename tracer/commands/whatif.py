@@ -21,7 +21,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                         help="a scheduler config change, repeatable (max_num_batched_tokens=4096, max_num_seqs=32, "
                              "enable_chunked_prefill=false, enable_prefix_caching=false, ...)")
-    parser.add_argument("--engines", default="vllm,mini", help="comma-separated: vllm, mini, mini-sglang (our scheduler in SGLang's mode)")
+    parser.add_argument("--engines", default="vllm,mini", help="comma-separated: vllm, mini, mini-sglang (our scheduler in SGLang's mode), sglang (SGLang 0.5.23's Scheduler, in .venv-sglang)")
     parser.add_argument("--closed-loop-gap-ms", type=float, default=None, metavar="MS",
                         help="a request whose HTTP request began at most MS after another's response ended is that "
                              "client's next turn: released that long after the other's predicted finish, not at its "

@@ -129,9 +129,36 @@ def run_job(job: dict, on_arrival: Any = None) -> dict:
     try:
         pools = build_pools(server_args, config)
         scheduler = make_scheduler(server_args, config, *pools)
-        return drive(scheduler, requests, config, pools, on_arrival)
+        return drive(scheduler, requests, config, pools, on_arrival, timed_clock(job))
     finally:
         radix_module.time = saved_time
+
+
+def timed_clock(job: dict) -> Any:
+    """A whatif job ("timed": the step-time model, arrival seconds, closed-loop links) runs on the
+    predicted clock servetrace's own replays use (tracer/replay/whatif/timeline.py, importable here
+    from the editable install); any other job on its requests' arrival steps."""
+    timed = job.get("timed")
+    if not timed:
+        return None
+    from tracer.replay.whatif.step_time import StepTimeModel
+    from tracer.replay.whatif.timeline import Arrival, PredictedClock
+
+    arrivals = [Arrival(r["id"], timed["arrivals_s"][r["id"]], r["arrival_step"]) for r in job["requests"]]
+    after = {rid: (str(p), float(lag)) for rid, (p, lag) in (timed.get("after") or {}).items()}
+    return PredictedClock("sglang", arrivals, StepTimeModel.from_json(timed["model"]), after)
+
+
+def _step_features(batch: Any, is_extend: bool) -> list[float]:
+    """The step-time model's features of a batch (tracer.replay.whatif.step_time.step_features):
+    (tokens, tokens computed before the step, prompt length) per request."""
+    from tracer.replay.whatif.step_time import step_features
+
+    if is_extend:
+        rows = [(int(n), int(p), len(r.origin_input_ids)) for r, n, p in zip(batch.reqs, batch.extend_lens, batch.prefix_lens)]
+    else:  # one token each, after the context it already holds
+        rows = [(1, len(r.origin_input_ids) + len(r.output_ids) - 1, len(r.origin_input_ids)) for r in batch.reqs]
+    return step_features(rows)
 
 
 def _finish_reason(req: Req) -> str | None:
@@ -141,8 +168,11 @@ def _finish_reason(req: Req) -> str | None:
     return {"FINISH_LENGTH": "length", "FINISH_MATCHED_TOKEN": "stop", "FINISH_MATCHED_STR": "stop"}.get(kind, "abort")
 
 
-def drive(scheduler: Scheduler, requests: list[dict], config: dict, pools: tuple, on_arrival: Any = None) -> dict:
-    """Scheduler.event_loop_normal (:2026), one iteration per replay step."""
+def drive(scheduler: Scheduler, requests: list[dict], config: dict, pools: tuple, on_arrival: Any = None,
+          clock: Any = None) -> dict:
+    """Scheduler.event_loop_normal (:2026), one iteration per replay step. With a clock
+    (timed_clock), requests are added when it says they are due and each batch's time goes on it:
+    the result's "log" is its TimedLog."""
     _, allocator, tree_cache = pools
     page_size = config["block_size"]
     forced = {r["id"]: r["output_token_ids"] for r in requests}
@@ -152,13 +182,21 @@ def drive(scheduler: Scheduler, requests: list[dict], config: dict, pools: tuple
     steps: list[dict] = []
     step, idle = 0, 0
     max_steps = job_limit = config.get("max_steps", 100_000)
-    while pending or any(not r.finished() for r in by_id.values()):
+    index_of = {r["id"]: i for i, r in enumerate(requests)}
+    while (clock.waiting() if clock is not None else pending) or any(not r.finished() for r in by_id.values()):
         unfinished = [r for r in by_id.values() if not r.finished()]
-        if not unfinished and pending[0][1]["arrival_step"] > step:
-            step = pending[0][1]["arrival_step"]
+        if clock is not None:
+            if not clock.pending and not unfinished:
+                return _result(steps, "requests wait on a predecessor that never finished", clock)
+            due = [(index_of[rid], requests[index_of[rid]]) for rid in clock.admit(engine_busy=bool(unfinished))]
+        else:
+            if not unfinished and pending[0][1]["arrival_step"] > step:
+                step = pending[0][1]["arrival_step"]
+            due = []
+            while pending and pending[0][1]["arrival_step"] <= step:
+                due.append(pending.pop(0))
         arrivals = []
-        while pending and pending[0][1]["arrival_step"] <= step:
-            index, request = pending.pop(0)
+        for index, request in due:
             req = make_req(request, config, index)
             by_id[req.rid] = req
             scheduler.init_req_max_new_tokens(req)  # as _handle_generate_request (:2959) does: clip to fit
@@ -194,6 +232,8 @@ def drive(scheduler: Scheduler, requests: list[dict], config: dict, pools: tuple
                 if is_extend and req.rid in waiting_before:
                     admitted.append({"request_id": req.rid, "cached_tokens": int(prefix_len),
                                      "resumed": req.rid in ever_retracted})
+            features = _step_features(batch, is_extend) if clock is not None else []
+            outputs_before = {r.rid: len(r.output_ids) for r in batch.reqs}
             result = FORWARD_STAND_IN(batch, forced)
             # The bookkeeping run_batch does before its forward (:4620-4632).
             scheduler.forward_ct += 1
@@ -235,10 +275,23 @@ def drive(scheduler: Scheduler, requests: list[dict], config: dict, pools: tuple
             "update_seconds": update_seconds,
             "new_token_ratio": scheduler.new_token_ratio_tracker.current,
         })
+        if clock is not None:
+            done = [rid for rid, _ in finished]
+            if scheduled or retracted:
+                sampled = [r.rid for r in batch.reqs if len(r.output_ids) > outputs_before[r.rid]] if batch is not None else []
+                clock.ran(dict((rid, n) for rid, n in scheduled), retracted, done, features, sampled)
+            else:
+                clock.empty_step(done, anything_running=bool(running))
         idle = 0 if (scheduled or arrivals) else idle + 1
-        if idle >= 8 and not (pending and pending[0][1]["arrival_step"] > step):
-            return {"steps": steps, "stalled": f"no batch for {idle} steps (waiting: {steps[-1]['waiting'][:5]})"}
+        # Requests still to come keep an idle loop going: on their step, or (timed) their time.
+        later = (bool(clock.pending) and idle < 1000) if clock is not None else bool(pending and pending[0][1]["arrival_step"] > step)
+        if idle >= 8 and not later:
+            return _result(steps, f"no batch for {idle} steps (waiting: {steps[-1]['waiting'][:5]})", clock)
         step += 1
         if len(steps) >= max_steps:
-            return {"steps": steps, "stalled": f"stopped after max_steps={job_limit}"}
-    return {"steps": steps, "stalled": None}
+            return _result(steps, f"stopped after max_steps={job_limit}", clock)
+    return _result(steps, None, clock)
+
+
+def _result(steps: list[dict], stalled: str | None, clock: Any) -> dict:
+    return {"steps": steps, "stalled": stalled, **({} if clock is None else {"log": clock.log.to_json()})}

@@ -33,7 +33,7 @@ from tracer.replay.whatif.predicted_trace import write_predicted_trace
 from tracer.replay.whatif.step_time import StepTimeModel, fit_step_time
 from tracer.replay.workload import WorkloadRequest
 
-WHATIF_ENGINES = ("mini", "vllm", "mini-sglang")
+WHATIF_ENGINES = ("mini", "vllm", "mini-sglang", "sglang")
 # The replay config keys --set may change (the radix-replay keys do not apply to a scheduler replay).
 SETTABLE = {f.name: f.type for f in fields(ReplayConfig) if not f.name.startswith("radix_")}
 TRUE, FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
@@ -128,6 +128,8 @@ def _engine_name(engine: str, run: TracedRun) -> tuple[str, str | None]:
     """The engine's name in the report and, for vLLM, the version whose Scheduler runs."""
     if engine in ("mini", "mini-sglang"):
         return engine, None
+    if engine == "sglang":
+        return "sglang-0.5.23", None  # the Scheduler of .venv-sglang (tracer/replay/sglang_side)
     wanted = run.engine_version if run.engine == "vllm" else None
     if where_to_run(wanted) == "in-process":
         return f"vllm-{bare_version(installed_vllm_version())}", None
@@ -146,6 +148,16 @@ def timed(engine: str, run: TracedRun, config: ReplayConfig, arrivals_s: dict[st
         from tracer.replay.runners.sglang_scheduler import MiniSglangRunner
 
         log = drive_timed(MiniSglangRunner(config), workload, arrivals_s, **clock)
+    elif engine == "sglang":
+        if clock.get("model") is None:
+            raise ReplayError("SGLang's scheduler runs on the predicted clock only (a trace of SGLang is not replayed here)")
+        from tracer.replay.runners.base import validate_workload
+        from tracer.replay.runners.sglang_scheduler import SglangDriver, sglang_job
+
+        validate_workload(workload, config)
+        job = sglang_job(workload, config)
+        job["timed"] = {"model": clock["model"].to_json(), "arrivals_s": arrivals_s, "after": clock.get("after") or {}}
+        log = TimedLog.from_json(SglangDriver.shared().run(job)["log"])
     elif venv_version is None:
         from tracer.replay.runners.vllm import VllmRunner
 
@@ -242,6 +254,11 @@ def run_whatif(trace: str | Path, sets: dict[str, Any], engines: list[str], out_
 
 def check_engines_available(engines: list[str], run: TracedRun) -> None:
     for engine in engines:
+        if engine == "sglang":
+            from tracer.replay.runners.sglang_scheduler import sglang_venv
+
+            if not (sglang_venv() / "bin" / "python").is_file():
+                raise WhatifError(f"--engines sglang needs {sglang_venv() / 'bin' / 'python'} (make setup builds it)")
         if engine == "vllm":
             try:
                 _engine_name(engine, run)
