@@ -116,6 +116,13 @@ def test_the_explorer_labels_the_trace_by_its_mode_and_opens_sglangs_code_beside
     assert ours[screen.first_target(ours)].spec == "engine.sglang_scheduler:SglangScheduler.schedule"
     plain = SourceScreen("scheduler.schedule", "mini")
     assert ours[plain.first_target(ours)].spec == "engine.scheduler:Scheduler.schedule"
+    # The header's walkthrough notes are SGLang's beside SGLang's code (walkthrough 04 has one per engine).
+    from tracer.tui.walkthroughs import notes_for
+    by_engine = {note.engine: note.text for note in notes_for("kv.match_prefix")}
+    header = SourceScreen("kv.match_prefix", model.mirrors, "", "", model.engine_mode).header_text().plain
+    assert by_engine["sglang"][:80] in header and by_engine["vllm"][:80] not in header
+    vllm_side = SourceScreen("kv.match_prefix", "vllm").header_text().plain
+    assert by_engine["vllm"][:80] in vllm_side and by_engine["sglang"][:80] not in vllm_side
 
 
 @pytest.mark.parametrize("config, cause", [

@@ -16,7 +16,7 @@ from textual.widgets import Footer, Static
 
 from tracer.tui.keys import SOURCE_KEYS
 from tracer.tui.sources import SourceView, hop_meaning, hop_sources, our_engines, upstream_engines
-from tracer.tui.walkthroughs import notes_for
+from tracer.tui.walkthroughs import Note, notes_for
 
 SYNTAX_THEME = "monokai"
 SCROLL_COLUMNS = 8  # columns a left / right press moves the code
@@ -163,15 +163,25 @@ class SourceScreen(Screen):
             self.hop, self.target_index = hop, 0
             self.show_hop()
 
-    def show_hop(self) -> None:
+    def notes(self) -> list[Note]:
+        """The hop's walkthrough notes about every engine and about the two panes' engines: ours and
+        the upstream beside it (for a mini-sglang trace SGLang, whom the catalog's mode mirrors), so a
+        trace read with SGLang's logic is not annotated with vLLM's mechanism."""
+        return [note for note in notes_for(self.hop) if note.engine in (None, self.ours, self.upstream)]
+
+    def header_text(self) -> Text:
         header = Text(self.hop, style="bold")
         meaning = hop_meaning(self.hop)
         if meaning:
             header.append(f": {meaning}")
-        for note in notes_for(self.hop):
-            header.append(f"\n{note.title} ({note.walkthrough}): ", style="bold cyan")
+        for note in self.notes():
+            engine = f", {note.engine}" if note.engine else ""
+            header.append(f"\n{note.title} ({note.walkthrough}{engine}): ", style="bold cyan")
             header.append(note.text)
-        self.query_one("#source-header", Static).update(header)
+        return header
+
+    def show_hop(self) -> None:
+        self.query_one("#source-header", Static).update(self.header_text())
         self.refresh_panes()
 
     def first_target(self, views: tuple[SourceView, ...]) -> int:
@@ -194,7 +204,7 @@ class SourceScreen(Screen):
     def action_other_engine(self) -> None:
         if self.upstreams:
             self.upstream = self.upstreams[(self.upstreams.index(self.upstream) + 1) % len(self.upstreams)]
-            self.refresh_panes()
+            self.show_hop()  # the notes follow the engine beside ours
 
     def action_next_target(self) -> None:
         self.target_index += 1
