@@ -56,6 +56,12 @@ def test_every_scheduled_step_has_one_model_execution_in_the_trace_that_schedule
     for step, execute in executes.items():
         assert execute.trace_id == schedules[step].trace_id
         assert execute.start_ns >= schedules[step].end_ns
+    # The forward and the sample run on the queue's worker, often after their step has ended: they
+    # are still written, inside the model.execute of their step.
+    for name in ("model.forward", "sampler.sample"):
+        parts = trace.named(name)
+        assert len(parts) == MAX_TOKENS, name
+        assert {p.parent_span_id for p in parts} == {e.span_id for e in executes.values()}, name
 
 
 def test_the_schedule_of_step_n_plus_1_overlaps_and_links_the_forward_of_step_n(traced_run):

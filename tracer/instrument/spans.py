@@ -34,7 +34,7 @@ logger = logging.getLogger(__name__)
 
 from tracer.traces.schema import (  # noqa: F401  (ALIASES, DROP, TRACEPARENT: re-exported for the extractors)
     ENGINE_MODE, ALIASES, ARRIVAL_STEP, BATCH_IDS, BATCH_PREFIX, EXTRACTOR_ERROR, LINK_REPORTED, REPORTED_ID_KEYS, CARRIER_KEY, DROP, EXTERNAL_ID, HTTP_REQUEST_ID_HEADER, HTTP_STATUS, LINK_KIND,
-    LINK_REQUEST, LINK_STEP, NUM_RUNNING, NUM_WAITING, REQUEST_ID, TRACEPARENT,
+    LINK_REQUEST, LINK_STEP, LINK_WAITING, NUM_RUNNING, NUM_WAITING, REQUEST_ID, TRACEPARENT, WAITING_HEAD,
 )
 
 
@@ -139,7 +139,7 @@ class OpenSpan:
     tokens: tuple | None = None
     gpu_events: tuple | None = None
     started_trace: bool = False
-    deferred: list | None = None  # on an engine.step: (span, end ns) of its parts ended, created at its end
+    deferred: list | tuple | None = None  # on an engine.step: (span, end ns) of its parts ended, created at its end; () once it closed
 
     def materialize(self) -> Any:
         if self.span is None:
@@ -275,7 +275,7 @@ def end(open_span: OpenSpan, args: dict[str, Any], result: Any = None, error: Ba
     if "in_flight" in call.roles:
         overlap.ended(open_span)
     went_idle = False
-    if open_span.deferred:
+    if "step_root" in call.roles:
         step_parts.end_deferred(open_span)
     try:
         after = _run_extractor(call, "after", call.after, args, result) if error is None else {}
@@ -297,6 +297,9 @@ def end(open_span: OpenSpan, args: dict[str, Any], result: Any = None, error: Ba
         batch = attributes.get(BATCH_IDS) or []
         reported = [rid for key in REPORTED_ID_KEYS for rid in (attributes.get(key) or ()) if rid not in batch]
         batch_links = _batch_links(batch) + _batch_links(list(dict.fromkeys(reported)), LINK_REPORTED)
+        if not batch_links and "batch" in call.roles and attributes.get(WAITING_HEAD) is not None:
+            # Scheduled nobody: the step belongs to the head it left waiting (else its trace links nowhere).
+            batch_links = _batch_links([attributes[WAITING_HEAD]], LINK_WAITING)
         if "step_root" in call.roles:
             _steps_emitted[0] += 1
         if open_span.span is None:

@@ -11,9 +11,16 @@ it) loses its parts with it, as it loses its own span.
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Any
 
 logger = logging.getLogger(__name__)
+
+# A step's parts may end on another thread (async scheduling runs the forward on the batch queue's
+# worker, in a copy of the scheduling context, often after its step has ended): a part that ends
+# after its step closed is created at once, and the lock keeps that check and the step's close apart.
+_CLOSED: tuple = ()
+_lock = threading.Lock()
 
 # Roles whose spans are created at once: the step itself; spans another thread links to while they
 # run; the startup trace.
@@ -27,16 +34,20 @@ def defer(open_span: Any, step: Any, error: BaseException | None, end_ns: int) -
     if error is not None or call.scope != "step" or call.inject is not None or open_span.gpu_events is not None \
             or call.roles & _NOT_DEFERRED or step is None or step is open_span:
         return False
-    if step.deferred is None:
-        step.deferred = []
-    step.deferred.append((open_span, end_ns))
+    with _lock:
+        if step.deferred is _CLOSED:
+            return False
+        if step.deferred is None:
+            step.deferred = []
+        step.deferred.append((open_span, end_ns))
     return True
 
 
 def end_deferred(step: Any) -> None:
-    """Create and end the step's deferred parts, in the order they ended (a parent created by its
-    first child's materialize, as at any time)."""
-    deferred, step.deferred = step.deferred or [], None
+    """Close the step: create and end its deferred parts, in the order they ended (a parent created
+    by its first child's materialize, as at any time); parts ending later are created at once."""
+    with _lock:
+        deferred, step.deferred = step.deferred or (), _CLOSED
     for part, end_ns in deferred:
         try:
             part.materialize().end(end_time=end_ns)
