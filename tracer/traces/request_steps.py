@@ -262,8 +262,8 @@ def read_timeline(spans: list[SpanRecord], catalog: Catalog | None = None) -> En
 
 
 def _idle_steps(shape: TraceShape, catalog: Catalog) -> list[list[SpanRecord]]:
-    """Step traces that scheduled nobody yet decided about a waiting head: no request to link to, so
-    tracer.traces.shape files them under orphans. An engine steps while a request waits for its grammar
+    """Step traces that scheduled nobody yet decided about a waiting head, in a trace from before such a
+    step linked to that head (LINK_WAITING): tracer.traces.shape files them under orphans. An engine steps while a request waits for its grammar
     alone (vLLM 0.33's busy loop steps while scheduler.has_requests(), and step() schedules, core.py:
     1608-1614 and 675-677; ours waits up to 50 ms on the compile each such step): those steps are
     that request's waiting, with its head status as the cause."""

@@ -200,9 +200,12 @@ CONFIG_MAX_TOTAL_TOKENS = _key("servetrace.config.max_total_tokens", "int", "KV 
 EXTRACTOR_ERROR = _key("servetrace.extractor.error", "str", "an extractor of this span raised: phase, type and message (the call went on)")
 
 # -- links -------------------------------------------------------------------------------------------
-LINK_KIND = _key("servetrace.link", "str", "on a link: 'request' (a request in the batch), 'reported' (a request the step reports finished or preempted), 'step' (the running step) or 'overlap' (async scheduling: the model execution still running when a schedule began)")
+LINK_KIND = _key("servetrace.link", "str", "on a link: 'request' (a request in the batch), 'reported' (a request the step reports finished or preempted), 'waiting' (the waiting head a step that scheduled nobody names), 'step' (the running step) or 'overlap' (async scheduling: the model execution still running when a schedule began)")
 LINK_REQUEST = "request"
 LINK_REPORTED = "reported"
+# A step that scheduled nobody but names the waiting head it decided about (a request waiting for its
+# grammar alone: the loop steps anyway) links to that head, so its trace is rooted (issue #13's rule).
+LINK_WAITING = "waiting"
 LINK_STEP = "step"
 LINK_OVERLAP = "overlap"
 

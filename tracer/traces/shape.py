@@ -2,7 +2,8 @@
 
 One request is one trace rooted at its entrypoint (http.request), or at a request root when there
 is no HTTP hop; every other trace is a step trace (or a batch-level trace such as detokenize)
-whose root links to at least one request; the server's startup work is one `server.startup`
+whose root links to at least one request (one it ran, reports, or, having scheduled nobody, left
+waiting at the head); the server's startup work is one `server.startup`
 trace. Anything else is an orphan: a span that should have joined a request or a step and did not.
 """
 from __future__ import annotations
@@ -12,7 +13,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from tracer.catalog.hops import Catalog, load_catalog
-from tracer.traces.schema import EXTERNAL_ID, HTTP_REQUEST_ID_HEADER, LINK_KIND, LINK_REPORTED, LINK_REQUEST, REQUEST_ID
+from tracer.traces.schema import (
+    EXTERNAL_ID, HTTP_REQUEST_ID_HEADER, LINK_KIND, LINK_REPORTED, LINK_REQUEST, LINK_WAITING, REQUEST_ID,
+)
 from tracer.traces.trace_file import SpanRecord
 
 
@@ -94,7 +97,7 @@ def analyse(spans: Iterable[SpanRecord], catalog: Catalog | None = None) -> Trac
                 request_span_ids[span.span_id] = request
         elif root.name in startup_roots:
             startup.append(members)
-        elif any(link.attributes.get(LINK_KIND) in (LINK_REQUEST, LINK_REPORTED) for link in root.links):
+        elif any(link.attributes.get(LINK_KIND) in (LINK_REQUEST, LINK_REPORTED, LINK_WAITING) for link in root.links):
             step_traces[trace_id] = members
         else:
             orphans[trace_id] = members

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from tracer.traces.schema import (
     ENGINE_MODE,
-    ENGINE, ENGINE_VERSION, EXTERNAL_ID, LINK_KIND, LINK_OVERLAP, LINK_REPORTED, LINK_STEP,
+    ENGINE, ENGINE_VERSION, EXTERNAL_ID, LINK_KIND, LINK_OVERLAP, LINK_REPORTED, LINK_STEP, LINK_WAITING,
     HTTP_REQUEST_ID_HEADER, NATIVE_REQUEST_ID_KEYS, OPERATION, REQUEST_ID, SERVICE_NAME,
 )
 from tracer.traces.trace_file import SkippedLine, SpanRecord, TraceFile
@@ -263,9 +263,10 @@ def _build_model(trace: TraceFile, shape: StepShape) -> TraceModel:
         tokens = batch_of(step, canonical)
         step.canonical = canonical
         # Requests linked to or from the step: most are in its batch already (checked in C).
-        # A "reported" link (a finish the step reports for a request it did not run) is not taking part.
+        # A "reported" link (a finish the step reports for a request it did not run) is not taking part,
+        # nor a "waiting" one (the head a step that scheduled nobody left waiting).
         # An "overlap" link (async scheduling) points at another step's model execution, not a request.
-        batch_links = [[link for link in span.links if link.attributes.get(LINK_KIND) not in (LINK_REPORTED, LINK_OVERLAP)]
+        batch_links = [[link for link in span.links if link.attributes.get(LINK_KIND) not in (LINK_REPORTED, LINK_OVERLAP, LINK_WAITING)]
                        for span in step.spans if span.links]
         for linked in batch_links + [step.linked]:
             if not tokens.keys() >= set(map(owner_of, map(_trace_id, linked))):
