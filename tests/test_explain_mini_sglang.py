@@ -176,3 +176,16 @@ def test_priority_schedulings_prefix_refresh_touches_the_tree_without_a_lookup_o
 
     WaitingPrefixRefresh()([Waiting()], type("KV", (), {"tree": tree})())
     assert tree.root_node.children[BASE[0]].last_access_time > before
+
+
+def test_the_why_views_reason_meanings_speak_of_pages_and_nodes_not_blocks(planted):
+    """A radix trace's codes mean what explain_radix found (explain_radix.RADIX_REASONS): the why
+    view says 'no earlier request in the trace had this prefix', not a hash cache's 'this block'."""
+    from tracer.traces.explain_radix import RADIX_REASONS
+    from tracer.tui.why import Why
+
+    _, timeline = planted
+    for life in timeline.requests:
+        miss = explain_cache(timeline, life)
+        meaning = Why(life.name, cache=miss).reason_meaning
+        assert meaning == RADIX_REASONS[miss.reason] and "block" not in meaning.replace("partial-block", ""), (life.name, meaning)

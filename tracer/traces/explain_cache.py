@@ -11,7 +11,7 @@ blocks are hashed (vllm/v1/core/kv_cache_utils.py: hash_block_tokens runs per fu
 from __future__ import annotations
 
 from tracer.traces.cache_miss import CacheMiss, prefill_ms_per_token
-from tracer.traces.explain_radix import PAGE_ALIGNMENT, explain_radix
+from tracer.traces.explain_radix import PAGE_ALIGNMENT, RADIX_REASONS, explain_radix
 from tracer.traces.request_steps import EngineTimeline, RequestLife
 
 # Every reason code, with what it means (the explorer's "why" view and --json readers use these).
@@ -31,7 +31,15 @@ REASONS = {
     PAGE_ALIGNMENT: "SGLang looks up whole pages only: the prompt's last, partial page is always computed (SGLang's partial-block)",
 }
 
-__all__ = ["CacheMiss", "REASONS", "explain_cache"]
+__all__ = ["CacheMiss", "REASONS", "explain_cache", "reason_meaning"]
+
+
+def reason_meaning(miss: CacheMiss) -> str:
+    """What the miss's code means in its cache's terms: pages and radix nodes for a radix tree's
+    (explain_radix's, in prefix units), blocks for a hash cache's."""
+    if miss.unit == "prefix unit":
+        return RADIX_REASONS.get(miss.reason) or REASONS.get(miss.reason, "")
+    return REASONS.get(miss.reason, "")
 
 
 def _cached_at(timeline: EngineTimeline, life: RequestLife) -> dict[str, int]:

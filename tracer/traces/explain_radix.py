@@ -26,6 +26,21 @@ from tracer.traces.schema import (
 
 PAGE_ALIGNMENT = "page-alignment"
 
+# What each code explain_radix gives means for a radix tree (explain_cache.REASONS says it of blocks).
+RADIX_REASONS = {
+    "last-token-recompute": "a full hit still computes the last prompt token (SGLang looks up at most len - 1 tokens)",
+    "token-differs": "an earlier request shared the prefix up to this page, then a token differed",
+    "evicted": "an earlier request put this prefix in the radix tree; an allocation evicted its node before this lookup",
+    "still-computing": "an earlier request had not yet put this prefix in the tree at this lookup (SGLang inserts after the prefill's forward)",
+    "never-cached": "no earlier request in the trace had this prefix",
+    "not-in-trace": "the trace starts after the server did: the request that could have cached it may be before it",
+    "caching-disabled": "the radix cache was off for this lookup (--disable-radix-cache)",
+    "salt-or-adapter": "the tokens match an earlier request's, in another namespace of the tree (extra_key / cache_salt: a salt or a LoRA adapter)",
+    "unexplained": "the trace says the prefix was in the tree and not evicted, yet the lookup stopped short (an eviction or insert the trace lacks)",
+    "no-block-hashes": "the trace has no radix lookup or prefix hashes for this request (an engine or version that does not record them)",
+    PAGE_ALIGNMENT: "SGLang looks up whole pages only: the prompt's last, partial page is always computed (SGLang's partial-block)",
+}
+
 
 def _unit(life: RequestLife) -> int | None:
     for span in life.request.spans:

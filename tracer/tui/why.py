@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from collections.abc import Sequence
 from typing import Protocol
 
-from tracer.traces.explain_cache import REASONS, CacheMiss, explain_cache
+from tracer.traces.explain_cache import CacheMiss, explain_cache, reason_meaning
 from tracer.traces.explain_time import TimeSplit, split_time
 from tracer.traces.request_steps import NOT_EXPLAINED, EngineTimeline, RequestLife, read_timeline, unexplained_engines
 from tracer.traces.trace_file import SpanRecord
@@ -50,7 +50,7 @@ class Why:
 
     @property
     def reason_meaning(self) -> str:
-        return REASONS.get(self.cache.reason, "") if self.cache is not None else ""
+        return reason_meaning(self.cache) if self.cache is not None else ""
 
 
 class WhyIndex:
