@@ -70,6 +70,8 @@ class LLMEngine:
                 self.tokenizer.hf, model_config.vocab_size, config.scheduler.max_num_seqs,
                 stop_token_ids=[self.eos_token_id] if self.eos_token_id is not None else None,
                 encode=self.tokenizer.encode, jump_forward=config.structured_outputs.jump_forward,
+                # With speculation the bitmask has 1 + k rows per request (vLLM: num_speculative_tokens).
+                max_num_spec_tokens=config.speculative.num_speculative_tokens if config.speculative else 0,
             )
             scheduler_class = AsyncScheduler if config.scheduler.async_scheduling else Scheduler
             self.scheduler = scheduler_class(
@@ -135,11 +137,6 @@ class LLMEngine:
         if params.structured_outputs is not None:
             if self.structured_output_manager is None:
                 raise StructuredOutputError("structured outputs are served with cache_mode 'vllm' only")
-            if self.config.speculative is not None:
-                # vLLM 0.33 masks every draft position and rolls the grammar back over rejected
-                # drafts; this engine's grammar advances one sampled token a step, so it refuses
-                # the combination rather than verify drafts the grammar never checked.
-                raise StructuredOutputError("structured outputs are not served with speculative decoding (--speculative-method)")
             validate_structured_outputs(params.structured_outputs)
         needed = len(prompt_token_ids) + params.max_tokens
         if needed > self.max_model_len:

@@ -198,7 +198,8 @@ class ModelRunner:
             logits = self.model.compute_logits(hidden[model_input.logits_indices])
         if grammar_output is not None:
             sampled_req_ids = [model_input.req_ids[i] for i in model_input.sampled_req_indices]
-            grammar_apply.apply_grammar_bitmask(logits, sampled_req_ids, grammar_output)
+            num_drafts = [len(d) for d in model_input.spec_drafts] if model_input.spec_drafts else None
+            grammar_apply.apply_grammar_bitmask(logits, sampled_req_ids, grammar_output, num_drafts)
         sampled = self._sample(logits, model_input)
         output = self._build_output(model_input, sampled)
         if self.drafter is not None:

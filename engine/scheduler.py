@@ -9,7 +9,7 @@ requests are admitted only if nothing was preempted this step.
 
 Deliberate differences from vLLM 0.33 (named so the replay report can name them too):
 - speculative decoding with n-gram drafts only (no lookahead slots, no dynamic k), and not with
-  async scheduling or structured output; no encoder inputs, LoRA or KV connectors;
+  async scheduling; no encoder inputs, LoRA or KV connectors;
 - synchronous scheduling here; vLLM 0.33's default, AsyncScheduler (one step of lookahead with
   output placeholders), is engine.async_scheduler.AsyncScheduler, a subclass of this one (replay
   drives either pair: ReplayConfig.async_scheduling);
@@ -287,7 +287,8 @@ class Scheduler:
         """
         if self.structured_output_manager is None:
             return None
-        return self.structured_output_manager.grammar_bitmask(self.requests, so.sampling_ids(self.requests, scheduler_output))
+        return self.structured_output_manager.grammar_bitmask(self.requests, so.sampling_ids(self.requests, scheduler_output),
+                                                              scheduler_output.scheduled_spec_decode_tokens)
 
     def _preempt_request(self, request: Request, timestamp: float) -> None:
         # Mirrors: vllm.v1.core.sched.scheduler:Scheduler._preempt_request (vllm 0.33.0)
@@ -360,7 +361,7 @@ class Scheduler:
 
     def update_draft_token_ids(self, draft_token_ids: DraftTokenIds) -> None:
         """The drafts proposed after a step, for the next schedule (engine.spec_decode.scheduling)."""
-        spec.update_draft_token_ids(self.requests, draft_token_ids)
+        spec.update_draft_token_ids(self.requests, draft_token_ids, self.structured_output_manager)
 
     def _update_request_with_output(self, request: Request, new_token_ids: list[int]) -> tuple[list[int], bool]:
         # Mirrors: vllm.v1.core.sched.scheduler:Scheduler._update_request_with_output (vllm 0.33.0)

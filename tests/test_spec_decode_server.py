@@ -3,6 +3,7 @@ the same text, drafts are accepted, and the pool is free afterwards. The flags t
 from __future__ import annotations
 
 import argparse
+import re
 
 import pytest
 
@@ -63,7 +64,9 @@ def test_speculation_refuses_async_scheduling_as_vllms_v1_runner():
         LLMEngine(parse("--async-scheduling", "--speculative-method", "ngram"))  # before the model loads
 
 
-def test_a_constrained_request_on_a_speculating_server_is_a_400():
+def test_a_constrained_request_on_a_speculating_server_is_served():
+    """Speculation with structured output (once a 400): drafts are verified under the grammar's
+    1 + k rows, so the text matches the regex, streamed and not."""
     engine = LLMEngine(EngineConfig(
         model=ModelConfig(dtype="float32"),
         cache=CacheConfig(block_size=16, num_blocks=NUM_BLOCKS),
@@ -74,11 +77,14 @@ def test_a_constrained_request_on_a_speculating_server_is_a_400():
     try:
         client = server.client()
         model = client.models.list().data[0].id
-        import openai
-
-        with pytest.raises(openai.BadRequestError, match="not served with speculative decoding"):
-            client.completions.create(model=model, prompt=PROMPT, max_tokens=8, temperature=0,
-                                      extra_body={"structured_outputs": {"regex": "[0-9]+"}})
+        body = {"structured_outputs": {"regex": "[0-9]{3}-[a-z]{2,4}( [0-9]{3}-[a-z]{2,4}){0,3}"}}
+        prompt = "Codes: 123-abc 123-abc 123-abc 123-abc 123-"
+        plain = client.completions.create(model=model, prompt=prompt, max_tokens=24, temperature=0, extra_body=body)
+        stream = client.completions.create(model=model, prompt=prompt, max_tokens=24, temperature=0, stream=True, extra_body=body)
+        streamed = "".join(chunk.choices[0].text for chunk in stream if chunk.choices)
+        assert re.fullmatch(body["structured_outputs"]["regex"], plain.choices[0].text), plain.choices[0].text
+        assert streamed == plain.choices[0].text
+        assert engine.scheduler.spec_decoding_stats.num_accepted_tokens > 0
         server.assert_idle_and_pool_free()
     finally:
         server.stop()

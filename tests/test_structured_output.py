@@ -339,3 +339,106 @@ def test_rollback_returns_the_grammar_to_where_it_was(points_grammar, data):
     grammar.rollback(j)
     assert torch.equal(_bitmask(backend, grammar), _bitmask(backend, expected_grammar))
     assert grammar.num_processed_tokens == k - j and grammar.is_terminated() == expected_grammar.is_terminated()
+
+
+# -- with speculation: drafts validated, 1 + k rows per request, rollback ------------------------
+
+COPY_JSON = '{"name":"Alice","address":{"city":"Paris","zip":"75001"}}'
+SPEC_CASES = [  # copy-heavy prompts, so that prompt lookup proposes drafts the verifier accepts
+    ("json", f"Copy the JSON exactly.\nJSON: {COPY_JSON}\nCopy: {COPY_JSON}\nJSON: {COPY_JSON}\nCopy: ",
+     StructuredOutputsParams(json=next(s["schema"] for s in SCHEMAS if s["name"] == "nested_address"), disable_any_whitespace=True)),
+    ("regex", "Codes: 123-abc 123-abc 123-abc 123-abc 123-",
+     StructuredOutputsParams(regex=r"[0-9]{3}-[a-z]{2,4}( [0-9]{3}-[a-z]{2,4}){0,3}")),
+    ("choice", "Is the sky blue? yes or no? maybe. Is the sky blue? yes or no? maybe. Answer:",
+     StructuredOutputsParams(choice=["yes or no", "maybe not", "yes or no? maybe"])),
+]
+
+
+@pytest.fixture(scope="module")
+def spec_engine():
+    """A speculating engine (n-gram, k = 4) over the same model, fp32 as the shared engine."""
+    from engine.config import CacheConfig, EngineConfig, ModelConfig, SchedulerConfig, SpeculativeConfig
+    from engine.llm_engine import LLMEngine
+
+    return LLMEngine(EngineConfig(
+        model=ModelConfig(dtype="float32"), cache=CacheConfig(block_size=16, num_blocks=200),
+        scheduler=SchedulerConfig(max_num_seqs=8, max_num_batched_tokens=512, max_model_len=512),
+        speculative=SpeculativeConfig(num_speculative_tokens=4, prompt_lookup_min=2, prompt_lookup_max=4),
+    ))
+
+
+def test_constrained_greedy_with_speculation_equals_it_without(spec_engine):
+    """JSON schema, regex and choice in one batch: the same tokens with drafts verified under 1 + k
+    grammar rows per request as without speculation (which equals transformers + xgrammar, above)."""
+    params = [SamplingParams(temperature=0, max_tokens=MAX_TOKENS, structured_outputs=p) for _, _, p in SPEC_CASES]
+    prompts = [prompt for _, prompt, _ in SPEC_CASES]
+    stats = spec_engine.scheduler.spec_decoding_stats
+    accepted_before = stats.num_accepted_tokens
+    with_spec = spec_engine.generate(prompts, params)
+    without = shared_engine().generate(prompts, params)
+    for (name, _, _), got, want in zip(SPEC_CASES, with_spec, without):
+        assert (got.output_token_ids, got.finish_reason) == (want.output_token_ids, want.finish_reason), name
+        assert got.finish_reason == "stop", (name, got.text)
+    jsonschema.validate(json.loads(with_spec[0].text), SPEC_CASES[0][2].json)
+    assert re.fullmatch(SPEC_CASES[1][2].regex, with_spec[1].text)
+    assert with_spec[2].text in SPEC_CASES[2][2].choice
+    assert stats.num_accepted_tokens - accepted_before >= 20, "the copy-heavy prompts should accept drafts"
+    assert spec_engine.scheduler.kv_cache_manager.get_num_free_blocks() == 200 - 1
+
+
+@settings(max_examples=25, deadline=None)
+@given(data=st.data())
+def test_each_draft_row_is_the_grammar_after_the_drafts_before_it(points_grammar, data):
+    """grammar_bitmask with drafts: row i of a request's block masks as the grammar does after its
+    first i drafts; a -1 placeholder leaves its later rows all-allowed; the grammar is where it was after."""
+    from engine.structured_output.manager import StructuredOutputManager
+
+    backend, ctx, encode = points_grammar
+    tokens = encode('{"points":[{"x":1,"y":2},{"x":3,"y":4}]}')
+    k = 4
+    start = data.draw(st.integers(0, len(tokens) - 1), label="tokens already accepted")
+    drafts = tokens[start + 1: start + 1 + data.draw(st.integers(0, k), label="drafts")]
+    if drafts and data.draw(st.booleans(), label="padded"):
+        drafts = drafts[:-1] + [-1]
+    manager = StructuredOutputManager(None, backend.vocab_size, max_num_seqs=2, max_num_spec_tokens=k)
+    manager._backend = backend
+    request = Request(request_id="r", prompt_token_ids=[1], sampling_params=SamplingParams(
+        structured_outputs=StructuredOutputsParams(regex="a")), eos_token_id=None, arrival_time=0.0)
+    request.structured_output_request.grammar = grammar = backend.new_grammar(ctx)
+    assert grammar.accept_tokens("r", tokens[:start + 1])
+    before = _bitmask(backend, grammar)
+    output = manager.grammar_bitmask({"r": request}, ["r"], {"r": drafts})
+    assert output.grammar_bitmask.shape[0] == 1 + k
+    valid = [t for t in drafts if t != -1]
+    for i in range(len(drafts) + 1):
+        if i > len(valid):  # past the placeholder: never accepted, so unconstrained
+            assert bool((output.grammar_bitmask[i] == -1).all())
+            continue
+        expected = backend.new_grammar(ctx)
+        assert expected.accept_tokens("r", tokens[:start + 1] + valid[:i])
+        assert torch.equal(output.grammar_bitmask[i:i + 1], _bitmask(backend, expected)), i
+    assert output.num_acceptable_drafts == [len(valid)]
+    assert torch.equal(_bitmask(backend, grammar), before) and grammar.num_processed_tokens == start + 1  # rolled back
+
+
+def test_drafts_are_cut_at_the_first_token_the_grammar_refuses():
+    """Scheduler.update_draft_token_ids keeps a structured request's drafts up to the first its
+    grammar refuses (vLLM: StructuredOutputManager.validate_tokens); the grammar does not move."""
+    from engine.outputs import DraftTokenIds
+    from engine.spec_decode.scheduling import update_draft_token_ids
+
+    engine = shared_engine()
+    manager = engine.structured_output_manager
+    request = Request(request_id="draft", prompt_token_ids=[1], sampling_params=SamplingParams(
+        structured_outputs=StructuredOutputsParams(regex=r"[0-9]{3}-[a-z]{2}")), eos_token_id=None, arrival_time=0.0)
+    manager.grammar_init(request)
+    while not request.structured_output_request.is_grammar_ready:
+        manager.wait_for_compiles(timeout=1.0)
+    encode = engine.tokenizer.encode
+    digits, letters = encode("123"), encode("-ab")
+    drafts = digits + encode("x") + letters  # "x" cannot follow the digits
+    update_draft_token_ids({"draft": request}, DraftTokenIds(["draft"], [drafts]), manager)
+    assert request.spec_token_ids == digits
+    update_draft_token_ids({"draft": request}, DraftTokenIds(["draft"], [digits + letters]), manager)
+    assert request.spec_token_ids == digits + letters
+    assert request.structured_output_request.grammar.num_processed_tokens == 0

@@ -63,14 +63,18 @@ def roll_back_rejected(
     stats.observe_draft(len(scheduled_spec_token_ids), num_accepted)
 
 
-def update_draft_token_ids(requests: dict[str, Request], draft_token_ids: DraftTokenIds) -> None:
+def update_draft_token_ids(requests: dict[str, Request], draft_token_ids: DraftTokenIds,
+                           structured_output_manager=None) -> None:
     # Mirrors: vllm.v1.core.sched.scheduler:Scheduler.update_draft_token_ids (vllm 0.33.0)
+    # A structured request keeps its drafts up to the first its grammar refuses (validate_tokens).
     for request_id, spec_token_ids in zip(draft_token_ids.req_ids, draft_token_ids.draft_token_ids):
         request = requests.get(request_id)
         if request is None or request.is_finished:
             continue
         # A prefill chunk's drafts were proposed from a partial prompt: dropped.
         request.spec_token_ids = [] if request.is_prefill_chunk else list(spec_token_ids)
+        if structured_output_manager is not None and request.spec_token_ids:
+            request.spec_token_ids = structured_output_manager.validate_tokens(request, request.spec_token_ids)
 
 
 def cache_accepted_blocks(kv_cache_manager: KVCacheManager, request: Request) -> None:

@@ -12,17 +12,28 @@ import torch
 import xgrammar as xgr
 
 
-def apply_grammar_bitmask(logits: torch.Tensor, sampled_req_ids: list[str], grammar_output) -> None:
-    """Mask, in place, the logits rows of structured requests; logits row i belongs to sampled_req_ids[i]."""
-    row_of = {req_id: row for row, req_id in enumerate(sampled_req_ids)}
+def apply_grammar_bitmask(logits: torch.Tensor, sampled_req_ids: list[str], grammar_output,
+                          num_drafts: list[int] | None = None) -> None:
+    """Mask, in place, the logits rows of structured requests. The logits hold 1 + num_drafts[i]
+    rows for sampled_req_ids[i] (one each without speculation), in that order; the bitmask a
+    block of mask_stride rows per structured request, its first 1 + drafts filled (vLLM:
+    utils.py:101-175, the cumulative_offset over scheduled_spec_decode_tokens)."""
+    num_drafts = num_drafts or [0] * len(sampled_req_ids)
+    first_row: dict[str, tuple[int, int]] = {}
+    offset = 0
+    for req_id, drafts in zip(sampled_req_ids, num_drafts, strict=True):
+        first_row[req_id] = (offset, 1 + drafts)
+        offset += 1 + drafts
     bitmask = grammar_output.grammar_bitmask
+    mask_stride = bitmask.shape[0] // len(grammar_output.structured_output_request_ids)
     out_indices: list[int] = []
     mask_rows: list[int] = []
-    for mask_row, req_id in enumerate(grammar_output.structured_output_request_ids):
-        row = row_of.get(req_id)
-        if row is not None:  # a request that samples nothing this step has no logits row
-            out_indices.append(row)
-            mask_rows.append(mask_row)
+    for index, req_id in enumerate(grammar_output.structured_output_request_ids):
+        rows = first_row.get(req_id)
+        if rows is not None:  # a request that samples nothing this step has no logits row
+            logit_row, num_rows = rows
+            out_indices.extend(range(logit_row, logit_row + num_rows))
+            mask_rows.extend(range(index * mask_stride, index * mask_stride + num_rows))
     if not out_indices:
         return
     sorted_bitmask = torch.full((logits.shape[0], bitmask.shape[1]), -1, dtype=bitmask.dtype)

@@ -27,7 +27,7 @@ class XgrammarBackend:
         # xgrammar's own compiled-grammar cache stays on (vLLM: cache_enabled=True); the manager
         # keeps the per-key Future above it so a hit is visible and a concurrent twin waits on one compile.
         self.compiler = xgr.GrammarCompiler(self.tokenizer_info, max_threads=8, cache_enabled=True)
-        # Speculative decoding (another branch) sets this: how far a matcher can roll back.
+        # num_speculative_tokens, as vLLM passes it (backend_xgrammar.py:199-203); xgrammar 0.2.8 rolls back without limit.
         self.max_rollback_tokens = max_rollback_tokens
 
     def compile(self, kind: StructuredOutputOptions, spec: str, disable_any_whitespace: bool = False) -> xgr.CompiledGrammar:

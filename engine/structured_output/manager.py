@@ -6,7 +6,8 @@ Mirrors: vllm.v1.structured_output:StructuredOutputManager (vllm 0.33.0)
 - grammar_bitmask fills one row per structured request on the scheduler side (__init__.py:382-531),
   in the order of structured_output_request_ids; the model runner reorders and applies it (apply.py);
 - accept_tokens advances a grammar on the tokens the scheduler kept (__init__.py:533-553);
-  rollback undoes accepted tokens (speculative decoding's rejected drafts).
+  validate_tokens cuts drafts at the first token the grammar refuses (update_draft_token_ids);
+  grammar_bitmask fills 1 + k rows per request, advancing over the drafts and rolling back after.
 The compile cache by key is explicit here (SGLang keeps one too: BaseGrammarBackend.cache,
 sglang/srt/constrained/base_grammar_backend.py:304-316; vLLM relies on xgrammar's compiler cache,
 backend_xgrammar.py:219-224), so a span can say whether a request's compile hit it.
@@ -40,10 +41,13 @@ class GrammarOutput:
     """Mirrors: vllm.v1.core.sched.output:GrammarOutput (vllm 0.33.0)"""
 
     structured_output_request_ids: list[str]
-    # [rows, ceil(vocab / 32)] int32, one row per request (1 + its drafts with speculation).
+    # [requests * (1 + k), ceil(vocab / 32)] int32: a block of 1 + k rows per request with k-token
+    # speculation (one row each without), of which the first 1 + its drafts are filled.
     grammar_bitmask: torch.Tensor
     # Ours, for spans: the fraction of the vocabulary each request's (last) row masks.
     masked_fractions: list[float] = field(default_factory=list)
+    # Per request: how many leading drafts its rows constrain (vLLM 0.33's field, output.py:347-351).
+    num_acceptable_drafts: list[int] | None = None
 
 
 class StructuredOutputManager:
@@ -144,8 +148,14 @@ class StructuredOutputManager:
         scheduled_spec_decode_tokens: dict[str, list[int]] | None = None,
     ) -> GrammarOutput | None:
         """Mirrors: vllm.v1.structured_output:StructuredOutputManager.grammar_bitmask (vllm 0.33.0)
-        One row per request, plus one per draft token with speculation: a draft row is filled, the
-        draft accepted to fill the next, and the grammar rolled back after (__init__.py:449-521)."""
+        Each request owns a block of 1 + k rows (k = num_speculative_tokens; mask_stride,
+        vllm/v1/structured_output/__init__.py:393-395): row i is the grammar's state after the
+        request's first i drafts, so it masks the logits that verify draft i (the last row, the
+        bonus token's). The grammar is advanced over each draft to fill the next row and rolled
+        back after (__init__.py:449-521); it is advanced for good only on the tokens the verifier
+        keeps (accept_tokens, from update_from_output). After a -1 placeholder draft the rows are
+        all-allowed (those drafts are never accepted); a draft the grammar refuses (validation
+        should have cut it) makes its row and the later ones copies of the last valid row."""
         if not structured_output_request_ids:
             return None
         spec_tokens = scheduled_spec_decode_tokens or {}
@@ -153,33 +163,62 @@ class StructuredOutputManager:
         if self._grammar_bitmask is None:
             self._grammar_bitmask = self.backend.allocate_token_bitmask(self.max_num_seqs * stride)
         bitmask = self._grammar_bitmask
-        index = 0
         fractions: list[float] = []
-        for req_id in structured_output_request_ids:
-            request = requests[req_id]
-            so_request = request.structured_output_request
+        num_acceptable_drafts: list[int] = []
+        for grammar_idx, req_id in enumerate(structured_output_request_ids):
+            index = grammar_idx * stride
+            so_request = requests[req_id].structured_output_request
             grammar = so_request.grammar
-            advanced = 0
-            for token in spec_tokens.get(req_id, ()):
-                self._fill_row(grammar, bitmask, index)
+            req_tokens = spec_tokens.get(req_id, [])
+            state_advancements = 0
+            seen_padding = False
+            failed_index: int | None = None
+            for token in req_tokens:
+                if failed_index is not None:
+                    bitmask[index].copy_(bitmask[failed_index])
+                    index += 1
+                    continue
+                self._fill_row(grammar, bitmask, index, apply_bitmask=not seen_padding)
+                if token == -1:
+                    seen_padding = True
+                elif not seen_padding:
+                    if not grammar.is_terminated() and grammar.accept_tokens(req_id, [token]):
+                        state_advancements += 1
+                    else:
+                        failed_index = index
                 index += 1
-                if token != -1 and not grammar.is_terminated() and grammar.accept_tokens(req_id, [token]):
-                    advanced += 1
-            self._fill_row(grammar, bitmask, index)
+            if failed_index is not None:
+                bitmask[index].copy_(bitmask[failed_index])
+            else:
+                self._fill_row(grammar, bitmask, index, apply_bitmask=not seen_padding)
             so_request.masked_fraction = masked_fraction(bitmask[index], self.vocab_size)
             fractions.append(so_request.masked_fraction)
-            index += 1
-            if advanced:
-                grammar.rollback(advanced)
-        return GrammarOutput(list(structured_output_request_ids), bitmask[:index], fractions)
+            num_acceptable_drafts.append(len(strip_speculative_padding(req_tokens)))
+            if state_advancements > 0:
+                grammar.rollback(state_advancements)
+        num_masks = len(structured_output_request_ids) * stride
+        return GrammarOutput(list(structured_output_request_ids), bitmask[:num_masks], fractions, num_acceptable_drafts)
 
     @staticmethod
-    def _fill_row(grammar: XgrammarGrammar, bitmask: torch.Tensor, index: int) -> None:
-        # A terminated grammar leaves its row all-allowed (vLLM _fill_bitmasks, __init__.py:240-247).
-        if grammar.is_terminated():
-            bitmask[index].fill_(-1)
-        else:
+    def _fill_row(grammar: XgrammarGrammar, bitmask: torch.Tensor, index: int, apply_bitmask: bool = True) -> None:
+        # Mirrors: vllm.v1.structured_output:StructuredOutputManager._fill_bitmasks (vllm 0.33.0)
+        # A terminated grammar (or a row past a placeholder draft) leaves its row all-allowed.
+        if apply_bitmask and not grammar.is_terminated():
             grammar.fill_bitmask(bitmask, index)
+        else:
+            bitmask[index].fill_(-1)
+
+    def validate_tokens(self, request: "Request", spec_tokens: list[int]) -> list[int]:
+        """Mirrors: vllm.v1.structured_output:StructuredOutputManager.validate_tokens (vllm 0.33.0)
+        The drafts up to the first the grammar refuses (placeholders and what follows stripped);
+        the scheduler keeps only these (Scheduler.update_draft_token_ids, scheduler.py:2862-2881)."""
+        if not request.use_structured_output:
+            return spec_tokens
+        spec_tokens = strip_speculative_padding(spec_tokens)
+        grammar = request.structured_output_request.grammar
+        if grammar is None or isinstance(grammar, Exception):
+            return []
+        return grammar.validate_tokens(spec_tokens)
 
     # -- grammar state ---------------------------------------------------------------------
 
@@ -208,6 +247,15 @@ class StructuredOutputManager:
 
     def shutdown(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
+
+
+def strip_speculative_padding(token_ids: list[int]) -> list[int]:
+    """Mirrors: vllm.v1.structured_output.utils:strip_speculative_padding (vllm 0.33.0)
+    The drafts before the first -1 placeholder."""
+    for i, token_id in enumerate(token_ids):
+        if token_id < 0:
+            return token_ids[:i]
+    return token_ids
 
 
 def masked_fraction(row: torch.Tensor, vocab_size: int) -> float:
