@@ -1,6 +1,6 @@
 """Structured output on our engine: compile cost cold and cached, bitmask fill and apply cost per
 step, and jump-forward (SGLang's earlier design) against plain constrained decoding on the 20 JSON
-schemas of tests/data/structured_output_schemas.json, greedy, batched.
+schemas of tracer/labs/data/structured_output_schemas.json, greedy, batched.
 
 Reports forward passes per output (a request's forward passes = the steps that computed its tokens
 and sampled for it), the ratio jump-forward saves, tokens/s, and how often the text differs with

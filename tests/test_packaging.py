@@ -95,3 +95,10 @@ def test_with_only_the_core_dependencies_the_user_commands_work_and_engine_comma
         assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
         assert "pip install 'servetrace[engine]'" in result.stderr
 
+
+
+def test_the_wheel_carries_the_labs_data(wheel):
+    """The structured-output lab reads its 20 schemas from package data, so it runs from the wheel."""
+    import zipfile
+
+    assert "tracer/labs/data/structured_output_schemas.json" in zipfile.ZipFile(wheel).namelist()

@@ -1,6 +1,6 @@
 """Structured output (issue 22): JSON schema, regex and choice constraints, through the real HTTP server.
 
-The 20 schemas of tests/data/structured_output_schemas.json go in at once, each twice (streamed and
+The 20 schemas of tracer/labs/data/structured_output_schemas.json (the lab's package data) go in at once, each twice (streamed and
 not) so the whole set is one engine run; greedy, so both answers must be the same text, and that
 text must parse and validate. The engine's constrained greedy output must equal transformers'
 greedy output under xgrammar's own logits processor (xgrammar.contrib.hf), token for token.
@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from pathlib import Path
 
 import jsonschema
 import openai
@@ -25,8 +24,9 @@ from engine.sampling_params import SamplingParams
 from engine.structured_output import StructuredOutputsParams
 from engine.structured_output.params import get_structured_output_key
 from tests.test_server import NUM_BLOCKS, RunningServer, post_raw, shared_engine
+from tracer.labs.structured_output_lab import load_schemas
 
-SCHEMAS = json.loads((Path(__file__).parent / "data" / "structured_output_schemas.json").read_text())["schemas"]
+SCHEMAS = load_schemas()
 MAX_TOKENS = 40  # the longest greedy answer of the 20 is 35 tokens
 REGEX = r"[0-9]{3}-[a-z]{2,4}"
 CHOICES = ["yes", "no", "maybe"]
@@ -442,3 +442,4 @@ def test_drafts_are_cut_at_the_first_token_the_grammar_refuses():
     update_draft_token_ids({"draft": request}, DraftTokenIds(["draft"], [digits + letters]), manager)
     assert request.spec_token_ids == digits + letters
     assert request.structured_output_request.grammar.num_processed_tokens == 0
+

@@ -1,6 +1,6 @@
 """Structured output on our engine: what a grammar costs (compile cold and cached, the bitmask per
 step) and what jump-forward saves (forward passes, tokens/s), on the 20 JSON schemas of
-tests/data/structured_output_schemas.json, greedy, in one batch.
+tracer/labs/data/structured_output_schemas.json (package data), greedy, in one batch.
 
 bench/structured_output.py runs the same measurements and writes bench/results/structured_output.*;
 the lab renders them for walkthroughs/12-structured-output.md. CPU numbers on a shared machine.
@@ -17,7 +17,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # spinning OpenMP threads s
 
 from tracer.labs.registry import Lab, LabResult, Table, environment, load_average
 
-SCHEMAS_FILE = Path(__file__).resolve().parents[2] / "tests" / "data" / "structured_output_schemas.json"
+# Package data (pyproject's tracer.labs entry): the lab runs from an installed wheel, not only a checkout.
+SCHEMAS_FILE = Path(__file__).resolve().parent / "data" / "structured_output_schemas.json"
 MAX_TOKENS = 64
 
 
