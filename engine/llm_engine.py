@@ -26,6 +26,7 @@ from engine.scheduler import Scheduler
 from engine.sglang_scheduler import SglangScheduler
 from engine.structured_output import StructuredOutputError, validate_structured_outputs
 from engine.structured_output.manager import StructuredOutputManager
+from engine.structured_output.overlap import OverlappedStep
 from engine.tokenizer import PromptError, Tokenizer, default_model_path
 
 
@@ -78,6 +79,10 @@ class LLMEngine:
                 config.scheduler, config.cache, num_blocks, self.structured_output_manager,
                 speculative_config=config.speculative,
             )
+        # The synchronous step with a mask to fill runs the forward on a worker thread meanwhile.
+        self.overlapped_step = (
+            OverlappedStep(self.scheduler, self.model_runner) if self.structured_output_manager is not None else None
+        )
         # Async scheduling steps through the batch queue (vLLM: EngineCore.step_fn).
         self.batch_queue = (
             BatchQueue(self.scheduler, self.model_runner, self.structured_output_manager)
@@ -177,13 +182,15 @@ class LLMEngine:
             core_outputs = self.batch_queue.step() or []
         else:
             scheduler_output = self.scheduler.schedule()
-            grammar_output = None
-            if self.structured_output_manager is not None:
-                # vLLM 0.33 fills it while the forward pass runs (core.py:678-686); ours is one thread.
-                grammar_output = self.scheduler.get_grammar_bitmask(scheduler_output)
-                if scheduler_output.is_empty and self.structured_output_manager.has_pending_compiles():
-                    self.structured_output_manager.wait_for_compiles(timeout=0.05)  # nothing runs until one is ready
-            model_runner_output = self.model_runner.execute_model(scheduler_output, grammar_output)
+            manager = self.structured_output_manager
+            if manager is not None and self.overlapped_step.needs_mask(scheduler_output):
+                # vLLM 0.33's order: the forward starts, the mask is filled meanwhile, then sampling
+                # applies it (vllm/v1/engine/core.py:667-697 EngineCore.step).
+                model_runner_output = self.overlapped_step.execute(scheduler_output)
+            else:
+                if manager is not None and scheduler_output.is_empty and manager.has_pending_compiles():
+                    manager.wait_for_compiles(timeout=0.05)  # nothing runs until one is ready
+                model_runner_output = self.model_runner.execute_model(scheduler_output)
             core_outputs = self.scheduler.update_from_output(scheduler_output, model_runner_output)
             # vLLM: EngineCore.post_step hands the drafts proposed in this step to the scheduler.
             draft_token_ids = self.model_runner.take_draft_token_ids()

@@ -15,6 +15,8 @@ propose_draft_token_ids / take_draft_token_ids).
 """
 from __future__ import annotations
 
+import time
+from concurrent.futures import Future
 from dataclasses import dataclass
 
 import torch
@@ -86,6 +88,9 @@ class ModelInput:
     step: int = 0  # the scheduler's step counter (SchedulerOutput.step), for traces
     # The drafts of each sampled request (empty without); any drafts: its rows are n + 1 per request.
     spec_drafts: list[list[int]] | None = None
+    # With the bitmask filled while the forward runs (engine.structured_output.overlap): when the
+    # forward started and when its logits were ready (perf_counter), for the bench.
+    forward_window: tuple[float, float] | None = None
 
 
 class ModelRunner:
@@ -183,12 +188,14 @@ class ModelRunner:
 
     @torch.inference_mode()
     def execute_model_input(self, model_input: ModelInput | None, grammar_output=None) -> ModelRunnerOutput:
-        """The device half of execute_model: placeholders filled, forward, grammar bitmask, sample.
+        """The device half of execute_model: placeholders filled, forward, grammar bitmask, sample
+        (a Future grammar_output is awaited once the logits are ready: vLLM's sample_tokens).
         Touches only the prepared input and the last step's sampled tokens, so it may run on a worker
         thread while the next step is scheduled; steps must execute in the order they were prepared."""
         if model_input is None:
             self._last_sampled = {}
             return ModelRunnerOutput(req_ids=[], sampled_token_ids=[])
+        forward_start = time.perf_counter()
         for row, req_id in model_input.placeholder_rows:
             model_input.input_ids[row] = self._last_sampled[req_id]
         if self._runs_from_cuda_graph(model_input):
@@ -196,6 +203,9 @@ class ModelRunner:
         else:
             hidden = self.model(model_input.input_ids, model_input.positions, model_input.attn_metadata, self.kv_caches)
             logits = self.model.compute_logits(hidden[model_input.logits_indices])
+        if isinstance(grammar_output, Future):  # filled on the engine thread while the forward ran
+            model_input.forward_window = (forward_start, time.perf_counter())
+            grammar_output = grammar_output.result()
         if grammar_output is not None:
             sampled_req_ids = [model_input.req_ids[i] for i in model_input.sampled_req_indices]
             num_drafts = [len(d) for d in model_input.spec_drafts] if model_input.spec_drafts else None

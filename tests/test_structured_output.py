@@ -443,3 +443,34 @@ def test_drafts_are_cut_at_the_first_token_the_grammar_refuses():
     assert request.spec_token_ids == digits + letters
     assert request.structured_output_request.grammar.num_processed_tokens == 0
 
+
+def test_the_mask_is_filled_while_the_forward_pass_runs():
+    """vLLM 0.33's step order (core.py:667-697): the forward starts, then the scheduler fills the
+    bitmask, then sampling applies it. The fill waits here until the forward has started on the
+    model thread: filled before it (the old order), the forward would never start and this fails."""
+    import threading
+
+    engine = shared_engine()
+    forward_started, seen = threading.Event(), []
+    model, scheduler = engine.model_runner.model, engine.scheduler
+    original_fill = scheduler.get_grammar_bitmask
+
+    def forward(*args, **kwargs):
+        forward_started.set()
+        return type(model).forward(model, *args, **kwargs)
+
+    def fill(scheduler_output):
+        seen.append((threading.current_thread() is threading.main_thread(), forward_started.wait(timeout=10)))
+        forward_started.clear()
+        return original_fill(scheduler_output)
+
+    model.forward, scheduler.get_grammar_bitmask = forward, fill
+    times_before = len(engine.overlapped_step.times)
+    try:
+        params = SamplingParams(temperature=0, max_tokens=12, structured_outputs=StructuredOutputsParams(regex=REGEX))
+        out = engine.generate(["A serial number:"], [params])[0]
+    finally:
+        del model.forward, scheduler.get_grammar_bitmask
+    assert re.fullmatch(REGEX, out.text), out.text
+    assert seen and all(on_engine_thread and started for on_engine_thread, started in seen), seen
+    assert len(engine.overlapped_step.times) - times_before == len(seen)  # fill / forward / overlap per step
