@@ -70,7 +70,7 @@ class LLMEngine:
             self.structured_output_manager = StructuredOutputManager(
                 self.tokenizer.hf, model_config.vocab_size, config.scheduler.max_num_seqs,
                 stop_token_ids=[self.eos_token_id] if self.eos_token_id is not None else None,
-                encode=self.tokenizer.encode, jump_forward=config.structured_outputs.jump_forward,
+                encode=self.tokenizer.encode, decode=self.tokenizer.decode, jump_forward=config.structured_outputs.jump_forward,
                 # With speculation the bitmask has 1 + k rows per request (vLLM: num_speculative_tokens).
                 max_num_spec_tokens=config.speculative.num_speculative_tokens if config.speculative else 0,
             )

@@ -474,3 +474,29 @@ def test_the_mask_is_filled_while_the_forward_pass_runs():
     assert re.fullmatch(REGEX, out.text), out.text
     assert seen and all(on_engine_thread and started for on_engine_thread, started in seen), seen
     assert len(engine.overlapped_step.times) - times_before == len(seen)  # fill / forward / overlap per step
+
+
+def test_jump_forward_retokenizes_the_boundary_as_sglang_did(points_grammar):
+    """SGLang 0.4.3.post2's jump_forward_and_retokenize: output text + forced string tokenized again,
+    the tokens up to the first change kept, the grammar rolled back there and advanced over the new
+    ones. Only tokens not yet computed or streamed (num_rewritable) may change."""
+    from engine.structured_output.jump_forward import jump_forward_and_retokenize
+
+    backend, ctx, encode = points_grammar
+    decode = shared_engine().tokenizer.decode
+    forced = '"points":[{"x":'
+    for num_rewritable in (1, 0):
+        grammar = backend.new_grammar(ctx)
+        output = encode("{")
+        assert grammar.accept_tokens("r", output)
+        jump = jump_forward_and_retokenize(grammar, output, num_rewritable, decode, encode, max_new_tokens=64)
+        new_output = output[: len(output) - jump.num_replaced] + jump.token_ids
+        assert decode(new_output) == "{" + forced
+        if num_rewritable:  # '{' + '"' fuse into one token, as tokenizing the whole text gives
+            assert jump.num_replaced == 1 and new_output == encode("{" + forced)
+        else:  # the sampled '{' was computed already: kept, and only the string is tokenized after it
+            assert jump.num_replaced == 0 and new_output == output + encode(forced)
+        expected = backend.new_grammar(ctx)
+        assert expected.accept_tokens("r", new_output)
+        assert torch.equal(_bitmask(backend, grammar), _bitmask(backend, expected))
+        assert grammar.num_processed_tokens == len(new_output)

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from engine.structured_output.backend_xgrammar import XgrammarBackend, XgrammarGrammar
-from engine.structured_output.jump_forward import jump_forward_tokens
+from engine.structured_output.jump_forward import JumpForward, jump_forward_and_retokenize, jump_forward_tokens
 
 if TYPE_CHECKING:
     import xgrammar as xgr
@@ -60,6 +60,7 @@ class StructuredOutputManager:
         encode: Callable[[str], list[int]] | None = None,
         jump_forward: bool = False,
         max_num_spec_tokens: int = 0,
+        decode: Callable[[list[int]], str] | None = None,
     ) -> None:
         self._hf_tokenizer = hf_tokenizer
         self.vocab_size = vocab_size
@@ -67,6 +68,9 @@ class StructuredOutputManager:
         self._stop_token_ids = stop_token_ids
         self.encode = encode
         self.jump_forward = jump_forward
+        self.decode = decode
+        # Jump-forward retokenizes at the boundary (SGLang's way); off: the jump string's tokens alone (the bench compares).
+        self.retokenize = True
         self.max_num_spec_tokens = max_num_spec_tokens
         self._backend: XgrammarBackend | None = None
         self._backend_lock = threading.Lock()
@@ -236,14 +240,19 @@ class StructuredOutputManager:
         if request.structured_output_request is not None and num_tokens > 0:
             request.structured_output_request.grammar.rollback(num_tokens)
 
-    def jump_forward_tokens(self, request: "Request", max_new_tokens: int) -> list[int]:
-        """With --jump-forward: the tokens the grammar forces next, already accepted into it."""
+    def jump_forward_tokens(self, request: "Request", max_new_tokens: int, num_rewritable: int = 0) -> JumpForward:
+        """With --jump-forward: the grammar's forced continuation, retokenized with the output's last
+        num_rewritable tokens (SGLang's earlier design), already accepted into the grammar."""
         so_request = request.structured_output_request
         if not self.jump_forward or so_request is None or self.encode is None or max_new_tokens <= 0:
-            return []
-        tokens = jump_forward_tokens(so_request.grammar, self.encode, max_new_tokens)
-        so_request.num_jump_forward_tokens += len(tokens)
-        return tokens
+            return JumpForward()
+        if self.decode is None or not self.retokenize:
+            jump = JumpForward(0, jump_forward_tokens(so_request.grammar, self.encode, max_new_tokens))
+        else:
+            jump = jump_forward_and_retokenize(so_request.grammar, request.output_token_ids, num_rewritable,
+                                               self.decode, self.encode, max_new_tokens)
+        so_request.num_jump_forward_tokens += jump.num_forced
+        return jump
 
     def shutdown(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)

@@ -50,7 +50,13 @@ def advance_grammar(
         return True
     room = min(request.sampling_params.max_tokens - request.num_output_tokens,
                max_model_len - request.num_tokens - 1)
-    for token_id in manager.jump_forward_tokens(request, room):
+    # Rewritable: the step's tokens the forward pass has not computed yet (the sampled one), none streamed.
+    num_rewritable = min(len(new_token_ids), request.num_tokens - request.num_computed_tokens)
+    jump = manager.jump_forward_tokens(request, room, num_rewritable)
+    if jump.num_replaced:
+        del request.output_token_ids[-jump.num_replaced:], request.all_token_ids[-jump.num_replaced:]
+        del new_token_ids[-jump.num_replaced:]
+    for token_id in jump.token_ids:
         request.append_output_token_ids([token_id])
         new_token_ids.append(token_id)
         if check_stop(request, max_model_len):

@@ -370,8 +370,9 @@ def jump_forward_before(args: dict) -> dict:
     return {REQUEST_ID: args["request"].request_id}
 
 
-def jump_forward_after(args: dict, tokens: list) -> dict:
-    return {GRAMMAR_JUMP_TOKENS: len(tokens), DROP: not tokens}  # a step with nothing forced is no event
+def jump_forward_after(args: dict, jump: Any) -> dict:
+    # Tokens forced beyond those the retokenization replaced; a step with nothing forced is no event.
+    return {GRAMMAR_JUMP_TOKENS: jump.num_forced, DROP: not jump.token_ids}
 
 
 def wait_before(args: dict) -> dict:
