@@ -24,7 +24,7 @@ from engine.request import Request, RequestStatus
 from engine.sampling_params import SamplingParams
 from engine.scheduler import Scheduler
 from engine.sglang_scheduler import SglangScheduler
-from engine.structured_output import StructuredOutputError, validate_structured_outputs
+from engine.structured_output import validate_structured_outputs
 from engine.structured_output.manager import StructuredOutputManager
 from engine.structured_output.overlap import OverlappedStep
 from engine.tokenizer import PromptError, Tokenizer, default_model_path
@@ -57,32 +57,32 @@ class LLMEngine:
             max_model_len=self.max_model_len,
             speculative_config=config.speculative,
         )
+        # Mirrors: vllm.v1.engine.core:EngineCore.__init__ (vllm 0.33.0): one manager, shared with the scheduler.
+        self.structured_output_manager = StructuredOutputManager(
+            self.tokenizer.hf, model_config.vocab_size, config.scheduler.max_num_seqs,
+            stop_token_ids=[self.eos_token_id] if self.eos_token_id is not None else None,
+            encode=self.tokenizer.encode, decode=self.tokenizer.decode, jump_forward=config.structured_outputs.jump_forward,
+            # With speculation the bitmask has 1 + k rows per request (vLLM: num_speculative_tokens).
+            max_num_spec_tokens=config.speculative.num_speculative_tokens if config.speculative else 0,
+        )
         # cache_mode "sglang" runs SGLang's own loop (prefill-or-decode steps, retraction), not vLLM's.
         if config.scheduler.cache_mode == "sglang":
             if config.scheduler.async_scheduling:
                 raise ValueError("async scheduling is vLLM's AsyncScheduler; cache_mode 'sglang' runs synchronously")
             if config.speculative is not None:
                 raise ValueError("speculative decoding runs with vLLM's scheduler only (cache_mode 'vllm')")
-            self.structured_output_manager = None  # structured output is served on vLLM's loop only
-            self.scheduler = SglangScheduler(config.scheduler, config.cache, num_blocks)
+            # Constrained requests wait in SGLang's grammar queue (engine/structured_output/sglang_grammar.py).
+            self.scheduler = SglangScheduler(config.scheduler, config.cache, num_blocks,
+                                             structured_output_manager=self.structured_output_manager)
         else:
-            # Mirrors: vllm.v1.engine.core:EngineCore.__init__ (vllm 0.33.0): one manager, shared with the scheduler.
-            self.structured_output_manager = StructuredOutputManager(
-                self.tokenizer.hf, model_config.vocab_size, config.scheduler.max_num_seqs,
-                stop_token_ids=[self.eos_token_id] if self.eos_token_id is not None else None,
-                encode=self.tokenizer.encode, decode=self.tokenizer.decode, jump_forward=config.structured_outputs.jump_forward,
-                # With speculation the bitmask has 1 + k rows per request (vLLM: num_speculative_tokens).
-                max_num_spec_tokens=config.speculative.num_speculative_tokens if config.speculative else 0,
-            )
             scheduler_class = AsyncScheduler if config.scheduler.async_scheduling else Scheduler
             self.scheduler = scheduler_class(
                 config.scheduler, config.cache, num_blocks, self.structured_output_manager,
                 speculative_config=config.speculative,
             )
-        # The synchronous step with a mask to fill runs the forward on a worker thread meanwhile.
-        self.overlapped_step = (
-            OverlappedStep(self.scheduler, self.model_runner) if self.structured_output_manager is not None else None
-        )
+        # The synchronous step with a mask to fill runs the forward on a worker thread meanwhile
+        # (None: the mask is filled first, on one thread; a bench's baseline).
+        self.overlapped_step: OverlappedStep | None = OverlappedStep(self.scheduler, self.model_runner)
         # Async scheduling steps through the batch queue (vLLM: EngineCore.step_fn).
         self.batch_queue = (
             BatchQueue(self.scheduler, self.model_runner, self.structured_output_manager)
@@ -140,8 +140,6 @@ class LLMEngine:
         if not prompt_token_ids:
             raise PromptError("the prompt is empty")
         if params.structured_outputs is not None:
-            if self.structured_output_manager is None:
-                raise StructuredOutputError("structured outputs are served with cache_mode 'vllm' only")
             validate_structured_outputs(params.structured_outputs)
         needed = len(prompt_token_ids) + params.max_tokens
         if needed > self.max_model_len:
@@ -183,14 +181,15 @@ class LLMEngine:
         else:
             scheduler_output = self.scheduler.schedule()
             manager = self.structured_output_manager
-            if manager is not None and self.overlapped_step.needs_mask(scheduler_output):
+            if self.overlapped_step is not None and self.overlapped_step.needs_mask(scheduler_output):
                 # vLLM 0.33's order: the forward starts, the mask is filled meanwhile, then sampling
                 # applies it (vllm/v1/engine/core.py:667-697 EngineCore.step).
                 model_runner_output = self.overlapped_step.execute(scheduler_output)
-            else:
-                if manager is not None and scheduler_output.is_empty and manager.has_pending_compiles():
+            else:  # overlapped_step None (a bench's serial baseline): the mask first, then the forward
+                grammar_output = self.scheduler.get_grammar_bitmask(scheduler_output)
+                if scheduler_output.is_empty and manager.has_pending_compiles():
                     manager.wait_for_compiles(timeout=0.05)  # nothing runs until one is ready
-                model_runner_output = self.model_runner.execute_model(scheduler_output)
+                model_runner_output = self.model_runner.execute_model(scheduler_output, grammar_output)
             core_outputs = self.scheduler.update_from_output(scheduler_output, model_runner_output)
             # vLLM: EngineCore.post_step hands the drafts proposed in this step to the scheduler.
             draft_token_ids = self.model_runner.take_draft_token_ids()

@@ -17,7 +17,8 @@ batch full preempts running requests whose priority is lower by more than
 priority_scheduling_preemption_threshold (10 unless given), which go back to the waiting queue.
 
 Deliberate differences from SGLang 0.5.23 (named so the replay report can name them too):
-- no overlap scheduling (the live CPU server runs with --disable-overlap-schedule too);
+- no overlap scheduling (the live CPU server runs with --disable-overlap-schedule too); a constrained
+  request's mask is filled while the forward runs, as on the vLLM loop (engine.structured_output.overlap);
 - no mixed chunked prefill (SGLang's --enable-mixed-chunk, off by default);
 - a priority preemption that takes several requests requeues them in victim order; SGLang's in a
   set's order (by object address, managers/schedule_policy.py:1762-1777), so their waiting order may differ;
@@ -42,13 +43,17 @@ from engine.schedule_policy import (
 )
 from engine.sglang_batch import Entry, WaitingView, batch_output
 from engine.sglang_kv import SglangKV
+from engine.structured_output.manager import GrammarOutput, StructuredOutputManager
+from engine.structured_output.scheduling import sampling_ids
+from engine.structured_output.sglang_grammar import GrammarQueue
 
 
 class SglangScheduler:
     """Same public surface as engine.scheduler.Scheduler (add_request / schedule / update_from_output)."""
 
     def __init__(self, scheduler_config: SchedulerConfig, cache_config: CacheConfig, num_blocks: int,
-                 priority_scheduling_preemption_threshold: int = PRIORITY_SCHEDULING_PREEMPTION_THRESHOLD) -> None:
+                 priority_scheduling_preemption_threshold: int = PRIORITY_SCHEDULING_PREEMPTION_THRESHOLD,
+                 structured_output_manager: StructuredOutputManager | None = None) -> None:
         if scheduler_config.policy not in ("fcfs", "priority"):
             raise ValueError(f"cache_mode 'sglang' runs policy 'fcfs' (SGLang's lpm) or 'priority', got {scheduler_config.policy!r}")
         # Scheduler.__init__ (scheduler.py:487) and init_schedule_policy (:1468-1472): preemption
@@ -58,6 +63,9 @@ class SglangScheduler:
         # --priority-scheduling-preemption-threshold (Scheduler.__init__, scheduler.py:494-496), 10 by default.
         self.priority_scheduling_preemption_threshold = priority_scheduling_preemption_threshold
         self.scheduler_config = scheduler_config
+        # Constrained requests wait for their grammar outside the waiting queue (SGLang's GrammarManager).
+        self.structured_output_manager = structured_output_manager
+        self.grammar_queue = GrammarQueue(structured_output_manager) if structured_output_manager is not None else None
         self.cache_config = cache_config
         self.block_size = cache_config.block_size
         self.max_model_len = scheduler_config.max_model_len
@@ -109,7 +117,8 @@ class SglangScheduler:
             raise ValueError(f"request id {request.request_id!r} is already in the engine")
         self.requests[request.request_id] = request
         entry = self.entries[request.request_id] = Entry(request, self._max_new_tokens(request))
-        self._add_to_queue(entry)
+        if self.grammar_queue is None or not self.grammar_queue.hold(entry):
+            self._add_to_queue(entry)
 
     def _add_to_queue(self, entry: Entry) -> None:
         # Mirrors: sglang.srt.managers.scheduler:Scheduler._add_request_to_queue (sglang 0.5.23)
@@ -158,6 +167,9 @@ class SglangScheduler:
         if len(self.running_batch) < before:
             self.batch_is_full = False
 
+        if self.grammar_queue is not None:  # _get_new_batch_prefill_raw's first step (scheduler.py:4084-4087)
+            for entry in self.grammar_queue.take_ready():
+                self._add_to_queue(entry)
         prefill = self._get_new_batch_prefill()
         if prefill is not None:
             self.last_extend = prefill
@@ -316,7 +328,10 @@ class SglangScheduler:
             if not token_ids:
                 continue
             request.append_output_token_ids(token_ids)
-            if self._check_finish(request):
+            if self.grammar_queue is not None and request.use_structured_output \
+                    and not self.grammar_queue.accept_token(request, token_ids[0]):
+                request.status = RequestStatus.FINISHED_ERROR
+            if request.is_finished or self._check_finish(request):
                 self.kv.release(entry.kv, entry.fill_ids(), request.num_prompt_tokens, checkpoint=True)
                 self._free_request(request)
             elif extend:
@@ -325,7 +340,18 @@ class SglangScheduler:
                                             finish_reason=request.get_finish_reason(),
                                             stop_reason=request.stop_reason,
                                             num_cached_tokens=max(request.num_cached_tokens, 0)))
+        if self.grammar_queue is not None and self.grammar_queue.errors:
+            errors, self.grammar_queue.errors = self.grammar_queue.errors, {}
+            for request in self.finish_requests(list(errors), RequestStatus.FINISHED_ERROR):
+                request.stop_reason = errors[request.request_id]
+                outputs.append(EngineCoreOutput(request.request_id, [], request.get_finish_reason(), request.stop_reason))
         return outputs
+
+    def get_grammar_bitmask(self, scheduler_output: SchedulerOutput) -> GrammarOutput | None:
+        """One row per structured request that samples this step (SamplingBatchInfo.update_regex_vocab_mask)."""
+        if self.structured_output_manager is None:
+            return None
+        return self.structured_output_manager.grammar_bitmask(self.requests, sampling_ids(self.requests, scheduler_output))
 
     def _check_finish(self, request: Request) -> bool:
         # Mirrors: sglang.srt.managers.schedule_batch:Req.update_finish_state (sglang 0.5.23)
@@ -340,6 +366,9 @@ class SglangScheduler:
             return True
         if request.num_tokens >= self.max_model_len:
             request.status = RequestStatus.FINISHED_LENGTH_CAPPED
+            return True
+        if self.grammar_queue is not None and self.grammar_queue.is_terminated(request):  # FINISH_MATCHED_TOKEN
+            request.status = RequestStatus.FINISHED_STOPPED
             return True
         return False
 
@@ -358,6 +387,8 @@ class SglangScheduler:
                 continue
             entry.request.status = finished_status
             self.waiting_queue = [e for e in self.waiting_queue if e is not entry]
+            if self.grammar_queue is not None:
+                self.grammar_queue.remove(entry)
             self.running_batch = [e for e in self.running_batch if e is not entry]
             if self.chunked_req is entry:
                 self.chunked_req = None

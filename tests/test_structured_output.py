@@ -500,3 +500,34 @@ def test_jump_forward_retokenizes_the_boundary_as_sglang_did(points_grammar):
         assert expected.accept_tokens("r", new_output)
         assert torch.equal(_bitmask(backend, grammar), _bitmask(backend, expected))
         assert grammar.num_processed_tokens == len(new_output)
+
+
+# -- SGLang's loop (cache_mode sglang): the grammar queue, the mask, the FSM advanced per token --
+
+def test_sglang_mode_constrains_as_the_vllm_loop_does():
+    """cache_mode "sglang" (once a 400): a constrained request waits in the grammar queue until its
+    grammar compiles, is masked one row per sampling request and finishes when its grammar
+    terminates; greedy, fp32, the same tokens as the vLLM loop for JSON schema, regex and choice."""
+    from engine.config import CacheConfig, EngineConfig, ModelConfig, SchedulerConfig
+    from engine.llm_engine import LLMEngine
+
+    engine = LLMEngine(EngineConfig(
+        model=ModelConfig(dtype="float32"), cache=CacheConfig(block_size=16, num_blocks=200),
+        scheduler=SchedulerConfig(max_num_seqs=8, max_num_batched_tokens=512, max_model_len=512, cache_mode="sglang"),
+    ))
+    cases = [(s["prompt"], StructuredOutputsParams(json=s["schema"], disable_any_whitespace=True))
+             for s in SCHEMAS if s["name"] == "nested_address"]
+    cases += [("A serial number:", StructuredOutputsParams(regex=REGEX)), ("Is the sky blue?", StructuredOutputsParams(choice=CHOICES))]
+    prompts = [engine.render(messages=messages(prompt)) for prompt, _ in cases]
+    params = [SamplingParams(temperature=0, max_tokens=MAX_TOKENS, structured_outputs=p) for _, p in cases]
+    request = engine.add_request("queued", prompts[0], params[0])
+    assert request.status == RequestStatus.WAITING_FOR_STRUCTURED_OUTPUT_GRAMMAR
+    assert engine.scheduler.grammar_queue.queue and not engine.scheduler.waiting_queue  # not in the waiting queue yet
+    engine.abort_request("queued")
+    assert not engine.scheduler.grammar_queue.queue
+    got = engine.generate(prompts, params)
+    want = shared_engine().generate(prompts, params)
+    for (_, p), g, w in zip(cases, got, want):
+        assert (g.output_token_ids, g.finish_reason) == (w.output_token_ids, w.finish_reason), p
+        assert g.finish_reason == "stop"
+    assert engine.scheduler.num_free_blocks() == 200 - 1
