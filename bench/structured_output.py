@@ -2,12 +2,16 @@
 step, and jump-forward (SGLang's earlier design) against plain constrained decoding on the 20 JSON
 schemas of tracer/labs/data/structured_output_schemas.json, greedy, batched.
 
+Also the bitmask fill against the forward pass it overlaps (per step: fill, forward, the time both
+ran), and jump-forward both ways: retokenized at the boundary (SGLang 0.4.3.post2's way, the default)
+and with the forced string tokenized alone.
+
 Reports forward passes per output (a request's forward passes = the steps that computed its tokens
 and sampled for it), the ratio jump-forward saves, tokens/s, and how often the text differs with
 jump-forward on (each output is validated against its schema either way). The measurements are
 tracer/labs/structured_output_lab.py's (the walkthrough's lab). Writes bench/results/structured_output.{md,json}.
 
-    .venv/bin/python bench/structured_output.py [--repeats 2] [--any-whitespace]
+    .venv/bin/python bench/structured_output.py [--repeats 2] [--any-whitespace] [--out-name NAME]
 """
 from __future__ import annotations
 
@@ -28,6 +32,8 @@ from tracer.labs.structured_output_lab import MAX_TOKENS, compile_costs, load_sc
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=2, help="runs of each mode (the best tokens/s is reported)")
+    parser.add_argument("--out-name", default="structured_output",
+                        help="results file stem under bench/results/ (keep the committed one on a loaded machine)")
     parser.add_argument("--any-whitespace", action="store_true", help="let the grammar allow whitespace (vLLM's default); default: disable_any_whitespace")
     args = parser.parse_args()
     disable_ws = not args.any_whitespace
@@ -43,18 +49,26 @@ def main() -> int:
         for mode in ("off", "on"):
             print(f"run {repeat + 1}/{args.repeats}, jump-forward {mode} ...", file=sys.stderr, flush=True)
             runs[mode].append(run_workload(engine, schemas, mode == "on", disable_ws))
+    print("jump-forward on, the forced string tokenized alone ...", file=sys.stderr, flush=True)
+    alone = run_workload(engine, schemas, True, disable_ws, retokenize=False)
+    serial = []
+    for repeat in range(args.repeats):
+        print(f"run {repeat + 1}/{args.repeats}, jump-forward off, the mask filled before the forward (serial) ...",
+              file=sys.stderr, flush=True)
+        serial.append(run_workload(engine, schemas, False, disable_ws, overlap=False))
     off, on = (max(runs[mode], key=lambda r: r["tokens_per_s"]) for mode in ("off", "on"))
-    summary = summarize(costs, off, on)
+    summary = summarize(costs, off, on, alone, max(serial, key=lambda r: r["tokens_per_s"]))
     meta = run_meta(workload=f"{len(schemas)} JSON schemas, one batch, greedy, max_tokens {MAX_TOKENS}, "
                              f"{'disable_any_whitespace' if disable_ws else 'any whitespace'}", repeats=args.repeats)
     body = [f"Workload: {meta['workload']}; the best of {args.repeats} runs per mode by tokens/s.", ""]
     for table in tables(summary, len(schemas)):
         body += [f"**{table.title}**", "", "| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns),
                  *["| " + " | ".join(str(c) for c in row) + " |" for row in table.rows], "", table.caption, ""]
-    body += ["| schema | off | on |", "|---|---|---|",
-             *[f"| {s['name']} | `{a}` | `{b}`{'' if a == b else ' (differs)'} |" for s, a, b in zip(schemas, off["texts"], on["texts"])]]
-    write_results("structured_output", "Structured output: compile, mask, and jump-forward", meta,
-                  {"summary": summary, "compile": costs, "runs": runs}, body)
+    body += ["| schema | off | on (retokenized) | on (string alone) |", "|---|---|---|---|",
+             *[f"| {s['name']} | `{a}` | `{b}`{'' if a == b else ' (differs)'} | `{c}`{'' if a == c else ' (differs)'} |"
+               for s, a, b, c in zip(schemas, off["texts"], on["texts"], alone["texts"])]]
+    write_results(args.out_name, "Structured output: compile, mask, and jump-forward", meta,
+                  {"summary": summary, "compile": costs, "runs": runs, "string_alone": alone, "serial": serial}, body)
     print("\n".join(body))
     return 0
 

@@ -67,8 +67,12 @@ def compile_costs(engine, schemas: list[dict], disable_ws: bool) -> dict:
     return {"tokenizer_info_ms": tokenizer_info_s * 1e3, "cold_ms": [c * 1e3 for c in cold], "cached_ms": [c * 1e3 for c in cached]}
 
 
-def run_workload(engine, schemas: list[dict], jump_forward: bool, disable_ws: bool, max_tokens: int = MAX_TOKENS) -> dict:
-    """One batch of every schema, greedy: texts, validity, forward passes per request, mask costs."""
+def run_workload(engine, schemas: list[dict], jump_forward: bool, disable_ws: bool, max_tokens: int = MAX_TOKENS,
+                 retokenize: bool = True, overlap: bool = True) -> dict:
+    """One batch of every schema, greedy: texts, validity, forward passes per request, mask costs and
+    how the fill overlapped the forward pass. retokenize=False: jump-forward tokenizes the forced
+    string alone (the engine's behaviour before SGLang's retokenization was mirrored). overlap=False:
+    the mask is filled before the forward pass, on one thread (the baseline of the overlap)."""
     import jsonschema
 
     from engine.sampling_params import SamplingParams
@@ -77,6 +81,12 @@ def run_workload(engine, schemas: list[dict], jump_forward: bool, disable_ws: bo
 
     manager = engine.structured_output_manager
     manager.jump_forward = jump_forward  # the --jump-forward flag, switched on one loaded engine
+    manager.retokenize = retokenize
+    overlapped_step = engine.overlapped_step
+    overlap_times = overlapped_step.times  # the engine's per-step record, emptied for this run
+    overlap_times.clear()
+    if not overlap:
+        engine.overlapped_step = None
     prompts = [engine.render(messages=[{"role": "user", "content": s["prompt"]}]) for s in schemas]
     params = [SamplingParams(temperature=0, max_tokens=max_tokens,
                              structured_outputs=StructuredOutputsParams(json=s["schema"], disable_any_whitespace=disable_ws))
@@ -96,6 +106,9 @@ def run_workload(engine, schemas: list[dict], jump_forward: bool, disable_ws: bo
         fill.restore()
         apply.restore()
         manager.jump_forward = False
+        manager.retokenize = True
+        engine.overlapped_step = overlapped_step
+    overlapped = list(overlap_times)
     elapsed = time.perf_counter() - start
     valid = []
     for item, out in zip(schemas, outputs):
@@ -111,6 +124,8 @@ def run_workload(engine, schemas: list[dict], jump_forward: bool, disable_ws: bo
         "engine_steps": engine.scheduler.current_step - steps_before, "elapsed_s": elapsed,
         "tokens_per_s": sum(tokens) / elapsed,
         "fill_ms": [c * 1e3 for c in fill.calls], "apply_ms": [c * 1e3 for c in apply.calls],
+        "overlap": [{"fill_ms": t.fill_s * 1e3, "forward_ms": t.forward_s * 1e3, "overlap_ms": t.overlap_s * 1e3}
+                    for t in overlapped],
     }
 
 
@@ -120,8 +135,9 @@ def warm_up(engine, schemas: list[dict], disable_ws: bool) -> None:
     run_workload(engine, schemas, False, disable_ws, max_tokens=1)
 
 
-def summarize(costs: dict, off: dict, on: dict) -> dict:
+def summarize(costs: dict, off: dict, on: dict, alone: dict | None = None, serial: dict | None = None) -> dict:
     median = lambda xs: statistics.median(xs) if xs else float("nan")  # noqa: E731
+    steps = off["overlap"]
     per_token = lambda r: statistics.mean(p / t for p, t in zip(r["forward_passes"], r["output_tokens"]))  # noqa: E731
     passes_off, passes_on = sum(off["forward_passes"]), sum(on["forward_passes"])
     return {
@@ -133,6 +149,16 @@ def summarize(costs: dict, off: dict, on: dict) -> dict:
         "forward_passes_per_output_token_off": per_token(off), "forward_passes_per_output_token_on": per_token(on),
         "tokens_per_s_off": off["tokens_per_s"], "tokens_per_s_on": on["tokens_per_s"],
         "texts_differ": sum(a != b for a, b in zip(off["texts"], on["texts"])),
+        "texts_differ_string_alone": (None if alone is None else sum(a != b for a, b in zip(off["texts"], alone["texts"]))),
+        "valid_string_alone": None if alone is None else sum(alone["valid"]),
+        "overlap_steps": len(steps),
+        "overlap_fill_ms_median": median([t["fill_ms"] for t in steps]),
+        "overlap_forward_ms_median": median([t["forward_ms"] for t in steps]),
+        "overlap_ms_median": median([t["overlap_ms"] for t in steps]),
+        "serial_fill_ms_median": None if serial is None else median(serial["fill_ms"]),
+        "serial_tokens_per_s": None if serial is None else serial["tokens_per_s"],
+        "overlap_fill_hidden_ratio": (sum(t["overlap_ms"] for t in steps) / sum(t["fill_ms"] for t in steps)
+                                      if steps and sum(t["fill_ms"] for t in steps) > 0 else float("nan")),
         "valid_off": sum(off["valid"]), "valid_on": sum(on["valid"]),
         "engine_steps_off": off["engine_steps"], "engine_steps_on": on["engine_steps"],
         "output_tokens_off": sum(off["output_tokens"]), "output_tokens_on": sum(on["output_tokens"]),
@@ -161,13 +187,29 @@ def tables(summary: dict, n: int) -> list[Table]:
          ["output tokens", s["output_tokens_off"], s["output_tokens_on"]],
          ["tokens/s", f"{s['tokens_per_s_off']:.1f}", f"{s['tokens_per_s_on']:.1f}"],
          ["outputs valid under their schema", f"{s['valid_off']}/{n}", f"{s['valid_on']}/{n}"],
-         ["texts that differ from jump-forward off", "", f"{s['texts_differ']}/{n}"]],
+         ["texts that differ from jump-forward off (retokenized at the boundary, SGLang's way)", "", f"{s['texts_differ']}/{n}"],
+         *([["texts that differ from jump-forward off (the forced string tokenized alone)", "",
+             f"{s['texts_differ_string_alone']}/{n}"]] if s.get("texts_differ_string_alone") is not None else [])],
         f"Jump-forward saved {s['forward_passes_saved_ratio']:.1%} of the forward passes and changed tokens/s by "
         f"{s['tokens_per_s_on'] / s['tokens_per_s_off'] - 1:+.0%}: the appended tokens are still computed, as one chunk "
         "in the next step (like a prefill), and a step's cost grows with its tokens. Both runs start warm (every "
         "schema compiled and cached by a one-token run first).",
     )
-    return [cost, jump]
+    overlap = Table(
+        "The bitmask fill overlapped with the forward pass (jump-forward off, per step with a mask)",
+        ["measure", "ms"],
+        [[f"bitmask fill on the engine thread (median of {s['overlap_steps']} steps)", f"{s['overlap_fill_ms_median']:.2f}"],
+         ["forward pass on the worker thread, to the logits (median)", f"{s['overlap_forward_ms_median']:.2f}"],
+         ["time the two ran at once (median)", f"{s['overlap_ms_median']:.2f}"],
+         ["share of all fill time hidden under a forward", f"{s['overlap_fill_hidden_ratio']:.0%}"],
+         *([["bitmask fill, serial: filled before the forward, one thread (median)", f"{s['serial_fill_ms_median']:.2f}"],
+            ["tokens/s, overlapped / serial", f"{s['tokens_per_s_off']:.1f} / {s['serial_tokens_per_s']:.1f}"]]
+           if s.get("serial_fill_ms_median") is not None else [])],
+        "vLLM 0.33's order (EngineCore.step): the forward starts on a worker thread, the engine thread fills the mask, "
+        "sampling waits for it once the logits are ready. Overlap is the wall time both were running (perf_counter); "
+        "on a shared 2-core CPU the GIL and the other load decide how much of it is real parallel work.",
+    )
+    return [cost, jump, overlap]
 
 
 def structured_output(schemas: int = 20, repeats: int = 1) -> LabResult:
@@ -183,7 +225,9 @@ def structured_output(schemas: int = 20, repeats: int = 1) -> LabResult:
         for mode in ("off", "on"):
             runs[mode].append(run_workload(engine, items, mode == "on", True))
     best = {mode: max(rs, key=lambda r: r["tokens_per_s"]) for mode, rs in runs.items()}
-    summary = summarize(costs, best["off"], best["on"])
+    alone = run_workload(engine, items, True, True, retokenize=False)
+    serial = run_workload(engine, items, False, True, overlap=False)
+    summary = summarize(costs, best["off"], best["on"], alone, serial)
     return LabResult("structured-output", "Structured output: grammar cost and jump-forward", {"schemas": schemas, "repeats": repeats},
                      tables(summary, len(items)), environment=environment(load_at_start))
 
