@@ -185,8 +185,8 @@ class LLMEngine:
                 # vLLM 0.33's order: the forward starts, the mask is filled meanwhile, then sampling
                 # applies it (vllm/v1/engine/core.py:667-697 EngineCore.step).
                 model_runner_output = self.overlapped_step.execute(scheduler_output)
-            else:  # overlapped_step None (a bench's serial baseline): the mask first, then the forward
-                grammar_output = self.scheduler.get_grammar_bitmask(scheduler_output)
+            else:  # no mask to fill; or overlapped_step None (a bench's serial baseline): the mask first
+                grammar_output = self.scheduler.get_grammar_bitmask(scheduler_output) if self.overlapped_step is None else None
                 if scheduler_output.is_empty and manager.has_pending_compiles():
                     manager.wait_for_compiles(timeout=0.05)  # nothing runs until one is ready
                 model_runner_output = self.model_runner.execute_model(scheduler_output, grammar_output)
