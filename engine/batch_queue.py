@@ -24,6 +24,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from engine.model_runner import ModelRunner
 from engine.outputs import EngineCoreOutput, ModelRunnerOutput, SchedulerOutput
 from engine.scheduler import Scheduler
+from engine.structured_output.overlap import fill_grammar_bitmask
 
 BATCH_QUEUE_SIZE = 2  # vLLM: max_concurrent_batches with async scheduling and no pipeline parallelism
 
@@ -65,19 +66,20 @@ class BatchQueue:
             return self._apply_oldest()
         if self.has_requests():
             scheduler_output = self.scheduler.schedule()
-            grammar_output = None
             manager = self.structured_output_manager
-            if manager is not None:
-                grammar_output = self.scheduler.get_grammar_bitmask(scheduler_output)
-                if scheduler_output.is_empty and manager.has_pending_compiles():
-                    manager.wait_for_compiles(timeout=0.05)  # nothing runs until one is ready
             # Inputs are prepared here, on the scheduling thread, before the previous step's
             # output is applied: the scheduler's requests are only ever read from this thread.
             model_input = self.model_runner.prepare_model_input(scheduler_output)
             # The model thread runs in a copy of this thread's context: context-local state (a tracer's
             # open step, say) follows the step it was scheduled in.
             context = contextvars.copy_context()
-            future = self._executor.submit(context.run, self.model_runner.execute_model_input, model_input, grammar_output)
+            # vLLM's order (core.py:734-755): the forward is started, then the mask is filled, then sampled.
+            grammar_future: Future | None = Future() if manager is not None else None
+            future = self._executor.submit(context.run, self.model_runner.execute_model_input, model_input, grammar_future)
+            if manager is not None:
+                fill_grammar_bitmask(grammar_future, self.scheduler, scheduler_output)
+                if scheduler_output.is_empty and manager.has_pending_compiles():
+                    manager.wait_for_compiles(timeout=0.05)  # nothing runs until one is ready
             model_executed = scheduler_output.total_num_scheduled_tokens > 0
             self.queue.appendleft((future, scheduler_output))
             if len(self.queue) < self.size and (model_executed or self.has_requests()):

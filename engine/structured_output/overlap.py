@@ -68,12 +68,7 @@ class OverlappedStep:
         context = contextvars.copy_context()
         future = self._executor.submit(context.run, self.model_runner.execute_model_input, model_input, grammar_future)
         fill_start = time.perf_counter()
-        try:
-            grammar_future.set_result(self.scheduler.get_grammar_bitmask(scheduler_output))
-        except BaseException as exc:
-            grammar_future.set_exception(exc)  # the worker must not wait forever
-            future.result()
-            raise
+        fill_grammar_bitmask(grammar_future, self.scheduler, scheduler_output)
         fill_end = time.perf_counter()
         output = future.result()
         if model_input is not None and model_input.forward_window is not None:
@@ -88,3 +83,13 @@ class OverlappedStep:
 
     def shutdown(self) -> None:
         self._executor.shutdown(wait=True)
+
+
+def fill_grammar_bitmask(grammar_future: Future, scheduler: "Scheduler", scheduler_output: "SchedulerOutput") -> None:
+    """The step's mask into the Future the model thread waits on once its logits are ready (the
+    batch queue of async scheduling fills it in the same order); a failure reaches that thread too."""
+    try:
+        grammar_future.set_result(scheduler.get_grammar_bitmask(scheduler_output))
+    except BaseException as exc:
+        grammar_future.set_exception(exc)  # the model thread must not wait forever
+        raise
