@@ -19,8 +19,17 @@ What that changes, as in vLLM:
   (vllm/v1/core/sched/scheduler.py:1822-1836 Scheduler._preempt_request,
   vllm/v1/core/sched/scheduler.py:2316-2323 Scheduler.update_from_output).
 
-Not here (our engine has none of them): speculative decoding's placeholder drafts, structured
-output's deferred bitmask, pipeline-parallel decode staggering.
+With speculation ("ngram_gpu" only, engine.config.check_speculative_config) the scheduler never
+sees a draft: a step that samples for a request counts 1 + its scheduled drafts as placeholders
+and gives the request k placeholder drafts (-1) for the next schedule, as if every draft will be
+accepted; the model runner puts the drafts it proposed in their place, trims the ones it has
+none for and corrects the positions by what the step before really accepted
+(engine/spec_decode/worker_drafts.py). When the step's output arrives one step later,
+update_from_output takes the rejected drafts out of num_computed_tokens and of the placeholders
+(vllm/v1/core/sched/scheduler.py:2346-2364 Scheduler.update_from_output).
+
+Not here (our engine has none of them): structured output's deferred bitmask, pipeline-parallel
+decode staggering.
 """
 from __future__ import annotations
 
@@ -33,6 +42,8 @@ from engine.scheduler import Scheduler
 class AsyncScheduler(Scheduler):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
+        # Read-only placeholder drafts for speculation (vLLM: _spec_token_placeholders).
+        self._spec_token_placeholders: list[int] = [-1] * self.num_spec_tokens
         # The ids whose output in the update being applied is stale (set per update_from_output).
         self._stale_req_ids: set[str] = set()
         self._stopped_preempted: list[Request] = []
@@ -42,6 +53,10 @@ class AsyncScheduler(Scheduler):
         # (+ the in-flight count and is_prefill_chunk that vLLM's base class keeps,
         # vllm/v1/core/sched/scheduler.py:1856-1865 Scheduler._update_after_schedule).
         super()._update_after_schedule(scheduler_output)
+        spec_decode_tokens = scheduler_output.scheduled_spec_decode_tokens
+        # The latest number of drafts to schedule is the placeholders' length (vLLM re-makes the list).
+        if len(self._spec_token_placeholders) != scheduler_output.num_spec_tokens_to_schedule:
+            self._spec_token_placeholders = [-1] * scheduler_output.num_spec_tokens_to_schedule
         for req_id, num_scheduled in scheduler_output.num_scheduled_tokens.items():
             request = self.requests[req_id]
             # A preempted request is only readmitted once its stale output has drained (vLLM skips it
@@ -52,8 +67,11 @@ class AsyncScheduler(Scheduler):
             request.is_prefill_chunk = request.num_computed_tokens < request.num_tokens + request.num_output_placeholders
             if request.is_prefill_chunk:
                 continue  # a chunk that stops short of the known tokens samples nothing
-            # The step samples one token (no drafts here), not known until its output arrives.
-            request.num_output_placeholders += 1
+            # The step samples one token plus its scheduled drafts, all unknown until its output
+            # arrives; the drafts for the next step are placeholders the runner fills in.
+            request.num_output_placeholders += 1 + len(spec_decode_tokens.get(req_id, ()))
+            if self.num_spec_tokens:
+                request.spec_token_ids = self._spec_token_placeholders
 
     def _preempt_request(self, request: Request, timestamp: float) -> None:
         # Mirrors: vllm.v1.core.sched.scheduler:Scheduler._preempt_request (vllm 0.33.0), its async part

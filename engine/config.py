@@ -49,21 +49,27 @@ class ModelConfig:
 
 @dataclass
 class SpeculativeConfig:
-    """Mirrors: vllm.config.speculative:SpeculativeConfig (vllm 0.33.0); only method "ngram" (prompt lookup).
+    """Mirrors: vllm.config.speculative:SpeculativeConfig (vllm 0.33.0); prompt lookup only: "ngram" and "ngram_gpu".
+
+"ngram" proposes on the host after the step's output reaches the scheduler (vLLM's numba
+NgramProposer); "ngram_gpu" proposes on the model runner's side from the tokens it just sampled
+and trims drafts it found no match for (vLLM's NgramProposerGPU path,
+engine/spec_decode/worker_drafts.py): the one of the two that vLLM 0.33 schedules asynchronously
+(vllm/config/speculative.py:68 NgramGPUTypes).
 
     prompt_lookup_min / max default as vLLM's __post_init__ sets them: both 5 when neither is
     given, else the one given for both (vllm/config/speculative.py:1302-1326
     SpeculativeConfig.__post_init__).
     """
 
-    method: Literal["ngram"] = "ngram"
+    method: Literal["ngram", "ngram_gpu"] = "ngram"
     num_speculative_tokens: int = 3
     prompt_lookup_max: int | None = None
     prompt_lookup_min: int | None = None
 
     def __post_init__(self) -> None:
-        if self.method != "ngram":
-            raise ValueError(f"speculative method {self.method!r} is not supported; this engine has 'ngram' only")
+        if self.method not in ("ngram", "ngram_gpu"):
+            raise ValueError(f"speculative method {self.method!r} is not supported; this engine has 'ngram' and 'ngram_gpu'")
         if self.num_speculative_tokens < 1:
             raise ValueError(f"num_speculative_tokens must be at least 1, got {self.num_speculative_tokens}")
         if self.prompt_lookup_min is None and self.prompt_lookup_max is None:
@@ -78,6 +84,10 @@ class SpeculativeConfig:
             raise ValueError(
                 f"prompt_lookup_min={self.prompt_lookup_min} must be <= prompt_lookup_max={self.prompt_lookup_max}"
             )
+
+    def use_ngram_gpu(self) -> bool:
+        # Mirrors: vllm.config.speculative:SpeculativeConfig.use_ngram_gpu (vllm 0.33.0)
+        return self.method == "ngram_gpu"
 
     @property
     def num_lookahead_tokens(self) -> int:
@@ -108,17 +118,20 @@ class EngineConfig:
 
 
 def check_speculative_config(config: EngineConfig) -> None:
-    """Refuse async scheduling with n-gram speculation, as vLLM 0.33's V1 model runner does.
+    """Refuse async scheduling with "ngram" speculation, as vLLM 0.33's V1 model runner does;
+    "ngram_gpu" runs with it.
 
-    vLLM marks "ngram" (not "ngram_gpu") speculation incompatible with async scheduling on the V1
-    runner (vllm/config/vllm.py:1651-1666 VllmConfig.__post_init__): asked for explicitly it raises
+    vLLM marks every method outside EagleModelTypes, NgramGPUTypes ("ngram_gpu") and the draft-model
+    methods incompatible with async scheduling on the V1 runner (vllm/config/vllm.py:1651-1666
+    VllmConfig.__post_init__), "ngram" among them: asked for explicitly it raises
     (vllm/config/vllm.py:1676-1680 VllmConfig.__post_init__); left at its default it logs "Async
     scheduling is disabled because the V1 model runner does not support it with ngram-based
     speculative decoding" and turns it off (vllm/config/vllm.py:1711-1717 VllmConfig.__post_init__).
     Ours is off unless asked for, so asking for it is the explicit case: an error.
     """
-    if config.speculative is not None and config.scheduler.async_scheduling:
+    spec = config.speculative
+    if spec is not None and config.scheduler.async_scheduling and not spec.use_ngram_gpu():
         raise ValueError(
-            "async scheduling is not supported with ngram-based speculative decoding "
-            "(as vLLM's V1 model runner); drop --async-scheduling or --speculative-method"
+            f"async scheduling is not supported with {spec.method}-based speculative decoding "
+            "(as vLLM's V1 model runner); use --speculative-method ngram_gpu, or drop --async-scheduling"
         )

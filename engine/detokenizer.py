@@ -7,6 +7,8 @@ server's detokenizer and then aborts the request in the engine.
 """
 from __future__ import annotations
 
+from bisect import bisect_left
+
 from tokenizers.decoders import DecodeStream
 
 from engine.tokenizer import Tokenizer
@@ -19,6 +21,9 @@ class IncrementalDetokenizer:
         self.stop = [s for s in (stop or []) if s]
         self.output_text = ""
         self.stop_string: str | None = None
+        # Of the last update's tokens, how many to keep: those past the one completing a stop
+        # string are dropped (several arrive in one step with speculation).
+        self.num_kept = 0
         self._emitted = 0
 
     def update(self, new_token_ids: list[int]) -> str:
@@ -29,15 +34,22 @@ class IncrementalDetokenizer:
         """
         # Mirrors: vllm.v1.engine.detokenizer:BaseIncrementalDetokenizer.update, vllm.v1.engine.detokenizer:check_stop_strings (vllm 0.33.0)
         if self.stop_string is not None:
+            self.num_kept = 0
             return ""
+        self.num_kept = len(new_token_ids)
+        token_offsets = [len(self.output_text)]  # the text's length after each new token
         for token_id in new_token_ids:
             piece = self._stream.step(self._tokenizer, token_id)
             if piece:
                 self.output_text += piece
+            token_offsets.append(len(self.output_text))
         hold_back = 0
         if self.stop:
             cut = self._find_stop()
             if cut is not None:
+                # vLLM drops the tokens generated after the one completing the stop string
+                # (vllm/v1/engine/detokenizer.py:143-151 BaseIncrementalDetokenizer.update).
+                self.num_kept = bisect_left(token_offsets, cut + len(self.stop_string), lo=1)
                 self.output_text = self.output_text[:cut]
             else:
                 # A stop string may be forming at the end: hold back its possible prefix.

@@ -176,7 +176,8 @@ class LLMEngine:
         # Mirrors: vllm.v1.engine.core:EngineCore.step, vllm.v1.engine.output_processor:OutputProcessor.process_outputs (vllm 0.33.0), in that order
         if self.batch_queue is not None:
             # Async scheduling (EngineCore.step_with_batch_queue): a call that only schedules
-            # returns no output. Never with speculation (check_speculative_config refuses it).
+            # returns no output. Drafts ("ngram_gpu" only) stay on the runner's side: vLLM's
+            # post_step takes none under async scheduling (vllm/v1/engine/core.py:699-706).
             core_outputs = self.batch_queue.step() or []
         else:
             scheduler_output = self.scheduler.schedule()

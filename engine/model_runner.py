@@ -11,7 +11,9 @@ its new blocks, a resumed one replaces its table.
 With speculation on (engine/spec_decode/), a request scheduled with drafts feeds its last known
 token and the drafts as one chunk over the paged KV cache; the logits of those 1 + n positions go
 to the rejection sampler, and after the step the drafter proposes the next drafts (V1's
-propose_draft_token_ids / take_draft_token_ids).
+propose_draft_token_ids / take_draft_token_ids). With "ngram_gpu" (the method async scheduling
+runs with) the runner keeps its own copy of each request's tokens, proposes from it and puts
+the drafts in the scheduler's placeholders itself (engine/spec_decode/worker_drafts.py).
 """
 from __future__ import annotations
 
@@ -28,11 +30,13 @@ from engine.config import SpeculativeConfig
 from engine.cuda_graphs import DecodeCudaGraphs
 from engine.math_utils import cdiv
 from engine.model import LlamaConfig, LlamaForCausalLM
+from engine.model_input import ModelInput, RequestInput
 from engine.outputs import DraftTokenIds, ModelRunnerOutput, SchedulerOutput
 from engine.request import Request
 from engine.sampler import Sampler
 from engine.spec_decode.ngram_proposer import NgramProposer
 from engine.spec_decode.rejection_sampler import RejectionSampler, SpecDecodeMetadata
+from engine.spec_decode.worker_drafts import StepPlan, WorkerDrafts
 from engine.structured_output import apply as grammar_apply
 
 
@@ -65,32 +69,6 @@ class CachedRequestState:
     request: Request
     block_ids: list[int]
     num_computed_tokens: int
-
-
-@dataclass
-class ModelInput:
-    """Everything one forward pass needs, built by ModelRunner._prepare_inputs."""
-
-    req_ids: list[str]
-    requests: list[Request]
-    input_ids: torch.Tensor  # [T]
-    positions: torch.Tensor  # [T]
-    attn_metadata: AttentionMetadata
-    # Rows (into the flat batch) whose hidden state is sampled, and the requests they belong to.
-    logits_indices: torch.Tensor
-    sampled_req_indices: list[int]
-    # Async scheduling: rows of input_ids whose token the previous step samples (the request's
-    # output placeholder), with their request ids; filled by execute_model_input.
-    placeholder_rows: list[tuple[int, str]]
-    # The generator of each sampled row's request (None: unseeded), looked up when the input is
-    # prepared so that the runner's dict is only touched on the scheduling thread.
-    generators: list[torch.Generator | None]
-    step: int = 0  # the scheduler's step counter (SchedulerOutput.step), for traces
-    # The drafts of each sampled request (empty without); any drafts: its rows are n + 1 per request.
-    spec_drafts: list[list[int]] | None = None
-    # With the bitmask filled while the forward runs (engine.structured_output.overlap): when the
-    # forward started and when its logits were ready (perf_counter), for the bench.
-    forward_window: tuple[float, float] | None = None
 
 
 class ModelRunner:
@@ -147,6 +125,10 @@ class ModelRunner:
             self.drafter = NgramProposer(speculative_config, max_model_len or model_config.max_position_embeddings)
         self.rejection_sampler = RejectionSampler(self.sampler)
         self._draft_token_ids: DraftTokenIds | None = None
+        # "ngram_gpu": drafts proposed and placed on this side, inputs built on the model thread.
+        self.worker_drafts: WorkerDrafts | None = None
+        if speculative_config is not None and speculative_config.use_ngram_gpu():
+            self.worker_drafts = WorkerDrafts(self.drafter, speculative_config.num_speculative_tokens)
         # Async scheduling (vLLM: the input batch's prev_sampled_token_ids): the requests the last
         # prepared step samples, and the tokens the last executed step sampled, by request.
         self._last_prepared_sampling: set[str] = set()
@@ -174,20 +156,24 @@ class ModelRunner:
         return self.execute_model_input(self.prepare_model_input(scheduler_output), grammar_output)
 
     @torch.inference_mode()
-    def prepare_model_input(self, scheduler_output: SchedulerOutput) -> ModelInput | None:
+    def prepare_model_input(self, scheduler_output: SchedulerOutput) -> ModelInput | StepPlan | None:
         """The host half of execute_model: the runner's request states and the batch's inputs
-        (None for an empty step). Reads the scheduler's requests, so the async engine calls it on
-        the scheduling thread, in step order."""
+        (None for an empty step; for "ngram_gpu" a StepPlan, its inputs built on the model thread).
+        Reads the scheduler's requests, so the async engine calls it on the scheduling thread, in step order."""
         self._update_states(scheduler_output)
         if scheduler_output.is_empty:
             self._last_prepared_sampling = set()
+            if self.worker_drafts is not None:
+                self.worker_drafts.note_finished(scheduler_output.finished_req_ids)
             return None
+        if self.worker_drafts is not None:
+            return self.worker_drafts.plan(scheduler_output, self.requests, self._generator_for)
         model_input = self._prepare_inputs(scheduler_output)
         self._last_prepared_sampling = {model_input.req_ids[i] for i in model_input.sampled_req_indices}
         return model_input
 
     @torch.inference_mode()
-    def execute_model_input(self, model_input: ModelInput | None, grammar_output=None) -> ModelRunnerOutput:
+    def execute_model_input(self, model_input: ModelInput | StepPlan | None, grammar_output=None) -> ModelRunnerOutput:
         """The device half of execute_model: placeholders filled, forward, grammar bitmask, sample
         (a Future grammar_output is awaited once the logits are ready: vLLM's sample_tokens).
         Touches only the prepared input and the last step's sampled tokens, so it may run on a worker
@@ -195,6 +181,8 @@ class ModelRunner:
         if model_input is None:
             self._last_sampled = {}
             return ModelRunnerOutput(req_ids=[], sampled_token_ids=[])
+        if isinstance(model_input, StepPlan):
+            model_input = self._build_model_input(self.worker_drafts.resolve(model_input), model_input.step)
         forward_start = time.perf_counter()
         for row, req_id in model_input.placeholder_rows:
             model_input.input_ids[row] = self._last_sampled[req_id]
@@ -212,7 +200,9 @@ class ModelRunner:
             grammar_apply.apply_grammar_bitmask(logits, sampled_req_ids, grammar_output, num_drafts)
         sampled = self._sample(logits, model_input)
         output = self._build_output(model_input, sampled)
-        if self.drafter is not None:
+        if self.worker_drafts is not None:
+            self._draft_token_ids = self.worker_drafts.after_sample(model_input.req_ids, output)
+        elif self.drafter is not None:
             self._propose_draft_token_ids(model_input, output)
         return output
 
@@ -252,6 +242,37 @@ class ModelRunner:
 
         Mirrors: vllm.v1.worker.gpu_model_runner:GPUModelRunner._prepare_inputs (vllm 0.33.0).
         """
+        req_ids = [new.req_id for new in scheduler_output.scheduled_new_reqs]
+        req_ids += scheduler_output.scheduled_cached_reqs.req_ids
+        inputs: list[RequestInput] = []
+        for req_id in req_ids:
+            state = self.requests[req_id]
+            request = state.request
+            num_new = scheduler_output.num_scheduled_tokens[req_id]
+            num_computed = state.num_computed_tokens
+            end = num_computed + num_new
+            # Drafts follow the known tokens; the scheduler schedules them only to the end.
+            spec = scheduler_output.scheduled_spec_decode_tokens.get(req_id, [])
+            # Async scheduling: the last token may be the one the step before this samples (never
+            # with drafts here: async speculation ("ngram_gpu") builds its inputs in engine.spec_decode.worker_drafts).
+            num_known = request.num_tokens
+            placeholder = not spec and req_id in self._last_prepared_sampling and end == num_known + 1
+            if num_new < 1 or end > num_known + placeholder + len(spec):
+                raise ValueError(
+                    f"request {req_id}: scheduled tokens [{num_computed}, {end}) but it has {request.num_tokens} tokens"
+                    + (f" and {len(spec)} drafts" if spec else "")
+                )
+            token_ids = request.all_token_ids[num_computed:] if spec else request.all_token_ids[num_computed: end - placeholder]
+            # A chunk that stops short of the known tokens has nothing to sample yet.
+            sampled = end >= num_known
+            inputs.append(RequestInput(
+                request, num_computed, token_ids, spec, state.block_ids, placeholder,
+                self._generator_for(request) if sampled else None, sampled,
+            ))
+        return self._build_model_input(inputs, scheduler_output.step)
+
+    def _build_model_input(self, inputs: list["RequestInput"], step: int) -> ModelInput:
+        """The flat batch's tensors from each request's rows (also the async drafts' path)."""
         input_ids: list[int] = []
         positions: list[int] = []
         slot_mapping: list[int] = []
@@ -261,51 +282,29 @@ class ModelRunner:
         logits_indices: list[int] = []
         sampled_req_indices: list[int] = []
         placeholder_rows: list[tuple[int, str]] = []
-        req_ids = [new.req_id for new in scheduler_output.scheduled_new_reqs]
-        req_ids += scheduler_output.scheduled_cached_reqs.req_ids
-        states = [self.requests[req_id] for req_id in req_ids]
-        requests = [state.request for state in states]
         spec_drafts: list[list[int]] = []
-        for index, state in enumerate(states):
-            request, req_id = state.request, req_ids[index]
-            num_new = scheduler_output.num_scheduled_tokens[req_id]
-            num_computed = state.num_computed_tokens
-            block_ids = state.block_ids
-            end = num_computed + num_new
-            # Drafts follow the known tokens; the scheduler schedules them only to the end.
-            spec = scheduler_output.scheduled_spec_decode_tokens.get(req_id, [])
-            # Async scheduling: the last token may be the one the step before this samples (never
-            # with drafts: speculation refuses async scheduling, engine.config.check_speculative_config).
-            num_known = request.num_tokens
-            num_placeholders = (
-                1 if not spec and req_id in self._last_prepared_sampling and end == num_known + 1 else 0
-            )
-            if num_new < 1 or end > num_known + num_placeholders + len(spec):
-                raise ValueError(
-                    f"request {req_id}: scheduled tokens [{num_computed}, {end}) but it has {request.num_tokens} tokens"
-                    + (f" and {len(spec)} drafts" if spec else "")
-                )
+        for index, item in enumerate(inputs):
+            req_id, block_ids, spec = item.request.request_id, item.block_ids, item.spec
+            num_computed = item.num_computed_tokens
+            end = num_computed + len(item.token_ids) + item.placeholder + len(spec)
             if end > len(block_ids) * self.block_size:
                 raise ValueError(
                     f"request {req_id}: {end} tokens need {cdiv(end, self.block_size)} blocks, "
                     f"scheduler gave {len(block_ids)}"
                 )
-            if spec:
-                # A placeholder draft (-1, vLLM's padding) feeds token 0; it is always rejected.
-                input_ids.extend(request.all_token_ids[num_computed:] + [max(t, 0) for t in spec])
-            else:
-                input_ids.extend(request.all_token_ids[num_computed : end - num_placeholders])
-            if num_placeholders:
+            # A placeholder draft (-1, vLLM's padding) feeds token 0; it is always rejected.
+            input_ids.extend(item.token_ids)
+            if item.placeholder:
                 placeholder_rows.append((len(input_ids), req_id))
                 input_ids.append(-1)
+            input_ids.extend(max(t, 0) for t in spec)
             for pos in range(num_computed, end):
                 positions.append(pos)
                 slot_mapping.append(block_ids[pos // self.block_size] * self.block_size + pos % self.block_size)
             query_start_loc.append(len(input_ids))
             seq_lens.append(end)
             block_tables.append(block_ids)
-            # A chunk that stops short of the known tokens has nothing to sample yet.
-            if end >= num_known:
+            if item.sampled:
                 # The last known token's row, then one per draft (all of them when there are none).
                 logits_indices.extend(range(len(input_ids) - 1 - len(spec), len(input_ids)))
                 sampled_req_indices.append(index)
@@ -325,6 +324,7 @@ class ModelRunner:
             seq_lens_cpu=seq_lens,
             attention_backend=self.attention_backend,
         )
+        requests = [item.request for item in inputs]
         return ModelInput(
             req_ids=[r.request_id for r in requests],
             requests=requests,
@@ -334,8 +334,8 @@ class ModelRunner:
             logits_indices=as_tensor(logits_indices),
             sampled_req_indices=sampled_req_indices,
             placeholder_rows=placeholder_rows,
-            generators=[self._generator_for(requests[i]) for i in sampled_req_indices],
-            step=scheduler_output.step,
+            generators=[inputs[i].generator for i in sampled_req_indices],
+            step=step,
             spec_drafts=spec_drafts if any(spec_drafts) else None,
         )
 

@@ -77,10 +77,11 @@ class OutputProcessor:
             if state is None:  # aborted while the step ran
                 continue
             detokenizer, out = state.detokenizer, state.output
-            out.new_token_ids = core_output.new_token_ids
-            out.output_token_ids = out.output_token_ids + core_output.new_token_ids
-            out.num_cached_tokens = core_output.num_cached_tokens
             out.delta_text = detokenizer.update(core_output.new_token_ids)
+            # Tokens past a stop string's end are dropped (vLLM: OutputProcessor._trim_surplus_tokens).
+            out.new_token_ids = core_output.new_token_ids[: detokenizer.num_kept]
+            out.output_token_ids = out.output_token_ids + out.new_token_ids
+            out.num_cached_tokens = core_output.num_cached_tokens
             out.finish_reason = core_output.finish_reason
             out.stop_reason = core_output.stop_reason
             if detokenizer.stop_string is not None and not out.finished:

@@ -53,11 +53,15 @@ def test_the_speculative_flags_build_vllms_config():
         parse("--speculative-method", "ngram", "--prompt-lookup-min", "4", "--prompt-lookup-max", "2")
 
 
-def test_speculation_refuses_async_scheduling_as_vllms_v1_runner():
+def test_ngram_speculation_refuses_async_scheduling_as_vllms_v1_runner_and_ngram_gpu_runs_with_it():
     from engine.config import check_speculative_config
 
     check_speculative_config(parse("--async-scheduling"))  # each alone is fine
     check_speculative_config(parse("--speculative-method", "ngram"))
+    # vLLM's NgramGPUTypes are allowed with async scheduling (vllm/config/vllm.py:1655-1658).
+    config = parse("--async-scheduling", "--speculative-method", "ngram_gpu")
+    check_speculative_config(config)
+    assert config.speculative.use_ngram_gpu() and config.speculative.prompt_lookup_min == 5
     with pytest.raises(ValueError, match="async scheduling is not supported with ngram-based speculative decoding"):
         check_speculative_config(parse("--async-scheduling", "--speculative-method", "ngram"))
     with pytest.raises(ValueError, match="async scheduling is not supported"):

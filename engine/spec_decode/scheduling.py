@@ -28,7 +28,9 @@ def schedule_drafts(request: Request, num_new_tokens: int, scheduled_spec_decode
     Mirrors: vllm.v1.core.sched.scheduler:Scheduler.schedule (vllm 0.33.0), its "Speculative
     decode related" block; the drafter proposes afresh after the step.
     """
-    num_scheduled_spec_tokens = num_new_tokens + request.num_computed_tokens - request.num_tokens
+    num_scheduled_spec_tokens = (
+        num_new_tokens + request.num_computed_tokens - request.num_tokens - request.num_output_placeholders
+    )
     if num_scheduled_spec_tokens > 0:
         scheduled_spec_decode_tokens[request.request_id] = request.spec_token_ids[:num_scheduled_spec_tokens]
     request.spec_token_ids = []
@@ -56,10 +58,17 @@ def roll_back_rejected(
     """Count the step's accepted drafts and take the rejected ones out of num_computed_tokens.
 
     The rejected drafts' KV slots stay allocated and are overwritten next step; only the count of
-    computed tokens goes back (vLLM: update_from_output, num_computed_tokens -= num_rejected).
+    computed tokens goes back (vLLM: update_from_output, num_computed_tokens -= num_rejected), and
+    under async scheduling the placeholders that counted them. vLLM skips both for stale output; a
+    stale request here is preempted and not yet readmitted (engine.async_scheduler), so both counts
+    are 0 and the guards below skip it the same way.
     """
     num_accepted = len(new_token_ids) - 1
-    request.num_computed_tokens -= len(scheduled_spec_token_ids) - num_accepted
+    num_rejected = len(scheduled_spec_token_ids) - num_accepted
+    if request.num_computed_tokens > 0:
+        request.num_computed_tokens -= num_rejected
+    if request.num_output_placeholders > 0:
+        request.num_output_placeholders -= num_rejected
     stats.observe_draft(len(scheduled_spec_token_ids), num_accepted)
 
 
@@ -79,5 +88,6 @@ def update_draft_token_ids(requests: dict[str, Request], draft_token_ids: DraftT
 
 def cache_accepted_blocks(kv_cache_manager: KVCacheManager, request: Request) -> None:
     """Accepted drafts may have filled blocks: cache them now (before a stopped request is freed),
-    as vLLM does when speculating; allocate_slots cached only up to the tokens known at schedule time."""
-    kv_cache_manager.cache_blocks(request, request.num_computed_tokens)
+    as vLLM does when speculating; allocate_slots cached only up to the tokens known at schedule time.
+    Under async scheduling the step in flight is counted as computed but has not run: left out."""
+    kv_cache_manager.cache_blocks(request, request.num_computed_tokens - request.num_in_flight_tokens)

@@ -37,8 +37,9 @@ def add_engine_options(parser: argparse.ArgumentParser) -> None:
         "(bench/results/async_scheduling.md)",
     )
     spec = parser.add_argument_group("speculative decoding (vLLM's speculative_config names)")
-    spec.add_argument("--speculative-method", choices=["ngram"], default=None,
-                      help="draft tokens by prompt lookup (n-gram), verified in one forward pass (default: off)")
+    spec.add_argument("--speculative-method", choices=["ngram", "ngram_gpu"], default=None,
+                      help="draft tokens by prompt lookup (n-gram), verified in one forward pass; ngram_gpu "
+                           "proposes on the model runner's side and runs with --async-scheduling (default: off)")
     spec.add_argument("--num-speculative-tokens", type=int, default=None, help="drafts per request per step (default: 3)")
     spec.add_argument("--prompt-lookup-min", type=int, default=None, help="shortest n-gram to match (default: as vLLM, 5)")
     spec.add_argument("--prompt-lookup-max", type=int, default=None, help="longest n-gram to match (default: as vLLM, 5)")

@@ -251,7 +251,8 @@ def execute_before(args: dict) -> dict:
         model_input = args["model_input"]
         if model_input is None:
             return {DROP: True}  # an empty step: nothing ran
-        return {STEP: model_input.step, MODEL_TOKENS: int(model_input.input_ids.shape[0]), BATCH_SIZE: len(model_input.req_ids)}
+        # ModelInput, or a StepPlan (async "ngram_gpu" speculation: tokens as scheduled, before trimming).
+        return {STEP: model_input.step, MODEL_TOKENS: model_input.num_tokens, BATCH_SIZE: len(model_input.req_ids)}
     so = args["scheduler_output"]
     return {STEP: so.step, MODEL_TOKENS: so.total_num_scheduled_tokens, BATCH_SIZE: len(so.num_scheduled_tokens)}
 
