@@ -2,8 +2,12 @@
 real Scheduler and ours agree step by step: tokens scheduled (drafts included), the drafts each
 step verified and accepted, num_computed_tokens after the rollback of rejected drafts, the
 SchedulerOutput's block tables and the free blocks, under chunked prefill, prefix-cache hits and
-preemption. A planted rollback bug (one rejected token too few) is caught."""
+preemption. A planted rollback bug (one rejected token too few) is caught. The same under async
+scheduling (AsyncScheduler + step_with_batch_queue, "ngram_gpu"): placeholder drafts, the rollback
+one step late; a planted bug that leaves rejected drafts among the placeholders is caught."""
 from __future__ import annotations
+
+import dataclasses
 
 import pytest
 
@@ -80,3 +84,47 @@ def test_forced_drafts_force_the_acceptance_length():
         accepted = len(out) - 1
         assert drafts[:accepted] == forced[num_outputs: num_outputs + accepted]
         assert out[: len(forced) - num_outputs] == forced[num_outputs: num_outputs + len(out)]
+
+
+# vLLM 0.33's default: its AsyncScheduler in step_with_batch_queue's order, "ngram_gpu" speculation.
+ASYNC_CONFIG = dataclasses.replace(CONFIG, async_scheduling=True)
+
+
+def async_workload() -> list[WorkloadRequest]:
+    # One more cache hit with one token left, admitted beside decodes only: padded to 1 + k.
+    return workload() + [WorkloadRequest(id="hit3", arrival_step=52, prompt_token_ids=SHARED[:32] + [7], max_tokens=6)]
+
+
+@pytest.fixture(scope="module")
+def async_logs():
+    return {engine: drive(make_scheduler_runner(engine, ASYNC_CONFIG), async_workload()) for engine in ("mini", "vllm")}
+
+
+def test_ours_and_vllms_async_scheduler_agree_on_every_step_with_speculation(async_logs):
+    comparison = compare_logs(async_logs["mini"], async_logs["vllm"])
+    assert comparison.agree, comparison.divergence
+    steps = async_logs["vllm"].steps
+    spec = [entry for step in steps for entry in step.spec]
+    # Every decode is scheduled 1 + k: the scheduler holds k placeholders whatever the drafter finds.
+    assert {drafted for _, drafted, _ in spec} == {CONFIG.num_speculative_tokens}
+    assert any(accepted < drafted for _, drafted, accepted in spec), "some drafts must be rejected"
+    assert any(accepted == drafted for _, drafted, accepted in spec), "some drafts must all be accepted"
+    assert any(step.preempted for step in steps), "the pool was meant to force preemption"
+    assert any(a.cached_tokens for step in steps for a in step.admitted), "shared prefixes should hit the cache"
+    admitted = next(step for step in steps if any(a.request_id == "hit3" for a in step.admitted))
+    assert ["hit3", 1 + CONFIG.num_speculative_tokens] in admitted.scheduled  # padded, as synchronously
+    assert ["hit3", CONFIG.num_speculative_tokens, 0] in admitted.spec
+
+
+def test_a_planted_rollback_that_keeps_the_rejected_placeholders_is_caught(monkeypatch, async_logs):
+    from engine.spec_decode import scheduling
+
+    def keeps_placeholders(request, scheduled_spec_token_ids, new_token_ids, stats):
+        num_rejected = len(scheduled_spec_token_ids) - (len(new_token_ids) - 1)
+        request.num_computed_tokens -= num_rejected  # the rejected drafts' placeholders stay counted
+        stats.observe_draft(len(scheduled_spec_token_ids), len(new_token_ids) - 1)
+
+    monkeypatch.setattr(scheduling, "roll_back_rejected", keeps_placeholders)
+    comparison = compare_logs(drive(make_scheduler_runner("mini", ASYNC_CONFIG), async_workload()), async_logs["vllm"])
+    assert not comparison.agree
+    assert {"scheduled", "num_computed_tokens"} & set(comparison.divergence.fields)

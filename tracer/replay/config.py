@@ -32,7 +32,9 @@ class ReplayConfig:
     radix_pool_tokens: int = 0
     radix_concurrency: int = 4
     # Speculative decoding: drafts per request per step (0: off); the drafts and their acceptance
-    # are forced (tracer/replay/speculation.py).
+    # are forced (tracer/replay/speculation.py). With async_scheduling the method is "ngram_gpu"
+    # (vLLM 0.33's V1 runner refuses "ngram" there: vllm/config/vllm.py:1651-1680), whose drafts
+    # never reach the scheduler: only the acceptance is forced.
     num_speculative_tokens: int = 0
     # Drive each scheduler as vLLM 0.33 serves by default: its AsyncScheduler (ours:
     # engine.async_scheduler) in EngineCore.step_with_batch_queue's order (tracer/replay/runners/batch_queue.py).
@@ -53,10 +55,6 @@ class ReplayConfig:
                 raise ReplayConfigError(f"{name} must be an integer >= 0, got {value!r}")
         if not isinstance(self.async_scheduling, bool):
             raise ReplayConfigError(f"async_scheduling must be true or false, got {self.async_scheduling!r}")
-        if self.async_scheduling and self.num_speculative_tokens:
-            # As our engine (engine.config.check_speculative_config) and vLLM 0.33's V1 model runner
-            # for ngram drafts (vllm/config/vllm.py:1651-1680 VllmConfig.__post_init__).
-            raise ReplayConfigError("async_scheduling and num_speculative_tokens do not combine (as vLLM's V1 runner with ngram drafts)")
         if self.policy not in ("fcfs", "priority"):
             raise ReplayConfigError(f"policy must be 'fcfs' or 'priority', got {self.policy!r}")
         if not self.enable_chunked_prefill and self.max_num_batched_tokens < self.max_model_len:

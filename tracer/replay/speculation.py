@@ -50,3 +50,32 @@ def verified_output(forced_output: list[int], num_output_tokens: int, spec_token
         accepted += 1
     tokens = forced_output[num_output_tokens: num_output_tokens + accepted + 1]
     return tokens + [0] * (accepted + 1 - len(tokens))
+
+
+class ModelSide:
+    """The model runner of an async speculative replay: what each step returns, fixed when the
+    step is scheduled, from the outputs the model has produced so far (not the scheduler's count,
+    which is optimistic by the drafts of the step in flight until that step's output arrives)."""
+
+    def __init__(self) -> None:
+        self.num_produced: dict[str, int] = {}
+
+    def sample(self, runner, scheduler_output, admitted: set[str]) -> dict[str, list[int]]:
+        sampled = {}
+        spec = runner.scheduled_spec_decode_tokens(scheduler_output)
+        for request_id in runner.num_scheduled_tokens(scheduler_output):
+            request = runner._all[request_id]
+            if request.is_prefill_chunk:
+                sampled[request_id] = []
+                continue
+            forced = runner.forced_outputs[request_id]
+            produced = self.num_produced.get(request_id, 0)
+            num_drafts = len(spec.get(request_id, ()))
+            # An admission's drafts are padding (-1), always rejected.
+            accepted = 0 if request_id in admitted else forced_acceptance(request_id, produced, num_drafts)
+            tokens = forced[produced: produced + accepted + 1]
+            # Past the forced output only for a step that is dropped (its request stopped) or whose
+            # extra tokens the stop check trims: 0s.
+            sampled[request_id] = tokens + [0] * (accepted + 1 - len(tokens))
+            self.num_produced[request_id] = produced + accepted + 1
+        return sampled

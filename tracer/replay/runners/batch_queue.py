@@ -12,6 +12,14 @@ queues and free blocks after the update applied in that call (the previous step'
 queue is full). The tokens a step samples are fixed when it is scheduled, as a model would fix
 them: the forced output at the request's index, counting the placeholders of steps in flight.
 Both schedulers, ours (engine.async_scheduler) and vLLM's, go through this one loop.
+
+With speculation ("ngram_gpu", the only n-gram method vLLM 0.33 schedules asynchronously) the
+schedulers hold placeholder drafts only, and no drafts are handed to them (vLLM's post_step takes
+none under async scheduling, vllm/v1/engine/core.py:699-705). The model side is what is forced: a
+step that samples for a request scheduled with drafts returns its next forced tokens, 1 + a of
+them, a forced by (request, outputs so far) as in the synchronous replay; an admission's drafts
+are vLLM's padding and none is accepted. "Outputs so far" are the model's own count, which a
+scheduler learns one step late: the driver keeps it (tracer/replay/speculation.py:ModelSide).
 """
 from __future__ import annotations
 
@@ -21,15 +29,19 @@ from typing import Any
 
 from tracer.replay.runners.base import SchedulerRunner, schedule_effects, step_record, take_arrivals, validate_workload
 from tracer.replay.runners.records import Admission, ReplayLog
+from tracer.replay.speculation import ModelSide
 from tracer.replay.workload import WorkloadRequest
 
 BATCH_QUEUE_SIZE = 2  # vllm/config/vllm.py:588-598 VllmConfig.max_concurrent_batches, async, one PP stage
 
 
-def sample_when_scheduled(runner: SchedulerRunner, scheduler_output: Any) -> dict[str, list[int]]:
+def sample_when_scheduled(runner: SchedulerRunner, scheduler_output: Any, model: ModelSide | None = None,
+                          admitted: set[str] = frozenset()) -> dict[str, list[int]]:
     """The forced ids a step will sample, read right after it is scheduled: a request that is not
     a prefill chunk samples the output at its known outputs plus its placeholders (this step's
-    included), less one."""
+    included), less one. With speculation the model side decides (ModelSide.sample)."""
+    if model is not None:
+        return model.sample(runner, scheduler_output, admitted)
     sampled = {}
     for request_id in runner.num_scheduled_tokens(scheduler_output):
         request = runner._all[request_id]
@@ -60,6 +72,7 @@ def drive_batch_queue(runner: SchedulerRunner, workload: list[WorkloadRequest], 
     step = idle_steps = 0
     ever_preempted: set[str] = set()
     previous_waiting: list[str] | None = None
+    model = ModelSide() if runner.config.num_speculative_tokens else None
     while pending or runner.num_unfinished() or queue:
         if not runner.num_unfinished() and not queue and pending[0][1].arrival_step > step:
             step = pending[0][1].arrival_step  # nothing to do until the next arrival
@@ -70,6 +83,7 @@ def drive_batch_queue(runner: SchedulerRunner, workload: list[WorkloadRequest], 
         admitted: list[Admission] = []
         preempted_ids: set[str] = set()
         output: list = []
+        spec: list = []
         schedule_seconds = update_seconds = 0.0
         apply = bool(queue)
         if has_requests(runner):
@@ -79,7 +93,11 @@ def drive_batch_queue(runner: SchedulerRunner, workload: list[WorkloadRequest], 
             scheduled = runner.num_scheduled_tokens(scheduler_output)
             admitted, preempted_ids = schedule_effects(runner, running_before, scheduled, ever_preempted)
             output = runner.output_shape(scheduler_output)
-            queue.appendleft((scheduler_output, sample_when_scheduled(runner, scheduler_output)))
+            sampled_now = sample_when_scheduled(runner, scheduler_output, model, {a.request_id for a in admitted})
+            # [[request_id, drafts scheduled, drafts the model accepted], ...], fixed with the samples.
+            spec = [[rid, len(tokens), len(sampled_now[rid]) - 1]
+                    for rid, tokens in runner.scheduled_spec_decode_tokens(scheduler_output).items() if sampled_now.get(rid)]
+            queue.appendleft((scheduler_output, sampled_now))
             # Don't block on the oldest step unless the queue is full or nothing more can be scheduled.
             apply = not (len(queue) < BATCH_QUEUE_SIZE and (scheduled or has_requests(runner)))
         finished: dict[str, str] = {}
@@ -96,7 +114,7 @@ def drive_batch_queue(runner: SchedulerRunner, workload: list[WorkloadRequest], 
         unfinished = set(runner.unfinished_ids())
         log.steps.append(step_record(
             runner, step, arrivals, scheduled, admitted, preempted, finished, waiting, previous_waiting,
-            counted=[rid for rid in changed if rid in unfinished], output=output,
+            counted=[rid for rid in changed if rid in unfinished], output=output, spec=spec,
             schedule_seconds=schedule_seconds, update_seconds=update_seconds,
         ))
         previous_waiting = waiting

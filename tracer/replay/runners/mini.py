@@ -29,7 +29,8 @@ class MiniRunner(V1SchedulerRunner):
 
     def make_scheduler(self, config: ReplayConfig, cache_config: CacheConfig) -> Scheduler:
         # The drafts are forced (tracer/replay/speculation.py): the n-gram sizes are never used.
-        spec = SpeculativeConfig(num_speculative_tokens=config.num_speculative_tokens) if config.num_speculative_tokens else None
+        method = "ngram_gpu" if config.async_scheduling else "ngram"  # as engine.config.check_speculative_config allows
+        spec = SpeculativeConfig(method=method, num_speculative_tokens=config.num_speculative_tokens) if config.num_speculative_tokens else None
         scheduler_class = AsyncScheduler if config.async_scheduling else Scheduler
         return scheduler_class(SchedulerConfig(**config.scheduler_kwargs()), cache_config, config.num_blocks,
                                speculative_config=spec)

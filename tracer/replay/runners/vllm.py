@@ -101,8 +101,10 @@ def _build_vllm_scheduler(config: ReplayConfig, model_dir: str):
         scheduler_config = v["SchedulerConfig"](**config.scheduler_kwargs(), is_encoder_decoder=False)
         cache_config = v["CacheConfig"](block_size=config.block_size, enable_prefix_caching=config.enable_prefix_caching)
         # n-gram speculation: no draft model, no lookahead slots; the drafts are forced by replay.
+        # Under async scheduling "ngram_gpu", the n-gram method vLLM's V1 runner schedules
+        # asynchronously (vllm/config/vllm.py:1651-1666 VllmConfig.__post_init__).
         speculative_config = v["SpeculativeConfig"](
-            method="ngram", num_speculative_tokens=config.num_speculative_tokens
+            method="ngram_gpu" if config.async_scheduling else "ngram", num_speculative_tokens=config.num_speculative_tokens
         ) if config.num_speculative_tokens else None
         vllm_config = v["VllmConfig"](
             scheduler_config=scheduler_config, model_config=model_config, cache_config=cache_config,
