@@ -35,8 +35,19 @@ def hf_oracle(bundled_gguf):
     return model.eval()
 
 
+# Greedy continuations already computed this session: several modules ask for the same prompts.
+_ORACLE_CACHE: dict[tuple, list[int]] = {}
+
+
 def oracle_greedy(model, prompt_ids: list[int], max_new_tokens: int) -> list[int]:
     """transformers' greedy continuation (stops at EOS like our engine does)."""
+    key = (id(model), tuple(prompt_ids), max_new_tokens)
+    if key not in _ORACLE_CACHE:
+        _ORACLE_CACHE[key] = _oracle_greedy(model, prompt_ids, max_new_tokens)
+    return list(_ORACLE_CACHE[key])
+
+
+def _oracle_greedy(model, prompt_ids: list[int], max_new_tokens: int) -> list[int]:
     with torch.no_grad():
         out = model.generate(
             torch.tensor([prompt_ids]),

@@ -181,3 +181,49 @@ def test_an_abort_with_a_step_in_flight_drops_its_output_and_frees_blocks(engine
     assert list(finished) == ["stays"] and finished["stays"].output_token_ids == expected[0]
     assert "to-abort" not in engine.model_runner.worker_drafts.states  # the runner dropped its copy
     assert_pool_empty(engine)
+
+
+def test_spec_spans_account_for_the_schedulers_counts(engine, tmp_path):
+    """spec.verify counts what the rejection sampler verified: the scheduler's placeholder drafts
+    less those the runner trimmed, and also the steps whose output a finished request drops."""
+    from tracer.instrument import hooks, otel, spans
+    from tracer.traces import schema
+    from tracer.traces.trace_file import read_trace_file
+
+    stats, worker = engine.scheduler.spec_decoding_stats, engine.model_runner.worker_drafts
+    drafts_before, accepted_before, trimmed_before = stats.num_draft_tokens, stats.num_accepted_tokens, worker.num_trimmed_drafts
+    dropped = {"drafts": 0, "accepted": 0}
+    checked = engine.scheduler.update_from_output
+
+    def update(scheduler_output, model_runner_output):
+        for rid, sampled in zip(model_runner_output.req_ids, model_runner_output.sampled_token_ids):
+            request = engine.scheduler.requests.get(rid)
+            if sampled and (request is None or request.is_finished):
+                dropped["drafts"] += len(scheduler_output.scheduled_spec_decode_tokens.get(rid, ()))
+                dropped["accepted"] += len(sampled) - 1
+        return checked(scheduler_output, model_runner_output)
+
+    path = tmp_path / "trace.jsonl"
+    otel.configure(trace_file=path, engine="mini")
+    report = hooks.install("mini", import_modules=True)
+    engine.scheduler.update_from_output = update
+    try:
+        engine.generate([PROMPTS[0], PROMPTS[1]], SamplingParams(temperature=0.0, max_tokens=16))
+        otel.flush()
+    finally:
+        engine.scheduler.update_from_output = checked
+        hooks.uninstall()
+        otel.shutdown()
+        spans.registry.clear()
+    assert report.failed == {}
+    trace = read_trace_file(path)
+    verifies, proposes = trace.named("spec.verify"), trace.named("spec.propose")
+    assert verifies and proposes
+    assert {s.trace_id for s in verifies + proposes} <= {s.trace_id for s in trace.named("engine.step")}
+    total = lambda records, key: sum(s.attributes[key] for s in records)  # noqa: E731
+    verified, accepted = total(verifies, schema.SPEC_NUM_DRAFT), total(verifies, schema.SPEC_NUM_ACCEPTED)
+    trimmed = worker.num_trimmed_drafts - trimmed_before
+    assert verified + trimmed == stats.num_draft_tokens - drafts_before + dropped["drafts"]
+    assert accepted == stats.num_accepted_tokens - accepted_before + dropped["accepted"] > 0
+    assert total(verifies, schema.SPEC_NUM_REJECTED) == verified - accepted
+    assert total(proposes, schema.SPEC_NUM_DRAFT) >= verified  # every verified draft was proposed

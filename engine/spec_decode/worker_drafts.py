@@ -91,6 +91,8 @@ class WorkerDrafts:
         self.drafter = drafter
         self.num_speculative_tokens = num_speculative_tokens
         self.states: dict[str, DraftState] = {}  # model thread only
+        # Placeholder drafts trimmed for want of a draft (vLLM's scheduler counts them as rejected).
+        self.num_trimmed_drafts = 0
         self._finished: set[str] = set()  # scheduling thread: finished since the last plan
 
     # -- scheduling thread --------------------------------------------------------------
@@ -145,6 +147,7 @@ class WorkerDrafts:
             else:
                 # vLLM: update_scheduler_for_invalid_drafts trims to the drafts found.
                 drafts = state.draft_token_ids[: plan.num_scheduled_drafts]
+                self.num_trimmed_drafts += plan.num_scheduled_drafts - len(drafts)
             sampled = start + num_known_rows == len(state.token_ids)
             assert sampled or not drafts, f"{req_id}: drafts after a prefill chunk"
             state.num_computed_tokens = start + num_known_rows + len(drafts)
