@@ -7,9 +7,13 @@ prompts ask for new text, where drafts rarely match. Greedy, float32, the bundle
 the outputs with and without speculation are checked equal (the bench stops if not). Batch 1:
 the requests one after another; batch 8: all in at once with max_num_seqs 8. One process, the two
 engines alternating per (workload, batch) cell, --repeats runs each, the best kept.
-Prints a table and writes bench/results/spec_decode.{json,md}.
+With --async-scheduling both engines run vLLM 0.33's default loop (AsyncScheduler + batch queue)
+and speculation must be "ngram_gpu" (drafts proposed on the runner's side). Prints a table and
+writes bench/results/spec_decode.{json,md} (spec_decode_async.{json,md} with --async-scheduling);
+--no-write prints only (a run on a loaded machine that should not replace the committed figures).
 
     .venv/bin/python bench/spec_decode.py [--num-speculative-tokens 4] [--prompt-lookup-min 2] [--prompt-lookup-max 4]
+    .venv/bin/python bench/spec_decode.py --speculative-method ngram_gpu --async-scheduling   # both engines async
     .venv/bin/python bench/spec_decode.py --write-workload   # regenerate the workload file
 """
 from __future__ import annotations
@@ -83,12 +87,13 @@ def load_workload(path: Path = WORKLOAD) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def make_engine(spec: SpeculativeConfig | None) -> LLMEngine:
+def make_engine(spec: SpeculativeConfig | None, async_scheduling: bool = False) -> LLMEngine:
     # float32: outputs are checked equal with and without speculation (bf16 may flip a near-tie).
     return LLMEngine(EngineConfig(
         model=ModelConfig(dtype="float32"),
         cache=CacheConfig(block_size=16, kv_cache_memory_bytes=256 * 1024 * 1024),
-        scheduler=SchedulerConfig(max_num_seqs=8, max_num_batched_tokens=2048, max_model_len=2048),
+        scheduler=SchedulerConfig(max_num_seqs=8, max_num_batched_tokens=2048, max_model_len=2048,
+                                  async_scheduling=async_scheduling),
         speculative=spec,
     ))
 
@@ -118,15 +123,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--batches", default="1,8")
+    parser.add_argument("--speculative-method", choices=["ngram", "ngram_gpu"], default="ngram")
+    parser.add_argument("--async-scheduling", action="store_true", help="both engines async (needs ngram_gpu)")
+    parser.add_argument("--no-write", action="store_true", help="print the table only; bench/results/ stays as it is")
     args = parser.parse_args(argv)
     if args.write_workload:
         rows = write_workload()
         print(f"wrote {len(rows)} prompts to {WORKLOAD}")
         return 0
-    spec_config = SpeculativeConfig(num_speculative_tokens=args.num_speculative_tokens,
+    spec_config = SpeculativeConfig(method=args.speculative_method, num_speculative_tokens=args.num_speculative_tokens,
                                     prompt_lookup_min=args.prompt_lookup_min, prompt_lookup_max=args.prompt_lookup_max)
     console = Console()
-    engines = {"off": make_engine(None), "ngram": make_engine(spec_config)}
+    engines = {"off": make_engine(None, args.async_scheduling), "ngram": make_engine(spec_config, args.async_scheduling)}
     rows = load_workload()
     workloads = {kind: [engines["off"].render(messages=r["messages"]) for r in rows if r["kind"] == kind] for kind in ("copy", "free")}
     batches = [int(b) for b in args.batches.split(",")]
@@ -165,7 +173,8 @@ def main(argv: list[str] | None = None) -> int:
                 "steps_off": steps["off"], "steps_ngram": steps["ngram"],
                 "ms_per_step_off": 1000 * best["off"] / steps["off"], "ms_per_step_ngram": 1000 * best["ngram"] / steps["ngram"],
             })
-    table = Table(title="n-gram speculative decoding, ours (greedy, fp32, SmolLM2-135M)")
+    mode = f"{args.speculative_method}{', async scheduling' if args.async_scheduling else ''}"
+    table = Table(title=f"n-gram speculative decoding ({mode}), ours (greedy, fp32, SmolLM2-135M)")
     for column in ("workload", "batch", "tokens", "tok/s off", "tok/s ngram", "speedup", "steps off", "steps ngram",
                    "ms/step off", "ms/step ngram", "drafted", "accepted", "acceptance"):
         table.add_column(column, justify="right")
@@ -181,13 +190,19 @@ def main(argv: list[str] | None = None) -> int:
     console.print(table)
     meta = run_meta(num_speculative_tokens=args.num_speculative_tokens, prompt_lookup_min=args.prompt_lookup_min,
                     prompt_lookup_max=args.prompt_lookup_max, max_tokens=args.max_tokens, repeats=args.repeats,
+                    speculative_method=args.speculative_method, async_scheduling=args.async_scheduling,
                     workload=str(WORKLOAD.relative_to(Path(__file__).resolve().parents[1])))
     body += ["", "Targets (issue 21): at least 1.5x at batch 1 on copy, at most 5% slower on free.",
              "Engine steps do not depend on the machine's load; ms per step does (a verify step runs 1 + k tokens).",
              f"Outputs with and without speculation were equal token for token in every cell. k={args.num_speculative_tokens}, "
              f"prompt_lookup_min={args.prompt_lookup_min}, prompt_lookup_max={args.prompt_lookup_max}, max_tokens={args.max_tokens}, "
-             f"best of {args.repeats}."]
-    write_results("spec_decode", "n-gram speculative decoding: tokens/s with vs without", meta, {"cells": cells}, body)
+             f"best of {args.repeats}. Method {mode}" + (" (both engines async)." if args.async_scheduling else ".")]
+    if args.no_write:
+        print("\n".join(body))
+        console.print(f"[dim]--no-write: bench/results/ unchanged; load average {meta['load_average_at_end']}[/dim]")
+        return 0
+    name = "spec_decode_async" if args.async_scheduling else "spec_decode"
+    write_results(name, f"n-gram speculative decoding ({mode}): tokens/s with vs without", meta, {"cells": cells}, body)
     return 0
 
 

@@ -177,7 +177,7 @@ class LLMEngine:
         if self.batch_queue is not None:
             # Async scheduling (EngineCore.step_with_batch_queue): a call that only schedules
             # returns no output. Drafts ("ngram_gpu" only) stay on the runner's side: vLLM's
-            # post_step takes none under async scheduling (vllm/v1/engine/core.py:699-706).
+            # post_step takes none under async scheduling (vllm/v1/engine/core.py:699-705 EngineCore.post_step).
             core_outputs = self.batch_queue.step() or []
         else:
             scheduler_output = self.scheduler.schedule()

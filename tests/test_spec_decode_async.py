@@ -8,8 +8,10 @@ speculation equals: tests/test_engine.py, tests/test_spec_decode_engine.py), in 
 preemption in an 11-block pool and chunked prefill, on a prefix-cache hit, with a stop string that
 falls among accepted drafts and an abort with a step in flight. The scheduler's counters are
 checked after every step against what vLLM's AsyncScheduler keeps
-(vllm/v1/core/sched/async_scheduler.py:24-49, vllm/v1/core/sched/scheduler.py:2346-2364 and
-2745-2769), and every output against the rollback it must cause.
+(vllm/v1/core/sched/async_scheduler.py:24-49 AsyncScheduler._update_after_schedule,
+vllm/v1/core/sched/scheduler.py:2346-2364 Scheduler.update_from_output,
+vllm/v1/core/sched/scheduler.py:2744-2769 Scheduler._update_request_with_output), and every output
+against the rollback it must cause.
 """
 from __future__ import annotations
 

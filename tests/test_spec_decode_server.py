@@ -58,7 +58,7 @@ def test_ngram_speculation_refuses_async_scheduling_as_vllms_v1_runner_and_ngram
 
     check_speculative_config(parse("--async-scheduling"))  # each alone is fine
     check_speculative_config(parse("--speculative-method", "ngram"))
-    # vLLM's NgramGPUTypes are allowed with async scheduling (vllm/config/vllm.py:1655-1658).
+    # vLLM's NgramGPUTypes are allowed with async scheduling (vllm/config/vllm.py:1655-1658 VllmConfig.__post_init__).
     config = parse("--async-scheduling", "--speculative-method", "ngram_gpu")
     check_speculative_config(config)
     assert config.speculative.use_ngram_gpu() and config.speculative.prompt_lookup_min == 5

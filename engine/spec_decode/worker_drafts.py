@@ -5,19 +5,19 @@ With "ngram" the drafts travel to the scheduler after the step (take_draft_token
 Scheduler.update_draft_token_ids) and come back scheduled. Under async scheduling the next step is
 scheduled before this one's tokens exist, so vLLM 0.33 schedules "ngram_gpu" speculation this way:
 - the scheduler gives every request that samples k placeholder drafts (-1) and counts 1 + its
-  drafts as output placeholders, as if all drafts were accepted (AsyncScheduler._update_after_schedule,
-  vllm/v1/core/sched/async_scheduler.py:24-49);
+  drafts as output placeholders, as if all drafts were accepted
+  (vllm/v1/core/sched/async_scheduler.py:24-49 AsyncScheduler._update_after_schedule);
 - the runner keeps each request's tokens itself (vLLM: token_ids_gpu_tensor, num_tokens_no_spec_gpu),
   scatters the tokens the rejection sampler accepted into them and proposes the next drafts from
   them right after sampling (vllm/v1/worker/gpu_model_runner.py:4752-4790
-  GPUModelRunner.propose_draft_token_ids; vllm/v1/spec_decode/ngram_proposer_gpu.py:309-380
+  GPUModelRunner.propose_draft_token_ids; vllm/v1/spec_decode/ngram_proposer_gpu.py:314-389
   NgramProposerGPU.propose);
 - before the next step runs, the runner trims the scheduled placeholder drafts to the drafts it
   found (vllm/v1/spec_decode/ngram_proposer_gpu.py:472-508 update_scheduler_for_invalid_drafts),
   puts its drafts in their place (vllm/v1/worker/gpu_model_runner.py:1850-1870
   GPUModelRunner._prepare_input_ids), and takes the drafts the step before rejected off the
-  scheduler's optimistic num_computed_tokens (vllm/v1/worker/gpu_model_runner.py:1343-1384,
-  1514-1544 GPUModelRunner._update_states, the prev_num_draft_len correction).
+  scheduler's optimistic num_computed_tokens (vllm/v1/worker/gpu_model_runner.py:1343-1544
+  GPUModelRunner._update_states, the prev_num_draft_len correction).
 The scheduler learns the acceptance one step late, in update_from_output, from the tokens returned.
 
 Here: plan() runs on the scheduling thread (it reads the scheduler's requests: a new or resumed

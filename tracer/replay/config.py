@@ -33,7 +33,8 @@ class ReplayConfig:
     radix_concurrency: int = 4
     # Speculative decoding: drafts per request per step (0: off); the drafts and their acceptance
     # are forced (tracer/replay/speculation.py). With async_scheduling the method is "ngram_gpu"
-    # (vLLM 0.33's V1 runner refuses "ngram" there: vllm/config/vllm.py:1651-1680), whose drafts
+    # (vLLM 0.33's V1 runner refuses "ngram" there: vllm/config/vllm.py:1651-1680
+    # VllmConfig.__post_init__), whose drafts
     # never reach the scheduler: only the acceptance is forced.
     num_speculative_tokens: int = 0
     # Drive each scheduler as vLLM 0.33 serves by default: its AsyncScheduler (ours:

@@ -15,7 +15,8 @@ Both schedulers, ours (engine.async_scheduler) and vLLM's, go through this one l
 
 With speculation ("ngram_gpu", the only n-gram method vLLM 0.33 schedules asynchronously) the
 schedulers hold placeholder drafts only, and no drafts are handed to them (vLLM's post_step takes
-none under async scheduling, vllm/v1/engine/core.py:699-705). The model side is what is forced: a
+none under async scheduling, vllm/v1/engine/core.py:699-705
+EngineCore.post_step). The model side is what is forced: a
 step that samples for a request scheduled with drafts returns its next forced tokens, 1 + a of
 them, a forced by (request, outputs so far) as in the synchronous replay; an admission's drafts
 are vLLM's padding and none is accepted. "Outputs so far" are the model's own count, which a
