@@ -25,6 +25,7 @@ from engine.sampling_params import SamplingParams
 from engine.scheduler import Scheduler
 from engine.sglang_scheduler import SglangScheduler
 from engine.structured_output import validate_structured_outputs
+from engine.structured_output.params import StructuredOutputError
 from engine.structured_output.manager import StructuredOutputManager
 from engine.structured_output.overlap import OverlappedStep
 from engine.tokenizer import PromptError, Tokenizer, default_model_path
@@ -140,6 +141,14 @@ class LLMEngine:
         if not prompt_token_ids:
             raise PromptError("the prompt is empty")
         if params.structured_outputs is not None:
+            spec = self.config.speculative
+            if spec is not None and spec.method == "ngram_gpu":
+                # The drafts are proposed on the model thread and never reach the scheduler, whose
+                # bitmask rows for them are placeholders (vLLM 0.33 leaves rows after a -1 draft
+                # unconstrained, vllm/v1/structured_output/__init__.py:476-487): accepted drafts
+                # could break the grammar, so the combination is refused rather than served wrong.
+                raise StructuredOutputError("structured outputs are not served with --speculative-method ngram_gpu "
+                                            "(async speculation); use ngram without --async-scheduling")
             validate_structured_outputs(params.structured_outputs)
         needed = len(prompt_token_ids) + params.max_tokens
         if needed > self.max_model_len:

@@ -229,3 +229,15 @@ def test_spec_spans_account_for_the_schedulers_counts(engine, tmp_path):
     assert accepted == stats.num_accepted_tokens - accepted_before + dropped["accepted"] > 0
     assert total(verifies, schema.SPEC_NUM_REJECTED) == verified - accepted
     assert total(proposes, schema.SPEC_NUM_DRAFT) >= verified  # every verified draft was proposed
+
+
+def test_a_constrained_request_is_refused_before_it_is_queued(engine):
+    # Async speculation proposes its drafts on the model thread, where no grammar checks them
+    # (the rows for them are placeholders): a constrained request would be served wrong, so it is a
+    # clear error (a 400 behind the server) and nothing is queued.
+    from engine.structured_output.params import StructuredOutputError, StructuredOutputsParams
+
+    params = SamplingParams(temperature=0.0, max_tokens=8, structured_outputs=StructuredOutputsParams(regex="(ab)+c"))
+    with pytest.raises(StructuredOutputError, match="ngram_gpu"):
+        engine.generate(["Repeat: ab ab ab c"], params)
+    assert not engine.scheduler.has_unfinished_requests()
