@@ -13,19 +13,17 @@ from tracer.instrument.extractors import (
     KEY_TOKENS, KV_USAGE, MAX_TOKENS, MODEL_TOKENS, NEW_TOKENS, NUM_COMPUTED, NUM_OUTPUTS, NUM_PREEMPTIONS, NUM_SAMPLED, OPERATION,
     OUTPUT_TOKENS, PRIORITY, PROTECTED, REQUEST_ID, STATUS, STEP, STOPPED_BY_STRING, TEMPERATURE, TEXT_CHARS,
     TOP_P, ids, queue_attributes, request_attributes, sampling_attributes, scheduler_limits, waiting_head_attributes,
-    BLOCK_HASHES, CACHING_ENABLED, PROMPT_TOKEN_IDS, blocks_to_evict, spec_propose_counts, spec_verify_counts,
-    placeholder_attributes,
+    BLOCK_HASHES, CACHING_ENABLED, PROMPT_TOKEN_IDS, blocks_to_evict, placeholder_attributes,
 )
-from tracer.traces.schema import WAITED_STEP
-from tracer.instrument.extractors import mini_sglang
+from tracer.instrument.extractors import mini_decoding, mini_sglang
 from tracer.instrument.extractors.sglang_radix import (
     evicted_nodes, first_sight, hash_unit, next_page, prefix_hashes, radix_path, stash_evict_candidates,
 )
 from tracer.traces.schema import CONFIG_BLOCK_SIZE, RADIX_HASH_TOKENS, RADIX_NODE_ID, RADIX_PREFIX_HASHES
 from tracer.traces.schema import CONFIG_ASYNC, CONFIG_LONG_PREFILL, CONFIG_MAX_MODEL_LEN, CONFIG_NUM_BLOCKS, CONFIG_PREFIX_CACHING
 from tracer.traces.schema import (
-    BATCH_QUEUE_LEN, DROP, GRAMMAR_CACHE_HIT, GRAMMAR_COMPILE_MS, GRAMMAR_COMPLETE, GRAMMAR_JUMP_TOKENS, GRAMMAR_KIND,
-    GRAMMAR_MASKED_FRACTION, GRAMMAR_NUM_ROWS, HTTP_METHOD, HTTP_ROUTE, HTTP_STATUS, HTTP_STREAM, REQUEST_MODEL, TRACEPARENT,
+    BATCH_QUEUE_LEN, DROP, GRAMMAR_COMPLETE, GRAMMAR_KIND,
+    HTTP_METHOD, HTTP_ROUTE, HTTP_STATUS, HTTP_STREAM, REQUEST_MODEL, TRACEPARENT,
 )
 
 # OpenTelemetry HTTP semantic conventions (the GenAI ones are in tracer.instrument.extractors)
@@ -329,65 +327,8 @@ def detokenize_after(args: dict, result: Any) -> dict:
     }
 
 
-def spec_propose_after(args: dict, drafts: list[list[int]]) -> dict:
-    return spec_propose_counts(drafts)
-
-
-def spec_verify_after(args: dict, output_token_ids: Any) -> dict:
-    return spec_verify_counts(args["metadata"].num_draft_tokens, output_token_ids)
-
-
-def grammar_compile_before(args: dict) -> dict:
-    """StructuredOutputManager._create_grammar (on a compile thread): the request and its constraint."""
-    request = args["request"]
-    return {REQUEST_ID: request.request_id, GRAMMAR_KIND: request.structured_output_request.kind}
-
-
-def grammar_compile_after(args: dict, _: Any) -> dict:
-    so_request = args["request"].structured_output_request
-    ms = None if so_request.compile_time_s is None else so_request.compile_time_s * 1000.0
-    return {GRAMMAR_COMPILE_MS: ms, GRAMMAR_CACHE_HIT: so_request.cache_hit}
-
-
-def grammar_fill_before(args: dict) -> dict:
-    ids = list(args["structured_output_request_ids"])
-    return {BATCH_IDS: ids, BATCH_SIZE: len(ids), DROP: not ids}
-
-
-def grammar_fill_after(args: dict, output: Any) -> dict:
-    if output is None:
-        return {}
-    fractions = output.masked_fractions
-    return {GRAMMAR_NUM_ROWS: int(output.grammar_bitmask.shape[0]),
-            GRAMMAR_MASKED_FRACTION: sum(fractions) / len(fractions) if fractions else None}
-
-
-def grammar_apply_before(args: dict) -> dict:
-    output = args["grammar_output"]
-    return {GRAMMAR_NUM_ROWS: len(output.structured_output_request_ids), BATCH_SIZE: int(args["logits"].shape[0])}
-
-
-def jump_forward_before(args: dict) -> dict:
-    return {REQUEST_ID: args["request"].request_id}
-
-
-def jump_forward_after(args: dict, jump: Any) -> dict:
-    # Tokens forced beyond those the retokenization replaced; a step with nothing forced is no event.
-    return {GRAMMAR_JUMP_TOKENS: jump.num_forced, DROP: not jump.token_ids}
-
-
-def wait_before(args: dict) -> dict:
-    """BatchQueue._apply_oldest: the oldest step in flight sits on the right of the queue."""
-    queue = args["self"].queue
-    return {WAITED_STEP: getattr(queue[-1][1], "step", None)} if queue else {}
-
-
-def wait_after(args: dict, outputs: list) -> dict:
-    return {BATCH_QUEUE_LEN: len(args["self"].queue), NUM_OUTPUTS: len(outputs)}
-
-
 BEFORE = {
-    "overlap.wait": wait_before,
+    **mini_decoding.BEFORE,
     "http.request": http_before,
     "engine.enqueue": enqueue_before,
     "engine.step": step_before,
@@ -403,16 +344,10 @@ BEFORE = {
     "scheduler.update": update_before,
     "kv.free": free_before,
     "detokenize": detokenize_before,
-    "grammar.compile": grammar_compile_before,
-    "grammar.bitmask_fill": grammar_fill_before,
-    "grammar.bitmask_apply": grammar_apply_before,
-    "grammar.jump_forward": jump_forward_before,
 }
 AFTER = {
+    **mini_decoding.AFTER,
     "overlap.placeholders": placeholder_attributes,
-    "overlap.wait": wait_after,
-    "spec.propose": spec_propose_after,
-    "spec.verify": spec_verify_after,
     "http.request": http_after,
     "request.render": render_after,
     "engine.enqueue": enqueue_after,
@@ -427,7 +362,4 @@ AFTER = {
     "scheduler.update": update_after,
     "kv.free": free_after,
     "detokenize": detokenize_after,
-    "grammar.compile": grammar_compile_after,
-    "grammar.bitmask_fill": grammar_fill_after,
-    "grammar.jump_forward": jump_forward_after,
 }
