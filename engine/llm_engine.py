@@ -145,7 +145,8 @@ class LLMEngine:
             if spec is not None and spec.method == "ngram_gpu":
                 # The drafts are proposed on the model thread and never reach the scheduler, whose
                 # bitmask rows for them are placeholders (vLLM 0.33 leaves rows after a -1 draft
-                # unconstrained, vllm/v1/structured_output/__init__.py:476-487): accepted drafts
+                # unconstrained, vllm/v1/structured_output/__init__.py:476-487
+                # StructuredOutputManager.grammar_bitmask): accepted drafts
                 # could break the grammar, so the combination is refused rather than served wrong.
                 raise StructuredOutputError("structured outputs are not served with --speculative-method ngram_gpu "
                                             "(async speculation); use ngram without --async-scheduling")
