@@ -19,7 +19,8 @@ CATALOG_PATH = Path(__file__).with_name("hops.yaml")
 LOCK_PATH = Path(__file__).with_name("hops.lock.json")
 SCOPES = ("request", "step")
 ROLES = ("request_root", "entrypoint", "enqueue", "render", "step_root", "step_opener", "batch", "forward", "startup",
-         "prefix_lookup", "evict", "insert", "preempt", "allocate", "release", "output_text", "update", "in_flight")
+         "prefix_lookup", "evict", "insert", "preempt", "allocate", "release", "output_text", "update", "in_flight",
+         "awaits_root")
 
 
 class CatalogError(ValueError):

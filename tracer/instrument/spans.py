@@ -140,6 +140,7 @@ class OpenSpan:
     gpu_events: tuple | None = None
     started_trace: bool = False
     deferred: list | tuple | None = None  # on an engine.step: (span, end ns) of its parts ended, created at its end; () once it closed
+    awaiting: str | None = None  # an awaits_root hop's request id whose root was not registered when it began
 
     def materialize(self) -> Any:
         if self.span is None:
@@ -174,6 +175,7 @@ def begin(call: HopCall, args: dict[str, Any]) -> OpenSpan | None:
     root: SpanContext | None = None
     roles = call.roles
     opens_step = False  # an unenclosed step opener that is not a step root: begins this process's current step
+    awaiting: str | None = None
     if call.scope == "step" and enclosing is None and "startup" not in roles:
         traceparent = attributes.get(TRACEPARENT)
         if traceparent:
@@ -216,9 +218,12 @@ def begin(call: HopCall, args: dict[str, Any]) -> OpenSpan | None:
             root = enclosing.root  # nested in another span of the same request (enqueue inside http.request)
         if parent is not None and current.is_valid and (root is None or root.trace_id != current.trace_id):
             links.append(Link(current, _STEP_LINK))
+        if parent is None and enclosing is None and not current.is_valid and request_id is not None and "awaits_root" in roles:
+            awaiting = str(request_id)  # on a thread of its own, begun before the enqueue registered the root
     if "step_opener" in roles and "step_root" not in roles:  # the schedule, not the step around it
         overlap.link_overlapped(links, attributes)
-    open_span = OpenSpan(call, tracer, attributes, start_ns, parent, enclosing, links, root if call.scope == "request" else None)
+    open_span = OpenSpan(call, tracer, attributes, start_ns, parent, enclosing, links, root if call.scope == "request" else None,
+                         awaiting=awaiting)
     if "in_flight" in roles and not attributes.get(DROP):
         # Created at once, in its own thread: another thread's step opener links to it while it runs.
         open_span.materialize()
@@ -270,15 +275,36 @@ def _batch_links(request_ids: list, kind: str = LINK_REQUEST) -> list[Link]:
 def end(open_span: OpenSpan, args: dict[str, Any], result: Any = None, error: BaseException | None = None) -> None:
     """Close the span: after-call attributes, links to the batch, error status."""
     end_ns = time.time_ns()
-    call = open_span.call
     deactivate(open_span)
-    if "in_flight" in call.roles:
+    if "in_flight" in open_span.call.roles:
         overlap.ended(open_span)
+    if open_span.awaiting is None or open_span.span is not None:
+        return _close(open_span, args, result, error, end_ns)
+    # An awaits_root span (our grammar compile, on its compile thread) begun before its request's root
+    # was registered: the root is looked up again now; if the enqueue that submitted the compile has
+    # not registered it yet, the span is written (its times, its after-call attributes read now) when it does.
+    after = _run_extractor(open_span.call, "after", open_span.call.after, args, result) if error is None else {}
+
+    def close(root: SpanContext | None) -> None:  # None: the registry was cleared first (its own trace)
+        if root is not None:
+            open_span.parent = open_span.root = root
+        _close(open_span, args, result, error, end_ns, after)
+
+    request_id, open_span.awaiting = open_span.awaiting, None
+    root = registry.when_registered(request_id, close)
+    if root is not None:
+        close(root)
+
+
+def _close(open_span: OpenSpan, args: dict[str, Any], result: Any, error: BaseException | None, end_ns: int,
+           after: dict[str, Any] | None = None) -> None:
+    call = open_span.call
     went_idle = False
     if "step_root" in call.roles:
         step_parts.end_deferred(open_span)
     try:
-        after = _run_extractor(call, "after", call.after, args, result) if error is None else {}
+        if after is None:
+            after = _run_extractor(call, "after", call.after, args, result) if error is None else {}
         attributes = open_span.attributes
         attributes.update(after)
         # The engine has gone idle: write out what it did, this step included, once it has ended.
