@@ -72,6 +72,10 @@ class LLMEngine:
                 raise ValueError("async scheduling is vLLM's AsyncScheduler; cache_mode 'sglang' runs synchronously")
             if config.speculative is not None:
                 raise ValueError("speculative decoding runs with vLLM's scheduler only (cache_mode 'vllm')")
+            if config.structured_outputs.jump_forward:
+                # SGLang 0.4.3 sent a jumped request back to be prefilled (check_for_jump_forward ->
+                # _extend_requests_to_queue): not mirrored, and a flag that did nothing would mislead.
+                raise ValueError("jump-forward runs with vLLM's scheduler only here (cache_mode 'vllm')")
             # Constrained requests wait in SGLang's grammar queue (engine/structured_output/sglang_grammar.py).
             self.scheduler = SglangScheduler(config.scheduler, config.cache, num_blocks,
                                              structured_output_manager=self.structured_output_manager)

@@ -271,6 +271,10 @@ def test_generate_flags_become_the_engine_constraint(tmp_path):
     assert sampling_params_from_args(parse(["generate", "p", "--choice", "yes,no,maybe"])).structured_outputs.choice == CHOICES
     assert sampling_params_from_args(parse(["generate", "p"])).structured_outputs is None
     assert parse(["generate", "p", "--jump-forward"]).jump_forward is True
+    from tracer.commands._engine_options import engine_config_from_args
+
+    with pytest.raises(ValueError, match="--cache-mode sglang does not jump"):  # refused, not silently ignored
+        engine_config_from_args(parse(["generate", "p", "--jump-forward", "--cache-mode", "sglang"]))
     with pytest.raises(ValueError, match="Failed to transform regex"):
         sampling_params_from_args(parse(["generate", "p", "--regex", "(unclosed"]))
     with pytest.raises(ValueError, match="empty list"):

@@ -51,6 +51,8 @@ def engine_config_from_args(args: argparse.Namespace) -> EngineConfig:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
     if args.async_scheduling and args.cache_mode == "sglang":
         raise ValueError("--async-scheduling is vLLM's AsyncScheduler; --cache-mode sglang runs synchronously")
+    if getattr(args, "jump_forward", False) and args.cache_mode == "sglang":
+        raise ValueError("--jump-forward runs with vLLM's scheduler only here; --cache-mode sglang does not jump")
     return EngineConfig(
         model=ModelConfig(model=args.model, device=args.device, dtype=args.dtype),
         cache=CacheConfig(
