@@ -131,6 +131,10 @@ def explain_cache(timeline: EngineTimeline, life: RequestLife) -> CacheMiss:
         other = mine_tokens_match(life, earlier, size)
         return say("salt-or-adapter", f"block 0 has the same tokens as in {other.name} but another hash (hash domain "
                    f"{life.hash_domain or 'tokens only'} vs {other.hash_domain or 'tokens only'})", block=0, other=other.name)
+    twin = same_first_block_by_hash(life, earlier) if miss == 0 else None
+    if twin is not None:  # no content capture: the first block's tokens-alone hashes say the tokens match
+        return say("salt-or-adapter", f"block 0 has the same tokens as in {twin.name} (by hash) but another hash domain "
+                   f"({life.hash_domain or 'tokens only'} vs {twin.hash_domain or 'tokens only'})", block=0, other=twin.name)
     if best is not None and shared == miss and miss > 0:
         start, stop = miss * size, (miss + 1) * size
         mine, theirs = life.prompt_token_ids, best.prompt_token_ids
@@ -164,3 +168,15 @@ def mine_tokens_match(life: RequestLife, earlier: list[RequestLife], size: int) 
         if other.prompt_token_ids is not None and other.prompt_token_ids[:size] == life.prompt_token_ids[:size]:
             return other
     return None
+
+
+def same_first_block_by_hash(life: RequestLife, earlier: list[RequestLife]) -> RequestLife | None:
+    """The latest earlier request whose first block has the same tokens (their tokens-alone hash,
+    FIRST_BLOCK_TOKENS_HASH) in another hash domain (another cache salt's digest, or LoRA): vLLM mixes
+    the domain into every block hash (kv_cache_utils.py:637-671, chained by hash_block_tokens), so its
+    block hashes cannot say the tokens matched."""
+    mine = life.first_block_tokens_hash
+    if mine is None:
+        return None
+    return next((other for other in reversed(earlier)
+                 if other.first_block_tokens_hash == mine and other.hash_domain != life.hash_domain), None)

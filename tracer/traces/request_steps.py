@@ -12,7 +12,7 @@ from typing import Any, Iterable
 from tracer.catalog.hops import Catalog, load_catalog
 from tracer.traces.schema import (
     BATCH_IDS, BATCH_PREEMPTED, BATCH_TOKENS, BATCH_TOTAL, BLOCK_HASHES, CACHED_BLOCKS, CACHED_TOKENS,
-    CACHING_ENABLED, CONFIG_BLOCK_SIZE, ENGINE, ENGINE_MODE, EVICTED_HASHES, EXTERNAL_ID, REQUEST_ID, FREE_BLOCKS, HASH_DOMAIN, INPUT_TOKENS, NUM_RUNNING,
+    CACHING_ENABLED, CONFIG_BLOCK_SIZE, ENGINE, ENGINE_MODE, EVICTED_HASHES, EXTERNAL_ID, REQUEST_ID, FREE_BLOCKS, FIRST_BLOCK_TOKENS_HASH, HASH_DOMAIN, INPUT_TOKENS, NUM_RUNNING,
     PRIORITY, PROMPT_TOKEN_IDS, SCHED_CHUNKED, SCHED_MAX_SEQS, SCHED_TOKEN_BUDGET, WAITING_HEAD,
     WAITING_HEAD_BLOCKS, WAITING_HEAD_STATUS, EVICTED, EVICTED_NODE_IDS, EVICTED_NODE_KEYS, EVICTED_NODE_PARENTS,
     EVICTED_NODE_STARTS, EVICTED_NODE_TOKENS, RADIX_PREFIX_HASHES, SCHED_NEW_TOKEN_RATIO, WAITING_HEAD_RESULT,
@@ -125,6 +125,7 @@ class RequestLife:
     preemptions: list[SpanRecord]
     inserts: list[SpanRecord] = field(default_factory=list)  # its tokens entering a radix tree (kv.insert)
     scheduled: list[tuple[Step, int]] = field(default_factory=list)  # (step, tokens) in step order
+    first_block_tokens_hash: str | None = None  # the first block's tokens alone, hashed (vLLM; no domain in it)
 
     def my_tokens(self, step: Step) -> int | None:
         batch = step.batch
@@ -231,6 +232,7 @@ def read_timeline(spans: list[SpanRecord], catalog: Catalog | None = None) -> En
             matches=[s for s in members if s.name in lookup_hops],
             preemptions=[s for s in members if s.name in preempt_hops],
             inserts=[s for s in members if s.name in insert_hops],
+            first_block_tokens_hash=_first(members, FIRST_BLOCK_TOKENS_HASH),
         )
         for span in members:
             span_request[span.span_id] = life.name

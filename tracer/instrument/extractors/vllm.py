@@ -13,6 +13,8 @@ queue: vllm/v1/core/sched/output.py:232), where model.execute picks it up.
 """
 from __future__ import annotations
 
+import hashlib
+from array import array
 from typing import Any
 
 from tracer.instrument.extractors import (
@@ -34,7 +36,7 @@ from tracer.traces.schema import (
 )
 from tracer.instrument import otel
 from tracer.instrument.extractors import placeholder_attributes
-from tracer.traces.schema import BLOCK_HASHES, PROMPT_TOKEN_IDS
+from tracer.traces.schema import BLOCK_HASHES, FIRST_BLOCK_TOKENS_HASH, PROMPT_TOKEN_IDS
 from tracer.traces.schema import ALIASES, CARRIER_EXTERNAL_ID, CARRIER_KEY, DROP, TRACEPARENT
 
 # The attribute the EngineCore sets on a SchedulerOutput for the worker.
@@ -132,21 +134,34 @@ def enqueue_before(args: dict) -> dict:
         BLOCK_HASHES: [bytes(h).hex() for h in getattr(request, "block_hashes", None) or ()],
         PROMPT_TOKEN_IDS: list(request.prompt_token_ids or ()) if otel.capture_content() else None,
         HASH_DOMAIN: _hash_domain(request),
+        FIRST_BLOCK_TOKENS_HASH: _first_block_tokens_hash(request, getattr(args["self"], "scheduler", args["self"])),
         **sampling_attributes(request.sampling_params),
     }
 
 
 def _hash_domain(request: Any) -> str | None:
-    """What vLLM mixes into the block hashes besides the tokens (vllm/v1/core/kv_cache_utils.py:
-    generate_block_hash_extra_keys: the LoRA name, and the cache salt in the first block). The
-    salt itself is never written."""
+    """What vLLM mixes into the block hashes besides the tokens (vllm/v1/core/kv_cache_utils.py:637-671
+    generate_block_hash_extra_keys: the LoRA name and path in every block, lines 590-607, and the cache
+    salt in the first block, lines 659-663; hash_block_tokens, 707-740, chains each block's hash to its
+    parent's, so a salt changes them all). The salt as a digest (two salts, two domains), never itself."""
     parts = []
     lora = getattr(request, "lora_request", None)
     if lora is not None:
         parts.append(f"lora:{lora.lora_name}")
-    if getattr(request, "cache_salt", None):
-        parts.append("salted")
+    salt = getattr(request, "cache_salt", None)
+    if salt:
+        parts.append("salted:" + hashlib.blake2b(str(salt).encode(), digest_size=6, person=b"servetrace-ns").hexdigest())
     return ",".join(parts) or None
+
+
+def _first_block_tokens_hash(request: Any, scheduler: Any) -> str | None:
+    """The first full block's token ids alone (vLLM's own hash mixes the domain in): explain tells two
+    domains' same prompt from two prompts without content capture. Never the tokens themselves."""
+    size = getattr(scheduler, "block_size", None)
+    tokens = request.prompt_token_ids or ()
+    if not size or len(tokens) < size:
+        return None
+    return hashlib.blake2b(array("q", tokens[:size]).tobytes(), digest_size=6, person=b"servetrace-tok").hexdigest()
 
 
 def enqueue_after(args: dict, _: Any) -> dict:
