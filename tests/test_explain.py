@@ -175,8 +175,8 @@ SALTS = [("salt-a", BASE, "tenant-7"), ("salt-b", BASE, "tenant-8"), ("salt-a-ag
 
 def test_two_salts_on_one_prompt_are_told_apart_by_their_domains_without_content_capture(tmp_path, monkeypatch):
     """Without content capture a salted request's block hashes differ from the first block on, whatever
-    its tokens (the salt is in block 0's hash, every later hash chains to it: kv_cache_utils.py:637-671,
-    707-740). The hash domain records a digest of the salt (never the salt) and the enqueue a hash of the
+    its tokens (the salt is in block 0's hash, every later hash chains to it: kv_cache_utils.py:637-675,
+    707-737). The hash domain records a digest of the salt (never the salt) and the enqueue a hash of the
     first block's tokens alone: another salt on the same prompt is salt-or-adapter, the same salt again
     hits, another prompt is never-cached."""
     monkeypatch.delenv("SERVETRACE_CAPTURE_CONTENT", raising=False)

@@ -173,7 +173,7 @@ def mine_tokens_match(life: RequestLife, earlier: list[RequestLife], size: int) 
 def same_first_block_by_hash(life: RequestLife, earlier: list[RequestLife]) -> RequestLife | None:
     """The latest earlier request whose first block has the same tokens (their tokens-alone hash,
     FIRST_BLOCK_TOKENS_HASH) in another hash domain (another cache salt's digest, or LoRA): vLLM mixes
-    the domain into every block hash (kv_cache_utils.py:637-671, chained by hash_block_tokens), so its
+    the domain into every block hash (kv_cache_utils.py:637-675, chained by hash_block_tokens), so its
     block hashes cannot say the tokens matched."""
     mine = life.first_block_tokens_hash
     if mine is None:

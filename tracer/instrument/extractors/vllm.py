@@ -140,14 +140,14 @@ def enqueue_before(args: dict) -> dict:
 
 
 def _hash_domain(request: Any) -> str | None:
-    """What vLLM mixes into the block hashes besides the tokens (vllm/v1/core/kv_cache_utils.py:637-671
+    """What vLLM mixes into the block hashes besides the tokens (vllm/v1/core/kv_cache_utils.py:637-675
     generate_block_hash_extra_keys: the LoRA name and path in every block, lines 590-607, and the cache
-    salt in the first block, lines 659-663; hash_block_tokens, 707-740, chains each block's hash to its
+    salt in the first block, lines 659-663; hash_block_tokens, 707-737, chains each block's hash to its
     parent's, so a salt changes them all). The salt as a digest (two salts, two domains), never itself."""
     parts = []
     lora = getattr(request, "lora_request", None)
     if lora is not None:
-        parts.append(f"lora:{lora.lora_name}")
+        parts.append(f"lora:{lora.lora_name}")  # (its path, which vLLM mixes in too, left out)
     salt = getattr(request, "cache_salt", None)
     if salt:
         parts.append("salted:" + hashlib.blake2b(str(salt).encode(), digest_size=6, person=b"servetrace-ns").hexdigest())
