@@ -8,6 +8,7 @@ before it: that is what the state panel shows as the user steps through.
 """
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any
@@ -44,8 +45,19 @@ class HopRow:
     span: SpanRecord
     depth: int
     step: Step | None  # the engine step the hop belongs to (or links to)
-    waterfall: "Waterfall" = field(repr=False)
+    # A weak reference: the waterfall holds its rows, and a row that held its waterfall made a
+    # cycle, so a dropped waterfall (a live window's, every model swap: the spans, steps and
+    # request it reaches) waited for the cyclic collector instead of going with its last
+    # reference (tests/test_tui_retired_model.py). Whoever shows a row holds its waterfall.
+    waterfall_ref: "weakref.ref[Waterfall]" = field(repr=False)
     index: int  # position in the waterfall's rows
+
+    @property
+    def waterfall(self) -> "Waterfall":
+        waterfall = self.waterfall_ref()
+        if waterfall is None:
+            raise RuntimeError("this hop's waterfall was dropped: a row is read through the waterfall that shows it")
+        return waterfall
 
     @property
     def state(self) -> HopState:
@@ -148,7 +160,8 @@ def build_waterfall(model: TraceModel, request: Request) -> Waterfall:
     placed.sort(key=lambda item: item[0].end_ns, reverse=True)
     placed.sort(key=lambda item: item[0].start_ns)
     waterfall = Waterfall(request)
-    waterfall.rows = [HopRow(span, depth, step, waterfall, index) for index, (span, depth, step) in enumerate(placed)]
+    ref = weakref.ref(waterfall)  # one for all its rows
+    waterfall.rows = [HopRow(span, depth, step, ref, index) for index, (span, depth, step) in enumerate(placed)]
     return waterfall
 
 
