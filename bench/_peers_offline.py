@@ -97,7 +97,10 @@ def vllm_thread_binding(log_path: Path) -> dict:
 def ours_worker(threads: int, dtype: str, common: list[str]) -> OfflineWorker:
     return OfflineWorker(f"ours-{threads}t", REPO / ".venv" / "bin" / "python",
                          ["--engine", "ours", "--threads", str(threads), "--dtype", dtype, "--no-prefix-caching", *common],
-                         {"OMP_NUM_THREADS": str(threads)})
+                         # The wait policy `servetrace serve` runs with (tracer/cli.py sets it before torch loads);
+                         # without it libgomp's default spin made our 2-thread step slower than 1 thread under load
+                         # (bench/results/openmp_policy.md).
+                         {"OMP_NUM_THREADS": str(threads), "OMP_WAIT_POLICY": "PASSIVE"})
 
 
 def vllm_worker(dtype: str, reserved_cpus: int | None, common: list[str], enforce_eager: bool) -> OfflineWorker:

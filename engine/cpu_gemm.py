@@ -8,8 +8,10 @@ It sends vLLM's CPU backend to oneDNN (ops.create_onednn_mm / ops.onednn_mm) and
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 from pathlib import Path
+from typing import Iterator
 
 import torch
 from torch import nn
@@ -93,3 +95,29 @@ def prepack_linears(model: nn.Module) -> int:
                 setattr(parent, name, PrepackedLinear(child.weight))
                 swapped += 1
     return swapped
+
+
+# A step of at most this many tokens computes on one thread (compute_threads_for).
+SERIAL_STEP_MAX_TOKENS = 4
+
+
+@contextlib.contextmanager
+def compute_threads_for(num_tokens: int, device: torch.device) -> Iterator[None]:
+    """Run a CPU step of at most SERIAL_STEP_MAX_TOKENS tokens on one torch thread, then restore.
+
+    Speed trick: under OMP_WAIT_POLICY=PASSIVE (which `servetrace serve` sets: libgomp's default
+    spin makes a 2-thread step crawl when other processes share the cores) each of a step's ~150
+    parallel regions ends with the workers asleep, and waking them costs more than a region of a
+    few rows computes: a batch-1 decode step at 2 threads was slower than at 1, quiet or loaded
+    (bench/results/openmp_policy.md; bench/decode_speed.py, "threads for small steps"). Wider steps keep every
+    thread. omp_set_num_threads is per calling thread, so only this step's thread is affected.
+    """
+    threads = torch.get_num_threads()
+    if device.type != "cpu" or threads == 1 or num_tokens > SERIAL_STEP_MAX_TOKENS:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)

@@ -189,8 +189,9 @@ class ModelRunner:
         if self._runs_from_cuda_graph(model_input):
             logits = self.cuda_graphs.run(model_input.input_ids, model_input.positions, model_input.attn_metadata)
         else:
-            hidden = self.model(model_input.input_ids, model_input.positions, model_input.attn_metadata, self.kv_caches)
-            logits = self.model.compute_logits(hidden[model_input.logits_indices])
+            with cpu_gemm.compute_threads_for(model_input.input_ids.shape[0], self.device):
+                hidden = self.model(model_input.input_ids, model_input.positions, model_input.attn_metadata, self.kv_caches)
+                logits = self.model.compute_logits(hidden[model_input.logits_indices])
         if isinstance(grammar_output, Future):  # filled on the engine thread while the forward ran
             model_input.forward_window = (forward_start, time.perf_counter())
             grammar_output = grammar_output.result()

@@ -95,3 +95,19 @@ def test_without_torchs_probe_the_flags_come_from_proc_cpuinfo(monkeypatch, tmp_
         assert cpu_gemm.cpu_has_native_bf16()
     finally:
         cpu_gemm.cpu_has_native_bf16.cache_clear()
+
+
+@pytest.mark.parametrize(("num_tokens", "device", "inside"), [(1, "cpu", 1), (cpu_gemm.SERIAL_STEP_MAX_TOKENS, "cpu", 1),
+                                                               (cpu_gemm.SERIAL_STEP_MAX_TOKENS + 1, "cpu", 2), (1, "cuda", 2)])
+def test_a_small_cpu_step_computes_on_one_thread_and_the_count_comes_back(num_tokens, device, inside):
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with cpu_gemm.compute_threads_for(num_tokens, torch.device(device)):
+            assert torch.get_num_threads() == inside
+        assert torch.get_num_threads() == 2
+        with pytest.raises(RuntimeError), cpu_gemm.compute_threads_for(num_tokens, torch.device(device)):
+            raise RuntimeError("a failed step")
+        assert torch.get_num_threads() == 2  # restored even when the step raises
+    finally:
+        torch.set_num_threads(before)
