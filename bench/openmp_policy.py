@@ -8,7 +8,10 @@ a bounded spin, GOMP_SPINCOUNT) and thread pinning as vLLM's CPU worker does it
 compute threads. Each run: one engine (this tree, its default dtype), --prompt-len prompt tokens, a
 warm-up, then --max-tokens greedy decode steps of one request; the median step (and the fastest).
 A run that takes longer than --run-timeout is recorded as timed out (spinning threads on an
-oversubscribed CPU can crawl). Prints a table; writes bench/results/openmp_policy.{json,md}.
+oversubscribed CPU can crawl). Then, in one process under the passive policy, 1 vs 2 threads by batch size
+with the thread count alternating step by step within each decode run (the fairest A/B on a machine whose
+load moves by the second): what engine/cpu_gemm.py's compute_threads_for rests on.
+Prints tables; writes bench/results/openmp_policy.{json,md}.
 
     .venv/bin/python bench/openmp_policy.py [--rounds 2] [--max-tokens 32] [--run-timeout 300]
 """
@@ -44,10 +47,12 @@ def child(threads: int, prompt_len: int, max_tokens: int) -> None:
     import torch
 
     torch.set_num_threads(threads)
+    from engine import cpu_gemm
     from engine.config import CacheConfig, EngineConfig, ModelConfig, SchedulerConfig
     from engine.llm_engine import LLMEngine
     from engine.sampling_params import SamplingParams
 
+    cpu_gemm.SERIAL_STEP_MAX_TOKENS = 0  # the thread count asked for, on every step (not the engine's own choice)
     engine = LLMEngine(EngineConfig(model=ModelConfig(dtype=None), cache=CacheConfig(num_blocks=64),
                                     scheduler=SchedulerConfig(max_num_seqs=4, max_num_batched_tokens=2048, max_model_len=512)))
 
@@ -66,6 +71,48 @@ def child(threads: int, prompt_len: int, max_tokens: int) -> None:
     times = decode(2, max_tokens)
     print(json.dumps({"median_ms": statistics.median(times) * 1e3, "fastest_ms": min(times) * 1e3,
                       "dtype": str(engine.model_runner.dtype).removeprefix("torch.")}))
+
+
+def alternating_child(batches: list[int], prompt_len: int, max_tokens: int) -> None:
+    """Decode runs at each batch size, the thread count switching 1, 2, 1, 2 ... step by step."""
+    sys.path.insert(0, str(ROOT))
+    import torch
+
+    from engine import cpu_gemm
+    from engine.config import CacheConfig, EngineConfig, ModelConfig, SchedulerConfig
+    from engine.llm_engine import LLMEngine
+    from engine.sampling_params import SamplingParams
+
+    cpu_gemm.SERIAL_STEP_MAX_TOKENS = 0  # the raw thread counts, without the engine's own choice
+    engine = LLMEngine(EngineConfig(model=ModelConfig(dtype=None), cache=CacheConfig(num_blocks=max(batches) * 12 + 16),
+                                    scheduler=SchedulerConfig(max_num_seqs=max(batches), max_num_batched_tokens=4096,
+                                                              max_model_len=512)))
+    salt = 0
+
+    def run(batch: int, steps: int) -> dict[int, list[float]]:
+        nonlocal salt
+        torch.set_num_threads(2)
+        for _ in range(batch):
+            salt += 1
+            ids = [(1000 + 7 * salt + 13 * j) % 40000 + 100 for j in range(prompt_len)]
+            engine.add_request(None, ids, SamplingParams(temperature=0.0, max_tokens=steps, ignore_eos=True))
+        engine.step()  # prefill
+        times: dict[int, list[float]] = {1: [], 2: []}
+        while engine.has_unfinished_requests():
+            threads = 1 + (len(times[1]) + len(times[2])) % 2
+            torch.set_num_threads(threads)
+            start = time.perf_counter()
+            engine.step()
+            times[threads].append((time.perf_counter() - start) * 1e3)
+        return times
+
+    run(1, 6), run(max(batches), 6)  # warm-up
+    rows = []
+    for batch in batches:
+        times = run(batch, max_tokens)
+        rows.append({"batch": batch, **{f"median_ms_{t}t": statistics.median(v) for t, v in times.items()},
+                     **{f"fastest_ms_{t}t": min(v) for t, v in times.items()}, "load_1min": os.getloadavg()[0]})
+    print(json.dumps(rows))
 
 
 def run_case(threads: int, env: dict[str, str], args: argparse.Namespace) -> dict:
@@ -89,10 +136,16 @@ def main() -> int:
     parser.add_argument("--prompt-len", type=int, default=128)
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--run-timeout", type=float, default=300)
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32],
+                        help="batch sizes of the step-alternating 1 vs 2 threads part")
     parser.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--alternating-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child is not None:
         child(args.child, args.prompt_len, args.max_tokens)
+        return 0
+    if args.alternating_child:
+        alternating_child(args.batches, args.prompt_len, args.max_tokens)
         return 0
 
     from rich.console import Console
@@ -108,6 +161,13 @@ def main() -> int:
             result = run_case(threads, env, args)
             runs[i].append(result)
             print(f"round {round_ + 1}/{args.rounds}: {threads} thread(s), {what}: {result}", file=sys.stderr)
+    print("1 vs 2 threads by batch, alternating step by step ...", file=sys.stderr)
+    env = {k: v for k, v in os.environ.items() if k not in OMP_KEYS}
+    env.update(OMP_WAIT_POLICY="PASSIVE", OMP_NUM_THREADS="2")
+    done = subprocess.run([sys.executable, __file__, "--alternating-child", "--prompt-len", str(args.prompt_len),
+                           "--max-tokens", str(max(args.max_tokens, 8)), "--batches", *map(str, args.batches)],
+                          env=env, capture_output=True, text=True, cwd=ROOT, check=True)
+    by_batch = json.loads(done.stdout.strip().splitlines()[-1])
     uptime_end = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
 
     def cell(results: list[dict], key: str) -> str:
@@ -137,8 +197,18 @@ def main() -> int:
         *[f"| {r['threads']} | {r['setting']} | {' '.join(f'`{k}={v}`' for k, v in r['env'].items()) or '(none)'} | "
           f"{r['median_ms']} | {r['fastest_ms']} | {', '.join(map(str, r['load_1min_before']))} |" for r in rows],
     ]
+    body += [
+        "", f"1 vs 2 threads by batch size (passive policy, one process; each decode run of {max(args.max_tokens, 8)} steps "
+        "switches the thread count step by step, so both see the same load and context lengths); ms per step:", "",
+        "| batch | median, 1 thread | median, 2 threads | 2 threads / 1 | fastest, 1 thread | fastest, 2 threads | 1-min load |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+        *[f"| {r['batch']} | {r['median_ms_1t']:.1f} | {r['median_ms_2t']:.1f} | {r['median_ms_2t'] / r['median_ms_1t']:.2f}x | "
+          f"{r['fastest_ms_1t']:.1f} | {r['fastest_ms_2t']:.1f} | {r['load_1min']:.1f} |" for r in by_batch],
+    ]
+    for r in by_batch:
+        print(f"batch {r['batch']}: 1 thread {r['median_ms_1t']:.1f} ms, 2 threads {r['median_ms_2t']:.1f} ms (median step)")
     write_results("openmp_policy", "OpenMP thread settings and our batch-1 decode step",
-                  run_meta(uptime_start=uptime_start, uptime_end=uptime_end), {"rows": rows}, body)
+                  run_meta(uptime_start=uptime_start, uptime_end=uptime_end), {"rows": rows, "threads_by_batch": by_batch}, body)
     return 0
 
 
