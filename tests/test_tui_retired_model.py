@@ -6,16 +6,23 @@ objects is left: no collection has to find them, so none has to run, and a froze
 from __future__ import annotations
 
 import gc
+import re
 import weakref
 from pathlib import Path
 
 import pytest
 
 from tracer.tui.live import LiveFeed, LiveWindow
+from tracer.tui.memory import freeze_ingested
 from tracer.tui.records import Span
 from tracer.tui.timeline import build_waterfall
 
 SAMPLE = Path(__file__).parent / "data" / "live-vllm.jsonl"
+MARK = b"0ddc7c1e"  # this test's copy of the sample: trace ids no other test's spans have
+
+
+def _marked(line: bytes) -> bytes:
+    return re.sub(rb'"traceId":"[0-9a-f]{8}', b'"traceId":"' + MARK, line)
 
 
 @pytest.fixture
@@ -24,6 +31,7 @@ def no_cyclic_gc():
     gc.collect()
     gc.disable()
     yield
+    gc.unfreeze()
     if enabled:
         gc.enable()
 
@@ -32,14 +40,15 @@ def _spans_of(trace_ids: set[str]) -> int:
     return sum(1 for o in gc.get_objects() if type(o) is Span and o.trace_id in trace_ids)
 
 
-def _show_and_retire(plant_cycle: bool) -> tuple[list[weakref.ref], set[str]]:
+def _show_and_retire(plant_cycle: bool, frozen: bool) -> tuple[list[weakref.ref], set[str]]:
     """A model as the live app uses it, then retired through LiveFeed's release path; weak
     references to its parts and its trace ids."""
     window = LiveWindow(limit=3)  # the sample holds 5 requests: two are dropped by the build
     for line in SAMPLE.read_bytes().splitlines():
-        window.add_line(line)
+        window.add_line(_marked(line))
     model = window.build()
     trace_ids = {span.trace_id for span in model.spans}
+    assert all(t.startswith(MARK.decode()) for t in trace_ids)
     waterfalls = []
     for request in model.requests.values():
         request.label, request.ids, request.summary  # noqa: B018 -- the requests table's reads
@@ -58,16 +67,20 @@ def _show_and_retire(plant_cycle: bool) -> tuple[list[weakref.ref], set[str]]:
     assert len(shown) == 3 and model.steps and _spans_of(trace_ids) == len(model.spans) > 100
     # The feed's release path (its window is another: the feed, alive with its threads, would keep it).
     feed = LiveFeed(receiver=None, window=LiveWindow(), on_model=lambda m: None)  # type: ignore[arg-type]
+    if frozen:
+        freeze_ingested()  # as the live reader does after each export: the model is in no generation
     feed.retire(model, shown, waterfalls)
     feed._retired.put(None)  # the feed stopping: _release returns once the model is freed
     del model, shown, waterfalls, request, waterfall, row, step, window  # the window's spans go too
     feed._release()
+    gc.unfreeze()  # what is left of the frozen heap back in a generation, where _spans_of sees it
     return refs, trace_ids
 
 
-@pytest.mark.parametrize("plant_cycle", [False, True])
-def test_a_retired_model_is_freed_by_reference_counting_alone(no_cyclic_gc, plant_cycle):
-    refs, trace_ids = _show_and_retire(plant_cycle)
+@pytest.mark.parametrize("frozen", [False, True], ids=["unfrozen", "frozen"])
+@pytest.mark.parametrize("plant_cycle", [False, True], ids=["as_built", "planted_cycle"])
+def test_a_retired_model_is_freed_by_reference_counting_alone(no_cyclic_gc, plant_cycle, frozen):
+    refs, trace_ids = _show_and_retire(plant_cycle, frozen)
     alive = [r() for r in refs if r() is not None]
     spans = _spans_of(trace_ids)
     if not plant_cycle:

@@ -28,7 +28,7 @@ from tracer.traces.receiver import ReceiverProcess
 from tracer.tui.app import ExplorerApp, matches
 from tracer.tui.live_window import DEFAULT_WINDOW, LiveWindow, WindowStats, free_in_slices, release_gradually
 from tracer.tui.loader import LoadedTrace
-from tracer.tui.memory import IdleCollector
+from tracer.tui.memory import IdleCollector, freeze_ingested
 from tracer.tui.model import Request, TraceModel, build_model
 from tracer.tui.timeline import Waterfall
 from tracer.tui.widgets import RequestsTable, WaterfallTable
@@ -89,6 +89,7 @@ class LiveFeed:
             except (EOFError, OSError):
                 return  # the receiver is gone (stopped, or killed)
             self.window.add_line(line)
+            freeze_ingested()
 
     def _build(self) -> None:
         while not self._stop.is_set():
@@ -108,10 +109,9 @@ class LiveFeed:
         while (retired := self._retired.get()) is not None:
             model, shown, waterfalls = retired
             del retired
-            # A waterfall and its rows point at each other: left alone, the spans they hold would
-            # wait for a full collection (which waits for a pause in the input).
-            for waterfall in waterfalls:
-                waterfall.rows.clear()
+            # Nothing here is cyclic (a row's waterfall is a weak reference, tracer.tui.timeline):
+            # each piece goes with its last reference, with no collection to wait for
+            # (tests/test_tui_retired_model.py).
             free_in_slices(shown, waterfalls)
             release_gradually(model)
             del model, shown, waterfalls
@@ -128,7 +128,8 @@ class LiveExplorerApp(ExplorerApp):
         self.feed = LiveFeed(receiver, window, self._model_built, rebuild_s)
         # Garbage keeps coming while the user pauses (models replaced every REBUILD_S): one full
         # collection (the whole window, 50-200 ms) per FULL_GC_GAP_S of pause, not per tick.
-        self.collector = IdleCollector(gap_s=FULL_GC_GAP_S)
+        # The window is frozen after each export (freeze_ingested): a pause's full collection thaws it first.
+        self.collector = IdleCollector(gap_s=FULL_GC_GAP_S, thaw=True)
         self.models_shown = 0
         self._pending: Prepared | None = None
         self._prepared: Prepared | None = None

@@ -36,13 +36,38 @@ def gc_paused() -> Iterator[None]:
             gc.enable()
 
 
+def freeze_ingested() -> None:
+    """After the live explorer's reader has added an export to its window: freeze what exists
+    (gc.freeze), the window's new spans included, so that no later young or full collection
+    scans them again.
+
+    What it buys: the window holds tens of thousands of long-lived spans, and at 10,000 spans/s
+    every export brings 512 more; unfrozen, each young collection that promotes them and each
+    full collection scans them while holding the GIL, and the UI thread waits. Frozen, they
+    cost a collection nothing. What makes it safe: nothing the live explorer retires is cyclic
+    (tests/test_tui_retired_model.py: a retired model goes with its last reference, frozen or
+    not). What it costs: cyclic garbage made before a freeze and not yet collected (Textual's
+    own: a Strip is in its own caches; ~26,000 objects in 9 s of keys every 0.1 s) is frozen with
+    it, and waits for the live IdleCollector's next full collection (in a pause, or forced after
+    max_deferred young ones), which thaws everything first (thaw=True) and so scans the whole
+    heap (50-81 ms CPU at the end of a bench run vs 50-65 ms unfrozen, load 2.4-3.9).
+    Measured (bench/tui_listen_bench.py, 10,000 spans/s, 8 s, load 2.4-3.9, two runs each):
+    generation-1 collections 89-90 -> 41-46 per run; the keys over 50 ms had 1-25 ms of
+    collections inside them either way, so the freeze is not what the key tail waits for."""
+    gc.freeze()
+
+
 class IdleCollector:
     """Defers full collections to moments without input: `start()` when the app starts,
     `input_seen()` on every key or mouse event, `tick()` from a timer, `stop()` on exit
     (the thresholds are the process's, and tests run many apps in one process)."""
 
-    def __init__(self, idle_s: float = 1.0, max_deferred: int = 500, gap_s: float = 0.0) -> None:
+    def __init__(self, idle_s: float = 1.0, max_deferred: int = 500, gap_s: float = 0.0, thaw: bool = False) -> None:
         self.idle_s = idle_s
+        # A full collection first unfreezes what freeze_ingested froze, so that cyclic garbage
+        # frozen meanwhile is found (the live explorer). The forced one mid-input too: else a key
+        # held down would keep Textual's frozen garbage (~3,000 objects/s) for as long as it is.
+        self.thaw = thaw
         # Generation-1 passes without a full one, after which a full one runs even mid-input
         # (a key held down for minutes must not grow memory without bound).
         self.max_deferred = max_deferred
@@ -77,5 +102,10 @@ class IdleCollector:
         now = time.monotonic()
         paused = now - self.last_input >= self.idle_s and now - self._last_full >= self.gap_s
         if paused or pending >= self.max_deferred:
-            gc.collect()
+            if self.thaw:
+                gc.unfreeze()
+                gc.collect()
+                gc.freeze()
+            else:
+                gc.collect()
             self._last_full = time.monotonic()
