@@ -132,7 +132,7 @@ class LLMEngine:
             priority=priority,
         )
         if request.use_structured_output:
-            # vLLM: EngineCore.add_request -> StructuredOutputManager.grammar_init (core.py:1141-1147).
+            # vLLM: EngineCore.preprocess_add_request -> StructuredOutputManager.grammar_init (vllm/v1/engine/core.py:1126-1148 EngineCore.preprocess_add_request).
             self.structured_output_manager.grammar_init(request)
         self.scheduler.add_request(request)
         self.output_processor.add_request(request_id, request.prompt_token_ids, params)
