@@ -6,6 +6,8 @@ span tree must match the engine's own account of what happened (outputs, cached 
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from engine.config import CacheConfig, EngineConfig, SchedulerConfig
 from engine.llm_engine import LLMEngine
@@ -141,3 +143,28 @@ def test_the_parts_of_a_step_keep_their_own_times(traced_run):
             assert parent.start_ns <= part.start_ns < part.end_ns <= parent.end_ns
         order = [parts[name] for name in ("scheduler.schedule", "model.forward", "sampler.sample", "scheduler.update")]
         assert all(a.end_ns <= b.start_ns for a, b in zip(order, order[1:]))
+
+
+@settings(max_examples=60, deadline=None)
+@given(new_blocks=st.sampled_from([None, [], [0], [0, 1]]), num_new_computed=st.sampled_from([None, 0, 16]))
+def test_an_allocation_ends_dropped_exactly_when_its_after_extractor_marks_it_drop(engine, new_blocks, num_new_computed):
+    """kv.allocate's DROP_IF (asked before the after-extractor, so a dropped span costs no extractor)
+    drops what the after-extractor's DROP drops, and nothing else: no allocation span is lost."""
+    from tracer.instrument.extractors import mini
+    from tracer.traces.schema import DROP
+
+    manager = engine.scheduler.kv_cache_manager
+    blocks = None if new_blocks is None else [manager.block_pool.blocks[i] for i in new_blocks]
+    args = {"self": manager, "request": None, "num_new_tokens": 1}
+    if num_new_computed is not None:
+        args["num_new_computed_tokens"] = num_new_computed
+    assert mini.DROP_IF["kv.allocate"](args, blocks) == bool(mini.allocate_after(args, blocks).get(DROP))
+
+
+def test_the_allocations_written_are_those_that_took_blocks(traced_run):
+    """Decode steps that fit their last block leave no kv.allocate span; every other allocation does."""
+    trace, outputs, _ = traced_run
+    allocations = trace.named("kv.allocate")
+    assert allocations and all(s.attributes["servetrace.kv.blocks_allocated"] > 0
+                               or s.attributes.get("servetrace.kv.num_new_computed_tokens") for s in allocations)
+    assert {s.request_id for s in allocations} == {o.request_id for o in outputs}

@@ -121,6 +121,21 @@ class LeanSpan(sdk_trace._Span):
             self._add_link(Link(context=context, attributes=attributes))
 
 
+    def add_frozen_links(self, links: Sequence[Link]) -> None:
+        """add_link(link.context, link.attributes) for each link, in order, under one lock: links whose
+        attributes are frozen (frozen_attributes) are kept as they are, as add_link keeps them."""
+        if not all(isinstance(link.attributes, BoundedAttributes) and link.attributes._immutable is True for link in links):
+            for link in links:
+                self.add_link(link.context, link.attributes)
+            return
+        kept = [link for link in links if sdk_trace._is_valid_link(link.context, link.attributes)]
+        with self._lock:
+            if self._end_time is None:
+                self._links.extend(kept)
+                return
+        sdk_trace.logger.warning("Tried calling %s on an ended span.", "_add_link")
+
+
 def _keep(link: Link) -> bool:
     if not link or not sdk_trace._is_valid_link(link.context, link.attributes):
         return False
@@ -169,3 +184,12 @@ def set_attributes(span: Any, attributes: Mapping[str, Any]) -> None:
         span.set_clean_attributes(attributes)
     else:
         span.set_attributes(attributes)
+
+
+def add_links(span: Any, links: Sequence[Link]) -> None:
+    """span.add_link(link.context, link.attributes) for each of `links`."""
+    if isinstance(span, LeanSpan):
+        span.add_frozen_links(links)
+    else:
+        for link in links:
+            span.add_link(link.context, link.attributes)

@@ -19,7 +19,7 @@ import contextvars
 import logging
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from opentelemetry import context as otel_context
@@ -68,6 +68,30 @@ class HopCall:
     inject: Inject | None = None
     part_of_step: bool = False  # the target runs as one part of a step an opener began (catalog)
     mode: str = ""  # the engine mode the target runs in (catalog): stamped on its spans
+    # (args, result) -> True: the call was uneventful (what its after-extractor would mark DROP), known
+    # without running that extractor (an extractor module's DROP_IF). Not for step roots / openers.
+    drop_if: Callable[[dict, Any], bool] | None = None
+    joins_late: bool = field(default=False, init=False, compare=False)  # see _joins_late
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "joins_late", _joins_late(self))
+        if self.roles & {"step_root", "step_opener"}:
+            object.__setattr__(self, "drop_if", None)  # their end also decides whether the engine went idle
+
+
+# Request-scope roles whose span must know its trace when it begins (it registers, names or starts one,
+# or another thread reads it while it runs).
+_JOINS_AT_ONCE = frozenset({"entrypoint", "request_root", "enqueue", "render", "awaits_root", "in_flight",
+                            "step_root", "step_opener", "startup", "batch"})
+
+
+def _joins_late(call: "HopCall") -> bool:
+    """A request span nested in another (kv.allocate in a schedule) looks its trace up (parent, root,
+    step link, external id) only when it is written: most of them end dropped (a decode step's
+    allocate that fits its last block), and then that work was for nothing. What it reads (the
+    enclosing span, the request's registered root, its own before-call attributes) does not change
+    while it runs."""
+    return call.scope == "request" and not (call.roles & _JOINS_AT_ONCE) and call.inject is None and not call.cuda_timed
 
 
 
@@ -144,6 +168,8 @@ class OpenSpan:
 
     def materialize(self) -> Any:
         if self.span is None:
+            if self.parent is _UNJOINED:
+                _join(self)
             parent = self.parent
             if isinstance(parent, SpanContext):
                 parent = trace.set_span_in_context(NonRecordingSpan(parent))
@@ -158,6 +184,55 @@ class OpenSpan:
         return self.span
 
 
+_UNJOINED = object()  # OpenSpan.parent of a span that joins its trace late (HopCall.joins_late), until it does
+_NO_LINKS: list = []  # its links until then (never appended to: _join replaces it)
+
+
+def _join_request(call: HopCall, attributes: dict[str, Any], enclosing: "OpenSpan | None") -> tuple:
+    """A request-scope span's (parent, root, links, awaiting): the request's trace it joins, and its link
+    to the step it runs in."""
+    roles = call.roles
+    parent: otel_context.Context | SpanContext | None = None
+    links: list[Link] = []
+    awaiting: str | None = None
+    if enclosing is not None:
+        current = enclosing.materialize().get_span_context()
+    else:
+        current = trace.get_current_span().get_span_context()
+    request_id = attributes.get(REQUEST_ID)
+    root = registry.get(str(request_id)) if request_id is not None else None
+    if request_id is not None and attributes.get(EXTERNAL_ID) is None:
+        attributes[EXTERNAL_ID] = registry.external_id(str(request_id))
+    traceparent = attributes.get(TRACEPARENT)
+    if "enqueue" in roles and (traceparent or _steps_emitted[0]):  # a process that runs engine steps
+        attributes[ARRIVAL_STEP] = _steps_emitted[0]
+    if root is None and "enqueue" in roles and not current.is_valid:
+        root = _unclaimed_render.get()
+        if root is not None:
+            _unclaimed_render.set(None)
+    if root is not None:
+        parent = root  # its Context is made by materialize, if the span is written at all
+    elif traceparent:
+        parent = _propagator.extract({"traceparent": traceparent})
+    elif enclosing is not None and enclosing.call.scope == "step" and request_id is not None:
+        parent = otel_context.Context()  # a request's span does not belong to the step's trace
+    # (without a request id, a batch-level call of a request hop, e.g. SGLang's alloc_for_extend,
+    # nests in the step it runs in and links to the batch)
+    elif enclosing is not None:
+        root = enclosing.root  # nested in another span of the same request (enqueue inside http.request)
+    if parent is not None and current.is_valid and (root is None or root.trace_id != current.trace_id):
+        links.append(Link(current, _STEP_LINK))
+    if parent is None and enclosing is None and not current.is_valid and request_id is not None and "awaits_root" in roles:
+        awaiting = str(request_id)  # on a thread of its own, begun before the enqueue registered the root
+    return parent, root, links, awaiting
+
+
+def _join(open_span: "OpenSpan") -> None:
+    """A late-joining span (HopCall.joins_late) that is written after all: look its trace up now."""
+    open_span.parent, open_span.root, open_span.links, _ = _join_request(open_span.call, open_span.attributes,
+                                                                         open_span.enclosing)
+
+
 def begin(call: HopCall, args: dict[str, Any]) -> OpenSpan | None:
     """Open the span for one call (None: tracing is off, or the same hop is already open)."""
     tracer = otel.active_tracer()
@@ -170,6 +245,10 @@ def begin(call: HopCall, args: dict[str, Any]) -> OpenSpan | None:
     attributes = _run_extractor(call, "before", call.before, args)
     if call.mode:
         attributes[ENGINE_MODE] = call.mode
+    if call.joins_late and enclosing is not None:
+        open_span = OpenSpan(call, tracer, attributes, start_ns, _UNJOINED, enclosing, _NO_LINKS)
+        open_span.tokens = (_open.set(open_span), None)  # activate(); never a step root
+        return open_span
     parent: otel_context.Context | None = None
     links: list[Link] = []
     root: SpanContext | None = None
@@ -191,35 +270,7 @@ def begin(call: HopCall, args: dict[str, Any]) -> OpenSpan | None:
     elif "step_root" in roles or "startup" in roles:
         parent = otel_context.Context()
     elif call.scope == "request":
-        if enclosing is not None:
-            current = enclosing.materialize().get_span_context()
-        else:
-            current = trace.get_current_span().get_span_context()
-        request_id = attributes.get(REQUEST_ID)
-        root = registry.get(str(request_id)) if request_id is not None else None
-        if request_id is not None and attributes.get(EXTERNAL_ID) is None:
-            attributes[EXTERNAL_ID] = registry.external_id(str(request_id))
-        traceparent = attributes.get(TRACEPARENT)
-        if "enqueue" in roles and (traceparent or _steps_emitted[0]):  # a process that runs engine steps
-            attributes[ARRIVAL_STEP] = _steps_emitted[0]
-        if root is None and "enqueue" in roles and not current.is_valid:
-            root = _unclaimed_render.get()
-            if root is not None:
-                _unclaimed_render.set(None)
-        if root is not None:
-            parent = root  # its Context is made by materialize, if the span is written at all
-        elif traceparent:
-            parent = _propagator.extract({"traceparent": traceparent})
-        elif enclosing is not None and enclosing.call.scope == "step" and request_id is not None:
-            parent = otel_context.Context()  # a request's span does not belong to the step's trace
-        # (without a request id, a batch-level call of a request hop, e.g. SGLang's alloc_for_extend,
-        # nests in the step it runs in and links to the batch)
-        elif enclosing is not None:
-            root = enclosing.root  # nested in another span of the same request (enqueue inside http.request)
-        if parent is not None and current.is_valid and (root is None or root.trace_id != current.trace_id):
-            links.append(Link(current, _STEP_LINK))
-        if parent is None and enclosing is None and not current.is_valid and request_id is not None and "awaits_root" in roles:
-            awaiting = str(request_id)  # on a thread of its own, begun before the enqueue registered the root
+        parent, root, links, awaiting = _join_request(call, attributes, enclosing)
     if "step_opener" in roles and "step_root" not in roles:  # the schedule, not the step around it
         overlap.link_overlapped(links, attributes)
     open_span = OpenSpan(call, tracer, attributes, start_ns, parent, enclosing, links, root if call.scope == "request" else None,
@@ -263,12 +314,26 @@ def deactivate(open_span: OpenSpan) -> None:
     _open.reset(open_token)
 
 
+# (request id, link kind) -> the Link to that request's root: a request is in the batch of every step
+# it runs in, and its step, schedule and detokenize spans all link to it; the SDK only reads a Link
+# (its attributes are a frozen mapping), so one object serves them all while the root is the same.
+_MAX_LINKS = 8192
+_links_made: dict[tuple[str, str], Link] = {}
+
+
 def _batch_links(request_ids: list, kind: str = LINK_REQUEST) -> list[Link]:
     links = []
     for request_id in request_ids:
-        root = registry.get(str(request_id))
+        request_id = str(request_id)
+        root = registry.get(request_id)
         if root is not None and root.trace_flags.sampled:  # a request sampled out is not in the file
-            links.append(Link(root, lean_span.frozen_attributes(((LINK_KIND, kind), (REQUEST_ID, str(request_id))))))
+            link = _links_made.get((request_id, kind))
+            if link is None or link.context is not root:
+                if len(_links_made) >= _MAX_LINKS:
+                    _links_made.clear()  # finished requests' links go; live ones are made again once
+                link = _links_made[request_id, kind] = Link(
+                    root, lean_span.frozen_attributes(((LINK_KIND, kind), (REQUEST_ID, request_id))))
+            links.append(link)
     return links
 
 
@@ -278,6 +343,13 @@ def end(open_span: OpenSpan, args: dict[str, Any], result: Any = None, error: Ba
     deactivate(open_span)
     if "in_flight" in open_span.call.roles:
         overlap.ended(open_span)
+    drop_if = open_span.call.drop_if
+    if drop_if is not None and error is None and open_span.span is None and open_span.awaiting is None:
+        try:
+            if drop_if(args, result):
+                return  # uneventful, and no child needed the span: no after-extractor, no SDK work
+        except Exception:  # the after-extractor below says what went wrong, on the span
+            pass
     if open_span.awaiting is None or open_span.span is not None:
         return _close(open_span, args, result, error, end_ns)
     # An awaits_root span (our grammar compile, on its compile thread) begun before its request's root
@@ -329,14 +401,15 @@ def _close(open_span: OpenSpan, args: dict[str, Any], result: Any, error: BaseEx
         if "step_root" in call.roles:
             _steps_emitted[0] += 1
         if open_span.span is None:
+            if open_span.parent is _UNJOINED:
+                _join(open_span)
             open_span.links.extend(batch_links)
             span = None if step_parts.defer(open_span, _open_step.get(), error, end_ns) else open_span.materialize()
         else:
             span = open_span.span
             if after:
                 lean_span.set_attributes(span, _clean(after))
-            for link in batch_links:
-                span.add_link(link.context, link.attributes)
+            lean_span.add_links(span, batch_links)
         if error is not None:
             span.record_exception(error)
             span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
@@ -346,8 +419,7 @@ def _close(open_span: OpenSpan, args: dict[str, Any], result: Any, error: BaseEx
         step = _open_step.get()
         if batch_links and step is not None and "batch" in call.roles:
             step_span = step.materialize()
-            for link in batch_links:
-                step_span.add_link(link.context, link.attributes)
+            lean_span.add_links(step_span, batch_links)
             lean_span.set_attributes(step_span, _clean({k: v for k, v in attributes.items() if k.startswith(BATCH_PREFIX)}))
         if "request_root" in call.roles and attributes.get(REQUEST_ID) is not None:
             request_id = str(attributes[REQUEST_ID])

@@ -38,6 +38,14 @@ def extractors_for(engine: str, hop: str) -> tuple[Extractor | None, Extractor |
     return module.BEFORE.get(hop), module.AFTER.get(hop), getattr(module, "INJECT", {}).get(hop)
 
 
+def drop_if_for(engine: str, hop: str) -> Callable[[dict, Any], bool] | None:
+    """The engine module's DROP_IF entry for `hop`: (args, result) -> True when the call was
+    uneventful, exactly when its AFTER extractor would mark it DROP. Asked first, so that a span
+    that ends dropped costs no after-extractor (tracer.instrument.spans.end)."""
+    module = importlib.import_module(f"tracer.instrument.extractors.{engine}")
+    return getattr(module, "DROP_IF", {}).get(hop)
+
+
 def carrier_for(engine: str, spec: str) -> Callable | None:
     """The engine module's CARRY entry for a catalog carrier target: (args, _, _) -> None, puts the
     trace context of each request on the message the call sends."""

@@ -196,6 +196,11 @@ def allocate_before_any(args: dict) -> dict:
     return mini_sglang.add_before(args) if "entry" in args else allocate_before(args)
 
 
+def allocate_uneventful(args: dict, new_blocks: Any) -> bool:
+    """A decode step that still fits its last block changed nothing worth a span (DROP_IF)."""
+    return new_blocks is not None and not new_blocks and "entry" not in args and not args.get("num_new_computed_tokens")
+
+
 def allocate_after(args: dict, new_blocks: Any) -> dict:
     if "entry" in args:  # PrefillAdder.add_one_req in cache_mode sglang: an AddReqResult
         return mini_sglang.add_after(args, new_blocks)
@@ -203,8 +208,7 @@ def allocate_after(args: dict, new_blocks: Any) -> dict:
     if new_blocks is not None:
         out[BLOCKS_ALLOCATED] = len(new_blocks)
         out[BLOCK_IDS] = [b.block_id for b in new_blocks]
-        # A decode step that still fits its last block changed nothing worth a span.
-        out[DROP] = not new_blocks and not args.get("num_new_computed_tokens")
+        out[DROP] = allocate_uneventful(args, new_blocks)
     return out
 
 
@@ -363,3 +367,5 @@ AFTER = {
     "kv.free": free_after,
     "detokenize": detokenize_after,
 }
+# Asked before AFTER: a call they call uneventful ends with no span and no after-extractor.
+DROP_IF = {"kv.allocate": allocate_uneventful}

@@ -240,14 +240,18 @@ def match_after(args: dict, result: Any) -> dict:
             CACHING_ENABLED: args["self"].enable_caching}
 
 
+def allocate_uneventful(args: dict, blocks: Any) -> bool:
+    """A decode step that still fits its last block changed nothing worth a span (DROP_IF)."""
+    return blocks is not None and not args.get("num_new_computed_tokens") and not any(blocks.get_block_ids())
+
+
 def allocate_after(args: dict, blocks: Any) -> dict:
     out = {ALLOCATED: blocks is not None, **_kv(args["self"])}
     if blocks is not None:
         block_ids = _block_ids(blocks)
         out[BLOCKS_ALLOCATED] = len(block_ids)
         out[BLOCK_IDS] = block_ids
-        # A decode step that still fits its last block changed nothing worth a span.
-        out[DROP] = not block_ids and not args.get("num_new_computed_tokens")
+        out[DROP] = allocate_uneventful(args, blocks)
     return out
 
 
@@ -393,3 +397,4 @@ AFTER = {
     "kv.free": free_after,
     "detokenize": detokenize_after,
 }
+DROP_IF = {"kv.allocate": allocate_uneventful}  # asked before AFTER (extractors.drop_if_for)
