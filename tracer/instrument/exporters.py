@@ -155,6 +155,15 @@ def _link(link: Any) -> dict[str, Any]:
     return encoded
 
 
+def _finished_attributes(span: ReadableSpan) -> Any:
+    """A finished span's attributes as the SDK holds them (a BoundedAttributes, whose dict
+    _attributes reads directly). ReadableSpan.attributes wraps them in a MappingProxyType, which
+    _attributes cannot see through: reading through it took the BoundedAttributes' lock and copied
+    its keys, then looked each one up (a fifth of the encoder's time)."""
+    raw = getattr(span, "_attributes", None)
+    return raw if raw is not None and type(span).attributes is ReadableSpan.attributes else span.attributes
+
+
 def _span(span: ReadableSpan) -> dict[str, Any]:
     context = span.get_span_context()
     out: dict[str, Any] = {"traceId": format(context.trace_id, "032x"), "spanId": format(context.span_id, "016x")}
@@ -166,7 +175,7 @@ def _span(span: ReadableSpan) -> dict[str, Any]:
     _put(out, "kind", _KINDS[span.kind])
     _put(out, "startTimeUnixNano", str(span.start_time) if span.start_time else "")
     _put(out, "endTimeUnixNano", str(span.end_time) if span.end_time else "")
-    _put(out, "attributes", _attributes(span.attributes))
+    _put(out, "attributes", _attributes(_finished_attributes(span)))
     _put(out, "droppedAttributesCount", span.dropped_attributes)
     events = []
     for event in span.events:
