@@ -133,13 +133,23 @@ def _run_extractor(call: HopCall, phase: str, fn: Extractor | None, *args: Any) 
         return {EXTRACTOR_ERROR: f"{phase}: {type(exc).__name__}: {exc}"[:500]}
 
 
+_SCALARS = frozenset({str, bool, int, float})
+
+
 def _clean(attributes: Mapping[str, Any]) -> dict[str, Any]:
+    # Runs on every written span: the common cases (a scalar; a list of only str or only int, a
+    # batch's ids and token counts) are tested by exact type first, in C (set(map(type, ...))).
     clean = {}
     for key, value in attributes.items():
         if value is None or key.startswith("_"):
             continue
-        if isinstance(value, (list, tuple, set, frozenset)):  # a tuple: what the SDK stores (lean_span takes it as is)
-            value = tuple(v if isinstance(v, (str, bool, int, float)) else str(v) for v in value)
+        kind = type(value)
+        if kind in _SCALARS:
+            pass
+        elif isinstance(value, (list, tuple, set, frozenset)):  # a tuple: what the SDK stores (lean_span takes it as is)
+            value = tuple(value)
+            if not set(map(type, value)) <= _SCALARS:
+                value = tuple(v if isinstance(v, (str, bool, int, float)) else str(v) for v in value)
         elif not isinstance(value, (str, bool, int, float)):
             value = str(value)
         clean[key] = value
