@@ -302,6 +302,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--window", type=int, default=200, help="requests the explorer keeps")
     parser.add_argument("--runs", type=int, default=3, help="runs, one after the other (the machine is shared: "
                                                             "each is reported, and the keys of all together)")
+    parser.add_argument("--freeze", choices=("on", "off"), default=None,
+                        help="freeze the heap after each export (tracer.tui.live.FREEZE_INGESTED); default: as shipped")
     parser.add_argument("--no-write", action="store_true")
     parser.add_argument("--client", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -313,17 +315,23 @@ def main(argv: list[str] | None = None) -> int:
     from rich.table import Table
     from tui_bench import percentile
 
+    import tracer.tui.live as live
+
+    if args.freeze is not None:
+        live.FREEZE_INGESTED = args.freeze == "on"
     runs = []
     for _ in range(args.runs):
         load_before = os.getloadavg()[0]
         result = asyncio.run(explorer_under_load(args.sample, args.rate, args.seconds, args.window))
         result["load_average_1min"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
+        result["freeze_ingested"] = live.FREEZE_INGESTED
         result["key_paint_p99_ms"] = percentile(result["key_paint_ms"], 0.99) if result["key_paint_ms"] else None
         runs.append(result)
     result = runs[-1]
     keys = [ms for run in runs for ms in run["key_paint_ms"]]
     table = Table(title=f"tui --listen: {result['sent_spans']:,} spans posted as protobuf in "
-                        f"{result['elapsed_s']:.1f} s per run, {len(runs)} run(s), window {args.window} requests")
+                        f"{result['elapsed_s']:.1f} s per run, {len(runs)} run(s), window {args.window} requests, "
+                        f"heap frozen after each export: {'yes' if live.FREEZE_INGESTED else 'no'}")
     for name, justify in (("measure", "left"), ("value", "right"), ("target", "right")):
         table.add_column(name, justify=justify)
     table.add_row("offered (client, keep-alive HTTP)",

@@ -37,6 +37,12 @@ REBUILD_S = 1.0  # newest data shown at most this late (plus one build)
 INPUT_QUIET_S = 0.15  # a new model waits until no key came for this long
 SWITCH_INTERVAL_S = 0.0005  # sys.setswitchinterval while live: see LiveExplorerApp.on_mount
 FULL_GC_GAP_S = 10.0  # see LiveExplorerApp.__init__
+# Freeze the heap after each export (tracer.tui.memory.freeze_ingested), full collections thawed.
+# Off: measured not to help keystrokes (bench/tui_listen_bench.py --freeze on|off, 15,000 spans/s,
+# 3 x 12 s, load 2.6-4.2: on p50 / max 16.0 / 159 ms and 6 keys over 50 ms, off 11.1 / 145 ms and
+# 3; generation-1 collections 182 vs 472), and Textual's cyclic garbage waits frozen until a
+# collection that scans the whole heap. Nothing of ours leaks either way (test_tui_retired_model).
+FREEZE_INGESTED = False
 __all__ = ["DEFAULT_WINDOW", "LiveExplorerApp", "LiveFeed", "LiveWindow", "Prepared", "WindowStats", "release_gradually"]
 
 
@@ -89,7 +95,8 @@ class LiveFeed:
             except (EOFError, OSError):
                 return  # the receiver is gone (stopped, or killed)
             self.window.add_line(line)
-            freeze_ingested()
+            if FREEZE_INGESTED:
+                freeze_ingested()
 
     def _build(self) -> None:
         while not self._stop.is_set():
@@ -128,8 +135,8 @@ class LiveExplorerApp(ExplorerApp):
         self.feed = LiveFeed(receiver, window, self._model_built, rebuild_s)
         # Garbage keeps coming while the user pauses (models replaced every REBUILD_S): one full
         # collection (the whole window, 50-200 ms) per FULL_GC_GAP_S of pause, not per tick.
-        # The window is frozen after each export (freeze_ingested): a pause's full collection thaws it first.
-        self.collector = IdleCollector(gap_s=FULL_GC_GAP_S, thaw=True)
+        # Where the window is frozen after each export (FREEZE_INGESTED), a full collection thaws it first.
+        self.collector = IdleCollector(gap_s=FULL_GC_GAP_S, thaw=FREEZE_INGESTED)
         self.models_shown = 0
         self._pending: Prepared | None = None
         self._prepared: Prepared | None = None

@@ -53,7 +53,8 @@ def freeze_ingested() -> None:
     heap (50-81 ms CPU at the end of a bench run vs 50-65 ms unfrozen, load 2.4-3.9).
     Measured (bench/tui_listen_bench.py, 10,000 spans/s, 8 s, load 2.4-3.9, two runs each):
     generation-1 collections 89-90 -> 41-46 per run; the keys over 50 ms had 1-25 ms of
-    collections inside them either way, so the freeze is not what the key tail waits for."""
+    collections inside them either way, so the freeze is not what the key tail waits for; at
+    15,000 spans/s it did no better (tracer.tui.live.FREEZE_INGESTED, where it is switched: off)."""
     gc.freeze()
 
 
