@@ -37,6 +37,7 @@ PLOT_WIDTH = 750
 SUBLANE_HEIGHT = 20
 LANE_GAP = 8
 AXIS_HEIGHT = 30
+MIN_HEIGHT = 130  # a trace of two or three lanes still draws ~120 px tall in the content column
 LABEL_CHARS = 20  # lane labels are cut to this many characters (13-unit text, ~7 units a character)
 MAX_ATTRIBUTES_SHOWN = 12
 
@@ -171,7 +172,7 @@ def render_timeline(trace: TraceFile, max_requests: int = 12) -> Timeline:
         x = LABEL_WIDTH + tick * scale
         axis.append(f'<line x1="{x:.2f}" y1="{AXIS_HEIGHT - 8}" x2="{x:.2f}" y2="{y}" stroke="#eceff1"/>')
         axis.append(f'<text class="st-tick" x="{x:.2f}" y="{AXIS_HEIGHT - 12}">{tick:g} ms</text>')
-    total_height = y + 4
+    total_height = max(y + 4, MIN_HEIGHT)
     svg = (
         f'<svg class="st-timeline-svg" viewBox="0 0 {LABEL_WIDTH + PLOT_WIDTH} {total_height}" data-lanes="{len(lanes)}" '
         f'width="100%" role="img" aria-label="trace timeline" xmlns="http://www.w3.org/2000/svg">'
