@@ -31,6 +31,7 @@ from _results import run_meta, write_results  # noqa: E402
 from engine.config import CacheConfig, EngineConfig, ModelConfig, SchedulerConfig  # noqa: E402
 from engine.llm_engine import LLMEngine  # noqa: E402
 from engine.sampling_params import SamplingParams  # noqa: E402
+from tracer.labs.async_lab import step_phase_times  # noqa: E402
 
 TOPICS = ["a lighthouse", "the moon", "bread", "rivers", "a violin", "winter", "trains", "bees", "glass", "maps"]
 
@@ -92,27 +93,8 @@ def run(engine: LLMEngine, token_ids: list[list[int]], max_tokens: int, forwards
 
 
 def host_time_per_step(engine: LLMEngine, token_ids: list[list[int]], max_tokens: int) -> dict:
-    """What async scheduling can overlap with the forward: the synchronous step's host phases."""
-    params = SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True)
-    for ids in token_ids:
-        engine.add_request(None, ids, params)
-    phases = {"schedule": 0.0, "prepare inputs": 0.0, "forward + sample": 0.0, "update + detokenize": 0.0}
-    steps = 0
-    while engine.has_unfinished_requests():
-        t0 = time.perf_counter()
-        scheduler_output = engine.scheduler.schedule()
-        t1 = time.perf_counter()
-        model_input = engine.model_runner.prepare_model_input(scheduler_output)
-        t2 = time.perf_counter()
-        runner_output = engine.model_runner.execute_model_input(model_input)
-        t3 = time.perf_counter()
-        core_outputs = engine.scheduler.update_from_output(scheduler_output, runner_output)
-        engine.output_processor.process_outputs(core_outputs)
-        t4 = time.perf_counter()
-        for name, seconds in zip(phases, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
-            phases[name] += seconds
-        steps += 1
-    return {name: seconds / steps * 1e3 for name, seconds in phases.items()}
+    """What async scheduling can overlap with the forward: the synchronous step's host phases (mean ms)."""
+    return {name: statistics.fmean(ms) for name, ms in step_phase_times(engine, token_ids, max_tokens).items()}
 
 
 def main() -> int:

@@ -43,14 +43,16 @@ def _prompts(engine, batch: int) -> list[list[int]]:
     return [engine.render(f"Write a short story about {TOPICS[i % len(TOPICS)]}.") for i in range(batch)]
 
 
-def _host_phases(engine, prompts: list[list[int]], max_tokens: int) -> dict[str, float]:
-    """ms per synchronous step, by phase (bench/async_scheduling.py's host_time_per_step)."""
+def step_phase_times(engine, prompts: list[list[int]], max_tokens: int) -> dict[str, list[float]]:
+    """ms of each synchronous step, by phase: what async scheduling can overlap with the forward
+    (schedule, prepare inputs, update + detokenize) beside what it cannot. The lab and
+    bench/async_scheduling.py both read it."""
     from engine.sampling_params import SamplingParams
 
     params = SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True)
     for ids in prompts:
         engine.add_request(None, ids, params)
-    phases = {"schedule": [], "prepare inputs": [], "forward + sample": [], "update + detokenize": []}
+    phases: dict[str, list[float]] = {"schedule": [], "prepare inputs": [], "forward + sample": [], "update + detokenize": []}
     while engine.has_unfinished_requests():
         t0 = time.perf_counter()
         scheduler_output = engine.scheduler.schedule()
@@ -63,7 +65,7 @@ def _host_phases(engine, prompts: list[list[int]], max_tokens: int) -> dict[str,
         t4 = time.perf_counter()
         for name, seconds in zip(phases, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
             phases[name].append(seconds * 1e3)
-    return {name: statistics.median(values) for name, values in phases.items()}
+    return phases
 
 
 def _timed_run(engine, prompts: list[list[int]], max_tokens: int) -> tuple[float, float, float]:
@@ -158,7 +160,7 @@ def async_scheduling(batch: int = 4, max_tokens: int = 10, pairs: int = 2, endin
     for engine in engines.values():
         _timed_run(engine, prompts[:1], 2)  # warm both (oneDNN primitives, the allocator, the model thread)
 
-    phases = _host_phases(engines[False], prompts, max_tokens)
+    phases = {name: statistics.median(ms) for name, ms in step_phase_times(engines[False], prompts, max_tokens).items()}
     total = sum(phases.values())
     hideable = total - phases["forward + sample"]
     runs = {False: [], True: []}
