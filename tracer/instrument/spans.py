@@ -27,7 +27,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from tracer.instrument import gpu_timing, lean_span, otel, overlap, step_parts
+from tracer.instrument import gpu_timing, lean_span, otel, overlap, request_links, step_parts
 from tracer.instrument.registry import registry
 
 logger = logging.getLogger(__name__)
@@ -324,29 +324,6 @@ def deactivate(open_span: OpenSpan) -> None:
     _open.reset(open_token)
 
 
-# (request id, link kind) -> the Link to that request's root: a request is in the batch of every step
-# it runs in, and its step, schedule and detokenize spans all link to it; the SDK only reads a Link
-# (its attributes are a frozen mapping), so one object serves them all while the root is the same.
-_MAX_LINKS = 8192
-_links_made: dict[tuple[str, str], Link] = {}
-
-
-def _batch_links(request_ids: list, kind: str = LINK_REQUEST) -> list[Link]:
-    links = []
-    for request_id in request_ids:
-        request_id = str(request_id)
-        root = registry.get(request_id)
-        if root is not None and root.trace_flags.sampled:  # a request sampled out is not in the file
-            link = _links_made.get((request_id, kind))
-            if link is None or link.context is not root:
-                if len(_links_made) >= _MAX_LINKS:
-                    _links_made.clear()  # finished requests' links go; live ones are made again once
-                link = _links_made[request_id, kind] = Link(
-                    root, lean_span.frozen_attributes(((LINK_KIND, kind), (REQUEST_ID, request_id))))
-            links.append(link)
-    return links
-
-
 def end(open_span: OpenSpan, args: dict[str, Any], result: Any = None, error: BaseException | None = None) -> None:
     """Close the span: after-call attributes, links to the batch, error status."""
     end_ns = time.time_ns()
@@ -404,10 +381,10 @@ def _close(open_span: OpenSpan, args: dict[str, Any], result: Any, error: BaseEx
             return  # uneventful (e.g. a decode step's allocate that needed no new block)
         batch = attributes.get(BATCH_IDS) or []
         reported = [rid for key in REPORTED_ID_KEYS for rid in (attributes.get(key) or ()) if rid not in batch]
-        batch_links = _batch_links(batch) + _batch_links(list(dict.fromkeys(reported)), LINK_REPORTED)
+        batch_links = request_links.to_requests(batch) + request_links.to_requests(list(dict.fromkeys(reported)), LINK_REPORTED)
         if not batch_links and "batch" in call.roles and attributes.get(WAITING_HEAD) is not None:
             # Scheduled nobody: the step belongs to the head it left waiting (else its trace links nowhere).
-            batch_links = _batch_links([attributes[WAITING_HEAD]], LINK_WAITING)
+            batch_links = request_links.to_requests([attributes[WAITING_HEAD]], LINK_WAITING)
         if "step_root" in call.roles:
             _steps_emitted[0] += 1
         if open_span.span is None:
