@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from tracer.instrument import otel, spans
-from tracer.instrument.spans import HopCall
+from tracer.instrument.hop_call import HopCall
 from tracer.traces.schema import NUM_RUNNING, NUM_WAITING
 from tracer.traces.trace_file import read_trace_file
 

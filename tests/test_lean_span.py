@@ -13,7 +13,7 @@ from opentelemetry.sdk.trace.id_generator import IdGenerator
 from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, SpanKind, TraceFlags
 
 from tracer.instrument import lean_span
-from tracer.instrument.spans import _clean
+from tracer.instrument.hop_call import clean_attributes as _clean
 
 ROOT = SpanContext(0x1234, 0x5678, is_remote=True, trace_flags=TraceFlags(TraceFlags.SAMPLED))
 OTHER = SpanContext(0x9999, 0x4242, is_remote=True, trace_flags=TraceFlags(TraceFlags.SAMPLED))

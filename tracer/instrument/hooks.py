@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tracer.catalog.hops import CARRIER, Catalog, Target, load_catalog
-from tracer.instrument.spans import HopCall, Inject
+from tracer.instrument.hop_call import HopCall, Inject
 from tracer.instrument.wrappers import MARKER, make_carrier_wrapper, make_wrapper
 
 logger = logging.getLogger(__name__)

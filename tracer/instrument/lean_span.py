@@ -3,7 +3,7 @@
 Why (profiled on bench/trace_overhead.py, bench/results/span_cost.md): Tracer.start_span,
 Span.add_link and BoundedAttributes were about half of the hooks' CPU on the engine thread. Every
 span's attributes went through the SDK's recursive per-value cleaning (a tuple per list, element by
-element) after spans._clean had made them valid OTel values, and every link got a BoundedAttributes
+element) after hop_call.clean_attributes had made them valid OTel values, and every link got a BoundedAttributes
 of its own (a lock, a copy, cleaning) although servetrace's link attributes repeat: the same
 {link kind, request id} on the links of every step the request runs in (48 links a step at 16
 requests).
@@ -74,7 +74,7 @@ def lean_supported(tracer: Any) -> bool:
 
 
 class LeanSpan(sdk_trace._Span):
-    """The SDK's span, built from attributes that are valid OTel values already (spans._clean) and
+    """The SDK's span, built from attributes that are valid OTel values already (hop_call.clean_attributes) and
     links whose attributes are frozen BoundedAttributes (frozen_attributes)."""
 
     def __init__(self, name: str, context: SpanContext, parent: SpanContext | None, tracer: Any,
@@ -103,7 +103,7 @@ class LeanSpan(sdk_trace._Span):
         self._record_end_metrics = record_end_metrics
 
     def set_clean_attributes(self, attributes: Mapping[str, Any]) -> None:
-        """set_attributes for values spans._clean made (no re-cleaning while there is room)."""
+        """set_attributes for values hop_call.clean_attributes made (no re-cleaning while there is room)."""
         bounded = self._attributes
         with self._lock:
             if self._end_time is not None or bounded._immutable:
@@ -149,7 +149,7 @@ def _keep(link: Link) -> bool:
 def start_span(tracer: Any, name: str, context: Any, kind: trace_api.SpanKind, attributes: dict[str, Any],
                links: Sequence[Link], start_time: int) -> Any:
     """tracer.start_span(name, context, kind, attributes, links, start_time) for attributes made by
-    spans._clean; lean where lean_supported(tracer)."""
+    hop_call.clean_attributes; lean where lean_supported(tracer)."""
     if not lean_supported(tracer):
         return tracer.start_span(name, context=context, kind=kind, attributes=attributes, links=links, start_time=start_time)
     # The steps of the SDK's Tracer.start_span (1.45.2), with LeanSpan for _Span.
@@ -179,7 +179,7 @@ def start_span(tracer: Any, name: str, context: Any, kind: trace_api.SpanKind, a
 
 
 def set_attributes(span: Any, attributes: Mapping[str, Any]) -> None:
-    """span.set_attributes(attributes) for attributes made by spans._clean."""
+    """span.set_attributes(attributes) for attributes made by hop_call.clean_attributes."""
     if isinstance(span, LeanSpan):
         span.set_clean_attributes(attributes)
     else:

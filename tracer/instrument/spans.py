@@ -18,8 +18,7 @@ from __future__ import annotations
 import contextvars
 import logging
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from opentelemetry import context as otel_context
@@ -28,6 +27,7 @@ from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, SpanKind, S
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from tracer.instrument import gpu_timing, lean_span, otel, overlap, request_links, step_parts
+from tracer.instrument.hop_call import HopCall, clean_attributes as _clean, run_extractor as _run_extractor, warn_once
 from tracer.instrument.registry import registry
 
 logger = logging.getLogger(__name__)
@@ -38,61 +38,8 @@ from tracer.traces.schema import (  # noqa: F401  (ALIASES, DROP, TRACEPARENT: r
 )
 
 
-Extractor = Callable[..., Mapping[str, Any]]
 
-
-@dataclass(frozen=True)
-class Inject:
-    """Writes the trace context into what a call hands to another process, so that the spans there
-    join this trace (an extractor module's INJECT). `write(args, result, carrier)` gets the carrier
-    {CARRIER_KEY: traceparent}; before=True: called when the call starts (result is None), for a call
-    that sends its message itself."""
-
-    write: Callable[[dict, Any, dict], None]
-    before: bool = False
 _propagator = TraceContextTextMapPropagator()
-
-
-@dataclass(frozen=True)
-class HopCall:
-    """What the wrapper of one target knows statically."""
-
-    hop: str
-    engine: str
-    scope: str
-    target: str
-    before: Extractor | None = None  # (args: dict) -> attributes
-    after: Extractor | None = None  # (args: dict, result) -> attributes
-    cuda_timed: bool = False
-    roles: frozenset[str] = frozenset()  # the hop's roles in the catalog (hops.yaml's header says each)
-    inject: Inject | None = None
-    part_of_step: bool = False  # the target runs as one part of a step an opener began (catalog)
-    mode: str = ""  # the engine mode the target runs in (catalog): stamped on its spans
-    # (args, result) -> True: the call was uneventful (what its after-extractor would mark DROP), known
-    # without running that extractor (an extractor module's DROP_IF). Not for step roots / openers.
-    drop_if: Callable[[dict, Any], bool] | None = None
-    joins_late: bool = field(default=False, init=False, compare=False)  # see _joins_late
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "joins_late", _joins_late(self))
-        if self.roles & {"step_root", "step_opener"}:
-            object.__setattr__(self, "drop_if", None)  # their end also decides whether the engine went idle
-
-
-# Request-scope roles whose span must know its trace when it begins (it registers, names or starts one,
-# or another thread reads it while it runs).
-_JOINS_AT_ONCE = frozenset({"entrypoint", "request_root", "enqueue", "render", "awaits_root", "in_flight",
-                            "step_root", "step_opener", "startup", "batch"})
-
-
-def _joins_late(call: "HopCall") -> bool:
-    """A request span nested in another (kv.allocate in a schedule) looks its trace up (parent, root,
-    step link, external id) only when it is written: most of them end dropped (a decode step's
-    allocate that fits its last block), and then that work was for nothing. What it reads (the
-    enclosing span, the request's registered root, its own before-call attributes) does not change
-    while it runs."""
-    return call.scope == "request" and not (call.roles & _JOINS_AT_ONCE) and call.inject is None and not call.cuda_timed
-
 
 
 # The innermost servetrace span open in this thread / task, and the innermost engine.step.
@@ -110,50 +57,7 @@ _steps_emitted = [0]
 # render, then add_request): the next engine.enqueue in this thread / task joins its trace.
 _unclaimed_render: contextvars.ContextVar[SpanContext | None] = contextvars.ContextVar("servetrace_unclaimed_render", default=None)
 
-_warned: set[tuple[str, str, str]] = set()
 _STEP_LINK = lean_span.frozen_attributes(((LINK_KIND, LINK_STEP),))
-
-
-def warn_once(call: HopCall, phase: str, message: str, *args: Any) -> None:
-    """Log a hook's failure once per (engine, hop, phase), with its traceback; the engine goes on."""
-    key = (call.engine, call.hop, phase)
-    if key not in _warned:
-        _warned.add(key)
-        logger.warning("servetrace: " + message, *args, exc_info=True)
-
-
-def _run_extractor(call: HopCall, phase: str, fn: Extractor | None, *args: Any) -> dict[str, Any]:
-    if fn is None:
-        return {}
-    try:
-        return dict(fn(*args) or {})
-    except Exception as exc:  # an extractor must never break the engine: the span says what went wrong
-        warn_once(call, phase, "%s extractor for %s (%s) failed; continuing without its attributes",
-                  phase, call.hop, call.engine)
-        return {EXTRACTOR_ERROR: f"{phase}: {type(exc).__name__}: {exc}"[:500]}
-
-
-_SCALARS = frozenset({str, bool, int, float})
-
-
-def _clean(attributes: Mapping[str, Any]) -> dict[str, Any]:
-    # Runs on every written span: the common cases (a scalar; a list of only str or only int, a
-    # batch's ids and token counts) are tested by exact type first, in C (set(map(type, ...))).
-    clean = {}
-    for key, value in attributes.items():
-        if value is None or key.startswith("_"):
-            continue
-        kind = type(value)
-        if kind in _SCALARS:
-            pass
-        elif isinstance(value, (list, tuple, set, frozenset)):  # a tuple: what the SDK stores (lean_span takes it as is)
-            value = tuple(value)
-            if not set(map(type, value)) <= _SCALARS:
-                value = tuple(v if isinstance(v, (str, bool, int, float)) else str(v) for v in value)
-        elif not isinstance(value, (str, bool, int, float)):
-            value = str(value)
-        clean[key] = value
-    return clean
 
 
 @dataclass

@@ -14,7 +14,7 @@ import logging
 from typing import Any
 
 from tracer.instrument import otel, spans
-from tracer.instrument.spans import HopCall
+from tracer.instrument.hop_call import HopCall
 from tracer.traces.schema import STREAM_CLOSED_EARLY
 
 logger = logging.getLogger("tracer.instrument.hooks")

@@ -85,7 +85,7 @@ def _check(walkthroughs: list[Walkthrough], catalog, lock, experiments: Experime
     for walkthrough in walkthroughs:
         problems.extend(walkthrough.problems)
         if not walkthrough.meta.get("moves"):
-            problems.append(Problem(walkthrough.name, 1, "front matter", f"needs 'moves:' (one or more of TTFT, TPOT, throughput, memory)"))
+            problems.append(Problem(walkthrough.name, 1, "front matter", "needs 'moves:' (one or more of TTFT, TPOT, throughput, memory)"))
         previous_code: Directive | None = None
         for block in walkthrough.blocks:
             if isinstance(block, str):

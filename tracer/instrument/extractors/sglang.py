@@ -23,7 +23,8 @@ from tracer.instrument.extractors import (
 from tracer.instrument import carriers
 from tracer.traces.schema import FROM_FUTURE
 from tracer.instrument.registry import registry
-from tracer.instrument.spans import Inject, traceparent
+from tracer.instrument.hop_call import Inject
+from tracer.instrument.spans import traceparent
 from tracer.traces.schema import (
     CARRIER_KEY, CHECKPOINT, CHECKPOINT_UP_TO, CONFIG_BLOCK_SIZE, CONFIG_CHUNKED_PREFILL,
     CONFIG_MAX_BATCHED_TOKENS, CONFIG_MAX_NUM_SEQS, CONFIG_MAX_TOTAL_TOKENS, CONFIG_POLICY, CONFIG_PREFIX_CACHING,
