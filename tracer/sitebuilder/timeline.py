@@ -37,7 +37,7 @@ PLOT_WIDTH = 750
 SUBLANE_HEIGHT = 20
 LANE_GAP = 8
 AXIS_HEIGHT = 30
-MIN_HEIGHT = 130  # a trace of two or three lanes still draws ~120 px tall in the content column
+MIN_HEIGHT = 150  # a trace of three lanes still draws >= 120 px tall in the content column (~0.84 px a unit)
 LABEL_CHARS = 20  # lane labels are cut to this many characters (13-unit text, ~7 units a character)
 MAX_ATTRIBUTES_SHOWN = 12
 
