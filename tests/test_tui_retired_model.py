@@ -60,8 +60,8 @@ def _show_and_retire(plant_cycle: bool, frozen: bool) -> tuple[list[weakref.ref]
     for step in model.steps:
         step.scheduled_tokens  # noqa: B018
     model.why.timeline()
-    if plant_cycle:  # planted: a row that holds its waterfall (the cycle HopRow had)
-        object.__setattr__(waterfalls[0].rows[0], "waterfall_ref", lambda held=waterfalls[0]: held)
+    if plant_cycle:  # planted: the hops' states holding the waterfall's rows (a cycle through the rows)
+        waterfalls[0].hop_states.hops.append(waterfalls[0].rows)
     refs = [weakref.ref(o) for o in (model, *model.requests.values(), *model.steps, *waterfalls)]
     shown = list(model.requests.values())
     assert len(shown) == 3 and model.steps and _spans_of(trace_ids) == len(model.spans) > 100

@@ -8,7 +8,6 @@ before it: that is what the state panel shows as the user steps through.
 """
 from __future__ import annotations
 
-import weakref
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any
@@ -40,44 +39,47 @@ class HopState:
     freed: bool = False
 
 
+@dataclass(eq=False)
+class HopStates:
+    """The state at each hop of one waterfall, carried forward hop by hop as far as a reader has
+    asked (showing a request needs the first hop's only). It holds the hops' spans and steps, not
+    the rows: the waterfall holds its rows and each row holds this, so nothing is cyclic (a
+    dropped waterfall goes with its last reference, tests/test_tui_retired_model.py) and a row
+    read after its waterfall was dropped still has its state."""
+
+    request_id: str
+    hops: list[tuple[SpanRecord, "Step | None"]]
+    states: list[HopState] = field(default_factory=list, repr=False)
+
+    def at(self, index: int) -> HopState:
+        states, hops, request_id = self.states, self.hops, self.request_id
+        while len(states) <= index:
+            span, step = hops[len(states)]
+            states.append(advance(states[-1] if states else HopState(), span, step, request_id))
+        return states[index]
+
+
 @dataclass(frozen=True, eq=False)
 class HopRow:
     span: SpanRecord
     depth: int
     step: Step | None  # the engine step the hop belongs to (or links to)
-    # A weak reference: the waterfall holds its rows, and a row that held its waterfall made a
-    # cycle, so a dropped waterfall (a live window's, every model swap: the spans, steps and
-    # request it reaches) waited for the cyclic collector instead of going with its last
-    # reference (tests/test_tui_retired_model.py). Whoever shows a row holds its waterfall.
-    waterfall_ref: "weakref.ref[Waterfall]" = field(repr=False)
+    hop_states: HopStates = field(repr=False)  # shared by the waterfall's rows
     index: int  # position in the waterfall's rows
 
     @property
-    def waterfall(self) -> "Waterfall":
-        waterfall = self.waterfall_ref()
-        if waterfall is None:
-            raise RuntimeError("this hop's waterfall was dropped: a row is read through the waterfall that shows it")
-        return waterfall
-
-    @property
     def state(self) -> HopState:
-        return self.waterfall.state_at(self.index)
+        return self.hop_states.at(self.index)
 
 
 @dataclass
 class Waterfall:
     request: Request
     rows: list[HopRow] = field(default_factory=list)
-    # States are carried forward row by row, computed as far as a reader has asked: showing a
-    # request needs the first row's only.
-    _states: list[HopState] = field(default_factory=list, repr=False)
+    hop_states: HopStates | None = field(default=None, repr=False)
 
     def state_at(self, index: int) -> HopState:
-        states, rows, request_id = self._states, self.rows, self.request.request_id
-        while len(states) <= index:
-            row = rows[len(states)]
-            states.append(advance(states[-1] if states else HopState(), row.span, row.step, request_id))
-        return states[index]
+        return self.rows[index].state
 
     # Read on every hop move: computed once (rows are not changed after the waterfall is built).
     @cached_property
@@ -159,10 +161,9 @@ def build_waterfall(model: TraceModel, request: Request) -> Waterfall:
     # By start, longest first on ties: two stable sorts, cheaper than a tuple key per row.
     placed.sort(key=lambda item: item[0].end_ns, reverse=True)
     placed.sort(key=lambda item: item[0].start_ns)
-    waterfall = Waterfall(request)
-    ref = weakref.ref(waterfall)  # one for all its rows
-    waterfall.rows = [HopRow(span, depth, step, ref, index) for index, (span, depth, step) in enumerate(placed)]
-    return waterfall
+    hop_states = HopStates(request.request_id, [(span, step) for span, _, step in placed])
+    rows = [HopRow(span, depth, step, hop_states, index) for index, (span, depth, step) in enumerate(placed)]
+    return Waterfall(request, rows, hop_states)
 
 
 def advance(state: HopState, span: SpanRecord, step: Step | None, request_id: str) -> HopState:
