@@ -16,7 +16,7 @@ import time
 from engine.sampling_params import SamplingParams
 from engine.structured_output import StructuredOutputsParams
 from tests.test_server import shared_engine
-from tracer.instrument import hooks, otel, spans
+from tracer.instrument import spans, tracing
 from tracer.traces.schema import REQUEST_ID
 from tracer.traces.shape import analyse
 from tracer.traces.trace_file import read_trace_file
@@ -56,21 +56,14 @@ def run_constrained(tmp_path, monkeypatch, orders: list[str]) -> dict[str, dict]
     monkeypatch.setattr(backend, "compile", compile_)
     monkeypatch.setattr(engine.scheduler, "add_request", add_request)
     path = tmp_path / "compile.jsonl"
-    otel.configure(trace_file=path, engine="mini")
-    hooks.install("mini", import_modules=True)
     ids = []
-    try:
+    with tracing.traced("mini", path):
         for i, now in enumerate(orders):
             order.update(now=now, step=engine.scheduler.current_step)
             regex = rf"[x-z]{{2}}-{i % 3}"  # some compiles, some cache hits
             params = SamplingParams(temperature=0, max_tokens=2, structured_outputs=StructuredOutputsParams(regex=regex))
             (out,) = engine.generate(["A code:"], [params])
             ids.append(out.request_id)
-        otel.flush()
-    finally:
-        hooks.uninstall()
-        otel.shutdown()
-        spans.registry.clear()
     written = read_trace_file(path).spans
     shape = analyse(written)
     found = {}

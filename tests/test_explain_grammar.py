@@ -16,7 +16,7 @@ def test_a_request_waiting_on_a_slow_grammar_compile_is_named(tmp_path, monkeypa
     from engine.sampling_params import SamplingParams
     from engine.structured_output import StructuredOutputsParams
     from tests.test_server import shared_engine
-    from tracer.instrument import hooks, otel, spans
+    from tracer.instrument import tracing
 
     engine = shared_engine()
     backend = engine.structured_output_manager.backend
@@ -29,17 +29,10 @@ def test_a_request_waiting_on_a_slow_grammar_compile_is_named(tmp_path, monkeypa
 
     monkeypatch.setattr(backend, "compile", slow_compile)
     path = tmp_path / "grammar.jsonl"
-    otel.configure(trace_file=path, engine="mini")
-    hooks.install("mini", import_modules=True)
-    try:
+    with tracing.traced("mini", path):
         params = [SamplingParams(temperature=0, max_tokens=8, ignore_eos=True),
                   SamplingParams(temperature=0, max_tokens=2, structured_outputs=StructuredOutputsParams(regex=r"[x-z]{2}-slow"))]
         _, constrained = engine.generate(["Tell me a story.", "A code:"], params)
-        otel.flush()
-    finally:
-        hooks.uninstall()
-        otel.shutdown()
-        spans.registry.clear()
     timeline = read_timeline(read_trace_file(path).spans)
     split = split_time(timeline, timeline.find(constrained.request_id))
     waits = [n for n in split.steps if n.what == "waiting: grammar-compile"]
@@ -57,7 +50,7 @@ def test_a_request_waiting_for_its_grammar_alone_waits_in_the_empty_steps_the_lo
     from engine.sampling_params import SamplingParams
     from engine.structured_output import StructuredOutputsParams
     from tests.test_server import shared_engine
-    from tracer.instrument import hooks, otel, spans
+    from tracer.instrument import tracing
 
     engine = shared_engine()
     backend = engine.structured_output_manager.backend
@@ -70,16 +63,9 @@ def test_a_request_waiting_for_its_grammar_alone_waits_in_the_empty_steps_the_lo
 
     monkeypatch.setattr(backend, "compile", slow_compile)
     path = tmp_path / "grammar-alone.jsonl"
-    otel.configure(trace_file=path, engine="mini")
-    hooks.install("mini", import_modules=True)
-    try:
+    with tracing.traced("mini", path):
         params = SamplingParams(temperature=0, max_tokens=2, structured_outputs=StructuredOutputsParams(regex=r"[x-z]{2}-alone"))
         (constrained,) = engine.generate(["A code:"], [params])
-        otel.flush()
-    finally:
-        hooks.uninstall()
-        otel.shutdown()
-        spans.registry.clear()
     timeline = read_timeline(read_trace_file(path).spans)
     split = split_time(timeline, timeline.find(constrained.request_id))
     waits = [n for n in split.steps if n.what == "waiting: grammar-compile"]

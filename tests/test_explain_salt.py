@@ -13,7 +13,7 @@ from tracer.traces.trace_file import read_trace_file
 def vllm_salted(tmp_path, requests: list[tuple[str, list[int], str | None]]):
     """(id, prompt, cache salt) one after another through vLLM 0.33's real Scheduler, traced."""
     from tests.test_tracer_vllm import make_scheduler
-    from tracer.instrument import hooks, otel, spans
+    from tracer.instrument import tracing
     from vllm.sampling_params import SamplingParams
     from vllm.utils.hashing import sha256
     from vllm.v1.core.kv_cache_utils import get_request_block_hasher, init_none_hash
@@ -22,9 +22,7 @@ def vllm_salted(tmp_path, requests: list[tuple[str, list[int], str | None]]):
 
     path = tmp_path / "salt.jsonl"
     scheduler = make_scheduler(tmp_path, num_blocks=64)
-    otel.configure(trace_file=path, engine="vllm")
-    hooks.install("vllm")
-    try:
+    with tracing.traced("vllm", path):
         init_none_hash(sha256)
         hasher = get_request_block_hasher(BLOCK, sha256)
         for rid, prompt, salt in requests:
@@ -36,11 +34,6 @@ def vllm_salted(tmp_path, requests: list[tuple[str, list[int], str | None]]):
                 scheduler.update_from_output(so, ModelRunnerOutput(req_ids=ids, req_id_to_index={r: i for i, r in enumerate(ids)},
                                                                    sampled_token_ids=[[7] for _ in ids], logprobs=None,
                                                                    prompt_logprobs_dict={}, pooler_output=[]))
-        otel.flush()
-    finally:
-        hooks.uninstall()
-        otel.shutdown()
-        spans.registry.clear()
     return path, read_timeline(read_trace_file(path).spans)
 
 

@@ -188,7 +188,7 @@ def test_an_abort_with_a_step_in_flight_drops_its_output_and_frees_blocks(engine
 def test_spec_spans_account_for_the_schedulers_counts(engine, tmp_path):
     """spec.verify counts what the rejection sampler verified: the scheduler's placeholder drafts
     less those the runner trimmed, and also the steps whose output a finished request drops."""
-    from tracer.instrument import hooks, otel, spans
+    from tracer.instrument import tracing
     from tracer.traces import schema
     from tracer.traces.trace_file import read_trace_file
 
@@ -206,17 +206,12 @@ def test_spec_spans_account_for_the_schedulers_counts(engine, tmp_path):
         return checked(scheduler_output, model_runner_output)
 
     path = tmp_path / "trace.jsonl"
-    otel.configure(trace_file=path, engine="mini")
-    report = hooks.install("mini", import_modules=True)
-    engine.scheduler.update_from_output = update
-    try:
-        engine.generate([PROMPTS[0], PROMPTS[1]], SamplingParams(temperature=0.0, max_tokens=16))
-        otel.flush()
-    finally:
-        engine.scheduler.update_from_output = checked
-        hooks.uninstall()
-        otel.shutdown()
-        spans.registry.clear()
+    with tracing.traced("mini", path) as report:
+        engine.scheduler.update_from_output = update
+        try:
+            engine.generate([PROMPTS[0], PROMPTS[1]], SamplingParams(temperature=0.0, max_tokens=16))
+        finally:
+            engine.scheduler.update_from_output = checked
     assert report.failed == {}
     trace = read_trace_file(path)
     verifies, proposes = trace.named("spec.verify"), trace.named("spec.propose")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from engine.config import CacheConfig, EngineConfig, ModelConfig, SchedulerConfig, SpeculativeConfig
 from engine.llm_engine import LLMEngine
 from engine.sampling_params import SamplingParams
-from tracer.instrument import hooks, otel, spans
+from tracer.instrument import tracing
 from tracer.traces import schema
 from tracer.traces.trace_file import read_trace_file
 
@@ -21,15 +21,8 @@ def test_spec_spans_carry_the_schedulers_counts(tmp_path):
         speculative=SpeculativeConfig(num_speculative_tokens=4, prompt_lookup_min=2, prompt_lookup_max=4),
     ))
     path = tmp_path / "trace.jsonl"
-    otel.configure(trace_file=path, engine="mini")
-    report = hooks.install("mini", import_modules=True)
-    try:
+    with tracing.traced("mini", path) as report:
         engine.generate([PROMPT, "The capital of France is"], SamplingParams(temperature=0.0, max_tokens=16))
-        otel.flush()
-    finally:
-        hooks.uninstall()
-        otel.shutdown()
-        spans.registry.clear()
     assert report.failed == {}
     trace = read_trace_file(path)
     stats = engine.scheduler.spec_decoding_stats

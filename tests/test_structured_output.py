@@ -223,24 +223,17 @@ def test_constrained_greedy_equals_transformers_with_xgrammar(hf_oracle):
 # -- traced: the grammar.* hops and their attributes --------------------------------------------
 
 def test_traced_spans_carry_kind_compile_cache_hit_mask_and_completeness(tmp_path):
-    from tracer.instrument import hooks, otel, spans
+    from tracer.instrument import tracing
     from tracer.traces.trace_file import read_trace_file
 
     engine = shared_engine()
     regex = r"[a-f]{4}-[0-9]{3}"  # used by no other test: its first compile misses the cache
     path = tmp_path / "trace.jsonl"
-    otel.configure(trace_file=path, engine="mini")
-    hooks.install("mini", import_modules=True)
-    try:
+    with tracing.traced("mini", path):
         params = [SamplingParams(temperature=0, max_tokens=12, structured_outputs=StructuredOutputsParams(regex=regex)),
                   SamplingParams(temperature=0, max_tokens=3, structured_outputs=StructuredOutputsParams(regex=regex))]
         first = engine.generate(["A serial number:"], params[:1])[0]
         second = engine.generate(["Another serial number:"], params[1:])[0]
-        otel.flush()
-    finally:
-        hooks.uninstall()
-        otel.shutdown()
-        spans.registry.clear()
     trace = read_trace_file(path)
     compiles = {s.request_id: s.attributes for s in trace.named("grammar.compile")}
     assert compiles[first.request_id]["servetrace.grammar.kind"] == "regex"

@@ -13,7 +13,7 @@ import pytest
 from engine.config import CacheConfig, EngineConfig, SchedulerConfig
 from engine.llm_engine import LLMEngine
 from engine.sampling_params import SamplingParams
-from tracer.instrument import hooks, otel, spans
+from tracer.instrument import tracing
 from tracer.traces.schema import (
     LINK_KIND, LINK_OVERLAP, OVERLAPS_STEP, PLACEHOLDER_REQUESTS_IN_FLIGHT, PLACEHOLDERS_ADDED, STEP, WAITED_STEP,
 )
@@ -36,15 +36,8 @@ def async_engine():
 def traced_run(tmp_path_factory, async_engine):
     engine = async_engine
     path = tmp_path_factory.mktemp("mini-async") / "trace.jsonl"
-    otel.configure(trace_file=path, engine="mini")
-    hooks.install("mini", import_modules=True)
-    try:
+    with tracing.traced("mini", path):
         outputs = engine.generate(PROMPTS, SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS, ignore_eos=True))
-        otel.flush()
-    finally:
-        hooks.uninstall()
-        otel.shutdown()
-        spans.registry.clear()
     return path, read_trace_file(path), outputs
 
 
@@ -144,18 +137,11 @@ def test_each_schedule_reserves_placeholders_and_each_applied_step_was_waited_on
 def staggered_trace(tmp_path_factory, async_engine):
     """Two requests that finish at different steps, through the async engine, traced."""
     path = tmp_path_factory.mktemp("mini-async-staggered") / "trace.jsonl"
-    otel.configure(trace_file=path, engine="mini")
-    hooks.install("mini", import_modules=True)
-    try:
+    with tracing.traced("mini", path):
         for rid, prompt, max_tokens in (("short", "Name a colour.", 2), ("long", "Count to ten, slowly.", 5)):
             async_engine.add_request(rid, async_engine.render(prompt), SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True))
         while async_engine.has_unfinished_requests():
             async_engine.step()
-        otel.flush()
-    finally:
-        hooks.uninstall()
-        otel.shutdown()
-        spans.registry.clear()
     return path
 
 

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from engine.config import CacheConfig, EngineConfig, SchedulerConfig
 from engine.llm_engine import LLMEngine
 from engine.sampling_params import SamplingParams
-from tracer.instrument import hooks, otel, spans
+from tracer.instrument import hooks, tracing
 from tracer.traces.trace_file import read_trace_file
 
 SYSTEM = "You are a careful assistant who answers questions about cooking, briefly and precisely. " * 3
@@ -32,15 +32,8 @@ def engine() -> LLMEngine:
 @pytest.fixture(scope="module")
 def traced_run(engine, tmp_path_factory):
     path = tmp_path_factory.mktemp("mini") / "trace.jsonl"
-    otel.configure(trace_file=path, engine="mini")
-    report = hooks.install("mini", import_modules=True)
-    try:
+    with tracing.traced("mini", path) as report:
         outputs = engine.generate(PROMPTS, SamplingParams(temperature=0.0, max_tokens=6, ignore_eos=True))
-        otel.flush()
-    finally:
-        hooks.uninstall()
-        otel.shutdown()
-        spans.registry.clear()
     return read_trace_file(path), outputs, report
 
 

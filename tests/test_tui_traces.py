@@ -49,7 +49,7 @@ def engine_run() -> EngineRun:
     from engine.config import CacheConfig, EngineConfig, SchedulerConfig
     from engine.llm_engine import LLMEngine
     from engine.sampling_params import SamplingParams
-    from tracer.instrument import hooks, otel, spans
+    from tracer.instrument import tracing
 
     engine = LLMEngine(EngineConfig(
         cache=CacheConfig(block_size=BLOCK_SIZE, num_blocks=64, enable_prefix_caching=True),
@@ -58,15 +58,8 @@ def engine_run() -> EngineRun:
     path = _workdir() / "engine-raw.jsonl"
     # One line per span (no batching): how many lines the file has must not depend on how fast the
     # engine ran, since the malformed / truncated file tests cut its last lines.
-    otel.configure(trace_file=path, engine="mini", batch=False)
-    hooks.install("mini", import_modules=True)
-    try:
+    with tracing.traced("mini", path, batch=False):
         outputs = engine.generate(PROMPTS, SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS, ignore_eos=True))
-        otel.flush()
-    finally:
-        hooks.uninstall()
-        otel.shutdown()
-        spans.registry.clear()
     return EngineRun(
         trace=normalised(path, _workdir() / "engine.jsonl"),
         request_ids=tuple(o.request_id for o in outputs),
@@ -122,12 +115,11 @@ def http_run() -> HttpRun:
     import openai
 
     from tests.test_server import RunningServer, shared_engine
-    from tracer.instrument import otel, spans, tracing
+    from tracer.instrument import tracing
 
     path = _workdir() / "http-raw.jsonl"
     refused = "no-such-model-of-a-rather-long-name"
-    tracing.enable("mini", trace_file=path)
-    try:
+    with tracing.traced("mini", path, service_name="servetrace-mini"):  # as `servetrace serve --trace` names it
         server = RunningServer(shared_engine()).start()
         try:
             client, model = server.client(), server.app.state.serving.served_model_name
@@ -139,10 +131,6 @@ def http_run() -> HttpRun:
                 client.completions.create(model=refused, prompt="hi", max_tokens=1)
         finally:
             server.stop()
-        otel.flush()
-    finally:
-        tracing.disable()
-        spans.registry.clear()
     return HttpRun(normalised(path, _workdir() / "http.jsonl"), chat.id, completion.id, refused)
 
 

@@ -17,7 +17,7 @@ import pytest
 from engine.config import CacheConfig, EngineConfig, SchedulerConfig
 from engine.llm_engine import LLMEngine
 from engine.sampling_params import SamplingParams
-from tracer.instrument import hooks, otel, spans
+from tracer.instrument import tracing
 from tracer.replay.from_trace import replay_from_trace
 from tracer.replay.traced_run import read_traced_run, synthetic_prompt
 from tracer.replay.whatif.session import WhatifError, parse_sets, run_whatif
@@ -40,20 +40,13 @@ def engine_trace(tmp_path_factory):
         scheduler=SchedulerConfig(max_num_seqs=4, max_num_batched_tokens=48, max_model_len=128),
     ))
     path = tmp_path_factory.mktemp("whatif") / "trace.jsonl"
-    otel.configure(trace_file=path, engine="mini")
-    hooks.install("mini", import_modules=True)
-    try:
+    with tracing.traced("mini", path):
         for burst in BURSTS:
             for rid, prompt, max_tokens in burst:
                 engine.add_request(rid, prompt, SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True))
             while engine.has_unfinished_requests():
                 engine.step()
             time.sleep(1.0)  # idle between bursts: longer than the model can be off over one burst
-        otel.flush()
-    finally:
-        hooks.uninstall()
-        otel.shutdown()
-        spans.registry.clear()
     return path
 
 

@@ -33,7 +33,7 @@ def _mini_shared_prefix(out: Path) -> list[str]:
     from engine.config import CacheConfig, EngineConfig, SchedulerConfig
     from engine.llm_engine import LLMEngine
     from engine.sampling_params import SamplingParams
-    from tracer.instrument import hooks, otel, spans
+    from tracer.instrument import tracing
 
     system = "You are a careful assistant who answers questions about cooking, briefly and precisely. " * 3
     prompts = [system + "How long should I boil an egg?", system + "What is the best oil for frying?"]
@@ -41,15 +41,8 @@ def _mini_shared_prefix(out: Path) -> list[str]:
         cache=CacheConfig(block_size=16, num_blocks=64, enable_prefix_caching=True),
         scheduler=SchedulerConfig(max_num_seqs=4, max_num_batched_tokens=64, max_model_len=256),
     ))
-    otel.configure(trace_file=out / "trace.jsonl", engine="mini", service_name="servetrace-mini")
-    hooks.install("mini", import_modules=True)
-    try:
+    with tracing.traced("mini", out / "trace.jsonl", service_name="servetrace-mini"):
         engine.generate(prompts, SamplingParams(temperature=0.0, max_tokens=4, ignore_eos=True))
-        otel.flush()
-    finally:
-        hooks.uninstall()
-        otel.shutdown()
-        spans.registry.clear()
     return [
         "servetrace site trace mini-shared-prefix --out trace.jsonl",
         "# two prompts sharing a 3-sentence system prompt, greedy, 4 tokens each; block_size=16,",
@@ -61,7 +54,7 @@ def _mini_spec_decode(out: Path) -> list[str]:
     from engine.config import CacheConfig, EngineConfig, SchedulerConfig, SpeculativeConfig
     from engine.llm_engine import LLMEngine
     from engine.sampling_params import SamplingParams
-    from tracer.instrument import hooks, otel, spans
+    from tracer.instrument import tracing
 
     quote = "The committee approved the budget for the new library, which will open in the spring of next year."
     prompts = [f"Repeat the sentence exactly.\nSentence: {quote}\nRepeated: {quote}\nSentence: {quote}\nRepeated:",
@@ -71,15 +64,8 @@ def _mini_spec_decode(out: Path) -> list[str]:
         scheduler=SchedulerConfig(max_num_seqs=4, max_num_batched_tokens=256, max_model_len=256),
         speculative=SpeculativeConfig(num_speculative_tokens=4, prompt_lookup_min=2, prompt_lookup_max=4),
     ))
-    otel.configure(trace_file=out / "trace.jsonl", engine="mini", service_name="servetrace-mini")
-    hooks.install("mini", import_modules=True)
-    try:
+    with tracing.traced("mini", out / "trace.jsonl", service_name="servetrace-mini"):
         engine.generate(prompts, SamplingParams(temperature=0.0, max_tokens=16))
-        otel.flush()
-    finally:
-        hooks.uninstall()
-        otel.shutdown()
-        spans.registry.clear()
     return [
         "servetrace site trace mini-spec-decode --out trace.jsonl",
         "# a copy-heavy prompt and a story, greedy, 16 tokens each, n-gram speculation",
@@ -91,7 +77,7 @@ def _mini_async_scheduling(out: Path) -> list[str]:
     from engine.config import CacheConfig, EngineConfig, ModelConfig, SchedulerConfig
     from engine.llm_engine import LLMEngine
     from engine.sampling_params import SamplingParams
-    from tracer.instrument import hooks, otel, spans
+    from tracer.instrument import tracing
 
     prompts = ["Write a short story about a lighthouse keeper.", "Name three rivers in Europe."]
     engine = LLMEngine(EngineConfig(
@@ -99,15 +85,8 @@ def _mini_async_scheduling(out: Path) -> list[str]:
         cache=CacheConfig(block_size=16, num_blocks=64),
         scheduler=SchedulerConfig(max_num_seqs=4, max_num_batched_tokens=256, max_model_len=256, async_scheduling=True),
     ))
-    otel.configure(trace_file=out / "trace.jsonl", engine="mini", service_name="servetrace-mini")
-    hooks.install("mini", import_modules=True)
-    try:
+    with tracing.traced("mini", out / "trace.jsonl", service_name="servetrace-mini"):
         engine.generate(prompts, [SamplingParams(temperature=0.0, max_tokens=n, ignore_eos=True) for n in (6, 3)])
-        otel.flush()
-    finally:
-        hooks.uninstall()
-        otel.shutdown()
-        spans.registry.clear()
     return [
         "servetrace site trace mini-async-scheduling --out trace.jsonl",
         "# two prompts, greedy, 6 and 3 tokens, async scheduling on (--async-scheduling): each step's",

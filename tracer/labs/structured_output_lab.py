@@ -242,24 +242,17 @@ def record_structured_trace(out: Path) -> list[str]:
     from engine.llm_engine import LLMEngine
     from engine.sampling_params import SamplingParams
     from engine.structured_output import StructuredOutputsParams
-    from tracer.instrument import hooks, otel, spans
+    from tracer.instrument import tracing
 
     schema = next(s for s in load_schemas() if s["name"] == "mixed_types")
     engine = LLMEngine(EngineConfig(cache=CacheConfig(block_size=16, num_blocks=64),
                                     scheduler=SchedulerConfig(max_num_seqs=4, max_num_batched_tokens=256, max_model_len=256)))
     json_params = SamplingParams(temperature=0, max_tokens=40,
                                  structured_outputs=StructuredOutputsParams(json=schema["schema"], disable_any_whitespace=True))
-    otel.configure(trace_file=out / "trace.jsonl", engine="mini", service_name="servetrace-mini")
-    hooks.install("mini", import_modules=True)
-    try:
+    with tracing.traced("mini", out / "trace.jsonl", service_name="servetrace-mini"):
         engine.generate([schema["prompt"], "A toy for sale, as JSON"], [json_params, json_params])
         engine.generate(["A serial number:"], SamplingParams(temperature=0, max_tokens=4,
                                                              structured_outputs=StructuredOutputsParams(regex=r"[A-Z]{3}-[0-9]{6}")))
-        otel.flush()
-    finally:
-        hooks.uninstall()
-        otel.shutdown()
-        spans.registry.clear()
     return [
         "servetrace site trace mini-structured-output --out trace.jsonl",
         "# two requests under one JSON schema (disable_any_whitespace), then a regex request cut off by max_tokens=4;",
