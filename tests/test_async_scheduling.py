@@ -14,6 +14,7 @@ from engine.config import CacheConfig, EngineConfig, ModelConfig, SchedulerConfi
 from engine.llm_engine import LLMEngine
 from engine.request import RequestStatus
 from engine.sampling_params import SamplingParams
+from tests.engine_checks import assert_pool_empty, in_flight, preemptions
 from tests.test_engine import PROMPTS
 
 MAX_TOKENS = 16
@@ -46,16 +47,6 @@ def async_engine() -> LLMEngine:
     return engine
 
 
-def assert_pool_empty(engine: LLMEngine) -> None:
-    assert not engine.has_unfinished_requests()
-    assert engine.scheduler.kv_cache_manager.get_num_free_blocks() == engine.config.cache.num_blocks - 1
-
-
-def in_flight(engine: LLMEngine) -> list:
-    """SchedulerOutputs of the steps scheduled whose output has not been applied yet."""
-    return [scheduler_output for _, scheduler_output in engine.batch_queue.queue]
-
-
 def assert_placeholders_match_steps_in_flight(engine: LLMEngine) -> None:
     """A request's placeholders are the steps in flight that sample for it; its in-flight tokens
     are what those steps scheduled; a decoding request counts its placeholders as computed."""
@@ -80,24 +71,14 @@ def test_batched_greedy_with_preemption_equals_the_synchronous_engine(sync_engin
     expected = [(o.output_token_ids, o.finish_reason) for o in sync_engine.generate(PROMPTS, GREEDY)]
     assert {reason for _, reason in expected} == {"stop", "length"}  # an EOS stop among them
     engine = async_engine
-    preempted_in_flight = []
-    original = engine.scheduler._preempt_request
-
-    def spy(request, timestamp):
-        preempted_in_flight.append(request.num_in_flight_tokens)
-        original(request, timestamp)
-
-    engine.scheduler._preempt_request = spy
     final = {}
-    try:
+    with preemptions(engine) as preempted_in_flight:
         rids = [engine.add_request(None, engine.render(p), GREEDY).request_id for p in PROMPTS]
         while engine.has_unfinished_requests():
             for out in engine.step():
                 if out.finished:
                     final[out.request_id] = out
             assert_placeholders_match_steps_in_flight(engine)
-    finally:
-        del engine.scheduler._preempt_request
     assert preempted_in_flight, "the pool was meant to be too small to run everything at once"
     # Preempted with a step of theirs in flight: that output arrives stale and is kept.
     assert any(n > 0 for n in preempted_in_flight)

@@ -12,6 +12,7 @@ from engine.config import CacheConfig, EngineConfig, ModelConfig, SchedulerConfi
 from engine.llm_engine import LLMEngine
 from engine.sampling_params import SamplingParams
 from tests.conftest import oracle_greedy
+from tests.engine_checks import assert_pool_empty, preemptions
 
 MAX_TOKENS = 24
 SYSTEM = "A careful cook answers questions about cooking, briefly and precisely, with one fact per answer.\n"
@@ -60,12 +61,6 @@ def expected(hf_oracle, prompt_ids) -> list[list[int]]:
 GREEDY = SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS)
 
 
-def assert_pool_empty(engine: LLMEngine) -> None:
-    kv = engine.scheduler.kv_cache_manager
-    assert not engine.has_unfinished_requests()
-    assert kv.get_num_free_blocks() == engine.config.cache.num_blocks - 1  # all but the null block
-
-
 def test_batched_greedy_equals_transformers(engine, prompt_ids, expected):
     # max_num_batched_tokens=64 forces the long prompt through several prefill chunks.
     outputs = engine.generate(PROMPTS, GREEDY)
@@ -98,15 +93,8 @@ def test_prefix_caching_off_greedy_equals_transformers(expected):
 def test_preemption_under_a_small_pool_recomputes_correctly(expected, cache_mode):
     # 9 usable blocks of 16 tokens cannot hold all eight requests' prompts and outputs at once.
     engine = make_engine(num_blocks=10, max_batched=256, cache_mode=cache_mode)
-    preempted: list[str] = []
-    original = engine.scheduler._preempt_request
-
-    def spy(request, timestamp):
-        preempted.append(request.request_id)
-        original(request, timestamp)
-
-    engine.scheduler._preempt_request = spy
-    outputs = engine.generate(PROMPTS, GREEDY)
+    with preemptions(engine) as preempted:
+        outputs = engine.generate(PROMPTS, GREEDY)
     if cache_mode == "vllm":
         assert preempted, "the pool was meant to be too small to run everything at once"
     # SGLang's admission reserves 0.7 (new_token_ratio) of each running request's remaining max_tokens,

@@ -22,6 +22,7 @@ from engine.llm_engine import LLMEngine
 from engine.request import RequestStatus
 from engine.sampling_params import SamplingParams
 from tests.conftest import oracle_greedy
+from tests.engine_checks import assert_pool_empty, in_flight, preemptions
 from tests.test_spec_decode_engine import GREEDY, MAX_TOKENS, PROMPTS
 
 K = 4
@@ -46,10 +47,6 @@ def engine() -> LLMEngine:
 @pytest.fixture(scope="module")
 def expected(hf_oracle, engine) -> list[list[int]]:
     return [oracle_greedy(hf_oracle, engine.render(p), MAX_TOKENS) for p in PROMPTS]
-
-
-def in_flight(engine: LLMEngine) -> list:
-    return [scheduler_output for _, scheduler_output in engine.batch_queue.queue]
 
 
 def checked_update(engine: LLMEngine):
@@ -119,26 +116,11 @@ def run_checked(engine: LLMEngine, prompts: list[str], params: SamplingParams) -
     return final
 
 
-def assert_pool_empty(engine: LLMEngine) -> None:
-    assert not engine.has_unfinished_requests()
-    assert engine.scheduler.kv_cache_manager.get_num_free_blocks() == engine.config.cache.num_blocks - 1
-
-
 def test_batched_greedy_under_preemption_and_chunked_prefill_equals_transformers(engine, expected):
     stats = engine.scheduler.spec_decoding_stats
     accepted_before = stats.num_accepted_tokens
-    preempted_in_flight = []
-    original = engine.scheduler._preempt_request
-
-    def spy(request, timestamp):
-        preempted_in_flight.append(request.num_in_flight_tokens)
-        original(request, timestamp)
-
-    engine.scheduler._preempt_request = spy
-    try:
+    with preemptions(engine) as preempted_in_flight:
         final = run_checked(engine, PROMPTS * 2, GREEDY)
-    finally:
-        del engine.scheduler._preempt_request
     assert preempted_in_flight and any(n > 0 for n in preempted_in_flight), "meant to preempt with a step in flight"
     assert [final[f"r{i}"].output_token_ids for i in range(8)] == expected * 2
     assert stats.num_accepted_tokens - accepted_before >= MAX_TOKENS // 2, "the copy-heavy prompt should accept drafts"

@@ -10,6 +10,7 @@ from engine.config import CacheConfig, EngineConfig, ModelConfig, SchedulerConfi
 from engine.llm_engine import LLMEngine
 from engine.sampling_params import SamplingParams
 from tests.conftest import oracle_greedy
+from tests.engine_checks import assert_pool_empty
 
 MAX_TOKENS = 32
 QUOTE = "The committee approved the budget for the new library, which will open in the spring of next year."
@@ -43,11 +44,6 @@ def engine() -> LLMEngine:
 @pytest.fixture(scope="module")
 def expected(hf_oracle, engine) -> list[list[int]]:
     return [oracle_greedy(hf_oracle, engine.render(p), MAX_TOKENS) for p in PROMPTS]
-
-
-def assert_pool_empty(engine: LLMEngine) -> None:
-    assert not engine.has_unfinished_requests()
-    assert engine.scheduler.kv_cache_manager.get_num_free_blocks() == engine.config.cache.num_blocks - 1
 
 
 def test_batched_greedy_with_speculation_equals_transformers(engine, expected):
