@@ -35,39 +35,14 @@ def worker(tree: str, runs: int, requests: int, max_tokens: int) -> dict:
     from engine.config import CacheConfig, EngineConfig, SchedulerConfig
     from engine.llm_engine import LLMEngine
     from engine.sampling_params import SamplingParams
-    from tracer.instrument import exporters, otel, spans, tracing
+    from hook_timer.span_timer import SpanTimer
+    from tracer.instrument import otel, spans, tracing
 
     assert Path(spans.__file__).resolve().is_relative_to(Path(tree).resolve()), spans.__file__
     engine = LLMEngine(EngineConfig(cache=CacheConfig(num_blocks=512), scheduler=SchedulerConfig(max_num_seqs=64)))
     prompts = [f"Describe {SUBJECTS[i % len(SUBJECTS)]}." + " Briefly." * (i // len(SUBJECTS)) for i in range(requests)]
     token_ids = [engine.render(p) for p in prompts]
     params = SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True)
-    spent = {"hooks_s": 0.0, "export_s": 0.0, "calls": 0, "written": 0}
-    begin, end, export = spans.begin, spans.end, exporters.OTLPJsonLinesFileExporter.export
-
-    def timed_begin(*args):
-        start = time.thread_time()
-        try:
-            return begin(*args)
-        finally:
-            spent["hooks_s"] += time.thread_time() - start
-            spent["calls"] += 1
-
-    def timed_end(*args):
-        start = time.thread_time()
-        try:
-            return end(*args)
-        finally:
-            spent["hooks_s"] += time.thread_time() - start
-
-    def timed_export(self, batch):
-        start = time.thread_time()
-        try:
-            return export(self, batch)
-        finally:
-            spent["export_s"] += time.thread_time() - start
-            spent["written"] += len(batch)
-
     def one_run(trace_file: Path | None) -> float:
         if trace_file is not None:
             tracing.enable("mini", trace_file=trace_file)
@@ -86,13 +61,13 @@ def worker(tree: str, runs: int, requests: int, max_tokens: int) -> dict:
                 spans.registry.clear()
 
     one_run(None)
-    spans.begin, spans.end, exporters.OTLPJsonLinesFileExporter.export = timed_begin, timed_end, timed_export
     results = []
-    with tempfile.TemporaryDirectory(prefix="servetrace-span-cost-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="servetrace-span-cost-") as tmp, SpanTimer(time.thread_time).installed() as spent:
         for run in range(runs):
-            spent.update(hooks_s=0.0, export_s=0.0, calls=0, written=0)
+            spent.reset()
             seconds = one_run(Path(tmp) / f"trace-{run}.jsonl")
-            results.append({**spent, "run_s": seconds})
+            results.append({"hooks_s": spent.hooks_s, "export_s": spent.export_cpu_s, "calls": spent.begin_calls,
+                            "written": spent.exported_spans, "run_s": seconds})
     return {"runs": results}
 
 

@@ -71,39 +71,12 @@ def account_tracing_cpu(engine: LLMEngine, token_ids: list[list[int]], max_token
     """One more traced run that times tracing's own work: the hooks' span bookkeeping in the
     engine thread (spans.begin / spans.end, extractors included) and the exporter thread's CPU.
     A noise-resistant second opinion on the throughput ratio (the timers add a little)."""
-    from tracer.instrument.exporters import OTLPJsonLinesFileExporter
+    from hook_timer.span_timer import SpanTimer
 
-    spent = {"hooks_s": 0.0, "export_cpu_s": 0.0, "hooked_calls": 0}
-    begin, end, export = spans.begin, spans.end, OTLPJsonLinesFileExporter.export
-
-    def timed_begin(*args):
-        start = time.perf_counter()
-        try:
-            return begin(*args)
-        finally:
-            spent["hooks_s"] += time.perf_counter() - start
-            spent["hooked_calls"] += 1
-
-    def timed_end(*args):
-        start = time.perf_counter()
-        try:
-            return end(*args)
-        finally:
-            spent["hooks_s"] += time.perf_counter() - start
-
-    def timed_export(self, batch):
-        start = time.thread_time()
-        try:
-            return export(self, batch)
-        finally:
-            spent["export_cpu_s"] += time.thread_time() - start
-
-    spans.begin, spans.end, OTLPJsonLinesFileExporter.export = timed_begin, timed_end, timed_export
-    try:
+    with SpanTimer(time.perf_counter).installed() as spent:
         result = run_once(engine, token_ids, max_tokens, trace_file)
-    finally:
-        spans.begin, spans.end, OTLPJsonLinesFileExporter.export = begin, end, export
-    return {**spent, "run_s": result["seconds"]}
+    return {"hooks_s": spent.hooks_s, "export_cpu_s": spent.export_cpu_s, "hooked_calls": spent.begin_calls,
+            "run_s": result["seconds"]}
 
 
 def main() -> int:
