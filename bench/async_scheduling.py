@@ -31,7 +31,7 @@ from _results import run_meta, write_results  # noqa: E402
 from engine.config import CacheConfig, EngineConfig, ModelConfig, SchedulerConfig  # noqa: E402
 from engine.llm_engine import LLMEngine  # noqa: E402
 from engine.sampling_params import SamplingParams  # noqa: E402
-from tracer.labs.async_lab import step_phase_times  # noqa: E402
+from tracer.labs.async_lab import step_phase_times, timed_forwards  # noqa: E402
 
 TOPICS = ["a lighthouse", "the moon", "bread", "rivers", "a violin", "winter", "trains", "bees", "glass", "maps"]
 
@@ -46,39 +46,21 @@ def make_engine(async_scheduling: bool, batch: int) -> LLMEngine:
     )
 
 
-def time_forwards(engine: LLMEngine) -> list[float]:
-    """Wall ms of each model execution (forward + sample), on whichever thread runs it: the cost
-    async scheduling does not change, as a check that a difference in tok/s is not machine noise."""
-    forwards: list[float] = []
-    execute = engine.model_runner.execute_model_input
-
-    def timed(model_input, grammar_output=None):
-        start = time.perf_counter()
-        try:
-            return execute(model_input, grammar_output)
-        finally:
-            if model_input is not None:
-                forwards.append((time.perf_counter() - start) * 1e3)
-
-    engine.model_runner.execute_model_input = timed
-    return forwards
-
-
-def run(engine: LLMEngine, token_ids: list[list[int]], max_tokens: int, forwards: list[float] | None = None) -> dict:
-    """All requests at once; every token's hand-out time recorded per request."""
-    if forwards is not None:
-        forwards.clear()
+def run(engine: LLMEngine, token_ids: list[list[int]], max_tokens: int) -> dict:
+    """All requests at once; every token's hand-out time recorded per request, and each forward's
+    (the lab's timed_forwards: a check that a difference in tok/s is not the machine's noise)."""
     params = SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True)
     arrivals: dict[str, list[float]] = {}
-    start = time.perf_counter()
-    for ids in token_ids:
-        arrivals[engine.add_request(None, ids, params).request_id] = []
-    while engine.has_unfinished_requests():
-        outputs = engine.step()
-        now = time.perf_counter()
-        for out in outputs:
-            arrivals[out.request_id].extend([now] * len(out.new_token_ids))
-    elapsed = time.perf_counter() - start
+    with timed_forwards(engine) as forwards:
+        start = time.perf_counter()
+        for ids in token_ids:
+            arrivals[engine.add_request(None, ids, params).request_id] = []
+        while engine.has_unfinished_requests():
+            outputs = engine.step()
+            now = time.perf_counter()
+            for out in outputs:
+                arrivals[out.request_id].extend([now] * len(out.new_token_ids))
+        elapsed = time.perf_counter() - start
     gaps = [b - a for times in arrivals.values() for a, b in zip(times, times[1:])]
     produced = sum(len(times) for times in arrivals.values())
     assert produced == max_tokens * len(token_ids)
@@ -109,7 +91,6 @@ def main() -> int:
     console = Console(stderr=True)
     console.print(f"loading two engines (batch {args.batch}, {args.max_tokens} tokens each, {args.pairs} pairs)...")
     engines = {False: make_engine(False, args.batch), True: make_engine(True, args.batch)}
-    forwards = {on: time_forwards(engine) for on, engine in engines.items()}
     token_ids = [
         engines[False].render(f"Write a short story about {TOPICS[i % len(TOPICS)]}." + " Make it vivid." * (i % 4))
         for i in range(args.batch)
@@ -120,7 +101,7 @@ def main() -> int:
     for pair in range(args.pairs):
         # Alternate which goes first, so neither always runs on the warmer machine.
         for on in ((False, True) if pair % 2 == 0 else (True, False)):
-            result = run(engines[on], token_ids, args.max_tokens, forwards[on])
+            result = run(engines[on], token_ids, args.max_tokens)
             runs["on" if on else "off"].append(result)
             console.print(f"pair {pair + 1}/{args.pairs} async {'on ' if on else 'off'}: {result['tok_per_s']:.1f} tok/s, "
                           f"ITL p50 {result['itl_p50_ms']:.1f} ms")

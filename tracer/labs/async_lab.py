@@ -16,6 +16,8 @@ from __future__ import annotations
 import os
 import statistics
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import lru_cache
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -68,12 +70,12 @@ def step_phase_times(engine, prompts: list[list[int]], max_tokens: int) -> dict[
     return phases
 
 
-def _timed_run(engine, prompts: list[list[int]], max_tokens: int) -> tuple[float, float, float]:
-    """(ITL p50 ms over all requests, output tok/s, forward + sample p50 ms) with every request in at
-    once. The forward is timed on whichever thread runs it: async scheduling leaves its cost alone,
-    so a change in it is the machine's, not the engine's (bench/async_scheduling.py's check)."""
-    from engine.sampling_params import SamplingParams
-
+@contextmanager
+def timed_forwards(engine) -> Iterator[list[float]]:
+    """Wall ms of each model execution (forward + sample) while the body runs, on whichever thread
+    runs it (under async scheduling, the batch queue's model thread): the cost async scheduling
+    leaves alone, so a change in it is the machine's, not the engine's. A step with nothing to run
+    (no model input) is not counted. The lab and bench/async_scheduling.py both read it."""
     forwards: list[float] = []
     execute = type(engine.model_runner).execute_model_input
 
@@ -82,20 +84,30 @@ def _timed_run(engine, prompts: list[list[int]], max_tokens: int) -> tuple[float
         try:
             return execute(engine.model_runner, model_input, grammar_output)
         finally:
-            forwards.append((time.perf_counter() - started) * 1e3)
+            if model_input is not None:
+                forwards.append((time.perf_counter() - started) * 1e3)
+
+    engine.model_runner.execute_model_input = timed
+    try:
+        yield forwards
+    finally:
+        del engine.model_runner.execute_model_input  # the class's method again
+
+
+def _timed_run(engine, prompts: list[list[int]], max_tokens: int) -> tuple[float, float, float]:
+    """(ITL p50 ms over all requests, output tok/s, forward + sample p50 ms) with every request in at
+    once (the forward: timed_forwards)."""
+    from engine.sampling_params import SamplingParams
 
     params = SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True)
     arrivals: dict[str, list[float]] = {engine.add_request(None, ids, params).request_id: [] for ids in prompts}
-    engine.model_runner.execute_model_input = timed
-    start = time.perf_counter()
-    try:
+    with timed_forwards(engine) as forwards:
+        start = time.perf_counter()
         while engine.has_unfinished_requests():
             outputs = engine.step()
             now = time.perf_counter()
             for out in outputs:
                 arrivals[out.request_id].extend([now] * len(out.new_token_ids))
-    finally:
-        del engine.model_runner.execute_model_input  # the class's method again
     elapsed = time.perf_counter() - start
     gaps = [b - a for times in arrivals.values() for a, b in zip(times, times[1:])]
     return statistics.median(gaps) * 1e3, sum(len(t) for t in arrivals.values()) / elapsed, statistics.median(forwards)
