@@ -21,15 +21,17 @@ Prints a table and writes bench/results/cpu_kernels.{json,md}.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import time
 from pathlib import Path
 from typing import Callable
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from engine.omp_env import use_passive_omp_wait  # noqa: E402
+
+use_passive_omp_wait()  # before torch loads
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402

@@ -25,8 +25,11 @@ import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from engine.omp_env import use_passive_omp_wait  # noqa: E402
+
+use_passive_omp_wait()  # before torch loads
 
 import torch  # noqa: E402
 from rich.console import Console  # noqa: E402

@@ -30,6 +30,8 @@ SUBJECTS = ["tea", "rain", "salt", "iron", "moss", "wool", "clay", "snow", "ink"
 
 def worker(tree: str, runs: int, requests: int, max_tokens: int) -> dict:
     """One process: warm-up untraced, then `runs` traced runs with the timers in place."""
+    # engine.omp_env.use_passive_omp_wait, written out: importing this tree's engine here would
+    # shadow the baseline tree's (and a baseline older than the helper has none).
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     sys.path.insert(0, tree)
     from engine.config import CacheConfig, EngineConfig, SchedulerConfig

@@ -16,12 +16,14 @@ tracer/labs/structured_output_lab.py's (the walkthrough's lab). Writes bench/res
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from engine.omp_env import use_passive_omp_wait  # noqa: E402
+
+use_passive_omp_wait()  # before torch loads
 
 from bench._results import run_meta, write_results  # noqa: E402
 from engine.config import CacheConfig, EngineConfig, SchedulerConfig  # noqa: E402

@@ -15,15 +15,17 @@ Prints a table and writes bench/results/trace_overhead.{json,md}.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 import time
 from collections import Counter
 from pathlib import Path
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch: see tests/conftest.py
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from engine.omp_env import use_passive_omp_wait  # noqa: E402
+
+use_passive_omp_wait()  # before torch loads
 
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402

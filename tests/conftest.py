@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import os
 
-# Before torch loads: OpenMP threads that spin while waiting turn a busy 2-core machine (a
-# test client thread beside the engine thread) into a 10-50x slowdown of every matmul.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+from engine.omp_env import use_passive_omp_wait
+
+use_passive_omp_wait()  # before torch loads (a test client thread runs beside the engine thread)
 os.environ.setdefault("VLLM_TARGET_DEVICE", "cpu")
 # Without a GPU, Triton kernels can only run in Triton's interpreter, and it must be chosen before
 # anything (torch, vLLM) first imports triton: otherwise a later @triton.jit call fails.

@@ -25,7 +25,10 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("VLLM_TARGET_DEVICE", "cpu")
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from engine.omp_env import use_passive_omp_wait  # noqa: E402
+
+use_passive_omp_wait()  # before torch loads
 
 from tracer.commands.site import LabExperiments  # noqa: E402
 from tracer.sitebuilder.builder import WALKTHROUGHS_DIR, BuildOptions, build_site  # noqa: E402

@@ -3,13 +3,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import os
 import pkgutil
 import sys
 
-# Before torch loads: spinning OpenMP threads slow every matmul 10-50x when another thread
-# (the HTTP server, a client) shares the cores.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+from engine.omp_env import use_passive_omp_wait
+
+use_passive_omp_wait()  # before torch loads (the engine thread shares the cores with the HTTP server, a client)
 
 import tracer.commands
 

@@ -13,14 +13,15 @@ counts and tokens are exact.
 """
 from __future__ import annotations
 
-import os
 import statistics
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+from engine.omp_env import use_passive_omp_wait
+
+use_passive_omp_wait()  # before torch loads
 
 from tracer.labs.registry import Lab, LabResult, Table, environment, load_average
 

@@ -5,12 +5,13 @@ say nothing about a GPU. Token and block counts are exact.
 """
 from __future__ import annotations
 
-import os
 import time
 from functools import lru_cache
 from statistics import median
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # spinning OpenMP threads slow shared-core matmuls 10-50x
+from engine.omp_env import use_passive_omp_wait
+
+use_passive_omp_wait()  # before torch loads
 
 from engine.math_utils import cdiv
 from tracer.labs.registry import Lab, LabResult, Table, environment, load_average

@@ -5,7 +5,6 @@ page can show the timeline, link the files, and print the command that records i
 """
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -15,7 +14,9 @@ from typing import Callable
 from tracer.labs import structured_output_lab
 from tracer.labs.cache import cache_path
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+from engine.omp_env import use_passive_omp_wait
+
+use_passive_omp_wait()  # before torch loads
 
 
 class RecipeError(ValueError):

@@ -5,12 +5,13 @@ engine steps and acceptance counts are exact and do not depend on the machine's 
 """
 from __future__ import annotations
 
-import os
 import time
 from functools import lru_cache
 from statistics import median
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+from engine.omp_env import use_passive_omp_wait
+
+use_passive_omp_wait()  # before torch loads
 
 from tracer.labs.registry import Lab, LabResult, Table, environment, load_average
 

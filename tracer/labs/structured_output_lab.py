@@ -8,12 +8,13 @@ the lab renders them for walkthroughs/12-structured-output.md. CPU numbers on a 
 from __future__ import annotations
 
 import json
-import os
 import statistics
 import time
 from pathlib import Path
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # spinning OpenMP threads slow shared-core matmuls 10-50x
+from engine.omp_env import use_passive_omp_wait
+
+use_passive_omp_wait()  # before torch loads
 
 from tracer.labs.registry import Lab, LabResult, Table, environment, load_average
 
