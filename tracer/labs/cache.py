@@ -21,6 +21,7 @@ FINGERPRINT_GLOBS = (
     "tracer/instrument/spans.py",
     "tracer/instrument/otel.py",
     "tracer/instrument/exporters.py",
+    "tracer/instrument/tracing.py",  # the trace recipes' traced run
     "tracer/instrument/extractors/*.py",
     "tracer/catalog/hops.yaml",
     "tracer/labs/*.py",  # the labs themselves: a changed lab reruns
