@@ -16,6 +16,7 @@ max(20%, 1.5x noise).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
 import sys
@@ -33,6 +34,7 @@ from tracer.live.vllm import VllmOptions, vllm_server  # noqa: E402
 from tracer.replay.from_trace import load_replayable  # noqa: E402
 from tracer.replay.whatif.latency import latencies  # noqa: E402
 from tracer.replay.whatif.session import fit_on_trace, run_whatif  # noqa: E402
+from tracer.replay.whatif.step_time import model_error  # noqa: E402
 
 # Config A (the server flags every run shares, then A's own) and, per pair, B's flags and the --set
 # whatif is given to predict B from A's trace. The flags are vLLM's and ours alike (`vllm serve` and
@@ -108,16 +110,61 @@ def serve(folder: Path, label: str, flags: dict, requests: list[tuple[float, str
             t.start()
         for t in threads:
             t.join()
+        # The last responses' entrypoint spans end as they are sent; stopping the server at once lost
+        # them in 5 of the 8 traces of our server's first validation run (the request's whole trace
+        # then has no root and is not read: tracer/traces/shape.py). The span exporter writes every
+        # 0.5 s (BatchSpanProcessor's schedule_delay_millis, tracer/instrument/otel.py): wait past it.
+        time.sleep(1.5)
     print(f"  {label}: served {len(requests)} requests", flush=True)
     return trace
 
 
+FITTED: dict[Path, tuple] = {}  # trace -> (its own step-time model, its trace-clock log)
+
+
 def measured(trace: Path) -> dict:
     run = load_replayable(trace)
-    _, log, comparison, _ = fit_on_trace(run)
+    model, log, comparison, _ = fit_on_trace(run)
+    FITTED[trace] = (model, log)
     summary = latencies(log).summary()
     summary["replay_agrees"] = comparison.agree
+    summary["requests"] = len(run.requests)  # the warm-up request included
     return summary
+
+
+def diagnosis(trace_a: Path, trace_b: Path, engines: list[str], folder: Path) -> dict:
+    """Where a prediction's error comes from: A's model on B's own steps (the step-time model's
+    transfer: B's batches, B's measured durations), and B's workload replayed under B's config with
+    B's own model (the clock and the replayed decisions, with the transfer taken out)."""
+    model_a, _ = FITTED[trace_a]
+    model_b, log_b = FITTED[trace_b]
+    rows = [s.features for s in log_b.steps]
+    durations = [s.end_s - s.start_s for s in log_b.steps]
+    own = run_whatif(trace_b, {}, engines, folder, force=True, write_traces=False, model=model_b)
+    (replayed,) = [p for p in own.predictions if p.label == "trace config"]
+    return {"A_model_on_B_steps": model_error(model_a, rows, durations), "B_model": model_b.to_json(),
+            "B_own_model_replay": replayed.summary, "B_own_model_replay_agrees": replayed.decisions.agree}
+
+
+def diagnosis_line(found: dict, b1: dict, requests: dict) -> str:
+    on_b = found["A_model_on_B_steps"]
+    parts = [f"{kind.split('_')[0]} steps {100 * on_b[kind]['total_rel']:+.0f}%" for kind in ("decode_steps", "prefill_steps")
+             if kind in on_b]
+    own = found["B_own_model_replay"]
+    line = (f"Where the error is: A's model on B's own {on_b['steps']} steps: total {100 * on_b['total_rel']:+.1f}% "
+            f"({', '.join(parts)}), median step {100 * on_b['median_rel']:.0f}%. B replayed under its config with its own "
+            f"model (the clock and decisions, no transfer): TTFT mean {own['ttft_ms']['mean']:.1f} "
+            f"({100 * (own['ttft_ms']['mean'] / b1['ttft_ms']['mean'] - 1):+.0f}% of B), ITL mean {own['itl_ms']['mean']:.1f} "
+            f"({100 * (own['itl_ms']['mean'] / b1['itl_ms']['mean'] - 1):+.0f}%).")
+    if len(set(requests.values())) > 1:
+        line += (" The traces hold different numbers of requests (" + ", ".join(f"{k} {v}" for k, v in requests.items())
+                 + "): a request without its entrypoint span is not read, and A's workload then is not B's.")
+    return line
+
+
+def runs_file(folder: Path) -> Path:
+    """Beside the traces: when each was served, the load, and how many requests it was sent."""
+    return folder / "runs.json"
 
 
 def error(predicted: float, target: float) -> float:
@@ -150,12 +197,19 @@ def main() -> int:
     began = time.monotonic()
     loads: dict[str, list[float]] = {}
 
+    runs = json.loads(runs_file(folder).read_text()) if runs_file(folder).is_file() else {}
+
     def served(label: str, flags: dict) -> Path:
         reused = args.reuse and (folder / f"trace-{label}.jsonl").is_file()
         before = os.getloadavg()[0]
         trace = serve(folder, label, flags, requests, args.reuse, args.source)
         if not reused:  # the 1-minute load before / after the run
             loads[label] = [round(before, 2), round(os.getloadavg()[0], 2)]
+            runs[label] = {"served_at": time.strftime("%Y-%m-%d %H:%M:%S"), "load_1min_before_after": loads[label],
+                           "requests_sent": len(requests) + 1, "flags": flags}  # + the warm-up request
+            runs_file(folder).write_text(json.dumps(runs, indent=1) + "\n")
+        elif label in runs:
+            loads[label] = runs[label]["load_1min_before_after"]
         return trace
 
     print(f"config A: {A} ({server_name})", flush=True)
@@ -191,13 +245,18 @@ def main() -> int:
                                             "within": None if limit is None else err <= limit,
                                             "predicted_from_A2": predicted2, "error_from_A2": error(predicted2, target)}
         moved = {m: error(b1[m]["mean"], results["A"]["measured"][m]["mean"]) for m in ("ttft_ms", "itl_ms")}
+        found = diagnosis(trace_a, folder / f"trace-B-{pair}-1.jsonl", engines, folder / f"whatif-{pair}-B-own")
         results["pairs"][pair] = {"flags": flags, "set": sets, "rows": rows, "moved": moved,
                                   "closed_loop_links": len(prediction.dependencies),
-                                  "model_error": prediction.model.fit_error, "B_replay_agrees": [b1["replay_agrees"], b2["replay_agrees"]]}
+                                  "model_error": prediction.model.fit_error, "B_replay_agrees": [b1["replay_agrees"], b2["replay_agrees"]],
+                                  "requests_in_traces": {"A": results["A"]["measured"]["requests"], "B": b1["requests"],
+                                                         "B again": b2["requests"]},
+                                  "diagnosis": found}
         body += [f"## {pair}: A {A} vs B {flags} (whatif --set " + " ".join(f"{k}={v}" for k, v in sets.items()) + ")", "",
                  f"B moves mean TTFT by {100 * moved['ttft_ms']:.0f}%, mean ITL by {100 * moved['itl_ms']:.0f}% from A. "
-                 f"Step-time model on A: median step error {100 * prediction.model.fit_error['median_rel']:.0f}%, "
-                 f"total {100 * prediction.model.fit_error['total_rel']:+.1f}%. 1-minute load before / after each run: "
+                 f"Step-time model on A: median step error {100 * prediction.model.fit_error['median_rel']:.0f}% "
+                 f"({100 * prediction.model.fit_error.get('held_out', {}).get('median_rel', float('nan')):.0f}% on steps "
+                 f"held out of its fit), total {100 * prediction.model.fit_error['total_rel']:+.1f}%. 1-minute load before / after each run: "
                  + (", ".join(f"{k} {v[0]}/{v[1]}" for k, v in loads.items() if k in ("A", "A-2") or k.startswith(f"B-{pair}-"))
                     or "not known (the traces were reused)") + ".", "",
                  "| metric | A | B | B again | predicted from A | error | B-vs-B noise | target | within | predicted from A-2 | its error |",
@@ -208,13 +267,16 @@ def main() -> int:
             body.append(f"| {name} | {r['A']:.1f} | {r['B']:.1f} | {r['B2']:.1f} | {r['predicted']:.1f} | "
                         f"{100 * r['error']:.0f}% | {100 * r['noise']:.0f}% | {limit} | {within} | "
                         f"{r['predicted_from_A2']:.1f} | {100 * r['error_from_A2']:.0f}% |")
-        body.append("")
-        print("\n".join(body[-9:]), flush=True)
+        body += ["", diagnosis_line(found, b1, results["pairs"][pair]["requests_in_traces"]), ""]
+        print("\n".join(body[-11:]), flush=True)
         done = list(results["pairs"])
         write_results(results_name, title, run_meta(requests=args.requests, pairs=done, source=args.source), results,
                       body + [f"Pairs so far: {', '.join(done)} of {', '.join(pairs)} (the run goes on)."])
     elapsed = time.monotonic() - began
     results["elapsed_s"] = round(elapsed, 1)
+    judged = [r["within"] for p in results["pairs"].values() for r in p["rows"].values() if r["within"] is not None]
+    results["within_target"] = [sum(judged), len(judged)]
+    body[:0] = [f"{sum(judged)} of {len(judged)} judged rows within target.", ""]
     body += [f"The whole run took {elapsed / 60:.1f} min.", "",
              f"Latencies are engine-side: from the request entering {'our' if args.source == 'ours' else 'vLLM' + chr(39) + 's'} scheduler to the end of the step that sampled "
              "the token, read from each run's own trace by replaying it on its clock; prediction error is against the "
@@ -222,6 +284,11 @@ def main() -> int:
     if args.reuse:
         body.append("With --reuse, the live runs' traces are those an earlier run of this script served into --folder "
                     "(missing ones are served); measurements and predictions are recomputed from them.")
+    served_runs = [f"{label} {r['served_at']} (load {r['load_1min_before_after'][0]}/{r['load_1min_before_after'][1]})"
+                   for label, r in runs.items()]
+    results["runs"] = runs
+    if served_runs:
+        body += ["", f"The traces were served ({runs_file(folder).name} in --folder): " + ", ".join(served_runs) + "."]
     if len(pairs) < len(PAIRS):
         body.append(f"Pairs run: {', '.join(pairs)} (of {', '.join(PAIRS)}).")
     write_results(results_name, title, run_meta(requests=args.requests, pairs=pairs, source=args.source), results, body)

@@ -9,7 +9,6 @@ within the step-time model's own error.
 """
 from __future__ import annotations
 
-import random
 import time
 
 import pytest
@@ -21,7 +20,6 @@ from tracer.instrument import tracing
 from tracer.replay.from_trace import replay_from_trace
 from tracer.replay.traced_run import read_traced_run, synthetic_prompt
 from tracer.replay.whatif.session import WhatifError, parse_sets, run_whatif
-from tracer.replay.whatif.step_time import FEATURES, fit_step_time, step_features
 
 SYSTEM = list(range(1000, 1040))  # 40 tokens: two full 16-token blocks and 8 more
 # Bursts of (id, prompt, max_tokens); each reaches an idle engine after the one before has finished.
@@ -83,40 +81,6 @@ def test_from_trace_catches_a_workload_that_lost_its_shared_prefixes(engine_trac
     result = replay_from_trace(engine_trace, ["mini"], run=run)
     (comparison,) = result.comparisons
     assert not comparison.agree and comparison.divergence.fields == ["scheduled"]
-
-
-def test_the_step_time_model_recovers_known_coefficients():
-    truth = [0.004, 0.0002, 0.0011, 0.00001, 0.0005]
-    rng = random.Random(7)
-    rows, durations = [], []
-    for _ in range(200):
-        batch = []
-        for _ in range(rng.randint(1, 8)):
-            prompt = rng.randint(8, 400)
-            computed = rng.choice([0, rng.randint(0, prompt - 1), prompt + rng.randint(0, 100)])
-            tokens = 1 if computed >= prompt else min(prompt - computed, rng.randint(1, 128))
-            batch.append((tokens, computed, prompt))
-        features = step_features(batch)
-        rows.append(features)
-        durations.append(sum(c * x for c, x in zip(truth, features)) * (1 + rng.uniform(-0.01, 0.01)))
-    model = fit_step_time(rows, durations)
-    assert model.features == FEATURES
-    for name, fitted, expected in zip(FEATURES, model.coefficients, truth):
-        assert fitted == pytest.approx(expected, rel=0.1, abs=2e-6), name
-    assert model.fit_error["median_rel"] < 0.02
-
-
-def test_no_step_time_coefficient_comes_out_negative_on_noise():
-    """Steps that cost the same whatever their batch, measured with noise: plain least squares gives
-    some features a negative cost (and a changed config's batches a time below zero); ours keeps
-    every coefficient >= 0 and the constant near the truth."""
-    rng = random.Random(3)
-    rows = [step_features([(rng.randint(1, 64), rng.randint(0, 300), 200) for _ in range(rng.randint(1, 6))])
-            for _ in range(120)]
-    durations = [0.02 * (1 + rng.uniform(-0.3, 0.3)) for _ in rows]
-    model = fit_step_time(rows, durations)
-    assert all(c >= 0 for c in model.coefficients), model.coefficients
-    assert model.predict(step_features([(1, 10, 5)])) == pytest.approx(0.02, rel=0.3)
 
 
 def test_whatif_under_the_trace_config_reproduces_its_decisions_and_latencies(engine_trace, tmp_path):

@@ -21,11 +21,12 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # spinning OpenMP threads s
 from tracer.labs.registry import Lab, LabResult, Table, environment, load_average
 
 MEANING = {
-    "const": "per step: launch, sampling, the scheduler's own work",
+    "const": "per step: the weight read, launch, sampling, the scheduler's own work",
     "prefill_tokens": "per prompt token computed",
     "decode_tokens": "per decoding request (one token each)",
     "context_tokens": "per token of KV the batch's attention reads",
     "prefill_attention": "per (chunk token x context token) / 1000 of a prefill",
+    "continued_attention": "more per (chunk token x context token) / 1000 of a chunk after cached context",
 }
 
 
@@ -112,13 +113,18 @@ def whatif_lab(requests: int = 8, max_tokens: int = 16, gap_ms: float = 50.0, ch
         _, log_b, agrees_b, _ = fit_on_trace(read_traced_run(trace_b))
         measured_b = latencies(log_b).summary()
     model, error = result.model, result.model.fit_error
+    held = error.get("held_out")
+    held_out = (f"on steps held out of the fit (each fifth predicted by a model fitted on the rest) median "
+                f"{100 * held['median_rel']:.0f}%, {100 * held['total_rel']:+.1f}% over the run" if held else
+                "too few steps to hold some out")
     coefficients = Table(
-        f"The step-time model fitted on config A's {error['steps']} steps (least squares, no coefficient below 0)",
+        f"The step-time model fitted on config A's {error['steps']} steps (least squares, no coefficient below 0: "
+        f"the constant and the decode costs on the decode-only steps, then what prefill adds on the others)",
         ["feature", "coefficient", "unit"],
         [[name, f"{1e3 * value:.4f}", f"ms {MEANING[name]}"] for name, value in zip(model.features, model.coefficients)],
         f"Its own error on those steps: median {100 * error['median_rel']:.0f}% per step, mean |error| "
         f"{error['mean_abs_ms']:.2f} ms of a {error['measured_mean_ms']:.1f} ms mean step, {100 * error['total_rel']:+.1f}% "
-        f"over the run. A coefficient at 0 is a feature the fit left out (it would have come out negative, or the "
+        f"over the run; {held_out}. A coefficient at 0 is a feature the fit left out (it would have come out negative, or the "
         f"trace never varied it). Between steps: {1e3 * model.gap_s:.2f} ms; an idle engine's wake: {1e3 * model.wake_s:.2f} ms.",
     )
     changed = {p.engine: p for p in result.predictions if p.label == "changed"}

