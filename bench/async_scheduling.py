@@ -18,7 +18,6 @@ import argparse
 import os
 import statistics
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -33,8 +32,7 @@ from rich.table import Table  # noqa: E402
 from _results import run_meta, write_results  # noqa: E402
 from engine.config import CacheConfig, EngineConfig, ModelConfig, SchedulerConfig  # noqa: E402
 from engine.llm_engine import LLMEngine  # noqa: E402
-from engine.sampling_params import SamplingParams  # noqa: E402
-from tracer.labs.async_lab import step_phase_times, timed_forwards  # noqa: E402
+from tracer.labs.async_lab import step_phase_times, timed_run  # noqa: E402
 
 TOPICS = ["a lighthouse", "the moon", "bread", "rivers", "a violin", "winter", "trains", "bees", "glass", "maps"]
 
@@ -50,30 +48,18 @@ def make_engine(async_scheduling: bool, batch: int) -> LLMEngine:
 
 
 def run(engine: LLMEngine, token_ids: list[list[int]], max_tokens: int) -> dict:
-    """All requests at once; every token's hand-out time recorded per request, and each forward's
-    (the lab's timed_forwards: a check that a difference in tok/s is not the machine's noise)."""
-    params = SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True)
-    arrivals: dict[str, list[float]] = {}
-    with timed_forwards(engine) as forwards:
-        start = time.perf_counter()
-        for ids in token_ids:
-            arrivals[engine.add_request(None, ids, params).request_id] = []
-        while engine.has_unfinished_requests():
-            outputs = engine.step()
-            now = time.perf_counter()
-            for out in outputs:
-                arrivals[out.request_id].extend([now] * len(out.new_token_ids))
-        elapsed = time.perf_counter() - start
-    gaps = [b - a for times in arrivals.values() for a, b in zip(times, times[1:])]
-    produced = sum(len(times) for times in arrivals.values())
-    assert produced == max_tokens * len(token_ids)
+    """All requests at once (the lab's timed_run); each forward's time too, a check that a difference
+    in tok/s is not the machine's noise."""
+    run = timed_run(engine, token_ids, max_tokens)
+    assert run.tokens == max_tokens * len(token_ids)
+    gaps = run.gaps
     quantiles = statistics.quantiles(gaps, n=10)
     return {
-        "seconds": elapsed,
-        "tok_per_s": produced / elapsed,
+        "seconds": run.seconds,
+        "tok_per_s": run.tokens / run.seconds,
         "itl_p50_ms": statistics.median(gaps) * 1e3,
         "itl_p90_ms": quantiles[8] * 1e3,
-        "forward_p50_ms": statistics.median(forwards) if forwards else None,
+        "forward_p50_ms": statistics.median(run.forwards) if run.forwards else None,
     }
 
 

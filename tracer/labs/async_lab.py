@@ -17,6 +17,7 @@ import statistics
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from functools import lru_cache
 
 from engine.omp_env import use_passive_omp_wait
@@ -95,23 +96,44 @@ def timed_forwards(engine) -> Iterator[list[float]]:
         del engine.model_runner.execute_model_input  # the class's method again
 
 
-def _timed_run(engine, prompts: list[list[int]], max_tokens: int) -> tuple[float, float, float]:
-    """(ITL p50 ms over all requests, output tok/s, forward + sample p50 ms) with every request in at
-    once (the forward: timed_forwards)."""
+@dataclass
+class TimedRun:
+    arrivals: dict[str, list[float]]  # request id -> perf_counter when each of its tokens was handed out
+    seconds: float  # from the first add_request until the last step returned
+    forwards: list[float]  # ms of each model execution (timed_forwards)
+
+    @property
+    def tokens(self) -> int:
+        return sum(len(times) for times in self.arrivals.values())
+
+    @property
+    def gaps(self) -> list[float]:
+        """Seconds between a request's consecutive tokens (ITL), over all requests."""
+        return [b - a for times in self.arrivals.values() for a, b in zip(times, times[1:])]
+
+
+def timed_run(engine, prompts: list[list[int]], max_tokens: int) -> TimedRun:
+    """Every request in at once (greedy, exactly max_tokens each), stepped to the end, each token's
+    hand-out time recorded per request. The lab and bench/async_scheduling.py both run it."""
     from engine.sampling_params import SamplingParams
 
     params = SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True)
-    arrivals: dict[str, list[float]] = {engine.add_request(None, ids, params).request_id: [] for ids in prompts}
     with timed_forwards(engine) as forwards:
         start = time.perf_counter()
+        arrivals: dict[str, list[float]] = {engine.add_request(None, ids, params).request_id: [] for ids in prompts}
         while engine.has_unfinished_requests():
             outputs = engine.step()
             now = time.perf_counter()
             for out in outputs:
                 arrivals[out.request_id].extend([now] * len(out.new_token_ids))
-    elapsed = time.perf_counter() - start
-    gaps = [b - a for times in arrivals.values() for a, b in zip(times, times[1:])]
-    return statistics.median(gaps) * 1e3, sum(len(t) for t in arrivals.values()) / elapsed, statistics.median(forwards)
+        elapsed = time.perf_counter() - start
+    return TimedRun(arrivals, elapsed, forwards)
+
+
+def _timed_run(engine, prompts: list[list[int]], max_tokens: int) -> tuple[float, float, float]:
+    """(ITL p50 ms over all requests, output tok/s, forward + sample p50 ms)."""
+    run = timed_run(engine, prompts, max_tokens)
+    return statistics.median(run.gaps) * 1e3, run.tokens / run.seconds, statistics.median(run.forwards)
 
 
 def _count_scheduled(engine, request_id: str) -> list[int]:
