@@ -25,7 +25,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SUBJECTS = ["tea", "rain", "salt", "iron", "moss", "wool", "clay", "snow", "ink", "oak", "silk", "sand", "wax", "jade", "fog", "ash"]
 
 
 def worker(tree: str, runs: int, requests: int, max_tokens: int) -> dict:
@@ -34,40 +33,19 @@ def worker(tree: str, runs: int, requests: int, max_tokens: int) -> dict:
     # shadow the baseline tree's (and a baseline older than the helper has none).
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     sys.path.insert(0, tree)
-    from engine.config import CacheConfig, EngineConfig, SchedulerConfig
-    from engine.llm_engine import LLMEngine
-    from engine.sampling_params import SamplingParams
+    from _trace_workload import make_engine, prompts, run_once
     from hook_timer.span_timer import SpanTimer
-    from tracer.instrument import otel, spans, tracing
+    from tracer.instrument import spans
 
     assert Path(spans.__file__).resolve().is_relative_to(Path(tree).resolve()), spans.__file__
-    engine = LLMEngine(EngineConfig(cache=CacheConfig(num_blocks=512), scheduler=SchedulerConfig(max_num_seqs=64)))
-    prompts = [f"Describe {SUBJECTS[i % len(SUBJECTS)]}." + " Briefly." * (i // len(SUBJECTS)) for i in range(requests)]
-    token_ids = [engine.render(p) for p in prompts]
-    params = SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True)
-    def one_run(trace_file: Path | None) -> float:
-        if trace_file is not None:
-            tracing.enable("mini", trace_file=trace_file)
-        try:
-            start = time.perf_counter()
-            for ids in token_ids:
-                engine.add_request(None, ids, params)
-            while engine.has_unfinished_requests():
-                engine.step()
-            if trace_file is not None:
-                otel.flush()
-            return time.perf_counter() - start
-        finally:
-            if trace_file is not None:
-                tracing.disable()
-                spans.registry.clear()
-
-    one_run(None)
+    engine = make_engine()
+    token_ids = [engine.render(p) for p in prompts(requests)]
+    run_once(engine, token_ids, max_tokens, None)
     results = []
     with tempfile.TemporaryDirectory(prefix="servetrace-span-cost-") as tmp, SpanTimer(time.thread_time).installed() as spent:
         for run in range(runs):
             spent.reset()
-            seconds = one_run(Path(tmp) / f"trace-{run}.jsonl")
+            seconds = run_once(engine, token_ids, max_tokens, Path(tmp) / f"trace-{run}.jsonl")["seconds"]
             results.append({"hooks_s": spent.hooks_s, "export_s": spent.export_cpu_s, "calls": spent.begin_calls,
                             "written": spent.exported_spans, "run_s": seconds})
     return {"runs": results}

@@ -31,42 +31,11 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from _results import run_meta, write_results  # noqa: E402
-from engine.config import CacheConfig, EngineConfig, SchedulerConfig  # noqa: E402
+from _trace_workload import make_engine, prompts, run_once  # noqa: E402
 from engine.llm_engine import LLMEngine  # noqa: E402
-from engine.sampling_params import SamplingParams  # noqa: E402
-from tracer.instrument import otel, spans, tracing  # noqa: E402
 from tracer.traces.trace_file import read_trace_file  # noqa: E402
 
 TARGET_OVERHEAD = 0.03
-SUBJECTS = ["tea", "rain", "salt", "iron", "moss", "wool", "clay", "snow", "ink", "oak", "silk", "sand", "wax", "jade", "fog", "ash"]
-
-
-def prompts(n: int) -> list[str]:
-    return [f"Describe {SUBJECTS[i % len(SUBJECTS)]}." + " Briefly." * (i // len(SUBJECTS)) for i in range(n)]
-
-
-def run_once(engine: LLMEngine, token_ids: list[list[int]], max_tokens: int, trace_file: Path | None) -> dict:
-    """One pass of the workload; with trace_file, traced from the first add_request to the last span on disk."""
-    params = SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True)
-    if trace_file is not None:
-        tracing.enable("mini", trace_file=trace_file)
-    try:
-        start = time.perf_counter()
-        for ids in token_ids:
-            engine.add_request(None, ids, params)
-        produced, steps = 0, 0
-        while engine.has_unfinished_requests():
-            produced += sum(len(o.new_token_ids) for o in engine.step())
-            steps += 1
-        engine_done = time.perf_counter()
-        if trace_file is not None:
-            otel.flush()
-        end = time.perf_counter()
-    finally:
-        if trace_file is not None:
-            tracing.disable()
-            spans.registry.clear()
-    return {"seconds": end - start, "flush_seconds": end - engine_done, "tokens": produced, "steps": steps}
 
 
 def account_tracing_cpu(engine: LLMEngine, token_ids: list[list[int]], max_tokens: int, trace_file: Path) -> dict:
@@ -90,7 +59,7 @@ def main() -> int:
     if args.requests < 1 or args.max_tokens < 1 or args.repeats < 1:
         parser.error("--requests, --max-tokens and --repeats must be at least 1")
 
-    engine = LLMEngine(EngineConfig(cache=CacheConfig(num_blocks=512), scheduler=SchedulerConfig(max_num_seqs=64)))
+    engine = make_engine()
     token_ids = [engine.render(p) for p in prompts(args.requests)]
     console = Console(stderr=True)
     console.print(f"warm-up: {args.requests} requests x {args.max_tokens} tokens, untraced")
