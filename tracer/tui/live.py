@@ -8,8 +8,9 @@ when something arrived, at most every REBUILD_S, and the app swaps it in on its 
 The UI thread does as little as it can, since a key that arrives while it works waits for it:
 the builder hands over a finished model (tracer.tui.live_window: trimmed to what the window
 keeps, so it holds only what is shown; the rows of the app's filter picked), the swap is an
-assignment and a redraw of the rows on screen, and the old model goes to a thread of its own
-to be freed (release_gradually). The window is bounded: the oldest requests dropped, never the
+assignment and a redraw of the rows on screen, with no screen layout (LIVE_CSS: the explorer is
+laid out for a full window from the start), and the old model goes to a thread of its own to be
+freed (release_gradually). The window is bounded: the oldest requests dropped, never the
 newest, and the warning line says how many.
 """
 from __future__ import annotations
@@ -22,7 +23,9 @@ from dataclasses import dataclass
 from typing import Callable
 
 from rich.text import Text
-from textual.widgets import Static
+from textual.app import App
+from textual.css.query import NoMatches
+from textual.widgets import Header, Static
 
 from tracer.traces.receiver import ReceiverProcess
 from tracer.tui.app import ExplorerApp, matches
@@ -43,6 +46,17 @@ FULL_GC_GAP_S = 10.0  # see LiveExplorerApp.__init__
 # 3; generation-1 collections 182 vs 472), and Textual's cyclic garbage waits frozen until a
 # collection that scans the whole heap. Nothing of ours leaks either way (test_tui_retired_model).
 FREEZE_INGESTED = False
+# The explorer laid out for a full window from the start: the requests table at its full height
+# and every scrollbar shown, with or without rows to scroll. What it buys: no model swap changes
+# a widget's size, so none lays out the screen again (rowtable.set_virtual_size). Laid out for an
+# empty window, the first model (empty tables -> 200 rows) set off three screen layouts in a row
+# (the tables grew and showed scrollbars, which narrowed them, and their resize asked for the next):
+# 60-80 ms, and the first key pressed meanwhile waited for all of it, the one key over 50 ms of
+# each bench run (bench/tui_listen_bench.py, load 0.7-0.9).
+LIVE_CSS = """
+#requests { height: 8; overflow-y: scroll; }
+#waterfall, #side { overflow-y: scroll; }
+"""
 __all__ = ["DEFAULT_WINDOW", "LiveExplorerApp", "LiveFeed", "LiveWindow", "Prepared", "WindowStats", "release_gradually"]
 
 
@@ -128,6 +142,8 @@ class LiveExplorerApp(ExplorerApp):
     """The explorer on a live window: the model is replaced as spans arrive, the request under
     the cursor stays under it, and the warning line says what the window holds."""
 
+    CSS = ExplorerApp.CSS + LIVE_CSS
+
     def __init__(self, receiver: ReceiverProcess, window: LiveWindow, rebuild_s: float = REBUILD_S) -> None:
         super().__init__([build_model(LoadedTrace([], [], window.label))])
         self.window = window
@@ -141,7 +157,6 @@ class LiveExplorerApp(ExplorerApp):
         self._pending: Prepared | None = None
         self._prepared: Prepared | None = None
         self._keep: tuple[str | None, int, int] | None = None
-        self._notice_lines = 0
 
     def on_mount(self) -> None:
         super().on_mount()
@@ -232,7 +247,7 @@ class LiveExplorerApp(ExplorerApp):
     def show_trace(self) -> None:
         host, port = self.address
         self.title = f"servetrace · listening on {host}:{port} (OTLP/HTTP {'/v1/traces'})"
-        self.sub_title = self.trace_line(self.model)
+        self._show_sub_title(self.trace_line(self.model))
         self._show_notice(self.window.notice() if self.window.stats.exports_received
                           else f"waiting for spans: point SERVETRACE_OTLP=http://{host}:{port} at this port")
         self.show_requests()
@@ -240,10 +255,31 @@ class LiveExplorerApp(ExplorerApp):
     def _show_notice(self, text: str) -> None:
         """The warning line, laid out again only when its height changes: a screen layout
         (tens of ms at 80x24) on every swap for a count that changed would be paid by the key
-        that comes next."""
+        that comes next. Its height is read off the screen: the first notice (before any layout)
+        is laid out, the first count after it only if it wraps to more lines."""
         warning = self.query_one("#warning", Static)
-        width = warning.content_region.width
-        lines = len(Text(text).wrap(self.console, width)) if width > 0 else 0
-        warning.update(text, layout=not lines or lines != self._notice_lines)
-        self._notice_lines = lines
+        region = warning.content_region
+        lines = len(Text(text).wrap(self.console, region.width)) if region.width > 0 else 0
+        warning.update(text, layout=not lines or lines != region.height or not warning.display)
         warning.display = True
+
+    def _show_sub_title(self, text: str) -> None:
+        """The sub-title (what the model holds), redrawn in place.
+
+        What it buys: Textual's Header redraws its title line with a screen layout on every change
+        of the title or sub-title (Static.update's default), and the live sub-title's counts change
+        on every swap: a layout and a repaint of the whole screen, 6-10 ms of the UI thread at
+        80x24 and 160x48 (load ~3), which a key pressed just after a swap waited for. The title
+        line is one line, cut with an ellipsis, whatever it says: nothing else moves. The
+        reactive is set without its watchers (the Header's), and the line redrawn as the Header
+        would (Header.format_title)."""
+        if text == self.sub_title:
+            return
+        try:
+            header = self.query_one(Header)
+            line = header.query_one("HeaderTitle", Static)  # the Header's title line (textual 8.2.8)
+        except NoMatches:  # not mounted yet, or a Textual whose Header is built otherwise
+            self.sub_title = text
+            return
+        self.set_reactive(App.sub_title, text)
+        line.update(header.format_title(), layout=False)

@@ -31,13 +31,14 @@ def set_virtual_size(view: ScrollView, size: Size) -> None:
     """Set a view's scrollable size; lay out the screen again only when that changes its height
     (auto height) or shows / hides its scrollbar. A screen layout costs tens of ms at 80x24
     (and the resizes it sends cost more frames), and a view whose content changes on every
-    keystroke (the waterfall, the side panel) needs none."""
+    keystroke (the waterfall, the side panel) needs none. A view with `overflow-y: scroll`
+    always shows its scrollbar (the live explorer's: tracer.tui.live.LIVE_CSS)."""
     if size == view.virtual_size:
         return
-    height = view.styles.height
-    shows_bar = size.height > view.container_size.height
+    height, overflow = view.styles.height, view.styles.overflow_y
+    shows_bar = size.height > view.container_size.height if overflow == "auto" else overflow == "scroll"
     if (height is None or height.is_auto or not view.container_size
-            or shows_bar != view.show_vertical_scrollbar or view.styles.overflow_y != "auto"):
+            or shows_bar != view.show_vertical_scrollbar or overflow not in ("auto", "scroll")):
         view.virtual_size = size
         return
     view.set_reactive(ScrollView.virtual_size, size)
