@@ -18,6 +18,22 @@ def in_flight(engine: LLMEngine) -> list:
     return [scheduler_output for _, scheduler_output in engine.batch_queue.queue]
 
 
+def abort_in_flight_and_finish(engine: LLMEngine, request_id: str, in_flight_now) -> dict:
+    """Steps until in_flight_now(the newest step in flight) holds, aborts request_id there, and runs
+    the rest to the end; returns the finished outputs by request id, after checking the aborted
+    request's in-flight output was never delivered."""
+    while not in_flight(engine) or not in_flight_now(in_flight(engine)[-1]):
+        engine.step()
+    engine.abort_request(request_id)
+    finished = {}
+    while engine.has_unfinished_requests():
+        for out in engine.step():
+            assert out.request_id != request_id, "the aborted request's in-flight output was delivered"
+            if out.finished:
+                finished[out.request_id] = out
+    return finished
+
+
 @contextmanager
 def preemptions(engine: LLMEngine) -> Iterator[list[int]]:
     """While the body runs, every request the scheduler preempts appends its num_in_flight_tokens as

@@ -14,7 +14,7 @@ from engine.config import CacheConfig, EngineConfig, ModelConfig, SchedulerConfi
 from engine.llm_engine import LLMEngine
 from engine.request import RequestStatus
 from engine.sampling_params import SamplingParams
-from tests.engine_checks import assert_pool_empty, in_flight, preemptions
+from tests.engine_checks import abort_in_flight_and_finish, assert_pool_empty, in_flight, preemptions
 from tests.test_engine import PROMPTS
 
 MAX_TOKENS = 16
@@ -153,15 +153,7 @@ def test_abort_with_a_step_in_flight_drops_its_output_and_frees_blocks(async_eng
     engine = async_engine
     engine.add_request("to-abort", engine.render("A long story about dragons"), SamplingParams(max_tokens=50))
     engine.add_request("stays", engine.render("A short poem"), SamplingParams(temperature=0, max_tokens=8))
-    while not in_flight(engine) or "to-abort" not in in_flight(engine)[-1].num_scheduled_tokens:
-        engine.step()
-    engine.abort_request("to-abort")
-    finished = {}
-    while engine.has_unfinished_requests():
-        for out in engine.step():
-            assert out.request_id != "to-abort", "the aborted request's in-flight output was delivered"
-            if out.finished:
-                finished[out.request_id] = out
+    finished = abort_in_flight_and_finish(engine, "to-abort", lambda step: "to-abort" in step.num_scheduled_tokens)
     assert list(finished) == ["stays"] and len(finished["stays"].output_token_ids) == 8
     assert_pool_empty(engine)
 

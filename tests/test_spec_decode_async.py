@@ -22,7 +22,7 @@ from engine.llm_engine import LLMEngine
 from engine.request import RequestStatus
 from engine.sampling_params import SamplingParams
 from tests.conftest import oracle_greedy
-from tests.engine_checks import assert_pool_empty, in_flight, preemptions
+from tests.engine_checks import abort_in_flight_and_finish, assert_pool_empty, in_flight, preemptions
 from tests.test_spec_decode_engine import GREEDY, MAX_TOKENS, PROMPTS
 
 K = 4
@@ -152,16 +152,8 @@ def test_a_stop_string_among_accepted_drafts_ends_where_the_text_first_holds_it(
 def test_an_abort_with_a_step_in_flight_drops_its_output_and_frees_blocks(engine, expected):
     engine.add_request("to-abort", engine.render(PROMPTS[0]), SamplingParams(max_tokens=50))
     engine.add_request("stays", engine.render(PROMPTS[0]), GREEDY)
-    # Until a decode step of the request to abort, with placeholder drafts, is in flight.
-    while not in_flight(engine) or not in_flight(engine)[-1].scheduled_spec_decode_tokens.get("to-abort"):
-        engine.step()
-    engine.abort_request("to-abort")
-    finished = {}
-    while engine.has_unfinished_requests():
-        for out in engine.step():
-            assert out.request_id != "to-abort", "the aborted request's in-flight output was delivered"
-            if out.finished:
-                finished[out.request_id] = out
+    # Aborted once a decode step of it, with placeholder drafts, is in flight.
+    finished = abort_in_flight_and_finish(engine, "to-abort", lambda step: step.scheduled_spec_decode_tokens.get("to-abort"))
     assert list(finished) == ["stays"] and finished["stays"].output_token_ids == expected[0]
     assert "to-abort" not in engine.model_runner.worker_drafts.states  # the runner dropped its copy
     assert_pool_empty(engine)
