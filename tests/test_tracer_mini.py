@@ -43,6 +43,22 @@ def test_every_mini_target_was_hooked(traced_run):
     assert len(report.installed) == len(hooks.load_catalog().targets("mini"))
 
 
+def test_a_traced_run_whose_body_fails_still_restores_the_engine_and_stops_exporting(engine, tmp_path):
+    """tracing.traced tears down whatever the body does: the originals back, no provider left, the
+    request roots forgotten, and what was traced before the failure is on disk."""
+    from tracer.instrument import otel
+    from tracer.instrument.registry import registry
+
+    path = tmp_path / "failed.jsonl"
+    with pytest.raises(RuntimeError, match="the body failed"):
+        with tracing.traced("mini", path) as report:
+            assert report.installed and otel.active_tracer() is not None
+            engine.generate(PROMPTS[:1], SamplingParams(temperature=0.0, max_tokens=2, ignore_eos=True))
+            raise RuntimeError("the body failed")
+    assert hooks.installed() == [] and hooks.deferred() == [] and otel.active_tracer() is None
+    assert registry.get(next(iter(read_trace_file(path).named("engine.enqueue"))).request_id) is None
+
+
 def test_each_request_is_one_trace(traced_run):
     trace, outputs, _ = traced_run
     enqueues = {s.request_id: s for s in trace.named("engine.enqueue")}
