@@ -47,6 +47,18 @@ PAIRS = {
     "token_budget": (dict(max_num_seqs=8, extra_args=("--max-num-batched-tokens", "96")), {"max_num_batched_tokens": 96}),
     "prefix_caching": (dict(max_num_seqs=8, extra_args=("--no-enable-prefix-caching",)), {"enable_prefix_caching": False}),
 }
+# A budget of 96 moved our server's mean TTFT by 99% (bench/results/whatif_ours.md) but the live vLLM
+# server's by 12% (its run of 22:06-22:12 at load 3-4.5; the issue asks for pairs that move it by 25%
+# or more): vLLM's B takes 32, which whatif predicted from that run's A to move it by +110%.
+TOKEN_BUDGET = {"ours": 96, "vllm": 32}
+
+
+def pairs_for(source: str) -> dict:
+    budget = TOKEN_BUDGET[source]
+    return {**PAIRS, "token_budget": (dict(max_num_seqs=8, extra_args=("--max-num-batched-tokens", str(budget))),
+                                      {"max_num_batched_tokens": budget})}
+
+
 OURS_FLAGS = {"--no-enable-prefix-caching": "--no-prefix-caching"}  # the one flag ours spells differently
 SOURCES = {"vllm": ("whatif", "live vLLM CPU server", ["vllm"]), "ours": ("whatif_ours", "our server", ["mini"])}
 WORDS = "paged attention keeps keys and values in blocks so the scheduler can grow a sequence one block at a time".split()
@@ -189,6 +201,7 @@ def main() -> int:
     if unknown:
         parser.error(f"unknown pair(s) {unknown}; choose from {', '.join(PAIRS)}")
     default_name, server_name, engines = SOURCES[args.source]
+    source_pairs = pairs_for(args.source)
     results_name = args.results or default_name
     title = f"whatif validation: predicting config B from config A's trace ({server_name})"
     folder = Path(args.folder or REPO / ".cache" / ("whatif-validation" + ("-ours" if args.source == "ours" else "")))
@@ -201,6 +214,10 @@ def main() -> int:
 
     def served(label: str, flags: dict) -> Path:
         reused = args.reuse and (folder / f"trace-{label}.jsonl").is_file()
+        recorded = runs.get(label, {}).get("flags")
+        if reused and recorded is not None and json.loads(json.dumps(flags)) != recorded:
+            raise SystemExit(f"--reuse: {folder / f'trace-{label}.jsonl'} was served with {recorded} ({runs_file(folder)}), "
+                             f"this run's {label} is {flags}: move the trace away to serve it again")
         before = os.getloadavg()[0]
         trace = serve(folder, label, flags, requests, args.reuse, args.source)
         if not reused:  # the 1-minute load before / after the run
@@ -225,7 +242,7 @@ def main() -> int:
     body += ["A run twice, same workload: A-vs-A difference " + ", ".join(
         f"{m[:-3].upper()} {s_} {100 * v:.0f}%" for m, stats in a_noise.items() for s_, v in stats.items()) + ".", ""]
     for pair in pairs:
-        flags, sets = PAIRS[pair]
+        flags, sets = source_pairs[pair]
         print(f"pair {pair}: B = {flags}", flush=True)
         b1, b2 = (measured(served(f"B-{pair}-{n}", flags)) for n in (1, 2))
         prediction = run_whatif(trace_a, sets, engines, folder / f"whatif-{pair}", force=True)
