@@ -174,6 +174,14 @@ def diagnosis_line(found: dict, b1: dict, requests: dict) -> str:
     return line
 
 
+def constant_words(fit_error: dict) -> str:
+    batches = fit_error.get("decode_batches")
+    if not batches:
+        return "too few decode-only steps to fit its constant on"
+    told = "tell" if fit_error.get("constant_identified") else "do not tell"
+    return f"its decode-only steps ran {batches[0]}-{batches[1]} requests ({told} the constant from the per-request cost)"
+
+
 def runs_file(folder: Path) -> Path:
     """Beside the traces: when each was served, the load, and how many requests it was sent."""
     return folder / "runs.json"
@@ -212,7 +220,10 @@ def main() -> int:
 
     runs = json.loads(runs_file(folder).read_text()) if runs_file(folder).is_file() else {}
 
+    used: list[str] = []
+
     def served(label: str, flags: dict) -> Path:
+        used.append(label)
         reused = args.reuse and (folder / f"trace-{label}.jsonl").is_file()
         recorded = runs.get(label, {}).get("flags")
         if reused and recorded is not None and json.loads(json.dumps(flags)) != recorded:
@@ -273,7 +284,8 @@ def main() -> int:
                  f"B moves mean TTFT by {100 * moved['ttft_ms']:.0f}%, mean ITL by {100 * moved['itl_ms']:.0f}% from A. "
                  f"Step-time model on A: median step error {100 * prediction.model.fit_error['median_rel']:.0f}% "
                  f"({100 * prediction.model.fit_error.get('held_out', {}).get('median_rel', float('nan')):.0f}% on steps "
-                 f"held out of its fit), total {100 * prediction.model.fit_error['total_rel']:+.1f}%. 1-minute load before / after each run: "
+                 f"held out of its fit), total {100 * prediction.model.fit_error['total_rel']:+.1f}%; {constant_words(prediction.model.fit_error)}. "
+                 f"1-minute load before / after each run: "
                  + (", ".join(f"{k} {v[0]}/{v[1]}" for k, v in loads.items() if k in ("A", "A-2") or k.startswith(f"B-{pair}-"))
                     or "not known (the traces were reused)") + ".", "",
                  "| metric | A | B | B again | predicted from A | error | B-vs-B noise | target | within | predicted from A-2 | its error |",
@@ -302,8 +314,8 @@ def main() -> int:
         body.append("With --reuse, the live runs' traces are those an earlier run of this script served into --folder "
                     "(missing ones are served); measurements and predictions are recomputed from them.")
     served_runs = [f"{label} {r['served_at']} (load {r['load_1min_before_after'][0]}/{r['load_1min_before_after'][1]})"
-                   for label, r in runs.items()]
-    results["runs"] = runs
+                   for label, r in runs.items() if label in used]
+    results["runs"] = {label: r for label, r in runs.items() if label in used}
     if served_runs:
         body += ["", f"The traces were served ({runs_file(folder).name} in --folder): " + ", ".join(served_runs) + "."]
     if len(pairs) < len(PAIRS):

@@ -136,3 +136,26 @@ def test_the_held_out_error_counts_steps_the_model_was_not_fitted_on():
     error = fit_step_time(rows, durations).fit_error
     assert error["held_out"]["steps"] == 20
     assert error["held_out"]["mean_abs_ms"] > 1.2 * error["mean_abs_ms"], error
+
+
+def test_the_fit_says_when_its_decode_steps_cannot_tell_the_constant_from_the_per_request_cost():
+    """Decode steps of 7 and 8 requests only (what the lab's trace of max_num_seqs 32 holds) fit any
+    split of a step's time between its constant and its requests; 1 to 8 pin it. The prefill steps
+    beside them (one fresh prompt, no decode) do not count: they carry a prefill cost of their own
+    (planted: the range read over every step's decode count, 0-8, would call the first trace told)."""
+    rng = random.Random(9)
+
+    def trace(sizes: list[int]) -> dict:
+        rows, durations = [], []
+        for i in range(60):
+            batch = [(1, rng.randint(50, 300), 40) for _ in range(rng.choice(sizes))]
+            if i % 10 == 0:
+                batch = [(200, 0, 200)]
+            features = step_features(batch)
+            rows.append(features)
+            durations.append((0.03 + 0.005 * features[2] + 0.0006 * features[1]) * (1 + rng.uniform(-0.05, 0.05)))
+        return fit_step_time(rows, durations).fit_error
+
+    narrow, wide = trace([7, 8]), trace(list(range(1, 9)))
+    assert narrow["decode_batches"] == [7, 8] and narrow["constant_identified"] is False
+    assert wide["decode_batches"] == [1, 8] and wide["constant_identified"] is True

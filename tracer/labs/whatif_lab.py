@@ -113,6 +113,13 @@ def whatif_lab(requests: int = 8, max_tokens: int = 16, gap_ms: float = 50.0, ch
         _, log_b, agrees_b, _ = fit_on_trace(read_traced_run(trace_b))
         measured_b = latencies(log_b).summary()
     model, error = result.model, result.model.fit_error
+    batches = error.get("decode_batches")
+    if error.get("constant_identified"):
+        evidence = f"A's decode-only steps ran {batches[0]}-{batches[1]} requests: they tell the constant from the per-request cost"
+    else:
+        evidence = (f"A's decode-only steps ran {batches[0]}-{batches[1]} requests" if batches else "A has few decode-only steps") + (
+            ": too narrow a range to tell the constant from the per-request cost, so B's smaller batches are an "
+            "extrapolation (a trace whose load ramps up and down holds what this one lacks)")
     held = error.get("held_out")
     held_out = (f"on steps held out of the fit (each fifth predicted by a model fitted on the rest) median "
                 f"{100 * held['median_rel']:.0f}%, {100 * held['total_rel']:+.1f}% over the run" if held else
@@ -124,7 +131,7 @@ def whatif_lab(requests: int = 8, max_tokens: int = 16, gap_ms: float = 50.0, ch
         [[name, f"{1e3 * value:.4f}", f"ms {MEANING[name]}"] for name, value in zip(model.features, model.coefficients)],
         f"Its own error on those steps: median {100 * error['median_rel']:.0f}% per step, mean |error| "
         f"{error['mean_abs_ms']:.2f} ms of a {error['measured_mean_ms']:.1f} ms mean step, {100 * error['total_rel']:+.1f}% "
-        f"over the run; {held_out}. A coefficient at 0 is a feature the fit left out (it would have come out negative, or the "
+        f"over the run; {held_out}. {evidence}. A coefficient at 0 is a feature the fit left out (it would have come out negative, or the "
         f"trace never varied it). Between steps: {1e3 * model.gap_s:.2f} ms; an idle engine's wake: {1e3 * model.wake_s:.2f} ms.",
     )
     changed = {p.engine: p for p in result.predictions if p.label == "changed"}

@@ -151,6 +151,7 @@ def fit_step_time(rows: Sequence[Sequence[float]], durations_s: Sequence[float],
         raise ValueError(f"feature rows of {x.shape[1]} columns; step_features makes {len(FEATURES)} ({', '.join(FEATURES)})")
     model = StepTimeModel(_fit(x, y), gap_s, wake_s)
     model.fit_error = model_error(model, rows, durations_s)
+    model.fit_error.update(constant_evidence(x))
     if len(rows) >= 2 * HELD_OUT_FOLDS:
         predicted = np.zeros(len(rows))
         for fold in range(HELD_OUT_FOLDS):
@@ -159,6 +160,21 @@ def fit_step_time(rows: Sequence[Sequence[float]], durations_s: Sequence[float],
             predicted[held] = [held_model.predict(r) for r in x[held]]
         model.fit_error["held_out"] = _errors([float(p) for p in predicted], [float(d) for d in y])
     return model
+
+
+def constant_evidence(x) -> dict:
+    """Whether the trace can tell the constant from the per-request cost: only decode-only steps of
+    batches at least a factor 2 apart in size can: steps of 7 and 8 requests (the lab's trace of
+    max_num_seqs 32) cannot tell a 0 ms constant and 9 ms a request (63 / 72 ms) from 30 ms and 5 ms
+    (65 / 70 ms). When they cannot, a changed config's smaller batches are an extrapolation whatever
+    the fit, and the reports say so."""
+    import numpy as np
+
+    decodes = x[x[:, 1] == 0, 2]
+    if decodes.size < 2 * len(DECODE_FEATURES):
+        return {"decode_batches": None, "constant_identified": False}
+    low, high = int(decodes.min()), int(decodes.max())
+    return {"decode_batches": [low, high], "constant_identified": high >= 2 * max(low, 1)}
 
 
 def _errors(predicted: Sequence[float], durations_s: Sequence[float]) -> dict:
