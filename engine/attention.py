@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 # AttentionMetadata lives in its own module so that both backends (this file and
 # engine/triton_attention.py) import it without importing each other.
+from engine import cpu_decode_attention
 from engine.attention_metadata import AttentionMetadata, TorchPlan
 
 ATTENTION_BACKENDS = ("torch", "triton")
@@ -61,7 +62,7 @@ def _plan(metadata: AttentionMetadata, block_size: int, query: torch.Tensor) -> 
     device = query.device
     starts, seq_lens = metadata.query_start_loc_cpu, metadata.seq_lens_cpu
     num_reqs, num_tokens = len(seq_lens), starts[-1]
-    decode_rows = decode_blocks = decode_mask = None
+    decode_rows = decode_blocks = decode_mask = decode_seq_lens = None
     prefills: list[tuple[int, int, torch.Tensor, int]] = []
     if num_tokens == num_reqs:  # every request has one new token: all decode, rows in order
         tables, decode_seq_lens, max_len = metadata.block_tables, metadata.seq_lens, max(seq_lens)
@@ -91,7 +92,7 @@ def _plan(metadata: AttentionMetadata, block_size: int, query: torch.Tensor) -> 
         beyond = torch.arange(width * block_size, device=device)[None, :] >= decode_seq_lens[:, None]
         decode_mask = torch.zeros(beyond.shape, dtype=decode_compute_dtype(query), device=device)
         decode_mask = decode_mask.masked_fill_(beyond, float("-inf"))[:, None, None, :]
-    metadata.torch_plan = TorchPlan(decode_rows, decode_blocks, decode_mask, prefills)
+    metadata.torch_plan = TorchPlan(decode_rows, decode_blocks, decode_mask, decode_seq_lens, prefills)
     return metadata.torch_plan
 
 
@@ -147,6 +148,9 @@ def _decode_attention(
     query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, plan: TorchPlan, scale: float
 ) -> torch.Tensor:
     """One row per decode token [B, heads, head_dim], each over its own causal prefix; padded, tail masked."""
+    out = cpu_decode_attention.decode_attention(query, k_cache, v_cache, plan.decode_blocks, plan.decode_seq_lens, scale)
+    if out is not None:  # the C kernel (engine/cpu_decode_attention.py says what it buys); the same math below
+        return out
     batch, width = plan.decode_blocks.shape
     _, block_size, num_kv_heads, head_dim = k_cache.shape
     # The batch's context as whole blocks in one index_select each (vectorized over the batch).

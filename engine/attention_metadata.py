@@ -20,6 +20,8 @@ class TorchPlan:
     decode_rows: torch.Tensor | None
     decode_blocks: torch.Tensor | None
     decode_mask: torch.Tensor | None
+    # Each decode row's context length [B] (int64; what engine/cpu_decode_attention.py reads instead of the mask).
+    decode_seq_lens: torch.Tensor | None
     # Each prefill (or chunk) on its own: (query start, query end, context slots [L], context start).
     prefills: list[tuple[int, int, torch.Tensor, int]]
 
