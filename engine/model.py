@@ -76,16 +76,24 @@ class RotaryEmbedding(nn.Module):
         return self
 
     def forward(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and signed_sin [T, 1, head_dim] for apply_rotary: signed_sin is sin with its first half negated."""
         freqs = positions.float()[:, None] * self.inv_freq[None, :]
         angles = torch.cat((freqs, freqs), dim=-1)  # [T, head_dim]
-        return angles.cos().to(dtype), angles.sin().to(dtype)
+        sin = angles.sin().to(dtype)
+        half = sin.shape[-1] // 2
+        signed_sin = torch.cat((-sin[:, :half], sin[:, half:]), dim=-1)
+        return angles.cos().to(dtype)[:, None, :], signed_sin[:, None, :]
 
 
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x [T, heads, head_dim]; cos/sin [T, head_dim]."""
-    half = x.shape[-1] // 2
-    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-    return x * cos[:, None, :] + rotated * sin[:, None, :]
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+    """x [T, heads, head_dim]; cos / signed_sin [T, 1, head_dim] (RotaryEmbedding.forward).
+
+    transformers' x * cos + rotate_half(x) * sin, rotate_half(x) = cat(-x2, x1). Speed trick: the
+    sign moves onto sin, once per step (x2 * -s is bit-equal to -x2 * s), and cat(x2, x1) is one
+    roll: 3 ops per layer instead of 6 (1.4-1.7x less rotary time at 8-32 decode rows,
+    bench/results/cpu_kernels.md, "rotary").
+    """
+    return x * cos + x.roll(x.shape[-1] // 2, -1) * signed_sin
 
 
 class Attention(nn.Module):
