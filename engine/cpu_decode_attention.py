@@ -20,14 +20,10 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import hashlib
-import os
-import shutil
-import subprocess
-import tempfile
-from pathlib import Path
 
 import torch
+
+from engine import c_build
 
 _SOURCE = r"""
 #include <stdint.h>
@@ -150,48 +146,14 @@ int decode_attention(const void *query, int64_t q_stride, const void *k_cache, c
     return 0;
 }
 """
-_FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-fno-math-errno"]
 _DTYPES = {torch.bfloat16: 1, torch.float32: 0}
-
-
-def _cache_dir() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "servetrace" / "kernels"
-
-
-def _cpu_flags() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return line
-    except OSError:
-        pass
-    return ""
 
 
 @functools.cache
 def _library() -> ctypes.CDLL | None:
-    """The built kernel, or None (no cc, a failed build, or switched off)."""
-    if os.environ.get("SERVETRACE_CPU_DECODE_KERNEL", "1") == "0":
-        return None
-    compiler = shutil.which(os.environ.get("CC", "cc"))
-    if compiler is None:
-        return None
-    key = hashlib.sha256("\0".join([_SOURCE, *_FLAGS, compiler, _cpu_flags()]).encode()).hexdigest()[:16]
-    path = _cache_dir() / f"decode_attention-{key}.so"
-    if not path.exists():
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
-                source = Path(tmp) / "decode_attention.c"
-                source.write_text(_SOURCE)
-                built = Path(tmp) / path.name
-                subprocess.run([compiler, *_FLAGS, str(source), "-o", str(built)], check=True, capture_output=True, timeout=120)
-                os.replace(built, path)  # atomic: a concurrent builder never loads half a file
-        except (OSError, subprocess.SubprocessError):
-            return None
-    try:
-        library = ctypes.CDLL(str(path))
-    except OSError:
+    """The built kernel, or None (no cc, a failed build, or SERVETRACE_CPU_KERNELS=0)."""
+    library = c_build.load("decode_attention", _SOURCE)
+    if library is None:
         return None
     fn = library.decode_attention
     fn.restype = ctypes.c_int

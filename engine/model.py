@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from engine import cpu_elementwise
 from engine.attention import paged_attention, write_kv_cache
 from engine.attention_metadata import AttentionMetadata
 
@@ -53,6 +54,9 @@ class RMSNorm(nn.Module):
         # Normalise in float32 even under bfloat16, as transformers' LlamaRMSNorm does. F.rms_norm
         # is that same x * rsqrt(mean(x^2) + eps) as one op instead of four (bit-equal here, in
         # float32 and bfloat16: tests/test_model.py).
+        out = cpu_elementwise.rms_norm(x, self.weight, self.eps)  # bf16 on the CPU: one C pass, same roundings
+        if out is not None:
+            return out
         return self.weight * F.rms_norm(x.float(), self.weight.shape, eps=self.eps).to(x.dtype)
 
 
@@ -140,8 +144,12 @@ class MLP(nn.Module):
         self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
-        return self.down_proj(F.silu(gate) * up)
+        gate_up = self.gate_up_proj(x)
+        activated = cpu_elementwise.silu_and_mul(gate_up)  # bf16 on the CPU: one C pass, same roundings
+        if activated is None:
+            gate, up = gate_up.chunk(2, dim=-1)
+            activated = F.silu(gate) * up
+        return self.down_proj(activated)
 
 
 class DecoderLayer(nn.Module):
