@@ -30,20 +30,23 @@ _SOURCE = r"""
 #include <stdlib.h>
 #include <string.h>
 
-static inline float bf16_to_f32(uint16_t h) { union { uint32_t u; float f; } v; v.u = (uint32_t)h << 16; return v.f; }
+/* Bit casts through memcpy, not unions, so that loops over them vectorize. */
+static inline float bf16_to_f32(uint16_t h) { uint32_t u = (uint32_t)h << 16; float f; __builtin_memcpy(&f, &u, 4); return f; }
 static inline uint16_t f32_to_bf16(float f) {  /* round to nearest even, as torch's .to(bfloat16) */
-    union { uint32_t u; float f; } v; v.f = f;
-    if ((v.u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((v.u >> 16) | 0x40);  /* NaN stays NaN */
-    return (uint16_t)((v.u + 0x7fffu + ((v.u >> 16) & 1u)) >> 16);
+    uint32_t u; __builtin_memcpy(&u, &f, 4);
+    const uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+    return (uint16_t)((u & 0x7fffffffu) > 0x7f800000u ? (u >> 16) | 0x40 : rounded);  /* NaN stays NaN */
 }
 
 /* exp(x) for x <= 0 (scores minus their max): Cody-Waite range reduction and a degree-6
-   polynomial, written so the compiler vectorizes it (about 1e-7 relative error; torch's flash
-   kernel also uses a polynomial exp). */
+   polynomial (Cephes' expf, ~1e-7 relative error; torch's flash kernel also uses a polynomial
+   exp), branch-free so the softmax loop vectorizes; below -87 the result is ~0. */
 static inline float exp_neg(float x) {
-    if (x < -87.0f) x = -87.0f;
-    float n = __builtin_floorf(x * 1.44269504088896341f + 0.5f);
-    float r = x - n * 0.693359375f + n * 2.12194440e-4f;
+    const float t = x * 1.44269504088896341f + 0.5f;
+    const int32_t i = (int32_t)t;
+    const int32_t k = i - (int32_t)(t < (float)i);  /* floor(t) */
+    const float n = (float)k;
+    const float r = x - n * 0.693359375f + n * 2.12194440e-4f;
     float p = 1.9875691500e-4f;
     p = p * r + 1.3981999507e-3f;
     p = p * r + 8.3334519073e-3f;
@@ -51,8 +54,11 @@ static inline float exp_neg(float x) {
     p = p * r + 1.6666665459e-1f;
     p = p * r + 5.0000001201e-1f;
     p = p * r * r + r + 1.0f;
-    union { uint32_t u; float f; } s; s.u = (uint32_t)((int32_t)n + 127) << 23;
-    return p * s.f;
+    const int32_t e = k < -126 ? -126 : k;
+    const uint32_t bits = (uint32_t)(e + 127) << 23;
+    float scale;
+    __builtin_memcpy(&scale, &bits, 4);  /* 2^e */
+    return p * scale;
 }
 
 #define MAX_GROUP 16
