@@ -9,9 +9,12 @@ ratio holds on a noisy shared machine:
   packing does not cost long inputs (float32, the default on CPUs without native bf16);
 - bfloat16 (the default on CPUs with AVX-512 BF16 / AMX): one layer's projections and the
   lm_head in bf16 vs float32, both packed; packed bf16 vs F.linear in bf16;
-- decode attention over the paged cache (engine/attention.py as the engine calls it): bf16
-  computed in float32 vs torch's bf16 CPU kernel, KV gathered as whole blocks vs token slots;
-- RMSNorm as F.rms_norm vs the four ops it replaces;
+- decode attention over the paged cache: the C kernel (engine/cpu_decode_attention.py) vs the
+  torch path it replaces, in bf16 and fp32; within the torch path (the fallback): bf16 computed in
+  float32 vs torch's bf16 CPU kernel, KV gathered as whole blocks vs token slots;
+- RMSNorm as F.rms_norm vs the four ops it replaces; RoPE with the sign on sin and one roll vs
+  transformers' rotate_half (neg + cat); bf16 RMSNorm and SiLU-and-mul as one C pass each
+  (engine/cpu_elementwise.py) vs the torch ops, at a decode step and a 2048-token prefill chunk;
 - with --compile, a torch.compile'd decode attention (gather fused into the reductions) vs the
   engine's, with its compile time: measured, not adopted (see the row's note).
 Prints a table and writes bench/results/cpu_kernels.{json,md}.
@@ -39,6 +42,7 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from _results import run_meta, write_results  # noqa: E402
+from engine import attention  # noqa: E402
 from engine.attention import context_slots, paged_attention  # noqa: E402
 from engine.attention_metadata import AttentionMetadata  # noqa: E402
 from engine.cpu_gemm import PrepackedLinear  # noqa: E402
@@ -142,15 +146,31 @@ def slot_gather_attention(query, k_cache, v_cache, metadata, compute_dtype):
     return out.squeeze(2).to(query.dtype)
 
 
+def torch_path_attention(query, k_cache, v_cache, metadata):
+    """engine/attention.py's decode path with the C kernel switched off (gather, upcast, SDPA)."""
+    kernel = attention.cpu_decode_attention.decode_attention
+    attention.cpu_decode_attention.decode_attention = lambda *args: None
+    try:
+        return paged_attention(query, k_cache, v_cache, metadata, HEAD_DIM**-0.5)
+    finally:
+        attention.cpu_decode_attention.decode_attention = kernel
+
+
 def attention_cases(batch: int, context: int) -> list[tuple[str, Callable, Callable, int]]:
     rows = []
+    for dtype in (torch.bfloat16, torch.float32):
+        query, k_cache, v_cache, metadata = decode_batch(batch, context, dtype)
+        paged_attention(query, k_cache, v_cache, metadata, HEAD_DIM**-0.5)
+        rows.append((f"decode attention ({str(dtype).removeprefix('torch.')}): C kernel vs the torch path (gather, upcast, SDPA)",
+                     lambda q=query, k=k_cache, v=v_cache, m=metadata: paged_attention(q, k, v, m, HEAD_DIM**-0.5),
+                     lambda q=query, k=k_cache, v=v_cache, m=metadata: torch_path_attention(q, k, v, m), 200))
     for dtype, alternative, what in (
         (torch.bfloat16, torch.bfloat16, "bf16 decode attention: computed in fp32 vs torch's bf16 kernel"),
         (torch.float32, torch.float32, "fp32 decode attention: whole-block gather vs token-slot gather"),
     ):
         query, k_cache, v_cache, metadata = decode_batch(batch, context, dtype)
         paged_attention(query, k_cache, v_cache, metadata, HEAD_DIM**-0.5)  # the plan, once per step as in the engine
-        rows.append((what, lambda q=query, k=k_cache, v=v_cache, m=metadata: paged_attention(q, k, v, m, HEAD_DIM**-0.5),
+        rows.append((what, lambda q=query, k=k_cache, v=v_cache, m=metadata: torch_path_attention(q, k, v, m),
                      lambda q=query, k=k_cache, v=v_cache, m=metadata, a=alternative: slot_gather_attention(q, k, v, m, a), 200))
     return rows
 
@@ -164,6 +184,41 @@ def rms_norm_case(batch: int) -> tuple[str, Callable, Callable, int]:
 
     return ("RMSNorm (bf16): F.rms_norm vs 4 ops", lambda: weight * F.rms_norm(x.float(), (HIDDEN,), eps=1e-5).to(x.dtype),
             four_ops, 1000)
+
+
+def elementwise_cases(batch: int) -> list[tuple[str, Callable, Callable, int]]:
+    """engine/cpu_elementwise.py's bf16 C passes vs the torch ops they replace, at a decode step and a prefill chunk."""
+    from engine import cpu_elementwise
+
+    rows = []
+    weight = (torch.randn(HIDDEN) * 0.2 + 1).bfloat16()
+    for tokens, calls in ((batch, 1000), (2048, 20)):
+        x = torch.randn(tokens, HIDDEN).bfloat16()
+        gate_up = torch.randn(tokens, 2 * INTERMEDIATE).bfloat16()
+        rows.append((f"RMSNorm (bf16): C vs F.rms_norm + casts + weight, {tokens} rows",
+                     lambda x=x: cpu_elementwise.rms_norm(x, weight, 1e-5),
+                     lambda x=x: weight * F.rms_norm(x.float(), (HIDDEN,), eps=1e-5).to(x.dtype), calls))
+        rows.append((f"SiLU-and-mul (bf16): C vs F.silu(gate) * up, {tokens} rows",
+                     lambda g=gate_up: cpu_elementwise.silu_and_mul(g),
+                     lambda g=gate_up: F.silu(g[:, :INTERMEDIATE]) * g[:, INTERMEDIATE:], calls))
+    return rows
+
+
+def rotary_case(batch: int) -> tuple[str, Callable, Callable, int]:
+    """engine/model.py's RoPE (sign on sin, one roll) vs transformers' rotate_half form; bit-equal (tests/test_rotary.py)."""
+    from engine.model import RotaryEmbedding, apply_rotary
+
+    qk = torch.randn(batch, HEADS + KV_HEADS, HEAD_DIM).bfloat16()
+    positions = torch.arange(90, 90 + batch)
+    cos, signed_sin = RotaryEmbedding(HEAD_DIM, 10000.0)(positions, torch.bfloat16)
+    sin = torch.cat((-signed_sin[..., : HEAD_DIM // 2], signed_sin[..., HEAD_DIM // 2:]), dim=-1)
+
+    def rotate_half():
+        half = HEAD_DIM // 2
+        return qk * cos + torch.cat((-qk[..., half:], qk[..., :half]), dim=-1) * sin
+
+    return ("rotary (bf16, q and k): sign on sin + roll vs rotate_half's neg + cat", lambda: apply_rotary(qk, cos, signed_sin),
+            rotate_half, 1000)
 
 
 def compiled_attention_case(batch: int, context: int) -> tuple[str, Callable, Callable, int]:
@@ -205,6 +260,8 @@ def main() -> int:
 
     all_cases = cases(args.batch, args.context) + bf16_cases(args.batch) + attention_cases(args.batch, args.context)
     all_cases.append(rms_norm_case(args.batch))
+    all_cases.append(rotary_case(args.batch))
+    all_cases += elementwise_cases(args.batch)
     if args.compile:
         all_cases.append(compiled_attention_case(args.batch, args.context))
     rows = []
