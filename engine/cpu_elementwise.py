@@ -6,8 +6,9 @@ silu over a strided half of gate_up, then the product), and on this CPU bfloat16
 run far below memory speed: a 2048-token prefill step spent ~20% of its time in them, and a
 decode step pays ~4 us of dispatch per op. One pass each, with the same roundings as the torch
 ops they replace (float32 math, bf16 where transformers rounds): bench/results/cpu_kernels.md,
-"RMSNorm (bf16): C" and "SiLU-and-mul (bf16): C". vLLM's CPU build has C++ ops for both
-(vllm/model_executor/layers/layernorm.py, activation.py; vllm 0.32.0).
+"RMSNorm (bf16): C" and "SiLU-and-mul (bf16): C". vLLM 0.32's x86 CPU path runs SiLU-and-mul as these same torch ops
+(vllm/model_executor/layers/activation.py:156-159 SiluAndMul.forward_cpu -> forward_native; the
+peers bench runs vLLM with --enforce-eager).
 
 bfloat16 only: a float32 model keeps the torch ops, so its greedy output stays bit-for-bit what
 the token-equality tests against transformers check. None: not built or not applicable, the
