@@ -94,7 +94,7 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -
 
     transformers' x * cos + rotate_half(x) * sin, rotate_half(x) = cat(-x2, x1). Speed trick: the
     sign moves onto sin, once per step (x2 * -s is bit-equal to -x2 * s), and cat(x2, x1) is one
-    roll: 3 ops per layer instead of 6 (1.4-1.7x less rotary time at 8-32 decode rows,
+    roll: 3 ops per layer instead of 6 (1.3-1.7x less rotary time at 8-32 decode rows,
     bench/results/cpu_kernels.md, "rotary").
     """
     return x * cos + x.roll(x.shape[-1] // 2, -1) * signed_sin
