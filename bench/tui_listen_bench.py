@@ -121,17 +121,32 @@ def client(port: int, sample: Path, rate: float, seconds: float) -> dict:
     return {"sent_spans": sent, "failed_spans": failed, "elapsed_s": elapsed, "bodies": len(bodies)}
 
 
+def ui_thread_times() -> tuple[float, float]:
+    """(ms on a CPU, ms runnable but waiting for one) of the calling thread so far, from Linux's
+    /proc/self/task/TID/schedstat; (nan, nan) elsewhere. Over a key, the first is the UI thread's
+    own work, the second the machine's other work (other processes), and what is left of the
+    key's time it waited for the GIL (another thread of ours) or for a timer."""
+    try:
+        with open(f"/proc/self/task/{threading.get_native_id()}/schedstat") as stat:
+            on_cpu, waiting, _ = stat.read().split()
+    except (OSError, ValueError):
+        return float("nan"), float("nan")
+    return int(on_cpu) / 1e6, int(waiting) / 1e6
+
+
 class LivePaintProbe:
     """tui_bench.PaintProbe for a live app: key to the last screen refresh before idle, leaving
     out refreshes of a model swap that began after the key was painted (the swap's own repaint,
     not the key's). A key that waited for a swap (the swap ran between the key and its paint)
-    counts that wait."""
+    counts that wait. The UI thread's CPU and run-queue times are read at the key and at each
+    paint of it (ui_thread_times)."""
 
     def __init__(self, app) -> None:
         from textual import events
 
         self.key_at: float | None = None
         self.painted_at: float | None = None
+        self.times_at_key = self.times_at_paint = (0.0, 0.0)
         self.swapped_since_key = False
         self.swap_ms: list[float] = []
         handle_event, screen, swap = app.on_event, app.screen, app.swap_model
@@ -140,12 +155,14 @@ class LivePaintProbe:
         async def on_event(event):
             if isinstance(event, events.Key):
                 self.key_at, self.painted_at, self.swapped_since_key = time.perf_counter(), None, False
+                self.times_at_key = ui_thread_times()
             return await handle_event(event)
 
         def compositor_refresh():
             refresh()
             if self.painted_at is None or not self.swapped_since_key:
                 self.painted_at = time.perf_counter()
+                self.times_at_paint = ui_thread_times()
 
         def swap_model(model):
             started = time.perf_counter()
@@ -162,6 +179,10 @@ class LivePaintProbe:
         if self.key_at is None or self.painted_at is None:
             return float("nan")
         return 1000 * (self.painted_at - self.key_at)
+
+    def last_ui_times(self) -> tuple[float, float]:
+        """The last key's (UI thread on a CPU, UI thread waiting for a CPU), ms."""
+        return (self.times_at_paint[0] - self.times_at_key[0], self.times_at_paint[1] - self.times_at_key[1])
 
 
 class GcLog:
@@ -191,8 +212,9 @@ class GcLog:
     def __exit__(self, *exc: object) -> None:
         gc.callbacks.remove(self)
 
-    def summary(self, keys: list[tuple[float, float]], slow_ms: float) -> dict:
-        """Pauses by generation, and for each key slower than slow_ms the collections inside it."""
+    def summary(self, keys: list[tuple[float, float, tuple[float, float]]], slow_ms: float) -> dict:
+        """Pauses by generation, and for each key slower than slow_ms the collections inside it
+        and the UI thread's time on a CPU and waiting for one (LivePaintProbe.last_ui_times)."""
         by_generation = {}
         for generation in (0, 1, 2):
             ms = [c[1] for c in self.collections if c[2] == generation]
@@ -201,11 +223,12 @@ class GcLog:
                                          "total_ms": round(sum(ms), 1), "over_10ms": sum(1 for m in ms if m > 10),
                                          "cpu_max_ms": round(max(cpu), 1) if cpu else 0.0, "cpu_total_ms": round(sum(cpu), 1)}
         slow = []
-        for key_at, painted_at in keys:
+        for key_at, painted_at, (on_cpu, waiting) in keys:
             if 1000 * (painted_at - key_at) <= slow_ms:
                 continue
             inside = [c for c in self.collections if c[0] < painted_at and c[0] + c[1] / 1000 > key_at]
             slow.append({"key_ms": round(1000 * (painted_at - key_at), 1),
+                         "ui_cpu_ms": round(on_cpu, 1), "ui_waiting_for_a_cpu_ms": round(waiting, 1),
                          "gc_ms_inside": round(sum(c[1] for c in inside), 1),
                          "collections": [(c[2], round(c[1], 1), c[3], round(c[4], 1)) for c in inside if c[1] >= 1.0]})
         return {"by_generation": by_generation, "slow_keys": slow,
@@ -229,7 +252,7 @@ async def explorer_under_load(sample: Path, rate: float, seconds: float, window_
     ready = json.loads(proc.stdout.readline())
     result: dict = {"offered_spans_per_s": rate, "seconds": seconds, "window": window_size, **ready}
     gc_log = GcLog()
-    key_times: list[tuple[float, float]] = []
+    key_times: list[tuple[float, float, tuple[float, float]]] = []
     async with app.run_test(size=(80, 24)) as pilot:
         gc_log.__enter__()
         await pilot.pause()
@@ -251,7 +274,7 @@ async def explorer_under_load(sample: Path, rate: float, seconds: float, window_
             paint = probe.last_ms()
             if paint == paint:  # not NaN: the key changed the screen
                 paint_ms.append(paint)
-                key_times.append((probe.key_at, probe.painted_at))
+                key_times.append((probe.key_at, probe.painted_at, probe.last_ui_times()))
             index += 1
             samples.append((time.perf_counter() - start, window.stats.spans_received))
             await asyncio.sleep(0.1)
@@ -345,6 +368,8 @@ def main(argv: list[str] | None = None) -> int:
         table.add_row(f"  run {number}: p50 / p99 / max ({run['keys']} keys); load avg {run['load_average_1min'][0]:.1f}"
                       f" -> {run['load_average_1min'][1]:.1f}",
                       f"{run['key_paint_p50_ms']:.1f} / {run['key_paint_p99_ms']:.1f} / {run['key_paint_max_ms']:.1f} ms", "")
+    table.add_row("first key (pressed as the first model is shown), each run",
+                  " · ".join(f"{run['key_paint_ms'][0]:.1f}" for run in runs if run["key_paint_ms"]) + " ms", "")
     table.add_row(f"model rebuilds (off the UI thread), p50 / max (last run: {result['builds']})",
                   f"{result['build_p50_s'] * 1000:.0f} / {result['build_max_s'] * 1000:.0f} ms", "")
     table.add_row("model swap on the UI thread, p50 / max (all runs)",
@@ -363,7 +388,8 @@ def main(argv: list[str] | None = None) -> int:
     console.print(table)
     console.print(f"explorer says: {result['notice']}")
     for key in slow[:12]:
-        console.print(f"  slow key {key['key_ms']:.1f} ms: GC inside {key['gc_ms_inside']:.1f} ms "
+        console.print(f"  slow key {key['key_ms']:.1f} ms: UI thread on a CPU {key['ui_cpu_ms']:.1f} ms, waiting for "
+                      f"one {key['ui_waiting_for_a_cpu_ms']:.1f} ms; GC inside {key['gc_ms_inside']:.1f} ms "
                       f"(generation, wall ms, thread, CPU ms of each of 1+ ms: {key['collections']})")
     if args.no_write:
         return 0
