@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import logging
 import os
 import shutil
 import subprocess
@@ -19,6 +20,7 @@ from pathlib import Path
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-fno-math-errno"]
 # Set to 0 to run every CPU kernel's torch fallback instead (the plain alternative, for A/B runs).
 SWITCH = "SERVETRACE_CPU_KERNELS"
+logger = logging.getLogger(__name__)
 
 
 def _cache_dir() -> Path:
@@ -53,9 +55,14 @@ def load(name: str, source: str) -> ctypes.CDLL | None:
                 built = Path(tmp) / path.name
                 subprocess.run([compiler, *FLAGS, str(c_file), "-o", str(built)], check=True, capture_output=True, timeout=120)
                 os.replace(built, path)
-        except (OSError, subprocess.SubprocessError):
+        except (OSError, subprocess.SubprocessError) as error:
+            # Slower, not wrong: say so once per kernel, so a user who sees slow steps knows why.
+            stderr = getattr(error, "stderr", b"") or b""
+            logger.warning("CPU kernel %s did not build with %s (%s%s); using its torch fallback", name, compiler,
+                           type(error).__name__, f": {stderr.decode(errors='replace').strip()[:300]}" if stderr else "")
             return None
     try:
         return ctypes.CDLL(str(path))
-    except OSError:
+    except OSError as error:
+        logger.warning("CPU kernel %s did not load (%s); using its torch fallback", name, error)
         return None

@@ -94,3 +94,17 @@ def test_where_the_kernel_does_not_apply_it_returns_none_and_the_torch_path_answ
     assert cpu_decode_attention.decode_attention(query, k_cache, v_cache, plan.block_tables, plan.seq_lens, 0.25) is None
     out = paged_attention(query, k_cache, v_cache, plan, 0.25)  # float16: torch's SDPA
     assert out.dtype == torch.float16 and torch.isfinite(out).all()
+
+
+def test_a_kernel_that_does_not_build_says_so_once_and_the_torch_path_serves(monkeypatch, tmp_path, caplog):
+    import shutil
+
+    from engine import c_build
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # nothing cached: the build must run
+    monkeypatch.setenv("CC", "false")  # a compiler that always fails
+    with caplog.at_level("WARNING", logger="engine.c_build"):
+        assert c_build.load("broken", "int f(void) { return 0; }") is None
+    assert [r.getMessage() for r in caplog.records] == [
+        f"CPU kernel broken did not build with {shutil.which('false')} (CalledProcessError); using its torch fallback"]
+    assert not list(tmp_path.rglob("*.so"))  # no half-built library left to load later
