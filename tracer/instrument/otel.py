@@ -11,6 +11,7 @@ import atexit
 import multiprocessing.util
 import logging
 import os
+import signal
 import threading
 
 from opentelemetry import trace
@@ -265,6 +266,27 @@ def _report_collector_failures_once(endpoint: str) -> None:
         for old in [f for f in target.filters if isinstance(f, _ReportOnce)]:
             target.removeFilter(old)  # a reconfigured provider reports afresh
         target.addFilter(report)
+
+
+def flush_on_sigterm() -> None:
+    """A process that leaves SIGTERM at its default dies on it at once, skipping atexit, finally
+    blocks and the exporter's last batch: the spans of the last request before a stop were lost
+    (SGLang's scheduler and detokenizer get SIGTERM from a `kill` of the server's process group;
+    `servetrace serve`, because uvicorn re-raises a captured SIGTERM once it has shut down,
+    uvicorn/server.py:348-349 in 0.54.0, before `serve`'s own flush). Here such a process exports
+    what is queued first, then dies of the signal as it would have. A process with its own
+    handler (vLLM's raise SystemExit, which runs atexit) keeps it."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+        return
+
+    def flush_then_die(signum: int, _frame: object) -> None:
+        try:
+            flush(timeout_millis=3000)
+        finally:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+
+    signal.signal(signal.SIGTERM, flush_then_die)
 
 
 def flush_idle(timeout_millis: int = 2000) -> None:

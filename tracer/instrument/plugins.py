@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
-import threading
 import sys
 import traceback
 
@@ -53,7 +51,7 @@ def _install(engine: str) -> hooks.InstallReport | None:
         if otel.provider() is None and otel.configure_from_env(engine, process_role=_process_role(engine)) is None:
             return None
         report = hooks.install(engine)
-        _flush_on_sigterm()
+        otel.flush_on_sigterm()
         failed = f": {', '.join(sorted(report.failed))}" if report.failed else ""
         _announcer().info(
             "servetrace: %s hooks installed in pid %d (%s), tracing to %s: %d now, %d on import, %d failed%s",
@@ -64,25 +62,6 @@ def _install(engine: str) -> hooks.InstallReport | None:
     except Exception:  # a tracing problem must never stop the server from starting
         logger.warning("servetrace: could not set up tracing for %s", engine, exc_info=True)
         return None
-
-
-def _flush_on_sigterm() -> None:
-    """A process that leaves SIGTERM at its default dies on it at once, skipping atexit and the
-    exporter's last batch: the spans of the last request before a stop were lost (SGLang's
-    scheduler and detokenizer get SIGTERM from a `kill` of the server's process group). Here such a
-    process exports what is queued first, then dies of the signal as it would have. A process with
-    its own handler (vLLM's raise SystemExit, which runs atexit) keeps it."""
-    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
-        return
-
-    def flush_then_die(signum: int, _frame: object) -> None:
-        try:
-            otel.flush(timeout_millis=3000)
-        finally:
-            signal.signal(signum, signal.SIG_DFL)
-            os.kill(os.getpid(), signum)
-
-    signal.signal(signal.SIGTERM, flush_then_die)
 
 
 def _engine_label(engine: str) -> str:

@@ -23,7 +23,11 @@ def enable(
     service_name: str | None = None,
 ) -> hooks.InstallReport:
     otel.configure(trace_file, otlp_endpoint, console, service_name=service_name or f"servetrace-{engine}", engine=engine)
-    return hooks.install(engine, import_modules=engine == "mini")
+    report = hooks.install(engine, import_modules=engine == "mini")
+    # A `kill` of a traced command (SIGTERM) still writes its last spans; uvicorn restores this
+    # handler and re-raises the signal once `servetrace serve` has shut down.
+    otel.flush_on_sigterm()
+    return report
 
 
 def disable() -> None:
