@@ -168,3 +168,29 @@ def test_whatif_runs_sglangs_scheduler_and_our_sglang_mode_on_the_predicted_cloc
         outputs = {rid: len(times) for rid, times in sglang.log.token_times_s.items()}
         assert outputs == {r.id: r.max_tokens for r in result.run.workload}
     assert by[("sglang-0.5.23", "changed")].summary["ttft_ms"]["mean"] > by[("sglang-0.5.23", "trace config")].summary["ttft_ms"]["mean"]
+
+
+def test_whatif_cli_says_the_fits_held_out_error_and_whether_the_trace_tells_its_constant(engine_trace, tmp_path, capsys):
+    from tracer.cli import main
+
+    assert main(["whatif", str(engine_trace), "--engines", "mini", "--set", "max_num_seqs=2",
+                 "--out", str(tmp_path / "out")]) == 0
+    out = " ".join(capsys.readouterr().out.split())  # rich wraps long lines
+    assert "on steps held out of its fit: median" in out
+    assert "per-step constant" in out
+
+
+@pytest.mark.parametrize("error, says", [
+    ({"held_out": {"median_rel": 0.12, "total_rel": -0.03}, "decode_batches": [1, 8], "constant_identified": True},
+     "on steps held out of its fit: median 12.0%, total -3.0%; decode-only steps of 1-8 requests tell its per-step "
+     "constant from the per-request cost"),
+    ({"decode_batches": [7, 8], "constant_identified": False},
+     "too few steps to hold any out of its fit; warning: every decode-only step ran 7-8 requests, so the trace cannot "
+     "tell its per-step constant from the per-request cost; a changed batch size is predicted on a guess"),
+    ({"decode_batches": None, "constant_identified": False},
+     "too few steps to hold any out of its fit; no decode-only step in the trace: its per-step constant is a guess"),
+])
+def test_whatif_warns_when_the_trace_cannot_tell_the_step_constant(error, says):
+    from tracer.commands.whatif import fit_caveats
+
+    assert fit_caveats(error) == says

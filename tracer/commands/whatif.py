@@ -60,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
     console.print(f"step-time model on the trace's {error['steps']} steps: mean |error| {error['mean_abs_ms']:.2f} ms "
                   f"per step (median {100 * error['median_rel']:.1f}%), total time {100 * error['total_rel']:+.1f}%; "
                   f"gap between steps {1e3 * result.model.gap_s:.2f} ms")
+    console.print(fit_caveats(error))
     table = Table(title="latency (ms from entering the scheduler; predicted clock)")
     table.add_column("metric")
     table.add_column("trace (measured)", justify="right")
@@ -87,3 +88,24 @@ def run(args: argparse.Namespace) -> int:
         console.print(f"[dim]{note}[/dim]")
     console.print(f"wrote {', '.join(str(p) for p in result.files)}")
     return 0
+
+
+def fit_caveats(error: dict) -> str:
+    """What the fit's own error on the trace does not say: its error on steps it was not fitted on
+    (5-fold), and whether the trace's decode batches varied enough to tell the per-step constant
+    (the weight read) from the per-request cost; a what-if that changes the batch size leans on it."""
+    held_out = error.get("held_out")
+    parts = [f"on steps held out of its fit: median {100 * held_out['median_rel']:.1f}%, total "
+             f"{100 * held_out['total_rel']:+.1f}%" if held_out else "too few steps to hold any out of its fit"]
+    batches = error.get("decode_batches")
+    if batches is None:
+        parts.append("no decode-only step in the trace: its per-step constant is a guess")
+    elif error.get("constant_identified"):
+        parts.append(f"decode-only steps of {batches[0]}-{batches[1]} requests tell its per-step constant "
+                     "from the per-request cost")
+    else:
+        parts.append(f"warning: every decode-only step ran {batches[0]}-{batches[1]} requests, so the trace cannot "
+                     "tell its per-step constant from the per-request cost; a changed batch size is predicted "
+                     "on a guess")
+    return "; ".join(parts)
+
