@@ -22,6 +22,45 @@ FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-fno-math-errn
 SWITCH = "SERVETRACE_CPU_KERNELS"
 logger = logging.getLogger(__name__)
 
+# C shared by the kernels: bf16 <-> float32 conversions and a vectorizable exp.
+PRELUDE = r"""
+#include <stdint.h>
+
+/* Bit casts through memcpy, not unions, so that loops over them vectorize. */
+static inline float bf16_to_f32(uint16_t h) { uint32_t u = (uint32_t)h << 16; float f; __builtin_memcpy(&f, &u, 4); return f; }
+static inline uint16_t f32_to_bf16(float f) {  /* round to nearest even, as torch's .to(bfloat16) */
+    uint32_t u; __builtin_memcpy(&u, &f, 4);
+    const uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+    return (uint16_t)((u & 0x7fffffffu) > 0x7f800000u ? (u >> 16) | 0x40 : rounded);  /* NaN stays NaN */
+}
+
+/* exp(x) by Cody-Waite range reduction and a degree-6 polynomial (Cephes' expf, ~1e-7 relative
+   error), branch-free so the compiler vectorizes it (libm's expf is one scalar call per element).
+   The exponent is clamped to [-126, 127]: far outside +-87 the result is ~0 or ~2^127 (finite),
+   all silu needs; softmax calls it on scores minus their max, x <= 0, where the upper
+   clamp never applies. */
+static inline float exp_f(float x) {
+    const float t = x * 1.44269504088896341f + 0.5f;
+    const int32_t i = (int32_t)t;
+    const int32_t k = i - (int32_t)(t < (float)i);  /* floor(t) */
+    const float n = (float)k;
+    const float r = x - n * 0.693359375f + n * 2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+    int32_t e = k < -126 ? -126 : k;
+    e = e > 127 ? 127 : e;
+    const uint32_t bits = (uint32_t)(e + 127) << 23;
+    float scale;
+    __builtin_memcpy(&scale, &bits, 4);  /* 2^e */
+    return p * scale;
+}
+"""
+
 
 def _cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "servetrace" / "kernels"

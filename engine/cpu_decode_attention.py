@@ -25,41 +25,9 @@ import torch
 
 from engine import c_build
 
-_SOURCE = r"""
-#include <stdint.h>
+_SOURCE = c_build.PRELUDE + r"""
 #include <stdlib.h>
 #include <string.h>
-
-/* Bit casts through memcpy, not unions, so that loops over them vectorize. */
-static inline float bf16_to_f32(uint16_t h) { uint32_t u = (uint32_t)h << 16; float f; __builtin_memcpy(&f, &u, 4); return f; }
-static inline uint16_t f32_to_bf16(float f) {  /* round to nearest even, as torch's .to(bfloat16) */
-    uint32_t u; __builtin_memcpy(&u, &f, 4);
-    const uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
-    return (uint16_t)((u & 0x7fffffffu) > 0x7f800000u ? (u >> 16) | 0x40 : rounded);  /* NaN stays NaN */
-}
-
-/* exp(x) for x <= 0 (scores minus their max): Cody-Waite range reduction and a degree-6
-   polynomial (Cephes' expf, ~1e-7 relative error; torch's flash kernel also uses a polynomial
-   exp), branch-free so the softmax loop vectorizes; below -87 the result is ~0. */
-static inline float exp_neg(float x) {
-    const float t = x * 1.44269504088896341f + 0.5f;
-    const int32_t i = (int32_t)t;
-    const int32_t k = i - (int32_t)(t < (float)i);  /* floor(t) */
-    const float n = (float)k;
-    const float r = x - n * 0.693359375f + n * 2.12194440e-4f;
-    float p = 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    p = p * r * r + r + 1.0f;
-    const int32_t e = k < -126 ? -126 : k;
-    const uint32_t bits = (uint32_t)(e + 127) << 23;
-    float scale;
-    __builtin_memcpy(&scale, &bits, 4);  /* 2^e */
-    return p * scale;
-}
 
 #define MAX_GROUP 16
 #define MAX_DIM 256
@@ -101,7 +69,7 @@ static inline __attribute__((always_inline)) void one_row(
     for (int64_t g = 0; g < group; g++) {
         float *sg = scores + g * len, m = -3.0e38f, sum = 0.0f;
         for (int64_t t = 0; t < len; t++) m = sg[t] > m ? sg[t] : m;
-        for (int64_t t = 0; t < len; t++) { sg[t] = exp_neg(sg[t] - m); sum += sg[t]; }
+        for (int64_t t = 0; t < len; t++) { sg[t] = exp_f(sg[t] - m); sum += sg[t]; }
         total[g] = sum;
     }
     /* pass 2: weighted values */

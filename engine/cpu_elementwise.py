@@ -23,42 +23,8 @@ import torch
 
 from engine import c_build
 
-_SOURCE = r"""
-#include <stdint.h>
+_SOURCE = c_build.PRELUDE + r"""
 #include <math.h>
-
-/* Bit casts through memcpy, not unions, so that loops over them vectorize. */
-static inline float bf16_to_f32(uint16_t h) { uint32_t u = (uint32_t)h << 16; float f; __builtin_memcpy(&f, &u, 4); return f; }
-static inline uint16_t f32_to_bf16(float f) {  /* round to nearest even, as torch's .to(bfloat16) */
-    uint32_t u; __builtin_memcpy(&u, &f, 4);
-    const uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
-    return (uint16_t)((u & 0x7fffffffu) > 0x7f800000u ? (u >> 16) | 0x40 : rounded);  /* NaN stays NaN */
-}
-
-/* exp(x) by Cody-Waite range reduction and a degree-6 polynomial (Cephes' expf, ~1e-7 relative
-   error), branch-free so the compiler vectorizes it (libm's expf is one scalar call per element).
-   The exponent is clamped to [-126, 127]: far outside +-87 the result is ~0 or ~2^127 (finite),
-   all silu needs. */
-static inline float exp_f(float x) {
-    const float t = x * 1.44269504088896341f + 0.5f;
-    const int32_t i = (int32_t)t;
-    const int32_t k = i - (int32_t)(t < (float)i);  /* floor(t) */
-    const float n = (float)k;
-    const float r = x - n * 0.693359375f + n * 2.12194440e-4f;
-    float p = 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    p = p * r * r + r + 1.0f;
-    int32_t e = k < -126 ? -126 : k;
-    e = e > 127 ? 127 : e;
-    const uint32_t bits = (uint32_t)(e + 127) << 23;
-    float scale;
-    __builtin_memcpy(&scale, &bits, 4);  /* 2^e */
-    return p * scale;
-}
 
 /* out = weight * bf16(x * rsqrt(mean(x^2) + eps)), x float32 math: transformers' LlamaRMSNorm in bf16. */
 void rms_norm_bf16(const uint16_t *__restrict x, int64_t x_stride, const uint16_t *__restrict weight, uint16_t *__restrict out,
