@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from engine.attention import AttentionMetadata, paged_attention, write_kv_cache
 from engine.math_utils import cdiv
+from tests.paged_batches import decode_step
 
 
 @settings(max_examples=40, deadline=None)
@@ -65,23 +66,8 @@ def test_paged_attention_equals_dense_causal_attention(block_size, shapes, seed)
 def test_bfloat16_decode_batch_over_scattered_blocks_matches_float32_attention():
     """A bf16 decode-only batch (the path engine/attention.py upcasts on the CPU): same answer as
     float32 on the same bf16-rounded K/V, to bf16 precision, in bf16."""
-    gen = torch.Generator().manual_seed(0)
     heads, kv_heads, dim, block_size = 9, 3, 64, 16
-    lengths = [1, 17, 40, 95]
-    num_blocks = sum(cdiv(n, block_size) for n in lengths) + 1
-    free = (torch.randperm(num_blocks - 1, generator=gen) + 1).tolist()
-    tables = [[free.pop() for _ in range(cdiv(n, block_size))] for n in lengths]
-    width = max(map(len, tables))
-    k_cache = torch.randn(num_blocks, block_size, kv_heads, dim, generator=gen).bfloat16()
-    v_cache = torch.randn(num_blocks, block_size, kv_heads, dim, generator=gen).bfloat16()
-    query = torch.randn(len(lengths), heads, dim, generator=gen).bfloat16()
-    metadata = lambda: AttentionMetadata(  # noqa: E731
-        slot_mapping=torch.tensor([t[(n - 1) // block_size] * block_size + (n - 1) % block_size for t, n in zip(tables, lengths)]),
-        query_start_loc=torch.arange(len(lengths) + 1),
-        seq_lens=torch.tensor(lengths),
-        block_tables=torch.tensor([t + [0] * (width - len(t)) for t in tables]),
-        positions=torch.tensor([n - 1 for n in lengths]),
-    )
+    query, k_cache, v_cache, metadata = decode_step([1, 17, 40, 95], heads, kv_heads, dim, block_size, torch.bfloat16, seed=0)
     out = paged_attention(query, k_cache, v_cache, metadata(), scale=dim**-0.5)
     expected = paged_attention(query.float(), k_cache.float(), v_cache.float(), metadata(), scale=dim**-0.5)
     assert out.dtype == torch.bfloat16

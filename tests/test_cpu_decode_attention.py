@@ -12,31 +12,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine import attention, cpu_decode_attention
-from engine.attention import AttentionMetadata, paged_attention
-from engine.math_utils import cdiv
+from engine.attention import paged_attention
+from tests.paged_batches import decode_step
 
 pytestmark = pytest.mark.skipif(shutil.which("cc") is None, reason="the kernel is built with the system's cc")
-
-
-def decode_step(lengths: list[int], heads: int, kv_heads: int, dim: int, block_size: int, dtype: torch.dtype, seed: int):
-    """A decode-only batch (one new token per request, already in the cache) over blocks scattered in the pool."""
-    gen = torch.Generator().manual_seed(seed)
-    num_blocks = sum(cdiv(n, block_size) for n in lengths) + 3
-    free = (torch.randperm(num_blocks - 1, generator=gen) + 1).tolist()
-    tables = [[free.pop() for _ in range(cdiv(n, block_size))] for n in lengths]
-    width = max(map(len, tables))
-    k_cache = torch.randn(num_blocks, block_size, kv_heads, dim, generator=gen).to(dtype)
-    v_cache = torch.randn(num_blocks, block_size, kv_heads, dim, generator=gen).to(dtype)
-    # The query as the model hands it over: a view into a wider row (q, k and v of one matmul).
-    qkv = torch.randn(len(lengths), heads + 2 * kv_heads, dim, generator=gen).to(dtype)
-    metadata = lambda: AttentionMetadata(  # noqa: E731
-        slot_mapping=torch.tensor([t[(n - 1) // block_size] * block_size + (n - 1) % block_size for t, n in zip(tables, lengths)]),
-        query_start_loc=torch.arange(len(lengths) + 1),
-        seq_lens=torch.tensor(lengths),
-        block_tables=torch.tensor([t + [0] * (width - len(t)) for t in tables]),
-        positions=torch.tensor([n - 1 for n in lengths]),
-    )
-    return qkv[:, :heads], k_cache, v_cache, metadata
 
 
 def torch_path(query, k_cache, v_cache, metadata, scale):
