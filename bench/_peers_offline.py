@@ -29,12 +29,13 @@ VLLM_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CACHE_ROOT": str(REPO / ".cache
 class OfflineWorker:
     """One worker process; run(item) sends it an item and waits for its result line."""
 
-    def __init__(self, name: str, python: Path, args: list[str], env: dict[str, str], timeout_s: float = 600) -> None:
+    def __init__(self, name: str, python: Path, args: list[str], env: dict[str, str], timeout_s: float = 600,
+                 unset_env: tuple[str, ...] = ()) -> None:
         self.name = name
         LOGS.mkdir(parents=True, exist_ok=True)
         self.log_path = LOGS / f"offline-{name}.log"
         read_end, write_end = os.pipe()
-        child_env = {k: v for k, v in os.environ.items() if not k.startswith("SERVETRACE_")}
+        child_env = {k: v for k, v in os.environ.items() if not k.startswith("SERVETRACE_") and k not in unset_env}
         child_env.update(env)
         with open(self.log_path, "w") as log:
             self.process = subprocess.Popen(
@@ -97,10 +98,10 @@ def vllm_thread_binding(log_path: Path) -> dict:
 def ours_worker(threads: int, dtype: str, common: list[str]) -> OfflineWorker:
     return OfflineWorker(f"ours-{threads}t", REPO / ".venv" / "bin" / "python",
                          ["--engine", "ours", "--threads", str(threads), "--dtype", dtype, "--no-prefix-caching", *common],
-                         # The wait policy `servetrace serve` runs with (tracer/cli.py sets it before torch loads);
-                         # without it libgomp's default spin made our 2-thread step slower than 1 thread under load
-                         # (bench/results/openmp_policy.md).
-                         {"OMP_NUM_THREADS": str(threads), "OMP_WAIT_POLICY": "PASSIVE"})
+                         # No wait policy from this process: LLMEngine imported on its own runs with libgomp's
+                         # default (spin, then sleep), as vLLM's LLM class beside it does; `servetrace serve`
+                         # waits passively for its shared cores (tracer/cli.py, engine/omp_env.py).
+                         {"OMP_NUM_THREADS": str(threads)}, unset_env=("OMP_WAIT_POLICY", "GOMP_SPINCOUNT"))
 
 
 def vllm_worker(dtype: str, reserved_cpus: int | None, common: list[str], enforce_eager: bool) -> OfflineWorker:

@@ -166,13 +166,16 @@ def summarize(concurrency: int, results: list[RequestResult], duration: float) -
 def build_offline_engine(engine_args: list[str]):
     """The engine `servetrace serve` would build from these options, in this process."""
     from engine.llm_engine import LLMEngine
+    from engine.omp_env import on_passing_thread
     from engine.sampling_params import SamplingParams
     from tracer.commands._engine_options import add_engine_options, engine_config_from_args
 
     option_parser = argparse.ArgumentParser()
     add_engine_options(option_parser)
     engine = LLMEngine(engine_config_from_args(option_parser.parse_args(engine_args)))
-    engine.generate([make_prompt(10_000, 8)], SamplingParams(max_tokens=2))  # warm-up, as for the server
+    # Warm-up, as for the server; on a passing thread, so the OpenMP pool it starts does not outlive
+    # it beside the stepping thread's (engine.omp_env.on_passing_thread says what a second pool costs).
+    on_passing_thread(lambda: engine.generate([make_prompt(10_000, 8)], SamplingParams(max_tokens=2)))
     return engine
 
 

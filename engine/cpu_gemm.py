@@ -16,6 +16,8 @@ from typing import Iterator
 import torch
 from torch import nn
 
+from engine.omp_env import omp_waits_passively
+
 PACKABLE_DTYPES = (torch.float32, torch.bfloat16)
 # CPU features with a native bfloat16 dot product (oneDNN's bf16 kernels run on them).
 NATIVE_BF16_FEATURES = ("avx512_bf16", "amx_bf16")
@@ -102,18 +104,23 @@ SERIAL_STEP_MAX_TOKENS = 4
 
 
 @contextlib.contextmanager
-def compute_threads_for(num_tokens: int, device: torch.device) -> Iterator[None]:
-    """Run a CPU step of at most SERIAL_STEP_MAX_TOKENS tokens on one torch thread, then restore.
+def compute_threads_for(num_tokens: int, device: torch.device, passive_wait: bool | None = None) -> Iterator[None]:
+    """Under passive OpenMP waiting, run a CPU step of at most SERIAL_STEP_MAX_TOKENS tokens on one
+    torch thread, then restore. passive_wait None: as this process's libgomp waits (omp_env).
 
     Speed trick: under OMP_WAIT_POLICY=PASSIVE (which `servetrace serve` sets: libgomp's default
     spin makes a 2-thread step crawl when other processes share the cores) each of a step's ~150
     parallel regions ends with the workers asleep, and waking them costs more than a region of a
     few rows computes: a batch-1 decode step at 2 threads was slower than at 1, quiet or loaded
     (bench/results/openmp_policy.md; bench/decode_speed.py, "threads for small steps"). Wider steps keep every
-    thread. omp_set_num_threads is per calling thread, so only this step's thread is affected.
+    thread. With libgomp's own spin-then-sleep and one OpenMP pool (omp_env.on_passing_thread) the
+    workers are awake between regions and 2 threads win at every size (batch-1 decode 11.3 vs 14.0 ms,
+    bench/openmp_pools.py): then every step keeps every thread. omp_set_num_threads is per calling
+    thread, so only this step's thread is affected.
     """
     threads = torch.get_num_threads()
-    if device.type != "cpu" or threads == 1 or num_tokens > SERIAL_STEP_MAX_TOKENS:
+    passive = omp_waits_passively() if passive_wait is None else passive_wait
+    if device.type != "cpu" or threads == 1 or not passive or num_tokens > SERIAL_STEP_MAX_TOKENS:
         yield
         return
     torch.set_num_threads(1)

@@ -19,6 +19,7 @@ from engine.batch_queue import BatchQueue
 from engine.config import EngineConfig, check_speculative_config
 from engine.loader import load_model
 from engine.model_runner import ModelRunner, num_blocks_for_memory
+from engine.omp_env import on_passing_thread
 from engine.output_processor import OutputProcessor, RequestOutput
 from engine.request import Request, RequestStatus
 from engine.sampling_params import SamplingParams
@@ -39,25 +40,33 @@ class LLMEngine:
         device = torch.device(config.model.device)
         dtype = _resolve_dtype(config.model.dtype, device)
         torch.manual_seed(config.model.seed)
-        model, model_config = load_model(self.model_path, device=device, dtype=dtype)
-        self.model_config = model_config
-        # The context is the smaller of what was asked and what the model was trained for.
-        config.scheduler.max_model_len = min(config.scheduler.max_model_len, model_config.max_position_embeddings)
+        threads = torch.get_num_threads()  # per thread under OpenMP: the builder thread takes the caller's
+
+        def build() -> ModelRunner:
+            # Loading and packing the weights and allocating the KV pool run parallel regions: on a
+            # passing thread, the one OpenMP pool left is the stepping thread's (on_passing_thread).
+            torch.set_num_threads(threads)
+            model, model_config = load_model(self.model_path, device=device, dtype=dtype)
+            # The context is the smaller of what was asked and what the model was trained for.
+            config.scheduler.max_model_len = min(config.scheduler.max_model_len, model_config.max_position_embeddings)
+            config.cache.num_blocks = config.cache.num_blocks or num_blocks_for_memory(
+                model_config, config.cache.block_size, config.cache.kv_cache_memory_bytes, dtype
+            )
+            return ModelRunner(
+                model, model_config, config.cache.block_size, config.cache.num_blocks, device, dtype,
+                attention_backend=config.model.attention_backend,
+                use_cuda_graphs=False if config.model.enforce_eager else None,
+                max_num_seqs=config.scheduler.max_num_seqs,
+                max_model_len=config.scheduler.max_model_len,
+                speculative_config=config.speculative,
+            )
+
+        self.model_runner = on_passing_thread(build)
+        self.model_config = model_config = self.model_runner.model_config
         self.max_model_len = config.scheduler.max_model_len
+        num_blocks = config.cache.num_blocks
         self.tokenizer = Tokenizer(self.model_path, max_model_len=self.max_model_len)
         self.eos_token_id = self.tokenizer.eos_token_id if self.tokenizer.eos_token_id is not None else model_config.eos_token_id
-        num_blocks = config.cache.num_blocks or num_blocks_for_memory(
-            model_config, config.cache.block_size, config.cache.kv_cache_memory_bytes, dtype
-        )
-        config.cache.num_blocks = num_blocks
-        self.model_runner = ModelRunner(
-            model, model_config, config.cache.block_size, num_blocks, device, dtype,
-            attention_backend=config.model.attention_backend,
-            use_cuda_graphs=False if config.model.enforce_eager else None,
-            max_num_seqs=config.scheduler.max_num_seqs,
-            max_model_len=self.max_model_len,
-            speculative_config=config.speculative,
-        )
         # Mirrors: vllm.v1.engine.core:EngineCore.__init__ (vllm 0.33.0): one manager, shared with the scheduler.
         self.structured_output_manager = StructuredOutputManager(
             self.tokenizer.hf, model_config.vocab_size, config.scheduler.max_num_seqs,

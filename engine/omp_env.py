@@ -1,15 +1,24 @@
-"""OpenMP's wait policy for this process, set before torch loads libgomp (it reads the variable once).
+"""OpenMP's wait policy for this process, set before torch loads libgomp (it reads the variable once),
+and keeping libgomp to one pool of workers (on_passing_thread).
 
 Imports nothing (torch least of all), so an entry point can call it first thing.
 """
 from __future__ import annotations
 
 import os
+import threading
+from typing import Callable, TypeVar
+
+T = TypeVar("T")
 
 
 def use_passive_omp_wait() -> None:
     """OMP_WAIT_POLICY=PASSIVE unless the environment already says otherwise; no effect once torch
-    (libgomp) has loaded, so every entry point that may run the engine calls this before importing it.
+    (libgomp) has loaded: the tests, labs and benches that run beside other work call this before
+    importing it, and so does the command line (`servetrace serve` shares the cores with its HTTP
+    server). The offline LLMEngine, imported on its own, runs with libgomp's default, as vLLM's LLM
+    class does: spinning ~300k rounds before a worker sleeps, faster on a quiet machine with one pool
+    (on_passing_thread), and crawling once other processes want the cores (bench/results/openmp_pools.md).
 
     Speed trick: libgomp's default has idle OpenMP workers spin, and on this shared 2-core machine
     (the engine thread beside an HTTP server, a client, other processes) the spinning workers take
@@ -18,3 +27,37 @@ def use_passive_omp_wait() -> None:
     bench/openmp_policy.py). Passive workers sleep between parallel regions instead.
     """
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+def omp_waits_passively() -> bool:
+    """Whether libgomp in this process sleeps between parallel regions (OMP_WAIT_POLICY=PASSIVE; it
+    reads the variable once, when torch loads it, and the entry points set it before that)."""
+    return os.environ.get("OMP_WAIT_POLICY", "").strip().upper() == "PASSIVE"
+
+
+def on_passing_thread(build: Callable[[], T]) -> T:
+    """Run build() on a thread of its own that ends when it returns; its result (or its exception).
+
+    Speed trick: libgomp keeps a pool of OpenMP workers for each thread that has started a parallel
+    region, for as long as that thread lives, and once the pools' threads outnumber the cores it
+    throttles every worker's spin before sleep to ~1000 rounds: a worker then sleeps between two
+    of a step's ~150 parallel regions and each region pays a wake-up (tens of us). An engine built
+    on one thread (loading and packing the weights run parallel regions) and stepped on another (an
+    offline worker's step thread, the server's busy loop) held two pools, so at 2 threads a
+    batch-8 decode step took 22-27 ms where one pool's took 15-16 ms (bench/openmp_pools.py). Built
+    on a passing thread, the pool it started ends with it, and the stepping thread's is the only one.
+    """
+    box: dict[str, object] = {}
+
+    def run() -> None:
+        try:
+            box["result"] = build()
+        except BaseException as error:  # re-raised on the caller's thread
+            box["error"] = error
+
+    thread = threading.Thread(target=run, name="servetrace-build", daemon=True)
+    thread.start()
+    thread.join()
+    if "error" in box:
+        raise box["error"]  # type: ignore[misc]
+    return box["result"]  # type: ignore[return-value]

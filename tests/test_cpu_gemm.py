@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from engine import cpu_gemm
+from engine import cpu_gemm, omp_env
 from engine.attention import AttentionMetadata
 from engine.model import LlamaConfig, LlamaForCausalLM
 from engine.model_runner import ModelRunner
@@ -103,11 +103,30 @@ def test_a_small_cpu_step_computes_on_one_thread_and_the_count_comes_back(num_to
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        with cpu_gemm.compute_threads_for(num_tokens, torch.device(device)):
+        with cpu_gemm.compute_threads_for(num_tokens, torch.device(device), passive_wait=True):
             assert torch.get_num_threads() == inside
         assert torch.get_num_threads() == 2
-        with pytest.raises(RuntimeError), cpu_gemm.compute_threads_for(num_tokens, torch.device(device)):
+        with pytest.raises(RuntimeError), cpu_gemm.compute_threads_for(num_tokens, torch.device(device), passive_wait=True):
             raise RuntimeError("a failed step")
         assert torch.get_num_threads() == 2  # restored even when the step raises
     finally:
         torch.set_num_threads(before)
+
+
+def test_with_spinning_openmp_workers_a_small_step_keeps_every_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with cpu_gemm.compute_threads_for(1, torch.device("cpu"), passive_wait=False):
+            assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_the_wait_policy_is_read_from_the_environment(monkeypatch):
+    monkeypatch.setenv("OMP_WAIT_POLICY", "passive")
+    assert omp_env.omp_waits_passively()
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    assert not omp_env.omp_waits_passively()
+    monkeypatch.delenv("OMP_WAIT_POLICY")
+    assert not omp_env.omp_waits_passively()
