@@ -28,6 +28,10 @@ validation's traces of our server: B's steps predicted from A's and A-2's fit 8.
 average over the six B runs, against 6.6% with the floor, bench/whatif_validation.py.) The same
 function computes the features when the model is fitted and when it predicts a replay, so a fitted
 coefficient means the same thing in both.
+
+A replay's decode-only steps do not all take the fit's time: they spread about it as the trace's
+own decode steps did (StepTimeModel.spread, step_spread), so that a latency percentile that sits in
+that spread (an ITL p90 where fewer than 10% of ITLs wait on a prefill) is predicted, not the median.
 """
 from __future__ import annotations
 
@@ -37,6 +41,8 @@ from typing import Sequence
 FEATURES = ("const", "prefill_tokens", "decode_tokens", "context_tokens", "prefill_attention", "continued_attention")
 DECODE_FEATURES = (0, 2, 3)  # what a decode-only step's cost is fitted on (the constant's floor)
 HELD_OUT_FOLDS = 5
+SPREAD_POINTS = 101  # the quantiles of the steps' measured / predicted ratio a model keeps (0%, 1% .. 100%)
+GOLDEN = 0.6180339887498949  # the golden ratio's fractional part: i * GOLDEN mod 1 spreads evenly over [0, 1)
 
 
 def step_features(batch: Sequence[tuple[int, int, int]]) -> list[float]:
@@ -64,6 +70,9 @@ class StepTimeModel:
     wake_s: float = 0.0
     features: tuple[str, ...] = FEATURES
     fit_error: dict = field(default_factory=dict)  # the model's own error on the steps it was fitted on
+    # How the trace's steps spread about the fit (step_spread): quantiles of measured / predicted,
+    # mean 1; empty: every step takes predict()'s time.
+    spread: list[float] = field(default_factory=list)
 
     def predict(self, features: Sequence[float]) -> float:
         """Seconds; never below a tenth of the constant term (a model may extrapolate below zero).
@@ -71,14 +80,67 @@ class StepTimeModel:
         value = sum(c * x for c, x in zip(self.coefficients, features))
         return max(value, 0.1 * abs(self.coefficients[0]), 1e-6)
 
+    def step_time(self, features: Sequence[float], index: int) -> float:
+        """The time of a replay's step number `index`: predict(), and for a decode-only step times the
+        spread's quantile at the index-th point of the golden-ratio sequence, so that any run of
+        steps draws the trace's own spread evenly and keeps its mean (deterministic: a replay is
+        reproducible). A step that computes prompt tokens takes predict()'s time: a run has few
+        of them and each weighs much in a TTFT, so a draw for each would move the predicted TTFT by
+        the draws' luck (on the validation's live vLLM pair with prefix caching off, drawing for its
+        14 prefill steps too moved the mean TTFT predicted from A from 2526 to 2394 ms), and a
+        prefill step's spread about the fit is mostly the features' misfit, not the machine's noise
+        (step_spread)."""
+        value = self.predict(features)
+        if features[1] > 0:
+            return value
+        return value * spread_at(self.spread, (0.5 + index * GOLDEN) % 1.0)
+
     def to_json(self) -> dict:
         return {"features": list(self.features), "coefficients": self.coefficients, "gap_s": self.gap_s,
-                "wake_s": self.wake_s, "fit_error": self.fit_error}
+                "wake_s": self.wake_s, "fit_error": self.fit_error, "spread": self.spread}
 
     @classmethod
     def from_json(cls, data: dict) -> "StepTimeModel":
         return cls(list(data["coefficients"]), float(data.get("gap_s", 0.0)), float(data.get("wake_s", 0.0)),
-                   tuple(data.get("features", FEATURES)), dict(data.get("fit_error", {})))
+                   tuple(data.get("features", FEATURES)), dict(data.get("fit_error", {})),
+                   [float(v) for v in data.get("spread", [])])
+
+
+def spread_at(spread: Sequence[float], u: float) -> float:
+    """The spread's quantile at u in [0, 1), linear between its points; 1 without a spread."""
+    if len(spread) < 2:
+        return 1.0
+    position = u * (len(spread) - 1)
+    low = min(int(position), len(spread) - 2)
+    return spread[low] + (spread[low + 1] - spread[low]) * (position - low)
+
+
+def step_spread(model: StepTimeModel, rows, durations_s) -> list[float]:
+    """SPREAD_POINTS quantiles of measured / predicted over the decode-only steps (all steps where a
+    trace has too few), scaled to mean 1 (the fit's bias is not the spread's business).
+
+    Why a replay needs it: the same batch does not take the same time twice on a loaded machine, and
+    a latency percentile sits in that spread. On the validation's trace of the live vLLM server with
+    prefix caching off (bench/whatif_validation.py, B), 38 of its 553 ITLs (6.9%) end on a step that
+    carries a prefill; the p90 (67.9 ms) is then about the 96.5th percentile of the decode steps' ITLs
+    (median 43.7 ms, 95th 65.5, max 72.2: the same 8-request batch took 42-72 ms). Every step at its
+    predicted time put that p90 on the median (41.8 ms from A's model, 44.6 from B's own: 39% and 34%
+    under); with the spread, 63.1 and 64.2.
+    The decode-only steps are the ones the features fit best (what is left is the machine's noise,
+    not a misfit of prefill cost the features do not follow)."""
+    import numpy as np
+
+    x = np.asarray(rows, dtype=float)
+    y = np.asarray(durations_s, dtype=float)
+    keep = x[:, 1] == 0
+    if keep.sum() < 2 * HELD_OUT_FOLDS:
+        keep = np.ones(len(y), dtype=bool)
+    if keep.sum() < 2 * HELD_OUT_FOLDS:
+        return []
+    ratios = y[keep] / np.array([model.predict(r) for r in x[keep]])
+    points = np.quantile(ratios, np.linspace(0.0, 1.0, SPREAD_POINTS))
+    mean = float((points.sum() - (points[0] + points[-1]) / 2) / (SPREAD_POINTS - 1))  # what spread_at averages to over [0, 1)
+    return [float(p / mean) for p in points]
 
 
 class StepTimeFitError(ValueError):
@@ -152,6 +214,7 @@ def fit_step_time(rows: Sequence[Sequence[float]], durations_s: Sequence[float],
     model = StepTimeModel(_fit(x, y), gap_s, wake_s)
     model.fit_error = model_error(model, rows, durations_s)
     model.fit_error.update(constant_evidence(x))
+    model.spread = step_spread(model, x, y)
     if len(rows) >= 2 * HELD_OUT_FOLDS:
         predicted = np.zeros(len(rows))
         for fold in range(HELD_OUT_FOLDS):

@@ -3,7 +3,8 @@ schedule, and when each step starts and ends. tracer.replay.whatif.clock.drive_t
 SchedulerRunner on one; the SGLang side (tracer/replay/sglang_side/harness.py) drives SGLang's
 Scheduler on the same object, so both sides keep time the same way.
 
-- PredictedClock: a step takes the step-time model's prediction for its batch; an open-loop
+- PredictedClock: a step takes the step-time model's prediction for its batch (spread as the
+  trace's steps spread about the fit: StepTimeModel.step_time); an open-loop
   request is due once the clock has passed its arrival time, a closed-loop one (`after`) that long
   after its predecessor's predicted finish; an idle engine wakes `wake_s` after the next arrival.
 - TraceClock: step i starts and ends when the trace's decision step i did; a request is due on the
@@ -154,7 +155,7 @@ class PredictedClock(StepClock):
         return self.release[arrival.id] <= self.clock + 1e-9  # float rounding of ns -> s
 
     def _times(self, features: list[float]) -> tuple[float, float]:
-        start, end = self.clock, self.clock + self.model.predict(features)
+        start, end = self.clock, self.clock + self.model.step_time(features, len(self.log.steps))
         self.clock = end + self.model.gap_s
         return start, end
 
