@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.servetrace-setup-stamp
 REQS   := requirements/base.txt requirements/upstream.txt requirements/nodeps.txt pyproject.toml
 
-.PHONY: setup demo test bench docs clean
+.PHONY: setup demo test bench docs clean llamacpp
 
 setup: $(STAMP)
 
@@ -52,13 +52,19 @@ $(SGLANG_STAMP): $(SGLANG_REQS)
 	@bash scripts/check-disk.sh .venv-sglang 7
 	PYTHON=$(PYTHON) bash scripts/setup-sglang.sh
 
+# llama.cpp for the peers bench's reference row: llama-cpp-python compiled from source (AVX-512, no
+# AMX) into .cache/llamacpp/venv. Only `make bench` needs it (not setup / test: CI builds no llama.cpp);
+# the script keeps its own stamp, so a rerun with the same version and flags does nothing.
+llamacpp:
+	PYTHON=$(PYTHON) bash scripts/setup-llamacpp.sh
+
 demo: setup
 	$(VENV)/bin/servetrace demo
 
 test: setup
 	$(PY) -m pytest -q
 
-bench: setup
+bench: setup llamacpp
 	$(PY) bench/offline_throughput.py
 	$(PY) bench/async_scheduling.py
 	$(PY) bench/cpu_kernels.py
