@@ -86,10 +86,10 @@ def machine() -> dict:
 def llamacpp_rows(ids_path: Path, threads: list[int], tokens: int) -> dict:
     """llama.cpp's batch-1 ms/step per thread count, or why there is no row."""
     python = LLAMACPP_VENV / "bin" / "python"
-    status = REPO / ".cache" / "llamacpp" / "build-start"
+    status = REPO / ".cache" / "llamacpp" / "build.log"
     if not python.exists() or subprocess.run([str(python), "-c", "import llama_cpp"], capture_output=True).returncode:
-        return {"built": False, "why": "llama-cpp-python is not built in .cache/llamacpp/venv"
-                + (f" (build log: {status.read_text().strip()})" if status.exists() else "")}
+        return {"built": False, "why": "llama-cpp-python is not built in .cache/llamacpp/venv (`make llamacpp` builds it"
+                + (f"; the last build's log: {status}" if status.exists() else "") + ")"}
     sys_path = subprocess.run([str(REPO / ".venv/bin/python"), "-c", "import sys; sys.path.insert(0, '.'); "
                                "from engine.loader import bundled_model_path; print(bundled_model_path())"],
                               capture_output=True, text=True, cwd=REPO)
