@@ -1,16 +1,18 @@
-"""The file exporter's memos (tracer.instrument.exporters: a repeated batch array or request link
-is encoded once): what they hand back is what encoding afresh writes, for look-alike values that
-compare equal (1 == True == 1.0) and for many more distinct links than they keep."""
+"""The file exporter's memos (tracer.instrument.otlp_json: a repeated batch array or request link
+is encoded once; tracer.instrument.otlp_fragments: a repeated attribute entry or link is written
+from its JSON bytes): what they hand back is what encoding afresh writes, for look-alike values that
+compare equal (1 == True == 1.0, 0.0 == -0.0) and for many more distinct links than they keep."""
 from __future__ import annotations
 
 import json
 
+import msgspec
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import Link
 
-from tracer.instrument import exporters
+from tracer.instrument import otlp_fragments, otlp_json
 from tracer.instrument.exporters import spans_to_otlp_json, spans_to_otlp_json_via_protobuf
 
 
@@ -31,12 +33,15 @@ def _spans(step_attributes: list[dict], links_per_span: int = 3) -> list:
 
 
 def _same_as_reference(spans: list) -> None:
-    assert json.loads(spans_to_otlp_json(spans)) == json.loads(spans_to_otlp_json_via_protobuf(spans))
+    written = spans_to_otlp_json(spans)
+    assert json.loads(written) == json.loads(spans_to_otlp_json_via_protobuf(spans))
+    assert written.encode() == msgspec.json.encode(otlp_json.spans_to_otlp_dict(spans))  # byte for byte
 
 
 def test_look_alike_values_are_never_handed_each_others_encoding():
     steps = [{"ids": (1, 0), "flag": True}, {"ids": (True, False), "flag": 1}, {"ids": (1.0, 0.0), "flag": 1.0},
-             {"ids": ("1", "0")}, {"ids": (1, 0)}, {"ids": (1, "0")}, {"ids": ()}]
+             {"ids": ("1", "0")}, {"ids": (1, 0)}, {"ids": (1, "0")}, {"ids": ()}, {"ids": (0.0,), "flag": -0.0},
+             {"ids": (-0.0,), "flag": 0.0}, {"ids": 1}, {"ids": True}, {"ids": "1"}, {"ids": 1.0}]
     spans = _spans(steps)
     _same_as_reference(spans)
     _same_as_reference(spans)  # the second time from the memos
@@ -44,13 +49,15 @@ def test_look_alike_values_are_never_handed_each_others_encoding():
 
 def test_the_memos_stay_bounded_and_right_past_their_size():
     spans = _spans([{"ids": (n, n + 1)} for n in range(60)], links_per_span=12)
-    saved = exporters._LINKS_CACHED, exporters._ARRAYS_CACHED
-    exporters._LINKS_CACHED, exporters._ARRAYS_CACHED = 5, 7  # emptied many times over
-    exporters._encoded_links.clear()
-    exporters._encoded_arrays.clear()
+    saved = otlp_json._LINKS_CACHED, otlp_json._ARRAYS_CACHED, otlp_fragments._MEMO_SIZE, otlp_fragments._LINKS_SIZE
+    # emptied many times over
+    otlp_json._LINKS_CACHED, otlp_json._ARRAYS_CACHED, otlp_fragments._MEMO_SIZE, otlp_fragments._LINKS_SIZE = 5, 7, 6, 4
+    for memo in (otlp_json._encoded_links, otlp_json._encoded_arrays, otlp_fragments._entries, otlp_fragments._link_bytes):
+        memo.clear()
     try:
         for _ in range(2):
             _same_as_reference(spans)
-            assert len(exporters._encoded_links) <= 5 and len(exporters._encoded_arrays) <= 7
+            assert len(otlp_json._encoded_links) <= 5 and len(otlp_json._encoded_arrays) <= 7
+            assert len(otlp_fragments._entries) <= 6 and len(otlp_fragments._link_bytes) <= 4
     finally:
-        exporters._LINKS_CACHED, exporters._ARRAYS_CACHED = saved
+        otlp_json._LINKS_CACHED, otlp_json._ARRAYS_CACHED, otlp_fragments._MEMO_SIZE, otlp_fragments._LINKS_SIZE = saved

@@ -21,6 +21,8 @@ FINGERPRINT_GLOBS = (
     "tracer/instrument/spans.py",
     "tracer/instrument/otel.py",
     "tracer/instrument/exporters.py",
+    "tracer/instrument/otlp_json.py",  # what the file exporter writes
+    "tracer/instrument/otlp_fragments.py",
     "tracer/instrument/tracing.py",  # the trace recipes' traced run
     "tracer/instrument/extractors/*.py",
     "tracer/catalog/hops.yaml",

@@ -1,0 +1,153 @@
+"""The file exporter's OTLP/JSON, written from memoized JSON fragments: byte for byte what
+msgspec.json.encode(otlp_json.spans_to_otlp_dict(spans)) writes (tests/test_otlp_fragments.py holds
+the two equal), without one Python dict per attribute, value and link of every span.
+
+Why (profiled on bench/trace_overhead.py's spans, bench/results/span_cost.md): building the
+reference dict was most of the exporter thread's CPU, which shares the engine's two cores. Most of
+a span's attribute entries repeat from span to span and step to step (the scheduler's limits, the
+config a replay needs, queue lengths, a batch's ids while it lasts, the links to its requests): each
+such entry is encoded once, by the reference path, and its bytes are reused while it repeats.
+
+A memo entry is only ever handed to an equal value of the same exact type (1 == True == 1.0, and
+0.0 == -0.0, so floats are never memoized; arrays only when all str or all int). Spans with what
+servetrace never writes on the hot path (events, a trace state, a status message) take the
+reference path whole.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import msgspec
+from opentelemetry.sdk.trace import ReadableSpan
+
+from tracer.instrument.otlp_json import _KINDS, _attributes, _finished_attributes, _flags, _link, _span, _value
+
+_encode = msgspec.json.encode
+_Raw = msgspec.Raw
+
+_MEMO_SIZE = 16384  # attribute entries kept (a few hundred distinct ones per step in steady state)
+_entries: dict[tuple, bytes] = {}
+_LINKS_SIZE = 4096
+_link_bytes: dict[tuple, bytes] = {}
+_names: dict[str, bytes] = {}  # span name -> its JSON string
+
+
+def _entry(key: str, value: Any) -> bytes:
+    """{"key": key, "value": <the value's AnyValue>} as JSON, memoized where exact (see module doc)."""
+    kind = type(value)
+    if kind is str or kind is int or kind is bool:
+        memo = (key, kind, value)
+    elif kind is tuple:
+        kinds = set(map(type, value))
+        if kinds != {str} and kinds != {int} and value:
+            return _encode({"key": key, "value": _value(value)})
+        memo = (key, tuple, value)
+    else:
+        return _encode({"key": key, "value": _value(value)})
+    encoded = _entries.get(memo)
+    if encoded is None:
+        if len(_entries) >= _MEMO_SIZE:  # bounded: batches and counts change
+            _entries.clear()
+        encoded = _entries[memo] = _encode({"key": key, "value": _value(value)})
+    return encoded
+
+
+def _attributes_json(attributes: Any) -> bytes:
+    items = getattr(attributes, "_dict", attributes)  # as otlp_json._attributes reads them
+    return b"[" + b",".join([_entry(key, value) for key, value in items.items()]) + b"]"
+
+
+def _links_json(links: Sequence[Any]) -> bytes:
+    parts = []
+    for link in links:
+        context, attributes = link.context, link.attributes
+        items = getattr(attributes, "_dict", attributes)
+        if not items or not all(type(value) is str for value in items.values()):
+            parts.append(_encode(_link(link)))
+            continue
+        key = (context.trace_id, context.span_id, context.is_remote, link.dropped_attributes, tuple(items.items()))
+        encoded = _link_bytes.get(key)
+        if encoded is None:
+            if len(_link_bytes) >= _LINKS_SIZE:  # bounded: requests come and go
+                _link_bytes.clear()
+            encoded = _link_bytes[key] = _encode(_link(link))
+        parts.append(encoded)
+    return b"[" + b",".join(parts) + b"]"
+
+
+def span_json(span: ReadableSpan) -> bytes:
+    """One span's JSON object, as msgspec writes otlp_json._span(span)."""
+    context = span.get_span_context()
+    status = span.status
+    if context.trace_state or span.events or status.description:
+        return _encode(_span(span))
+    name = span.name
+    parts = [b'{"traceId":"', format(context.trace_id, "032x").encode(), b'","spanId":"',
+             format(context.span_id, "016x").encode(), b'"']
+    if span.parent is not None:
+        parts += (b',"parentSpanId":"', format(span.parent.span_id, "016x").encode(), b'"')
+    if name:
+        encoded_name = _names.get(name)
+        if encoded_name is None:
+            encoded_name = b',"name":' + _encode(name)
+            if len(_names) < 4096:  # bounded: names come from the catalog, but any tracer may use this
+                _names[name] = encoded_name
+        parts.append(encoded_name)
+    parts += (b',"kind":', str(_KINDS[span.kind]).encode())
+    if span.start_time:
+        parts += (b',"startTimeUnixNano":"', str(span.start_time).encode(), b'"')
+    if span.end_time:
+        parts += (b',"endTimeUnixNano":"', str(span.end_time).encode(), b'"')
+    attributes = _finished_attributes(span)
+    if attributes:
+        parts += (b',"attributes":', _attributes_json(attributes))
+    for key, count in ((b',"droppedAttributesCount":', span.dropped_attributes),
+                       (b',"droppedEventsCount":', span.dropped_events)):
+        if count:
+            parts += (key, str(count).encode())
+    if span.links:
+        parts += (b',"links":', _links_json(span.links))
+    if span.dropped_links:
+        parts += (b',"droppedLinksCount":', str(span.dropped_links).encode())
+    code = status.status_code.value
+    parts += (b',"status":{"code":' + str(code).encode() + b"}" if code else b',"status":{}',
+              b',"flags":', str(_flags(span.parent)).encode(), b"}")
+    return b"".join(parts)
+
+
+def spans_to_otlp_json_bytes(spans: Sequence[ReadableSpan]) -> bytes:
+    """One ExportTraceServiceRequest as one line of OTLP/JSON (no newline), grouped by resource then
+    scope as otlp_json.spans_to_otlp_dict groups them."""
+    grouped: dict[Any, dict[Any, list]] = {}
+    group_of: dict[int, dict[Any, list]] = {}  # id(resource) -> its group (see spans_to_otlp_dict)
+    for span in spans:
+        scopes = group_of.get(id(span.resource))
+        if scopes is None:
+            scopes = group_of[id(span.resource)] = grouped.setdefault(span.resource, {})
+        scopes.setdefault(span.instrumentation_scope, []).append(span_json(span))
+    resource_spans = []
+    for resource, scopes in grouped.items():
+        scope_spans = []
+        for scope, encoded in scopes.items():
+            entry: dict[str, Any] = {"scope": {}}
+            if scope is not None:
+                if scope.name:
+                    entry["scope"]["name"] = scope.name
+                if scope.version:
+                    entry["scope"]["version"] = scope.version
+                scope_attributes = _attributes(scope.attributes)
+                if scope_attributes:
+                    entry["scope"]["attributes"] = scope_attributes
+            entry["spans"] = _Raw(b"[" + b",".join(encoded) + b"]")
+            if scope is not None and scope.schema_url:
+                entry["schemaUrl"] = scope.schema_url
+            scope_spans.append(entry)
+        entry = {"resource": {}, "scopeSpans": scope_spans}
+        resource_attributes = _attributes(resource.attributes)
+        if resource_attributes:
+            entry["resource"]["attributes"] = resource_attributes
+        if resource.schema_url:
+            entry["schemaUrl"] = resource.schema_url
+        resource_spans.append(entry)
+    return _encode({"resourceSpans": resource_spans})
