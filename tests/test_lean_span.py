@@ -124,3 +124,25 @@ def test_span_limits_that_cut_values_fall_back_to_the_sdk(monkeypatch):
     span = lean_span.start_span(tracer, "detokenize", None, SpanKind.INTERNAL, {"text": "abcdef"}, [], 5)
     span.end(end_time=6)
     assert dict(exporter.get_finished_spans()[0].attributes) == {"text": "abc"}
+
+
+def test_a_lean_span_has_the_sdk_spans_fields_and_hands_processors_what_it_held_at_its_end():
+    """Its fields come from a per-tracer template: the same set _Span.__init__ sets, the tracer's
+    equal to the SDK span's. Processors get the ended span itself, not a ReadableSpan copy: what
+    they read cannot change after the end (the SDK refuses it, as it refuses it on the copy)."""
+    tracer, exporter, _ = _provider()
+    lean = lean_span.start_span(tracer, "x", None, SpanKind.SERVER, {"a": 1}, [], 5)
+    sdk = tracer.start_span("x", kind=SpanKind.SERVER, attributes={"a": 1}, start_time=5)
+    assert set(vars(lean)) == set(vars(sdk))
+    for field in ("_name", "_kind", "_parent", "_start_time", "_end_time", "_resource", "_instrumentation_info",
+                  "_instrumentation_scope", "_sampler", "_trace_config", "_record_exception", "_set_status_on_exception",
+                  "_span_processor", "_limits"):
+        assert vars(lean)[field] == vars(sdk)[field], field
+    assert lean.status.status_code == sdk.status.status_code and lean._lock is not sdk._lock
+    lean.end(end_time=7)
+    lean.set_attribute("late", 2)
+    lean.set_status(trace.Status(trace.StatusCode.ERROR, "late"))
+    lean.update_name("renamed")
+    (exported,) = exporter.get_finished_spans()
+    assert (exported.name, dict(exported.attributes), exported.status.status_code, exported.end_time) == \
+        ("x", {"a": 1}, trace.StatusCode.UNSET, 7)

@@ -28,7 +28,7 @@ from opentelemetry.sdk import trace as sdk_trace
 from opentelemetry.sdk.trace import ReadableSpan, SpanLimits
 from opentelemetry.sdk.util import BoundedList
 from opentelemetry.sdk.version import __version__ as SDK_VERSION
-from opentelemetry.trace import Link, SpanContext, TraceFlags
+from opentelemetry.trace import Link, SpanContext, Status, StatusCode, TraceFlags
 
 LEAN_SDK_VERSIONS = frozenset({"1.45.2"})  # the versions whose _Span / Tracer.start_span this mirrors
 
@@ -53,6 +53,7 @@ def frozen_attributes(items: tuple[tuple[str, Any], ...]) -> BoundedAttributes:
     return frozen
 
 
+_UNSET = Status(StatusCode.UNSET)  # a new span's status (the SDK's ReadableSpan default)
 _limits: list[SpanLimits | None] = [None]
 
 
@@ -60,6 +61,25 @@ def _default_limits() -> SpanLimits:
     if _limits[0] is None:
         _limits[0] = SpanLimits()
     return _limits[0]
+
+
+_lean_tracer: list[Any] = [None, None]  # the tracer last asked about, and its _shared_fields (None: not lean)
+
+
+def _shared_fields(tracer: Any) -> dict[str, Any] | None:
+    """The span fields _Span.__init__ sets from the tracer alone (the same for all its spans), or None
+    where the lean path does not apply. Asked per span: worked out once per tracer (a tracer's
+    resource, scope, sampler, limits and processor are fixed when the provider makes it)."""
+    if _lean_tracer[0] is not tracer:
+        shared = None
+        if lean_supported(tracer):
+            shared = {"_resource": tracer.resource, "_instrumentation_info": tracer.instrumentation_info,
+                      "_instrumentation_scope": tracer._instrumentation_scope, "_start_time": None, "_end_time": None,
+                      "_status": _UNSET, "_sampler": tracer.sampler, "_trace_config": None, "_record_exception": True,
+                      "_set_status_on_exception": True, "_span_processor": tracer.span_processor,
+                      "_limits": tracer._span_limits}
+        _lean_tracer[:] = [tracer, shared]
+    return _lean_tracer[1]
 
 
 def lean_supported(tracer: Any) -> bool:
@@ -77,30 +97,33 @@ class LeanSpan(sdk_trace._Span):
     """The SDK's span, built from attributes that are valid OTel values already (hop_call.clean_attributes) and
     links whose attributes are frozen BoundedAttributes (frozen_attributes)."""
 
-    def __init__(self, name: str, context: SpanContext, parent: SpanContext | None, tracer: Any,
+    def __init__(self, name: str, context: SpanContext, parent: SpanContext | None, shared: dict[str, Any],
                  attributes: Mapping[str, Any], links: Sequence[Link], kind: trace_api.SpanKind,
                  record_end_metrics: Any) -> None:
-        # The fields of the SDK's _Span.__init__ (1.45.2), set without re-cleaning.
-        ReadableSpan.__init__(self, name=name, context=context, parent=parent, kind=kind, resource=tracer.resource,
-                              instrumentation_info=tracer.instrumentation_info,
-                              instrumentation_scope=tracer._instrumentation_scope)
-        limits = tracer._span_limits
-        self._sampler = tracer.sampler
-        self._trace_config = None
-        self._record_exception = True
-        self._set_status_on_exception = True
-        self._span_processor = tracer.span_processor
-        self._limits = limits
-        self._lock = threading.Lock()
+        # The fields of the SDK's _Span.__init__ (1.45.2), set without re-cleaning: those every span
+        # of its tracer shares in one update (_shared_fields), then this span's own.
+        fields = self.__dict__
+        fields.update(shared)
+        limits = shared["_limits"]
         bounded = BoundedAttributes(limits.max_span_attributes, None, immutable=False, max_value_len=None)
         if limits.max_span_attributes is None or len(attributes) <= limits.max_span_attributes:
             bounded._dict.update(attributes)
         elif attributes:
             bounded._set_items(attributes)  # over the limit: the SDK's own dropping
-        self._attributes = bounded
-        self._events = self._new_events()
-        self._links = BoundedList.from_seq(limits.max_links, [link for link in links if _keep(link)])
-        self._record_end_metrics = record_end_metrics
+        kept = BoundedList(limits.max_links)
+        if links:
+            kept.extend([link for link in links if _keep(link)])  # BoundedList.from_seq, without its tuple copy
+        fields.update(_name=name, _context=context, _parent=parent, _kind=kind, _lock=threading.Lock(),
+                      _attributes=bounded, _events=BoundedList(limits.max_events), _links=kept,
+                      _record_end_metrics=record_end_metrics)
+
+    def _readable_span(self) -> ReadableSpan:
+        """What end() hands the span processors: this span itself, not the SDK's ReadableSpan copy of
+        it (1.45.2's _readable_span: a new ReadableSpan of the same field objects, the attributes,
+        events and links shared, not copied). An ended span's name, status, attributes, events and
+        links no longer change (the SDK refuses and warns), so processors read the same values; the
+        copy was a tenth of the SDK's work per span on the engine thread."""
+        return self
 
     def set_clean_attributes(self, attributes: Mapping[str, Any]) -> None:
         """set_attributes for values hop_call.clean_attributes made (no re-cleaning while there is room)."""
@@ -150,7 +173,8 @@ def start_span(tracer: Any, name: str, context: Any, kind: trace_api.SpanKind, a
                links: Sequence[Link], start_time: int) -> Any:
     """tracer.start_span(name, context, kind, attributes, links, start_time) for attributes made by
     hop_call.clean_attributes; lean where lean_supported(tracer)."""
-    if not lean_supported(tracer):
+    shared = _shared_fields(tracer)
+    if shared is None:
         return tracer.start_span(name, context=context, kind=kind, attributes=attributes, links=links, start_time=start_time)
     # The steps of the SDK's Tracer.start_span (1.45.2), with LeanSpan for _Span.
     parent = trace_api.get_current_span(context).get_span_context()
@@ -173,7 +197,7 @@ def start_span(tracer: Any, name: str, context: Any, kind: trace_api.SpanKind, a
     sampled_attributes = result.attributes
     if len(sampled_attributes) != len(attributes):  # a sampler added its own: those get the SDK's cleaning
         attributes = dict(BoundedAttributes(None, sampled_attributes))
-    span = LeanSpan(name, span_context, parent, tracer, attributes, links, kind, record_end_metrics)
+    span = LeanSpan(name, span_context, parent, shared, attributes, links, kind, record_end_metrics)
     span.start(start_time=start_time, parent_context=context)
     return span
 

@@ -22,6 +22,9 @@ class RequestRegistry:
         # root was registered: the compact engine's grammar compile, submitted inside the enqueue).
         self._awaiting: OrderedDict[str, list[Callable[[SpanContext | None], None]]] = OrderedDict()
         self._lock = threading.Lock()
+        # Bumped whenever a request's root is added or dropped: what was read from the registry
+        # under an older version may be stale (request_links memoizes a batch's links by it).
+        self.version = 0
 
     def get(self, request_id: str) -> SpanContext | None:
         return self._contexts.get(request_id)
@@ -57,6 +60,7 @@ class RequestRegistry:
             if request_id in self._contexts:
                 return
             self._contexts[request_id] = span_context
+            self.version += 1
             while len(self._contexts) > self.max_size:
                 self._contexts.popitem(last=False)
             waiting = self._awaiting.pop(request_id, ())
@@ -66,6 +70,7 @@ class RequestRegistry:
     def clear(self) -> None:
         with self._lock:
             self._contexts.clear()
+            self.version += 1
             self._external.clear()
             waiting = [callback for callbacks in self._awaiting.values() for callback in callbacks]
             self._awaiting.clear()

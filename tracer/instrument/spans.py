@@ -79,6 +79,14 @@ class OpenSpan:
     started_trace: bool = False
     deferred: list | tuple | None = None  # on an engine.step: (span, end ns) of its parts ended, created at its end; () once it closed
     awaiting: str | None = None  # an awaits_root hop's request id whose root was not registered when it began
+    parent_context: otel_context.Context | None = None  # as_parent's, once made
+
+    def as_parent(self) -> otel_context.Context:
+        """The context its children start under: made once and shared by them (a step's schedule,
+        execute, update and detokenize; an execute's forward and sample), not once per child."""
+        if self.parent_context is None:
+            self.parent_context = trace.set_span_in_context(self.materialize())
+        return self.parent_context
 
     def materialize(self) -> Any:
         if self.span is None:
@@ -88,7 +96,7 @@ class OpenSpan:
             if isinstance(parent, SpanContext):
                 parent = trace.set_span_in_context(NonRecordingSpan(parent))
             elif parent is None and self.enclosing is not None:
-                parent = trace.set_span_in_context(self.enclosing.materialize())
+                parent = self.enclosing.as_parent()
             kind = SpanKind.SERVER if "entrypoint" in self.call.roles else SpanKind.INTERNAL
             self.span = lean_span.start_span(self.tracer, self.call.hop, parent, kind, _clean(self.attributes),
                                              self.links, self.start_ns)
@@ -174,7 +182,7 @@ def begin(call: HopCall, args: dict[str, Any]) -> OpenSpan | None:
         if traceparent:
             parent = _remote_step[0] = _propagator.extract({"traceparent": traceparent})
         elif call.part_of_step and _opened_step[0] is not None:
-            parent = trace.set_span_in_context(_opened_step[0].materialize())
+            parent = _opened_step[0].as_parent()
         elif "step_opener" in roles and "step_root" not in roles:
             parent, opens_step = otel_context.Context(), True
         elif _remote_step[0] is not None and not trace.get_current_span().get_span_context().is_valid:
