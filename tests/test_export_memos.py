@@ -22,9 +22,11 @@ def _spans(step_attributes: list[dict], links_per_span: int = 3) -> list:
     provider.add_span_processor(SimpleSpanProcessor(memory))
     tracer = provider.get_tracer("servetrace")
     roots = [tracer.start_span(f"request {n}") for n in range(links_per_span)]
+    # One Link object on every span, as request_links shares them (the SDK re-wraps its attributes each time).
+    shared = Link(roots[-1].get_span_context(), {"servetrace.link": "request", "gen_ai.request.id": "shared"})
     for attributes in step_attributes:
         links = [Link(root.get_span_context(), {"servetrace.link": "request", "gen_ai.request.id": f"req-{n}"})
-                 for n, root in enumerate(roots)]
+                 for n, root in enumerate(roots)] + [shared]
         links.append(Link(roots[0].get_span_context(), {"flag": attributes.get("flag", 1)}))  # not all str: not memoized
         tracer.start_span("engine.step", attributes=attributes, links=links).end()
     for root in roots:
@@ -52,12 +54,27 @@ def test_the_memos_stay_bounded_and_right_past_their_size():
     saved = otlp_json._LINKS_CACHED, otlp_json._ARRAYS_CACHED, otlp_fragments._MEMO_SIZE, otlp_fragments._LINKS_SIZE
     # emptied many times over
     otlp_json._LINKS_CACHED, otlp_json._ARRAYS_CACHED, otlp_fragments._MEMO_SIZE, otlp_fragments._LINKS_SIZE = 5, 7, 6, 4
-    for memo in (otlp_json._encoded_links, otlp_json._encoded_arrays, otlp_fragments._entries, otlp_fragments._link_bytes):
+    for memo in (otlp_json._encoded_links, otlp_json._encoded_arrays, otlp_fragments._entries, otlp_fragments._link_bytes,
+                 otlp_fragments._by_link):
         memo.clear()
     try:
         for _ in range(2):
             _same_as_reference(spans)
             assert len(otlp_json._encoded_links) <= 5 and len(otlp_json._encoded_arrays) <= 7
             assert len(otlp_fragments._entries) <= 6 and len(otlp_fragments._link_bytes) <= 4
+            assert len(otlp_fragments._by_link) <= 4
     finally:
         otlp_json._LINKS_CACHED, otlp_json._ARRAYS_CACHED, otlp_fragments._MEMO_SIZE, otlp_fragments._LINKS_SIZE = saved
+
+
+def test_a_link_whose_attributes_were_replaced_is_encoded_afresh():
+    """A Link object handed to the SDK's start_span gets new attributes (sdk/trace/__init__.py
+    _Span._new_links wraps them, cut to the span's limits): its memo by object is then stale."""
+    from opentelemetry.attributes import BoundedAttributes
+
+    spans = _spans([{"ids": (1,)}])
+    _same_as_reference(spans)
+    link = spans[0].links[0]
+    link._attributes = BoundedAttributes(None, {"servetrace.link": "request", "gen_ai.request.id": "renamed"})
+    _same_as_reference(spans)
+    assert b'"renamed"' in spans_to_otlp_json(spans).encode()

@@ -30,6 +30,7 @@ _MEMO_SIZE = 16384  # attribute entries kept (a few hundred distinct ones per st
 _entries: dict[tuple, bytes] = {}
 _LINKS_SIZE = 4096
 _link_bytes: dict[tuple, bytes] = {}
+_by_link: dict[int, tuple[Any, Any, bytes]] = {}  # id(link) -> (link, its frozen attributes, its bytes)
 _names: dict[str, bytes] = {}  # span name -> its JSON string
 
 
@@ -61,6 +62,12 @@ def _attributes_json(attributes: Any) -> bytes:
 def _links_json(links: Sequence[Any]) -> bytes:
     parts = []
     for link in links:
+        # The links of a step's spans to its requests are the same Link objects step after step
+        # (request_links), their attributes one frozen mapping each: looked up by the object first.
+        same = _by_link.get(id(link))
+        if same is not None and same[0] is link and same[1] is link.attributes:
+            parts.append(same[2])
+            continue
         context, attributes = link.context, link.attributes
         items = getattr(attributes, "_dict", attributes)
         if not items or not all(type(value) is str for value in items.values()):
@@ -72,6 +79,10 @@ def _links_json(links: Sequence[Any]) -> bytes:
             if len(_link_bytes) >= _LINKS_SIZE:  # bounded: requests come and go
                 _link_bytes.clear()
             encoded = _link_bytes[key] = _encode(_link(link))
+        if getattr(attributes, "_immutable", False) is True:  # a frozen BoundedAttributes: cannot change
+            if len(_by_link) >= _LINKS_SIZE:
+                _by_link.clear()
+            _by_link[id(link)] = (link, attributes, encoded)  # the link kept alive: its id is not reused meanwhile
         parts.append(encoded)
     return b"[" + b",".join(parts) + b"]"
 
