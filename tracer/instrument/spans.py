@@ -60,7 +60,7 @@ _unclaimed_render: contextvars.ContextVar[SpanContext | None] = contextvars.Cont
 _STEP_LINK = lean_span.frozen_attributes(((LINK_KIND, LINK_STEP),))
 
 
-@dataclass
+@dataclass(slots=True)  # made for every hooked call (most kv.allocate calls end dropped): slots make and read it faster
 class OpenSpan:
     """A call in progress. The SDK span is created lazily (with the call's start time): a span
     an extractor drops (DROP) that no child needed costs no SDK work at all."""
