@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 # AttentionMetadata lives in its own module so that both backends (this file and
 # engine/triton_attention.py) import it without importing each other.
-from engine import cpu_decode_attention
+from engine import cpu_decode_attention, cpu_prefill_attention
 from engine.attention_metadata import AttentionMetadata, TorchPlan
 
 ATTENTION_BACKENDS = ("torch", "triton")
@@ -64,6 +64,7 @@ def _plan(metadata: AttentionMetadata, block_size: int, query: torch.Tensor) -> 
     num_reqs, num_tokens = len(seq_lens), starts[-1]
     decode_rows = decode_blocks = decode_mask = decode_seq_lens = None
     prefills: list[tuple[int, int, torch.Tensor, int]] = []
+    prefill_batch = None
     if num_tokens == num_reqs:  # every request has one new token: all decode, rows in order
         tables, decode_seq_lens, max_len = metadata.block_tables, metadata.seq_lens, max(seq_lens)
     else:
@@ -73,6 +74,11 @@ def _plan(metadata: AttentionMetadata, block_size: int, query: torch.Tensor) -> 
             for r, n in enumerate(query_lens)
             if n > SHORT_QUERY
         ]
+        prefill_reqs = [r for r, n in enumerate(query_lens) if n > SHORT_QUERY]
+        if prefill_reqs and device.type == "cpu":
+            prefill_batch = (torch.tensor([starts[r] for r in prefill_reqs]), torch.tensor([query_lens[r] for r in prefill_reqs]),
+                             torch.tensor([seq_lens[r] for r in prefill_reqs]),
+                             metadata.block_tables[torch.tensor(prefill_reqs)].to(torch.int64))
         # Decode rows: one per query token of a request with at most SHORT_QUERY new tokens (a
         # decode, a speculative verify of 1 + k tokens), each row seeing its own causal prefix.
         rows = [(starts[r] + j, r, seq_lens[r] - n + j + 1)
@@ -92,7 +98,7 @@ def _plan(metadata: AttentionMetadata, block_size: int, query: torch.Tensor) -> 
         beyond = torch.arange(width * block_size, device=device)[None, :] >= decode_seq_lens[:, None]
         decode_mask = torch.zeros(beyond.shape, dtype=decode_compute_dtype(query), device=device)
         decode_mask = decode_mask.masked_fill_(beyond, float("-inf"))[:, None, None, :]
-    metadata.torch_plan = TorchPlan(decode_rows, decode_blocks, decode_mask, decode_seq_lens, prefills)
+    metadata.torch_plan = TorchPlan(decode_rows, decode_blocks, decode_mask, decode_seq_lens, prefills, prefill_batch)
     return metadata.torch_plan
 
 
@@ -122,12 +128,23 @@ def paged_attention(
     output = torch.empty_like(query)
     if plan.decode_blocks is not None:
         output[plan.decode_rows] = _decode_attention(query[plan.decode_rows], k_cache, v_cache, plan, scale)
+    if plan.prefill_batch is not None and _prefill_kernel(query, k_cache, v_cache, plan, output, scale):
+        return output  # the C kernel (engine/cpu_prefill_attention.py says what it buys); the same math below
     keys = k_cache.view(num_blocks * block_size, num_kv_heads, head_dim)
     values = v_cache.view(num_blocks * block_size, num_kv_heads, head_dim)
     for start, end, slots, context_start in plan.prefills:
         key, value = keys.index_select(0, slots), values.index_select(0, slots)
         output[start:end] = _sdpa(query[start:end], key, value, scale, context_start)
     return output
+
+
+def _prefill_kernel(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, plan: TorchPlan,
+                    output: torch.Tensor, scale: float) -> bool:
+    """Every prefill of the step through the C kernel, written into output; False: the torch path runs."""
+    if query.device.type != "cpu":
+        return False
+    starts, lens, seq_lens, tables = plan.prefill_batch
+    return cpu_prefill_attention.prefill_attention(query, k_cache, v_cache, tables, starts, lens, seq_lens, output, scale)
 
 
 def decode_compute_dtype(query: torch.Tensor) -> torch.dtype:

@@ -24,6 +24,9 @@ class TorchPlan:
     decode_seq_lens: torch.Tensor | None
     # Each prefill (or chunk) on its own: (query start, query end, context slots [L], context start).
     prefills: list[tuple[int, int, torch.Tensor, int]]
+    # The same prefills as int64 tensors for engine/cpu_prefill_attention.py, one entry each: first
+    # query row [P], new tokens [P], context length [P] and block table [P, max_blocks].
+    prefill_batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
 
 @dataclass
