@@ -106,11 +106,13 @@ static inline __attribute__((always_inline, flatten)) void tile(
             for (int64_t g = 0; g < group; g++) {
                 const float *qr = (const float *)(q + (i * group + g) * nv);
                 v16 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
-                for (int64_t d = 0; d < dim; d++) {
-                    const float qd = qr[d];
-                    const v16 *kd = kt + d * (KC / 16);
-                    a0 += qd * kd[0]; a1 += qd * kd[1]; a2 += qd * kd[2]; a3 += qd * kd[3];
-                }
+                /* only the 16-key columns the token sees (on the diagonal, fewer than 4) */
+#define SCORES(BODY) for (int64_t d = 0; d < dim; d++) { const float qd = qr[d]; const v16 *kd = kt + d * (KC / 16); BODY; }
+                if (nvis > 48) SCORES(a0 += qd * kd[0]; a1 += qd * kd[1]; a2 += qd * kd[2]; a3 += qd * kd[3])
+                else if (nvis > 32) SCORES(a0 += qd * kd[0]; a1 += qd * kd[1]; a2 += qd * kd[2])
+                else if (nvis > 16) SCORES(a0 += qd * kd[0]; a1 += qd * kd[1])
+                else SCORES(a0 += qd * kd[0])
+#undef SCORES
                 s[g][0] = a0; s[g][1] = a1; s[g][2] = a2; s[g][3] = a3;
             }
             for (int64_t g = 0; g < group; g++) {
