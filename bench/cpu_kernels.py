@@ -12,6 +12,10 @@ ratio holds on a noisy shared machine:
 - decode attention over the paged cache: the C kernel (engine/cpu_decode_attention.py) vs the
   torch path it replaces, in bf16 and fp32; within the torch path (the fallback): bf16 computed in
   float32 vs torch's bf16 CPU kernel, KV gathered as whole blocks vs token slots;
+- prefill attention over the paged cache: the C kernel (engine/cpu_prefill_attention.py), all of a
+  step's prefills in one call, vs the torch path (a gather and an SDPA call per request), at a
+  2048-token step of whole prompts 16..256 tokens long (the peers bench's mixed set) and at a
+  step of chunks after cached context (the masked SDPA path), in bf16 and fp32;
 - RMSNorm as F.rms_norm vs the four ops it replaces; RoPE with the sign on sin and one roll vs
   transformers' rotate_half (neg + cat); bf16 RMSNorm and SiLU-and-mul as one C pass each
   (engine/cpu_elementwise.py) vs the torch ops, at a decode step and a 2048-token prefill chunk;
@@ -175,6 +179,49 @@ def attention_cases(batch: int, context: int) -> list[tuple[str, Callable, Calla
     return rows
 
 
+def prefill_step(requests: list[tuple[int, int]], dtype: torch.dtype):
+    """(cached, new) tokens per request, all in the pool (scattered blocks): query, pool, metadata."""
+    gen = torch.Generator().manual_seed(2)
+    lengths = [cached + new for cached, new in requests]
+    num_blocks = sum(cdiv(n, BLOCK) for n in lengths) + 1
+    free = (torch.randperm(num_blocks - 1, generator=gen) + 1).tolist()
+    tables = [[free.pop() for _ in range(cdiv(n, BLOCK))] for n in lengths]
+    width = max(map(len, tables))
+    k_cache, v_cache = (torch.randn(num_blocks, BLOCK, KV_HEADS, HEAD_DIM, generator=gen).to(dtype) for _ in range(2))
+    starts = torch.tensor([0] + [new for _, new in requests]).cumsum(0)
+    positions = torch.cat([torch.arange(cached, cached + new) for cached, new in requests])
+    metadata = lambda: AttentionMetadata(  # noqa: E731  (a fresh one per call: the plan is part of the step)
+        slot_mapping=torch.zeros(len(positions), dtype=torch.long), query_start_loc=starts, seq_lens=torch.tensor(lengths),
+        block_tables=torch.tensor([t + [0] * (width - len(t)) for t in tables]), positions=positions)
+    return torch.randn(len(positions), HEADS, HEAD_DIM, generator=gen).to(dtype), k_cache, v_cache, metadata
+
+
+def prefill_cases() -> list[tuple[str, Callable, Callable, int]]:
+    def torch_path(q, k, v, metadata):
+        kernel = attention.cpu_prefill_attention.prefill_attention
+        attention.cpu_prefill_attention.prefill_attention = lambda *args: False
+        try:
+            return paged_attention(q, k, v, metadata(), HEAD_DIM**-0.5)
+        finally:
+            attention.cpu_prefill_attention.prefill_attention = kernel
+
+    gen = torch.Generator().manual_seed(0)
+    prompts, total = [], 0
+    while total < 2048:  # whole prompts of 16..256 tokens, the last cut to fit a 2048-token step
+        n = min(int(torch.randint(16, 257, (1,), generator=gen)), 2048 - total)
+        prompts.append((0, n))
+        total += n
+    chunks = [(256, 128), (512, 256), (100, 64)]  # continued prefills after cached context
+    rows = []
+    for label, requests in (("2048-token step of whole prompts", prompts), ("chunks after cached context", chunks)):
+        for dtype in (torch.bfloat16, torch.float32):
+            q, k, v, metadata = prefill_step(requests, dtype)
+            rows.append((f"prefill attention ({str(dtype).removeprefix('torch.')}), {label}: C kernel vs a gather + SDPA per request",
+                         lambda q=q, k=k, v=v, m=metadata: paged_attention(q, k, v, m(), HEAD_DIM**-0.5),
+                         lambda q=q, k=k, v=v, m=metadata: torch_path(q, k, v, m), 3))
+    return rows
+
+
 def rms_norm_case(batch: int) -> tuple[str, Callable, Callable, int]:
     x, weight = torch.randn(batch, HIDDEN).bfloat16(), torch.randn(HIDDEN).bfloat16()
 
@@ -259,6 +306,7 @@ def main() -> int:
         torch.set_num_threads(args.threads)
 
     all_cases = cases(args.batch, args.context) + bf16_cases(args.batch) + attention_cases(args.batch, args.context)
+    all_cases += prefill_cases()
     all_cases.append(rms_norm_case(args.batch))
     all_cases.append(rotary_case(args.batch))
     all_cases += elementwise_cases(args.batch)
