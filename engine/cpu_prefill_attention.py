@@ -101,19 +101,29 @@ static inline __attribute__((always_inline, flatten)) void tile(
             if (visible <= 0) continue;
             const int64_t nvis = visible < nk ? visible : nk;
             v16 s[MAX_GROUP][KC / 16];
-            /* scores, one head at a time in 4 register accumulators (KC = 64 keys), the K chunk
-               transposed so a key's 16 neighbours are one vector */
-            for (int64_t g = 0; g < group; g++) {
-                const float *qr = (const float *)(q + (i * group + g) * nv);
-                v16 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
-                /* only the 16-key columns the token sees (on the diagonal, fewer than 4) */
-#define SCORES(BODY) for (int64_t d = 0; d < dim; d++) { const float qd = qr[d]; const v16 *kd = kt + d * (KC / 16); BODY; }
-                if (nvis > 48) SCORES(a0 += qd * kd[0]; a1 += qd * kd[1]; a2 += qd * kd[2]; a3 += qd * kd[3])
-                else if (nvis > 32) SCORES(a0 += qd * kd[0]; a1 += qd * kd[1]; a2 += qd * kd[2])
-                else if (nvis > 16) SCORES(a0 += qd * kd[0]; a1 += qd * kd[1])
-                else SCORES(a0 += qd * kd[0])
-#undef SCORES
-                s[g][0] = a0; s[g][1] = a1; s[g][2] = a2; s[g][3] = a3;
+            float alpha[MAX_GROUP];
+            /* scores: only the 16-key columns the token sees (on the diagonal, fewer than 4), the
+               K chunk transposed so a key's 16 neighbours are one vector */
+            const int cols = (int)((nvis + 15) / 16);
+            if (group == 3) {
+                /* the bundled model's 3 heads per KV head together: 12 independent accumulators,
+                   enough to keep both FMA pipes busy (4 per head alone left half of them idle) */
+                const float *q0 = (const float *)(q + (i * 3) * nv), *q1 = q0 + dim, *q2 = q1 + dim;
+#define QK3(NC) do { v16 a[3][4] = {{{0}}}; \
+                for (int64_t d = 0; d < dim; d++) { \
+                    const v16 *kd = kt + d * (KC / 16); const float x0 = q0[d], x1 = q1[d], x2 = q2[d]; \
+                    for (int c = 0; c < NC; c++) { a[0][c] += x0 * kd[c]; a[1][c] += x1 * kd[c]; a[2][c] += x2 * kd[c]; } } \
+                for (int g = 0; g < 3; g++) for (int c = 0; c < 4; c++) s[g][c] = a[g][c]; } while (0)
+                if (cols == 4) QK3(4); else if (cols == 3) QK3(3); else if (cols == 2) QK3(2); else QK3(1);
+#undef QK3
+            } else {
+                for (int64_t g = 0; g < group; g++) {
+                    const float *qr = (const float *)(q + (i * group + g) * nv);
+                    v16 a[4] = {{0}};
+                    for (int64_t d = 0; d < dim; d++)
+                        for (int c = 0; c < 4; c++) a[c] += qr[d] * kt[d * (KC / 16) + c];
+                    for (int c = 0; c < 4; c++) s[g][c] = a[c];
+                }
             }
             for (int64_t g = 0; g < group; g++) {
                 float *sg = (float *)s[g];
@@ -129,7 +139,7 @@ static inline __attribute__((always_inline, flatten)) void tile(
                     }
                 for (int j = 0; j < 16; j++) m = lanes[j] > m ? lanes[j] : m;
                 /* the first chunk a row sees: nothing to rescale (and -3e38 - m is outside exp_f's range) */
-                const float alpha = row_max[r] > -1.0e38f ? exp_f(row_max[r] - m) : 0.0f;
+                alpha[g] = row_max[r] > -1.0e38f ? exp_f(row_max[r] - m) : 0.0f;
                 const i16 lane = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
                 for (int c = 0; c < KC / 16; c++) {  /* weights past the row's visible keys: 0 */
                     const i16 seen = lane + c * 16 < (int32_t)nvis;
@@ -139,18 +149,31 @@ static inline __attribute__((always_inline, flatten)) void tile(
                 for (int c = 0; c < KC / 16; c++)
                     for (int j = 0; j < 16; j++) lanes[j] += sg[c * 16 + j];
                 for (int j = 0; j < 16; j++) sum += lanes[j];
-                row_sum[r] = row_sum[r] * alpha + sum;
+                row_sum[r] = row_sum[r] * alpha[g] + sum;
                 row_max[r] = m;
-                /* weighted values, the head's output row held in registers over the chunk */
-                v16 o[MAX_DIM / 16];
-                v16 *ar = acc + r * nv;
-                for (int64_t c = 0; c < nv; c++) o[c] = ar[c] * alpha;
+            }
+            /* weighted values, the output rows held in registers over the chunk */
+            if (group == 3 && nv == 4) {
+                v16 o[3][4];
+                v16 *ar = acc + (i * 3) * nv;
+                for (int g = 0; g < 3; g++) for (int c = 0; c < 4; c++) o[g][c] = ar[g * 4 + c] * alpha[g];
+                const float *p0 = (const float *)s[0], *p1 = (const float *)s[1], *p2 = (const float *)s[2];
                 for (int64_t t = 0; t < nvis; t++) {
-                    const float p = sg[t];
-                    const v16 *vt = vf + t * nv;
-                    for (int64_t c = 0; c < nv; c++) o[c] += p * vt[c];
+                    const v16 *vt = vf + t * 4;
+                    const float x0 = p0[t], x1 = p1[t], x2 = p2[t];
+                    for (int c = 0; c < 4; c++) { o[0][c] += x0 * vt[c]; o[1][c] += x1 * vt[c]; o[2][c] += x2 * vt[c]; }
                 }
-                for (int64_t c = 0; c < nv; c++) ar[c] = o[c];
+                for (int g = 0; g < 3; g++) for (int c = 0; c < 4; c++) ar[g * 4 + c] = o[g][c];
+            } else {
+                for (int64_t g = 0; g < group; g++) {
+                    v16 o[MAX_DIM / 16];
+                    v16 *ar = acc + (i * group + g) * nv;
+                    const float *sg = (const float *)s[g];
+                    for (int64_t c = 0; c < nv; c++) o[c] = ar[c] * alpha[g];
+                    for (int64_t t = 0; t < nvis; t++)
+                        for (int64_t c = 0; c < nv; c++) o[c] += sg[t] * vf[t * nv + c];
+                    for (int64_t c = 0; c < nv; c++) ar[c] = o[c];
+                }
             }
         }
     }
