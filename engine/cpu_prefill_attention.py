@@ -25,6 +25,12 @@ from engine import c_build
 _SOURCE = c_build.PRELUDE + r"""
 #include <stdlib.h>
 #include <string.h>
+#ifdef __AVX512BF16__
+#include <immintrin.h>
+#define HAVE_DPBF16 1  /* AVX-512 BF16: a bf16 pair dot product into float32 lanes per instruction */
+#else
+#define HAVE_DPBF16 0
+#endif
 
 #define MAX_GROUP 16
 #define MAX_DIM 256
@@ -74,6 +80,16 @@ static inline __attribute__((always_inline, flatten)) void tile(
     v16 *vf = (v16 *)aligned_alloc(64, sizeof(v16) * KC * nv);           /* V chunk: [KC][dim] */
     float row_max[TILE_Q * MAX_GROUP], row_sum[TILE_Q * MAX_GROUP];
     const int64_t nq = i1 - i0;
+    /* bf16 at the bundled model's shape on a CPU with AVX-512 BF16: q and K stay bf16 and the
+       scores come from bf16 pair dot products (vdpbf16ps: the products exact, summed in
+       float32), half the instructions of converting both to float32 first; the scale is applied
+       to the scores. K is kept as [dim / 2][KC] pairs; q as its raw bf16 pairs. */
+    const int dot16 = HAVE_DPBF16 && is_bf16 && group == 3 && dim == 64;
+    uint32_t *kp = (uint32_t *)kt, qp[TILE_Q * 3][32];
+    if (dot16)
+        for (int64_t i = 0; i < nq; i++)
+            for (int64_t g = 0; g < 3; g++)
+                memcpy(qp[i * 3 + g], (const uint16_t *)query + (q_row0 + i0 + i) * q_stride + (kh * 3 + g) * 64, 128);
     for (int64_t i = 0; i < nq; i++)
         for (int64_t g = 0; g < group; g++) {
             float *qr = (float *)(q + (i * group + g) * nv), *ar = (float *)(acc + (i * group + g) * nv);
@@ -88,12 +104,13 @@ static inline __attribute__((always_inline, flatten)) void tile(
         for (int64_t t = 0; t < KC; t++) {
             if (t < nk) {
                 const int64_t p = k0 + t, at = (table[p / block_size] * block_size + p % block_size) * token_stride + kh * dim;
-                for (int64_t d = 0; d < dim; d++) {
-                    ktf[d * KC + t] = load_one(k_cache, at + d, is_bf16);
-                    vff[t * dim + d] = load_one(v_cache, at + d, is_bf16);
-                }
+                if (dot16) { const uint32_t *pairs = (const uint32_t *)((const uint16_t *)k_cache + at); for (int64_t j = 0; j < 32; j++) kp[j * KC + t] = pairs[j]; }
+                else for (int64_t d = 0; d < dim; d++) ktf[d * KC + t] = load_one(k_cache, at + d, is_bf16);
+                for (int64_t d = 0; d < dim; d++) vff[t * dim + d] = load_one(v_cache, at + d, is_bf16);
             } else {  /* past the chunk's end: zeros (their scores are masked, their weights 0) */
-                for (int64_t d = 0; d < dim; d++) { ktf[d * KC + t] = 0.0f; vff[t * dim + d] = 0.0f; }
+                if (dot16) for (int64_t j = 0; j < 32; j++) kp[j * KC + t] = 0;
+                else for (int64_t d = 0; d < dim; d++) ktf[d * KC + t] = 0.0f;
+                for (int64_t d = 0; d < dim; d++) vff[t * dim + d] = 0.0f;
             }
         }
         for (int64_t i = 0; i < nq; i++) {
@@ -105,6 +122,22 @@ static inline __attribute__((always_inline, flatten)) void tile(
             /* scores: only the 16-key columns the token sees (on the diagonal, fewer than 4), the
                K chunk transposed so a key's 16 neighbours are one vector */
             const int cols = (int)((nvis + 15) / 16);
+#if HAVE_DPBF16
+            if (dot16) {
+#define QK3B(NC) do { __m512 a[3][4]; \
+                for (int g = 0; g < 3; g++) for (int c = 0; c < 4; c++) a[g][c] = _mm512_setzero_ps(); \
+                for (int64_t j = 0; j < 32; j++) { \
+                    const __m512i *kd = (const __m512i *)(kp + j * KC); \
+                    const __m512bh x0 = (__m512bh)_mm512_set1_epi32((int)qp[i * 3][j]), x1 = (__m512bh)_mm512_set1_epi32((int)qp[i * 3 + 1][j]), \
+                                   x2 = (__m512bh)_mm512_set1_epi32((int)qp[i * 3 + 2][j]); \
+                    for (int c = 0; c < NC; c++) { const __m512bh k = (__m512bh)kd[c]; \
+                        a[0][c] = _mm512_dpbf16_ps(a[0][c], x0, k); a[1][c] = _mm512_dpbf16_ps(a[1][c], x1, k); \
+                        a[2][c] = _mm512_dpbf16_ps(a[2][c], x2, k); } } \
+                for (int g = 0; g < 3; g++) for (int c = 0; c < 4; c++) s[g][c] = (v16)a[g][c] * scale; } while (0)
+                if (cols == 4) QK3B(4); else if (cols == 3) QK3B(3); else if (cols == 2) QK3B(2); else QK3B(1);
+#undef QK3B
+            } else
+#endif
             if (group == 3) {
                 /* the bundled model's 3 heads per KV head together: 12 independent accumulators,
                    enough to keep both FMA pipes busy (4 per head alone left half of them idle) */
