@@ -8,7 +8,8 @@ flash-style: a tile of query tokens against chunks of keys, the heads sharing a 
 (one K/V chunk read for the group), float32 accumulation and an online softmax, the causal limit
 of each token (its own chunk plus its cached context) applied in the diagonal chunks only:
 bench/results/cpu_kernels.md, "prefill attention". vLLM's CPU build runs one C++ call per layer
-for the whole batch, prefills included (vllm/v1/attention/backends/cpu_attn.py:440-460, vllm 0.32.0).
+for the whole batch, prefills included (vllm 0.32.0: vllm/v1/attention/backends/cpu_attn.py:440-460
+CPUAttentionBackendImpl.forward).
 
 Built, loaded and switched off as engine/cpu_decode_attention.py is (engine/c_build.py): None
 where it does not apply (not built, a dtype or shape it does not take), and the torch path runs.
