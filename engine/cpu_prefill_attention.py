@@ -183,6 +183,12 @@ static inline __attribute__((always_inline, flatten)) void tile(
                 for (int c = 0; c < KC / 16; c++)
                     for (int j = 0; j < 16; j++) lanes[j] += sg[c * 16 + j];
                 for (int j = 0; j < 16; j++) sum += lanes[j];
+                if (is_bf16)  /* as torch's bf16 flash attention: the weights rounded to bf16 for the value
+                                 product, their sum taken in float32 before (the reference bf16 runs agree more) */
+                    for (int c = 0; c < KC / 16; c++) {
+                        const i16 u = (i16)s[g][c];
+                        s[g][c] = (v16)((u + 0x7fff + ((u >> 16) & 1)) & (int32_t)0xffff0000u);
+                    }
                 row_sum[r] = row_sum[r] * alpha[g] + sum;
                 row_max[r] = m;
             }
