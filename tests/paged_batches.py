@@ -9,23 +9,7 @@ from engine.math_utils import cdiv
 
 def decode_step(lengths: list[int], heads: int, kv_heads: int, dim: int, block_size: int, dtype: torch.dtype, seed: int):
     """A decode-only batch (one new token per request, already in the cache) over blocks scattered in the pool."""
-    gen = torch.Generator().manual_seed(seed)
-    num_blocks = sum(cdiv(n, block_size) for n in lengths) + 3
-    free = (torch.randperm(num_blocks - 1, generator=gen) + 1).tolist()
-    tables = [[free.pop() for _ in range(cdiv(n, block_size))] for n in lengths]
-    width = max(map(len, tables))
-    k_cache = torch.randn(num_blocks, block_size, kv_heads, dim, generator=gen).to(dtype)
-    v_cache = torch.randn(num_blocks, block_size, kv_heads, dim, generator=gen).to(dtype)
-    # The query as the model hands it over: a view into a wider row (q, k and v of one matmul).
-    qkv = torch.randn(len(lengths), heads + 2 * kv_heads, dim, generator=gen).to(dtype)
-    metadata = lambda: AttentionMetadata(  # noqa: E731
-        slot_mapping=torch.tensor([t[(n - 1) // block_size] * block_size + (n - 1) % block_size for t, n in zip(tables, lengths)]),
-        query_start_loc=torch.arange(len(lengths) + 1),
-        seq_lens=torch.tensor(lengths),
-        block_tables=torch.tensor([t + [0] * (width - len(t)) for t in tables]),
-        positions=torch.tensor([n - 1 for n in lengths]),
-    )
-    return qkv[:, :heads], k_cache, v_cache, metadata
+    return mixed_step([(n - 1, 1) for n in lengths], heads, kv_heads, dim, block_size, dtype, seed)
 
 
 def mixed_step(requests: list[tuple[int, int]], heads: int, kv_heads: int, dim: int, block_size: int, dtype: torch.dtype,
