@@ -21,7 +21,7 @@ from typing import Any
 import msgspec
 from opentelemetry.sdk.trace import ReadableSpan
 
-from tracer.instrument.otlp_json import _KINDS, _attributes, _finished_attributes, _flags, _link, _span, _value
+from tracer.instrument.otlp_json import _KINDS, _attributes, _finished_attributes, _flags, _link, _span, _value, group_spans
 
 _encode = msgspec.json.encode
 _Raw = msgspec.Raw
@@ -130,15 +130,8 @@ def span_json(span: ReadableSpan) -> bytes:
 def spans_to_otlp_json_bytes(spans: Sequence[ReadableSpan]) -> bytes:
     """One ExportTraceServiceRequest as one line of OTLP/JSON (no newline), grouped by resource then
     scope as otlp_json.spans_to_otlp_dict groups them."""
-    grouped: dict[Any, dict[Any, list]] = {}
-    group_of: dict[int, dict[Any, list]] = {}  # id(resource) -> its group (see spans_to_otlp_dict)
-    for span in spans:
-        scopes = group_of.get(id(span.resource))
-        if scopes is None:
-            scopes = group_of[id(span.resource)] = grouped.setdefault(span.resource, {})
-        scopes.setdefault(span.instrumentation_scope, []).append(span_json(span))
     resource_spans = []
-    for resource, scopes in grouped.items():
+    for resource, scopes in group_spans(spans, span_json).items():
         scope_spans = []
         for scope, encoded in scopes.items():
             entry: dict[str, Any] = {"scope": {}}

@@ -8,7 +8,7 @@ as hex strings, enums as integers, 64-bit integers as decimal strings.
 from __future__ import annotations
 
 import base64
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from collections.abc import Sequence as SequenceABC
 from typing import Any
 
@@ -163,8 +163,8 @@ def _span(span: ReadableSpan) -> dict[str, Any]:
     return out
 
 
-def spans_to_otlp_dict(spans: Sequence[ReadableSpan]) -> dict[str, Any]:
-    """One ExportTraceServiceRequest in OTLP/JSON form, grouped by resource then scope."""
+def group_spans(spans: Sequence[ReadableSpan], encode: Callable[[ReadableSpan], Any]) -> dict[Any, dict[Any, list]]:
+    """resource -> instrumentation scope -> the encoded spans, in the order they came."""
     # Resource.__hash__ JSON-encodes its attributes (opentelemetry/sdk/resources/__init__.py:263):
     # called per span it was a tenth of the encoder's time. Grouped by value as before, but the
     # group of each resource object is looked up by its id (a provider gives all its spans one).
@@ -174,9 +174,14 @@ def spans_to_otlp_dict(spans: Sequence[ReadableSpan]) -> dict[str, Any]:
         scopes = group_of.get(id(span.resource))
         if scopes is None:
             scopes = group_of[id(span.resource)] = grouped.setdefault(span.resource, {})
-        scopes.setdefault(span.instrumentation_scope, []).append(_span(span))
+        scopes.setdefault(span.instrumentation_scope, []).append(encode(span))
+    return grouped
+
+
+def spans_to_otlp_dict(spans: Sequence[ReadableSpan]) -> dict[str, Any]:
+    """One ExportTraceServiceRequest in OTLP/JSON form, grouped by resource then scope."""
     resource_spans = []
-    for resource, scopes in grouped.items():
+    for resource, scopes in group_spans(spans, _span).items():
         scope_spans = []
         for scope, encoded in scopes.items():
             entry: dict[str, Any] = {"scope": {}}
