@@ -3,8 +3,9 @@
 (tracer/replay/sglang_side, in .venv-sglang), which must agree on every step: admissions with
 their prefix hits, tokens per request, retractions, finishes, queues, free + evictable KV.
 
-One SGLang subprocess serves the module (its start, importing SGLang's scheduler, is most of a
-run's fixed cost); every generated case is one more job on its stdin.
+One SGLang subprocess serves the module, the session's shared one (SglangDriver.shared(): its start,
+importing SGLang's scheduler, is most of a run's fixed cost); every generated case is one more job on
+its stdin.
 
 The space is tests/search_strategies.py's, narrowed (SGLang paths under
 .venv-sglang/lib/python3.11/site-packages/sglang/srt/):
@@ -132,10 +133,10 @@ def profile(examples: int) -> settings:
 
 
 @pytest.fixture(scope="module")
-def driver():
-    sglang = SglangDriver()
-    yield sglang
-    sglang.close()
+def driver() -> SglangDriver:
+    # The process-wide driver (each job builds a fresh Scheduler and pools in it, so no state
+    # carries from one job to the next): the modules that replay SGLang start it once between them.
+    return SglangDriver.shared()
 
 
 def describe(comparison: Comparison, case: SearchCase) -> str:

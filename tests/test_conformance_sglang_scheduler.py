@@ -4,8 +4,8 @@ token pools, the forward pass a named stand-in), step by step on the same worklo
 
 Each scenario is named after a mechanism of SGLang's scheduler and asserts, on SGLang's own log,
 that the mechanism fired (and, the logs agreeing, on ours): a scenario that never exercised what it
-is named after would pass for the wrong reason. One SGLang subprocess serves every scenario
-(importing SGLang's scheduler takes ~15 s here).
+is named after would pass for the wrong reason. One SGLang subprocess serves every scenario,
+the session's shared one (SglangDriver.shared(): importing SGLang's scheduler takes ~15 s here).
 """
 from __future__ import annotations
 
@@ -27,10 +27,10 @@ pytestmark = pytest.mark.skipif(
 
 
 @pytest.fixture(scope="module")
-def driver():
-    sglang = SglangDriver()
-    yield sglang
-    sglang.close()
+def driver() -> SglangDriver:
+    # The process-wide driver (each job builds a fresh Scheduler and pools in it, so no state
+    # carries from one job to the next): the modules that replay SGLang start it once between them.
+    return SglangDriver.shared()
 
 
 def req(rid: str, arrival: int, prompt: list[int], max_tokens: int) -> WorkloadRequest:
@@ -254,12 +254,11 @@ def test_random_priority_configurations_agree(driver):
     assert priority_preempting >= 5 and set_order <= 2, (priority_preempting, set_order)
 
 
-def test_replay_session_writes_the_sglang_scheduler_comparison(driver, tmp_path, monkeypatch):
+def test_replay_session_writes_the_sglang_scheduler_comparison(driver, tmp_path):
     import json
 
     from tracer.replay.session import run_replay
 
-    monkeypatch.setattr(SglangDriver, "_shared", driver)  # the module's subprocess, not a second one
     workload = [req(f"r{i}", 0, [50 + i] * 10, 40) for i in range(6)]
     config = ReplayConfig(block_size=1, num_blocks=97, max_num_batched_tokens=64)
     result = run_replay(workload, config, ["mini-sglang", "sglang"], tmp_path / "out", trace=True)
