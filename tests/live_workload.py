@@ -6,6 +6,7 @@ server is stopped (so every process has written its spans), and the tests read t
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -86,3 +87,21 @@ def run_workload(base_url: str, run: LiveRun, pressure_requests: int = 4, pressu
         thread.start()
     for thread in threads:
         thread.join()
+    wait_until_written(run.trace_path)
+
+
+def wait_until_written(trace_path: Path, quiet_s: float = 1.5, timeout_s: float = 30.0) -> None:
+    """Return once the trace file has not grown for quiet_s (each process's exporter writes its
+    queued spans every 0.5 s, tracer/instrument/otel.py), so that stopping the server next does not
+    race those exports: on a busy machine SGLang's scheduler could still be flushing on SIGTERM when
+    its launcher SIGKILLs the tree 5 s later (tracer/live/sglang.py), and the last request's kv.free
+    was lost. A server that keeps writing is stopped anyway after timeout_s."""
+    deadline = time.monotonic() + timeout_s
+    size, since = -1, time.monotonic()
+    while time.monotonic() < deadline:
+        now_size = trace_path.stat().st_size if trace_path.exists() else 0
+        if now_size != size:
+            size, since = now_size, time.monotonic()
+        elif time.monotonic() - since >= quiet_s:
+            return
+        time.sleep(0.1)
