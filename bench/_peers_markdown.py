@@ -92,8 +92,10 @@ def _setup(result: dict, args: argparse.Namespace) -> list[str]:
         "offline with prefix caching off in both engines (items share prompts and run twice); the servers with their "
         "defaults (on), every serving level on prompts of its own",
         f"- rounds: offline, round r pairs ours with vLLM in dtype r of {args.vllm_dtypes} (cycling), item by item "
-        "(ours, vLLM, ours, vLLM, ...), so ours has a run per round and vLLM one per dtype per round; serving the same "
-        "with one server at a time (ours, vLLM bf16, ours, vLLM fp32), then SGLang once",
+        "(ours, vLLM, ours, vLLM, ...), so ours has a run per round and vLLM one per dtype per round; each offline item "
+        "starts once the other engine's worker is idle (under 0.05 cores; vLLM's idle processes keep ~0.2 of a core "
+        "busy for seconds after an item); serving the same with one server at a time (ours, vLLM bf16, ours, vLLM fp32), "
+        "then SGLang once",
     ]
 
 

@@ -72,6 +72,35 @@ class OfflineWorker:
                                f"expected {item.output_tokens} (ignore_eos)")
         return result
 
+    def cpu_s(self) -> float:
+        """CPU seconds used so far by the worker's process group (vLLM's EngineCore and Worker with it)."""
+        total = 0
+        for pid in os.listdir("/proc"):
+            if not pid.isdigit():
+                continue
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) == self.process.pid:  # pgrp: the worker leads its own session
+                total += int(fields[11]) + int(fields[12])  # utime + stime, in clock ticks
+        return total / os.sysconf("SC_CLK_TCK")
+
+    def wait_until_idle(self, idle_cores: float = 0.05, window_s: float = 0.5, timeout_s: float = 15.0) -> float:
+        """Wait until this worker uses under idle_cores of CPU over window_s; returns the seconds waited.
+
+        Why: after an item, vLLM's idle processes keep ~0.2 of a core busy for a few seconds (its
+        OpenMP workers spin before they sleep, its engine loop polls; measured 0.21 cores in the 5 s
+        after an item, 0.02 after that), so the peer's next item started on a machine with less than
+        its cores free. Each item now starts with the other engine idle."""
+        start = time.monotonic()
+        while time.monotonic() - start < timeout_s:
+            before = self.cpu_s()
+            time.sleep(window_s)
+            if self.cpu_s() - before < idle_cores * window_s:
+                break
+        return time.monotonic() - start
+
     def close(self) -> None:
         if self.process.poll() is None:
             try:
@@ -133,6 +162,7 @@ def offline_pairing(threads: int, reserved_cpus: int | None, items: list[Item], 
     batch1: dict[str, list[float]] = {}
     runs: list[dict] = []
     infos: dict[str, dict] = {}
+    settled: dict[str, float] = {"ours": 0.0}  # seconds waited for the other worker to go idle, per setting
 
     def record(setting: str, item: Item, result: dict) -> None:
         samples[item.key].setdefault(setting, []).append(tok_s(result))
@@ -156,12 +186,15 @@ def offline_pairing(threads: int, reserved_cpus: int | None, items: list[Item], 
                 infos[setting] = vllm.info
                 say(f"  round {index + 1}, {setting}: worker cores {vllm.info['worker_core_ids']}, reserved {vllm.info['reserved_cpus']}")
                 try:
-                    for item in items:
+                    for item in items:  # each item starts with the other engine's worker idle
+                        settled["ours"] += vllm.wait_until_idle()
                         record("ours", item, ours.run(item))
+                        settled[setting] = settled.get(setting, 0.0) + ours.wait_until_idle()
                         record(setting, item, vllm.run(item))
                 finally:
                     vllm.close()
         finally:
             ours.close()
     return {"threads": threads, "vllm_reserved_cpus": reserved_cpus, "lock_wait_s": round(waited, 1),
-            "settings": infos, "tok_s": samples, "batch1_ms": batch1, "runs": runs}
+            "settings": infos, "tok_s": samples, "batch1_ms": batch1, "runs": runs,
+            "waited_for_idle_peer_s": {k: round(v, 1) for k, v in settled.items()}}
