@@ -114,8 +114,9 @@ def compute_threads_for(num_tokens: int, device: torch.device, passive_wait: boo
     few rows computes: a batch-1 decode step at 2 threads was slower than at 1, quiet or loaded
     (bench/results/openmp_policy.md; bench/decode_speed.py, "threads for small steps"). Wider steps keep every
     thread. With libgomp's own spin-then-sleep and one OpenMP pool (omp_env.on_passing_thread) the
-    workers are awake between regions and 2 threads win at every size (batch-1 decode 11.3 vs 14.0 ms,
-    bench/openmp_pools.py): then every step keeps every thread. omp_set_num_threads is per calling
+    workers are awake between regions and 2 threads are no slower for small steps (batch-1 decode
+    11.3 vs 14.0 ms in one A/B process; 15.7 vs 16.2 ms, bench/results/openmp_pools.md): then every
+    step keeps every thread. omp_set_num_threads is per calling
     thread, so only this step's thread is affected.
     """
     threads = torch.get_num_threads()

@@ -44,7 +44,8 @@ def on_passing_thread(build: Callable[[], T]) -> T:
     of a step's ~150 parallel regions and each region pays a wake-up (tens of us). An engine built
     on one thread (loading and packing the weights run parallel regions) and stepped on another (an
     offline worker's step thread, the server's busy loop) held two pools, so at 2 threads a
-    batch-8 decode step took 22-27 ms where one pool's took 15-16 ms (bench/openmp_pools.py). Built
+    batch-8 decode step took 26.2 ms where one pool's took 19.6 (medians at load ~1,
+    bench/results/openmp_pools.md; 22-27 vs 15-16 ms in single runs on a quieter machine). Built
     on a passing thread, the pool it started ends with it, and the stepping thread's is the only one.
     """
     box: dict[str, object] = {}
