@@ -152,9 +152,17 @@ def test_an_aborted_stream_replays_every_step_it_ran_and_counts_only_the_tokens_
     """The client left after two chunks. vLLM applies an abort that comes during a forward pass before
     that step's update, which drops the step's token: kv.free then counts one token fewer than the
     request's sampling steps. The replay schedules it on each of those steps (a finish by length on
-    the last) and whatif's latencies count only the tokens kv.free says it kept."""
+    the last) and whatif's latencies count only the tokens kv.free says it kept: on the trace's own
+    clock, where the decisions are the server's on every step, and on the predicted clock.
+
+    The predicted clock's decisions are not asserted equal here: a live trace's arrival is the moment
+    vLLM's engine took the request in, which during a busy period is the start of a step (within
+    0.1 ms), so a step-time model off by a millisecond lets a request in one step early or late (a
+    whole run: pressure-1 arrived 0.04 ms before step 62 and the predicted clock scheduled it at
+    step 61). test_whatif.py holds an unchanged config's decisions on our engine's traces."""
+    from tracer.replay.from_trace import load_replayable
     from tracer.replay.traced_run import read_traced_run
-    from tracer.replay.whatif.session import run_whatif
+    from tracer.replay.whatif.session import fit_on_trace, run_whatif
 
     run = read_traced_run(live.trace_path)
     (aborted,) = [r for r in run.requests if live.ids["aborted"] in r.name]
@@ -162,7 +170,9 @@ def test_an_aborted_stream_replays_every_step_it_ran_and_counts_only_the_tokens_
     kept = max(s.attributes[schema.OUTPUT_TOKENS] for s in request.spans if s.name == "kv.free")
     assert aborted.finish_reason == "abort" and aborted.num_output_tokens >= kept
     assert aborted.kept_output_tokens == (kept if kept < aborted.num_output_tokens else None)
+    _, measured_log, measured_decisions, _ = fit_on_trace(load_replayable(live.trace_path))
+    assert measured_decisions.agree, measured_decisions.divergence
+    assert len(measured_log.token_times_s[aborted.id]) == kept
     result = run_whatif(live.trace_path, {}, ["mini"])
     (prediction,) = result.predictions
-    assert prediction.decisions.agree
     assert len(prediction.log.token_times_s[aborted.id]) == kept
