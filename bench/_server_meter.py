@@ -100,3 +100,52 @@ def diff_hook_stats(before: dict[int, dict], after: dict[int, dict]) -> dict:
             "by_hop_cpu_us_per_span": {hop: round(1e6 * cpu / c, 1) for hop, (c, wall, cpu) in sorted(by_hop.items()) if c},
             "by_hop_wall_us_per_span": {hop: round(1e6 * wall / c, 1) for hop, (c, wall, cpu) in sorted(by_hop.items()) if c},
             "by_hop_spans": {hop: c for hop, (c, wall, cpu) in sorted(by_hop.items()) if c}}
+
+
+def machine_busy_s() -> float:
+    """CPU seconds every process on this machine has used since boot (all cores: what is not idle)."""
+    times = psutil.cpu_times()
+    return sum(times) - times.idle - getattr(times, "iowait", 0.0)
+
+
+def tree_cpu_s(leader_pid: int) -> float:
+    """CPU seconds of a server's process tree (the leader and every child), what it used so far."""
+    try:
+        return sum(v for v in cpu_seconds(server_processes(leader_pid)).values() if v == v)
+    except psutil.Error:
+        return 0.0
+
+
+def own_cpu_s() -> float:
+    times = psutil.Process().cpu_times()
+    return times.user + times.system
+
+
+class Contention:
+    """The cores other processes (not the server's tree, not this bench: another session's job)
+    used while a run's workload ran: the machine's busy CPU time minus the server's and the bench's
+    own, over the wall time. The 1-minute load average lags by a minute and counts the server's own
+    threads; this says what the run shared its 2 cores with while it ran."""
+
+    def __init__(self, leader_pid: int) -> None:
+        self.leader_pid = leader_pid
+        self.start = (time.monotonic(), machine_busy_s(), tree_cpu_s(leader_pid), own_cpu_s())
+
+    def others_cores(self) -> float:
+        wall, busy, tree, own = self.start
+        now = time.monotonic()
+        others = (machine_busy_s() - busy) - (tree_cpu_s(self.leader_pid) - tree) - (own_cpu_s() - own)
+        return max(0.0, others) / max(now - wall, 1e-9)
+
+
+def wait_until_quiet(leader_pid: int, idle_cores: float = 0.15, window_s: float = 1.0, timeout_s: float = 30.0) -> float:
+    """Wait until the machine, the server's tree included, uses under idle_cores over window_s (the
+    server done warming up, a previous server's processes gone, another session's job over); returns
+    the seconds waited (timeout_s at most: then the run goes ahead and its contention says so)."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout_s:
+        before = machine_busy_s() - own_cpu_s()
+        time.sleep(window_s)
+        if machine_busy_s() - own_cpu_s() - before < idle_cores * window_s:
+            break
+    return time.monotonic() - start

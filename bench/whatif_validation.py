@@ -2,14 +2,19 @@
 
 One open-loop workload (requests sent at fixed times: a shared system prompt on half of them,
 long prompts on some) is served under config A, and under each config B of the pairs asked for,
-B twice (the run-to-run noise), A twice too. Each B is predicted from A's trace alone
+B twice (the run-to-run noise). By default (--protocol per-pair) each pair's A is served right
+before its own two B runs, so that what the machine does over the whole run (the other sessions on
+its 2 cores come and go) enters A and B alike instead of as model error: on the runs of 05:20-05:30,
+served A, A-2, then every B, B's steps under A's model came out 19-22% too fast for vLLM's pairs
+served last while A-2's predictions were 3-16% off. Each run waits for a quiet machine before its
+first request and records the cores other processes took while it ran. Each B is predicted from A's trace alone
 (`run_whatif(A, --set B)`: for vLLM its 0.32 Scheduler in .venv-vllm deciding, for ours our
 scheduler; steps timed by the model fitted on A) and compared with B's measured latencies, read the
 same engine-side way from B's own trace (from entering the scheduler to the end of the step that
 sampled the token). Targets (issue 23): mean within max(10%, 1.5x the B-vs-B noise), P90 within
 max(20%, 1.5x noise).
 
-    flock /tmp/servetrace-live.lock .venv/bin/python bench/whatif_validation.py [--source vllm|ours] [--pairs max_num_seqs,...]
+    flock /tmp/heavy.lock .venv/bin/python bench/whatif_validation.py [--source vllm|ours] [--protocol per-pair|a-first] [--pairs ...]
 
 --source vllm writes bench/results/whatif.{md,json}, --source ours bench/results/whatif_ours.{md,json}.
 """
@@ -28,6 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "bench")]
 
 from _results import run_meta, write_results  # noqa: E402
+from _server_meter import Contention, wait_until_quiet  # noqa: E402
 
 from tracer.live.process import TRACING_ENV, ServerProcess, ServerSpec, free_port  # noqa: E402
 from tracer.live.vllm import VllmOptions, vllm_server  # noqa: E402
@@ -92,13 +98,16 @@ def ours_server(trace: Path, log_path: Path, flags: dict) -> ServerProcess:
 
 
 def serve(folder: Path, label: str, flags: dict, requests: list[tuple[float, str, int]], reuse: bool = False,
-          source: str = "vllm") -> Path:
+          source: str = "vllm") -> tuple[Path, dict]:
+    """The workload served under flags into folder/trace-LABEL.jsonl; and what the machine did around
+    it: the seconds waited for it to go quiet before the first request, and the cores other
+    processes took while the workload ran (_server_meter.Contention)."""
     import openai
 
     trace = folder / f"trace-{label}.jsonl"
     if reuse and trace.is_file():
         print(f"  {label}: reusing {trace}", flush=True)
-        return trace
+        return trace, {}
     trace.unlink(missing_ok=True)
     if source == "ours":
         server_process = ours_server(trace, folder / f"server-{label}.log", flags)
@@ -110,6 +119,11 @@ def serve(folder: Path, label: str, flags: dict, requests: list[tuple[float, str
         client = openai.OpenAI(base_url=server.base_url + "/v1", api_key="unused", max_retries=0, timeout=600)
         model = client.models.list().data[0].id
         client.completions.create(model=model, prompt="warm up", max_tokens=2)  # the first step's one-off cost
+        # Each run starts on a quiet machine: the previous server's processes gone (vLLM's keep a
+        # fifth of a core busy for seconds after their work, bench/_peers_offline.py), another
+        # session's job over. A run that shares the cores anyway says by how much.
+        waited = wait_until_quiet(server.pid)
+        contention = Contention(server.pid)
         start = time.monotonic()
 
         def send(at: float, prompt: str, max_tokens: int) -> None:
@@ -122,13 +136,15 @@ def serve(folder: Path, label: str, flags: dict, requests: list[tuple[float, str
             t.start()
         for t in threads:
             t.join()
+        others = contention.others_cores()
         # The last responses' entrypoint spans end as they are sent; stopping the server at once lost
         # them in 5 of the 8 traces of our server's first validation run (the request's whole trace
         # then has no root and is not read: tracer/traces/shape.py). The span exporter writes every
         # 0.5 s (BatchSpanProcessor's schedule_delay_millis, tracer/instrument/otel.py): wait past it.
         time.sleep(1.5)
-    print(f"  {label}: served {len(requests)} requests", flush=True)
-    return trace
+    print(f"  {label}: served {len(requests)} requests (waited {waited:.1f} s for a quiet machine; other processes "
+          f"took {others:.2f} cores while it ran)", flush=True)
+    return trace, {"quiet_wait_s": round(waited, 1), "others_cores": round(others, 2)}
 
 
 FITTED: dict[Path, tuple] = {}  # trace -> (its own step-time model, its trace-clock log)
@@ -187,6 +203,18 @@ def runs_file(folder: Path) -> Path:
     return folder / "runs.json"
 
 
+def add_a_noise(results: dict, body: list[str], a_runs: dict[str, dict], words: str, at: int | None = None) -> None:
+    """The A-vs-A difference of each later A against the first (the same config and workload served
+    again): into results["A_vs_A_noise"] and a line of the body."""
+    first, *others = a_runs
+    noise = {label: {m: {s_: error(a_runs[label][m][s_], a_runs[first][m][s_]) for s_ in ("mean", "p50", "p90")}
+                     for m in ("ttft_ms", "itl_ms")} for label in others}
+    results["A_vs_A_noise"] = noise if len(noise) > 1 else next(iter(noise.values()))
+    line = words + "; ".join(f"{label} vs {first}: " + ", ".join(f"{m[:-3].upper()} {s_} {100 * v:.0f}%" for m, stats in n.items()
+                                                            for s_, v in stats.items()) for label, n in noise.items()) + "."
+    body[at if at is not None else len(body):at if at is not None else len(body)] = [line, ""]
+
+
 def error(predicted: float, target: float) -> float:
     return abs(predicted - target) / target if target else float("nan")
 
@@ -201,6 +229,10 @@ def main() -> int:
                         "-ours for --source ours)")
     parser.add_argument("--results", default=None, help="bench/results/NAME.{md,json} (default: whatif for vllm, "
                         "whatif_ours for ours)")
+    parser.add_argument("--protocol", choices=("per-pair", "a-first"), default="per-pair", help="per-pair: each pair's "
+                        "A served right before its two B runs (A-PAIR, B-PAIR-1, B-PAIR-2), B predicted from its own A; "
+                        "a-first: A and A-2 served first, then every B (the protocol of the runs before 2026-12-02 05:00), "
+                        "B predicted from A")
     parser.add_argument("--reuse", action="store_true", help="predict again from the traces a previous run left in "
                         "--folder (serves only the runs that are missing)")
     args = parser.parse_args()
@@ -230,35 +262,47 @@ def main() -> int:
             raise SystemExit(f"--reuse: {folder / f'trace-{label}.jsonl'} was served with {recorded} ({runs_file(folder)}), "
                              f"this run's {label} is {flags}: move the trace away to serve it again")
         before = os.getloadavg()[0]
-        trace = serve(folder, label, flags, requests, args.reuse, args.source)
+        trace, machine = serve(folder, label, flags, requests, args.reuse, args.source)
         if not reused:  # the 1-minute load before / after the run
             loads[label] = [round(before, 2), round(os.getloadavg()[0], 2)]
             runs[label] = {"served_at": time.strftime("%Y-%m-%d %H:%M:%S"), "load_1min_before_after": loads[label],
-                           "requests_sent": len(requests) + 1, "flags": flags}  # + the warm-up request
+                           "requests_sent": len(requests) + 1, "flags": flags, **machine}  # + the warm-up request
             runs_file(folder).write_text(json.dumps(runs, indent=1) + "\n")
         elif label in runs:
             loads[label] = runs[label]["load_1min_before_after"]
         return trace
 
-    print(f"config A: {A} ({server_name})", flush=True)
-    trace_a = served("A", A)
-    # A twice too: a prediction from one run of A carries that run's own noise (the machine's load).
-    trace_a2 = served("A-2", A)
-    results, body = {"source": args.source, "A": {"flags": A, "measured": measured(trace_a)}, "pairs": {},
+    print(f"config A: {A} ({server_name}); protocol {args.protocol}", flush=True)
+    if args.protocol == "a-first":
+        trace_a = served("A", A)
+        # A twice too: a prediction from one run of A carries that run's own noise (the machine's load).
+        trace_other = served("A-2", A)
+        other_label = "A-2"
+    results, body = {"source": args.source, "protocol": args.protocol, "A": {"flags": A}, "pairs": {},
                      "load_1min_before_after": loads}, []
-    results["A2"] = {"measured": measured(trace_a2)}
-    a_noise = {m: {s_: error(results["A2"]["measured"][m][s_], results["A"]["measured"][m][s_]) for s_ in ("mean", "p50", "p90")}
-               for m in ("ttft_ms", "itl_ms")}
-    results["A_vs_A_noise"] = a_noise
-    body += ["A run twice, same workload: A-vs-A difference " + ", ".join(
-        f"{m[:-3].upper()} {s_} {100 * v:.0f}%" for m, stats in a_noise.items() for s_, v in stats.items()) + ".", ""]
+    a_runs: dict[str, dict] = {}  # label -> measured, every A served
+    if args.protocol == "a-first":
+        a_runs = {"A": measured(trace_a), "A-2": measured(trace_other)}
+        results["A"]["measured"], results["A2"] = a_runs["A"], {"measured": a_runs["A-2"]}
+        add_a_noise(results, body, a_runs, "A run twice, same workload: A-vs-A difference ")
     for pair in pairs:
         flags, sets = source_pairs[pair]
         print(f"pair {pair}: B = {flags}", flush=True)
+        if args.protocol == "per-pair":
+            # A served right before its own B runs: the machine's drift over the whole run (the load
+            # of the other sessions on its 2 cores) then enters A and B alike, not as model error.
+            a_label = f"A-{pair}"
+            trace_a = served(a_label, A)
+            a_runs[a_label] = measured(trace_a)
+            if "measured" not in results["A"]:
+                results["A"]["measured"] = a_runs[a_label]
+                trace_other, other_label = trace_a, a_label  # the first pair's A: what a one-A protocol predicts from
         b1, b2 = (measured(served(f"B-{pair}-{n}", flags)) for n in (1, 2))
+        a_measured = a_runs.get(f"A-{pair}", a_runs.get("A"))
         prediction = run_whatif(trace_a, sets, engines, folder / f"whatif-{pair}", force=True)
         (changed,) = [p for p in prediction.predictions if p.label == "changed"]
-        from_a2 = run_whatif(trace_a2, sets, engines, folder / f"whatif-{pair}-A2", force=True)
+        from_a2 = prediction if trace_other == trace_a else run_whatif(trace_other, sets, engines,
+                                                                       folder / f"whatif-{pair}-other", force=True)
         (changed2,) = [p for p in from_a2.predictions if p.label == "changed"]
         rows = {}
         for metric in ("ttft_ms", "itl_ms"):
@@ -268,16 +312,18 @@ def main() -> int:
                 err = error(predicted, target)
                 limit = None if bound is None else max(bound, 1.5 * noise)
                 predicted2 = changed2.summary[metric][stat]
-                rows[f"{metric} {stat}"] = {"A": results["A"]["measured"][metric][stat], "B": target, "B2": b2[metric][stat],
+                rows[f"{metric} {stat}"] = {"A": a_measured[metric][stat], "B": target, "B2": b2[metric][stat],
                                             "predicted": predicted, "error": err, "noise": noise, "limit": limit,
                                             "within": None if limit is None else err <= limit,
-                                            "predicted_from_A2": predicted2, "error_from_A2": error(predicted2, target)}
-        moved = {m: error(b1[m]["mean"], results["A"]["measured"][m]["mean"]) for m in ("ttft_ms", "itl_ms")}
+                                            "predicted_from_other": predicted2, "other": other_label,
+                                            "error_from_other": error(predicted2, target)}
+        moved = {m: error(b1[m]["mean"], a_measured[m]["mean"]) for m in ("ttft_ms", "itl_ms")}
         found = diagnosis(trace_a, folder / f"trace-B-{pair}-1.jsonl", engines, folder / f"whatif-{pair}-B-own")
-        results["pairs"][pair] = {"flags": flags, "set": sets, "rows": rows, "moved": moved,
+        a_label_here = f"A-{pair}" if args.protocol == "per-pair" else "A"
+        results["pairs"][pair] = {"flags": flags, "set": sets, "A_run": a_label_here, "rows": rows, "moved": moved,
                                   "closed_loop_links": len(prediction.dependencies),
                                   "model_error": prediction.model.fit_error, "B_replay_agrees": [b1["replay_agrees"], b2["replay_agrees"]],
-                                  "requests_in_traces": {"A": results["A"]["measured"]["requests"], "B": b1["requests"],
+                                  "requests_in_traces": {"A": a_measured["requests"], "B": b1["requests"],
                                                          "B again": b2["requests"]},
                                   "diagnosis": found}
         body += [f"## {pair}: A {A} vs B {flags} (whatif --set " + " ".join(f"{k}={v}" for k, v in sets.items()) + ")", "",
@@ -286,21 +332,28 @@ def main() -> int:
                  f"({100 * prediction.model.fit_error.get('held_out', {}).get('median_rel', float('nan')):.0f}% on steps "
                  f"held out of its fit), total {100 * prediction.model.fit_error['total_rel']:+.1f}%; {constant_words(prediction.model.fit_error)}. "
                  f"1-minute load before / after each run: "
-                 + (", ".join(f"{k} {v[0]}/{v[1]}" for k, v in loads.items() if k in ("A", "A-2") or k.startswith(f"B-{pair}-"))
+                 + (", ".join(f"{k} {v[0]}/{v[1]}" + (f" (other processes {runs[k]['others_cores']:.2f} cores)"
+                                                       if "others_cores" in runs.get(k, {}) else "")
+                              for k, v in loads.items()
+                              if k in ("A", "A-2", a_label_here, other_label) or k.startswith(f"B-{pair}-"))
                     or "not known (the traces were reused)") + ".", "",
-                 "| metric | A | B | B again | predicted from A | error | B-vs-B noise | target | within | predicted from A-2 | its error |",
+                 f"| metric | {a_label_here} | B | B again | predicted from {a_label_here} | error | B-vs-B noise | target | within "
+                 f"| predicted from {other_label} | its error |",
                  "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|"]
         for name, r in rows.items():
             limit = "-" if r["limit"] is None else f"{100 * r['limit']:.0f}%"
             within = "-" if r["within"] is None else ("yes" if r["within"] else "**no**")
             body.append(f"| {name} | {r['A']:.1f} | {r['B']:.1f} | {r['B2']:.1f} | {r['predicted']:.1f} | "
                         f"{100 * r['error']:.0f}% | {100 * r['noise']:.0f}% | {limit} | {within} | "
-                        f"{r['predicted_from_A2']:.1f} | {100 * r['error_from_A2']:.0f}% |")
+                        f"{r['predicted_from_other']:.1f} | {100 * r['error_from_other']:.0f}% |")
         body += ["", diagnosis_line(found, b1, results["pairs"][pair]["requests_in_traces"]), ""]
         print("\n".join(body[-11:]), flush=True)
         done = list(results["pairs"])
         write_results(results_name, title, run_meta(requests=args.requests, pairs=done, source=args.source), results,
                       body + [f"Pairs so far: {', '.join(done)} of {', '.join(pairs)} (the run goes on)."])
+    if args.protocol == "per-pair" and len(a_runs) > 1:
+        add_a_noise(results, body, a_runs, "A served once per pair, beside its B runs: each pair's A against the first's, "
+                    "the machine's drift over the run: ", at=0)
     elapsed = time.monotonic() - began
     results["elapsed_s"] = round(elapsed, 1)
     judged = [r["within"] for p in results["pairs"].values() for r in p["rows"].values() if r["within"] is not None]
@@ -309,11 +362,18 @@ def main() -> int:
     body += [f"The whole run took {elapsed / 60:.1f} min.", "",
              f"Latencies are engine-side: from the request entering {'our' if args.source == 'ours' else 'vLLM' + chr(39) + 's'} scheduler to the end of the step that sampled "
              "the token, read from each run's own trace by replaying it on its clock; prediction error is against the "
-             "first B run, noise is the second B run against the first.", ""]
+             "first B run, noise is the second B run against the first.", "",
+             ("Protocol per-pair: each pair's A was served right before its two B runs (A-PAIR, B-PAIR-1, B-PAIR-2) and "
+              "B is predicted from that A; the last columns predict it from the first pair's A instead (served before "
+              "every B, as a protocol of one A would)." if args.protocol == "per-pair" else
+              "Protocol a-first: A and A-2 were served first, then every pair's two B runs; B is predicted from A, and "
+              "from A-2 in the last columns."), ""]
     if args.reuse:
         body.append("With --reuse, the live runs' traces are those an earlier run of this script served into --folder "
                     "(missing ones are served); measurements and predictions are recomputed from them.")
-    served_runs = [f"{label} {r['served_at']} (load {r['load_1min_before_after'][0]}/{r['load_1min_before_after'][1]})"
+    served_runs = [f"{label} {r['served_at']} (load {r['load_1min_before_after'][0]}/{r['load_1min_before_after'][1]}"
+                   + (f"; other processes {r['others_cores']:.2f} cores, {r['quiet_wait_s']:.0f} s waited for quiet"
+                      if "others_cores" in r else "") + ")"
                    for label, r in runs.items() if label in used]
     results["runs"] = {label: r for label, r in runs.items() if label in used}
     if served_runs:

@@ -103,6 +103,15 @@ def prepack_linears(model: nn.Module) -> int:
 SERIAL_STEP_MAX_TOKENS = 4
 
 
+def serial_step_max_tokens(device: torch.device, passive_wait: bool | None = None) -> int:
+    """The most tokens a step may have and still compute on one thread (compute_threads_for's rule
+    in this process); 0: every step keeps every thread."""
+    passive = omp_waits_passively() if passive_wait is None else passive_wait
+    if device.type != "cpu" or torch.get_num_threads() == 1 or not passive:
+        return 0
+    return SERIAL_STEP_MAX_TOKENS
+
+
 @contextlib.contextmanager
 def compute_threads_for(num_tokens: int, device: torch.device, passive_wait: bool | None = None) -> Iterator[None]:
     """Under passive OpenMP waiting, run a CPU step of at most SERIAL_STEP_MAX_TOKENS tokens on one

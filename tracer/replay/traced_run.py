@@ -31,7 +31,7 @@ from tracer.traces.request_steps import EngineTimeline, RequestLife, read_timeli
 from tracer.traces.schema import (
     BATCH_FINISHED, BATCH_PREEMPTED, CACHED_TOKENS, CONFIG_BLOCK_SIZE, CONFIG_CHUNKED_PREFILL, CONFIG_LONG_PREFILL,
     CONFIG_MAX_BATCHED_TOKENS, CONFIG_MAX_MODEL_LEN, CONFIG_MAX_NUM_SEQS, CONFIG_NUM_BLOCKS, CONFIG_POLICY,
-    CONFIG_PREFIX_CACHING, CONFIG_ASYNC, ENGINE, ENGINE_VERSION, FINISH_REASONS, OUTPUT_TOKENS, REQUEST_ID,
+    CONFIG_PREFIX_CACHING, CONFIG_ASYNC, CONFIG_SERIAL_STEP, ENGINE, ENGINE_VERSION, FINISH_REASONS, OUTPUT_TOKENS, REQUEST_ID,
     SCHED_CHUNKED, SCHED_MAX_SEQS, SCHED_TOKEN_BUDGET,
 )
 from tracer.traces.trace_file import SpanRecord, read_trace_file
@@ -98,6 +98,9 @@ class TracedRun:
     steps: list[TracedStep]
     notes: list[str] = field(default_factory=list)  # what the replay of it cannot see, said plainly
     async_scheduling: bool = False
+    # Steps of at most this many tokens computed on one thread (our server's rule, engine/cpu_gemm.py);
+    # 0 where the engine has no such rule or the trace does not say (a trace of vLLM).
+    serial_step_max_tokens: int = 0
 
     @property
     def start_ns(self) -> int:
@@ -199,8 +202,10 @@ def traced_run_from(timeline: EngineTimeline, path: str = "") -> TracedRun:
                      "the AsyncScheduler pair in EngineCore.step_with_batch_queue's order; whatif's timed replay "
                      "drives the synchronous Scheduler, so its steps may differ by that lookahead")
     order = sorted(range(len(workload)), key=lambda i: (requests[i].arrival_step, requests[i].arrival_ns))
+    serial = next((int(span.attributes[CONFIG_SERIAL_STEP]) for members in timeline.shape.spans_by_trace.values()
+                   for span in members if span.attributes.get(CONFIG_SERIAL_STEP) is not None), 0)
     return TracedRun(path, engine, _version(resource), config, [requests[i] for i in order],
-                     [workload[i] for i in order], steps, notes, async_scheduling)
+                     [workload[i] for i in order], steps, notes, async_scheduling, serial)
 
 
 def _version(resource: dict[str, Any]) -> str | None:

@@ -193,6 +193,8 @@ CONFIG_CHUNKED_PREFILL = _key("servetrace.config.enable_chunked_prefill", "bool"
 CONFIG_LONG_PREFILL = _key("servetrace.config.long_prefill_token_threshold", "int", "scheduler: chunk cap for long prompts")
 CONFIG_POLICY = _key("servetrace.config.policy", "str", "scheduler: fcfs / priority / lpm ...")
 CONFIG_ASYNC = _key("servetrace.config.async_scheduling", "bool", "scheduler: one step ahead of the model")
+CONFIG_SERIAL_STEP = _key("servetrace.config.serial_step_max_tokens", "int",
+                          "CPU steps of at most this many tokens compute on one thread (0: none; ours)")
 CONFIG_BLOCK_SIZE = _key("servetrace.config.block_size", "int", "KV cache: tokens per block (page)")
 CONFIG_PREFIX_CACHING = _key("servetrace.config.enable_prefix_caching", "bool", "KV cache: prefix caching on")
 CONFIG_NUM_BLOCKS = _key("servetrace.config.num_kv_blocks", "int", "KV cache: blocks in the pool")

@@ -21,6 +21,7 @@ from tracer.instrument.extractors.sglang_radix import (
 )
 from tracer.traces.schema import CONFIG_BLOCK_SIZE, RADIX_HASH_TOKENS, RADIX_NODE_ID, RADIX_PREFIX_HASHES
 from tracer.traces.schema import CONFIG_ASYNC, CONFIG_LONG_PREFILL, CONFIG_MAX_MODEL_LEN, CONFIG_NUM_BLOCKS, CONFIG_PREFIX_CACHING
+from tracer.traces.schema import CONFIG_SERIAL_STEP
 from tracer.traces.schema import (
     BATCH_QUEUE_LEN, DROP, GRAMMAR_COMPLETE, GRAMMAR_KIND,
     HTTP_METHOD, HTTP_ROUTE, HTTP_STATUS, HTTP_STREAM, REQUEST_MODEL, TRACEPARENT,
@@ -111,7 +112,19 @@ def step_after(args: dict, outputs: list) -> dict:
         NUM_OUTPUTS: len(outputs),
         BATCH_FINISHED: ids(o.request_id for o in finished),
         **queue_attributes(engine.scheduler),
+        CONFIG_SERIAL_STEP: _serial_step_max_tokens(engine),
     }
+
+
+def _serial_step_max_tokens(engine: Any) -> int | None:
+    """The engine's rule for steps it computes on one thread (engine/cpu_gemm.py compute_threads_for):
+    a step's cost changes with it, and a what-if replay prices steps by it (tracer/replay/whatif/step_time.py)."""
+    device = getattr(getattr(engine, "model_runner", None), "device", None)
+    if device is None:
+        return None
+    from engine.cpu_gemm import serial_step_max_tokens
+
+    return serial_step_max_tokens(device)
 
 
 def schedule_after(args: dict, so: Any) -> dict:

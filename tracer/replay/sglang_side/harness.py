@@ -149,16 +149,16 @@ def timed_clock(job: dict) -> Any:
     return PredictedClock("sglang", arrivals, StepTimeModel.from_json(timed["model"]), after)
 
 
-def _step_features(batch: Any, is_extend: bool) -> list[float]:
+def _step_features(batch: Any, is_extend: bool, serial_step_max_tokens: int = 0) -> list[float]:
     """The step-time model's features of a batch (tracer.replay.whatif.step_time.step_features):
-    (tokens, tokens computed before the step, prompt length) per request."""
+    (tokens, tokens computed before the step, prompt length) per request; the model's one-thread rule."""
     from tracer.replay.whatif.step_time import step_features
 
     if is_extend:
         rows = [(int(n), int(p), len(r.origin_input_ids)) for r, n, p in zip(batch.reqs, batch.extend_lens, batch.prefix_lens)]
     else:  # one token each, after the context it already holds
         rows = [(1, len(r.origin_input_ids) + len(r.output_ids) - 1, len(r.origin_input_ids)) for r in batch.reqs]
-    return step_features(rows)
+    return step_features(rows, serial_step_max_tokens)
 
 
 def _finish_reason(req: Req) -> str | None:
@@ -232,7 +232,7 @@ def drive(scheduler: Scheduler, requests: list[dict], config: dict, pools: tuple
                 if is_extend and req.rid in waiting_before:
                     admitted.append({"request_id": req.rid, "cached_tokens": int(prefix_len),
                                      "resumed": req.rid in ever_retracted})
-            features = _step_features(batch, is_extend) if clock is not None else []
+            features = _step_features(batch, is_extend, clock.model.serial_step_max_tokens) if clock is not None else []
             outputs_before = {r.rid: len(r.output_ids) for r in batch.reqs}
             result = FORWARD_STAND_IN(batch, forced)
             # The bookkeeping run_batch does before its forward (:4620-4632).

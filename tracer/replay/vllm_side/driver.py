@@ -37,7 +37,8 @@ def run_job(job: dict) -> dict:
     model = StepTimeModel.from_json(job["model"]) if job.get("model") else None
     steps = [tuple(s) for s in job["trace_steps"]] if job.get("trace_steps") is not None else None
     after = {rid: (str(p), float(lag)) for rid, (p, lag) in (job.get("after") or {}).items()}
-    log = drive_timed(runner, workload, job["arrivals_s"], model=model, trace_steps=steps, after=after)
+    log = drive_timed(runner, workload, job["arrivals_s"], model=model, trace_steps=steps, after=after,
+                      serial_step_max_tokens=int(job.get("serial_step_max_tokens") or 0))
     return {"vllm_version": vllm.__version__, "log": log.to_json()}
 
 

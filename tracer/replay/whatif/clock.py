@@ -23,11 +23,14 @@ __all__ = ["TimedLog", "TimedStep", "drive_timed"]
 
 def drive_timed(runner: SchedulerRunner, workload: list[WorkloadRequest], arrivals_s: dict[str, float],
                 model: StepTimeModel | None = None, trace_steps: list[tuple[float, float]] | None = None,
-                max_steps: int = 200_000, after: dict[str, tuple[str, float]] | None = None) -> TimedLog:
+                max_steps: int = 200_000, after: dict[str, tuple[str, float]] | None = None,
+                serial_step_max_tokens: int = 0) -> TimedLog:
     """One of model (the predicted clock) or trace_steps ((start, end) seconds of each traced decision
     step: the trace clock) sets how long steps take; arrivals_s: request id -> arrival seconds.
     after (predicted clock only): request id -> (predecessor id, lag s) for a closed-loop request,
-    released lag after the end of the step that finished its predecessor instead of at arrivals_s."""
+    released lag after the end of the step that finished its predecessor instead of at arrivals_s.
+    serial_step_max_tokens: the traced engine's one-thread rule the steps' features are computed with
+    (step_features) on the trace clock; on the predicted clock the model's own."""
     if (model is None) == (trace_steps is None):
         raise ValueError("give a step-time model (predicted clock) or the trace's step times (trace clock), not both")
     validate_workload(workload, runner.config)
@@ -35,6 +38,7 @@ def drive_timed(runner: SchedulerRunner, workload: list[WorkloadRequest], arriva
     clock = (TraceClock(runner.name, arrivals, trace_steps) if trace_steps is not None
              else PredictedClock(runner.name, arrivals, model, after))
     log = clock.log
+    serial = model.serial_step_max_tokens if model is not None else serial_step_max_tokens
     by_id = {r.id: r for r in workload}
     prompt_len = {r.id: len(r.prompt_token_ids) for r in workload}
     idle = 0
@@ -59,7 +63,7 @@ def drive_timed(runner: SchedulerRunner, workload: list[WorkloadRequest], arriva
         for rid, n in scheduled.items():
             computed = runner.request_counters(rid)[0]  # already advanced past this step's tokens
             batch.append((n, computed - n, prompt_len[rid]))
-        features = step_features(batch)
+        features = step_features(batch, serial)
         sampled = runner.sample(scheduler_output)
         finished = list(runner.update_from_output(scheduler_output, sampled))
         if not scheduled and not preempted:
@@ -70,7 +74,7 @@ def drive_timed(runner: SchedulerRunner, workload: list[WorkloadRequest], arriva
                 break
             continue
         idle = 0
-        clock.ran(scheduled, preempted, finished, features, [rid for rid, ids in sampled.items() if ids])
+        clock.ran(scheduled, preempted, finished, features, [rid for rid, ids in sampled.items() if ids], batch)
         if len(log.steps) >= max_steps:
             log.stalled = f"stopped after max_steps={max_steps}"
             break

