@@ -64,6 +64,28 @@ def test_the_trace_holds_the_workload_and_config_a_replay_needs(engine_trace):
     assert any(sum(step.scheduled.values()) == 48 for step in run.steps), "the long prompt fills the budget"
 
 
+def test_the_trace_records_the_engines_one_thread_rule_and_the_step_time_model_prices_by_it(engine_trace):
+    """The tests run under passive OpenMP waiting (conftest), as `servetrace serve` does: our engine
+    then computes a step of at most 4 tokens on one thread (engine/cpu_gemm.py), the trace says so,
+    and the model fitted on it computes its features by that rule (and says it in its JSON, which the
+    vLLM and SGLang sides read)."""
+    import torch
+
+    from engine.cpu_gemm import SERIAL_STEP_MAX_TOKENS
+    from tracer.replay.whatif.session import fit_on_trace
+
+    if torch.get_num_threads() == 1:
+        pytest.skip("one torch thread: every step is a one-thread step, and the engine has no rule to record")
+    run = read_traced_run(engine_trace)
+    assert run.serial_step_max_tokens == SERIAL_STEP_MAX_TOKENS
+    model, log, _, _ = fit_on_trace(run)
+    assert model.serial_step_max_tokens == model.to_json()["serial_step_max_tokens"] == SERIAL_STEP_MAX_TOKENS
+    small = [s for s in log.steps if sum(s.scheduled.values()) <= SERIAL_STEP_MAX_TOKENS]
+    wide = [s for s in log.steps if sum(s.scheduled.values()) > SERIAL_STEP_MAX_TOKENS]
+    assert small and wide
+    assert all(s.features[-1] == 0.0 for s in small) and all(s.features[-1] == 1.0 for s in wide)
+
+
 def test_from_trace_replay_agrees_with_the_server_on_every_step(engine_trace, tmp_path):
     result = replay_from_trace(engine_trace, ["mini", "vllm"], tmp_path / "out")
     for comparison in result.comparisons:
