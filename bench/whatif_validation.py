@@ -153,14 +153,34 @@ def serve(folder: Path, label: str, flags: dict, requests: list[tuple[float, str
 FITTED: dict[Path, tuple] = {}  # trace -> (its own step-time model, its trace-clock log)
 
 
+MEASURED: dict[Path, dict] = {}
+
+
 def measured(trace: Path) -> dict:
+    if trace in MEASURED:
+        return MEASURED[trace]
     run = load_replayable(trace)
     model, log, comparison, _ = fit_on_trace(run)
     FITTED[trace] = (model, log)
     summary = latencies(log).summary()
     summary["replay_agrees"] = comparison.agree
     summary["requests"] = len(run.requests)  # the warm-up request included
+    MEASURED[trace] = summary
     return summary
+
+
+def pooled_model(traces: list[Path]):
+    """One step-time model fitted on the steps of several runs of config A together (each run's own
+    fit is in FITTED): what the machine did in each run weighs by its steps, instead of one run's luck
+    deciding the prediction."""
+    from tracer.replay.whatif.step_time import fit_step_time
+
+    models = [FITTED[t][0] for t in traces]
+    rows = [s.features for t in traces for s in FITTED[t][1].steps]
+    durations = [s.end_s - s.start_s for t in traces for s in FITTED[t][1].steps]
+    middle = lambda values: sorted(values)[len(values) // 2]  # noqa: E731
+    return fit_step_time(rows, durations, middle([m.gap_s for m in models]), middle([m.wake_s for m in models]),
+                         models[0].serial_step_max_tokens)
 
 
 def diagnosis(trace_a: Path, trace_b: Path, engines: list[str], folder: Path) -> dict:
@@ -236,6 +256,9 @@ def main() -> int:
                         "A served right before its two B runs (A-PAIR, B-PAIR-1, B-PAIR-2), B predicted from its own A; "
                         "a-first: A and A-2 served first, then every B (the protocol of the runs before 2026-12-02 05:00), "
                         "B predicted from A")
+    parser.add_argument("--fit-on", choices=("pair-a", "all-a"), default="pair-a", help="pair-a: B predicted by the "
+                        "model fitted on its pair's A; all-a: by one model fitted on every pair's A run together "
+                        "(--protocol per-pair; the pair's own A alone in the last columns)")
     parser.add_argument("--reuse", action="store_true", help="predict again from the traces a previous run left in "
                         "--folder (serves only the runs that are missing)")
     args = parser.parse_args()
@@ -257,7 +280,11 @@ def main() -> int:
 
     used: list[str] = []
 
+    done_here: dict[str, Path] = {}
+
     def served(label: str, flags: dict) -> Path:
+        if label in done_here:
+            return done_here[label]
         used.append(label)
         reused = args.reuse and (folder / f"trace-{label}.jsonl").is_file()
         recorded = runs.get(label, {}).get("flags")
@@ -283,6 +310,7 @@ def main() -> int:
             runs_file(folder).write_text(json.dumps(runs, indent=1) + "\n")
         elif label in runs:
             loads[label] = runs[label]["load_1min_before_after"]
+        done_here[label] = trace
         return trace
 
     print(f"config A: {A} ({server_name}); protocol {args.protocol}", flush=True)
@@ -298,6 +326,18 @@ def main() -> int:
         a_runs = {"A": measured(trace_a), "A-2": measured(trace_other)}
         results["A"]["measured"], results["A2"] = a_runs["A"], {"measured": a_runs["A-2"]}
         add_a_noise(results, body, a_runs, "A run twice, same workload: A-vs-A difference ")
+    pooled = None
+    if args.fit_on == "all-a":
+        if args.protocol != "per-pair":
+            parser.error("--fit-on all-a takes --protocol per-pair (one A per pair)")
+        for pair in pairs:  # every run first, in the order per-pair serves them
+            served(f"A-{pair}", A)
+            for n in (1, 2):
+                served(f"B-{pair}-{n}", source_pairs[pair][0])
+        for pair in pairs:
+            measured(done_here[f"A-{pair}"])
+        pooled = pooled_model([done_here[f"A-{pair}"] for pair in pairs])
+        results["pooled_A_model"] = pooled.to_json()
     for pair in pairs:
         flags, sets = source_pairs[pair]
         print(f"pair {pair}: B = {flags}", flush=True)
@@ -312,10 +352,12 @@ def main() -> int:
                 trace_other, other_label = trace_a, a_label  # the first pair's A: what a one-A protocol predicts from
         b1, b2 = (measured(served(f"B-{pair}-{n}", flags)) for n in (1, 2))
         a_measured = a_runs.get(f"A-{pair}", a_runs.get("A"))
-        prediction = run_whatif(trace_a, sets, engines, folder / f"whatif-{pair}", force=True)
+        prediction = run_whatif(trace_a, sets, engines, folder / f"whatif-{pair}", force=True, model=pooled)
         (changed,) = [p for p in prediction.predictions if p.label == "changed"]
-        from_a2 = prediction if trace_other == trace_a else run_whatif(trace_other, sets, engines,
-                                                                       folder / f"whatif-{pair}-other", force=True)
+        if pooled is not None:  # the last columns: the pair's own A alone
+            trace_other, other_label = trace_a, f"A-{pair} alone"
+        from_a2 = prediction if trace_other == trace_a and pooled is None else run_whatif(
+            trace_other, sets, engines, folder / f"whatif-{pair}-other", force=True)
         (changed2,) = [p for p in from_a2.predictions if p.label == "changed"]
         rows = {}
         for metric in ("ttft_ms", "itl_ms"):
@@ -350,7 +392,8 @@ def main() -> int:
                               for k, v in loads.items()
                               if k in ("A", "A-2", a_label_here, other_label) or k.startswith(f"B-{pair}-"))
                     or "not known (the traces were reused)") + ".", "",
-                 f"| metric | {a_label_here} | B | B again | predicted from {a_label_here} | error | B-vs-B noise | target | within "
+                 f"| metric | {a_label_here} | B | B again | predicted from {'every A run' if pooled else a_label_here} | error "
+                 f"| B-vs-B noise | target | within "
                  f"| predicted from {other_label} | its error |",
                  "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|"]
         for name, r in rows.items():

@@ -149,15 +149,18 @@ def timed_clock(job: dict) -> Any:
     return PredictedClock("sglang", arrivals, StepTimeModel.from_json(timed["model"]), after)
 
 
-def _step_features(batch: Any, is_extend: bool, serial_step_max_tokens: int = 0) -> list[float]:
-    """The step-time model's features of a batch (tracer.replay.whatif.step_time.step_features):
-    (tokens, tokens computed before the step, prompt length) per request; the model's one-thread rule."""
+def _step_rows(batch: Any, is_extend: bool) -> list[list[int]]:
+    """What the step-time model's features are made of (tracer.replay.whatif.step_time.step_features):
+    (tokens, tokens computed before the step, prompt length) per request."""
+    if is_extend:
+        return [[int(n), int(p), len(r.origin_input_ids)] for r, n, p in zip(batch.reqs, batch.extend_lens, batch.prefix_lens)]
+    # one token each, after the context it already holds
+    return [[1, len(r.origin_input_ids) + len(r.output_ids) - 1, len(r.origin_input_ids)] for r in batch.reqs]
+
+
+def _step_features(rows: list[list[int]], serial_step_max_tokens: int) -> list[float]:
     from tracer.replay.whatif.step_time import step_features
 
-    if is_extend:
-        rows = [(int(n), int(p), len(r.origin_input_ids)) for r, n, p in zip(batch.reqs, batch.extend_lens, batch.prefix_lens)]
-    else:  # one token each, after the context it already holds
-        rows = [(1, len(r.origin_input_ids) + len(r.output_ids) - 1, len(r.origin_input_ids)) for r in batch.reqs]
     return step_features(rows, serial_step_max_tokens)
 
 
@@ -232,7 +235,8 @@ def drive(scheduler: Scheduler, requests: list[dict], config: dict, pools: tuple
                 if is_extend and req.rid in waiting_before:
                     admitted.append({"request_id": req.rid, "cached_tokens": int(prefix_len),
                                      "resumed": req.rid in ever_retracted})
-            features = _step_features(batch, is_extend, clock.model.serial_step_max_tokens) if clock is not None else []
+            rows = _step_rows(batch, is_extend) if clock is not None else []
+            features = _step_features(rows, clock.model.serial_step_max_tokens) if clock is not None else []
             outputs_before = {r.rid: len(r.output_ids) for r in batch.reqs}
             result = FORWARD_STAND_IN(batch, forced)
             # The bookkeeping run_batch does before its forward (:4620-4632).
@@ -279,7 +283,8 @@ def drive(scheduler: Scheduler, requests: list[dict], config: dict, pools: tuple
             done = [rid for rid, _ in finished]
             if scheduled or retracted:
                 sampled = [r.rid for r in batch.reqs if len(r.output_ids) > outputs_before[r.rid]] if batch is not None else []
-                clock.ran(dict((rid, n) for rid, n in scheduled), retracted, done, features, sampled)
+                clock.ran(dict((rid, n) for rid, n in scheduled), retracted, done, features, sampled,
+                          rows if batch is not None else [])
             else:
                 clock.empty_step(done, anything_running=bool(running))
         idle = 0 if (scheduled or arrivals) else idle + 1
