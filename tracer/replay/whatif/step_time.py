@@ -16,10 +16,14 @@ its cached context, the diagonal chunks cut at each token's limit) and vLLM's
 0.32.0). Before our C kernel, ours ran a chunk after context through an explicitly masked SDPA call
 (engine/attention.py:_sdpa, still the fallback where the kernel is not built) and a fresh prompt
 through the causal one, and the model had a second term for chunks after context, t * (c + t) pairs
-for both: with one kernel for both, that term let the fit put a chunk's cost on its t * t part alone
-(2.5 ms per thousand pairs on it and 0 on the pairs against context, on the validation's trace A of
-our server of 05:28), and chunks after a long context (a token budget of 96: 90 tokens after up to
-600) were priced as if the context cost nothing.
+for both. With one kernel for both, that second coefficient is not told apart from the per-token
+cost on a trace of config A, whose chunks after context all follow the one cached system prompt (c
+of 400): on eight noisy synthetic traces of that shape (tests/test_whatif_step_time.py) the two terms
+missed config B's long fresh prompts by up to 15%, one term by under 5%. On the validation's traces
+of our server (05:28, bench/whatif_diagnose.py) the fit with the two terms put 0 on a fresh prompt's
+pairs and 0.46 ms per thousand on a continued chunk's; with one term, 0.51 ms per thousand on every
+pair; B's steps under A's model moved by under 4% in total either way (the machine's noise between
+runs is larger there).
 
 Our server computes a step of at most 4 tokens on one thread (engine/cpu_gemm.py compute_threads_for,
 under the passive OpenMP waiting `servetrace serve` runs with), every other step on all of them; the
@@ -29,7 +33,10 @@ constant) but computes each token alone (more per token). Two features say so: t
 a one-thread step (what each costs more there) and a step on every thread (its constant's extra);
 both 0 on a trace without the rule (vLLM's), which the fit then leaves at 0. Without them a fit over
 decode steps of 1-8 requests drew one line through both kinds, and max_num_seqs 2 (every decode step
-on one thread) was priced by the line, not by A's own one-thread steps.
+on one thread) was priced by the line, not by A's own one-thread steps (3.5-5% off on synthetic
+steps shaped as the validation's, which a queue of max_num_seqs 2 multiplies in its TTFT; on the
+validation run of 05:45, which also served each A beside its B, B's decode steps under A's model
+came out -2% in total and the mean TTFT 5% off, against +10% and 13% on the run of 05:28).
 
 No coefficient may be negative (more work never makes a step faster), and the constant may not come
 out below what the decode-only steps alone measure (fit_step_time): a few long, noisy prefill steps
