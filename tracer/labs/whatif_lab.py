@@ -25,8 +25,9 @@ MEANING = {
     "prefill_tokens": "per prompt token computed",
     "decode_tokens": "per decoding request (one token each)",
     "context_tokens": "per token of KV the batch's attention reads",
-    "prefill_attention": "per (chunk token x context token) / 1000 of a prefill",
-    "continued_attention": "more per (chunk token x context token) / 1000 of a chunk after cached context",
+    "prefill_attention": "per thousand (chunk token, key) pairs a causal kernel computes in a prefill",
+    "serial_decode_tokens": "more per decoding request in a step our server computes on one thread",
+    "parallel_step": "more per step our server computes on every thread",
 }
 
 
