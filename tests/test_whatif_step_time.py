@@ -332,3 +332,11 @@ def test_the_predicted_clock_times_each_step_with_the_spread():
     assert sum(decode) / len(decode) == pytest.approx(model.predict(log.steps[-1].features), rel=0.03)
     itl = latencies(log).itl_ms
     assert np.percentile(itl, 95) > 1.2 * np.percentile(itl, 50)
+
+
+def test_the_lab_says_what_each_feature_means():
+    """The walkthrough's lab prints every coefficient with its meaning (tracer/labs/whatif_lab.py):
+    a feature without one would fail the site's build."""
+    from tracer.labs.whatif_lab import MEANING
+
+    assert set(MEANING) == set(FEATURES)
