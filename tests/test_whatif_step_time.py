@@ -104,17 +104,6 @@ def test_the_constant_is_not_traded_away_by_long_noisy_prefill_steps():
     assert min(plain_errors) < -0.25, f"these traces no longer show plain nnls's failure: {plain_errors}"
 
 
-def test_the_attention_term_counts_the_pairs_a_causal_kernel_computes():
-    """A chunk of t tokens after c of context: t * c pairs against the context, t * (t + 1) / 2 among
-    its own tokens (per thousand); the masked term, t * (t - 1) / 2 more, only for a chunk after
-    context; a decode has neither."""
-    attention, masked = FEATURES.index("prefill_attention"), FEATURES.index("masked_attention")
-    fresh, continued, decode = step_features([(100, 0, 100)]), step_features([(100, 300, 400)]), step_features([(1, 400, 300)])
-    assert (fresh[attention], fresh[masked]) == pytest.approx((5.05, 0.0))
-    assert (continued[attention], continued[masked]) == pytest.approx((30.0 + 5.05, 4.95))
-    assert (decode[attention], decode[masked]) == (0.0, 0.0)
-
-
 def old_features(batch):
     """The attention terms as they were: t * (c + t) pairs for every chunk, and again for a chunk after context."""
     row = step_features(batch)

@@ -265,8 +265,6 @@ def constant_evidence(x) -> dict:
     max_num_seqs 32) cannot tell a 0 ms constant and 9 ms a request (63 / 72 ms) from 30 ms and 5 ms
     (65 / 70 ms). When they cannot, a changed config's smaller batches are an extrapolation whatever
     the fit, and the reports say so."""
-    import numpy as np
-
     decodes = x[x[:, 1] == 0, 2]
     if decodes.size < 2 * len(DECODE_FEATURES):
         return {"decode_batches": None, "constant_identified": False}
