@@ -30,9 +30,26 @@ def use_passive_omp_wait() -> None:
 
 
 def omp_waits_passively() -> bool:
-    """Whether libgomp in this process sleeps between parallel regions (OMP_WAIT_POLICY=PASSIVE; it
-    reads the variable once, when torch loads it, and the entry points set it before that)."""
-    return os.environ.get("OMP_WAIT_POLICY", "").strip().upper() == "PASSIVE"
+    """Whether libgomp's workers in this process sleep as soon as a parallel region ends: OMP_WAIT_POLICY=PASSIVE
+    and no spin before the sleep (GOMP_SPINCOUNT unset or 0). libgomp reads both once, when torch loads it
+    (libgomp/env.c initialize_env: an explicit GOMP_SPINCOUNT is the spin count whatever the policy; PASSIVE
+    without one leaves it 0), and the entry points set them before that."""
+    if os.environ.get("OMP_WAIT_POLICY", "").strip().upper() != "PASSIVE":
+        return False
+    return _spin_count(os.environ.get("GOMP_SPINCOUNT")) == 0
+
+
+def _spin_count(text: str | None) -> int:
+    """GOMP_SPINCOUNT as libgomp parses it (a number with an optional k / M / G / T; "infinite"); None: unset (0 under
+    PASSIVE). A value libgomp rejects leaves its count at PASSIVE's 0."""
+    if text is None or not text.strip():
+        return 0
+    value = text.strip().lower()
+    if value.startswith(("infinite", "infinity")):
+        return 2**64 - 1
+    scale = {"k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}.get(value[-1:], 1)
+    digits = value[:-1].strip() if scale > 1 else value
+    return int(digits) * scale if digits.isdigit() else 0
 
 
 def on_passing_thread(build: Callable[[], T]) -> T:

@@ -130,3 +130,16 @@ def test_the_wait_policy_is_read_from_the_environment(monkeypatch):
     assert not omp_env.omp_waits_passively()
     monkeypatch.delenv("OMP_WAIT_POLICY")
     assert not omp_env.omp_waits_passively()
+
+
+@pytest.mark.parametrize(("spin_count", "passive"), [(None, True), ("0", True), ("10000", False), ("10k", False),
+                                                     ("infinite", False), ("not a number", True)])
+def test_a_passive_policy_with_a_spin_count_is_not_passive(monkeypatch, spin_count, passive):
+    # libgomp spins GOMP_SPINCOUNT rounds before a worker sleeps, whatever OMP_WAIT_POLICY says (a value it
+    # rejects leaves PASSIVE's 0): those workers are awake between a step's regions.
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
+    if spin_count is None:
+        monkeypatch.delenv("GOMP_SPINCOUNT", raising=False)
+    else:
+        monkeypatch.setenv("GOMP_SPINCOUNT", spin_count)
+    assert omp_env.omp_waits_passively() is passive
