@@ -15,10 +15,10 @@ T = TypeVar("T")
 def use_passive_omp_wait() -> None:
     """OMP_WAIT_POLICY=PASSIVE unless the environment already says otherwise; no effect once torch
     (libgomp) has loaded: the tests, labs and benches that run beside other work call this before
-    importing it, and so does the command line (`servetrace serve` shares the cores with its HTTP
-    server). The offline LLMEngine, imported on its own, runs with libgomp's default, as vLLM's LLM
-    class does: spinning ~300k rounds before a worker sleeps, faster on a quiet machine with one pool
-    (on_passing_thread), and crawling once other processes want the cores (bench/results/openmp_pools.md).
+    importing it (the command line spins a little first: use_bounded_omp_wait). The offline LLMEngine,
+    imported on its own, runs with libgomp's default, as vLLM's LLM class does: spinning ~300k rounds
+    before a worker sleeps, faster on a quiet machine with one pool (on_passing_thread), and crawling once
+    other processes want the cores (bench/results/openmp_pools.md).
 
     Speed trick: libgomp's default has idle OpenMP workers spin, and on this shared 2-core machine
     (the engine thread beside an HTTP server, a client, other processes) the spinning workers take
@@ -27,6 +27,30 @@ def use_passive_omp_wait() -> None:
     bench/openmp_policy.py). Passive workers sleep between parallel regions instead.
     """
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+# Rounds an idle OpenMP worker of the command line's processes spins before it sleeps (SERVING_SPIN_COUNT, see
+# use_bounded_omp_wait). A round is one x86 `pause`: about 26 ns on this machine's CPU (100000 rounds took 2.6 ms).
+SERVING_SPIN_COUNT = 10000
+
+
+def use_bounded_omp_wait(spin_count: int = SERVING_SPIN_COUNT) -> None:
+    """OMP_WAIT_POLICY=PASSIVE with GOMP_SPINCOUNT=spin_count, unless the environment sets either (the user's
+    choice stands); no effect once torch (libgomp) has loaded. The command line calls it first thing, so
+    `servetrace serve` (and generate, demo) run with it; tests, labs and benches keep use_passive_omp_wait.
+
+    Speed trick: under PASSIVE alone a worker sleeps the moment a parallel region ends, and a decode step has
+    hundreds of regions a few microseconds apart: each pays a futex wake-up of the sleeping worker and one of
+    the master waiting for it. Spinning spin_count rounds first keeps the worker awake across those gaps
+    while it still sleeps between steps, when the server's event loop and its clients want the core: at 2 threads
+    (measured in bench/results/serve_threads.md). PASSIVE rather than libgomp's unset policy because with a
+    count given, PASSIVE leaves libgomp's throttled count (used when its threads outnumber the CPUs) at 0:
+    an oversubscribed process sleeps at once, as before (libgomp/env.c initialize_env).
+    """
+    if "OMP_WAIT_POLICY" in os.environ or "GOMP_SPINCOUNT" in os.environ:
+        return
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    os.environ["GOMP_SPINCOUNT"] = str(spin_count)
 
 
 def omp_waits_passively() -> bool:

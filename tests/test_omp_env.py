@@ -1,14 +1,22 @@
-"""engine.omp_env.on_passing_thread: work that starts OpenMP workers leaves none behind."""
+"""engine.omp_env: work that starts OpenMP workers on a passing thread leaves none behind; the wait policy each
+entry point gives libgomp."""
 from __future__ import annotations
 
 import os
+import re
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import torch
 
+from engine import omp_env
 from engine.omp_env import on_passing_thread
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def native_threads() -> int:
@@ -62,3 +70,30 @@ def test_the_result_comes_back_and_an_error_is_raised_on_the_caller():
     assert on_passing_thread(lambda: threading.current_thread().name) == "servetrace-build"
     with pytest.raises(ValueError, match="bad build"):
         on_passing_thread(lambda: (_ for _ in ()).throw(ValueError("bad build")))
+
+
+def _libgomp_settings(code: str, **env: str) -> dict[str, str]:
+    """OMP_WAIT_POLICY and GOMP_SPINCOUNT as the libgomp torch loads in a fresh process running `code` reads them
+    (OMP_DISPLAY_ENV=VERBOSE prints them when it starts)."""
+    clean = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    done = subprocess.run([sys.executable, "-c", code + "; import torch; torch.ones(1)"], capture_output=True, text=True,
+                          env={**clean, **env, "OMP_DISPLAY_ENV": "VERBOSE"}, timeout=120, cwd=ROOT)
+    found = dict(re.findall(r"^\s*(OMP_WAIT_POLICY|GOMP_SPINCOUNT) = '(\w+)'", done.stderr, re.M))
+    assert len(found) == 2, done.stderr[-2000:]
+    return found
+
+
+def test_the_command_line_runs_libgomp_with_a_bounded_spin_before_the_sleep():
+    # `servetrace serve` (tracer.cli): passive, after omp_env.SERVING_SPIN_COUNT rounds of spinning.
+    settings = _libgomp_settings("import tracer.cli")
+    assert settings == {"OMP_WAIT_POLICY": "PASSIVE", "GOMP_SPINCOUNT": str(omp_env.SERVING_SPIN_COUNT)}
+    assert settings["GOMP_SPINCOUNT"] != "0"
+    # The tests, labs and benches' policy: no spin at all.
+    assert _libgomp_settings("from engine.omp_env import use_passive_omp_wait; use_passive_omp_wait()") == {
+        "OMP_WAIT_POLICY": "PASSIVE", "GOMP_SPINCOUNT": "0"}
+
+
+def test_a_wait_policy_the_user_set_is_kept():
+    assert _libgomp_settings("import tracer.cli", OMP_WAIT_POLICY="ACTIVE")["OMP_WAIT_POLICY"] == "ACTIVE"
+    assert _libgomp_settings("import tracer.cli", OMP_WAIT_POLICY="PASSIVE")["GOMP_SPINCOUNT"] == "0"
+    assert _libgomp_settings("import tracer.cli", GOMP_SPINCOUNT="500")["GOMP_SPINCOUNT"] == "500"

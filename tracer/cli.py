@@ -6,9 +6,9 @@ import importlib
 import pkgutil
 import sys
 
-from engine.omp_env import use_passive_omp_wait
+from engine.omp_env import use_bounded_omp_wait
 
-use_passive_omp_wait()  # before torch loads (the engine thread shares the cores with the HTTP server, a client)
+use_bounded_omp_wait()  # before torch loads (the engine thread shares the cores with the HTTP server, a client)
 
 import tracer.commands
 
