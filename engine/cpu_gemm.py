@@ -117,12 +117,13 @@ def compute_threads_for(num_tokens: int, device: torch.device, passive_wait: boo
     """Under passive OpenMP waiting, run a CPU step of at most SERIAL_STEP_MAX_TOKENS tokens on one
     torch thread, then restore. passive_wait None: as this process's libgomp waits (omp_env).
 
-    Speed trick: under OMP_WAIT_POLICY=PASSIVE (which `servetrace serve` sets: libgomp's default
-    spin makes a 2-thread step crawl when other processes share the cores) each of a step's ~150
-    parallel regions ends with the workers asleep, and waking them costs more than a region of a
+    Speed trick: under OMP_WAIT_POLICY=PASSIVE with no spin (the tests, labs and benches set it:
+    libgomp's default spin makes a 2-thread step crawl when other processes share the cores) each of a
+    step's ~150 parallel regions ends with the workers asleep, and waking them costs more than a region of a
     few rows computes: a batch-1 decode step at 2 threads was slower than at 1, quiet or loaded
     (bench/results/openmp_policy.md; bench/decode_speed.py, "threads for small steps"). Wider steps keep every
-    thread. With libgomp's own spin-then-sleep and one OpenMP pool (omp_env.on_passing_thread) the
+    thread. With a spin before the sleep (libgomp's own, or the bounded one the command line sets,
+    omp_env.use_bounded_omp_wait) and one OpenMP pool (omp_env.on_passing_thread) the
     workers are awake between regions and 2 threads are no slower for small steps (batch-1 decode
     11.3 vs 14.0 ms in one A/B process; 15.7 vs 16.2 ms, bench/results/openmp_pools.md): then every
     step keeps every thread. omp_set_num_threads is per calling
