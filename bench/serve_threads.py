@@ -14,7 +14,7 @@ that decode one token for every client (batch = clients), beside the client's IT
     .venv/bin/python bench/serve_threads.py [--rounds 3] [--passes 2] [--concurrency 4 16] [--trace]
         [--setting NAME=THREADS[:VAR=VALUE,...] ...]
 
-Results: bench/results/serve_threads.{json,md}. Holds /tmp/servetrace-live.lock while a server runs.
+Results: bench/results/serve_threads.{json,md} (with --trace: serve_threads_traced.*). Holds /tmp/servetrace-live.lock while a server runs.
 """
 from __future__ import annotations
 
@@ -227,7 +227,10 @@ def main(argv: list[str] | None = None) -> int:
               "rounds": args.rounds, "passes": args.passes, "output_len": args.output_len,
               "uptime_before": uptime_before, "uptime_after": _results_uptime(), "runs": runs}
     lines = body(result)
-    _results.write_results("serve_threads", "Serving at 1 and 2 threads: `servetrace serve` under OpenMP wait settings, A/B",
+    # A traced run is a diagnosis (tracing's exporter is one more thread on the cores), not the A/B: a file of its own.
+    _results.write_results("serve_threads_traced" if args.trace else "serve_threads",
+                           "Serving at 1 and 2 threads: `servetrace serve` under OpenMP wait settings, A/B"
+                           + (" (traced)" if args.trace else ""),
                            _results.run_meta(), result, lines)
     print("\n".join(lines))
     return 0
