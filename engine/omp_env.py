@@ -40,12 +40,20 @@ def use_bounded_omp_wait(spin_count: int = SERVING_SPIN_COUNT) -> None:
     `servetrace serve` (and generate, demo) run with it; tests, labs and benches keep use_passive_omp_wait.
 
     Speed trick: under PASSIVE alone a worker sleeps the moment a parallel region ends, and a decode step has
-    hundreds of regions a few microseconds apart: each pays a futex wake-up of the sleeping worker and one of
-    the master waiting for it. Spinning spin_count rounds first keeps the worker awake across those gaps
-    while it still sleeps between steps, when the server's event loop and its clients want the core: at 2 threads
-    (measured in bench/results/serve_threads.md). PASSIVE rather than libgomp's unset policy because with a
-    count given, PASSIVE leaves libgomp's throttled count (used when its threads outnumber the CPUs) at 0:
-    an oversubscribed process sleeps at once, as before (libgomp/env.c initialize_env).
+    hundreds of regions microseconds apart: each pays a futex wake-up of the sleeping worker (and of the master
+    waiting at the region's end), and on this 2-core VM that made a 2-thread step slower than a 1-thread one.
+    Spinning spin_count rounds (~0.26 ms here) first keeps the worker awake across those gaps. Served at 2
+    threads, 16 clients, on a quiet machine: ITL p50 30.3 ms vs 41.9 passive and 36.5 at 1 thread, the
+    engine.step span within 0.5 ms of the client's ITL (the event loop took 2-3% of a core, the client 0.04
+    cores: it is the wake-ups, not the HTTP side); 4 clients 17.5 vs 23.8 / 21.2 (bench/results/
+    serve_threads_traced.md, serve_threads.md). The price: when another process keeps a core busy, spinning
+    workers and a preempted team member stall each other's regions, and a pass where others took 0.7-1.0
+    core ran at 117.7-137.3 ms where passive ran 25.8-45.4 and 1 thread 19.0-38.2 (serve_threads.md): on a
+    shared machine, serve with 1 thread (OMP_NUM_THREADS=1) or set OMP_WAIT_POLICY / GOMP_SPINCOUNT.
+    vLLM 0.32's CPU worker spins libgomp's default 300000 rounds (.venv-vllm's utils/ompmultiprocessing.py:92-96,
+    OMPProcessManager.configure_omp_envs, sets only GOMP_CPU_AFFINITY). PASSIVE rather than libgomp's unset policy because with a count given, PASSIVE
+    leaves libgomp's throttled count (used when its own threads outnumber the CPUs) at 0: an oversubscribed
+    process sleeps at once, as before (libgomp/env.c initialize_env).
     """
     if "OMP_WAIT_POLICY" in os.environ or "GOMP_SPINCOUNT" in os.environ:
         return
