@@ -11,7 +11,9 @@ ratio holds on a noisy shared machine:
   lm_head in bf16 vs float32, both packed; packed bf16 vs F.linear in bf16;
 - decode attention over the paged cache: the C kernel (engine/cpu_decode_attention.py) vs the
   torch path it replaces, in bf16 and fp32; within the torch path (the fallback): bf16 computed in
-  float32 vs torch's bf16 CPU kernel, KV gathered as whole blocks vs token slots;
+  float32 vs torch's bf16 CPU kernel, KV gathered as whole blocks vs token slots; and, cache-cold
+  over 30 layers' pools, the bf16 kernel's task per request (prefetching the next block) vs a task
+  per (request, KV head);
 - prefill attention over the paged cache: the C kernel (engine/cpu_prefill_attention.py), all of a
   step's prefills in one call, vs the torch path (a gather and an SDPA call per request), at a
   2048-token step of whole prompts 16..256 tokens long (the peers bench's mixed set) and at a
@@ -179,6 +181,32 @@ def attention_cases(batch: int, context: int) -> list[tuple[str, Callable, Calla
     return rows
 
 
+def cold_decode_cases() -> list[tuple[str, Callable, Callable, int]]:
+    """The bf16 decode kernel's task per request vs per (request, KV head), cache-cold as a step meets
+    the pools: one call per layer over 30 layers' pools (each bigger than a core's cache), at the
+    peers bench's uniform@8 and mixed@32 shapes (8 requests of ~190 tokens, 32 of ~173)."""
+    from engine import cpu_decode_attention
+
+    rows = []
+    for batch, context in ((8, 190), (32, 173)):
+        gen = torch.Generator().manual_seed(3)
+        num_blocks = 4096
+        pools = [tuple(torch.randn(num_blocks, BLOCK, KV_HEADS, HEAD_DIM, generator=gen).to(torch.bfloat16) for _ in range(2))
+                 for _ in range(30)]
+        width = cdiv(context + 40, BLOCK)
+        tables = (torch.randperm(num_blocks - 1, generator=gen)[: batch * width] + 1).view(batch, width)
+        lens = torch.randint(context - 40, context + 40, (batch,), generator=gen)
+        query = torch.randn(batch, HEADS, HEAD_DIM, generator=gen).to(torch.bfloat16)
+
+        def step(per_head: bool, q=query, pools=pools, t=tables, n=lens) -> None:
+            for k_cache, v_cache in pools:
+                cpu_decode_attention.decode_attention(q, k_cache, v_cache, t, n, HEAD_DIM**-0.5, per_head_tasks=per_head)
+
+        rows.append((f"decode attention: a task per request vs per (request, KV head), bf16, {batch} requests of ~{context} "
+                     "tokens, 30 layers' pools in turn (cache-cold)", lambda s=step: s(False), lambda s=step: s(True), 5))
+    return rows
+
+
 def prefill_step(requests: list[tuple[int, int]], dtype: torch.dtype):
     """(cached, new) tokens per request, all in the pool (scattered blocks): query, pool, metadata."""
     gen = torch.Generator().manual_seed(2)
@@ -306,6 +334,7 @@ def main() -> int:
         torch.set_num_threads(args.threads)
 
     all_cases = cases(args.batch, args.context) + bf16_cases(args.batch) + attention_cases(args.batch, args.context)
+    all_cases += cold_decode_cases()
     all_cases += prefill_cases()
     all_cases.append(rms_norm_case(args.batch))
     all_cases.append(rotary_case(args.batch))

@@ -48,6 +48,33 @@ def test_kernel_equals_the_torch_path(lengths, shape, block_size, dtype, seed):
     torch.testing.assert_close(out.float(), expected.float(), atol=tolerance, rtol=tolerance)
 
 
+@settings(max_examples=20, deadline=None)
+@given(
+    lengths=st.lists(st.integers(1, 90), min_size=0, max_size=8),
+    block_size=st.sampled_from([1, 4, 16]),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_a_task_per_request_gives_the_bits_of_a_task_per_kv_head(lengths, block_size, seed):
+    """bf16 at the bundled model's heads with at least two requests per thread: one task reads a
+    request's every KV head (and prefetches its next block); a task per (request, KV head) gives the
+    same bits, and garbage outside each request's own context changes neither."""
+    lengths = [17, 40, 3, 64] * torch.get_num_threads() + lengths  # at least two requests per thread
+    query, k_cache, v_cache, metadata = decode_step(lengths, 9, 3, 64, block_size, torch.bfloat16, seed)
+    m = metadata()
+    per_request = cpu_decode_attention.decode_attention(query, k_cache, v_cache, m.block_tables, m.seq_lens, 0.125)
+    per_head = cpu_decode_attention.decode_attention(query, k_cache, v_cache, m.block_tables, m.seq_lens, 0.125,
+                                                     per_head_tasks=True)
+    assert torch.equal(per_request, per_head)
+    owned = {(int(t[p // block_size]), p % block_size) for t, n in zip(m.block_tables, lengths) for p in range(n)}
+    for block in range(k_cache.shape[0]):
+        for offset in range(block_size):
+            if (block, offset) not in owned:
+                k_cache[block, offset] = 1e4
+                v_cache[block, offset] = float("nan")
+    again = cpu_decode_attention.decode_attention(query, k_cache, v_cache, m.block_tables, m.seq_lens, 0.125)
+    assert torch.equal(again, per_request)
+
+
 def test_kernel_runs_for_decode_rows_and_reads_only_each_rows_own_context(monkeypatch):
     """Garbage in the pool past a row's length, or in blocks it does not own, changes nothing."""
     query, k_cache, v_cache, metadata = decode_step([5, 33, 16], 9, 3, 64, 16, torch.bfloat16, 0)
