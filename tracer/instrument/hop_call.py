@@ -45,9 +45,11 @@ class HopCall:
     # without running that extractor (an extractor module's DROP_IF). Not for step roots / openers.
     drop_if: Callable[[dict, Any], bool] | None = None
     joins_late: bool = field(default=False, init=False, compare=False)  # see _joins_late
+    step_part: bool = field(default=False, init=False, compare=False)  # see _step_part
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "joins_late", _joins_late(self))
+        object.__setattr__(self, "step_part", _step_part(self))
         if self.roles & {"step_root", "step_opener"}:
             object.__setattr__(self, "drop_if", None)  # their end also decides whether the engine went idle
 
@@ -65,6 +67,23 @@ def _joins_late(call: "HopCall") -> bool:
     enclosing span, the request's registered root, its own before-call attributes) does not change
     while it runs."""
     return call.scope == "request" and not (call.roles & _JOINS_AT_ONCE) and call.inject is None and not call.cuda_timed
+
+
+# Step-scope roles that shape the step's trace or a request's: never a plain part of a step. The step
+# root and the startup trace are created at once; the schedule (step_opener, batch) at its end, with the
+# batch's links (made then it cost less than at the step's end, after the forward; bench span_cost /
+# by-hop timing at load 3-4: step + schedule 30.7 -> 27.1 ms per run).
+_NOT_PARTS = frozenset({"step_root", "step_opener", "startup", "batch", "entrypoint", "request_root"})
+
+
+def _step_part(call: "HopCall") -> bool:
+    """A plain part of an engine step (model.execute, model.forward, sampler.sample, scheduler.update,
+    detokenize): nested in what encloses it, it links nothing when it begins, and once it ends (its
+    after-extractor run then) nothing but its own span is left to do, which waits for the step's end
+    (tracer.instrument.step_parts). spans.begin / spans.end take a short path for these: most of them
+    begin and end right after a forward pass, when every line of Python costs several times what it
+    does warm (bench/results/span_cost.md)."""
+    return call.scope == "step" and not (call.roles & _NOT_PARTS) and call.inject is None and call.drop_if is None
 
 
 _warned: set[tuple[str, str, str]] = set()

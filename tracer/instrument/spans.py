@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -80,6 +81,7 @@ class OpenSpan:
     deferred: list | tuple | None = None  # on an engine.step: (span, end ns) of its parts ended, created at its end; () once it closed
     awaiting: str | None = None  # an awaits_root hop's request id whose root was not registered when it began
     parent_context: otel_context.Context | None = None  # as_parent's, once made
+    thread: int = 0  # on an engine.step: the thread it began on
 
     def as_parent(self) -> otel_context.Context:
         """The context its children start under: made once and shared by them (a step's schedule,
@@ -171,6 +173,14 @@ def begin(call: HopCall, args: dict[str, Any]) -> OpenSpan | None:
         open_span = OpenSpan(call, tracer, attributes, start_ns, _UNJOINED, enclosing, _NO_LINKS)
         open_span.tokens = (_open.set(open_span), None)  # activate(); never a step root
         return open_span
+    if call.step_part and enclosing is not None:  # what the general path below does for one, and no more
+        open_span = OpenSpan(call, tracer, attributes, start_ns, None, enclosing, [])
+        if "in_flight" in call.roles and not attributes.get(DROP):
+            _start_in_flight(open_span)
+        open_span.tokens = (_open.set(open_span), None)  # activate(); never a step root
+        if call.cuda_timed:
+            open_span.gpu_events = gpu_timing.start_events()
+        return open_span
     parent: otel_context.Context | None = None
     links: list[Link] = []
     root: SpanContext | None = None
@@ -198,9 +208,9 @@ def begin(call: HopCall, args: dict[str, Any]) -> OpenSpan | None:
     open_span = OpenSpan(call, tracer, attributes, start_ns, parent, enclosing, links, root if call.scope == "request" else None,
                          awaiting=awaiting)
     if "in_flight" in roles and not attributes.get(DROP):
-        # Created at once, in its own thread: another thread's step opener links to it while it runs.
-        open_span.materialize()
-        overlap.started(open_span)
+        _start_in_flight(open_span)
+    if "step_root" in roles:
+        open_span.thread = threading.get_ident()
     if "entrypoint" in roles:
         # Always the request's root, even before it knows its request id (a server assigns the
         # id inside the handler): the spans nested in it hang under it from the start.
@@ -216,6 +226,21 @@ def begin(call: HopCall, args: dict[str, Any]) -> OpenSpan | None:
     if call.cuda_timed:
         open_span.gpu_events = gpu_timing.start_events()
     return open_span
+
+
+def _start_in_flight(open_span: OpenSpan) -> None:
+    """A model execution that another thread's step opener may link to while it runs is created at once,
+    in its own thread, and registered (tracer.instrument.overlap). One that runs on the thread its step
+    began on is not: no opener of this engine can begin before it returns (our synchronous step; vLLM's
+    UniProcExecutor runs even a non-blocking execute_model in the calling thread,
+    vllm/v1/executor/uniproc_executor.py:101-117 in 0.33.0), so it is a plain part of its step, created
+    at the step's end (tracer.instrument.step_parts). Our batch queue's model thread and grammar worker,
+    and a vLLM Worker process (its step came from the EngineCore), create it at once."""
+    step = _open_step.get()
+    if step is not None and step.thread == threading.get_ident():
+        return
+    open_span.materialize()
+    overlap.started(open_span)
 
 
 def activate(open_span: OpenSpan) -> None:
@@ -240,7 +265,17 @@ def end(open_span: OpenSpan, args: dict[str, Any], result: Any = None, error: Ba
     """Close the span: after-call attributes, links to the batch, error status."""
     end_ns = time.time_ns()
     deactivate(open_span)
-    if "in_flight" in open_span.call.roles:
+    call = open_span.call
+    if call.step_part and error is None and open_span.span is None and open_span.gpu_events is None:
+        # A plain part of a step (HopCall.step_part): its after-extractor now, the rest at its step's end.
+        # Nothing else here: right after a forward pass each function entered costs microseconds of CPU
+        # (cold caches; a forward's end took 47 us with the rest of _close run here, by-hop thread_time).
+        if call.after is not None:
+            open_span.attributes.update(_run_extractor(call, "after", call.after, args, result))
+        if not step_parts.defer(open_span, _open_step.get(), end_ns):
+            _end_part_now(open_span, end_ns)  # no step open here, or it closed (the part ran on past it)
+        return
+    if "in_flight" in open_span.call.roles and open_span.span is not None:  # only a created one was registered
         overlap.ended(open_span)
     drop_if = open_span.call.drop_if
     if drop_if is not None and error is None and open_span.span is None and open_span.awaiting is None:
@@ -267,12 +302,44 @@ def end(open_span: OpenSpan, args: dict[str, Any], result: Any = None, error: Ba
         close(root)
 
 
+def _prepare_part(open_span: OpenSpan) -> bool:
+    """What _close does for an ended step part before its span is created: its links to the batch it
+    reports; False when it was uneventful (DROP: an empty step's execute), no span."""
+    attributes = open_span.attributes
+    if attributes.get(DROP):
+        return False
+    batch_links = _batch_links(open_span.call, attributes)
+    if batch_links:
+        open_span.links.extend(batch_links)
+    return True
+
+
+def _end_part_now(open_span: OpenSpan, end_ns: int) -> None:
+    try:
+        if _prepare_part(open_span):
+            open_span.materialize().end(end_time=end_ns)
+    except Exception:  # pragma: no cover - bookkeeping must not break the engine either
+        logger.warning("servetrace: closing a %s span failed", open_span.call.hop, exc_info=True)
+    gpu_timing.drain_pending(wait=False)
+
+
+def _batch_links(call: HopCall, attributes: dict[str, Any]) -> list[Link]:
+    """A span's links to the requests of the batch it carries and of those it reports (finished, preempted)."""
+    batch = attributes.get(BATCH_IDS) or []
+    reported = [rid for key in REPORTED_ID_KEYS for rid in (attributes.get(key) or ()) if rid not in batch]
+    batch_links = request_links.to_requests(batch) + request_links.to_requests(list(dict.fromkeys(reported)), LINK_REPORTED)
+    if not batch_links and "batch" in call.roles and attributes.get(WAITING_HEAD) is not None:
+        # Scheduled nobody: the step belongs to the head it left waiting (else its trace links nowhere).
+        batch_links = request_links.to_requests([attributes[WAITING_HEAD]], LINK_WAITING)
+    return batch_links
+
+
 def _close(open_span: OpenSpan, args: dict[str, Any], result: Any, error: BaseException | None, end_ns: int,
            after: dict[str, Any] | None = None) -> None:
     call = open_span.call
     went_idle = False
     if "step_root" in call.roles:
-        step_parts.end_deferred(open_span)
+        step_parts.end_deferred(open_span, _prepare_part)
     try:
         if after is None:
             after = _run_extractor(call, "after", call.after, args, result) if error is None else {}
@@ -291,19 +358,14 @@ def _close(open_span: OpenSpan, args: dict[str, Any], result: Any, error: BaseEx
             if went_idle:
                 otel.flush_idle()
             return  # uneventful (e.g. a decode step's allocate that needed no new block)
-        batch = attributes.get(BATCH_IDS) or []
-        reported = [rid for key in REPORTED_ID_KEYS for rid in (attributes.get(key) or ()) if rid not in batch]
-        batch_links = request_links.to_requests(batch) + request_links.to_requests(list(dict.fromkeys(reported)), LINK_REPORTED)
-        if not batch_links and "batch" in call.roles and attributes.get(WAITING_HEAD) is not None:
-            # Scheduled nobody: the step belongs to the head it left waiting (else its trace links nowhere).
-            batch_links = request_links.to_requests([attributes[WAITING_HEAD]], LINK_WAITING)
+        batch_links = _batch_links(call, attributes)
         if "step_root" in call.roles:
             _steps_emitted[0] += 1
         if open_span.span is None:
             if open_span.parent is _UNJOINED:
                 _join(open_span)
             open_span.links.extend(batch_links)
-            span = None if step_parts.defer(open_span, _open_step.get(), error, end_ns) else open_span.materialize()
+            span = open_span.materialize()
         else:
             span = open_span.span
             if after:
@@ -338,9 +400,7 @@ def _close(open_span: OpenSpan, args: dict[str, Any], result: Any, error: BaseEx
     except Exception:  # pragma: no cover - bookkeeping must not break the engine either
         logger.warning("servetrace: closing a %s span failed", call.hop, exc_info=True)
         span = open_span.materialize()
-    if span is None:
-        pass  # deferred: created and ended with the step
-    elif open_span.gpu_events is not None and error is None:
+    if open_span.gpu_events is not None and error is None:
         start, stop = open_span.gpu_events
         gpu_timing.end_when_done(span, start, stop, end_ns)
     else:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from typing import Any
 
 logger = logging.getLogger(__name__)
@@ -22,35 +23,38 @@ logger = logging.getLogger(__name__)
 _CLOSED: tuple = ()
 _lock = threading.Lock()
 
-# Roles whose spans are created at once: the step itself; spans another thread links to while they
-# run; the startup trace; the schedule (it carries the batch's links: made at its end it cost less
-# than at the step's end, after the forward; bench span_cost / by-hop timing at load 3-4: step +
-# schedule 30.7 -> 27.1 ms per run).
-_NOT_DEFERRED = frozenset({"step_root", "in_flight", "startup", "batch"})
-
-
-def defer(open_span: Any, step: Any, error: BaseException | None, end_ns: int) -> bool:
-    """Keep the ended, not yet created `open_span` for `step`'s end (the engine.step open in this
-    thread / task); False: create it now."""
-    call = open_span.call
-    if error is not None or call.scope != "step" or call.inject is not None or open_span.gpu_events is not None \
-            or call.roles & _NOT_DEFERRED or step is None or step is open_span:
+def defer(open_span: Any, step: Any, end_ns: int) -> bool:
+    """Keep the ended, not yet created step part `open_span` (spans: HopCall.step_part, no error, no GPU
+    timing) for `step`'s end (the engine.step open in this thread / task); False: create it now (no step
+    is open, or it closed)."""
+    if step is None:
         return False
     with _lock:
-        if step.deferred is _CLOSED:
+        deferred = step.deferred
+        if deferred is _CLOSED:
             return False
-        if step.deferred is None:
-            step.deferred = []
-        step.deferred.append((open_span, end_ns))
+        if deferred is None:
+            step.deferred = [(open_span, end_ns)]
+        else:
+            deferred.append((open_span, end_ns))
     return True
 
 
-def end_deferred(step: Any) -> None:
-    """Close the step: create and end its deferred parts, in the order they ended (a parent created
-    by its first child's materialize, as at any time); parts ending later are created at once."""
+def end_deferred(step: Any, prepare: Callable[[Any], bool]) -> None:
+    """Close the step: create and end its deferred parts, in the order they ended; parts ending later
+    are created at once. prepare(part) first, for every part before any is created (a part's child
+    creates it, as its parent): the part's links to its batch; False: no span (uneventful)."""
     with _lock:
         deferred, step.deferred = step.deferred or (), _CLOSED
+    parts = []
     for part, end_ns in deferred:
+        try:
+            if prepare(part):
+                parts.append((part, end_ns))
+        except Exception:  # pragma: no cover - bookkeeping must not break the engine
+            logger.warning("servetrace: closing a %s span failed", part.call.hop, exc_info=True)
+            parts.append((part, end_ns))
+    for part, end_ns in parts:
         try:
             part.materialize().end(end_time=end_ns)
         except Exception:  # pragma: no cover - bookkeeping must not break the engine
