@@ -28,6 +28,7 @@ from opentelemetry import trace as trace_api
 from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.sdk import trace as sdk_trace
 from opentelemetry.sdk.trace import ReadableSpan, SpanLimits
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON, Decision
 from opentelemetry.sdk.util import BoundedList
 from opentelemetry.sdk.version import __version__ as SDK_VERSION
 from opentelemetry.trace import Link, SpanContext, Status, StatusCode, TraceFlags
@@ -127,6 +128,23 @@ class LeanSpan(sdk_trace._Span):
         copy was ~3% of the hooks' CPU in a cProfile of bench/trace_overhead.py's workload."""
         return self
 
+    def start_ended(self, start_time: int, end_time: int, parent_context: Any) -> None:
+        """start(start_time, parent_context), then end(end_time), for a span no other thread can hold yet:
+        the steps of the SDK's _Span.start and _Span.end (1.45.2, :943-973) without their locks and
+        their checks that neither time is set."""
+        self._start_time = start_time
+        processor = self._span_processor
+        processor.on_start(self, parent_context=parent_context)
+        if self._end_time is not None:  # a processor ended it in on_start: the SDK's end warns, as it would
+            self.end(end_time=end_time)
+            return
+        self._end_time = end_time
+        self._attributes._immutable = True
+        if self._record_end_metrics:
+            self._record_end_metrics()
+        processor._on_ending(self)
+        processor.on_end(self)  # _readable_span(): the span itself
+
     def set_clean_attributes(self, attributes: Mapping[str, Any]) -> None:
         """set_attributes for values hop_call.clean_attributes made (no re-cleaning while there is room)."""
         bounded = self._attributes
@@ -172,12 +190,16 @@ def _keep(link: Link) -> bool:
 
 
 def start_span(tracer: Any, name: str, context: Any, kind: trace_api.SpanKind, attributes: dict[str, Any],
-               links: Sequence[Link], start_time: int) -> Any:
+               links: Sequence[Link], start_time: int, end_time: int | None = None) -> Any:
     """tracer.start_span(name, context, kind, attributes, links, start_time) for attributes made by
-    hop_call.clean_attributes; lean where lean_supported(tracer)."""
+    hop_call.clean_attributes; lean where lean_supported(tracer). With end_time: then .end(end_time), at
+    once (a step's part, created at the step's end)."""
     shared = _shared_fields(tracer)
     if shared is None:
-        return tracer.start_span(name, context=context, kind=kind, attributes=attributes, links=links, start_time=start_time)
+        span = tracer.start_span(name, context=context, kind=kind, attributes=attributes, links=links, start_time=start_time)
+        if end_time is not None:
+            span.end(end_time=end_time)
+        return span
     # The steps of the SDK's Tracer.start_span (1.45.2), with LeanSpan for _Span.
     parent = trace_api.get_current_span(context).get_span_context()
     if not tracer._is_enabled():
@@ -187,20 +209,30 @@ def start_span(tracer: Any, name: str, context: Any, kind: trace_api.SpanKind, a
         trace_id = tracer.id_generator.generate_trace_id()
     else:
         trace_id = parent.trace_id
-    result = tracer.sampler.should_sample(context, trace_id, name, kind, attributes, links)
-    flags = TraceFlags.SAMPLED if result.decision.is_sampled() else TraceFlags.DEFAULT
+    sampler = tracer.sampler
+    if sampler is ALWAYS_ON:
+        # What its should_sample returns (StaticSampler, sampling.py:215-229): its decision, the attributes
+        # as given, the trace state of the parent, which _get_parent_trace_state (:482-488) reads off the
+        # context's span context just as `parent` was read above.
+        decision, trace_state = Decision.RECORD_AND_SAMPLE, parent.trace_state if parent is not None else None
+    else:
+        result = sampler.should_sample(context, trace_id, name, kind, attributes, links)
+        decision, trace_state = result.decision, result.trace_state
+        if len(result.attributes) != len(attributes):  # a sampler added its own: those get the SDK's cleaning
+            attributes = dict(BoundedAttributes(None, result.attributes))
+    flags = TraceFlags.SAMPLED if decision.is_sampled() else TraceFlags.DEFAULT
     if tracer.id_generator.is_trace_id_random() if parent is None else parent.trace_flags.random_trace_id:
         flags |= TraceFlags.RANDOM_TRACE_ID
     span_context = SpanContext(trace_id, tracer.id_generator.generate_span_id(), is_remote=False,
-                               trace_flags=TraceFlags(flags), trace_state=result.trace_state)
-    record_end_metrics = tracer._tracer_metrics.start_span(parent, result.decision)
-    if not result.decision.is_recording():
+                               trace_flags=TraceFlags(flags), trace_state=trace_state)
+    record_end_metrics = tracer._tracer_metrics.start_span(parent, decision)
+    if not decision.is_recording():
         return trace_api.NonRecordingSpan(context=span_context)
-    sampled_attributes = result.attributes
-    if len(sampled_attributes) != len(attributes):  # a sampler added its own: those get the SDK's cleaning
-        attributes = dict(BoundedAttributes(None, sampled_attributes))
     span = LeanSpan(name, span_context, parent, shared, attributes, links, kind, record_end_metrics)
-    span.start(start_time=start_time, parent_context=context)
+    if end_time is None:
+        span.start(start_time=start_time, parent_context=context)
+    else:
+        span.start_ended(start_time, end_time, context)
     return span
 
 

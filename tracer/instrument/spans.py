@@ -90,21 +90,25 @@ class OpenSpan:
             self.parent_context = trace.set_span_in_context(self.materialize())
         return self.parent_context
 
-    def materialize(self) -> Any:
-        if self.span is None:
-            if self.parent is _UNJOINED:
-                _join(self)
-            parent = self.parent
-            if isinstance(parent, SpanContext):
-                parent = trace.set_span_in_context(NonRecordingSpan(parent))
-            elif parent is None and self.enclosing is not None:
-                parent = self.enclosing.as_parent()
-            kind = SpanKind.SERVER if "entrypoint" in self.call.roles else SpanKind.INTERNAL
-            self.span = lean_span.start_span(self.tracer, self.call.hop, parent, kind, _clean(self.attributes),
-                                             self.links, self.start_ns)
-            if self.root is None:
-                self.root = self.span.get_span_context()
-            self.started_trace = self.span.parent is None
+    def materialize(self, end_ns: int | None = None) -> Any:
+        """Its SDK span, created now if it was not (with end_ns: ended there, created ended if it was not)."""
+        if self.span is not None:
+            if end_ns is not None:
+                self.span.end(end_time=end_ns)
+            return self.span
+        if self.parent is _UNJOINED:
+            _join(self)
+        parent = self.parent
+        if isinstance(parent, SpanContext):
+            parent = trace.set_span_in_context(NonRecordingSpan(parent))
+        elif parent is None and self.enclosing is not None:
+            parent = self.enclosing.as_parent()
+        kind = SpanKind.SERVER if "entrypoint" in self.call.roles else SpanKind.INTERNAL
+        self.span = lean_span.start_span(self.tracer, self.call.hop, parent, kind, _clean(self.attributes),
+                                         self.links, self.start_ns, end_ns)
+        if self.root is None:
+            self.root = self.span.get_span_context()
+        self.started_trace = self.span.parent is None
         return self.span
 
 
@@ -317,7 +321,7 @@ def _prepare_part(open_span: OpenSpan) -> bool:
 def _end_part_now(open_span: OpenSpan, end_ns: int) -> None:
     try:
         if _prepare_part(open_span):
-            open_span.materialize().end(end_time=end_ns)
+            open_span.materialize(end_ns)
     except Exception:  # pragma: no cover - bookkeeping must not break the engine either
         logger.warning("servetrace: closing a %s span failed", open_span.call.hop, exc_info=True)
     gpu_timing.drain_pending(wait=False)

@@ -56,6 +56,6 @@ def end_deferred(step: Any, prepare: Callable[[Any], bool]) -> None:
             parts.append((part, end_ns))
     for part, end_ns in parts:
         try:
-            part.materialize().end(end_time=end_ns)
+            part.materialize(end_ns)
         except Exception:  # pragma: no cover - bookkeeping must not break the engine
             logger.warning("servetrace: ending a %s span failed", part.call.hop, exc_info=True)
