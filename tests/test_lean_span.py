@@ -3,6 +3,7 @@ what the SDK's own Tracer.start_span gives them: same name, parent, kind, times,
 links, for any attributes servetrace's cleaning lets through."""
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from opentelemetry import trace
@@ -10,13 +11,17 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.id_generator import IdGenerator
-from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, SpanKind, TraceFlags
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON
+from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, SpanKind, TraceFlags, TraceState
 
 from tracer.instrument import lean_span
 from tracer.instrument.hop_call import clean_attributes as _clean
 
 ROOT = SpanContext(0x1234, 0x5678, is_remote=True, trace_flags=TraceFlags(TraceFlags.SAMPLED))
 OTHER = SpanContext(0x9999, 0x4242, is_remote=True, trace_flags=TraceFlags(TraceFlags.SAMPLED))
+# A parent whose trace state its children inherit (the sampler hands it on).
+STATED = SpanContext(0x1234, 0x5679, is_remote=True, trace_flags=TraceFlags(TraceFlags.SAMPLED),
+                     trace_state=TraceState([("vendor", "v1")]))
 
 
 class _SameIds(IdGenerator):
@@ -47,10 +52,10 @@ class _Seen(SimpleSpanProcessor):
         self.started.append(span.name)
 
 
-def _provider():
+def _provider(sampler=None):
     exporter = InMemorySpanExporter()
     processor = _Seen(exporter)
-    provider = TracerProvider(id_generator=_SameIds())
+    provider = TracerProvider(id_generator=_SameIds(), sampler=sampler)
     provider.add_span_processor(processor)
     return provider.get_tracer("servetrace"), exporter, processor
 
@@ -77,10 +82,17 @@ def _one_span(start, tracer, attributes, later):
     span.end(end_time=2_000)
     root = start(tracer, "engine.step", None, SpanKind.INTERNAL, {}, [], 500)  # a new trace: its flags come from the ids
     root.end(end_time=2_500)
+    # A step's part, created ended (lean_span: start_ended), under a parent with a trace state.
+    links = [Link(ROOT, lean_span.frozen_attributes((("servetrace.link", "request"), ("gen_ai.request.id", "r1"))))]
+    start(tracer, "model.forward", trace.set_span_in_context(NonRecordingSpan(STATED)), SpanKind.INTERNAL,
+          _clean(attributes), links, 600, 700)
 
 
-def _sdk_start(tracer, name, context, kind, attributes, links, start_time):
-    return tracer.start_span(name, context=context, kind=kind, attributes=attributes, links=links, start_time=start_time)
+def _sdk_start(tracer, name, context, kind, attributes, links, start_time, end_time=None):
+    span = tracer.start_span(name, context=context, kind=kind, attributes=attributes, links=links, start_time=start_time)
+    if end_time is not None:
+        span.end(end_time=end_time)
+    return span
 
 
 values = st.one_of(st.text(max_size=8), st.integers(-2**62, 2**62), st.booleans(), st.floats(allow_nan=False),
@@ -89,17 +101,20 @@ values = st.one_of(st.text(max_size=8), st.integers(-2**62, 2**62), st.booleans(
 attribute_maps = st.dictionaries(st.text(min_size=1, max_size=12), values, max_size=30)
 
 
+@pytest.mark.parametrize("sampler", [None, ALWAYS_ON], ids=["default sampler", "ALWAYS_ON (ours at ratio 1)"])
 @settings(max_examples=60, deadline=None)
 @given(attributes=attribute_maps, later=attribute_maps)
-def test_a_lean_span_exports_what_the_sdk_span_exports(attributes, later):
-    lean_tracer, lean_out, lean_seen = _provider()
-    sdk_tracer, sdk_out, sdk_seen = _provider()
+def test_a_lean_span_exports_what_the_sdk_span_exports(sampler, attributes, later):
+    lean_tracer, lean_out, lean_seen = _provider(sampler)
+    sdk_tracer, sdk_out, sdk_seen = _provider(sampler)
     assert lean_span.lean_supported(lean_tracer)  # the pinned SDK: the lean path is the one under test
     _one_span(lean_span.start_span, lean_tracer, attributes, later)
     _one_span(_sdk_start, sdk_tracer, attributes, later)
     lean, sdk = lean_out.get_finished_spans(), sdk_out.get_finished_spans()
     assert [_exported(span) for span in lean] == [_exported(span) for span in sdk]
-    assert lean_seen.started == sdk_seen.started == ["scheduler.schedule", "engine.step"]  # on_start called as the SDK does
+    assert lean[-1].context.trace_state == TraceState([("vendor", "v1")])  # the part inherited its parent's
+    # on_start called as the SDK calls it, for the part created ended too
+    assert lean_seen.started == sdk_seen.started == ["scheduler.schedule", "engine.step", "model.forward"]
 
 
 def test_link_attributes_are_frozen_and_shared():
