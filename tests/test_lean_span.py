@@ -161,3 +161,23 @@ def test_a_lean_span_has_the_sdk_spans_fields_and_hands_processors_what_it_held_
     (exported,) = exporter.get_finished_spans()
     assert (exported.name, dict(exported.attributes), exported.status.status_code, exported.end_time) == \
         ("x", {"a": 1}, trace.StatusCode.UNSET, 7)
+
+
+def test_a_checked_link_is_kept_unchecked_and_an_invalid_one_is_never_marked():
+    """checked_link marks a valid link with frozen attributes (request_links' links to a request), which
+    spans then keep without checking it again; an invalid one is not marked, and a span drops it as the
+    SDK does, at creation and when added later."""
+    tracer, exporter, _ = _provider(ALWAYS_ON)
+    frozen = lean_span.frozen_attributes((("servetrace.link", "request"), ("gen_ai.request.id", "r9")))
+    good = lean_span.checked_link(Link(ROOT, frozen))
+    bad = lean_span.checked_link(Link(trace.INVALID_SPAN_CONTEXT, lean_span.frozen_attributes(())))
+    assert lean_span._checked.get(id(good)) is good and id(bad) not in lean_span._checked
+    span = lean_span.start_span(tracer, "detokenize", None, SpanKind.INTERNAL, {}, [good, bad], 5)
+    lean_span.add_links(span, [bad, good])
+    span.end(end_time=6)
+    sdk = tracer.start_span("detokenize", links=[good, bad], start_time=5)
+    for link in (bad, good):
+        sdk.add_link(link.context, link.attributes)
+    sdk.end(end_time=6)
+    lean_links, sdk_links = ([(link.context, dict(link.attributes)) for link in s.links] for s in exporter.get_finished_spans())
+    assert lean_links == sdk_links == [(ROOT, dict(frozen))] * 2

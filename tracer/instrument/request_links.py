@@ -45,7 +45,7 @@ def _links_to(request_ids: tuple[str, ...], kind: str) -> list[Link]:
             if link is None or link.context is not root:
                 if len(_links_made) >= _MAX_LINKS:
                     _links_made.clear()  # finished requests' links go; live ones are made again once
-                link = _links_made[request_id, kind] = Link(
-                    root, lean_span.frozen_attributes(((LINK_KIND, kind), (REQUEST_ID, request_id))))
+                link = _links_made[request_id, kind] = lean_span.checked_link(Link(
+                    root, lean_span.frozen_attributes(((LINK_KIND, kind), (REQUEST_ID, request_id)))))
             links.append(link)
     return links
