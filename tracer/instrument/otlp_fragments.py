@@ -19,7 +19,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import msgspec
+from opentelemetry.attributes import BoundedAttributes
+from opentelemetry.sdk import trace as sdk_trace
 from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.util import BoundedList
 
 from tracer.instrument.otlp_json import _KINDS, _attributes, _finished_attributes, _flags, _link, _span, _value, group_spans
 
@@ -87,8 +90,26 @@ def _links_json(links: Sequence[Any]) -> bytes:
     return b"[" + b",".join(parts) + b"]"
 
 
+# What span_json reads of a span through ReadableSpan's properties; a span type that overrides none of
+# them (ReadableSpan itself, the SDK's _Span, lean_span.LeanSpan) is read from its fields directly.
+_READ = ("name", "context", "kind", "parent", "start_time", "end_time", "status", "attributes", "events", "links",
+         "dropped_attributes", "dropped_events", "dropped_links")
+_SPAN_CONTEXT_GETTERS = (ReadableSpan.get_span_context, sdk_trace._Span.get_span_context)  # both: self._context
+_direct_types: dict[type, bool] = {}
+
+
+def _reads_fields(kind: type) -> bool:
+    direct = _direct_types.get(kind)
+    if direct is None:
+        direct = _direct_types[kind] = issubclass(kind, ReadableSpan) and kind.get_span_context in _SPAN_CONTEXT_GETTERS \
+            and all(getattr(kind, name) is getattr(ReadableSpan, name) for name in _READ)
+    return direct
+
+
 def span_json(span: ReadableSpan) -> bytes:
     """One span's JSON object, as msgspec writes otlp_json._span(span)."""
+    if _reads_fields(type(span)):
+        return _span_json_from_fields(span)
     context = span.get_span_context()
     status = span.status
     if context.trace_state or span.events or status.description:
@@ -124,6 +145,55 @@ def span_json(span: ReadableSpan) -> bytes:
     code = status.status_code.value
     parts += (b',"status":{"code":' + str(code).encode() + b"}" if code else b',"status":{}',
               b',"flags":', str(_flags(span.parent)).encode(), b"}")
+    return b"".join(parts)
+
+
+def _span_json_from_fields(span: ReadableSpan) -> bytes:
+    """span_json of a span whose ReadableSpan properties are the SDK's own (_reads_fields): the same
+    values, read off the fields they return. Its events and links are read without the copy the
+    properties make (a tuple of a BoundedList copied under its lock, and .links was read twice): an
+    ended span's lists no longer change (the SDK refuses to add to them)."""
+    context, status, events = span._context, span._status, span._events
+    if context.trace_state or events or status.description:  # a BoundedList is falsy when empty, as the tuple was
+        return _encode(_span(span))
+    parts = [b'{"traceId":"', format(context.trace_id, "032x").encode(), b'","spanId":"',
+             format(context.span_id, "016x").encode(), b'"']
+    parent = span._parent
+    if parent is not None:
+        parts += (b',"parentSpanId":"', format(parent.span_id, "016x").encode(), b'"')
+    name = span._name
+    if name:
+        encoded_name = _names.get(name)
+        if encoded_name is None:
+            encoded_name = b',"name":' + _encode(name)
+            if len(_names) < 4096:
+                _names[name] = encoded_name
+        parts.append(encoded_name)
+    parts += (b',"kind":', str(_KINDS[span._kind]).encode())
+    start, end = span._start_time, span._end_time
+    if start:
+        parts += (b',"startTimeUnixNano":"', str(start).encode(), b'"')
+    if end:
+        parts += (b',"endTimeUnixNano":"', str(end).encode(), b'"')
+    attributes = span._attributes
+    if attributes:  # ReadableSpan.attributes: a view of `_attributes or {}`, read through as _finished_attributes does
+        parts += (b',"attributes":', _attributes_json(attributes))
+    dropped = attributes.dropped if isinstance(attributes, BoundedAttributes) else 0
+    if dropped:
+        parts += (b',"droppedAttributesCount":', str(dropped).encode())
+    dropped = events.dropped if isinstance(events, BoundedList) else 0
+    if dropped:
+        parts += (b',"droppedEventsCount":', str(dropped).encode())
+    links = span._links
+    items = links._dq if isinstance(links, BoundedList) else links
+    if items:
+        parts += (b',"links":', _links_json(items))
+    dropped = links.dropped if isinstance(links, BoundedList) else 0
+    if dropped:
+        parts += (b',"droppedLinksCount":', str(dropped).encode())
+    code = status.status_code.value
+    parts += (b',"status":{"code":' + str(code).encode() + b"}" if code else b',"status":{}',
+              b',"flags":', str(_flags(parent)).encode(), b"}")
     return b"".join(parts)
 
 
