@@ -109,16 +109,29 @@ def _reads_fields(kind: type) -> bool:
 def span_json(span: ReadableSpan) -> bytes:
     """One span's JSON object, as msgspec writes otlp_json._span(span)."""
     if _reads_fields(type(span)):
-        return _span_json_from_fields(span)
-    context = span.get_span_context()
-    status = span.status
-    if context.trace_state or span.events or status.description:
+        # The values the properties return, read off the fields (_reads_fields), its events and links
+        # without the copies the properties make (a tuple of each BoundedList, copied under its lock):
+        # an ended span's lists no longer change (the SDK refuses to add to them).
+        attributes, events, links = span._attributes, span._events, span._links
+        return _write(span, span._context, span._parent, span._name, span._kind, span._start_time, span._end_time,
+                      attributes, attributes.dropped if isinstance(attributes, BoundedAttributes) else 0,
+                      events, events.dropped if isinstance(events, BoundedList) else 0,
+                      links._dq if isinstance(links, BoundedList) else links,
+                      links.dropped if isinstance(links, BoundedList) else 0, span._status)
+    return _write(span, span.get_span_context(), span.parent, span.name, span.kind, span.start_time, span.end_time,
+                  _finished_attributes(span), span.dropped_attributes, span.events, span.dropped_events, span.links,
+                  span.dropped_links, span.status)
+
+
+def _write(span: ReadableSpan, context: Any, parent: Any, name: str, kind: Any, start: int | None, end: int | None,
+           attributes: Any, dropped_attributes: int, events: Any, dropped_events: int, links: Any, dropped_links: int,
+           status: Any) -> bytes:
+    if context.trace_state or events or status.description:  # what servetrace never writes on the hot path
         return _encode(_span(span))
-    name = span.name
     parts = [b'{"traceId":"', format(context.trace_id, "032x").encode(), b'","spanId":"',
              format(context.span_id, "016x").encode(), b'"']
-    if span.parent is not None:
-        parts += (b',"parentSpanId":"', format(span.parent.span_id, "016x").encode(), b'"')
+    if parent is not None:
+        parts += (b',"parentSpanId":"', format(parent.span_id, "016x").encode(), b'"')
     if name:
         encoded_name = _names.get(name)
         if encoded_name is None:
@@ -126,71 +139,20 @@ def span_json(span: ReadableSpan) -> bytes:
             if len(_names) < 4096:  # bounded: names come from the catalog, but any tracer may use this
                 _names[name] = encoded_name
         parts.append(encoded_name)
-    parts += (b',"kind":', str(_KINDS[span.kind]).encode())
-    if span.start_time:
-        parts += (b',"startTimeUnixNano":"', str(span.start_time).encode(), b'"')
-    if span.end_time:
-        parts += (b',"endTimeUnixNano":"', str(span.end_time).encode(), b'"')
-    attributes = _finished_attributes(span)
-    if attributes:
-        parts += (b',"attributes":', _attributes_json(attributes))
-    for key, count in ((b',"droppedAttributesCount":', span.dropped_attributes),
-                       (b',"droppedEventsCount":', span.dropped_events)):
-        if count:
-            parts += (key, str(count).encode())
-    if span.links:
-        parts += (b',"links":', _links_json(span.links))
-    if span.dropped_links:
-        parts += (b',"droppedLinksCount":', str(span.dropped_links).encode())
-    code = status.status_code.value
-    parts += (b',"status":{"code":' + str(code).encode() + b"}" if code else b',"status":{}',
-              b',"flags":', str(_flags(span.parent)).encode(), b"}")
-    return b"".join(parts)
-
-
-def _span_json_from_fields(span: ReadableSpan) -> bytes:
-    """span_json of a span whose ReadableSpan properties are the SDK's own (_reads_fields): the same
-    values, read off the fields they return. Its events and links are read without the copy the
-    properties make (a tuple of a BoundedList copied under its lock, and .links was read twice): an
-    ended span's lists no longer change (the SDK refuses to add to them)."""
-    context, status, events = span._context, span._status, span._events
-    if context.trace_state or events or status.description:  # a BoundedList is falsy when empty, as the tuple was
-        return _encode(_span(span))
-    parts = [b'{"traceId":"', format(context.trace_id, "032x").encode(), b'","spanId":"',
-             format(context.span_id, "016x").encode(), b'"']
-    parent = span._parent
-    if parent is not None:
-        parts += (b',"parentSpanId":"', format(parent.span_id, "016x").encode(), b'"')
-    name = span._name
-    if name:
-        encoded_name = _names.get(name)
-        if encoded_name is None:
-            encoded_name = b',"name":' + _encode(name)
-            if len(_names) < 4096:
-                _names[name] = encoded_name
-        parts.append(encoded_name)
-    parts += (b',"kind":', str(_KINDS[span._kind]).encode())
-    start, end = span._start_time, span._end_time
+    parts += (b',"kind":', str(_KINDS[kind]).encode())
     if start:
         parts += (b',"startTimeUnixNano":"', str(start).encode(), b'"')
     if end:
         parts += (b',"endTimeUnixNano":"', str(end).encode(), b'"')
-    attributes = span._attributes
-    if attributes:  # ReadableSpan.attributes: a view of `_attributes or {}`, read through as _finished_attributes does
+    if attributes:
         parts += (b',"attributes":', _attributes_json(attributes))
-    dropped = attributes.dropped if isinstance(attributes, BoundedAttributes) else 0
-    if dropped:
-        parts += (b',"droppedAttributesCount":', str(dropped).encode())
-    dropped = events.dropped if isinstance(events, BoundedList) else 0
-    if dropped:
-        parts += (b',"droppedEventsCount":', str(dropped).encode())
-    links = span._links
-    items = links._dq if isinstance(links, BoundedList) else links
-    if items:
-        parts += (b',"links":', _links_json(items))
-    dropped = links.dropped if isinstance(links, BoundedList) else 0
-    if dropped:
-        parts += (b',"droppedLinksCount":', str(dropped).encode())
+    for key, count in ((b',"droppedAttributesCount":', dropped_attributes), (b',"droppedEventsCount":', dropped_events)):
+        if count:
+            parts += (key, str(count).encode())
+    if links:
+        parts += (b',"links":', _links_json(links))
+    if dropped_links:
+        parts += (b',"droppedLinksCount":', str(dropped_links).encode())
     code = status.status_code.value
     parts += (b',"status":{"code":' + str(code).encode() + b"}" if code else b',"status":{}',
               b',"flags":', str(_flags(parent)).encode(), b"}")
