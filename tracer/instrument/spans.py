@@ -1,4 +1,5 @@
-"""How one hooked call becomes one span: which trace it joins, its links and attributes.
+"""How one hooked call becomes one span: which trace it joins, its links and attributes (which request's
+trace a request-scope span joins: tracer.instrument.request_join).
 
 Trace shape (the same for all engines):
 - one trace per request, rooted at http.request when there is an HTTP hop (a W3C traceparent
@@ -19,6 +20,7 @@ import contextvars
 import logging
 import threading
 import time
+import types
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,14 +30,16 @@ from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, SpanKind, S
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from tracer.instrument import gpu_timing, lean_span, otel, overlap, request_links, step_parts
+from tracer.instrument.request_join import join_request as _join_request, name_enclosing_http_request as _name_enclosing_http_request
+from tracer.instrument.request_join import steps_emitted as _steps_emitted, unclaimed_render as _unclaimed_render
 from tracer.instrument.hop_call import HopCall, clean_attributes as _clean, run_extractor as _run_extractor, warn_once
 from tracer.instrument.registry import registry
 
 logger = logging.getLogger(__name__)
 
 from tracer.traces.schema import (  # noqa: F401  (ALIASES, DROP, TRACEPARENT: re-exported for the extractors)
-    ENGINE_MODE, ALIASES, ARRIVAL_STEP, BATCH_IDS, BATCH_PREFIX, EXTRACTOR_ERROR, LINK_REPORTED, REPORTED_ID_KEYS, CARRIER_KEY, DROP, EXTERNAL_ID, HTTP_REQUEST_ID_HEADER, HTTP_STATUS, LINK_KIND,
-    LINK_REQUEST, LINK_STEP, LINK_WAITING, NUM_RUNNING, NUM_WAITING, REQUEST_ID, TRACEPARENT, WAITING_HEAD,
+    ENGINE_MODE, ALIASES, BATCH_IDS, BATCH_PREFIX, EXTRACTOR_ERROR, LINK_REPORTED, REPORTED_ID_KEYS, CARRIER_KEY, DROP, EXTERNAL_ID, HTTP_STATUS,
+    LINK_REQUEST, LINK_WAITING, NUM_RUNNING, NUM_WAITING, REQUEST_ID, TRACEPARENT, WAITING_HEAD,
 )
 
 
@@ -52,13 +56,6 @@ _remote_step: list[otel_context.Context | None] = [None]
 # The step the last unenclosed step opener began: targets marked part_of_step in the catalog join it
 # (SGLang's event loop calls get_next_batch_to_run, run_batch and process_batch_result in turn).
 _opened_step: list["OpenSpan | None"] = [None]
-# Engine-step spans this process has emitted: where a request arrives in the step sequence.
-_steps_emitted = [0]
-# A request.render span that started a trace before its request had an id (the offline path:
-# render, then add_request): the next engine.enqueue in this thread / task joins its trace.
-_unclaimed_render: contextvars.ContextVar[SpanContext | None] = contextvars.ContextVar("servetrace_unclaimed_render", default=None)
-
-_STEP_LINK = lean_span.frozen_attributes(((LINK_KIND, LINK_STEP),))
 
 
 @dataclass(slots=True)  # made for every hooked call (most kv.allocate calls end dropped): slots make and read it faster
@@ -82,6 +79,7 @@ class OpenSpan:
     awaiting: str | None = None  # an awaits_root hop's request id whose root was not registered when it began
     parent_context: otel_context.Context | None = None  # as_parent's, once made
     thread: int = 0  # on an engine.step: the thread it began on
+    late_args: dict | None = None  # a late before-extractor's arguments (HopCall.late_before) until it runs
 
     def as_parent(self) -> otel_context.Context:
         """The context its children start under: made once and shared by them (a step's schedule,
@@ -96,6 +94,8 @@ class OpenSpan:
             if end_ns is not None:
                 self.span.end(end_time=end_ns)
             return self.span
+        if self.late_args is not None:
+            _run_late_before(self)
         if self.parent is _UNJOINED:
             _join(self)
         parent = self.parent
@@ -116,45 +116,6 @@ _UNJOINED = object()  # OpenSpan.parent of a span that joins its trace late (Hop
 _NO_LINKS: list = []  # its links until then (never appended to: _join replaces it)
 
 
-def _join_request(call: HopCall, attributes: dict[str, Any], enclosing: "OpenSpan | None") -> tuple:
-    """A request-scope span's (parent, root, links, awaiting): the request's trace it joins, and its link
-    to the step it runs in."""
-    roles = call.roles
-    parent: otel_context.Context | SpanContext | None = None
-    links: list[Link] = []
-    awaiting: str | None = None
-    if enclosing is not None:
-        current = enclosing.materialize().get_span_context()
-    else:
-        current = trace.get_current_span().get_span_context()
-    request_id = attributes.get(REQUEST_ID)
-    root = registry.get(str(request_id)) if request_id is not None else None
-    if request_id is not None and attributes.get(EXTERNAL_ID) is None:
-        attributes[EXTERNAL_ID] = registry.external_id(str(request_id))
-    traceparent = attributes.get(TRACEPARENT)
-    if "enqueue" in roles and (traceparent or _steps_emitted[0]):  # a process that runs engine steps
-        attributes[ARRIVAL_STEP] = _steps_emitted[0]
-    if root is None and "enqueue" in roles and not current.is_valid:
-        root = _unclaimed_render.get()
-        if root is not None:
-            _unclaimed_render.set(None)
-    if root is not None:
-        parent = root  # its Context is made by materialize, if the span is written at all
-    elif traceparent:
-        parent = _propagator.extract({"traceparent": traceparent})
-    elif enclosing is not None and enclosing.call.scope == "step" and request_id is not None:
-        parent = otel_context.Context()  # a request's span does not belong to the step's trace
-    # (without a request id, a batch-level call of a request hop, e.g. SGLang's alloc_for_extend,
-    # nests in the step it runs in and links to the batch)
-    elif enclosing is not None:
-        root = enclosing.root  # nested in another span of the same request (enqueue inside http.request)
-    if parent is not None and current.is_valid and (root is None or root.trace_id != current.trace_id):
-        links.append(Link(current, _STEP_LINK))
-    if parent is None and enclosing is None and not current.is_valid and request_id is not None and "awaits_root" in roles:
-        awaiting = str(request_id)  # on a thread of its own, begun before the enqueue registered the root
-    return parent, root, links, awaiting
-
-
 def _join(open_span: "OpenSpan") -> None:
     """A late-joining span (HopCall.joins_late) that is written after all: look its trace up now."""
     open_span.parent, open_span.root, open_span.links, _ = _join_request(open_span.call, open_span.attributes,
@@ -170,13 +131,16 @@ def begin(call: HopCall, args: dict[str, Any]) -> OpenSpan | None:
     if enclosing is not None and enclosing.call.hop == call.hop:
         return None
     start_ns = time.time_ns()
-    attributes = _run_extractor(call, "before", call.before, args)
-    if call.mode:
-        attributes[ENGINE_MODE] = call.mode
     if call.joins_late and enclosing is not None:
-        open_span = OpenSpan(call, tracer, attributes, start_ns, _UNJOINED, enclosing, _NO_LINKS)
+        if call.late_before is not None and call.late_before(args):
+            # Its before-extractor waits for the end: most such calls end dropped (a decode step's allocate
+            # that fits its last block), and then it was for nothing (~2 us a call on ~1000 calls a run).
+            open_span = OpenSpan(call, tracer, _LATE, start_ns, _UNJOINED, enclosing, _NO_LINKS, late_args=args)
+        else:
+            open_span = OpenSpan(call, tracer, _before(call, args), start_ns, _UNJOINED, enclosing, _NO_LINKS)
         open_span.tokens = (_open.set(open_span), None)  # activate(); never a step root
         return open_span
+    attributes = _before(call, args)
     if call.step_part and enclosing is not None:  # what the general path below does for one, and no more
         open_span = OpenSpan(call, tracer, attributes, start_ns, None, enclosing, [])
         if "in_flight" in call.roles and not attributes.get(DROP):
@@ -230,6 +194,24 @@ def begin(call: HopCall, args: dict[str, Any]) -> OpenSpan | None:
     if call.cuda_timed:
         open_span.gpu_events = gpu_timing.start_events()
     return open_span
+
+
+def _before(call: HopCall, args: dict[str, Any]) -> dict[str, Any]:
+    attributes = _run_extractor(call, "before", call.before, args)
+    if call.mode:
+        attributes[ENGINE_MODE] = call.mode
+    return attributes
+
+
+# OpenSpan.attributes while its before-extractor waits: read-only (nothing writes to such a span's
+# attributes before its end or its creation, which run the extractor first).
+_LATE: Any = types.MappingProxyType({})
+
+
+def _run_late_before(open_span: OpenSpan) -> None:
+    """The before-extractor that waited (HopCall.late_before): run now, the span is to be written."""
+    args, open_span.late_args = open_span.late_args, None
+    open_span.attributes = _before(open_span.call, args)
 
 
 def _start_in_flight(open_span: OpenSpan) -> None:
@@ -288,6 +270,8 @@ def end(open_span: OpenSpan, args: dict[str, Any], result: Any = None, error: Ba
                 return  # uneventful, and no child needed the span: no after-extractor, no SDK work
         except Exception:  # the after-extractor below says what went wrong, on the span
             pass
+    if open_span.late_args is not None:
+        _run_late_before(open_span)
     if open_span.awaiting is None or open_span.span is not None:
         return _close(open_span, args, result, error, end_ns)
     # An awaits_root span (our grammar compile, on its compile thread) begun before its request's root
@@ -435,22 +419,3 @@ def _inject(open_span: OpenSpan, args: dict[str, Any], result: Any) -> None:
     except Exception:  # the engine's own work must go on without our context
         warn_once(open_span.call, "inject", "carrying the trace context from %s (%s) failed",
                   open_span.call.hop, open_span.call.engine)
-
-
-def _name_enclosing_http_request(open_span: OpenSpan, request_id: Any) -> None:
-    """The HTTP handler learns its request's id only when it enqueues it: tell its span."""
-    enclosing = open_span.enclosing
-    while enclosing is not None and "entrypoint" not in enclosing.call.roles:
-        enclosing = enclosing.enclosing
-    if enclosing is None:
-        return
-    named = enclosing.attributes.get(REQUEST_ID)
-    if named is not None and str(named) != str(request_id) and HTTP_REQUEST_ID_HEADER not in enclosing.attributes:
-        # The client's X-Request-Id became another id inside the server (vLLM: chatcmpl-X, cmpl-X-0):
-        # the span carries the server's id, which every later span uses, and keeps the header.
-        enclosing.attributes[HTTP_REQUEST_ID_HEADER] = named
-        enclosing.materialize().set_attribute(HTTP_REQUEST_ID_HEADER, str(named))
-        named = None
-    if named is None:
-        enclosing.attributes[REQUEST_ID] = request_id
-        enclosing.materialize().set_attribute(REQUEST_ID, str(request_id))
