@@ -130,9 +130,10 @@ def _serial_step_max_tokens(engine: Any) -> int | None:
 def schedule_after(args: dict, so: Any) -> dict:
     scheduler = args["self"]
     request_ids = list(so.num_scheduled_tokens)
-    prefill = sum(
-        1 for rid in request_ids if so.num_computed_tokens.get(rid, 0) < _num_prompt_tokens(scheduler, so, rid)
-    )
+    requests, computed, prefill = scheduler.requests, so.num_computed_tokens, 0
+    for rid in request_ids:  # a request still in its prompt (a loop, not a call per request: every step)
+        request = requests.get(rid)
+        prefill += computed.get(rid, 0) < (request.num_prompt_tokens if request is not None else 0)
     return {
         STEP: so.step,
         BATCH_IDS: request_ids,
@@ -171,11 +172,6 @@ def _why_waiting(scheduler: Any) -> dict:
         **scheduler_limits(config.max_num_batched_tokens, config.max_num_seqs, config.enable_chunked_prefill, scheduler.block_size, config.policy),
         **waiting_head_attributes(scheduler.waiting, scheduler.block_size),
     }
-
-
-def _num_prompt_tokens(scheduler: Any, so: Any, request_id: str) -> int:
-    request = scheduler.requests.get(request_id)
-    return request.num_prompt_tokens if request is not None else 0
 
 
 def match_before(args: dict) -> dict:
