@@ -220,8 +220,10 @@ def _start_in_flight(open_span: OpenSpan) -> None:
     began on is not: no opener of this engine can begin before it returns (our synchronous step; vLLM's
     UniProcExecutor runs even a non-blocking execute_model in the calling thread,
     vllm/v1/executor/uniproc_executor.py:101-117 in 0.33.0), so it is a plain part of its step, created
-    at the step's end (tracer.instrument.step_parts). Our batch queue's model thread and grammar worker,
-    and a vLLM Worker process (its step came from the EngineCore), create it at once."""
+    at the step's end (tracer.instrument.step_parts); SGLang 0.5.23's overlap loop too calls
+    get_next_batch_to_run and run_batch in turn on one thread (sglang/srt/managers/scheduler.py:2061-2109).
+    Our batch queue's model thread and grammar worker, and a vLLM Worker process (its step came from
+    the EngineCore), create it at once."""
     step = _open_step.get()
     if step is not None and step.thread == threading.get_ident():
         return
