@@ -140,7 +140,9 @@ def begin(call: HopCall, args: dict[str, Any]) -> OpenSpan | None:
             open_span = OpenSpan(call, tracer, _before(call, args), start_ns, _UNJOINED, enclosing, _NO_LINKS)
         open_span.tokens = (_open.set(open_span), None)  # activate(); never a step root
         return open_span
-    attributes = _before(call, args)
+    attributes = _run_extractor(call, "before", call.before, args)  # _before(), written out: every other call
+    if call.mode:
+        attributes[ENGINE_MODE] = call.mode
     if call.step_part and enclosing is not None:  # what the general path below does for one, and no more
         open_span = OpenSpan(call, tracer, attributes, start_ns, None, enclosing, [])
         if "in_flight" in call.roles and not attributes.get(DROP):
