@@ -44,9 +44,6 @@ class HopCall:
     # (args, result) -> True: the call was uneventful (what its after-extractor would mark DROP), known
     # without running that extractor (an extractor module's DROP_IF). Not for step roots / openers.
     drop_if: Callable[[dict, Any], bool] | None = None
-    # args -> True: this call's before-extractor reads nothing the call changes, and runs only if the span
-    # is written (an extractor module's LATE_BEFORE). Only with drop_if, on a span that joins late.
-    late_before: Callable[[dict], bool] | None = None
     joins_late: bool = field(default=False, init=False, compare=False)  # see _joins_late
     step_part: bool = field(default=False, init=False, compare=False)  # see _step_part
 
@@ -55,8 +52,6 @@ class HopCall:
         object.__setattr__(self, "step_part", _step_part(self))
         if self.roles & {"step_root", "step_opener"}:
             object.__setattr__(self, "drop_if", None)  # their end also decides whether the engine went idle
-        if self.drop_if is None or not self.joins_late:
-            object.__setattr__(self, "late_before", None)
 
 
 # Request-scope roles whose span must know its trace when it begins (it registers, names or starts one,

@@ -20,7 +20,6 @@ import contextvars
 import logging
 import threading
 import time
-import types
 from dataclasses import dataclass
 from typing import Any
 
@@ -79,7 +78,6 @@ class OpenSpan:
     awaiting: str | None = None  # an awaits_root hop's request id whose root was not registered when it began
     parent_context: otel_context.Context | None = None  # as_parent's, once made
     thread: int = 0  # on an engine.step: the thread it began on
-    late_args: dict | None = None  # a late before-extractor's arguments (HopCall.late_before) until it runs
 
     def as_parent(self) -> otel_context.Context:
         """The context its children start under: made once and shared by them (a step's schedule,
@@ -94,8 +92,6 @@ class OpenSpan:
             if end_ns is not None:
                 self.span.end(end_time=end_ns)
             return self.span
-        if self.late_args is not None:
-            _run_late_before(self)
         if self.parent is _UNJOINED:
             _join(self)
         parent = self.parent
@@ -131,18 +127,13 @@ def begin(call: HopCall, args: dict[str, Any]) -> OpenSpan | None:
     if enclosing is not None and enclosing.call.hop == call.hop:
         return None
     start_ns = time.time_ns()
-    if call.joins_late and enclosing is not None:
-        if call.late_before is not None and call.late_before(args):
-            # Its before-extractor waits for the end: most such calls end dropped (a decode step's allocate
-            # that fits its last block), and then it was for nothing (~2 us a call on ~1000 calls a run).
-            open_span = OpenSpan(call, tracer, _LATE, start_ns, _UNJOINED, enclosing, _NO_LINKS, late_args=args)
-        else:
-            open_span = OpenSpan(call, tracer, _before(call, args), start_ns, _UNJOINED, enclosing, _NO_LINKS)
-        open_span.tokens = (_open.set(open_span), None)  # activate(); never a step root
-        return open_span
-    attributes = _run_extractor(call, "before", call.before, args)  # _before(), written out: every other call
+    attributes = _run_extractor(call, "before", call.before, args)
     if call.mode:
         attributes[ENGINE_MODE] = call.mode
+    if call.joins_late and enclosing is not None:
+        open_span = OpenSpan(call, tracer, attributes, start_ns, _UNJOINED, enclosing, _NO_LINKS)
+        open_span.tokens = (_open.set(open_span), None)  # activate(); never a step root
+        return open_span
     if call.step_part and enclosing is not None:  # what the general path below does for one, and no more
         open_span = OpenSpan(call, tracer, attributes, start_ns, None, enclosing, [])
         if "in_flight" in call.roles and not attributes.get(DROP):
@@ -196,24 +187,6 @@ def begin(call: HopCall, args: dict[str, Any]) -> OpenSpan | None:
     if call.cuda_timed:
         open_span.gpu_events = gpu_timing.start_events()
     return open_span
-
-
-def _before(call: HopCall, args: dict[str, Any]) -> dict[str, Any]:
-    attributes = _run_extractor(call, "before", call.before, args)
-    if call.mode:
-        attributes[ENGINE_MODE] = call.mode
-    return attributes
-
-
-# OpenSpan.attributes while its before-extractor waits: read-only (nothing writes to such a span's
-# attributes before its end or its creation, which run the extractor first).
-_LATE: Any = types.MappingProxyType({})
-
-
-def _run_late_before(open_span: OpenSpan) -> None:
-    """The before-extractor that waited (HopCall.late_before): run now, the span is to be written."""
-    args, open_span.late_args = open_span.late_args, None
-    open_span.attributes = _before(open_span.call, args)
 
 
 def _start_in_flight(open_span: OpenSpan) -> None:
@@ -274,8 +247,6 @@ def end(open_span: OpenSpan, args: dict[str, Any], result: Any = None, error: Ba
                 return  # uneventful, and no child needed the span: no after-extractor, no SDK work
         except Exception:  # the after-extractor below says what went wrong, on the span
             pass
-    if open_span.late_args is not None:
-        _run_late_before(open_span)
     if open_span.awaiting is None or open_span.span is not None:
         return _close(open_span, args, result, error, end_ns)
     # An awaits_root span (our grammar compile, on its compile thread) begun before its request's root

@@ -38,14 +38,6 @@ def extractors_for(engine: str, hop: str) -> tuple[Extractor | None, Extractor |
     return module.BEFORE.get(hop), module.AFTER.get(hop), getattr(module, "INJECT", {}).get(hop)
 
 
-def late_before_for(engine: str, hop: str) -> Callable[[dict], bool] | None:
-    """The engine module's LATE_BEFORE entry for `hop`: args -> True when this call's before-extractor
-    reads nothing the call changes, so it may run at the call's end, only if the span is written
-    (most kv.allocate calls end dropped: tracer.instrument.spans.begin). Only for a hop with DROP_IF."""
-    module = importlib.import_module(f"tracer.instrument.extractors.{engine}")
-    return getattr(module, "LATE_BEFORE", {}).get(hop)
-
-
 def drop_if_for(engine: str, hop: str) -> Callable[[dict, Any], bool] | None:
     """The engine module's DROP_IF entry for `hop`: (args, result) -> True when the call was
     uneventful, exactly when its AFTER extractor would mark it DROP. Asked first, so that a span
@@ -139,17 +131,6 @@ def allocate_before(args: dict) -> dict:
         NUM_NEW_TOKENS: args.get("num_new_tokens", 0),
         NUM_NEW_COMPUTED: args.get("num_new_computed_tokens", 0),
     }
-
-
-def allocate_before_waits(args: dict) -> bool:
-    """LATE_BEFORE of KVCacheManager.allocate_slots (ours and vLLM's): allocate_before may run at the call's
-    end. What it reads (the request's id, prompt and computed token counts, the call's arguments) the call
-    does not change: vLLM 0.33's allocate_slots (vllm/v1/core/kv_cache_manager.py:380-614) and 0.32's
-    (:371-620) assign no field of the request (nor does anything under vllm/v1/core), ours neither
-    (engine/kv_cache_manager.py:144-194); the scheduler advances num_computed_tokens after it returns.
-    Not our PrefillAdder.add_one_req (cache_mode sglang, the same hop; "entry" in its arguments): DROP_IF
-    never drops it, so its extractor would run anyway."""
-    return "entry" not in args
 
 
 def placeholder_attributes(args: dict, _: Any = None) -> dict[str, Any]:

@@ -5,7 +5,7 @@ from typing import Any
 
 from tracer.instrument import otel
 from tracer.instrument.extractors import (
-    allocate_before, allocate_before_waits,
+    allocate_before,
     BATCH_RESUMED,
     ALLOCATED, BATCH_DECODE, BATCH_FINISHED, BATCH_IDS, BATCH_NEW, BATCH_NEW_TOKENS, BATCH_PREEMPTED, BATCH_PREFILL,
     BATCH_SIZE, BATCH_TOKENS, BATCH_TOTAL, BLOCK_IDS, BLOCKS_ALLOCATED, BLOCKS_FREED, CACHED_BLOCKS,
@@ -378,5 +378,3 @@ AFTER = {
 }
 # Asked before AFTER: a call they call uneventful ends with no span and no after-extractor.
 DROP_IF = {"kv.allocate": allocate_uneventful}
-# Asked when the call begins: its before-extractor may wait for its end (extractors.late_before_for).
-LATE_BEFORE = {"kv.allocate": allocate_before_waits}

@@ -35,7 +35,7 @@ from tracer.traces.schema import (
     CONFIG_MAX_MODEL_LEN, CONFIG_MAX_NUM_SEQS, CONFIG_NUM_BLOCKS, CONFIG_POLICY, CONFIG_PREFIX_CACHING,
 )
 from tracer.instrument import otel
-from tracer.instrument.extractors import allocate_before_waits, placeholder_attributes
+from tracer.instrument.extractors import placeholder_attributes
 from tracer.traces.schema import BLOCK_HASHES, FIRST_BLOCK_TOKENS_HASH, PROMPT_TOKEN_IDS
 from tracer.traces.schema import ALIASES, CARRIER_EXTERNAL_ID, CARRIER_KEY, DROP, TRACEPARENT
 
@@ -398,4 +398,3 @@ AFTER = {
     "detokenize": detokenize_after,
 }
 DROP_IF = {"kv.allocate": allocate_uneventful}  # asked before AFTER (extractors.drop_if_for)
-LATE_BEFORE = {"kv.allocate": allocate_before_waits}  # asked at its begin (extractors.late_before_for)
