@@ -2,6 +2,7 @@
 behind in the temp dir."""
 from __future__ import annotations
 
+import os
 import tempfile
 
 import pytest
@@ -52,3 +53,14 @@ def test_a_vllm_replay_leaves_no_model_folder_in_the_temp_dir(tmp_path, monkeypa
     log = drive(runner, W.shared_prefix())
     assert log.steps and not log.stalled  # ... and needed it only while building the scheduler
     assert list(tmp_path.glob(MODEL_DIR_PREFIX + "*")) == []
+
+
+def test_building_vllms_scheduler_leaves_this_processs_environment_as_it_was(monkeypatch):
+    """VllmConfig's CPU platform hook edits os.environ for the worker processes vLLM would start
+    (LD_PRELOAD torch's libgomp, LOCAL_WORLD_SIZE, ...); replay starts none, so nothing of it may reach
+    the processes this one starts later (a server whose libgomp would read its settings too early)."""
+    for key in ("LD_PRELOAD", "LOCAL_WORLD_SIZE", "VLLM_WORKER_MULTIPROC_METHOD", "NUMEXPR_MAX_THREADS"):
+        monkeypatch.delenv(key, raising=False)
+    before = dict(os.environ)
+    make_scheduler_runner("vllm", ReplayConfig(num_blocks=32))
+    assert dict(os.environ) == before

@@ -86,6 +86,26 @@ def _vllm():
     )
 
 
+@contextmanager
+def environment_kept() -> Iterator[None]:
+    """os.environ as it was before the block. VllmConfig's __post_init__ runs the platform's
+    check_and_update_config, and on a CPU that edits the environment for the worker processes vLLM
+    would start: VLLM_WORKER_MULTIPROC_METHOD, NUMEXPR_MAX_THREADS, two TORCHINDUCTOR_ settings,
+    LOCAL_WORLD_SIZE, and LD_PRELOAD gains torch's libgomp (and tcmalloc where bundled), vLLM 0.33's
+    vllm/platforms/cpu.py:426-531 CpuPlatform.check_and_update_config. Replay starts no worker; left
+    in place, the edit reaches every process this one starts later (a server, a user's subprocess),
+    whose libgomp then reads its settings before any Python runs."""
+    before = dict(os.environ)
+    try:
+        yield
+    finally:
+        for key in set(os.environ) - set(before):
+            del os.environ[key]
+        for key, value in before.items():
+            if os.environ.get(key) != value:
+                os.environ[key] = value
+
+
 def build_vllm_scheduler(config: ReplayConfig):
     """A real vllm.v1.core.sched.scheduler.Scheduler under the replay config."""
     with config_only_model_dir() as model_dir:
@@ -106,10 +126,11 @@ def _build_vllm_scheduler(config: ReplayConfig, model_dir: str):
         speculative_config = v["SpeculativeConfig"](
             method="ngram_gpu" if config.async_scheduling else "ngram", num_speculative_tokens=config.num_speculative_tokens
         ) if config.num_speculative_tokens else None
-        vllm_config = v["VllmConfig"](
-            scheduler_config=scheduler_config, model_config=model_config, cache_config=cache_config,
-            speculative_config=speculative_config,
-        )
+        with environment_kept():
+            vllm_config = v["VllmConfig"](
+                scheduler_config=scheduler_config, model_config=model_config, cache_config=cache_config,
+                speculative_config=speculative_config,
+            )
     except ValueError as exc:
         raise ReplayError(f"vLLM rejects this config: {exc}") from None
     spec = v["FullAttentionSpec"](config.block_size, num_kv_heads=1, head_size=1, dtype=v["torch"].float32)
