@@ -59,6 +59,23 @@ static inline __m512 bf16x16(const uint16_t *p) {
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p)), 16));
 }
 
+/* Each of `rows` score rows (len live of padded, 64-byte aligned) replaced by exp(score - its max),
+   16 lanes at a time; total[g] is row g's sum (the softmax's divisor, applied at the end). */
+static inline void exp_rows(float *scores, int64_t rows, int64_t len, int64_t padded, float *total) {
+    for (int64_t g = 0; g < rows; g++) {
+        float *sg = scores + g * padded, m = -3.0e38f;
+        for (int64_t t = 0; t < len; t++) m = sg[t] > m ? sg[t] : m;
+        __m512 sum = _mm512_setzero_ps();
+        for (int64_t t0 = 0; t0 < padded; t0 += 16) {
+            const __mmask16 live = len - t0 >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (len - t0)) - 1);
+            const __m512 e = _mm512_maskz_mov_ps(live, exp16(_mm512_sub_ps(_mm512_load_ps(sg + t0), _mm512_set1_ps(m))));
+            _mm512_store_ps(sg + t0, e);
+            sum = _mm512_add_ps(sum, e);
+        }
+        total[g] = _mm512_reduce_add_ps(sum);
+    }
+}
+
 /* Speed trick for the bundled model's shape in bf16 (3 heads per KV head, dim 64) on a CPU
    with AVX-512 BF16: a key's 3 scores from bf16 pair dot products (vdpbf16ps, float32 sums),
    16 keys' partial sums reduced together (4 levels of pair_sums, not 16 horizontal sums), the
@@ -90,18 +107,7 @@ static void row_3x64_bf16(const uint16_t *query, const uint16_t *k_cache, const 
         }
     }
     float total[3];
-    for (int g = 0; g < 3; g++) {
-        float *sg = scores + g * padded, m = -3.0e38f;
-        for (int64_t t = 0; t < len; t++) m = sg[t] > m ? sg[t] : m;
-        __m512 sum = _mm512_setzero_ps();
-        for (int64_t t0 = 0; t0 < padded; t0 += 16) {
-            const __mmask16 live = len - t0 >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (len - t0)) - 1);
-            const __m512 e = _mm512_maskz_mov_ps(live, exp16(_mm512_sub_ps(_mm512_load_ps(sg + t0), _mm512_set1_ps(m))));
-            _mm512_store_ps(sg + t0, e);
-            sum = _mm512_add_ps(sum, e);
-        }
-        total[g] = _mm512_reduce_add_ps(sum);
-    }
+    exp_rows(scores, 3, len, padded, total);
     __m512 acc[3][4];
     for (int g = 0; g < 3; g++) for (int c = 0; c < 4; c++) acc[g][c] = _mm512_setzero_ps();
     for (int64_t t = 0; t < len; t++) {
@@ -173,18 +179,7 @@ static void request_3x64_bf16(const uint16_t *query, const uint16_t *k_cache, co
         }
     }
     float *total = (float *)malloc(sizeof(float) * rows);
-    for (int64_t g = 0; g < rows; g++) {
-        float *sg = scores + g * padded, m = -3.0e38f;
-        for (int64_t t = 0; t < len; t++) m = sg[t] > m ? sg[t] : m;
-        __m512 sum = _mm512_setzero_ps();
-        for (int64_t t0 = 0; t0 < padded; t0 += 16) {
-            const __mmask16 live = len - t0 >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (len - t0)) - 1);
-            const __m512 e = _mm512_maskz_mov_ps(live, exp16(_mm512_sub_ps(_mm512_load_ps(sg + t0), _mm512_set1_ps(m))));
-            _mm512_store_ps(sg + t0, e);
-            sum = _mm512_add_ps(sum, e);
-        }
-        total[g] = _mm512_reduce_add_ps(sum);
-    }
+    exp_rows(scores, rows, len, padded, total);
     __m512 *acc = (__m512 *)aligned_alloc(64, sizeof(__m512) * rows * 4);
     for (int64_t i = 0; i < rows * 4; i++) acc[i] = _mm512_setzero_ps();
     for (int64_t start = 0; start < len; start += block_size) {
