@@ -59,6 +59,28 @@ static inline __m512 bf16x16(const uint16_t *p) {
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p)), 16));
 }
 
+/* The 3 query heads' scores (times scale) for keys [t0, t0 + n) of one KV head (n <= 16), into
+   dst[g * padded + j]: vdpbf16ps pair dot products, 16 keys' partial sums reduced together. */
+static inline void score_tile(__m512bh q[3][2], const uint16_t *k_cache, const int64_t *table, int64_t t0, int64_t n,
+                              int64_t block_size, int64_t token_stride, int64_t head_off, float *dst, int64_t padded, float scale) {
+    __m512 p[3][16];
+    for (int j = 0; j < 16; j++) {
+        if (j < n) {
+            const int64_t pos = t0 + j;
+            const uint16_t *k = k_cache + (table[pos / block_size] * block_size + pos % block_size) * token_stride + head_off;
+            const __m512bh lo = (__m512bh)_mm512_loadu_si512(k), hi = (__m512bh)_mm512_loadu_si512(k + 32);
+            for (int g = 0; g < 3; g++) p[g][j] = _mm512_dpbf16_ps(_mm512_dpbf16_ps(_mm512_setzero_ps(), q[g][0], lo), q[g][1], hi);
+        } else {
+            for (int g = 0; g < 3; g++) p[g][j] = _mm512_setzero_ps();
+        }
+    }
+    for (int g = 0; g < 3; g++) {
+        for (int w = 16; w > 1; w /= 2)
+            for (int m = 0; m < w / 2; m++) p[g][m] = pair_sums(p[g][2 * m], p[g][2 * m + 1]);
+        _mm512_store_ps(dst + g * padded, _mm512_mul_ps(p[g][0], _mm512_set1_ps(scale)));
+    }
+}
+
 /* Each of `rows` score rows (len live of padded, 64-byte aligned) replaced by exp(score - its max),
    16 lanes at a time; total[g] is row g's sum (the softmax's divisor, applied at the end). */
 static inline void exp_rows(float *scores, int64_t rows, int64_t len, int64_t padded, float *total) {
@@ -88,23 +110,8 @@ static void row_3x64_bf16(const uint16_t *query, const uint16_t *k_cache, const 
     const int64_t padded = (len + 15) / 16 * 16;
     float *scores = (float *)aligned_alloc(64, sizeof(float) * 3 * (padded > 0 ? padded : 16));
     for (int64_t t0 = 0; t0 < len; t0 += 16) {
-        __m512 p[3][16];
         const int64_t n = len - t0 < 16 ? len - t0 : 16;
-        for (int j = 0; j < 16; j++) {
-            if (j < n) {
-                const int64_t pos = t0 + j;
-                const uint16_t *k = k_cache + (table[pos / block_size] * block_size + pos % block_size) * token_stride + head_off;
-                const __m512bh lo = (__m512bh)_mm512_loadu_si512(k), hi = (__m512bh)_mm512_loadu_si512(k + 32);
-                for (int g = 0; g < 3; g++) p[g][j] = _mm512_dpbf16_ps(_mm512_dpbf16_ps(_mm512_setzero_ps(), q[g][0], lo), q[g][1], hi);
-            } else {
-                for (int g = 0; g < 3; g++) p[g][j] = _mm512_setzero_ps();
-            }
-        }
-        for (int g = 0; g < 3; g++) {
-            for (int w = 16; w > 1; w /= 2)
-                for (int m = 0; m < w / 2; m++) p[g][m] = pair_sums(p[g][2 * m], p[g][2 * m + 1]);
-            _mm512_store_ps(scores + g * padded + t0, _mm512_mul_ps(p[g][0], _mm512_set1_ps(scale)));
-        }
+        score_tile(q, k_cache, table, t0, n, block_size, token_stride, head_off, scores + t0, padded, scale);
     }
     float total[3];
     exp_rows(scores, 3, len, padded, total);
@@ -160,22 +167,7 @@ static void request_3x64_bf16(const uint16_t *query, const uint16_t *k_cache, co
             __m512bh q[3][2];
             for (int g = 0; g < 3; g++)
                 for (int h = 0; h < 2; h++) q[g][h] = (__m512bh)_mm512_loadu_si512(query + (kh * 3 + g) * 64 + h * 32);
-            __m512 p[3][16];
-            for (int j = 0; j < 16; j++) {
-                if (j < n) {
-                    const int64_t pos = t0 + j;
-                    const uint16_t *k = k_cache + (table[pos / block_size] * block_size + pos % block_size) * token_stride + kh * 64;
-                    const __m512bh lo = (__m512bh)_mm512_loadu_si512(k), hi = (__m512bh)_mm512_loadu_si512(k + 32);
-                    for (int g = 0; g < 3; g++) p[g][j] = _mm512_dpbf16_ps(_mm512_dpbf16_ps(_mm512_setzero_ps(), q[g][0], lo), q[g][1], hi);
-                } else {
-                    for (int g = 0; g < 3; g++) p[g][j] = _mm512_setzero_ps();
-                }
-            }
-            for (int g = 0; g < 3; g++) {
-                for (int w = 16; w > 1; w /= 2)
-                    for (int m = 0; m < w / 2; m++) p[g][m] = pair_sums(p[g][2 * m], p[g][2 * m + 1]);
-                _mm512_store_ps(scores + (kh * 3 + g) * padded + t0, _mm512_mul_ps(p[g][0], _mm512_set1_ps(scale)));
-            }
+            score_tile(q, k_cache, table, t0, n, block_size, token_stride, kh * 64, scores + kh * 3 * padded + t0, padded, scale);
         }
     }
     float *total = (float *)malloc(sizeof(float) * rows);
