@@ -75,7 +75,10 @@ def test_the_result_comes_back_and_an_error_is_raised_on_the_caller():
 def _libgomp_settings(code: str, **env: str) -> dict[str, str]:
     """OMP_WAIT_POLICY and GOMP_SPINCOUNT as the libgomp torch loads in a fresh process running `code` reads them
     (OMP_DISPLAY_ENV=VERBOSE prints them when it starts)."""
-    clean = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    # A fresh environment, not this process's: vLLM's CPU platform hook, run in-process by tests that build
+    # its config, puts torch's libgomp in LD_PRELOAD, and a preloaded libgomp reads its settings before Python
+    # runs (tracer/replay/runners/vllm.py environment_kept says where; this test is about the command line).
+    clean = {k: os.environ[k] for k in ("PATH", "HOME", "LANG", "TMPDIR", "VIRTUAL_ENV") if k in os.environ}
     done = subprocess.run([sys.executable, "-c", code + "; import torch; torch.ones(1)"], capture_output=True, text=True,
                           env={**clean, **env, "OMP_DISPLAY_ENV": "VERBOSE"}, timeout=120, cwd=ROOT)
     found = dict(re.findall(r"^\s*(OMP_WAIT_POLICY|GOMP_SPINCOUNT) = '(\w+)'", done.stderr, re.M))
