@@ -17,11 +17,23 @@ import torch
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
+def cpu_model() -> str:
+    """The CPU's model name and its bf16 matrix features (/proc/cpuinfo): results from another CPU are not comparable."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "unknown CPU"
+    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "unknown CPU")
+    flags = set(next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), []))
+    features = [f for f in ("avx512_bf16", "amx_bf16") if f in flags]
+    return f"{name} ({', '.join(features) or 'no native bf16'})"
+
+
 def run_meta(**extra: object) -> dict:
     """The command that produced a result, the machine, the time and the load it ran under."""
     return {
         "command": f".venv/bin/python bench/{Path(sys.argv[0]).name} " + " ".join(sys.argv[1:]),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads",
+        "machine": f"{platform.machine()} {cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads",
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
         "load_average_at_end": tuple(round(x, 2) for x in os.getloadavg()),
         **extra,
