@@ -276,6 +276,11 @@ def elementwise_cases(batch: int) -> list[tuple[str, Callable, Callable, int]]:
         rows.append((f"SiLU-and-mul (bf16): C vs F.silu(gate) * up, {tokens} rows",
                      lambda g=gate_up: cpu_elementwise.silu_and_mul(g),
                      lambda g=gate_up: F.silu(g[:, :INTERMEDIATE]) * g[:, INTERMEDIATE:], calls))
+    # The residual grows by x on every call (in place), in both forms alike: the same work each time.
+    x, residual = torch.randn(batch, HIDDEN).bfloat16() * 1e-3, torch.randn(batch, HIDDEN).bfloat16()
+    rows.append((f"residual add + RMSNorm (bf16), {batch} rows: one C pass vs the add + the C RMSNorm",
+                 lambda: cpu_elementwise.add_rms_norm(x, residual, weight, 1e-5),
+                 lambda: cpu_elementwise.rms_norm(residual.add_(x), weight, 1e-5), 1000))
     return rows
 
 
@@ -294,6 +299,29 @@ def rotary_case(batch: int) -> tuple[str, Callable, Callable, int]:
 
     return ("rotary (bf16, q and k): sign on sin + roll vs rotate_half's neg + cat", lambda: apply_rotary(qk, cos, signed_sin),
             rotate_half, 1000)
+
+
+def rotary_write_kv_case(batch: int) -> tuple[str, Callable, Callable, int]:
+    """Attention's rotary + KV write: one C pass vs apply_rotary + split + write_kv_cache; bit-equal
+    (tests/test_cpu_rotary_write_kv.py). Decode-sized, where torch's per-op dispatch dominates."""
+    from engine import cpu_elementwise
+    from engine.attention import write_kv_cache
+    from engine.model import RotaryEmbedding, apply_rotary
+
+    qkv = torch.randn(batch, (HEADS + 2 * KV_HEADS) * HEAD_DIM).bfloat16()
+    cos, signed_sin = RotaryEmbedding(HEAD_DIM, 10000.0)(torch.arange(90, 90 + batch), torch.bfloat16)
+    k_cache = torch.zeros(64, BLOCK, KV_HEADS, HEAD_DIM, dtype=torch.bfloat16)
+    v_cache = torch.zeros_like(k_cache)
+    slots = torch.arange(batch) * BLOCK + 5
+
+    def torch_ops():
+        qk = qkv[:, : (HEADS + KV_HEADS) * HEAD_DIM].view(batch, HEADS + KV_HEADS, HEAD_DIM)
+        q, k = apply_rotary(qk, cos, signed_sin).split([HEADS, KV_HEADS], dim=1)
+        write_kv_cache(k, qkv[:, (HEADS + KV_HEADS) * HEAD_DIM:].view(batch, KV_HEADS, HEAD_DIM), k_cache, v_cache, slots)
+        return q
+
+    return (f"rotary + KV write (bf16), {batch} rows: one C pass vs apply_rotary + split + write_kv_cache",
+            lambda: cpu_elementwise.rotary_write_kv(qkv, cos, signed_sin, slots, k_cache, v_cache, HEADS), torch_ops, 1000)
 
 
 def compiled_attention_case(batch: int, context: int) -> tuple[str, Callable, Callable, int]:
@@ -338,6 +366,7 @@ def main() -> int:
     all_cases += prefill_cases()
     all_cases.append(rms_norm_case(args.batch))
     all_cases.append(rotary_case(args.batch))
+    all_cases.append(rotary_write_kv_case(args.batch))
     all_cases += elementwise_cases(args.batch)
     if args.compile:
         all_cases.append(compiled_attention_case(args.batch, args.context))

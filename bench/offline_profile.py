@@ -49,6 +49,8 @@ def install_timers(acc: dict, phase: list[str]) -> None:
     model.write_kv_cache = timed("KV write", model.write_kv_cache)
     model.apply_rotary = timed("rotary", model.apply_rotary)
     elementwise.rms_norm = timed("RMSNorm", elementwise.rms_norm)
+    elementwise.add_rms_norm = timed("residual add + RMSNorm", elementwise.add_rms_norm)
+    elementwise.rotary_write_kv = timed("rotary + KV write", elementwise.rotary_write_kv)
     elementwise.silu_and_mul = timed("SiLU-and-mul", elementwise.silu_and_mul)
     forward = gemm.PrepackedLinear.forward
 

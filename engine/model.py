@@ -50,7 +50,18 @@ class RMSNorm(nn.Module):
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(dim))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None):
+        """rms_norm(x); with a residual, (rms_norm(residual + x), residual + x), the residual updated in place.
+
+        Mirrors: vllm.model_executor.layers.layernorm:RMSNorm.forward_native (vllm 0.33.0), the
+        residual form being vLLM's fused_add_rms_norm.
+        """
+        if residual is not None:
+            out = cpu_elementwise.add_rms_norm(x, residual, self.weight, self.eps)  # bf16 on the CPU: one C pass
+            if out is not None:
+                return out, residual
+            residual = residual + x
+            return self.forward(residual), residual
         # Normalise in float32 even under bfloat16, as transformers' LlamaRMSNorm does. F.rms_norm
         # is that same x * rsqrt(mean(x^2) + eps) as one op instead of four (bit-equal here, in
         # float32 and bfloat16: tests/test_model.py).
@@ -124,12 +135,15 @@ class Attention(nn.Module):
     ) -> torch.Tensor:
         num_tokens = x.shape[0]
         qkv = self.qkv_proj(x)
-        # Rotate q and k heads in one go: they share the positions.
-        qk = qkv[:, : self.q_size + self.kv_size].view(num_tokens, self.num_heads + self.num_kv_heads, self.head_dim)
-        q, k = apply_rotary(qk, cos, sin).split([self.num_heads, self.num_kv_heads], dim=1)
-        v = qkv[:, self.q_size + self.kv_size :].view(num_tokens, self.num_kv_heads, self.head_dim)
         k_cache, v_cache = kv_cache
-        write_kv_cache(k, v, k_cache, v_cache, attn_metadata.slot_mapping)
+        # bf16 on the CPU: rotary and the KV write as one C pass, same roundings (cpu_elementwise.rotary_write_kv).
+        q = cpu_elementwise.rotary_write_kv(qkv, cos, sin, attn_metadata.slot_mapping, k_cache, v_cache, self.num_heads)
+        if q is None:
+            # Rotate q and k heads in one go: they share the positions.
+            qk = qkv[:, : self.q_size + self.kv_size].view(num_tokens, self.num_heads + self.num_kv_heads, self.head_dim)
+            q, k = apply_rotary(qk, cos, sin).split([self.num_heads, self.num_kv_heads], dim=1)
+            v = qkv[:, self.q_size + self.kv_size :].view(num_tokens, self.num_kv_heads, self.head_dim)
+            write_kv_cache(k, v, k_cache, v_cache, attn_metadata.slot_mapping)
         out = paged_attention(q, k_cache, v_cache, attn_metadata, self.scale)
         return self.o_proj(out.reshape(num_tokens, self.num_heads * self.head_dim))
 
@@ -162,14 +176,26 @@ class DecoderLayer(nn.Module):
 
     def forward(
         self,
-        x: torch.Tensor,
+        hidden: torch.Tensor,
+        residual: torch.Tensor | None,
         cos: torch.Tensor,
         sin: torch.Tensor,
         attn_metadata: AttentionMetadata,
         kv_cache: tuple[torch.Tensor, torch.Tensor],
-    ) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, attn_metadata, kv_cache)
-        return x + self.mlp(self.post_attention_layernorm(x))
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(hidden, residual) -> (this layer's MLP output, the residual stream before it).
+
+        Mirrors: vllm.model_executor.models.llama:LlamaDecoderLayer.forward (vllm 0.33.0)
+        The residual add is deferred into the next norm (RMSNorm's residual form): x + attn(norm(x))
+        then + mlp(norm(.)), as transformers computes it, with one op fewer per norm.
+        """
+        if residual is None:  # the first layer: the embeddings are the residual stream
+            residual, hidden = hidden, self.input_layernorm(hidden)
+        else:
+            hidden, residual = self.input_layernorm(hidden, residual)
+        hidden = self.self_attn(hidden, cos, sin, attn_metadata, kv_cache)
+        hidden, residual = self.post_attention_layernorm(hidden, residual)
+        return self.mlp(hidden), residual
 
 
 class LlamaModel(nn.Module):
@@ -198,11 +224,12 @@ class LlamaForCausalLM(nn.Module):
         kv_caches: list[tuple[torch.Tensor, torch.Tensor]],
     ) -> torch.Tensor:
         """input_ids/positions [T] (flat batch) -> final hidden states [T, hidden]."""
-        x = self.model.embed_tokens(input_ids)
-        cos, sin = self.model.rotary_emb(positions, x.dtype)
+        hidden = self.model.embed_tokens(input_ids)
+        cos, sin = self.model.rotary_emb(positions, hidden.dtype)
+        residual = None
         for layer, kv_cache in zip(self.model.layers, kv_caches, strict=True):
-            x = layer(x, cos, sin, attn_metadata, kv_cache)
-        return self.model.norm(x)
+            hidden, residual = layer(hidden, residual, cos, sin, attn_metadata, kv_cache)
+        return self.model.norm(hidden, residual)[0]
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden [N, hidden] -> float32 logits [N, vocab]."""

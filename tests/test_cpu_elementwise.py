@@ -37,6 +37,21 @@ def test_rms_norm_equals_the_torch_ops(rows, dim, scale, seed):
     torch.testing.assert_close(out.float(), expected.float(), atol=0, rtol=2**-7)
 
 
+@settings(max_examples=25, deadline=None)
+@given(rows=st.integers(1, 40), dim=st.sampled_from([8, 17, 64, 576]), scale=st.sampled_from([1e-3, 1.0, 30.0]),
+       seed=st.integers(0, 2**31 - 1))
+def test_add_rms_norm_updates_the_residual_as_the_add_and_norms_it_as_rms_norm(rows, dim, scale, seed):
+    gen = torch.Generator().manual_seed(seed)
+    x = (torch.randn(rows, dim, generator=gen) * scale).bfloat16()
+    residual = (torch.randn(rows, dim, generator=gen) * scale).bfloat16()
+    weight = (torch.randn(dim, generator=gen) * 0.2 + 1).bfloat16()
+    expected_residual = residual + x
+    expected = cpu_elementwise.rms_norm(expected_residual, weight, 1e-5)  # the unfused C norm: same sum order
+    out = cpu_elementwise.add_rms_norm(x, residual, weight, 1e-5)
+    assert torch.equal(residual, expected_residual)  # in place, bit for bit the torch add
+    assert torch.equal(out, expected)
+
+
 def test_rms_norm_at_a_prefill_size_differs_in_under_one_element_in_ten_thousand():
     gen = torch.Generator().manual_seed(0)
     x = (torch.randn(2048, 576, generator=gen) * 3).bfloat16()
