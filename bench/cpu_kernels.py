@@ -13,7 +13,7 @@ ratio holds on a noisy shared machine:
   torch path it replaces, in bf16 and fp32; within the torch path (the fallback): bf16 computed in
   float32 vs torch's bf16 CPU kernel, KV gathered as whole blocks vs token slots; and, cache-cold
   over 30 layers' pools, the bf16 kernel's task per request (prefetching the next block) vs a task
-  per (request, KV head);
+  per (request, KV head), and that task with vs without its L2 prefetch of the next pass's rows;
 - prefill attention over the paged cache: the C kernel (engine/cpu_prefill_attention.py), all of a
   step's prefills in one call, vs the torch path (a gather and an SDPA call per request), at a
   2048-token step of whole prompts 16..256 tokens long (the peers bench's mixed set) and at a
@@ -202,8 +202,15 @@ def cold_decode_cases() -> list[tuple[str, Callable, Callable, int]]:
             for k_cache, v_cache in pools:
                 cpu_decode_attention.decode_attention(q, k_cache, v_cache, t, n, HEAD_DIM**-0.5, per_head_tasks=per_head)
 
+        def request_task(far_prefetch: bool, q=query, pools=pools, t=tables, n=lens) -> None:
+            for k_cache, v_cache in pools:
+                cpu_decode_attention.decode_attention(q, k_cache, v_cache, t, n, HEAD_DIM**-0.5, far_prefetch=far_prefetch)
+
         rows.append((f"decode attention: a task per request vs per (request, KV head), bf16, {batch} requests of ~{context} "
                      "tokens, 30 layers' pools in turn (cache-cold)", lambda s=step: s(False), lambda s=step: s(True), 5))
+        rows.append((f"decode attention, a task per request: with vs without the L2 prefetch of the next pass's rows, bf16, "
+                     f"{batch} requests of ~{context} tokens, 30 layers' pools in turn (cache-cold)",
+                     lambda s=request_task: s(True), lambda s=request_task: s(False), 5))
     return rows
 
 

@@ -144,25 +144,34 @@ static void row_3x64_bf16(const uint16_t *query, const uint16_t *k_cache, const 
    blocks lie anywhere in the pool. Cache-cold, as a step meets them (30 layers' pools in turn), one
    thread, 30 layers: 8 requests of ~190 tokens 8.3-8.6 -> 6.8-7.0 ms, 32 of ~173 26.0-26.9 ->
    20.0-21.3 ms (bench/cpu_kernels.py, "decode attention: a task per request"). Same arithmetic, in
-   the same order, per head as row_3x64_bf16, so the same bits. */
+   the same order, per head as row_3x64_bf16, so the same bits.
+   Prefetched further ahead into L2 (T1), since the near prefetch alone leaves DRAM idle between
+   blocks: while scoring keys, the same rows' values (the V pass needs them next); while summing
+   values, the keys of the request this thread takes next (b + num_threads, as schedule(dynamic, 1)
+   hands them out when tasks take about as long). On an AMD EPYC (Zen 5, 1 MB L2), the same 30
+   layers, one thread: 8 requests 6.8 -> 4.8-5.0 ms, 32 requests 20.9-21.2 -> 16.7 ms (blocks
+   scattered) and 12.7 -> 10.1 ms (blocks in order). */
 /* The rows of keys [from, from + 16) into the cache ahead of their use: the pool's blocks lie
    anywhere, so the hardware prefetcher cannot follow a jump from one block to the next. */
 static inline void prefetch_keys(const uint16_t *cache, const int64_t *table, int64_t from, int64_t len, int64_t block_size,
-                                 int64_t token_stride) {
+                                 int64_t token_stride, int far) {
     const int64_t to = from + 16 < len ? from + 16 : len;
     for (int64_t pos = from; pos < to; pos++) {
         const char *row = (const char *)(cache + (table[pos / block_size] * block_size + pos % block_size) * token_stride);
-        for (int64_t byte = 0; byte < token_stride * 2; byte += 64) _mm_prefetch(row + byte, _MM_HINT_T0);
+        if (far) for (int64_t byte = 0; byte < token_stride * 2; byte += 64) _mm_prefetch(row + byte, _MM_HINT_T1);
+        else for (int64_t byte = 0; byte < token_stride * 2; byte += 64) _mm_prefetch(row + byte, _MM_HINT_T0);
     }
 }
 
 static void request_3x64_bf16(const uint16_t *query, const uint16_t *k_cache, const uint16_t *v_cache, const int64_t *table,
-                              int64_t len, uint16_t *out, int64_t block_size, int64_t token_stride, int64_t kv_heads, float scale) {
+                              int64_t len, uint16_t *out, int64_t block_size, int64_t token_stride, int64_t kv_heads, float scale,
+                              const int64_t *next_table, int64_t next_len, int far_prefetch) {
     const int64_t padded = (len + 15) / 16 * 16, rows = 3 * kv_heads;
     float *scores = (float *)aligned_alloc(64, sizeof(float) * rows * (padded > 0 ? padded : 16));
     for (int64_t t0 = 0; t0 < len; t0 += 16) {
         const int64_t n = len - t0 < 16 ? len - t0 : 16;
-        prefetch_keys(k_cache, table, t0 + 16, len, block_size, token_stride);
+        prefetch_keys(k_cache, table, t0 + 16, len, block_size, token_stride, 0);
+        if (far_prefetch) prefetch_keys(v_cache, table, t0, len, block_size, token_stride, 1);
         for (int64_t kh = 0; kh < kv_heads; kh++) {
             __m512bh q[3][2];
             for (int g = 0; g < 3; g++)
@@ -177,7 +186,9 @@ static void request_3x64_bf16(const uint16_t *query, const uint16_t *k_cache, co
     for (int64_t start = 0; start < len; start += block_size) {
         const int64_t end = len - start < block_size ? len : start + block_size;
         const uint16_t *block = v_cache + table[start / block_size] * block_size * token_stride;
-        prefetch_keys(v_cache, table, start + block_size, len, block_size, token_stride);
+        prefetch_keys(v_cache, table, start + block_size, len, block_size, token_stride, 0);
+        if (far_prefetch)
+            for (int64_t t = start; t < end; t += 16) prefetch_keys(k_cache, next_table, t, next_len, block_size, token_stride, 1);
         for (int64_t kh = 0; kh < kv_heads; kh++) {
             __m512 a[3][4];
             for (int g = 0; g < 3; g++) for (int c = 0; c < 4; c++) a[g][c] = acc[(kh * 3 + g) * 4 + c];
@@ -274,7 +285,8 @@ static inline __attribute__((always_inline)) void one_row(
 int decode_attention(const void *query, int64_t q_stride, const void *k_cache, const void *v_cache,
                      const int64_t *block_tables, int64_t table_width, const int64_t *seq_lens,
                      void *out, int64_t batch, int64_t heads, int64_t kv_heads, int64_t dim,
-                     int64_t block_size, float scale, int is_bf16, int num_threads, int per_head_tasks) {
+                     int64_t block_size, float scale, int is_bf16, int num_threads, int per_head_tasks,
+                     int far_prefetch) {
     const int64_t group = heads / kv_heads;
     if (group > MAX_GROUP || dim > MAX_DIM || heads % kv_heads) return -1;
     const int64_t token_stride = kv_heads * dim;
@@ -282,10 +294,13 @@ int decode_attention(const void *query, int64_t q_stride, const void *k_cache, c
     /* Enough requests to keep every thread busy: one task per request (request_3x64_bf16 says why). */
     if (group == 3 && dim == 64 && is_bf16 && batch >= 2 * num_threads && !per_head_tasks) {
         #pragma omp parallel for num_threads(num_threads) schedule(dynamic, 1)
-        for (int64_t b = 0; b < batch; b++)
+        for (int64_t b = 0; b < batch; b++) {
+            const int64_t next = b + num_threads;  /* each thread takes the next free request: about this one */
             request_3x64_bf16((const uint16_t *)query + b * q_stride, (const uint16_t *)k_cache, (const uint16_t *)v_cache,
                               block_tables + b * table_width, seq_lens[b], (uint16_t *)out + b * heads * dim, block_size,
-                              token_stride, kv_heads, scale);
+                              token_stride, kv_heads, scale, block_tables + (next < batch ? next : b) * table_width,
+                              next < batch ? seq_lens[next] : 0, far_prefetch);
+        }
         return 0;
     }
 #endif
@@ -323,7 +338,7 @@ def _library() -> ctypes.CDLL | None:
     fn = library.decode_attention
     fn.restype = ctypes.c_int
     fn.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
-                   ctypes.c_void_p, ctypes.c_void_p, *[ctypes.c_int64] * 5, ctypes.c_float, ctypes.c_int, ctypes.c_int, ctypes.c_int]
+                   ctypes.c_void_p, ctypes.c_void_p, *[ctypes.c_int64] * 5, ctypes.c_float, *[ctypes.c_int] * 4]
     return library
 
 
@@ -332,14 +347,17 @@ def available() -> bool:
 
 
 def decode_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_tables: torch.Tensor,
-                     seq_lens: torch.Tensor, scale: float, per_head_tasks: bool = False) -> torch.Tensor | None:
+                     seq_lens: torch.Tensor, scale: float, per_head_tasks: bool = False,
+                     far_prefetch: bool = True) -> torch.Tensor | None:
     """query [B, heads, d] (rows may be strided, heads and d contiguous), caches [num_blocks, block_size,
     kv_heads, d], block_tables [B, W] and seq_lens [B] int64 -> [B, heads, d]; None where the kernel
     does not apply (not built, another device or dtype, a layout it does not take).
 
     per_head_tasks: one task per (request, KV head) even where a task per request applies (bf16,
     the bundled model's head shape, at least two requests per thread); the same result, for
-    bench/cpu_kernels.py's comparison of the two."""
+    bench/cpu_kernels.py's comparison of the two. far_prefetch=False: the task per request without
+    its L2 prefetch of the next pass's rows (request_3x64_bf16 says why); the same result, for the
+    same bench's comparison."""
     library = _library()
     if (
         library is None or query.device.type != "cpu" or query.dtype not in _DTYPES
@@ -355,6 +373,6 @@ def decode_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.
     status = library.decode_attention(
         query.data_ptr(), query.stride(0), k_cache.data_ptr(), v_cache.data_ptr(), tables.data_ptr(), tables.shape[1],
         lens.data_ptr(), out.data_ptr(), batch, heads, kv_heads, dim, block_size, scale, _DTYPES[query.dtype],
-        torch.get_num_threads(), int(per_head_tasks),
+        torch.get_num_threads(), int(per_head_tasks), int(far_prefetch),
     )
     return out if status == 0 else None

@@ -56,8 +56,9 @@ def test_kernel_equals_the_torch_path(lengths, shape, block_size, dtype, seed):
 )
 def test_a_task_per_request_gives_the_bits_of_a_task_per_kv_head(lengths, block_size, seed):
     """bf16 at the bundled model's heads with at least two requests per thread: one task reads a
-    request's every KV head (and prefetches its next block); a task per (request, KV head) gives the
-    same bits, and garbage outside each request's own context changes neither."""
+    request's every KV head (and prefetches its next block, and into L2 its values and the next
+    request's keys); a task per (request, KV head) gives the same bits, so does the task without
+    the L2 prefetch, and garbage outside each request's own context changes neither."""
     lengths = [17, 40, 3, 64] * torch.get_num_threads() + lengths  # at least two requests per thread
     query, k_cache, v_cache, metadata = decode_step(lengths, 9, 3, 64, block_size, torch.bfloat16, seed)
     m = metadata()
@@ -65,6 +66,9 @@ def test_a_task_per_request_gives_the_bits_of_a_task_per_kv_head(lengths, block_
     per_head = cpu_decode_attention.decode_attention(query, k_cache, v_cache, m.block_tables, m.seq_lens, 0.125,
                                                      per_head_tasks=True)
     assert torch.equal(per_request, per_head)
+    near_only = cpu_decode_attention.decode_attention(query, k_cache, v_cache, m.block_tables, m.seq_lens, 0.125,
+                                                      far_prefetch=False)
+    assert torch.equal(near_only, per_request)
     owned = {(int(t[p // block_size]), p % block_size) for t, n in zip(m.block_tables, lengths) for p in range(n)}
     for block in range(k_cache.shape[0]):
         for offset in range(block_size):
