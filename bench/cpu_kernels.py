@@ -14,6 +14,8 @@ ratio holds on a noisy shared machine:
   float32 vs torch's bf16 CPU kernel, KV gathered as whole blocks vs token slots; and, cache-cold
   over 30 layers' pools, the bf16 kernel's task per request (prefetching the next block) vs a task
   per (request, KV head), and that task with vs without its L2 prefetch of the next pass's rows;
+- a decode step's bf16 projections (8 and 32 rows), the C small-rows kernel vs oneDNN's packed GEMM,
+  over 30 layers' weights in turn;
 - prefill attention over the paged cache: the C kernel (engine/cpu_prefill_attention.py), all of a
   step's prefills in one call, vs the torch path (a gather and an SDPA call per request), at a
   2048-token step of whole prompts 16..256 tokens long (the peers bench's mixed set) and at a
@@ -101,6 +103,37 @@ def cases(batch: int, context: int) -> list[tuple[str, Callable, Callable, int]]
     ]
 
 
+def small_gemm_cases() -> list[tuple[str, Callable, Callable, int]]:
+    """A decode step's bf16 projections, the C small-rows kernel (engine/cpu_small_gemm.py, what
+    PrepackedLinear runs at up to MAX_ROWS rows) vs oneDNN's packed GEMM alone, over 30 layers'
+    weights in turn (cache-cold, as a step meets them; the lm_head once), at 8 and 32 rows."""
+    from engine import cpu_small_gemm
+
+    if not cpu_small_gemm.available():
+        return []
+    shapes = {"qkv": (HEADS * HEAD_DIM + 2 * KV_HEADS * HEAD_DIM, HIDDEN), "o_proj": (HIDDEN, HEADS * HEAD_DIM),
+              "gate/up": (2 * INTERMEDIATE, HIDDEN), "down_proj": (HIDDEN, INTERMEDIATE), "lm_head": (VOCAB, HIDDEN)}
+    gen = torch.Generator().manual_seed(4)
+    rows = []
+    for name, (n, k) in shapes.items():
+        linears = [PrepackedLinear((torch.randn(n, k, generator=gen) * 0.02).bfloat16()) for _ in range(1 if name == "lm_head" else 30)]
+        for batch in (8, 32):
+            x = torch.randn(batch, k, generator=gen).bfloat16()
+
+            def small(x=x, linears=linears) -> None:
+                for linear in linears:
+                    linear.small_rows.matmul(x)
+
+            def onednn(x=x, linears=linears) -> None:
+                for linear in linears:
+                    torch.ops.mkldnn._linear_pointwise(x, linear.packed_weight, None, "none", [], "")
+
+            layers = "the lm_head" if name == "lm_head" else "30 layers' weights in turn"
+            rows.append((f"linear (bf16), decode rows: {name} {n}x{k} at {batch} rows, {layers}: C small-rows kernel vs "
+                         "oneDNN packed", small, onednn, 20))
+    return rows
+
+
 def bf16_cases(batch: int) -> list[tuple[str, Callable, Callable, int]]:
     """The bf16 default: one decoder layer's four projections and the lm_head, bf16 vs fp32."""
     torch.manual_seed(0)
@@ -118,7 +151,7 @@ def bf16_cases(batch: int) -> list[tuple[str, Callable, Callable, int]]:
         ("one layer's 4 projections: bf16 vs fp32 (both packed)", lambda: layer(torch.bfloat16), lambda: layer(torch.float32), 200),
         ("lm_head: bf16 vs fp32 (both packed)", lambda: lm_head[torch.bfloat16](h[torch.bfloat16]),
          lambda: lm_head[torch.float32](h[torch.float32]), 20),
-        ("gate/up in bf16: oneDNN packed vs F.linear", lambda: packed[torch.bfloat16]["gate_up"](inputs[torch.bfloat16]["gate_up"]),
+        ("gate/up in bf16: PrepackedLinear vs F.linear", lambda: packed[torch.bfloat16]["gate_up"](inputs[torch.bfloat16]["gate_up"]),
          lambda: F.linear(inputs[torch.bfloat16]["gate_up"], gate_up_bf16), 200),
     ]
 
@@ -370,6 +403,7 @@ def main() -> int:
 
     all_cases = cases(args.batch, args.context) + bf16_cases(args.batch) + attention_cases(args.batch, args.context)
     all_cases += cold_decode_cases()
+    all_cases += small_gemm_cases()
     all_cases += prefill_cases()
     all_cases.append(rms_norm_case(args.batch))
     all_cases.append(rotary_case(args.batch))

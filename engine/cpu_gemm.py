@@ -16,6 +16,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
+from engine import cpu_small_gemm
 from engine.omp_env import omp_waits_passively
 
 PACKABLE_DTYPES = (torch.float32, torch.bfloat16)
@@ -64,7 +65,8 @@ def onednn_available() -> bool:
 
 
 class PrepackedLinear(nn.Module):
-    """y = x W^T with W held only in oneDNN's packed layout."""
+    """y = x W^T with W held only in oneDNN's packed layout, and for a bf16 weight on a CPU with
+    AVX-512 BF16 also in engine/cpu_small_gemm.py's, which computes inputs of a few rows (decode)."""
 
     def __init__(self, weight: torch.Tensor) -> None:
         super().__init__()
@@ -72,12 +74,18 @@ class PrepackedLinear(nn.Module):
         # An opaque mkldnn tensor, deliberately not a parameter or buffer: state_dict() and
         # .to() have no meaning for it.
         self.packed_weight = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), None)
+        self.small_rows = cpu_small_gemm.SmallGemmWeight(weight) if cpu_small_gemm.SmallGemmWeight.applies_to(weight) else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.small_rows is not None:
+            out = self.small_rows.matmul(x)
+            if out is not None:
+                return out
         return torch.ops.mkldnn._linear_pointwise(x, self.packed_weight, None, "none", [], "")
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, oneDNN prepacked"
+        small = f", rows <= {cpu_small_gemm.MAX_ROWS} in C" if self.small_rows is not None else ""
+        return f"in_features={self.in_features}, out_features={self.out_features}, oneDNN prepacked{small}"
 
 
 def prepack_linears(model: nn.Module) -> int:
