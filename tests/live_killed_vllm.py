@@ -1,5 +1,5 @@
-"""One live vLLM server start that two test modules read (tests/test_live_faults.py and
-tests/test_live_vllm_spec.py; each start is about 40 s of the suite): the vLLM CPU build with
+"""One live vLLM server start for tests/test_live_faults.py's faults and its speculation test (each
+start is about 40 s of the suite): the vLLM CPU build with
 n-gram speculation, its OTLP exporter pointed at a port nothing listens on, a copy-heavy request
 first (speculation's spans), then finished requests of each route, then a stream cut by a SIGKILL
 of every server process. Registered for the suite in tests/conftest.py."""
@@ -48,6 +48,7 @@ class KilledRun:
     texts: dict[str, str] = field(default_factory=dict)
     killed_after_chunks: int = 0
     spec_completion_tokens: int = 0
+    killed_stream_sent_ns: int = 0  # wall clock (ns) as the stream the SIGKILL cuts was sent
 
 
 @pytest.fixture(scope="session")
@@ -72,6 +73,7 @@ def killed(tmp_path_factory) -> KilledRun:
                 extra_headers={"x-request-id": "fault-stream"}) if c.choices)
         # The batch processors export every 0.5 s: let the finished requests' spans reach the file.
         time.sleep(2.0)
+        run.killed_stream_sent_ns = time.time_ns()
         stream = client.completions.create(model=model, prompt="Count slowly to a thousand:", max_tokens=400,
                                            temperature=0, stream=True, extra_body={"ignore_eos": True},
                                            extra_headers={"x-request-id": "fault-killed"})

