@@ -56,7 +56,7 @@ typedef void (*tile_fn)(const uint16_t *, int64_t, const uint16_t *, int64_t, fl
 #define ROW_OF(NB) {0, tile_1_##NB, tile_2_##NB, tile_3_##NB, tile_4_##NB, tile_5_##NB, tile_6_##NB}
 static const tile_fn TILES[5][MR + 1] = {{0}, ROW_OF(1), ROW_OF(2), ROW_OF(3), ROW_OF(4)};
 
-/* y[M][N] = x[M][K] w^T, x rows x_stride apart (K contiguous), w packed by pack_bf16; N % 16 == 0, K even. */
+/* y[M][N] = x[M][K] w^T, x rows x_stride apart (K contiguous), w in SmallGemmWeight's pair layout; N % 16 == 0, K even. */
 int small_gemm_bf16(const uint16_t *x, int64_t x_stride, const uint16_t *w, uint16_t *y, int64_t rows, int64_t n,
                     int64_t k, int num_threads) {
     const int64_t blocks = n / 16, groups = (blocks + 3) / 4, half_k = k / 2;

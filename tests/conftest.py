@@ -17,9 +17,6 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-# Session fixtures more than one module reads (a live server started once for them).
-pytest_plugins = ["tests.live_killed_vllm"]
-
 
 @pytest.fixture(scope="session")
 def bundled_gguf() -> str:
