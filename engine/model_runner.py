@@ -102,6 +102,9 @@ class ModelRunner:
         self.block_size = block_size
         self.num_blocks = num_blocks
         self.device = torch.device(device)
+        # libgomp reads its wait policy once, when torch loads it: read here once, not at every step (after a
+        # forward pass the os.environ lookups cost some 50 us of the step's critical path, caches cold).
+        self.omp_passive_wait = cpu_gemm.omp_waits_passively()
         self.dtype = dtype
         self.sampler = Sampler()
         self.kv_caches = self._allocate_kv_cache()
@@ -189,7 +192,7 @@ class ModelRunner:
         if self._runs_from_cuda_graph(model_input):
             logits = self.cuda_graphs.run(model_input.input_ids, model_input.positions, model_input.attn_metadata)
         else:
-            with cpu_gemm.compute_threads_for(model_input.input_ids.shape[0], self.device):
+            with cpu_gemm.compute_threads_for(model_input.input_ids.shape[0], self.device, self.omp_passive_wait):
                 hidden = self.model(model_input.input_ids, model_input.positions, model_input.attn_metadata, self.kv_caches)
                 logits = self.model.compute_logits(hidden[model_input.logits_indices])
         if isinstance(grammar_output, Future):  # filled on the engine thread while the forward ran

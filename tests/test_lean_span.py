@@ -181,3 +181,51 @@ def test_a_checked_link_is_kept_unchecked_and_an_invalid_one_is_never_marked():
     sdk.end(end_time=6)
     lean_links, sdk_links = ([(link.context, dict(link.attributes)) for link in s.links] for s in exporter.get_finished_spans())
     assert lean_links == sdk_links == [(ROOT, dict(frozen))] * 2
+
+
+def _reserved_start(tracer, name, context, kind, attributes, links, start_time, end_time=None):
+    """start_span with the context reserve_context drew for it just before (the same ids, in the same
+    order, as the SDK draws them inside start_span)."""
+    parent = trace.get_current_span(context).get_span_context() if context is not None else None
+    reserved = lean_span.reserve_context(tracer, parent)
+    assert reserved is not None
+    return lean_span.start_span(tracer, name, context, kind, attributes, links, start_time, end_time, reserved)
+
+
+@pytest.mark.parametrize("sampler", [None, ALWAYS_ON], ids=["default sampler", "ALWAYS_ON (ours at ratio 1)"])
+def test_a_span_made_on_a_reserved_context_exports_what_the_sdk_span_exports(sampler):
+    """reserve_context: the ids, flags and trace state a span will have, known before it is created (a
+    step and its parts are created later, in one pass, and their children and links need them first)."""
+    if sampler is None:  # the SDK's default, ParentBased(ALWAYS_ON): decided per span, nothing to reserve
+        tracer, _, _ = _provider(sampler)
+        assert lean_span.reserve_context(tracer, ROOT) is None
+        return
+    attributes, later = {"servetrace.batch.size": 3, "x": [1, 2]}, {"y": "z"}
+    reserved_tracer, reserved_out, reserved_seen = _provider(sampler)
+    sdk_tracer, sdk_out, sdk_seen = _provider(sampler)
+    _one_span(_reserved_start, reserved_tracer, attributes, later)
+    _one_span(_sdk_start, sdk_tracer, attributes, later)
+    reserved, sdk = reserved_out.get_finished_spans(), sdk_out.get_finished_spans()
+    assert [_exported(span) for span in reserved] == [_exported(span) for span in sdk]
+    assert reserved_seen.started == sdk_seen.started
+
+
+def test_a_reserved_context_is_the_context_of_the_span_created_late_with_it():
+    """Reserved first, created in another order, with other spans' ids drawn in between: each span
+    still carries exactly what was reserved for it, so children parented and links made on it before
+    it existed resolve to it."""
+    tracer, exporter, _ = _provider(ALWAYS_ON)
+    step_context = lean_span.reserve_context(tracer, None)  # a new trace
+    part_context = lean_span.reserve_context(tracer, step_context)
+    assert part_context.trace_id == step_context.trace_id and part_context.span_id != step_context.span_id
+    other = tracer.start_span("detokenize", start_time=1)  # ids drawn in between
+    other.end(end_time=2)
+    under_step = trace.set_span_in_context(NonRecordingSpan(step_context))
+    lean_span.start_span(tracer, "model.forward", under_step, SpanKind.INTERNAL, {}, [], 10, 20, part_context)
+    lean_span.start_span(tracer, "engine.step", None, SpanKind.INTERNAL, {}, [Link(ROOT, {})], 5, 30, step_context)
+    spans = {span.name: span for span in exporter.get_finished_spans()}
+    assert spans["engine.step"].context == step_context and spans["engine.step"].parent is None
+    assert spans["model.forward"].context == part_context
+    assert spans["model.forward"].parent.span_id == step_context.span_id
+    assert spans["engine.step"].context.trace_flags == spans["detokenize"].context.trace_flags  # as a root's
+    assert (spans["model.forward"].start_time, spans["model.forward"].end_time) == (10, 20)

@@ -8,11 +8,12 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from opentelemetry.sdk.trace import SpanProcessor
 
 from engine.config import CacheConfig, EngineConfig, SchedulerConfig
 from engine.llm_engine import LLMEngine
 from engine.sampling_params import SamplingParams
-from tracer.instrument import hooks, tracing
+from tracer.instrument import hooks, otel, step_parts, tracing
 from tracer.traces.trace_file import read_trace_file
 
 SYSTEM = "You are a careful assistant who answers questions about cooking, briefly and precisely. " * 3
@@ -170,6 +171,38 @@ def test_an_allocation_ends_dropped_exactly_when_its_after_extractor_marks_it_dr
     assert mini.DROP_IF["kv.allocate"](args, blocks) == bool(mini.allocate_after(args, blocks).get(DROP))
 
 
+@settings(max_examples=15, deadline=None)
+@given(prompt_lengths=st.lists(st.integers(1, 120), min_size=1, max_size=6), max_tokens=st.integers(1, 40),
+       repeat_prefix=st.booleans())
+def test_an_allocation_is_skipped_before_the_call_only_where_it_would_end_dropped(engine, prompt_lengths, max_tokens,
+                                                                                  repeat_prefix):
+    """kv.allocate's SKIP_IF (asked with the call's arguments, before it runs: a skipped call opens no
+    span at all) says True only of calls whose result DROP_IF then drops, on the engine's own calls
+    (chunked prefill, prefix hits, decode, preemption in a 64-block pool); and it does skip decode
+    steps that fit their last block, the common case it is for."""
+    from tracer.instrument.extractors import mini
+
+    manager = engine.scheduler.kv_cache_manager
+    allocate, verdicts = manager.allocate_slots, []
+
+    def checked(request, num_new_tokens, *rest, **kwargs):
+        args = {"self": manager, "request": request, "num_new_tokens": num_new_tokens, **kwargs}
+        args.update(zip(("num_new_computed_tokens", "new_computed_blocks", "num_lookahead_tokens", "full_sequence_must_fit"), rest))
+        skipped = mini.SKIP_IF["kv.allocate"](args)
+        result = allocate(request, num_new_tokens, *rest, **kwargs)
+        verdicts.append((skipped, mini.DROP_IF["kv.allocate"](args, result)))
+        return result
+
+    base = list(range(7, 7 + 120))
+    prompts = [(base if repeat_prefix else list(range(i * 131, i * 131 + 120)))[:n] for i, n in enumerate(prompt_lengths)]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(manager, "allocate_slots", checked)
+        engine.generate(prompts, SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True))
+    assert verdicts and all(dropped for skipped, dropped in verdicts if skipped)
+    if max_tokens > 16:  # some decode step fits its block: it was skipped
+        assert any(skipped for skipped, _ in verdicts)
+
+
 def test_the_allocations_written_are_those_that_took_blocks(traced_run):
     """Decode steps that fit their last block leave no kv.allocate span; every other allocation does."""
     trace, outputs, _ = traced_run
@@ -177,3 +210,48 @@ def test_the_allocations_written_are_those_that_took_blocks(traced_run):
     assert allocations and all(s.attributes["servetrace.kv.blocks_allocated"] > 0
                                or s.attributes.get("servetrace.kv.num_new_computed_tokens") for s in allocations)
     assert {s.request_id for s in allocations} == {o.request_id for o in outputs}
+
+
+class _Ended(SpanProcessor):
+    """A user's span processor: the names of the spans handed to it as they end."""
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+
+    def on_end(self, span) -> None:
+        self.names.append(span.name)
+
+
+@pytest.mark.parametrize("batch", [True, False], ids=["batching exporter", "a span written as it ends"])
+def test_closed_steps_are_created_together_every_steps_held_steps_and_all_at_a_flush(engine, tmp_path, monkeypatch, batch):
+    """With a batching exporter, a closed step's spans wait for the pass over STEPS_HELD steps
+    (tracer.instrument.step_parts), which the exporter would hold as long anyway; a flush creates
+    what waits, and the file then holds every step whole. Without one, each step at its end."""
+    monkeypatch.setattr(step_parts, "MAX_HELD_NS", 60 * 10**9)  # the count decides here, not a slow machine
+    path = tmp_path / "held.jsonl"
+    held = step_parts.STEPS_HELD
+    with tracing.traced("mini", path, batch=batch):
+        ended = _Ended()
+        otel.provider().add_span_processor(ended)
+        engine.add_request("held", engine.render(PROMPTS[0]), SamplingParams(temperature=0.0, max_tokens=held + 4, ignore_eos=True))
+        for _ in range(held - 1):
+            engine.step()
+        assert ended.names.count("engine.step") == (0 if batch else held - 1)
+        engine.step()
+        assert ended.names.count("engine.step") == held
+        assert ended.names.count("model.forward") == held
+        engine.step()
+        assert ended.names.count("engine.step") == (held if batch else held + 1)
+        otel.flush()
+        assert ended.names.count("engine.step") == held + 1
+        while engine.has_unfinished_requests():
+            engine.step()
+    trace = read_trace_file(path)
+    steps = trace.named("engine.step")
+    assert len(steps) == held + 4  # one prefill step, then a token a step
+    by_id = {s.span_id: s for s in trace.spans}
+    for span in trace.spans:  # every part's parent on disk, in its own step's trace
+        if span.parent_span_id is not None and span.name != "kv.allocate":
+            assert by_id[span.parent_span_id].trace_id == span.trace_id, span.name
+    for step in steps:
+        assert {s.name for s in trace.spans if s.parent_span_id == step.span_id} >= STEP_CHILDREN

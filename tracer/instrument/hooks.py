@@ -98,7 +98,7 @@ def _install_one(target: Target, call: HopCall, module: types.ModuleType) -> Non
 
 
 def _hop_call(catalog: Catalog, target: Target, extractors: dict | None) -> HopCall:
-    from tracer.instrument.extractors import carrier_for, drop_if_for, extractors_for
+    from tracer.instrument.extractors import carrier_for, drop_if_for, extractors_for, skip_if_for
 
     if target.hop == CARRIER:  # no span: the wrapper only puts the trace context on what the call sends
         carry = (extractors or {}).get(target.spec) if extractors is not None else carrier_for(target.engine, target.spec)
@@ -106,17 +106,18 @@ def _hop_call(catalog: Catalog, target: Target, extractors: dict | None) -> HopC
             raise ImportError(f"the {target.engine} extractors have no CARRY entry for {target.spec}")
         return HopCall(CARRIER, target.engine, CARRIER, target.spec, inject=Inject(carry, before=True))
     hop = catalog.hop(target.hop)
-    inject = drop_if = None
+    inject = drop_if = skip_if = None
     if extractors is not None:
         before, after, *rest = extractors.get(target.hop, (None, None))
         inject = rest[0] if rest else None
     else:
         before, after, inject = extractors_for(target.engine, target.hop)
         drop_if = drop_if_for(target.engine, target.hop)
+        skip_if = skip_if_for(target.engine, target.hop)
     if inject is not None and not isinstance(inject, Inject):
         inject = Inject(inject)
     return HopCall(target.hop, target.engine, hop.scope, target.spec, before, after, hop.cuda_timed, hop.roles, inject,
-                   target.part_of_step, target.mode, drop_if)
+                   target.part_of_step, target.mode, drop_if, skip_if)
 
 
 def install(

@@ -44,6 +44,9 @@ class HopCall:
     # (args, result) -> True: the call was uneventful (what its after-extractor would mark DROP), known
     # without running that extractor (an extractor module's DROP_IF). Not for step roots / openers.
     drop_if: Callable[[dict, Any], bool] | None = None
+    # (args) -> True: asked before the call, which then opens no span: drop_if would be True of whatever
+    # it returns (an extractor module's SKIP_IF). Not for step roots / openers.
+    skip_if: Callable[[dict], bool] | None = None
     joins_late: bool = field(default=False, init=False, compare=False)  # see _joins_late
     step_part: bool = field(default=False, init=False, compare=False)  # see _step_part
 
@@ -52,6 +55,7 @@ class HopCall:
         object.__setattr__(self, "step_part", _step_part(self))
         if self.roles & {"step_root", "step_opener"}:
             object.__setattr__(self, "drop_if", None)  # their end also decides whether the engine went idle
+            object.__setattr__(self, "skip_if", None)
 
 
 # Request-scope roles whose span must know its trace when it begins (it registers, names or starts one,
@@ -83,7 +87,8 @@ def _step_part(call: "HopCall") -> bool:
     (tracer.instrument.step_parts). spans.begin / spans.end take a short path for these: most of them
     begin and end right after a forward pass, when every line of Python costs several times what it
     does warm (bench/results/span_cost.md)."""
-    return call.scope == "step" and not (call.roles & _NOT_PARTS) and call.inject is None and call.drop_if is None
+    return call.scope == "step" and not (call.roles & _NOT_PARTS) and call.inject is None and call.drop_if is None \
+        and call.skip_if is None
 
 
 _warned: set[tuple[str, str, str]] = set()

@@ -212,12 +212,42 @@ def _keep(link: Link) -> bool:
     return True
 
 
+def reserve_context(tracer: Any, parent: SpanContext | None) -> SpanContext | None:
+    """The SpanContext that start_span(span_context=...) will give a span under `parent` (None or an
+    invalid one: a new trace), made now, before the span: its ids drawn as start_span draws them, its
+    flags and trace state as start_span sets them. None where that is not known in advance: not the
+    lean path, tracing off, or a sampler other than ALWAYS_ON (another decides per span, with its
+    attributes and links). Lets a span that is created late be linked to and parented at once."""
+    if _shared_fields(tracer) is None or tracer.sampler is not ALWAYS_ON or not tracer._is_enabled():
+        return None
+    if parent is None or not parent.is_valid:
+        trace_id, trace_state = tracer.id_generator.generate_trace_id(), None
+        random = tracer.id_generator.is_trace_id_random()
+    else:
+        trace_id, trace_state, random = parent.trace_id, parent.trace_state, parent.trace_flags.random_trace_id
+    flags = TraceFlags.SAMPLED | TraceFlags.RANDOM_TRACE_ID if random else TraceFlags.SAMPLED
+    return SpanContext(trace_id, tracer.id_generator.generate_span_id(), is_remote=False,
+                       trace_flags=TraceFlags(flags), trace_state=trace_state)
+
+
 def start_span(tracer: Any, name: str, context: Any, kind: trace_api.SpanKind, attributes: dict[str, Any],
-               links: Sequence[Link], start_time: int, end_time: int | None = None) -> Any:
+               links: Sequence[Link], start_time: int, end_time: int | None = None,
+               span_context: SpanContext | None = None) -> Any:
     """tracer.start_span(name, context, kind, attributes, links, start_time) for attributes made by
     hop_call.clean_attributes; lean where lean_supported(tracer). With end_time: then .end(end_time), at
-    once (a step's part, created at the step's end)."""
+    once (a step's part, created at the step's end). span_context: what reserve_context(tracer, the
+    context's span context) gave for this span earlier."""
     shared = _shared_fields(tracer)
+    if span_context is not None and shared is not None and tracer._is_enabled():
+        parent = trace_api.get_current_span(context).get_span_context()
+        parent = parent if parent is not None and parent.is_valid else None
+        record_end_metrics = tracer._tracer_metrics.start_span(parent, Decision.RECORD_AND_SAMPLE)
+        span = LeanSpan(name, span_context, parent, shared, attributes, links, kind, record_end_metrics)
+        if end_time is None:
+            span.start(start_time=start_time, parent_context=context)
+        else:
+            span.start_ended(start_time, end_time, context)
+        return span
     if shared is None:
         span = tracer.start_span(name, context=context, kind=kind, attributes=attributes, links=links, start_time=start_time)
         if end_time is not None:

@@ -22,7 +22,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExport
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased, Sampler, TraceIdRatioBased
 
 from tracer.catalog.hops import load_catalog
-from tracer.instrument import gpu_timing
+from tracer.instrument import gpu_timing, step_parts
 from tracer.instrument.registry import registry
 from tracer.traces.schema import CLOCK, ENGINE, ENGINE_VERSION, PROCESS_PID, PROCESS_ROLE, SCHEMA_VERSION, SCHEMA_VERSION_KEY, SERVICE_NAME
 from tracer.instrument.exporters import GuardedExporter, OTLPJsonLinesFileExporter
@@ -103,6 +103,7 @@ def configure(
     if console:
         add(ConsoleSpanExporter(), "console")
 
+    step_parts.hold_closed_steps(batch)  # creates what the previous configuration held
     with _lock:
         registry.clear()
         previous = _provider
@@ -230,6 +231,7 @@ def provider() -> TracerProvider | None:
 
 def flush(timeout_millis: int = 30000) -> bool:
     gpu_timing.drain_pending(wait=True)  # GPU-timed spans end lazily; end them before flushing
+    step_parts.create_held()
     return _provider.force_flush(timeout_millis) if _provider is not None else True
 
 
@@ -291,6 +293,7 @@ def flush_on_sigterm() -> None:
 
 def flush_idle(timeout_millis: int = 2000) -> None:
     """Export what is queued, now (the engine is idle, so waiting for the exporter costs nothing)."""
+    step_parts.create_held()
     provider = _provider
     if provider is not None:
         provider.force_flush(timeout_millis)
@@ -308,6 +311,7 @@ def shutdown() -> None:
     registry.clear()
     if previous is not None:
         try:
+            step_parts.create_held()
             gpu_timing.drain_pending(wait=True)
         except Exception:  # pragma: no cover - shutdown must not raise at exit
             pass

@@ -43,7 +43,7 @@ def join_request(call: HopCall, attributes: dict[str, Any], enclosing: Any) -> t
     links: list[Link] = []
     awaiting: str | None = None
     if enclosing is not None:
-        current = enclosing.materialize().get_span_context()
+        current = enclosing.span_context()
     else:
         current = trace.get_current_span().get_span_context()
     request_id = attributes.get(REQUEST_ID)

@@ -78,13 +78,42 @@ class OpenSpan:
     awaiting: str | None = None  # an awaits_root hop's request id whose root was not registered when it began
     parent_context: otel_context.Context | None = None  # as_parent's, once made
     thread: int = 0  # on an engine.step: the thread it began on
+    reserved: SpanContext | None = None  # its span's context, drawn before the span (span_context)
+    batch_attributes: dict[str, Any] | None = None  # on an engine.step not created yet: its schedule's batch
+    prepared: bool = False  # a held schedule: its links to the batch made already
 
     def as_parent(self) -> otel_context.Context:
         """The context its children start under: made once and shared by them (a step's schedule,
         execute, update and detokenize; an execute's forward and sample), not once per child."""
         if self.parent_context is None:
-            self.parent_context = trace.set_span_in_context(self.materialize())
+            if self.span is None and self.span_context(create=False) is not None:
+                self.parent_context = trace.set_span_in_context(NonRecordingSpan(self.reserved))
+            else:
+                self.parent_context = trace.set_span_in_context(self.materialize())
         return self.parent_context
+
+    def span_context(self, create: bool = True) -> SpanContext | None:
+        """Its span's context, without creating the span where the ids can be drawn first
+        (lean_span.reserve_context: a step, its schedule and its parts are created together, later,
+        tracer.instrument.step_parts); else the created span's (create=False: None)."""
+        if self.span is not None:
+            return self.span.get_span_context()
+        if self.reserved is None and self.parent is not _UNJOINED:
+            parent = self.parent
+            if isinstance(parent, SpanContext):
+                above: SpanContext | None = parent
+            elif parent is not None:
+                above = trace.get_current_span(parent).get_span_context()
+            elif self.enclosing is not None:
+                above = self.enclosing.span_context(create=False)
+                if above is None:
+                    return self.materialize().get_span_context() if create else None
+            else:
+                above = trace.get_current_span().get_span_context()
+            self.reserved = lean_span.reserve_context(self.tracer, above)
+        if self.reserved is not None:
+            return self.reserved
+        return self.materialize().get_span_context() if create else None
 
     def materialize(self, end_ns: int | None = None) -> Any:
         """Its SDK span, created now if it was not (with end_ns: ended there, created ended if it was not)."""
@@ -100,8 +129,12 @@ class OpenSpan:
         elif parent is None and self.enclosing is not None:
             parent = self.enclosing.as_parent()
         kind = SpanKind.SERVER if "entrypoint" in self.call.roles else SpanKind.INTERNAL
-        self.span = lean_span.start_span(self.tracer, self.call.hop, parent, kind, _clean(self.attributes),
-                                         self.links, self.start_ns, end_ns)
+        attributes = _clean(self.attributes)
+        if self.batch_attributes:  # a step created before its end: its schedule's batch, set after what it began with
+            attributes.update(_clean(self.batch_attributes))
+            self.batch_attributes = None
+        self.span = lean_span.start_span(self.tracer, self.call.hop, parent, kind, attributes,
+                                         self.links, self.start_ns, end_ns, self.reserved)
         if self.root is None:
             self.root = self.span.get_span_context()
         self.started_trace = self.span.parent is None
@@ -125,6 +158,8 @@ def begin(call: HopCall, args: dict[str, Any]) -> OpenSpan | None:
         return None
     enclosing = _open.get()
     if enclosing is not None and enclosing.call.hop == call.hop:
+        return None
+    if call.skip_if is not None and _skipped(call, args):
         return None
     start_ns = time.time_ns()
     attributes = _run_extractor(call, "before", call.before, args)
@@ -241,7 +276,8 @@ def end(open_span: OpenSpan, args: dict[str, Any], result: Any = None, error: Ba
     if "in_flight" in open_span.call.roles and open_span.span is not None:  # only a created one was registered
         overlap.ended(open_span)
     drop_if = open_span.call.drop_if
-    if drop_if is not None and error is None and open_span.span is None and open_span.awaiting is None:
+    if drop_if is not None and error is None and open_span.span is None and open_span.reserved is None \
+            and open_span.awaiting is None:
         try:
             if drop_if(args, result):
                 return  # uneventful, and no child needed the span: no after-extractor, no SDK work
@@ -265,11 +301,21 @@ def end(open_span: OpenSpan, args: dict[str, Any], result: Any = None, error: Ba
         close(root)
 
 
+def _skipped(call: HopCall, args: dict[str, Any]) -> bool:
+    try:
+        return bool(call.skip_if(args))
+    except Exception:  # a predicate that fails: the span is opened, as without one
+        warn_once(call, "skip_if", "servetrace: skip_if for %s raised; the span is kept")
+        return False
+
+
 def _prepare_part(open_span: OpenSpan) -> bool:
     """What _close does for an ended step part before its span is created: its links to the batch it
     reports; False when it was uneventful (DROP: an empty step's execute), no span."""
+    if open_span.prepared:
+        return True
     attributes = open_span.attributes
-    if attributes.get(DROP):
+    if attributes.get(DROP) and open_span.reserved is None:  # (a child's parent is written, uneventful or not)
         return False
     batch_links = _batch_links(open_span.call, attributes)
     if batch_links:
@@ -301,8 +347,7 @@ def _close(open_span: OpenSpan, args: dict[str, Any], result: Any, error: BaseEx
            after: dict[str, Any] | None = None) -> None:
     call = open_span.call
     went_idle = False
-    if "step_root" in call.roles:
-        step_parts.end_deferred(open_span, _prepare_part)
+    parts = step_parts.end_deferred(open_span, _prepare_part) if "step_root" in call.roles else None
     try:
         if after is None:
             after = _run_extractor(call, "after", call.after, args, result) if error is None else {}
@@ -315,7 +360,7 @@ def _close(open_span: OpenSpan, args: dict[str, Any], result: Any, error: BaseEx
         # without it, an orphan in the trace.
         went_idle = open_span.enclosing is None and ("step_root" in call.roles or "step_opener" in call.roles) \
             and attributes.get(NUM_RUNNING) == 0 and attributes.get(NUM_WAITING) == 0
-        if error is None and attributes.get(DROP) and open_span.span is None:
+        if error is None and attributes.get(DROP) and open_span.span is None and open_span.reserved is None and not parts:
             if _opened_step[0] is open_span:
                 _opened_step[0] = None
             if went_idle:
@@ -324,6 +369,24 @@ def _close(open_span: OpenSpan, args: dict[str, Any], result: Any, error: BaseEx
         batch_links = _batch_links(call, attributes)
         if "step_root" in call.roles:
             _steps_emitted[0] += 1
+            if _hold_step(open_span, error):
+                open_span.links.extend(batch_links)
+                if open_span.batch_attributes:  # set before the step's own after-call attributes, as on a created span
+                    open_span.batch_attributes = {k: v for k, v in open_span.batch_attributes.items() if k not in after}
+                step_parts.close_step(parts, (open_span, end_ns))
+                gpu_timing.drain_pending(wait=False)
+                if went_idle:
+                    otel.flush_idle()
+                return
+            step_parts.close_step(parts)
+        elif _hold_schedule(open_span, error):
+            step = open_span.enclosing
+            open_span.links.extend(batch_links)
+            open_span.prepared = True
+            if batch_links or _batch_attributes(attributes):
+                _to_step(step, batch_links, attributes)
+            if step_parts.defer(open_span, step, end_ns):
+                return
         if open_span.span is None:
             if open_span.parent is _UNJOINED:
                 _join(open_span)
@@ -341,10 +404,8 @@ def _close(open_span: OpenSpan, args: dict[str, Any], result: Any, error: BaseEx
             if "entrypoint" in call.roles and isinstance(status_code, int):
                 span.set_attribute(HTTP_STATUS, status_code)
         step = _open_step.get()
-        if batch_links and step is not None and "batch" in call.roles:
-            step_span = step.materialize()
-            lean_span.add_links(step_span, batch_links)
-            lean_span.set_attributes(step_span, _clean({k: v for k, v in attributes.items() if k.startswith(BATCH_PREFIX)}))
+        if batch_links and step is not None and "batch" in call.roles and not open_span.prepared:
+            _to_step(step, batch_links, attributes)
         if "request_root" in call.roles and attributes.get(REQUEST_ID) is not None:
             request_id = str(attributes[REQUEST_ID])
             registry.register(request_id, open_span.root)
@@ -375,6 +436,38 @@ def _close(open_span: OpenSpan, args: dict[str, Any], result: Any, error: BaseEx
 
 
 
+def _batch_attributes(attributes: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in attributes.items() if k.startswith(BATCH_PREFIX)}
+
+
+def _to_step(step: OpenSpan, batch_links: list[Link], attributes: dict[str, Any]) -> None:
+    """The schedule's batch onto its step: links, and its servetrace.batch.* attributes; kept on the step
+    until it is created, where it is not yet (made with it: one span creation, not a creation and an update)."""
+    batch = _batch_attributes(attributes)
+    if step.span is None:
+        step.links.extend(batch_links)
+        step.batch_attributes = {**step.batch_attributes, **batch} if step.batch_attributes else batch
+        return
+    lean_span.add_links(step.span, batch_links)
+    lean_span.set_attributes(step.span, _clean(batch))
+
+
+def _hold_step(step: OpenSpan, error: BaseException | None) -> bool:
+    """The step's span waits for the next pass of held steps (step_parts.close_step): nothing needed it yet,
+    its ids can be drawn now (children and links used them), and it ends plainly."""
+    return error is None and step.span is None and step.gpu_events is None and step.call.inject is None \
+        and step_parts.holding() and step.span_context(create=False) is not None
+
+
+def _hold_schedule(open_span: OpenSpan, error: BaseException | None) -> bool:
+    """A schedule (the step's batch) created with its step's parts: directly in a step whose span is held too."""
+    step = open_span.enclosing
+    return error is None and "batch" in open_span.call.roles and step is not None and step is _open_step.get() \
+        and open_span.span is None and open_span.gpu_events is None and open_span.call.inject is None \
+        and not (open_span.call.roles & {"request_root", "render", "entrypoint"}) and _hold_step(step, None) \
+        and open_span.span_context(create=False) is not None
+
+
 def traceparent(context: SpanContext) -> str:
     """The W3C traceparent of a span context (what carriers send)."""
     headers: dict[str, str] = {}
@@ -385,10 +478,10 @@ def traceparent(context: SpanContext) -> str:
 def _inject(open_span: OpenSpan, args: dict[str, Any], result: Any) -> None:
     """Hand the trace on: a request's spans carry the request's root, a step's spans the step."""
     if open_span.call.scope == "request":
-        context = open_span.root or open_span.materialize().get_span_context()
+        context = open_span.root or open_span.span_context()
     else:
         step = _open_step.get()
-        context = (step or open_span).materialize().get_span_context()
+        context = (step or open_span).span_context()
     try:
         open_span.call.inject.write(args, result, {CARRIER_KEY: traceparent(context)})
     except Exception:  # the engine's own work must go on without our context

@@ -46,6 +46,14 @@ def drop_if_for(engine: str, hop: str) -> Callable[[dict, Any], bool] | None:
     return getattr(module, "DROP_IF", {}).get(hop)
 
 
+def skip_if_for(engine: str, hop: str) -> Callable[[dict], bool] | None:
+    """The engine module's SKIP_IF entry for `hop`: (args) -> True, before the call, only where DROP_IF
+    would be True of any result it can return; the call then opens no span (spans.begin): a hop most
+    of whose calls end dropped (kv.allocate in a decode step) costs no span bookkeeping for those."""
+    module = importlib.import_module(f"tracer.instrument.extractors.{engine}")
+    return getattr(module, "SKIP_IF", {}).get(hop)
+
+
 def carrier_for(engine: str, spec: str) -> Callable | None:
     """The engine module's CARRY entry for a catalog carrier target: (args, _, _) -> None, puts the
     trace context of each request on the message the call sends."""

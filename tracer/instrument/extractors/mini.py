@@ -119,12 +119,13 @@ def step_after(args: dict, outputs: list) -> dict:
 def _serial_step_max_tokens(engine: Any) -> int | None:
     """The engine's rule for steps it computes on one thread (engine/cpu_gemm.py compute_threads_for):
     a step's cost changes with it, and a what-if replay prices steps by it (tracer/replay/whatif/step_time.py)."""
-    device = getattr(getattr(engine, "model_runner", None), "device", None)
+    runner = getattr(engine, "model_runner", None)
+    device = getattr(runner, "device", None)
     if device is None:
         return None
     from engine.cpu_gemm import serial_step_max_tokens
 
-    return serial_step_max_tokens(device)
+    return serial_step_max_tokens(device, getattr(runner, "omp_passive_wait", None))
 
 
 def schedule_after(args: dict, so: Any) -> dict:
@@ -208,6 +209,22 @@ def allocate_before_any(args: dict) -> dict:
 def allocate_uneventful(args: dict, new_blocks: Any) -> bool:
     """A decode step that still fits its last block changed nothing worth a span (DROP_IF)."""
     return new_blocks is not None and not new_blocks and "entry" not in args and not args.get("num_new_computed_tokens")
+
+
+def allocate_takes_no_block(args: dict) -> bool:
+    """Before the call (SKIP_IF): a running request's step whose tokens fit the blocks it holds, with no
+    computed tokens to adopt: allocate_slots can only return no new blocks, which allocate_uneventful
+    drops. The manager's own count (KVCacheManager._get_num_blocks_to_allocate, which changes nothing);
+    a call allocate_slots would refuse (no tokens, a negative count) is never skipped, so it is traced."""
+    if "entry" in args or args.get("num_new_computed_tokens") or args.get("new_computed_blocks") \
+            or args.get("full_sequence_must_fit"):
+        return False
+    manager, request, num_new_tokens = args["self"], args["request"], args.get("num_new_tokens", 0)
+    lookahead = args.get("num_lookahead_tokens", 0)
+    if num_new_tokens <= 0 or lookahead < 0:
+        return False
+    num_tokens = min(request.num_computed_tokens + num_new_tokens + lookahead, manager.max_model_len)
+    return manager._get_num_blocks_to_allocate(request.request_id, num_tokens, ()) == 0
 
 
 def allocate_after(args: dict, new_blocks: Any) -> dict:
@@ -378,3 +395,4 @@ AFTER = {
 }
 # Asked before AFTER: a call they call uneventful ends with no span and no after-extractor.
 DROP_IF = {"kv.allocate": allocate_uneventful}
+SKIP_IF = {"kv.allocate": allocate_takes_no_block}
