@@ -220,9 +220,16 @@ def reserve_context(tracer: Any, parent: SpanContext | None) -> SpanContext | No
     attributes and links). Lets a span that is created late be linked to and parented at once."""
     if _shared_fields(tracer) is None or tracer.sampler is not ALWAYS_ON or not tracer._is_enabled():
         return None
-    if parent is None or not parent.is_valid:
-        trace_id, trace_state = tracer.id_generator.generate_trace_id(), None
-        random = tracer.id_generator.is_trace_id_random()
+    return _always_on_context(tracer, parent if parent is not None and parent.is_valid else None)
+
+
+def _always_on_context(tracer: Any, parent: SpanContext | None) -> SpanContext:
+    """A sampled span's context under `parent` (None: a new trace), as the SDK makes it under ALWAYS_ON:
+    what its should_sample returns (StaticSampler, sampling.py:215-229) is its decision, the attributes as
+    given, and the trace state of the parent, which _get_parent_trace_state (:482-488) reads off the
+    context's span context just as start_span reads `parent`. The trace id is drawn before the span id."""
+    if parent is None:
+        trace_id, trace_state, random = tracer.id_generator.generate_trace_id(), None, tracer.id_generator.is_trace_id_random()
     else:
         trace_id, trace_state, random = parent.trace_id, parent.trace_state, parent.trace_flags.random_trace_id
     flags = TraceFlags.SAMPLED | TraceFlags.RANDOM_TRACE_ID if random else TraceFlags.SAMPLED
@@ -238,16 +245,6 @@ def start_span(tracer: Any, name: str, context: Any, kind: trace_api.SpanKind, a
     once (a step's part, created at the step's end). span_context: what reserve_context(tracer, the
     context's span context) gave for this span earlier."""
     shared = _shared_fields(tracer)
-    if span_context is not None and shared is not None and tracer._is_enabled():
-        parent = trace_api.get_current_span(context).get_span_context()
-        parent = parent if parent is not None and parent.is_valid else None
-        record_end_metrics = tracer._tracer_metrics.start_span(parent, Decision.RECORD_AND_SAMPLE)
-        span = LeanSpan(name, span_context, parent, shared, attributes, links, kind, record_end_metrics)
-        if end_time is None:
-            span.start(start_time=start_time, parent_context=context)
-        else:
-            span.start_ended(start_time, end_time, context)
-        return span
     if shared is None:
         span = tracer.start_span(name, context=context, kind=kind, attributes=attributes, links=links, start_time=start_time)
         if end_time is not None:
@@ -259,25 +256,20 @@ def start_span(tracer: Any, name: str, context: Any, kind: trace_api.SpanKind, a
         return trace_api.NonRecordingSpan(context=parent)
     if parent is None or not parent.is_valid:
         parent = None
-        trace_id = tracer.id_generator.generate_trace_id()
+    if span_context is not None or tracer.sampler is ALWAYS_ON:  # reserved: reserve_context made it so
+        decision = Decision.RECORD_AND_SAMPLE
+        span_context = span_context or _always_on_context(tracer, parent)
     else:
-        trace_id = parent.trace_id
-    sampler = tracer.sampler
-    if sampler is ALWAYS_ON:
-        # What its should_sample returns (StaticSampler, sampling.py:215-229): its decision, the attributes
-        # as given, the trace state of the parent, which _get_parent_trace_state (:482-488) reads off the
-        # context's span context just as `parent` was read above.
-        decision, trace_state = Decision.RECORD_AND_SAMPLE, parent.trace_state if parent is not None else None
-    else:
-        result = sampler.should_sample(context, trace_id, name, kind, attributes, links)
+        trace_id = tracer.id_generator.generate_trace_id() if parent is None else parent.trace_id
+        result = tracer.sampler.should_sample(context, trace_id, name, kind, attributes, links)
         decision, trace_state = result.decision, result.trace_state
         if len(result.attributes) != len(attributes):  # a sampler added its own: those get the SDK's cleaning
             attributes = dict(BoundedAttributes(None, result.attributes))
-    flags = TraceFlags.SAMPLED if decision.is_sampled() else TraceFlags.DEFAULT
-    if tracer.id_generator.is_trace_id_random() if parent is None else parent.trace_flags.random_trace_id:
-        flags |= TraceFlags.RANDOM_TRACE_ID
-    span_context = SpanContext(trace_id, tracer.id_generator.generate_span_id(), is_remote=False,
-                               trace_flags=TraceFlags(flags), trace_state=trace_state)
+        flags = TraceFlags.SAMPLED if decision.is_sampled() else TraceFlags.DEFAULT
+        if tracer.id_generator.is_trace_id_random() if parent is None else parent.trace_flags.random_trace_id:
+            flags |= TraceFlags.RANDOM_TRACE_ID
+        span_context = SpanContext(trace_id, tracer.id_generator.generate_span_id(), is_remote=False,
+                                   trace_flags=TraceFlags(flags), trace_state=trace_state)
     record_end_metrics = tracer._tracer_metrics.start_span(parent, decision)
     if not decision.is_recording():
         return trace_api.NonRecordingSpan(context=span_context)
