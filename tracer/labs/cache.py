@@ -17,14 +17,7 @@ DEFAULT_CACHE_DIR = REPO / "build" / "cache"
 FINGERPRINT_GLOBS = (
     "engine/*.py",
     "tracer/replay/**/*.py",
-    "tracer/instrument/hooks.py",
-    "tracer/instrument/spans.py",
-    "tracer/instrument/otel.py",
-    "tracer/instrument/exporters.py",
-    "tracer/instrument/otlp_json.py",  # what the file exporter writes
-    "tracer/instrument/otlp_fragments.py",
-    "tracer/instrument/tracing.py",  # the trace recipes' traced run
-    "tracer/instrument/extractors/*.py",
+    "tracer/instrument/**/*.py",  # the hooks, the spans they make (open_span, step_parts, lean_span, ...), the exporters
     "tracer/catalog/hops.yaml",
     "tracer/labs/*.py",  # the labs themselves: a changed lab reruns
 )
