@@ -289,8 +289,7 @@ def _close(open_span: OpenSpan, args: dict[str, Any], result: Any, error: BaseEx
             step = open_span.enclosing
             open_span.links.extend(batch_links)
             open_span.prepared = True
-            if batch_links or _batch_attributes(attributes):
-                _to_step(step, batch_links, attributes)
+            _to_step(step, batch_links, attributes)
             if step_parts.defer(open_span, step, end_ns):
                 return
         if open_span.span is None:
