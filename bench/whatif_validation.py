@@ -36,7 +36,7 @@ from _whatif_serving import A, MAX_OTHERS_CORES, PAIRS, pairs_for, serve, worklo
 
 from tracer.replay.from_trace import load_replayable  # noqa: E402
 from tracer.replay.whatif.latency import latencies  # noqa: E402
-from tracer.replay.whatif.session import fit_on_trace, run_whatif  # noqa: E402
+from tracer.replay.whatif.session import ARRIVAL_RULES, fit_on_trace, run_whatif  # noqa: E402
 from tracer.replay.whatif.step_time import model_error  # noqa: E402
 
 SOURCES = {"vllm": ("whatif", "live vLLM CPU server", ["vllm"]), "ours": ("whatif_ours", "our server", ["mini"])}
@@ -75,7 +75,7 @@ def pooled_model(traces: list[Path]):
                          models[0].serial_step_max_tokens)
 
 
-def diagnosis(trace_a: Path, trace_b: Path, engines: list[str], folder: Path) -> dict:
+def diagnosis(trace_a: Path, trace_b: Path, engines: list[str], folder: Path, arrival_rule: str) -> dict:
     """Where a prediction's error comes from: A's model on B's own steps (the step-time model's
     transfer: B's batches, B's measured durations), and B's workload replayed under B's config with
     B's own model (the clock and the replayed decisions, with the transfer taken out)."""
@@ -83,7 +83,8 @@ def diagnosis(trace_a: Path, trace_b: Path, engines: list[str], folder: Path) ->
     model_b, log_b = FITTED[trace_b]
     rows = [s.features for s in log_b.steps]
     durations = [s.end_s - s.start_s for s in log_b.steps]
-    own = run_whatif(trace_b, {}, engines, folder, force=True, write_traces=False, model=model_b)
+    own = run_whatif(trace_b, {}, engines, folder, force=True, write_traces=False, model=model_b,
+                     arrival_rule=arrival_rule)
     (replayed,) = [p for p in own.predictions if p.label == "trace config"]
     return {"A_model_on_B_steps": model_error(model_a, rows, durations), "B_model": model_b.to_json(),
             "B_own_model_replay": replayed.summary, "B_own_model_replay_agrees": replayed.decisions.agree}
@@ -151,6 +152,10 @@ def main() -> int:
     parser.add_argument("--fit-on", choices=("pair-a", "all-a"), default="pair-a", help="pair-a: B predicted by the "
                         "model fitted on its pair's A; all-a: by one model fitted on every pair's A run together "
                         "(--protocol per-pair; the pair's own A alone in the last columns)")
+    parser.add_argument("--arrivals", choices=ARRIVAL_RULES, default="queue", help="queue: a request arrives "
+                        "in a prediction when it reached the engine's queue (its HTTP start plus the API server's own "
+                        "delay), entering at the end of the predicted step it came during "
+                        "(tracer.replay.whatif.session.queue_arrivals); entered: when it entered A's scheduler")
     parser.add_argument("--reuse", action="store_true", help="predict again from the traces a previous run left in "
                         "--folder (serves only the runs that are missing)")
     args = parser.parse_args()
@@ -211,7 +216,7 @@ def main() -> int:
         # A twice too: a prediction from one run of A carries that run's own noise (the machine's load).
         trace_other = served("A-2", A)
         other_label = "A-2"
-    results, body = {"source": args.source, "protocol": args.protocol, "A": {"flags": A}, "pairs": {},
+    results, body = {"source": args.source, "protocol": args.protocol, "arrivals": args.arrivals, "A": {"flags": A}, "pairs": {},
                      "load_1min_before_after": loads}, []
     a_runs: dict[str, dict] = {}  # label -> measured, every A served
     if args.protocol == "a-first":
@@ -244,12 +249,13 @@ def main() -> int:
                 trace_other, other_label = trace_a, a_label  # the first pair's A: what a one-A protocol predicts from
         b1, b2 = (measured(served(f"B-{pair}-{n}", flags)) for n in (1, 2))
         a_measured = a_runs.get(f"A-{pair}", a_runs.get("A"))
-        prediction = run_whatif(trace_a, sets, engines, folder / f"whatif-{pair}", force=True, model=pooled)
+        prediction = run_whatif(trace_a, sets, engines, folder / f"whatif-{pair}", force=True, model=pooled,
+                                arrival_rule=args.arrivals)
         (changed,) = [p for p in prediction.predictions if p.label == "changed"]
         if pooled is not None:  # the last columns: the pair's own A alone
             trace_other, other_label = trace_a, f"A-{pair} alone"
         from_a2 = prediction if trace_other == trace_a and pooled is None else run_whatif(
-            trace_other, sets, engines, folder / f"whatif-{pair}-other", force=True)
+            trace_other, sets, engines, folder / f"whatif-{pair}-other", force=True, arrival_rule=args.arrivals)
         (changed2,) = [p for p in from_a2.predictions if p.label == "changed"]
         rows = {}
         for metric in ("ttft_ms", "itl_ms"):
@@ -265,7 +271,7 @@ def main() -> int:
                                             "predicted_from_other": predicted2, "other": other_label,
                                             "error_from_other": error(predicted2, target)}
         moved = {m: error(b1[m]["mean"], a_measured[m]["mean"]) for m in ("ttft_ms", "itl_ms")}
-        found = diagnosis(trace_a, folder / f"trace-B-{pair}-1.jsonl", engines, folder / f"whatif-{pair}-B-own")
+        found = diagnosis(trace_a, folder / f"trace-B-{pair}-1.jsonl", engines, folder / f"whatif-{pair}-B-own", args.arrivals)
         a_label_here = f"A-{pair}" if args.protocol == "per-pair" else "A"
         results["pairs"][pair] = {"flags": flags, "set": sets, "A_run": a_label_here, "rows": rows, "moved": moved,
                                   "closed_loop_links": len(prediction.dependencies),

@@ -216,3 +216,37 @@ def test_whatif_warns_when_the_trace_cannot_tell_the_step_constant(error, says):
     from tracer.commands.whatif import fit_caveats
 
     assert fit_caveats(error) == says
+
+
+def _request(rid: str, entered_ms: float, http_start_ms: float | None):
+    from tracer.replay.traced_run import TracedRequest
+
+    return TracedRequest(rid, rid, int(entered_ms * 1e6), 0, 8, 4, "length", "token_ids",
+                         None if http_start_ms is None else int(http_start_ms * 1e6), None)
+
+
+def test_queue_arrivals_take_out_the_wait_for_the_traced_step_and_keep_the_api_servers_own_delay():
+    from types import SimpleNamespace
+
+    from tracer.replay.whatif.session import queue_arrivals
+
+    # a: reached an idle engine 5 ms after its HTTP start (the API server's own delay);
+    # b: sent at 100 ms, taken at 900 ms when a long step ended; c: no HTTP span (its entry stays).
+    run = SimpleNamespace(requests=[_request("a", 5, 0), _request("b", 900, 100), _request("c", 950, None)])
+    queued = queue_arrivals(run, {"a": 0.005, "b": 0.9, "c": 0.95})
+    assert queued == pytest.approx({"a": 0.005, "b": 0.105, "c": 0.95})
+
+
+def test_a_request_released_during_a_predicted_step_enters_when_that_step_ends():
+    from tracer.replay.whatif.session import enter_at_step_ends
+    from tracer.replay.whatif.timeline import TimedLog, TimedStep
+
+    log = TimedLog("mini", "predicted", [TimedStep(0.0, 1.0, {}, [], [], []), TimedStep(1.01, 2.0, {}, [], [], [])],
+                   {"during": 0.5, "in_the_gap": 1.005, "idle": 2.5, "at_a_start": 1.01})
+    enter_at_step_ends(log, gap_s=0.01)
+    assert log.arrivals_s == pytest.approx({"during": 1.01, "in_the_gap": 1.01, "idle": 2.5, "at_a_start": 1.01})
+
+
+def test_an_unknown_arrival_rule_is_refused(engine_trace):
+    with pytest.raises(ValueError, match="arrival rule .wall.: choose from queue, entered"):
+        run_whatif(engine_trace, {}, ["mini"], arrival_rule="wall")

@@ -26,6 +26,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="a request whose HTTP request began at most MS after another's response ended is that "
                              "client's next turn: released that long after the other's predicted finish, not at its "
                              "traced wall time (default 50; 0: every arrival on the wall clock)")
+    parser.add_argument("--arrivals", choices=("queue", "entered"), default="queue",
+                        help="queue (default): a request arrives when it reached the engine's queue (its HTTP start "
+                             "plus the API server's own delay) and enters at the end of the predicted step it came "
+                             "during; entered: when it entered the traced scheduler (which carries the traced steps' "
+                             "lengths into the prediction)")
     parser.add_argument("--out", default="whatif-out", help="folder for whatif.json, the step-time model and the "
                         "predicted traces (a run replaces what the previous whatif wrote there)")
     parser.add_argument("--force", action="store_true", help="write into a non-empty --out that whatif did not write")
@@ -54,7 +59,8 @@ def run(args: argparse.Namespace) -> int:
     check_engines_available(engines, load_replayable(args.trace))
     console = stdout_console()
     console.print(f"what if {args.trace} ran with {', '.join(f'{k}={v}' for k, v in sets.items()) or 'its own config'} ...")
-    result = run_whatif(args.trace, sets, engines, args.out, force=args.force, closed_loop_gap_s=gap_s)
+    result = run_whatif(args.trace, sets, engines, args.out, force=args.force, closed_loop_gap_s=gap_s,
+                        arrival_rule=args.arrivals)
     console.print(describe(result.dependencies, len(result.run.requests), gap_s, chance(result.run, gap_s)))
     error = result.model.fit_error
     console.print(f"step-time model on the trace's {error['steps']} steps: mean |error| {error['mean_abs_ms']:.2f} ms "

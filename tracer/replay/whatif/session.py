@@ -14,6 +14,8 @@ step-time model fitted on the trace's own steps.
 """
 from __future__ import annotations
 
+import bisect
+
 import json
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -210,17 +212,60 @@ def _wake(run: TracedRun, trace_steps: list[tuple[float, float]], arrivals: dict
     return max(waits, default=0.0)
 
 
+ARRIVAL_RULES = ("queue", "entered")
+
+
+def queue_arrivals(run: TracedRun, entered_s: dict[str, float]) -> dict[str, float]:
+    """When each request reached the engine's input queue, not when the engine took it: a busy engine
+    drains its queue only between steps, so a trace's entry times carry its own steps' lengths (on
+    the validation's live vLLM traces of 12-03, entry minus HTTP start was 399 ms on average under
+    prefix caching, 1189 ms without it, 72 ms under a 32-token budget; a few ms at least in each).
+    A request's queue time is its HTTP start plus the trace's shortest such delay (the API server's
+    own work, when no step was in the way), never after its entry; without an HTTP span, its entry."""
+    delays = [r.arrival_ns - r.client_start_ns for r in run.requests
+              if r.client_start_ns is not None and r.arrival_ns >= r.client_start_ns]
+    if not delays:
+        return dict(entered_s)
+    own = min(delays)
+    out = dict(entered_s)
+    for r in run.requests:
+        if r.id in out and r.client_start_ns is not None and r.arrival_ns >= r.client_start_ns:
+            out[r.id] = entered_s[r.id] - (r.arrival_ns - r.client_start_ns - own) / 1e9
+    return out
+
+
+def enter_at_step_ends(log: TimedLog, gap_s: float) -> None:
+    """A request released while a predicted step ran entered the scheduler when that step ended (the
+    busy loop drains its input queue between steps): its latencies count from there, as the trace's do."""
+    ends = [(s.start_s, s.end_s + gap_s) for s in log.steps]
+    starts = [start for start, _ in ends]
+    for rid, release in log.arrivals_s.items():
+        index = bisect.bisect_left(starts, release) - 1  # the last step that began before the release
+        if index >= 0 and release < ends[index][1]:
+            log.arrivals_s[rid] = ends[index][1]
+
+
 def run_whatif(trace: str | Path, sets: dict[str, Any], engines: list[str], out_dir: str | Path | None = None,
                force: bool = False, write_traces: bool = True, closed_loop_gap_s: float = DEFAULT_GAP_S,
-               model: StepTimeModel | None = None) -> WhatifResult:
+               model: StepTimeModel | None = None, arrival_rule: str = "queue") -> WhatifResult:
     """closed_loop_gap_s: the rule's gap (0: every arrival on the wall clock); model: predict with
-    this step-time model instead of the one fitted on the trace (the fit is still reported)."""
+    this step-time model instead of the one fitted on the trace (the fit is still reported);
+    arrival_rule: "entered" (a request arrives when it entered the traced scheduler) or "queue" (when
+    it reached the engine's queue, queue_arrivals, and enters at the end of the predicted step it
+    came during)."""
+    if arrival_rule not in ARRIVAL_RULES:
+        raise ValueError(f"arrival rule {arrival_rule!r}: choose from {', '.join(ARRIVAL_RULES)}")
     run = load_replayable(trace)
     changed = changed_config(run.config, sets)
     fitted, measured_log, measured_decisions, arrivals = fit_on_trace(run)
     model = model or fitted
     dependencies = infer_closed_loop(run, closed_loop_gap_s)
     after = {rid: (d.after, d.lag_s) for rid, d in dependencies.items()}
+    if arrival_rule == "queue":
+        queued = queue_arrivals(run, arrivals)
+        # a closed-loop request's lag runs from its predecessor's finish to its queue time now
+        after = {rid: (d.after, d.lag_s - (arrivals[rid] - queued[rid])) for rid, d in dependencies.items()}
+        arrivals = queued
     result = WhatifResult(run, model, latencies(measured_log).summary(), measured_decisions, changed, sets,
                           notes=list(run.notes), closed_loop_gap_s=closed_loop_gap_s, dependencies=dependencies)
     if not measured_decisions.agree:
@@ -234,6 +279,8 @@ def run_whatif(trace: str | Path, sets: dict[str, Any], engines: list[str], out_
             if label == "changed" and not sets:
                 continue
             log = timed(engine, run, config, arrivals, model=model, after=after)
+            if arrival_rule == "queue":
+                enter_at_step_ends(log, model.gap_s)
             prediction = Prediction(log.engine, label, config, log, latencies(log).summary())
             if label == "trace config":
                 prediction.decisions = compare_decisions(log.engine, [s.decisions() for s in log.steps], run.steps,
