@@ -27,7 +27,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "client's next turn: released that long after the other's predicted finish, not at its "
                              "traced wall time (default 50; 0: every arrival on the wall clock)")
     parser.add_argument("--arrivals", choices=("queue", "entered"), default="queue",
-                        help="queue (default): a request arrives when it reached the engine's queue (its HTTP start "
+                        help="under the changed config (under the trace's own, a request enters when it entered, which keeps "
+                             "the trace's decisions): queue (default): a request arrives when it reached the engine's queue (its HTTP start "
                              "plus the API server's own delay) and enters at the end of the predicted step it came "
                              "during; entered: when it entered the traced scheduler (which carries the traced steps' "
                              "lengths into the prediction)")

@@ -250,9 +250,9 @@ def run_whatif(trace: str | Path, sets: dict[str, Any], engines: list[str], out_
                model: StepTimeModel | None = None, arrival_rule: str = "queue") -> WhatifResult:
     """closed_loop_gap_s: the rule's gap (0: every arrival on the wall clock); model: predict with
     this step-time model instead of the one fitted on the trace (the fit is still reported);
-    arrival_rule: "entered" (a request arrives when it entered the traced scheduler) or "queue" (when
-    it reached the engine's queue, queue_arrivals, and enters at the end of the predicted step it
-    came during)."""
+    arrival_rule, for the changed config: "queue" (a request arrives when it reached the engine's queue,
+    queue_arrivals, and enters at the end of the predicted step it came during) or "entered" (when it
+    entered the traced scheduler, as under the trace's own config always)."""
     if arrival_rule not in ARRIVAL_RULES:
         raise ValueError(f"arrival rule {arrival_rule!r}: choose from {', '.join(ARRIVAL_RULES)}")
     run = load_replayable(trace)
@@ -261,11 +261,11 @@ def run_whatif(trace: str | Path, sets: dict[str, Any], engines: list[str], out_
     model = model or fitted
     dependencies = infer_closed_loop(run, closed_loop_gap_s)
     after = {rid: (d.after, d.lag_s) for rid, d in dependencies.items()}
-    if arrival_rule == "queue":
-        queued = queue_arrivals(run, arrivals)
-        # a closed-loop request's lag runs from its predecessor's finish to its queue time now
-        after = {rid: (d.after, d.lag_s - (arrivals[rid] - queued[rid])) for rid, d in dependencies.items()}
-        arrivals = queued
+    # Under the trace's own config a request enters when it entered (the traced steps are the ones
+    # it waited for, so the replay keeps the trace's decisions); under a changed config, "queue"
+    # releases it when it reached the queue. A closed-loop lag then runs to that queue time.
+    queued = queue_arrivals(run, arrivals) if arrival_rule == "queue" else arrivals
+    after_queued = {rid: (d.after, d.lag_s - (arrivals[rid] - queued[rid])) for rid, d in dependencies.items()}
     result = WhatifResult(run, model, latencies(measured_log).summary(), measured_decisions, changed, sets,
                           notes=list(run.notes), closed_loop_gap_s=closed_loop_gap_s, dependencies=dependencies)
     if not measured_decisions.agree:
@@ -278,9 +278,11 @@ def run_whatif(trace: str | Path, sets: dict[str, Any], engines: list[str], out_
         for label, config in (("trace config", run.config), ("changed", changed)):
             if label == "changed" and not sets:
                 continue
-            log = timed(engine, run, config, arrivals, model=model, after=after)
-            if arrival_rule == "queue":
+            if label == "changed" and arrival_rule == "queue":
+                log = timed(engine, run, config, queued, model=model, after=after_queued)
                 enter_at_step_ends(log, model.gap_s)
+            else:
+                log = timed(engine, run, config, arrivals, model=model, after=after)
             prediction = Prediction(log.engine, label, config, log, latencies(log).summary())
             if label == "trace config":
                 prediction.decisions = compare_decisions(log.engine, [s.decisions() for s in log.steps], run.steps,
