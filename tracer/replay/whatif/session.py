@@ -15,7 +15,6 @@ step-time model fitted on the trace's own steps.
 from __future__ import annotations
 
 import bisect
-
 import json
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -222,27 +221,20 @@ def queue_arrivals(run: TracedRun, entered_s: dict[str, float]) -> dict[str, flo
     prefix caching, 1189 ms without it, 72 ms under a 32-token budget; a few ms at least in each).
     A request's queue time is its HTTP start plus the trace's shortest such delay (the API server's
     own work, when no step was in the way), never after its entry; without an HTTP span, its entry."""
-    delays = [r.arrival_ns - r.client_start_ns for r in run.requests
-              if r.client_start_ns is not None and r.arrival_ns >= r.client_start_ns]
-    if not delays:
-        return dict(entered_s)
-    own = min(delays)
-    out = dict(entered_s)
-    for r in run.requests:
-        if r.id in out and r.client_start_ns is not None and r.arrival_ns >= r.client_start_ns:
-            out[r.id] = entered_s[r.id] - (r.arrival_ns - r.client_start_ns - own) / 1e9
-    return out
+    delays = {r.id: r.arrival_ns - r.client_start_ns for r in run.requests
+              if r.id in entered_s and r.client_start_ns is not None and r.arrival_ns >= r.client_start_ns}
+    own = min(delays.values(), default=0)
+    return {rid: entered - (delays[rid] - own) / 1e9 if rid in delays else entered for rid, entered in entered_s.items()}
 
 
 def enter_at_step_ends(log: TimedLog, gap_s: float) -> None:
     """A request released while a predicted step ran entered the scheduler when that step ended (the
     busy loop drains its input queue between steps): its latencies count from there, as the trace's do."""
-    ends = [(s.start_s, s.end_s + gap_s) for s in log.steps]
-    starts = [start for start, _ in ends]
+    starts = [s.start_s for s in log.steps]
     for rid, release in log.arrivals_s.items():
         index = bisect.bisect_left(starts, release) - 1  # the last step that began before the release
-        if index >= 0 and release < ends[index][1]:
-            log.arrivals_s[rid] = ends[index][1]
+        if index >= 0 and release < log.steps[index].end_s + gap_s:
+            log.arrivals_s[rid] = log.steps[index].end_s + gap_s
 
 
 def run_whatif(trace: str | Path, sets: dict[str, Any], engines: list[str], out_dir: str | Path | None = None,
